@@ -1,0 +1,76 @@
+# cryopilot — every command a developer or CI needs. `make demo` and `make test` set up what they use.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+TOOLS_VENV  := .venv-tools
+PY          := $(VENV)/bin/python
+NODE_TOOLS  := tools/node_modules/.bin
+export AWS_DEFAULT_REGION ?= us-east-1
+# Never talk to AWS from here: no telemetry, no credentials, no real endpoints.
+export SAM_CLI_TELEMETRY := 0
+export AWS_ACCESS_KEY_ID := testing
+export AWS_SECRET_ACCESS_KEY := testing
+export AWS_SESSION_TOKEN := testing
+export AWS_EC2_METADATA_DISABLED := true
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements/dev.txt layers/cryopilot/requirements.txt pyproject.toml
+	@echo "==> setting up $(VENV) (Python 3.12)"
+	@test -x $(PY) || "$$(scripts/python312.sh)" -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -r requirements/dev.txt
+	@$(PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+$(TOOLS_VENV)/.installed: requirements/tools.txt
+	@echo "==> setting up $(TOOLS_VENV) (aws-sam-cli, cfn-lint)"
+	@test -x $(TOOLS_VENV)/bin/python || "$$(scripts/python312.sh)" -m venv $(TOOLS_VENV)
+	@$(TOOLS_VENV)/bin/python -m pip install -q --upgrade pip
+	@$(TOOLS_VENV)/bin/python -m pip install -q -r requirements/tools.txt
+	@touch $@
+
+tools/node_modules/.installed: tools/package.json tools/package-lock.json
+	@echo "==> installing node tools (asl-validator)"
+	@cd tools && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+.PHONY: setup
+setup: $(VENV)/.installed $(TOOLS_VENV)/.installed tools/node_modules/.installed ## install everything
+
+.PHONY: lint
+lint: $(VENV)/.installed ## ruff (lint and format check) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+.PHONY: validate
+validate: $(TOOLS_VENV)/.installed tools/node_modules/.installed ## sam validate --lint and asl-validator
+	$(TOOLS_VENV)/bin/sam validate --lint --template template.yaml
+	@for f in statemachines/*.asl.json; do $(NODE_TOOLS)/asl-validator --json-path "$$f"; done
+
+.PHONY: build
+build: $(TOOLS_VENV)/.installed $(VENV)/.installed ## sam build (no Docker: uses the venv's python3.12)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(TOOLS_VENV)/bin/sam build --template template.yaml
+
+.PHONY: pytest
+pytest: $(VENV)/.installed ## the test suite with coverage
+	$(VENV)/bin/coverage erase
+	$(VENV)/bin/coverage run -m pytest
+	$(VENV)/bin/coverage report
+
+.PHONY: test
+test: lint validate build pytest ## everything CI runs
+
+.PHONY: demo
+demo: $(VENV)/.installed ## one whole run, locally (DEMO_ARGS="--profile spike --fail job")
+	$(VENV)/bin/cryopilot demo $(DEMO_ARGS)
+
+.PHONY: clean
+clean: ## remove build output and local state
+	rm -rf .aws-sam build .cryopilot .coverage htmlcov

@@ -1,0 +1,46 @@
+"""Cluster: create, check, delete and check_deleted the run's ParallelCluster."""
+
+from typing import Annotated, Any, Literal
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel, Field, TypeAdapter
+
+from cryopilot import cluster
+from cryopilot.observability import logger, metrics, tracer
+
+
+class Create(BaseModel):
+    action: Literal["create"]
+    run_id: str
+
+
+class Check(BaseModel):
+    action: Literal["check", "check_deleted"]
+    run_id: str
+    polls: int = 0
+    max_polls: int = 90
+
+
+class Delete(BaseModel):
+    action: Literal["delete"]
+    run_id: str
+
+
+Request = TypeAdapter(Annotated[Create | Check | Delete, Field(discriminator="action")])
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    req = Request.validate_python(event)
+    logger.append_keys(run_id=req.run_id, action=req.action)
+    if isinstance(req, Create):
+        step = cluster.create(req.run_id)
+    elif isinstance(req, Delete):
+        step = cluster.delete(req.run_id)
+    elif req.action == "check":
+        step = cluster.check(req.run_id, req.polls, req.max_polls)
+    else:
+        step = cluster.check_deleted(req.run_id, req.polls, req.max_polls)
+    return step.model_dump(mode="json")

@@ -1,0 +1,22 @@
+"""Export: copy the final map and its companions to the results bucket and verify them."""
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
+
+from cryopilot.export import export
+from cryopilot.observability import logger, metrics, tracer
+
+
+class ExportRequest(BaseModel):
+    run_id: str
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    req = ExportRequest.model_validate(event)
+    logger.append_keys(run_id=req.run_id)
+    return export(req.run_id).model_dump(mode="json")

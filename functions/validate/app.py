@@ -1,0 +1,24 @@
+"""Validate: read and check the manifest, plan the stages, write the run record."""
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
+
+from cryopilot.execution import validate
+from cryopilot.observability import logger, metrics, tracer
+
+
+class ValidateRequest(BaseModel):
+    execution_name: str
+    execution_arn: str
+    input: Any
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    req = ValidateRequest.model_validate(event)
+    logger.append_keys(run_id=req.execution_name)
+    return validate(req.execution_name, req.execution_arn, req.input).model_dump(mode="json")

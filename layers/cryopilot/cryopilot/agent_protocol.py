@@ -1,0 +1,100 @@
+"""What the head-node agent answers: one JSON document per verb.
+
+Shared by ``cryopilot-agent`` (which prints these) and the Lambdas (which parse them from the SSM
+command's output). Every answer carries ``ok``; a failed verb prints an :class:`AgentFailure`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: cryoSPARC job statuses (cryosparc-tools ``JobStatus``).
+JobStatusName = Literal[
+    "building", "queued", "launched", "started", "running", "waiting", "completed", "killed", "failed"
+]
+
+#: A stage's state, derived from its jobs' statuses.
+StageState = Literal["not_submitted", "queued", "running", "completed", "failed", "killed"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class JobInfo(_Model):
+    uid: str = Field(description="cryoSPARC job uid, e.g. J12")
+    job_type: str
+    status: JobStatusName
+    lane: str | None = None
+    gpus: int = 0
+    progress: float = Field(default=0.0, ge=0.0, le=1.0)
+    queued_at: float | None = Field(default=None, description="epoch seconds")
+    started_at: float | None = None
+    completed_at: float | None = None
+    num_particles: int | None = None
+    num_micrographs: int | None = None
+    error: str | None = None
+
+
+class Decision(_Model):
+    """An automatic choice where cryoSPARC expects a person, with the numbers behind it."""
+
+    stage_id: str
+    kind: str = Field(description="e.g. select_2d_classes, choose_hetero_class")
+    summary: str = Field(description="one line a person can read in the mail")
+    numbers: dict[str, Any] = Field(default_factory=dict)
+
+
+class StageStatus(_Model):
+    stage_id: str
+    state: StageState
+    jobs: list[JobInfo] = Field(default_factory=list)
+    resolution_A: float | None = Field(default=None, description="final FSC resolution, refinements only")
+    decisions: list[Decision] = Field(default_factory=list)
+
+
+class SubmitResult(_Model):
+    ok: Literal[True] = True
+    verb: Literal["submit"] = "submit"
+    project_uid: str
+    workspace_uid: str
+    stage: StageStatus
+    already_submitted: bool = False
+
+
+class StatusResult(_Model):
+    ok: Literal[True] = True
+    verb: Literal["status"] = "status"
+    project_uid: str | None
+    stages: list[StageStatus]
+
+
+class KillResult(_Model):
+    ok: Literal[True] = True
+    verb: Literal["kill"] = "kill"
+    stage_id: str
+    killed: list[str] = Field(default_factory=list, description="uids of the jobs killed")
+
+
+class ExportedFile(_Model):
+    kind: str = Field(description="map, half_map_a, half_map_b, mask, fsc, particles")
+    key: str
+    size: int
+
+
+class ExportResult(_Model):
+    ok: Literal[True] = True
+    verb: Literal["export"] = "export"
+    bucket: str
+    prefix: str
+    files: list[ExportedFile]
+    resolution_A: float | None = None
+
+
+class AgentFailure(_Model):
+    ok: Literal[False] = False
+    verb: str
+    error_type: str = Field(description="class name, e.g. JobNotFound, ConnectionError, ValueError")
+    message: str

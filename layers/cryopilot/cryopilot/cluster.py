@@ -1,0 +1,156 @@
+"""The cluster steps of a run: create, wait until ready, delete, wait until gone."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel
+
+from cryopilot import clock, runs
+from cryopilot.errors import (
+    ClusterAlreadyExistsError,
+    ClusterNotFoundError,
+    ClusterTimeoutError,
+)
+from cryopilot.observability import logger
+from cryopilot.settings import Settings, get_settings
+
+
+class ClusterStep(BaseModel):
+    name: str | None
+    status: str
+    polls: int = 0
+    ready: bool = False
+    deleted: bool = False
+    head_node_instance_id: str | None = None
+
+
+@cache
+def api() -> Any:
+    """The ParallelCluster API client (built once per Lambda container)."""
+    from cryopilot.pcluster import PClusterClient
+
+    settings = get_settings()
+    return PClusterClient(settings.pcluster_api_url, settings.region)
+
+
+def cluster_params(settings: Settings) -> Any:
+    from cryopilot.clusterconfig import ClusterParams
+
+    subnets = settings.compute_subnets or [settings.head_node_subnet_id]
+    return ClusterParams(
+        region=settings.region,
+        head_node_subnet_id=settings.head_node_subnet_id,
+        compute_subnet_ids=subnets,
+        head_node_instance_type=settings.head_node_instance_type,
+        gpu8_instance_type=settings.gpu8_instance_type,
+        gpu1_instance_type=settings.gpu1_instance_type,
+        licence_secret_arn=settings.licence_secret_arn,
+        bootstrap_s3_uri=f"s3://{settings.artifacts_bucket}/headnode/",
+        results_s3_uri=f"s3://{settings.results_bucket}/",
+    )
+
+
+def _require_run(run_id: str) -> dict[str, Any]:
+    run = runs.get_run(run_id)
+    if run is None:
+        raise ClusterNotFoundError(f"run {run_id} has no record")
+    return run
+
+
+def config_yaml_for(run: dict[str, Any], settings: Settings) -> str:
+    from cryopilot.clusterconfig import ClusterRequest, build_cluster_config, render_yaml
+
+    request = ClusterRequest(
+        run_id=run["run_id"],
+        dataset=run["dataset"],
+        cluster_name=run["cluster_name"],
+        data_s3_uri=run["data_s3_uri"],
+        results_s3_uri=f"s3://{settings.results_bucket}/runs/{run['run_id']}/",
+        stack_name=settings.stack_name,
+    )
+    return str(render_yaml(build_cluster_config(request, cluster_params(settings))))
+
+
+def create(run_id: str) -> ClusterStep:
+    from cryopilot.pcluster import cluster_is_ours
+
+    settings = get_settings()
+    run = _require_run(run_id)
+    name = run["cluster_name"]
+    runs.update_run(run_id, current_step="create_cluster", cluster_state="CREATE_REQUESTED",
+                    cluster_requested_at=clock.now_iso())
+    try:
+        info = api().create_cluster(name, config_yaml_for(run, settings))
+        status = info.status
+    except ClusterAlreadyExistsError:
+        existing = api().describe_cluster(name)
+        if not cluster_is_ours(existing, run_id):
+            raise ClusterAlreadyExistsError(
+                f"a cluster named {name} exists and does not belong to run {run_id}"
+            ) from None
+        logger.info("cluster already requested by this run", extra={"run_id": run_id})
+        status = existing.status
+    runs.update_run(run_id, cluster_state=status)
+    return ClusterStep(name=name, status=status)
+
+
+def check(run_id: str, polls: int, max_polls: int) -> ClusterStep:
+    from cryopilot.pcluster import raise_for_cluster_failure
+
+    run = _require_run(run_id)
+    name = run["cluster_name"]
+    polls += 1
+    info = api().describe_cluster(name)
+    if info.status != run.get("cluster_state"):
+        runs.update_run(run_id, cluster_state=info.status)
+    raise_for_cluster_failure(info)
+    if info.status == "CREATE_COMPLETE":
+        if not info.head_node_instance_id:
+            raise ClusterTimeoutError(f"cluster {name} is complete but reports no head node")
+        runs.update_run(run_id, head_node_instance_id=info.head_node_instance_id,
+                        cluster_ready_at=clock.now_iso(), current_step="cluster_ready")
+        return ClusterStep(name=name, status=info.status, polls=polls, ready=True,
+                           head_node_instance_id=info.head_node_instance_id)
+    if polls >= max_polls:
+        raise ClusterTimeoutError(f"cluster {name} still {info.status} after {polls} checks")
+    return ClusterStep(name=name, status=info.status, polls=polls)
+
+
+def delete(run_id: str) -> ClusterStep:
+    run = runs.get_run(run_id) or {}
+    name = run.get("cluster_name")
+    if not name or run.get("cluster_state") in (None, "NOT_CREATED"):
+        return ClusterStep(name=name, status="NOT_CREATED", deleted=True)
+    try:
+        info = api().delete_cluster(name)
+        status = info.status if info is not None else "DELETE_IN_PROGRESS"
+    except ClusterNotFoundError:
+        runs.update_run(run_id, cluster_state="DELETED", cluster_deleted=True, cluster_deleted_at=clock.now_iso())
+        return ClusterStep(name=name, status="DELETED", deleted=True)
+    runs.update_run(run_id, cluster_state=status, delete_requested_at=clock.now_iso())
+    logger.info("cluster deletion requested", extra={"run_id": run_id, "cluster": name})
+    return ClusterStep(name=name, status=status)
+
+
+def check_deleted(run_id: str, polls: int, max_polls: int) -> ClusterStep:
+    from cryopilot.pcluster import raise_for_cluster_failure
+
+    run = runs.get_run(run_id) or {}
+    name = run.get("cluster_name")
+    polls += 1
+    if not name:
+        return ClusterStep(name=None, status="NOT_CREATED", polls=polls, deleted=True)
+    try:
+        info = api().describe_cluster(name)
+    except ClusterNotFoundError:
+        runs.update_run(run_id, cluster_state="DELETED", cluster_deleted=True, cluster_deleted_at=clock.now_iso())
+        return ClusterStep(name=name, status="DELETED", polls=polls, deleted=True)
+    if info.status != run.get("cluster_state"):
+        runs.update_run(run_id, cluster_state=info.status)
+    if info.status == "DELETE_FAILED":
+        raise_for_cluster_failure(info)
+    if polls >= max_polls:
+        raise ClusterTimeoutError(f"cluster {name} still {info.status} after {polls} deletion checks")
+    return ClusterStep(name=name, status=info.status, polls=polls)

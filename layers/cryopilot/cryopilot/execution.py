@@ -1,0 +1,196 @@
+"""The execution's input (documented for manual starts) and the Validate step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cryopilot import aws, clock, runs
+from cryopilot.errors import ManifestError
+from cryopilot.manifest import (
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    manifest_from_dict,
+    manifest_prefix,
+    parse_manifest,
+    validation_message,
+)
+from cryopilot.observability import logger
+from cryopilot.settings import get_settings
+from cryopilot.triggers import ManifestLocation, check_key
+
+
+class RunSettings(BaseModel):
+    """Waits and bounds of the run's polling loops. Defaults suit AWS; tests and the local run
+    pass their own in the execution input (``settings``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cluster_poll_seconds: int = Field(default=60, ge=0, le=3600)
+    max_cluster_polls: int = Field(default=90, ge=1, le=10_000)
+    min_poll_seconds: int = Field(default=60, ge=0, le=3600)
+    max_poll_seconds: int = Field(default=1800, ge=0, le=86_400)
+    delete_poll_seconds: int = Field(default=30, ge=0, le=3600)
+    max_delete_polls: int = Field(default=120, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _order(self) -> RunSettings:
+        if self.max_poll_seconds < self.min_poll_seconds:
+            raise ValueError("max_poll_seconds must be at least min_poll_seconds")
+        return self
+
+
+class ExecutionInput(BaseModel):
+    """What a state machine execution takes. Give exactly one of ``manifest`` (what StartRun
+    sends), ``manifest_s3_uri`` or ``manifest_inline`` (manual starts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: ManifestLocation | None = None
+    manifest_s3_uri: str | None = Field(default=None, pattern=r"^s3://[^/]+/.+")
+    manifest_inline: dict[str, Any] | None = None
+    data_s3_uri: str | None = Field(
+        default=None,
+        pattern=r"^s3://[^/]+/.*/$",
+        description="with manifest_inline: the S3 folder holding the data (ends with /)",
+    )
+    trigger: str = "manual"
+    settings: RunSettings = Field(default_factory=RunSettings)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ExecutionInput:
+        given = [n for n in ("manifest", "manifest_s3_uri", "manifest_inline") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of manifest, manifest_s3_uri, manifest_inline"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.manifest_inline is not None and self.data_s3_uri is None:
+            raise ValueError("manifest_inline needs data_s3_uri: the S3 folder that holds the data")
+        return self
+
+
+class RunContext(BaseModel):
+    """What Validate hands to the rest of the state machine (``$.run``)."""
+
+    run_id: str
+    dataset: str
+    preset: str
+    cluster_name: str
+    stage_count: int
+    stage_titles: str
+    data_s3_uri: str
+    settings: RunSettings
+
+
+def _location_from_uri(uri: str) -> ManifestLocation:
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    return ManifestLocation(bucket=bucket, key=key)
+
+
+def load_manifest(location: ManifestLocation) -> tuple[Manifest, ManifestLocation]:
+    """Read and parse the manifest version at ``location``."""
+    source = location.uri
+    check_key(location.key)
+    s3 = aws.client("s3")
+    extra = {"VersionId": location.version_id} if location.version_id else {}
+    try:
+        head = s3.head_object(Bucket=location.bucket, Key=location.key, **extra)
+    except ClientError as exc:
+        code = exc.response["Error"]["Code"]
+        if code in ("404", "NoSuchKey", "NotFound", "NoSuchVersion"):
+            raise ManifestError(f"{source}: no such object (or version)") from None
+        if code in ("403", "AccessDenied"):
+            raise ManifestError(f"{source}: access denied") from None
+        raise
+    size = int(head.get("ContentLength", 0))
+    if size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{source}: is {size:,} bytes; a manifest may be at most 1 MB")
+    body = s3.get_object(Bucket=location.bucket, Key=location.key, **extra)["Body"].read()
+    pinned = location.model_copy(
+        update={"version_id": head.get("VersionId") or location.version_id, "etag": head.get("ETag")}
+    )
+    return parse_manifest(body, source=source), pinned
+
+
+def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunContext:
+    """Read and check the manifest, plan the stages, write the run record."""
+    from cryopilot import clusterconfig, presets
+
+    settings = get_settings()
+    run_id = execution_name
+    runs.create_run(run_id, execution_arn=execution_arn, current_step="validate", trigger="manual")
+    runs.update_run(run_id, status="RUNNING", current_step="validate", started_at=clock.now_iso(),
+                    started_epoch=clock.now())
+    try:
+        exec_input = ExecutionInput.model_validate(raw_input)
+    except ValidationError as exc:
+        raise ManifestError(f"execution input: {validation_message(exc)}") from None
+
+    if exec_input.manifest_inline is not None:
+        manifest = manifest_from_dict(exec_input.manifest_inline, source="manifest_inline")
+        data_uri = exec_input.data_s3_uri or ""
+        location_doc: dict[str, Any] = {"inline": True, "data_s3_uri": data_uri}
+    else:
+        location = exec_input.manifest or _location_from_uri(exec_input.manifest_s3_uri or "")
+        if location.bucket != settings.input_bucket:
+            raise ManifestError(f"{location.uri}: is not in this stack's input bucket {settings.input_bucket}")
+        manifest, location = load_manifest(location)
+        data_uri = f"s3://{location.bucket}/{manifest_prefix(location.key)}"
+        location_doc = location.model_dump()
+
+    stages = presets.plan(manifest, data_dir=clusterconfig.DATA_MOUNT_DIR)
+    cluster_name = clusterconfig.cluster_name_for(run_id)
+    titles = " → ".join(s.title for s in stages)
+    runs.update_run(
+        run_id,
+        dataset=manifest.dataset,
+        manifest=location_doc,
+        manifest_doc=manifest.model_dump(mode="json"),
+        preset=manifest.preset_name,
+        plan=[s.model_dump(mode="json") for s in stages],
+        stages={s.id: {"title": s.title, "lane": s.lane, "gpus": s.gpus, "state": "pending"} for s in stages},
+        cluster_name=cluster_name,
+        data_s3_uri=data_uri,
+        notify=manifest.notify,
+        trigger=exec_input.trigger,
+        settings=exec_input.settings.model_dump(),
+        current_step="validated",
+    )
+    _subscribe(manifest)
+    logger.info("manifest valid", extra={"run_id": run_id, "dataset": manifest.dataset, "stages": len(stages)})
+    return RunContext(
+        run_id=run_id,
+        dataset=manifest.dataset,
+        preset=manifest.preset_name,
+        cluster_name=cluster_name,
+        stage_count=len(stages),
+        stage_titles=titles,
+        data_s3_uri=data_uri,
+        settings=exec_input.settings,
+    )
+
+
+def _subscribe(manifest: Manifest) -> None:
+    """Subscribe the manifest's extra addresses to this dataset's mails (SNS filter policy on the
+    ``dataset`` attribute). SNS asks each new address to confirm once."""
+    if not manifest.notify:
+        return
+    import json
+
+    sns = aws.client("sns")
+    topic = get_settings().topic_arn
+    existing = set()
+    for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic):
+        existing |= {s["Endpoint"] for s in page.get("Subscriptions", []) if s.get("Protocol") == "email"}
+    for address in manifest.notify:
+        if address in existing:
+            continue
+        sns.subscribe(
+            TopicArn=topic,
+            Protocol="email",
+            Endpoint=address,
+            Attributes={"FilterPolicy": json.dumps({"dataset": [manifest.dataset]})},
+        )

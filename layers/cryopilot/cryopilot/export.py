@@ -1,0 +1,69 @@
+"""Export the final results to S3 through the agent, then verify every object before the state
+machine may delete the cluster."""
+
+from __future__ import annotations
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel
+
+from cryopilot import aws, clock, runs
+from cryopilot.agent_protocol import ExportResult
+from cryopilot.errors import AgentError, ExportError
+from cryopilot.settings import get_settings
+from cryopilot.stages import agent_for
+
+#: what a result set must hold
+REQUIRED_KINDS = ("map", "half_map_a", "half_map_b", "fsc")
+
+
+class ExportStep(BaseModel):
+    results_uri: str
+    file_count: int
+    resolution_A: float | None
+
+
+def export(run_id: str) -> ExportStep:
+    settings = get_settings()
+    run = runs.get_run(run_id)
+    if run is None:
+        raise ExportError(f"run {run_id} has no record")
+    final_stage = run["plan"][-1]["id"]
+    prefix = f"runs/{run_id}/results/"
+    runs.update_run(run_id, current_step="export", export_started_at=clock.now())
+    try:
+        result = agent_for(run).call(
+            ["export", "--project", run_id, "--stage", final_stage, "--bucket", settings.results_bucket,
+             "--prefix", prefix],
+            ExportResult,
+        )
+    except AgentError as exc:
+        raise ExportError(f"export of stage {final_stage} failed: {exc}") from None
+    verify(result)
+    resolution = result.resolution_A if result.resolution_A is not None else run.get("resolution_A")
+    uri = f"s3://{result.bucket}/{result.prefix}"
+    runs.update_run(
+        run_id,
+        results={"uri": uri, "files": [f.model_dump() for f in result.files]},
+        resolution_A=resolution,
+        export_finished_at=clock.now(),
+        current_step="exported",
+    )
+    return ExportStep(results_uri=uri, file_count=len(result.files), resolution_A=resolution)
+
+
+def verify(result: ExportResult) -> None:
+    """Every file the agent reports must be in S3 with the size it reports, and the set complete."""
+    kinds = {f.kind for f in result.files}
+    missing = [k for k in REQUIRED_KINDS if k not in kinds]
+    if missing:
+        raise ExportError(f"export is missing {', '.join(missing)}")
+    s3 = aws.client("s3")
+    for f in result.files:
+        try:
+            head = s3.head_object(Bucket=result.bucket, Key=f.key)
+        except ClientError:
+            raise ExportError(f"exported file s3://{result.bucket}/{f.key} is not in S3") from None
+        if int(head["ContentLength"]) != f.size:
+            raise ExportError(
+                f"exported file s3://{result.bucket}/{f.key} has {head['ContentLength']} bytes, expected {f.size}"
+            )

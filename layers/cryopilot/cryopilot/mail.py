@@ -1,0 +1,180 @@
+"""What the run tells people: the failure record and the mails (composed here, sent by the state
+machine's ``sns:publish`` states)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from cryopilot import clock, runs
+from cryopilot.settings import get_settings
+
+SUBJECT_MAX = 100  # SNS subject limit
+
+
+class Mail(BaseModel):
+    subject: str
+    message: str
+    dataset: str = "unknown"
+
+
+class FailureRecord(BaseModel):
+    has_cluster: bool
+    reason: str
+    delete_poll_seconds: int = 30
+    max_delete_polls: int = 120
+
+
+def fmt_duration(seconds: float) -> str:
+    minutes = round(max(0.0, seconds) / 60)
+    h, m = divmod(minutes, 60)
+    if h and m:
+        return f"{h} h {m:02d} min"
+    return f"{h} h" if h else f"{m} min"
+
+
+def _subject(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= SUBJECT_MAX else text[: SUBJECT_MAX - 1] + "…"
+
+
+def parse_error(error: Any) -> tuple[str, str]:
+    """(error type, message) from a Catch's ``$.error`` (``Error`` and ``Cause``)."""
+    if not isinstance(error, dict):
+        return "UnknownError", str(error)
+    etype = str(error.get("Error") or "UnknownError")
+    cause = error.get("Cause")
+    message = str(cause or "")
+    if isinstance(cause, str):
+        try:
+            doc = json.loads(cause)
+        except json.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict):
+            message = str(doc.get("errorMessage") or doc.get("Message") or message)
+            etype = str(doc.get("errorType") or etype)
+    if etype == "States.Timeout" and not message:
+        message = "a step took longer than its timeout"
+    return etype, message[:2000]
+
+
+def record_failure(run_id: str, error: Any) -> FailureRecord:
+    etype, message = parse_error(error)
+    runs.create_run(run_id, current_step="unknown")
+    run = runs.get_run(run_id) or {}
+    step = run.get("current_step") or "unknown"
+    runs.update_run(
+        run_id,
+        status="FAILED",
+        error={"type": etype, "message": message, "step": step},
+        finished_at=clock.now_iso(),
+        finished_epoch=clock.now(),
+    )
+    has_cluster = bool(run.get("cluster_name")) and run.get("cluster_state") not in (None, "NOT_CREATED", "DELETED")
+    settings = run.get("settings") or {}
+    return FailureRecord(
+        has_cluster=has_cluster,
+        reason=f"{etype}: {message}",
+        delete_poll_seconds=int(settings.get("delete_poll_seconds", 30)),
+        max_delete_polls=int(settings.get("max_delete_polls", 120)),
+    )
+
+
+def _console_link(run: dict[str, Any]) -> str:
+    arn = run.get("execution_arn") or ""
+    region = get_settings().region
+    return f"https://{region}.console.aws.amazon.com/states/home?region={region}#/v2/executions/details/{arn}"
+
+
+def _stage_table(run: dict[str, Any]) -> list[str]:
+    rows = ["stage                          GPUs  queue  state       wall time"]
+    stages = run.get("stages") or {}
+    for planned in run.get("plan") or []:
+        rec = stages.get(planned["id"], {})
+        wall = ""
+        if rec.get("started_at") and rec.get("completed_at"):
+            wall = fmt_duration(float(rec["completed_at"]) - float(rec["started_at"]))
+        rows.append(
+            f"{planned['title'][:30]:<30} {planned.get('gpus', 0):>4}  {planned.get('lane') or 'master':<6} "
+            f"{rec.get('state', 'pending'):<11} {wall}"
+        )
+    return rows
+
+
+def _decisions(run: dict[str, Any]) -> list[str]:
+    return [f"- {d.get('stage_id')}: {d.get('summary')}" for d in run.get("decisions") or []]
+
+
+def _elapsed(run: dict[str, Any]) -> float:
+    start = run.get("started_epoch")
+    end = run.get("export_finished_at") or run.get("finished_epoch") or clock.now()
+    return float(end) - float(start) if start else 0.0
+
+
+def _remember(run_id: str, mail: Mail, kind: str) -> Mail:
+    runs.append_to(run_id, "mails", {"kind": kind, "subject": mail.subject, "at": clock.now_iso()})
+    return mail
+
+
+def success_mail(run_id: str) -> Mail:
+    run = runs.get_run(run_id) or {"run_id": run_id}
+    runs.update_run(run_id, status="SUCCEEDED", finished_at=clock.now_iso(), finished_epoch=clock.now())
+    dataset = run.get("dataset", run_id)
+    res = run.get("resolution_A")
+    res_txt = f"{res:.2f} Å" if isinstance(res, int | float) else "resolution unknown"
+    elapsed = fmt_duration(_elapsed(run))
+    results = run.get("results") or {}
+    lines = [
+        f"cryopilot finished run {run_id} for dataset {dataset}.",
+        "",
+        f"Final resolution: {res_txt} (gold-standard FSC 0.143)",
+        f"Time to structure: {elapsed}",
+        f"Results: {results.get('uri', '(not exported)')}",
+    ]
+    for f in results.get("files") or []:
+        lines.append(f"  - {f['kind']}: s3://{get_settings().results_bucket}/{f['key']} ({f['size']:,} bytes)")
+    lines += ["", "Stages:", *_stage_table(run)]
+    decisions = _decisions(run)
+    if decisions:
+        lines += ["", "Automatic decisions:", *decisions]
+    lines += ["", f"The cluster {run.get('cluster_name')} is being deleted now.", f"Execution: {_console_link(run)}"]
+    mail = Mail(subject=_subject(f"[cryopilot] {dataset} done: {res_txt} in {elapsed}"), message="\n".join(lines),
+                dataset=dataset)
+    return _remember(run_id, mail, "succeeded")
+
+
+def failure_mail(run_id: str) -> Mail:
+    run = runs.get_run(run_id) or {"run_id": run_id}
+    dataset = run.get("dataset") or run_id
+    error = run.get("error") or {}
+    step = error.get("step", "unknown")
+    where = step.removeprefix("stage:")
+    stage_title = (run.get("stages") or {}).get(where, {}).get("title", where)
+    reason = error.get("message", "unknown reason")
+    if run.get("cluster_deleted"):
+        cluster_line = f"The cluster {run.get('cluster_name')} has been deleted; nothing is left running."
+    elif not run.get("cluster_name") or run.get("cluster_state") in (None, "NOT_CREATED"):
+        cluster_line = "No cluster was created."
+    else:
+        cluster_line = (
+            f"WARNING: the cluster {run.get('cluster_name')} could NOT be confirmed deleted "
+            f"(state {run.get('cluster_state')}); the janitor will retry. Check it."
+        )
+    lines = [
+        f"cryopilot run {run_id} for dataset {dataset} failed.",
+        "",
+        f"Failed at: {stage_title}",
+        f"Reason: {error.get('type', 'error')}: {reason}",
+        "",
+        cluster_line,
+        "",
+        f"Execution and logs: {_console_link(run)}",
+        f"Lambda logs: CloudWatch log groups /aws/lambda/{get_settings().stack_name}-*",
+    ]
+    if run.get("stages") and step.startswith("stage:"):
+        lines += ["", "Stages:", *_stage_table(run)]
+    subject = f"[cryopilot] {dataset} failed at {stage_title}: {error.get('type', 'error')}"
+    mail = Mail(subject=_subject(subject), message="\n".join(lines), dataset=str(dataset))
+    return _remember(run_id, mail, "failed")

@@ -1,0 +1,135 @@
+"""The run record in DynamoDB: one item per run, read by the CLI, written by every step.
+
+Step Functions is the source of truth for *what happens*; the record is the readable account of
+it (status, current step, cluster, stage times, job ids, decisions, resolution, cost, error).
+Items: ``pk = "run#<run id>"`` for runs; ``pk = "manifest#<digest>"`` for idempotency records.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from cryopilot import aws, clock
+from cryopilot.settings import get_settings
+
+RUN_STATUSES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def _to_ddb(value: Any) -> Any:
+    """Python → DynamoDB-ready value (floats as Decimal)."""
+    return json.loads(json.dumps(value), parse_float=Decimal)
+
+
+def _from_ddb(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_ddb(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_ddb(v) for v in value]
+    return value
+
+
+def _resource_table() -> Any:
+    return aws.resource("dynamodb").Table(get_settings().runs_table)
+
+
+def run_key(run_id: str) -> dict[str, str]:
+    return {"pk": f"run#{run_id}"}
+
+
+def create_run(run_id: str, **fields: Any) -> bool:
+    """Create the record if absent. Returns False when it already existed (nothing changed)."""
+    now = clock.now_iso()
+    item = {
+        **run_key(run_id),
+        "kind": "run",
+        "run_id": run_id,
+        "status": "QUEUED",
+        "created_at": now,
+        "updated_at": now,
+        "stages": {},
+        "decisions": [],
+        "mails": [],
+        **fields,
+    }
+    try:
+        _resource_table().put_item(Item=_to_ddb(item), ConditionExpression="attribute_not_exists(pk)")
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
+
+
+def get_run(run_id: str) -> dict[str, Any] | None:
+    resp = _resource_table().get_item(Key=run_key(run_id), ConsistentRead=True)
+    item = resp.get("Item")
+    return _from_ddb(item) if item else None
+
+
+def update_run(run_id: str, **fields: Any) -> None:
+    """Set top-level fields (creating the record if a manual start skipped StartRun)."""
+    fields["updated_at"] = clock.now_iso()
+    names = {f"#f{i}": k for i, k in enumerate(fields)}
+    values = {f":v{i}": v for i, v in enumerate(fields.values())}
+    expr = "SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields)))
+    _resource_table().update_item(
+        Key=run_key(run_id),
+        UpdateExpression=expr,
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues=_to_ddb(values),
+    )
+
+
+def update_stage(run_id: str, stage_id: str, **fields: Any) -> None:
+    """Merge ``fields`` into ``stages.<stage_id>`` of the record."""
+    run = get_run(run_id) or {}
+    stages = dict(run.get("stages") or {})
+    stage = dict(stages.get(stage_id) or {})
+    stage.update({k: v for k, v in fields.items() if v is not None})
+    stages[stage_id] = stage
+    update_run(run_id, stages=stages)
+
+
+def append_to(run_id: str, field: str, *entries: Any) -> None:
+    """Append entries to a list field."""
+    if not entries:
+        return
+    _resource_table().update_item(
+        Key=run_key(run_id),
+        UpdateExpression="SET #f = list_append(if_not_exists(#f, :empty), :new), updated_at = :now",
+        ExpressionAttributeNames={"#f": field},
+        ExpressionAttributeValues=_to_ddb({":empty": [], ":new": list(entries), ":now": clock.now_iso()}),
+    )
+
+
+def claim_manifest(digest: str, run_id: str, location: dict[str, Any]) -> tuple[str, bool]:
+    """Record that manifest version ``digest`` belongs to ``run_id``. Returns the owning run id
+    and whether this call made the claim (False: the same manifest version was seen before)."""
+    item = {"pk": f"manifest#{digest}", "kind": "idempotency", "run_id": run_id, "manifest": location,
+            "created_at": clock.now_iso()}
+    try:
+        _resource_table().put_item(Item=_to_ddb(item), ConditionExpression="attribute_not_exists(pk)")
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+            raise
+        existing = _resource_table().get_item(Key={"pk": f"manifest#{digest}"}, ConsistentRead=True)
+        return str(existing["Item"]["run_id"]), False
+    return run_id, True
+
+
+def list_runs(limit: int = 50) -> list[dict[str, Any]]:
+    """Most recent runs first (GSI ``ByCreated``)."""
+    resp = _resource_table().query(
+        IndexName="ByCreated",
+        KeyConditionExpression="kind = :k",
+        ExpressionAttributeValues={":k": "run"},
+        ScanIndexForward=False,
+        Limit=limit,
+    )
+    return [_from_ddb(i) for i in resp.get("Items", [])]

@@ -1,0 +1,43 @@
+"""The Lambdas' configuration: environment variables validated once into one model."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Environment of every cryopilot Lambda (set in template.yaml's Globals)."""
+
+    model_config = SettingsConfigDict(env_prefix="CRYOPILOT_", extra="ignore", frozen=True)
+
+    stack_name: str = "cryopilot"
+    region: str = Field(default="us-east-1", validation_alias="AWS_REGION")
+    input_bucket: str = "cryopilot-input"
+    results_bucket: str = "cryopilot-results"
+    artifacts_bucket: str = "cryopilot-artifacts"
+    runs_table: str = "cryopilot-runs"
+    topic_arn: str = "arn:aws:sns:us-east-1:123456789012:cryopilot"
+    state_machine_arn: str = "arn:aws:states:us-east-1:123456789012:stateMachine:cryopilot"
+    pcluster_api_url: str = "https://pcluster.invalid/prod"
+    vpc_id: str = ""
+    head_node_subnet_id: str = ""
+    compute_subnet_ids: str = Field(default="", description="comma-separated")
+    licence_secret_arn: str = ""
+    head_node_instance_type: str = "m6i.2xlarge"
+    gpu8_instance_type: str = "p4d.24xlarge"
+    gpu1_instance_type: str = "g6e.2xlarge"
+    fallback_gpu8_instance_types: str = Field(default="", description="comma-separated")
+    max_run_hours: float = 72.0
+    agent_timeout_seconds: int = 120
+
+    @property
+    def compute_subnets(self) -> list[str]:
+        return [s.strip() for s in self.compute_subnet_ids.split(",") if s.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

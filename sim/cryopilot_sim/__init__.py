@@ -1,0 +1,1 @@
+"""Local stand-ins and the offline harness: cryopilot without AWS, without Docker."""

@@ -1,0 +1,672 @@
+"""The offline harness: the whole stack of ``template.yaml`` running in one process.
+
+* AWS is moto (``mock_aws``) with its real ASL interpreter executing ``statemachines/*.asl.json``.
+* Every resource is created from ``template.yaml`` (names, environment, event patterns,
+  ``DefinitionSubstitutions``), never hand-copied.
+* Seams, each the smallest patch of moto that makes it behave like AWS here:
+  - Lambda: moto's Docker-less backend runs the real handler of ``functions/<name>/app.py``
+    in-process (errors reported as Lambda reports them: ``errorType``/``errorMessage``);
+  - EventBridge: rules whose target is a Lambda deliver to it (moto delivers to SQS/logs only),
+    asynchronously as EventBridge does, with S3's ``etag`` spelled as AWS spells it;
+  - Wait states sleep on the simulated clock instead of the wall clock;
+  - SSM Run Command runs ``cryopilot-agent`` in-process against the simulated head node's
+    cryoSPARC stand-in, and an instance that is not (or no longer) a head node is refused with
+    ``InvalidInstanceId``, as SSM refuses it.
+* The ParallelCluster API is the local stand-in (HTTP, SigV4), cryoSPARC is a stand-in per head
+  node (HTTP, spoken to by the real cryosparc-tools client).
+
+The moto internals patched here are those of moto 5.2.5 (pinned in requirements/dev.txt).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import queue
+import shlex
+import sys
+import threading
+import time
+import traceback
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from unittest import mock
+
+import boto3
+
+from cryopilot_sim.clock import Clock, VirtualClock
+from cryopilot_sim.template import ROOT, Resolver, function_environment, load_template, resources_of_type
+
+REGION = "us-east-1"
+ACCOUNT_ID = "123456789012"
+SSM_INLINE_LIMIT = 24_000
+FAKE_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SECURITY_TOKEN": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_REGION": REGION,
+    "POWERTOOLS_TRACE_DISABLED": "true",
+    "POWERTOOLS_METRICS_NAMESPACE": "cryopilot",
+    "POWERTOOLS_DEV": "false",
+}
+
+
+# --------------------------------------------------------------------------------------- stdout
+
+
+class _ThreadStdout(io.TextIOBase):
+    """sys.stdout that a thread can redirect to a buffer of its own (several simulated head nodes
+    run agent commands at once)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.local = threading.local()
+
+    def write(self, s: str) -> int:
+        buf = getattr(self.local, "buf", None)
+        return (buf or self.real).write(s)
+
+    def flush(self) -> None:
+        buf = getattr(self.local, "buf", None)
+        (buf or self.real).flush()
+
+    @contextmanager
+    def capture(self) -> Iterator[io.StringIO]:
+        buf = io.StringIO()
+        self.local.buf = buf
+        try:
+            yield buf
+        finally:
+            self.local.buf = None
+
+
+# --------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class FakeContext:
+    function_name: str
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = ""
+    aws_request_id: str = ""
+    log_group_name: str = ""
+    log_stream_name: str = "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+@dataclass
+class LocalFunction:
+    logical_id: str
+    name: str
+    arn: str
+    code_dir: Path
+    module: ModuleType | None = None
+    invocations: int = 0
+
+
+@dataclass
+class HeadNode:
+    cluster_name: str
+    instance_id: str
+    cryosparc: Any
+    env: dict[str, str]
+
+
+@dataclass
+class Delivery:
+    rule: str
+    function: str
+    event: dict[str, Any]
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass
+class LocalCloud:
+    """The stack, running locally. Use as a context manager."""
+
+    clock: Clock = field(default_factory=VirtualClock)
+    profile: str = "cgrp"
+    parameters: dict[str, Any] = field(default_factory=dict)
+    stack_name: str = "cryopilot-local"
+    pcluster_options: dict[str, Any] = field(default_factory=dict)
+    cryosparc_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.template = load_template()
+        self.functions: dict[str, LocalFunction] = {}
+        self.head_nodes: dict[str, HeadNode] = {}
+        self.deliveries: list[Delivery] = []
+        self.cryosparc_setup: list[Callable[[Any], None]] = []
+        self._stack = ExitStack()
+        self._events: queue.Queue[tuple[str, str, dict[str, Any]] | None] = queue.Queue()
+        self._pending = 0
+        self._pending_lock = threading.Condition()
+        self._lock = threading.Lock()
+        self.resolver: Resolver | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+    def __enter__(self) -> LocalCloud:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        from moto import mock_aws
+
+        from cryopilot import aws, clock
+        from cryopilot.settings import get_settings
+        from cryopilot_sim.pcluster_standin import PClusterStandIn
+
+        st = self._stack
+        st.enter_context(mock.patch.dict(os.environ, FAKE_ENV))
+        st.enter_context(
+            mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
+        )
+        self._install_seams()
+        self.pcluster = PClusterStandIn(self.clock, **self.pcluster_options)
+        endpoint = self.pcluster.start()
+        st.callback(self.pcluster.stop)
+        self.pcluster.on_head_node = self._attach_head_node
+        self.pcluster.on_deleted = self._detach_head_node
+        params = {"ParallelClusterApiUrl": endpoint, "NotificationEmail": "structures@example.org",
+                  "HeadNodeSubnetId": "subnet-0aaaaaaaaaaaaaaa1",
+                  "ComputeSubnetIds": "subnet-0aaaaaaaaaaaaaaa1,subnet-0bbbbbbbbbbbbbbb2",
+                  "VpcId": "vpc-0123456789abcdef0",
+                  "CryosparcLicenceSecretArn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT_ID}:secret:cryosparc-licence",
+                  **self.parameters}
+        self.resolver = Resolver(self.template, params, region=REGION, account_id=ACCOUNT_ID,
+                                 stack_name=self.stack_name)
+        self._create_resources()
+        env = {k: str(v) for k, v in self.resolver.resolve(function_environment(self.template)).items()}
+        st.enter_context(mock.patch.dict(os.environ, env))
+        get_settings.cache_clear()
+        aws.reset()
+        clock.set_clock(self.clock.now)
+        st.callback(clock.set_clock, None)
+        st.callback(get_settings.cache_clear)
+        st.callback(aws.reset)
+        worker = threading.Thread(target=self._deliver_events, name="eventbridge", daemon=True)
+        worker.start()
+        st.callback(self._stop_worker, worker)
+
+    def stop(self) -> None:
+        for node in list(self.head_nodes.values()):
+            node.cryosparc.stop()
+        self.head_nodes.clear()
+        self._stack.close()
+
+    def _stop_worker(self, worker: threading.Thread) -> None:
+        self._events.put(None)
+        worker.join(timeout=10)
+
+    # ---------------------------------------------------------------- names
+    def ref(self, logical_id: str) -> Any:
+        assert self.resolver is not None
+        return self.resolver.refs[logical_id]
+
+    def client(self, service: str) -> Any:
+        return boto3.client(service, region_name=REGION)  # type: ignore[call-overload]
+
+    @property
+    def input_bucket(self) -> str:
+        return str(self.ref("InputBucket"))
+
+    @property
+    def results_bucket(self) -> str:
+        return str(self.ref("ResultsBucket"))
+
+    @property
+    def state_machine_arn(self) -> str:
+        return str(self.ref("RunStateMachine"))
+
+    @property
+    def topic_arn(self) -> str:
+        return str(self.ref("NotificationTopic"))
+
+    # ---------------------------------------------------------------- resources from the template
+    def _create_resources(self) -> None:
+        r = self.resolver
+        assert r is not None
+        tpl = self.template
+        s3 = self.client("s3")
+        for logical, res in resources_of_type(tpl, "AWS::S3::Bucket").items():
+            name = f"{self.stack_name}-{logical.lower()}"
+            props = r.resolve(res.get("Properties", {}))
+            s3.create_bucket(Bucket=name)
+            if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
+                s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+            if "BucketEncryption" in props:
+                s3.put_bucket_encryption(
+                    Bucket=name,
+                    ServerSideEncryptionConfiguration={
+                        "Rules": [
+                            {k: v for k, v in rule.items()}
+                            for rule in props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+                        ]
+                    },
+                )
+            if "PublicAccessBlockConfiguration" in props:
+                s3.put_public_access_block(
+                    Bucket=name, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"]
+                )
+            if props.get("NotificationConfiguration", {}).get("EventBridgeConfiguration", {}).get(
+                "EventBridgeEnabled"
+            ):
+                s3.put_bucket_notification_configuration(
+                    Bucket=name, NotificationConfiguration={"EventBridgeConfiguration": {}}
+                )
+            r.refs[logical] = name
+            r.attrs[(logical, "Arn")] = f"arn:aws:s3:::{name}"
+        for logical, res in resources_of_type(tpl, "AWS::S3::BucketPolicy").items():
+            props = r.resolve(res["Properties"])
+            s3.put_bucket_policy(Bucket=props["Bucket"], Policy=json.dumps(props["PolicyDocument"]))
+            r.refs[logical] = props["Bucket"]
+
+        ddb = self.client("dynamodb")
+        for logical, res in resources_of_type(tpl, "AWS::DynamoDB::Table").items():
+            props = r.resolve(res["Properties"])
+            name = f"{self.stack_name}-{logical}"
+            kwargs: dict[str, Any] = {
+                "TableName": name,
+                "AttributeDefinitions": props["AttributeDefinitions"],
+                "KeySchema": props["KeySchema"],
+                "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
+            }
+            if props.get("GlobalSecondaryIndexes"):
+                kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+            ddb.create_table(**kwargs)
+            if props.get("PointInTimeRecoverySpecification", {}).get("PointInTimeRecoveryEnabled"):
+                ddb.update_continuous_backups(
+                    TableName=name, PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True}
+                )
+            r.refs[logical] = name
+            r.attrs[(logical, "Arn")] = f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{name}"
+
+        sns = self.client("sns")
+        for logical, res in resources_of_type(tpl, "AWS::SNS::Topic").items():
+            name = f"{self.stack_name}-{logical}"
+            arn = sns.create_topic(Name=name)["TopicArn"]
+            r.refs[logical] = arn
+            r.attrs[(logical, "TopicName")] = name
+        for logical, res in resources_of_type(tpl, "AWS::SNS::Subscription").items():
+            if "Condition" in res and not r.condition(res["Condition"]):
+                continue
+            props = r.resolve(res["Properties"])
+            sns.subscribe(TopicArn=props["TopicArn"], Protocol=props["Protocol"], Endpoint=props["Endpoint"])
+
+        logs = self.client("logs")
+        for logical, res in resources_of_type(tpl, "AWS::Logs::LogGroup").items():
+            props = r.resolve(res["Properties"])
+            logs.create_log_group(logGroupName=props["LogGroupName"])
+            r.refs[logical] = props["LogGroupName"]
+            r.attrs[(logical, "Arn")] = f"arn:aws:logs:{REGION}:{ACCOUNT_ID}:log-group:{props['LogGroupName']}:*"
+
+        r.refs["CryopilotLayer"] = f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:layer:{self.stack_name}-layer:1"
+        self._create_functions()
+        self._create_state_machines()
+
+    def _role(self, name: str, service: str) -> str:
+        iam = self.client("iam")
+        doc = {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]}
+        return str(iam.create_role(RoleName=name[:64], AssumeRolePolicyDocument=json.dumps(doc))["Role"]["Arn"])
+
+    def _create_functions(self) -> None:
+        r = self.resolver
+        assert r is not None
+        lam = self.client("lambda")
+        events = self.client("events")
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("app.py", "# the harness runs the real handler in-process\n")
+        zipped = buf.getvalue()
+        globals_fn = self.template.get("Globals", {}).get("Function", {})
+        for logical, res in resources_of_type(self.template, "AWS::Serverless::Function").items():
+            props = res["Properties"]
+            name = f"{self.stack_name}-{logical}"
+            role = self._role(f"{name}-role", "lambda.amazonaws.com")
+            arn = lam.create_function(
+                FunctionName=name,
+                Runtime=props.get("Runtime", globals_fn.get("Runtime")),
+                Role=role,
+                Handler=props.get("Handler", globals_fn.get("Handler")),
+                Code={"ZipFile": zipped},
+                Timeout=int(props.get("Timeout", globals_fn.get("Timeout", 3))),
+            )["FunctionArn"]
+            code_dir = ROOT / props["CodeUri"]
+            self.functions[name] = LocalFunction(logical, name, arn, code_dir)
+            r.refs[logical] = name
+            r.attrs[(logical, "Arn")] = arn
+        # EventBridge rules declared as function events
+        for logical, res in resources_of_type(self.template, "AWS::Serverless::Function").items():
+            fn = self.functions[r.refs[logical]]
+            for ev_name, ev in (res["Properties"].get("Events") or {}).items():
+                if ev["Type"] != "EventBridgeRule":
+                    continue
+                pattern = r.resolve(ev["Properties"]["Pattern"])
+                rule = f"{self.stack_name}-{logical}-{ev_name}"
+                events.put_rule(Name=rule, EventPattern=json.dumps(pattern), State="ENABLED")
+                events.put_targets(Rule=rule, Targets=[{"Id": "Target", "Arn": fn.arn}])
+
+    def _create_state_machines(self) -> None:
+        r = self.resolver
+        assert r is not None
+        sfn = self.client("stepfunctions")
+        for logical, res in resources_of_type(self.template, "AWS::Serverless::StateMachine").items():
+            props = res["Properties"]
+            definition = (ROOT / props["DefinitionUri"]).read_text(encoding="utf-8")
+            subs = {k: str(v) for k, v in r.resolve(props.get("DefinitionSubstitutions", {})).items()}
+            definition = substitute_definition(definition, subs)
+            name = r.resolve(props["Name"])
+            role = self._role(f"{name}-role", "states.amazonaws.com")
+            arn = sfn.create_state_machine(name=name, definition=definition, roleArn=role,
+                                           type=props.get("Type", "STANDARD"))["stateMachineArn"]
+            r.refs[logical] = arn
+            r.attrs[(logical, "Name")] = name
+
+    # ---------------------------------------------------------------- seams
+    def _install_seams(self) -> None:
+        from moto.awslambda_simple.models import LambdaSimpleBackend
+        from moto.events.models import Rule
+        from moto.ssm.models import SimpleSystemManagerBackend
+        from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import (
+            WaitFunction,
+        )
+
+        harness = self
+        st = self._stack
+
+        def invoke(backend: Any, function_name: str, qualifier: Any, body: Any, headers: Any,
+                   response_headers: dict[str, str]) -> bytes:
+            name = function_name.split(":function:")[-1].split(":")[0]
+            event = json.loads(body) if body else {}
+            ok, payload = harness.invoke(name, event)
+            if not ok:
+                response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps(payload).encode()
+
+        st.enter_context(mock.patch.object(LambdaSimpleBackend, "invoke", invoke))
+
+        original_send = Rule.send_to_targets
+
+        def send_to_targets(rule: Any, event: dict[str, Any], transform_input: bool = True) -> None:
+            lambda_targets = [t for t in rule.targets if ":lambda:" in t["Arn"]]
+            others = [t for t in rule.targets if ":lambda:" not in t["Arn"]]
+            if others:
+                saved = rule.targets
+                rule.targets = others
+                try:
+                    original_send(rule, event, transform_input)
+                finally:
+                    rule.targets = saved
+            if lambda_targets and rule.event_pattern.matches_event(event):
+                aws_event = _as_aws_event(event)
+                for t in lambda_targets:
+                    harness._enqueue(rule.name, t["Arn"].split(":function:")[-1], aws_event)
+
+        st.enter_context(mock.patch.object(Rule, "send_to_targets", send_to_targets))
+
+        def wait_interval(wf: Any, env: Any, wait_seconds: int) -> None:
+            if wait_seconds > 0 and env.is_running():
+                harness.clock.sleep(wait_seconds)
+
+        st.enter_context(mock.patch.object(WaitFunction, "_wait_interval", wait_interval))
+
+        original_send_command = SimpleSystemManagerBackend.send_command
+
+        def send_command(backend: Any, **kwargs: Any) -> Any:
+            from moto.ssm.exceptions import SSMException
+
+            missing = [i for i in kwargs.get("instance_ids") or [] if i not in harness.head_nodes]
+            if missing:
+                raise SSMException("InvalidInstanceId", f"Instances {missing} not in a valid state for account")
+            command = original_send_command(backend, **kwargs)
+            for inv in command.invocations:
+                harness._run_on_head_node(command, inv)
+            return command
+
+        st.enter_context(mock.patch.object(SimpleSystemManagerBackend, "send_command", send_command))
+
+        if not isinstance(sys.stdout, _ThreadStdout):
+            self.stdout = _ThreadStdout(sys.stdout)
+            st.enter_context(mock.patch.object(sys, "stdout", self.stdout))
+        else:
+            self.stdout = sys.stdout
+
+    # ---------------------------------------------------------------- Lambda
+    def _module(self, fn: LocalFunction) -> ModuleType:
+        with self._lock:
+            if fn.module is None:
+                path = fn.code_dir / "app.py"
+                spec = importlib.util.spec_from_file_location(f"cryopilot_fn_{fn.logical_id}", path)
+                assert spec and spec.loader
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                fn.module = module
+            return fn.module
+
+    def invoke(self, function_name: str, event: Any) -> tuple[bool, Any]:
+        """Run a function's real handler in-process: (ok, payload as Lambda would return it)."""
+        fn = self.functions[function_name]
+        fn.invocations += 1
+        module = self._module(fn)
+        ctx = FakeContext(function_name=fn.name, invoked_function_arn=fn.arn,
+                          aws_request_id=f"req-{fn.invocations:06d}",
+                          log_group_name=f"/aws/lambda/{fn.name}")
+        try:
+            result = module.lambda_handler(event, ctx)
+        except Exception as exc:
+            return False, {
+                "errorType": type(exc).__name__,
+                "errorMessage": str(exc),
+                "stackTrace": traceback.format_tb(exc.__traceback__)[-3:],
+            }
+        return True, result
+
+    # ---------------------------------------------------------------- EventBridge → Lambda
+    def _enqueue(self, rule: str, function: str, event: dict[str, Any]) -> None:
+        with self._pending_lock:
+            self._pending += 1
+        self._events.put((rule, function, event))
+
+    def _deliver_events(self) -> None:
+        while True:
+            item = self._events.get()
+            if item is None:
+                return
+            rule, function, event = item
+            delivery = Delivery(rule, function, event)
+            try:
+                ok, payload = self.invoke(function, event)
+                delivery.result = payload
+                if not ok:
+                    delivery.error = payload.get("errorMessage")
+            finally:
+                self.deliveries.append(delivery)
+                with self._pending_lock:
+                    self._pending -= 1
+                    self._pending_lock.notify_all()
+
+    def drain_events(self, timeout: float = 30.0) -> None:
+        """Wait until every event put on the bus so far has been delivered."""
+        with self._pending_lock:
+            if not self._pending_lock.wait_for(lambda: self._pending == 0, timeout=timeout):
+                raise TimeoutError("EventBridge deliveries still pending")
+
+    def put_event(self, event: dict[str, Any]) -> None:
+        """Put an event on the default bus as an AWS service would (e.g. DataSync)."""
+        self.client("events").put_events(Entries=[{
+            "Source": event["source"],
+            "DetailType": event["detail-type"],
+            "Detail": json.dumps(event["detail"]),
+            "Resources": event.get("resources", []),
+        }])
+
+    # ---------------------------------------------------------------- head nodes
+    def _attach_head_node(self, cluster_name: str, instance_id: str) -> None:
+        from cryopilot_sim.cryosparc_standin import CryoSparcStandIn
+
+        email, password = "cryopilot@localhost", f"local-{instance_id}"
+        cs = CryoSparcStandIn(self.clock, profile=self.profile, email=email, password=password,
+                              **self.cryosparc_options)
+        base_url = cs.start()
+        for setup in self.cryosparc_setup:
+            setup(cs)
+        env = {"CRYOSPARC_BASE_URL": base_url, "CRYOSPARC_EMAIL": email, "CRYOSPARC_PASSWORD": password,
+               "CRYOPILOT_PROJECT_ROOT": f"/shared/cryosparc/projects/{cluster_name}"}
+        with self._lock:
+            self.head_nodes[instance_id] = HeadNode(cluster_name, instance_id, cs, env)
+
+    def _detach_head_node(self, cluster_name: str) -> None:
+        with self._lock:
+            gone = [i for i, n in self.head_nodes.items() if n.cluster_name == cluster_name]
+            nodes = [self.head_nodes.pop(i) for i in gone]
+        for node in nodes:
+            node.cryosparc.stop()
+
+    def head_node_for(self, cluster_name: str) -> HeadNode | None:
+        return next((n for n in self.head_nodes.values() if n.cluster_name == cluster_name), None)
+
+    def _run_on_head_node(self, command: Any, inv: dict[str, Any]) -> None:
+        from cryopilot_agent import cli as agent_cli
+
+        node = self.head_nodes[inv["InstanceId"]]
+        lines = command.parameters.get("commands") or []
+        stdout, stderr, code = "", "", 0
+        for line in lines:
+            argv = shlex.split(line)
+            if not argv or argv[0] != "cryopilot-agent":
+                stderr, code = f"{argv[0] if argv else line}: command not found\n", 127
+                break
+            with self.stdout.capture() as buf:
+                try:
+                    code = agent_cli.main(argv[1:], env={**node.env, **_aws_env()})
+                except SystemExit as exc:  # argparse errors
+                    code = int(exc.code or 0) if isinstance(exc.code, int) else 2
+                except Exception as exc:
+                    stderr, code = f"{type(exc).__name__}: {exc}\n", 1
+            stdout += buf.getvalue()
+            if code:
+                break
+        if command.output_s3_bucket_name:
+            key = (f"{command.output_s3_key_prefix.rstrip('/')}/{command.command_id}/{inv['InstanceId']}"
+                   "/awsrunShellScript/0.awsrunShellScript/stdout")
+            self.client("s3").put_object(Bucket=command.output_s3_bucket_name, Key=key, Body=stdout.encode())
+        inline = stdout if len(stdout) <= SSM_INLINE_LIMIT else stdout[:SSM_INLINE_LIMIT]
+        inv.update({
+            "Status": "Success" if code == 0 else "Failed",
+            "StatusDetails": "Success" if code == 0 else "Failed",
+            "ResponseCode": code,
+            "StandardOutputContent": inline,
+            "StandardErrorContent": stderr,
+        })
+
+    # ---------------------------------------------------------------- what a user does
+    def drop_dataset(self, folder: str, manifest: str | bytes, files: dict[str, bytes] | None = None,
+                     manifest_name: str = "cryopilot.yaml") -> dict[str, Any]:
+        """Upload a dataset's files, then its manifest (which triggers the run)."""
+        s3 = self.client("s3")
+        for rel, body in (files or {}).items():
+            s3.put_object(Bucket=self.input_bucket, Key=f"datasets/{folder}/{rel}", Body=body)
+        body = manifest.encode() if isinstance(manifest, str) else manifest
+        resp: dict[str, Any] = s3.put_object(Bucket=self.input_bucket, Key=f"datasets/{folder}/{manifest_name}",
+                                             Body=body)
+        return resp
+
+    def executions(self) -> list[dict[str, Any]]:
+        sfn = self.client("stepfunctions")
+        out: list[dict[str, Any]] = sfn.list_executions(stateMachineArn=self.state_machine_arn)["executions"]
+        return out
+
+    def wait_for_execution(self, arn: str, timeout: float = 120.0) -> dict[str, Any]:
+        sfn = self.client("stepfunctions")
+        deadline = time.monotonic() + timeout
+        while True:
+            desc: dict[str, Any] = sfn.describe_execution(executionArn=arn)
+            if desc["status"] != "RUNNING":
+                return desc
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"execution {arn} still running after {timeout} s")
+            time.sleep(0.02)
+
+    def states_entered(self, arn: str) -> list[str]:
+        sfn = self.client("stepfunctions")
+        names: list[str] = []
+        kwargs: dict[str, Any] = {"executionArn": arn, "maxResults": 1000}
+        while True:
+            page = sfn.get_execution_history(**kwargs)
+            for ev in page["events"]:
+                details = ev.get("stateEnteredEventDetails")
+                if details:
+                    names.append(details["name"])
+            if not page.get("nextToken"):
+                return names
+            kwargs["nextToken"] = page["nextToken"]
+
+    def history(self, arn: str) -> list[dict[str, Any]]:
+        sfn = self.client("stepfunctions")
+        events: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"executionArn": arn, "maxResults": 1000}
+        while True:
+            page = sfn.get_execution_history(**kwargs)
+            events += page["events"]
+            if not page.get("nextToken"):
+                return events
+            kwargs["nextToken"] = page["nextToken"]
+
+    def mails(self) -> list[dict[str, Any]]:
+        """Every message published to the stack's topic, oldest first."""
+        from moto.sns.models import sns_backends
+
+        topic = sns_backends[ACCOUNT_ID][REGION].topics[self.topic_arn]
+        out = []
+        for message_id, message, subject, attributes, _group in topic.sent_notifications:
+            attrs = {k: v.get("Value", v.get("StringValue")) for k, v in (attributes or {}).items()}
+            out.append({"id": message_id, "subject": subject, "message": message, "attributes": attrs})
+        return out
+
+    def run_record(self, run_id: str) -> dict[str, Any] | None:
+        from cryopilot import runs
+
+        return runs.get_run(run_id)
+
+
+def _aws_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in ("AWS_DEFAULT_REGION", "AWS_REGION") if k in os.environ}
+
+
+def _as_aws_event(event: dict[str, Any]) -> dict[str, Any]:
+    """moto's S3→EventBridge event, spelled as AWS spells it (``etag``, not ``eTag``)."""
+    out = json.loads(json.dumps(event, default=str))
+    obj = out.get("detail", {}).get("object") if isinstance(out.get("detail"), dict) else None
+    if isinstance(obj, dict) and "eTag" in obj:
+        obj["etag"] = obj.pop("eTag")
+    return out
+
+
+def substitute_definition(definition: str, substitutions: dict[str, str]) -> str:
+    """Apply ``DefinitionSubstitutions`` as SAM does: every ``${Name}`` replaced; an unknown
+    placeholder is an error (SAM would deploy it literally and fail at run time)."""
+    import re
+
+    used = set(re.findall(r"\$\{([A-Za-z0-9_]+)\}", definition))
+    missing = used - set(substitutions)
+    if missing:
+        raise KeyError(f"ASL placeholders without a substitution: {', '.join(sorted(missing))}")
+    for key, value in substitutions.items():
+        definition = definition.replace("${" + key + "}", value)
+    return definition

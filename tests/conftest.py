@@ -1,0 +1,42 @@
+"""Shared fixtures. Every test runs with fake AWS credentials and no route to a real endpoint."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EVENTS = ROOT / "events"
+
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "SAM_CLI_TELEMETRY": "0",
+    }
+)
+
+
+@pytest.fixture
+def manifest_text() -> str:
+    return (EVENTS / "manifests" / "cgrp.yaml").read_text()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    from cryopilot import aws
+    from cryopilot.settings import get_settings
+
+    get_settings.cache_clear()
+    aws.reset()
+    yield
+    get_settings.cache_clear()
+    aws.reset()

@@ -1,0 +1,103 @@
+"""Static checks of the state machine against the template and the package."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from cryopilot import errors
+from cryopilot_sim.harness import substitute_definition
+from cryopilot_sim.template import load_template, resources_of_type
+from tests.conftest import ROOT
+
+ASL_FILES = sorted((ROOT / "statemachines").glob("*.asl.json"))
+
+
+def _machines() -> list[tuple[str, dict[str, Any]]]:
+    tpl = load_template()
+    return [(k, v["Properties"]) for k, v in resources_of_type(tpl, "AWS::Serverless::StateMachine").items()]
+
+
+def _states(asl: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return asl["States"]
+
+
+@pytest.mark.parametrize(("logical", "props"), _machines())
+def test_placeholders_and_substitutions_match(logical: str, props: dict[str, Any]) -> None:
+    text = (ROOT / props["DefinitionUri"]).read_text()
+    used = set(re.findall(r"\$\{([A-Za-z0-9_]+)\}", text))
+    given = set(props["DefinitionSubstitutions"])
+    assert used == given, f"{logical}: unused {given - used}, missing {used - given}"
+
+
+def test_substitution_rejects_unknown_placeholder() -> None:
+    with pytest.raises(KeyError, match="Missing"):
+        substitute_definition('{"a": "${Missing}"}', {"Other": "x"})
+
+
+def test_every_asl_file_is_deployed() -> None:
+    deployed = {(ROOT / p["DefinitionUri"]).resolve() for _, p in _machines()}
+    assert {f.resolve() for f in ASL_FILES} == deployed
+
+
+@pytest.mark.parametrize("path", ASL_FILES, ids=lambda p: p.name)
+def test_error_names_exist(path) -> None:
+    asl = json.loads(path.read_text())
+    named = set()
+    for st in _states(asl).values():
+        for block in st.get("Retry", []) + st.get("Catch", []):
+            named |= set(block["ErrorEquals"])
+    ours = {n for n in named if not n.startswith(("States.", "Lambda."))}
+    missing = [n for n in ours if not isinstance(getattr(errors, n, None), type)]
+    assert not missing, f"ASL names errors the package does not define: {missing}"
+
+
+@pytest.mark.parametrize("path", ASL_FILES, ids=lambda p: p.name)
+def test_retries_are_only_for_transient_errors(path) -> None:
+    asl = json.loads(path.read_text())
+    for name, st in _states(asl).items():
+        for block in st.get("Retry", []):
+            for err in block["ErrorEquals"]:
+                if err.startswith("Lambda.") or (err == "States.ALL" and st.get("Resource", "").endswith("sns:publish")):
+                    continue
+                if name in ("RecordFailure", "ComposeFailureMail", "ComposeSuccessMail", "FailureDeleteCluster"):
+                    continue  # failure-path bookkeeping: retried whatever went wrong
+                cls = getattr(errors, err, None)
+                assert isinstance(cls, type) and issubclass(cls, errors.TransientError), (
+                    f"{name} retries {err}, which is not a TransientError"
+                )
+
+
+@pytest.mark.parametrize("path", ASL_FILES, ids=lambda p: p.name)
+def test_every_task_on_the_main_path_is_caught(path) -> None:
+    asl = json.loads(path.read_text())
+    for name, st in _states(asl).items():
+        if st["Type"] == "Task":
+            assert st.get("Catch"), f"task {name} has no Catch"
+            assert st.get("TimeoutSeconds"), f"task {name} has no TimeoutSeconds"
+
+
+@pytest.mark.parametrize("path", ASL_FILES, ids=lambda p: p.name)
+def test_waits_read_their_time_from_the_input(path) -> None:
+    asl = json.loads(path.read_text())
+    waits = {n: s for n, s in _states(asl).items() if s["Type"] == "Wait"}
+    assert waits
+    for name, st in waits.items():
+        assert "SecondsPath" in st, f"wait {name} has a fixed time"
+
+
+@pytest.mark.parametrize("path", ASL_FILES, ids=lambda p: p.name)
+def test_every_poll_loop_is_bounded(path) -> None:
+    """Each loop back to a Wait passes a Task that gets a poll counter and its bound."""
+    asl = json.loads(path.read_text())
+    states = _states(asl)
+    for name, st in states.items():
+        if st["Type"] != "Wait":
+            continue
+        checker = states[st["Next"]]
+        payload = checker["Parameters"]["Payload"]
+        bounded = any(k.startswith(("max_polls", "stage")) for k in payload)
+        assert bounded, f"the loop through {name} has no bound"

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cryopilot.errors import EventError
+from cryopilot.triggers import ManifestLocation, check_key, parse_triggers
+from tests.conftest import EVENTS
+
+
+def _event(name: str) -> dict:
+    return json.loads((EVENTS / name).read_text())
+
+
+def test_eventbridge_s3_event() -> None:
+    (t,) = parse_triggers(_event("eventbridge-s3-object-created.json"))
+    assert t.kind == "eventbridge-s3"
+    assert t.location is not None
+    assert t.location.key == "datasets/CGRP-2026-11/cryopilot.yaml"
+    assert t.location.version_id == "IYV3p45BT0ac8hjHg1houSdS1a.Mro8e"
+    assert t.location.etag == "b1946ac92492d2347c6235b4d2611184"
+
+
+def test_moto_spelling_of_etag_is_accepted() -> None:
+    ev = _event("eventbridge-s3-object-created.json")
+    ev["detail"]["object"]["eTag"] = ev["detail"]["object"].pop("etag")
+    (t,) = parse_triggers(ev)
+    assert t.location is not None and t.location.etag == "b1946ac92492d2347c6235b4d2611184"
+
+
+def test_s3_notification_key_is_url_decoded() -> None:
+    ev = _event("s3-put.json")
+    ev["Records"][0]["s3"]["object"]["key"] = "datasets/My+Data%2B1/cryopilot.yaml"
+    (t,) = parse_triggers(ev)
+    assert t.kind == "s3-notification"
+    assert t.location is not None and t.location.key == "datasets/My Data+1/cryopilot.yaml"
+
+
+def test_s3_removal_records_are_skipped() -> None:
+    ev = _event("s3-put.json")
+    ev["Records"][0]["eventName"] = "ObjectRemoved:Delete"
+    assert parse_triggers(ev) == []
+
+
+def test_datasync_success_and_other_states() -> None:
+    ev = _event("datasync-success.json")
+    (t,) = parse_triggers(ev)
+    assert t.kind == "datasync"
+    assert t.execution_arn is not None and t.execution_arn.endswith("exec-0123456789abcdef0")
+    ev["detail"]["State"] = "ERROR"
+    assert parse_triggers(ev) == []
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        ([], "must be a JSON object"),
+        ({"source": "aws.ec2"}, "unknown event"),
+        ({"source": "aws.s3", "detail-type": "Object Created", "detail": {}}, "malformed"),
+        ({"Records": [{"eventSource": "aws:sqs"}]}, "not an S3 event notification"),
+        ({"source": "aws.datasync", "detail-type": "DataSync Task Execution State Change",
+          "resources": [], "detail": {"State": "SUCCESS"}}, "malformed"),
+    ],
+)
+def test_unusable_events(event: object, expected: str) -> None:
+    with pytest.raises(EventError, match=expected):
+        parse_triggers(event)
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("datasets/a\x00b/cryopilot.yaml", "control characters"),
+        ("datasets/../cryopilot.yaml", "'..'"),
+        ("datasets/a/movie.tif", "not a manifest"),
+    ],
+)
+def test_check_key(key: str, expected: str) -> None:
+    with pytest.raises(EventError, match=expected):
+        check_key(key)
+
+
+def test_run_id_is_deterministic_and_a_valid_execution_name() -> None:
+    a = ManifestLocation(bucket="b", key="datasets/CGRP 2026/cryopilot.yaml", version_id="v1")
+    b = ManifestLocation(bucket="b", key="datasets/CGRP 2026/cryopilot.yaml", version_id="v1")
+    c = ManifestLocation(bucket="b", key="datasets/CGRP 2026/cryopilot.yaml", version_id="v2")
+    assert a.run_id() == b.run_id() != c.run_id()
+    assert a.run_id().startswith("CGRP-2026-")
+    assert len(a.run_id()) <= 80
+    assert all(ch.isalnum() or ch in "-_" for ch in a.run_id())
+
+
+def test_etag_identifies_version_when_bucket_is_unversioned() -> None:
+    a = ManifestLocation(bucket="b", key="datasets/x/cryopilot.yaml", etag='"abc"')
+    b = ManifestLocation(bucket="b", key="datasets/x/cryopilot.yaml", etag="abc")
+    assert a.digest() == b.digest()
