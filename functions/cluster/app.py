@@ -3,10 +3,9 @@
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, Field, TypeAdapter
-
 from cryopilot import cluster
 from cryopilot.observability import logger, metrics, tracer
+from pydantic import BaseModel, Field, TypeAdapter
 
 
 class Create(BaseModel):

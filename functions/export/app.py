@@ -3,10 +3,9 @@
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel
-
 from cryopilot.export import export
 from cryopilot.observability import logger, metrics, tracer
+from pydantic import BaseModel
 
 
 class ExportRequest(BaseModel):

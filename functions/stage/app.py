@@ -3,10 +3,9 @@
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, Field, TypeAdapter
-
 from cryopilot import stages
 from cryopilot.observability import logger, metrics, tracer
+from pydantic import BaseModel, Field, TypeAdapter
 
 
 class Submit(BaseModel):
@@ -30,5 +29,9 @@ Request = TypeAdapter(Annotated[Submit | Poll, Field(discriminator="action")])
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     req = Request.validate_python(event)
     logger.append_keys(run_id=req.run_id, action=req.action)
-    step = stages.submit(req.run_id, req.index) if isinstance(req, Submit) else stages.poll(req.run_id, req.stage)
+    step = (
+        stages.submit(req.run_id, req.index)
+        if isinstance(req, Submit)
+        else stages.poll(req.run_id, req.stage)
+    )
     return step.model_dump(mode="json")

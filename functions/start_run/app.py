@@ -3,7 +3,6 @@
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-
 from cryopilot.observability import logger, metrics, tracer
 from cryopilot.startrun import handle_event
 

@@ -3,10 +3,9 @@
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel
-
 from cryopilot.execution import validate
 from cryopilot.observability import logger, metrics, tracer
+from pydantic import BaseModel
 
 
 class ValidateRequest(BaseModel):

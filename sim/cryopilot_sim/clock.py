@@ -23,10 +23,16 @@ class Clock(Protocol):
 
 
 class VirtualClock:
-    def __init__(self, start: float = 1_767_225_600.0) -> None:  # 2026-01-01T00:00:00Z
-        self._now = float(start)
+    """``pace``: if set, each sleep also takes ``seconds / pace`` of wall time, so a person can
+    watch a run unfold (the figures stay exact)."""
+
+    def __init__(self, start: float = 1_767_225_600.0, *, pace: float | None = None) -> None:
+        self._now = float(start)  # 2026-01-01T00:00:00Z by default
         self._lock = threading.Lock()
         self.start = float(start)
+        if pace is not None and pace <= 0:
+            raise ValueError("pace must be positive")
+        self.pace = pace
 
     def now(self) -> float:
         with self._lock:
@@ -37,8 +43,15 @@ class VirtualClock:
             raise ValueError("cannot sleep a negative time")
         with self._lock:
             self._now += seconds
+        if self.pace:
+            time.sleep(seconds / self.pace)
 
-    advance = sleep
+    def advance(self, seconds: float) -> None:
+        """Move time on without pacing."""
+        if seconds < 0:
+            raise ValueError("cannot go back in time")
+        with self._lock:
+            self._now += seconds
 
 
 class ScaledClock:

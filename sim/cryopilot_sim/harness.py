@@ -26,13 +26,12 @@ import json
 import os
 import queue
 import shlex
-import sys
 import threading
 import time
 import traceback
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -47,6 +46,7 @@ from cryopilot_sim.template import ROOT, Resolver, function_environment, load_te
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
 SSM_INLINE_LIMIT = 24_000
+LICENCE_SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT_ID}:secret:cryosparc-licence"
 FAKE_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -58,35 +58,6 @@ FAKE_ENV = {
     "POWERTOOLS_METRICS_NAMESPACE": "cryopilot",
     "POWERTOOLS_DEV": "false",
 }
-
-
-# --------------------------------------------------------------------------------------- stdout
-
-
-class _ThreadStdout(io.TextIOBase):
-    """sys.stdout that a thread can redirect to a buffer of its own (several simulated head nodes
-    run agent commands at once)."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.local = threading.local()
-
-    def write(self, s: str) -> int:
-        buf = getattr(self.local, "buf", None)
-        return (buf or self.real).write(s)
-
-    def flush(self) -> None:
-        buf = getattr(self.local, "buf", None)
-        (buf or self.real).flush()
-
-    @contextmanager
-    def capture(self) -> Iterator[io.StringIO]:
-        buf = io.StringIO()
-        self.local.buf = buf
-        try:
-            yield buf
-        finally:
-            self.local.buf = None
 
 
 # --------------------------------------------------------------------------------------- model
@@ -165,16 +136,18 @@ class LocalCloud:
         self.stop()
 
     def start(self) -> None:
-        from moto import mock_aws
-
         from cryopilot import aws, clock
         from cryopilot.settings import get_settings
+        from moto import mock_aws
+
         from cryopilot_sim.pcluster_standin import PClusterStandIn
 
         st = self._stack
         st.enter_context(mock.patch.dict(os.environ, FAKE_ENV))
         st.enter_context(
-            mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
+            mock_aws(
+                config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+            )
         )
         self._install_seams()
         self.pcluster = PClusterStandIn(self.clock, **self.pcluster_options)
@@ -182,15 +155,20 @@ class LocalCloud:
         st.callback(self.pcluster.stop)
         self.pcluster.on_head_node = self._attach_head_node
         self.pcluster.on_deleted = self._detach_head_node
-        params = {"ParallelClusterApiUrl": endpoint, "NotificationEmail": "structures@example.org",
-                  "HeadNodeSubnetId": "subnet-0aaaaaaaaaaaaaaa1",
-                  "ComputeSubnetIds": "subnet-0aaaaaaaaaaaaaaa1,subnet-0bbbbbbbbbbbbbbb2",
-                  "VpcId": "vpc-0123456789abcdef0",
-                  "CryosparcLicenceSecretArn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT_ID}:secret:cryosparc-licence",
-                  **self.parameters}
-        self.resolver = Resolver(self.template, params, region=REGION, account_id=ACCOUNT_ID,
-                                 stack_name=self.stack_name)
+        params = {
+            "ParallelClusterApiUrl": endpoint,
+            "NotificationEmail": "structures@example.org",
+            "HeadNodeSubnetId": "subnet-0aaaaaaaaaaaaaaa1",
+            "ComputeSubnetIds": "subnet-0aaaaaaaaaaaaaaa1,subnet-0bbbbbbbbbbbbbbb2",
+            "VpcId": "vpc-0123456789abcdef0",
+            "CryosparcLicenceSecretArn": LICENCE_SECRET_ARN,
+            **self.parameters,
+        }
+        self.resolver = Resolver(
+            self.template, params, region=REGION, account_id=ACCOUNT_ID, stack_name=self.stack_name
+        )
         self._create_resources()
+        self._s3 = self.client("s3")
         env = {k: str(v) for k, v in self.resolver.resolve(function_environment(self.template)).items()}
         st.enter_context(mock.patch.dict(os.environ, env))
         get_settings.cache_clear()
@@ -204,10 +182,30 @@ class LocalCloud:
         st.callback(self._stop_worker, worker)
 
     def stop(self) -> None:
+        self._stop_running_executions()
         for node in list(self.head_nodes.values()):
             node.cryosparc.stop()
         self.head_nodes.clear()
         self._stack.close()
+
+    def _stop_running_executions(self) -> None:
+        """Stop what still runs, so no interpreter thread outlives the mock (and could then try a
+        real endpoint)."""
+        if self.resolver is None or "RunStateMachine" not in self.resolver.refs:
+            return
+        sfn = self.client("stepfunctions")
+        running = [e["executionArn"] for e in self.executions() if e["status"] == "RUNNING"]
+        for arn in running:
+            try:
+                sfn.stop_execution(
+                    executionArn=arn, error="HarnessStopped", cause="the local stack is shutting down"
+                )
+            except Exception:  # noqa: S112 - moto cannot stop an execution whose worker has not started yet
+                continue
+        deadline = time.monotonic() + 10
+        while running and time.monotonic() < deadline:
+            running = [a for a in running if sfn.describe_execution(executionArn=a)["status"] == "RUNNING"]
+            time.sleep(0.05)
 
     def _stop_worker(self, worker: threading.Thread) -> None:
         self._events.put(None)
@@ -219,7 +217,7 @@ class LocalCloud:
         return self.resolver.refs[logical_id]
 
     def client(self, service: str) -> Any:
-        return boto3.client(service, region_name=REGION)  # type: ignore[call-overload]
+        return boto3.client(service, region_name=REGION)
 
     @property
     def input_bucket(self) -> str:
@@ -254,7 +252,10 @@ class LocalCloud:
                     Bucket=name,
                     ServerSideEncryptionConfiguration={
                         "Rules": [
-                            {k: v for k, v in rule.items()}
+                            {
+                                ("Apply" + k if k == "ServerSideEncryptionByDefault" else k): v
+                                for k, v in rule.items()
+                            }
                             for rule in props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
                         ]
                     },
@@ -263,8 +264,10 @@ class LocalCloud:
                 s3.put_public_access_block(
                     Bucket=name, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"]
                 )
-            if props.get("NotificationConfiguration", {}).get("EventBridgeConfiguration", {}).get(
-                "EventBridgeEnabled"
+            if (
+                props.get("NotificationConfiguration", {})
+                .get("EventBridgeConfiguration", {})
+                .get("EventBridgeEnabled")
             ):
                 s3.put_bucket_notification_configuration(
                     Bucket=name, NotificationConfiguration={"EventBridgeConfiguration": {}}
@@ -273,7 +276,13 @@ class LocalCloud:
             r.attrs[(logical, "Arn")] = f"arn:aws:s3:::{name}"
         for logical, res in resources_of_type(tpl, "AWS::S3::BucketPolicy").items():
             props = r.resolve(res["Properties"])
-            s3.put_bucket_policy(Bucket=props["Bucket"], Policy=json.dumps(props["PolicyDocument"]))
+            # moto enforces bucket policies but ignores their conditions, so a TLS-only Deny
+            # would deny everything: apply only the unconditional statements (the template
+            # tests check the conditional ones).
+            doc = dict(props["PolicyDocument"])
+            doc["Statement"] = [st for st in doc["Statement"] if "Condition" not in st]
+            if doc["Statement"]:
+                s3.put_bucket_policy(Bucket=props["Bucket"], Policy=json.dumps(doc))
             r.refs[logical] = props["Bucket"]
 
         ddb = self.client("dynamodb")
@@ -297,12 +306,12 @@ class LocalCloud:
             r.attrs[(logical, "Arn")] = f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{name}"
 
         sns = self.client("sns")
-        for logical, res in resources_of_type(tpl, "AWS::SNS::Topic").items():
+        for logical in resources_of_type(tpl, "AWS::SNS::Topic"):
             name = f"{self.stack_name}-{logical}"
             arn = sns.create_topic(Name=name)["TopicArn"]
             r.refs[logical] = arn
             r.attrs[(logical, "TopicName")] = name
-        for logical, res in resources_of_type(tpl, "AWS::SNS::Subscription").items():
+        for res in resources_of_type(tpl, "AWS::SNS::Subscription").values():
             if "Condition" in res and not r.condition(res["Condition"]):
                 continue
             props = r.resolve(res["Properties"])
@@ -313,7 +322,9 @@ class LocalCloud:
             props = r.resolve(res["Properties"])
             logs.create_log_group(logGroupName=props["LogGroupName"])
             r.refs[logical] = props["LogGroupName"]
-            r.attrs[(logical, "Arn")] = f"arn:aws:logs:{REGION}:{ACCOUNT_ID}:log-group:{props['LogGroupName']}:*"
+            r.attrs[(logical, "Arn")] = (
+                f"arn:aws:logs:{REGION}:{ACCOUNT_ID}:log-group:{props['LogGroupName']}:*"
+            )
 
         r.refs["CryopilotLayer"] = f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:layer:{self.stack_name}-layer:1"
         self._create_functions()
@@ -321,9 +332,13 @@ class LocalCloud:
 
     def _role(self, name: str, service: str) -> str:
         iam = self.client("iam")
-        doc = {"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]}
-        return str(iam.create_role(RoleName=name[:64], AssumeRolePolicyDocument=json.dumps(doc))["Role"]["Arn"])
+        doc = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+        }
+        return str(
+            iam.create_role(RoleName=name[:64], AssumeRolePolicyDocument=json.dumps(doc))["Role"]["Arn"]
+        )
 
     def _create_functions(self) -> None:
         r = self.resolver
@@ -373,8 +388,9 @@ class LocalCloud:
             definition = substitute_definition(definition, subs)
             name = r.resolve(props["Name"])
             role = self._role(f"{name}-role", "states.amazonaws.com")
-            arn = sfn.create_state_machine(name=name, definition=definition, roleArn=role,
-                                           type=props.get("Type", "STANDARD"))["stateMachineArn"]
+            arn = sfn.create_state_machine(
+                name=name, definition=definition, roleArn=role, type=props.get("Type", "STANDARD")
+            )["stateMachineArn"]
             r.refs[logical] = arn
             r.attrs[(logical, "Name")] = name
 
@@ -390,8 +406,14 @@ class LocalCloud:
         harness = self
         st = self._stack
 
-        def invoke(backend: Any, function_name: str, qualifier: Any, body: Any, headers: Any,
-                   response_headers: dict[str, str]) -> bytes:
+        def invoke(
+            backend: Any,
+            function_name: str,
+            qualifier: Any,
+            body: Any,
+            headers: Any,
+            response_headers: dict[str, str],
+        ) -> bytes:
             name = function_name.split(":function:")[-1].split(":")[0]
             event = json.loads(body) if body else {}
             ok, payload = harness.invoke(name, event)
@@ -410,7 +432,7 @@ class LocalCloud:
                 saved = rule.targets
                 rule.targets = others
                 try:
-                    original_send(rule, event, transform_input)
+                    original_send(rule, event, transform_input)  # type: ignore[arg-type]
                 finally:
                     rule.targets = saved
             if lambda_targets and rule.event_pattern.matches_event(event):
@@ -433,7 +455,9 @@ class LocalCloud:
 
             missing = [i for i in kwargs.get("instance_ids") or [] if i not in harness.head_nodes]
             if missing:
-                raise SSMException("InvalidInstanceId", f"Instances {missing} not in a valid state for account")
+                raise SSMException(
+                    "InvalidInstanceId", f"Instances {missing} not in a valid state for account"
+                )
             command = original_send_command(backend, **kwargs)
             for inv in command.invocations:
                 harness._run_on_head_node(command, inv)
@@ -441,19 +465,14 @@ class LocalCloud:
 
         st.enter_context(mock.patch.object(SimpleSystemManagerBackend, "send_command", send_command))
 
-        if not isinstance(sys.stdout, _ThreadStdout):
-            self.stdout = _ThreadStdout(sys.stdout)
-            st.enter_context(mock.patch.object(sys, "stdout", self.stdout))
-        else:
-            self.stdout = sys.stdout
-
     # ---------------------------------------------------------------- Lambda
     def _module(self, fn: LocalFunction) -> ModuleType:
         with self._lock:
             if fn.module is None:
                 path = fn.code_dir / "app.py"
                 spec = importlib.util.spec_from_file_location(f"cryopilot_fn_{fn.logical_id}", path)
-                assert spec and spec.loader
+                assert spec
+                assert spec.loader
                 module = importlib.util.module_from_spec(spec)
                 spec.loader.exec_module(module)
                 fn.module = module
@@ -464,9 +483,12 @@ class LocalCloud:
         fn = self.functions[function_name]
         fn.invocations += 1
         module = self._module(fn)
-        ctx = FakeContext(function_name=fn.name, invoked_function_arn=fn.arn,
-                          aws_request_id=f"req-{fn.invocations:06d}",
-                          log_group_name=f"/aws/lambda/{fn.name}")
+        ctx = FakeContext(
+            function_name=fn.name,
+            invoked_function_arn=fn.arn,
+            aws_request_id=f"req-{fn.invocations:06d}",
+            log_group_name=f"/aws/lambda/{fn.name}",
+        )
         try:
             result = module.lambda_handler(event, ctx)
         except Exception as exc:
@@ -509,25 +531,34 @@ class LocalCloud:
 
     def put_event(self, event: dict[str, Any]) -> None:
         """Put an event on the default bus as an AWS service would (e.g. DataSync)."""
-        self.client("events").put_events(Entries=[{
-            "Source": event["source"],
-            "DetailType": event["detail-type"],
-            "Detail": json.dumps(event["detail"]),
-            "Resources": event.get("resources", []),
-        }])
+        self.client("events").put_events(
+            Entries=[
+                {
+                    "Source": event["source"],
+                    "DetailType": event["detail-type"],
+                    "Detail": json.dumps(event["detail"]),
+                    "Resources": event.get("resources", []),
+                }
+            ]
+        )
 
     # ---------------------------------------------------------------- head nodes
     def _attach_head_node(self, cluster_name: str, instance_id: str) -> None:
         from cryopilot_sim.cryosparc_standin import CryoSparcStandIn
 
         email, password = "cryopilot@localhost", f"local-{instance_id}"
-        cs = CryoSparcStandIn(self.clock, profile=self.profile, email=email, password=password,
-                              **self.cryosparc_options)
+        cs = CryoSparcStandIn(
+            self.clock, profile=self.profile, email=email, password=password, **self.cryosparc_options
+        )
         base_url = cs.start()
         for setup in self.cryosparc_setup:
             setup(cs)
-        env = {"CRYOSPARC_BASE_URL": base_url, "CRYOSPARC_EMAIL": email, "CRYOSPARC_PASSWORD": password,
-               "CRYOPILOT_PROJECT_ROOT": f"/shared/cryosparc/projects/{cluster_name}"}
+        env = {
+            "CRYOSPARC_BASE_URL": base_url,
+            "CRYOSPARC_EMAIL": email,
+            "CRYOSPARC_PASSWORD": password,
+            "CRYOPILOT_PROJECT_ROOT": f"/shared/cryosparc/projects/{cluster_name}",
+        }
         with self._lock:
             self.head_nodes[instance_id] = HeadNode(cluster_name, instance_id, cs, env)
 
@@ -552,39 +583,49 @@ class LocalCloud:
             if not argv or argv[0] != "cryopilot-agent":
                 stderr, code = f"{argv[0] if argv else line}: command not found\n", 127
                 break
-            with self.stdout.capture() as buf:
-                try:
-                    code = agent_cli.main(argv[1:], env={**node.env, **_aws_env()})
-                except SystemExit as exc:  # argparse errors
-                    code = int(exc.code or 0) if isinstance(exc.code, int) else 2
-                except Exception as exc:
-                    stderr, code = f"{type(exc).__name__}: {exc}\n", 1
+            buf = io.StringIO()
+            try:
+                code = agent_cli.main(argv[1:], env={**node.env, **_aws_env()}, stdout=buf)
+            except SystemExit as exc:  # argparse errors
+                code = exc.code if isinstance(exc.code, int) else 2
+            except Exception as exc:
+                stderr, code = f"{type(exc).__name__}: {exc}\n", 1
             stdout += buf.getvalue()
             if code:
                 break
         if command.output_s3_bucket_name:
-            key = (f"{command.output_s3_key_prefix.rstrip('/')}/{command.command_id}/{inv['InstanceId']}"
-                   "/awsrunShellScript/0.awsrunShellScript/stdout")
-            self.client("s3").put_object(Bucket=command.output_s3_bucket_name, Key=key, Body=stdout.encode())
+            key = (
+                f"{command.output_s3_key_prefix.rstrip('/')}/{command.command_id}/{inv['InstanceId']}"
+                "/awsrunShellScript/0.awsrunShellScript/stdout"
+            )
+            self._s3.put_object(Bucket=command.output_s3_bucket_name, Key=key, Body=stdout.encode())
         inline = stdout if len(stdout) <= SSM_INLINE_LIMIT else stdout[:SSM_INLINE_LIMIT]
-        inv.update({
-            "Status": "Success" if code == 0 else "Failed",
-            "StatusDetails": "Success" if code == 0 else "Failed",
-            "ResponseCode": code,
-            "StandardOutputContent": inline,
-            "StandardErrorContent": stderr,
-        })
+        inv.update(
+            {
+                "Status": "Success" if code == 0 else "Failed",
+                "StatusDetails": "Success" if code == 0 else "Failed",
+                "ResponseCode": code,
+                "StandardOutputContent": inline,
+                "StandardErrorContent": stderr,
+            }
+        )
 
     # ---------------------------------------------------------------- what a user does
-    def drop_dataset(self, folder: str, manifest: str | bytes, files: dict[str, bytes] | None = None,
-                     manifest_name: str = "cryopilot.yaml") -> dict[str, Any]:
+    def drop_dataset(
+        self,
+        folder: str,
+        manifest: str | bytes,
+        files: dict[str, bytes] | None = None,
+        manifest_name: str = "cryopilot.yaml",
+    ) -> dict[str, Any]:
         """Upload a dataset's files, then its manifest (which triggers the run)."""
         s3 = self.client("s3")
         for rel, body in (files or {}).items():
             s3.put_object(Bucket=self.input_bucket, Key=f"datasets/{folder}/{rel}", Body=body)
         body = manifest.encode() if isinstance(manifest, str) else manifest
-        resp: dict[str, Any] = s3.put_object(Bucket=self.input_bucket, Key=f"datasets/{folder}/{manifest_name}",
-                                             Body=body)
+        resp: dict[str, Any] = s3.put_object(
+            Bucket=self.input_bucket, Key=f"datasets/{folder}/{manifest_name}", Body=body
+        )
         return resp
 
     def executions(self) -> list[dict[str, Any]]:
@@ -601,7 +642,7 @@ class LocalCloud:
                 return desc
             if time.monotonic() > deadline:
                 raise TimeoutError(f"execution {arn} still running after {timeout} s")
-            time.sleep(0.02)
+            time.sleep(0.1)
 
     def states_entered(self, arn: str) -> list[str]:
         sfn = self.client("stepfunctions")

@@ -7,10 +7,10 @@ import re
 from typing import Any
 
 import pytest
-
 from cryopilot import errors
 from cryopilot_sim.harness import substitute_definition
 from cryopilot_sim.template import load_template, resources_of_type
+
 from tests.conftest import ROOT
 
 ASL_FILES = sorted((ROOT / "statemachines").glob("*.asl.json"))
@@ -61,14 +61,20 @@ def test_retries_are_only_for_transient_errors(path) -> None:
     for name, st in _states(asl).items():
         for block in st.get("Retry", []):
             for err in block["ErrorEquals"]:
-                if err.startswith("Lambda.") or (err == "States.ALL" and st.get("Resource", "").endswith("sns:publish")):
+                if err.startswith("Lambda.") or (
+                    err == "States.ALL" and st.get("Resource", "").endswith("sns:publish")
+                ):
                     continue
-                if name in ("RecordFailure", "ComposeFailureMail", "ComposeSuccessMail", "FailureDeleteCluster"):
+                if name in (
+                    "RecordFailure",
+                    "ComposeFailureMail",
+                    "ComposeSuccessMail",
+                    "FailureDeleteCluster",
+                ):
                     continue  # failure-path bookkeeping: retried whatever went wrong
                 cls = getattr(errors, err, None)
-                assert isinstance(cls, type) and issubclass(cls, errors.TransientError), (
-                    f"{name} retries {err}, which is not a TransientError"
-                )
+                assert isinstance(cls, type), f"{name} retries unknown error {err}"
+                assert issubclass(cls, errors.TransientError), f"{name} retries {err}, which is not transient"
 
 
 @pytest.mark.parametrize("path", ASL_FILES, ids=lambda p: p.name)

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import yaml
-
 from cryopilot.errors import ManifestError
 from cryopilot.manifest import (
     MAX_MANIFEST_BYTES,
@@ -13,6 +12,7 @@ from cryopilot.manifest import (
     manifest_prefix,
     parse_manifest,
 )
+
 from tests.conftest import EVENTS
 
 

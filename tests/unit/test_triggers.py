@@ -3,9 +3,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from cryopilot.errors import EventError
 from cryopilot.triggers import ManifestLocation, check_key, parse_triggers
+
 from tests.conftest import EVENTS
 
 
@@ -26,7 +26,8 @@ def test_moto_spelling_of_etag_is_accepted() -> None:
     ev = _event("eventbridge-s3-object-created.json")
     ev["detail"]["object"]["eTag"] = ev["detail"]["object"].pop("etag")
     (t,) = parse_triggers(ev)
-    assert t.location is not None and t.location.etag == "b1946ac92492d2347c6235b4d2611184"
+    assert t.location is not None
+    assert t.location.etag == "b1946ac92492d2347c6235b4d2611184"
 
 
 def test_s3_notification_key_is_url_decoded() -> None:
@@ -34,7 +35,8 @@ def test_s3_notification_key_is_url_decoded() -> None:
     ev["Records"][0]["s3"]["object"]["key"] = "datasets/My+Data%2B1/cryopilot.yaml"
     (t,) = parse_triggers(ev)
     assert t.kind == "s3-notification"
-    assert t.location is not None and t.location.key == "datasets/My Data+1/cryopilot.yaml"
+    assert t.location is not None
+    assert t.location.key == "datasets/My Data+1/cryopilot.yaml"
 
 
 def test_s3_removal_records_are_skipped() -> None:
@@ -47,7 +49,8 @@ def test_datasync_success_and_other_states() -> None:
     ev = _event("datasync-success.json")
     (t,) = parse_triggers(ev)
     assert t.kind == "datasync"
-    assert t.execution_arn is not None and t.execution_arn.endswith("exec-0123456789abcdef0")
+    assert t.execution_arn is not None
+    assert t.execution_arn.endswith("exec-0123456789abcdef0")
     ev["detail"]["State"] = "ERROR"
     assert parse_triggers(ev) == []
 
@@ -59,8 +62,15 @@ def test_datasync_success_and_other_states() -> None:
         ({"source": "aws.ec2"}, "unknown event"),
         ({"source": "aws.s3", "detail-type": "Object Created", "detail": {}}, "malformed"),
         ({"Records": [{"eventSource": "aws:sqs"}]}, "not an S3 event notification"),
-        ({"source": "aws.datasync", "detail-type": "DataSync Task Execution State Change",
-          "resources": [], "detail": {"State": "SUCCESS"}}, "malformed"),
+        (
+            {
+                "source": "aws.datasync",
+                "detail-type": "DataSync Task Execution State Change",
+                "resources": [],
+                "detail": {"State": "SUCCESS"},
+            },
+            "malformed",
+        ),
     ],
 )
 def test_unusable_events(event: object, expected: str) -> None:

@@ -44,7 +44,9 @@ class AgentClient:
         try:
             return model.model_validate(doc)
         except ValidationError as exc:
-            raise AgentError(f"agent answer to {argv[0]} has an unexpected shape: {exc.errors()[0]['msg']}") from None
+            raise AgentError(
+                f"agent answer to {argv[0]} has an unexpected shape: {exc.errors()[0]['msg']}"
+            ) from None
 
     def run(self, argv: list[str]) -> dict[str, Any]:
         ssm = aws.client("ssm")
@@ -61,7 +63,11 @@ class AgentClient:
             )
         except ClientError as exc:
             code = exc.response["Error"]["Code"]
-            if code in ("InvalidInstanceId", "InvalidInstanceInformationFilterValue", "UnsupportedPlatformType"):
+            if code in (
+                "InvalidInstanceId",
+                "InvalidInstanceInformationFilterValue",
+                "UnsupportedPlatformType",
+            ):
                 raise HeadNodeUnreachableError(
                     f"head node {self.instance_id} does not answer SSM ({code})"
                 ) from None
@@ -82,7 +88,9 @@ class AgentClient:
         deadline = time.monotonic() + self.timeout_seconds
         while True:
             try:
-                inv: dict[str, Any] = ssm.get_command_invocation(CommandId=command_id, InstanceId=self.instance_id)
+                inv: dict[str, Any] = ssm.get_command_invocation(
+                    CommandId=command_id, InstanceId=self.instance_id
+                )
             except ClientError as exc:
                 if exc.response["Error"]["Code"] != "InvocationDoesNotExist":
                     raise
@@ -91,12 +99,16 @@ class AgentClient:
             if status not in _PENDING:
                 break
             if time.monotonic() >= deadline:
-                raise AgentTimeoutError(f"agent {verb} on {self.instance_id} did not answer in {self.timeout_seconds} s")
+                raise AgentTimeoutError(
+                    f"agent {verb} on {self.instance_id} did not answer in {self.timeout_seconds} s"
+                )
             time.sleep(self.poll_interval)
         if status == "TimedOut":
             raise AgentTimeoutError(f"agent {verb} on {self.instance_id} timed out")
         if status in ("Undeliverable", "Terminated", "Cancelled"):
-            raise HeadNodeUnreachableError(f"agent {verb}: SSM command {status.lower()} on {self.instance_id}")
+            raise HeadNodeUnreachableError(
+                f"agent {verb}: SSM command {status.lower()} on {self.instance_id}"
+            )
         return inv
 
     def _full_stdout(self, command_id: str) -> str:
@@ -107,14 +119,18 @@ class AgentClient:
             if obj["Key"].endswith("/stdout"):
                 body: bytes = s3.get_object(Bucket=self.output_bucket, Key=obj["Key"])["Body"].read()
                 return body.decode("utf-8")
-        raise AgentError(f"agent output was truncated and no full copy is at s3://{self.output_bucket}/{prefix}")
+        raise AgentError(
+            f"agent output was truncated and no full copy is at s3://{self.output_bucket}/{prefix}"
+        )
 
     @staticmethod
     def _parse(stdout: str, verb: str, invocation: dict[str, Any]) -> dict[str, Any]:
         text = stdout.strip()
         if not text:
             err = (invocation.get("StandardErrorContent") or "").strip().splitlines()[-1:] or ["no output"]
-            raise AgentError(f"agent {verb} printed nothing (exit {invocation.get('ResponseCode')}): {err[0]}")
+            raise AgentError(
+                f"agent {verb} printed nothing (exit {invocation.get('ResponseCode')}): {err[0]}"
+            )
         try:
             doc = json.loads(text.splitlines()[-1]) if not text.startswith("{") else json.loads(text)
         except json.JSONDecodeError:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
 
-from cryopilot import clock, runs
+from cryopilot import aws, clock, runs
 from cryopilot.errors import (
     ClusterAlreadyExistsError,
     ClusterNotFoundError,
@@ -26,7 +25,7 @@ class ClusterStep(BaseModel):
     head_node_instance_id: str | None = None
 
 
-@cache
+@aws.cached_factory
 def api() -> Any:
     """The ParallelCluster API client (built once per Lambda container)."""
     from cryopilot.pcluster import PClusterClient
@@ -52,8 +51,11 @@ def cluster_params(settings: Settings) -> Any:
     )
 
 
+_CLUSTER_FIELDS = ["dataset", "cluster_name", "cluster_state", "data_s3_uri"]
+
+
 def _require_run(run_id: str) -> dict[str, Any]:
-    run = runs.get_run(run_id)
+    run = runs.get_run(run_id, _CLUSTER_FIELDS)
     if run is None:
         raise ClusterNotFoundError(f"run {run_id} has no record")
     return run
@@ -79,8 +81,12 @@ def create(run_id: str) -> ClusterStep:
     settings = get_settings()
     run = _require_run(run_id)
     name = run["cluster_name"]
-    runs.update_run(run_id, current_step="create_cluster", cluster_state="CREATE_REQUESTED",
-                    cluster_requested_at=clock.now_iso())
+    runs.update_run(
+        run_id,
+        current_step="create_cluster",
+        cluster_state="CREATE_REQUESTED",
+        cluster_requested_at=clock.now_iso(),
+    )
     try:
         info = api().create_cluster(name, config_yaml_for(run, settings))
         status = info.status
@@ -109,17 +115,26 @@ def check(run_id: str, polls: int, max_polls: int) -> ClusterStep:
     if info.status == "CREATE_COMPLETE":
         if not info.head_node_instance_id:
             raise ClusterTimeoutError(f"cluster {name} is complete but reports no head node")
-        runs.update_run(run_id, head_node_instance_id=info.head_node_instance_id,
-                        cluster_ready_at=clock.now_iso(), current_step="cluster_ready")
-        return ClusterStep(name=name, status=info.status, polls=polls, ready=True,
-                           head_node_instance_id=info.head_node_instance_id)
+        runs.update_run(
+            run_id,
+            head_node_instance_id=info.head_node_instance_id,
+            cluster_ready_at=clock.now_iso(),
+            current_step="cluster_ready",
+        )
+        return ClusterStep(
+            name=name,
+            status=info.status,
+            polls=polls,
+            ready=True,
+            head_node_instance_id=info.head_node_instance_id,
+        )
     if polls >= max_polls:
         raise ClusterTimeoutError(f"cluster {name} still {info.status} after {polls} checks")
     return ClusterStep(name=name, status=info.status, polls=polls)
 
 
 def delete(run_id: str) -> ClusterStep:
-    run = runs.get_run(run_id) or {}
+    run = runs.get_run(run_id, _CLUSTER_FIELDS) or {}
     name = run.get("cluster_name")
     if not name or run.get("cluster_state") in (None, "NOT_CREATED"):
         return ClusterStep(name=name, status="NOT_CREATED", deleted=True)
@@ -127,7 +142,9 @@ def delete(run_id: str) -> ClusterStep:
         info = api().delete_cluster(name)
         status = info.status if info is not None else "DELETE_IN_PROGRESS"
     except ClusterNotFoundError:
-        runs.update_run(run_id, cluster_state="DELETED", cluster_deleted=True, cluster_deleted_at=clock.now_iso())
+        runs.update_run(
+            run_id, cluster_state="DELETED", cluster_deleted=True, cluster_deleted_at=clock.now_iso()
+        )
         return ClusterStep(name=name, status="DELETED", deleted=True)
     runs.update_run(run_id, cluster_state=status, delete_requested_at=clock.now_iso())
     logger.info("cluster deletion requested", extra={"run_id": run_id, "cluster": name})
@@ -137,7 +154,7 @@ def delete(run_id: str) -> ClusterStep:
 def check_deleted(run_id: str, polls: int, max_polls: int) -> ClusterStep:
     from cryopilot.pcluster import raise_for_cluster_failure
 
-    run = runs.get_run(run_id) or {}
+    run = runs.get_run(run_id, _CLUSTER_FIELDS) or {}
     name = run.get("cluster_name")
     polls += 1
     if not name:
@@ -145,7 +162,9 @@ def check_deleted(run_id: str, polls: int, max_polls: int) -> ClusterStep:
     try:
         info = api().describe_cluster(name)
     except ClusterNotFoundError:
-        runs.update_run(run_id, cluster_state="DELETED", cluster_deleted=True, cluster_deleted_at=clock.now_iso())
+        runs.update_run(
+            run_id, cluster_state="DELETED", cluster_deleted=True, cluster_deleted_at=clock.now_iso()
+        )
         return ClusterStep(name=name, status="DELETED", polls=polls, deleted=True)
     if info.status != run.get("cluster_state"):
         runs.update_run(run_id, cluster_state=info.status)

@@ -61,7 +61,9 @@ class ExecutionInput(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> ExecutionInput:
-        given = [n for n in ("manifest", "manifest_s3_uri", "manifest_inline") if getattr(self, n) is not None]
+        given = [
+            n for n in ("manifest", "manifest_s3_uri", "manifest_inline") if getattr(self, n) is not None
+        ]
         if len(given) != 1:
             raise ValueError(
                 "give exactly one of manifest, manifest_s3_uri, manifest_inline"
@@ -122,8 +124,13 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
     settings = get_settings()
     run_id = execution_name
     runs.create_run(run_id, execution_arn=execution_arn, current_step="validate", trigger="manual")
-    runs.update_run(run_id, status="RUNNING", current_step="validate", started_at=clock.now_iso(),
-                    started_epoch=clock.now())
+    runs.update_run(
+        run_id,
+        status="RUNNING",
+        current_step="validate",
+        started_at=clock.now_iso(),
+        started_epoch=clock.now(),
+    )
     try:
         exec_input = ExecutionInput.model_validate(raw_input)
     except ValidationError as exc:
@@ -136,21 +143,23 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
     else:
         location = exec_input.manifest or _location_from_uri(exec_input.manifest_s3_uri or "")
         if location.bucket != settings.input_bucket:
-            raise ManifestError(f"{location.uri}: is not in this stack's input bucket {settings.input_bucket}")
+            raise ManifestError(
+                f"{location.uri}: is not in this stack's input bucket {settings.input_bucket}"
+            )
         manifest, location = load_manifest(location)
         data_uri = f"s3://{location.bucket}/{manifest_prefix(location.key)}"
         location_doc = location.model_dump()
 
-    stages = presets.plan(manifest, data_dir=clusterconfig.DATA_MOUNT_DIR)
+    stages = presets.plan(manifest, data_dir=f"{clusterconfig.FSX_MOUNT_DIR}/data/")
     cluster_name = clusterconfig.cluster_name_for(run_id)
     titles = " → ".join(s.title for s in stages)
+    runs.put_plan(run_id, [s.model_dump(mode="json") for s in stages])
     runs.update_run(
         run_id,
         dataset=manifest.dataset,
         manifest=location_doc,
         manifest_doc=manifest.model_dump(mode="json"),
         preset=manifest.preset_name,
-        plan=[s.model_dump(mode="json") for s in stages],
         stages={s.id: {"title": s.title, "lane": s.lane, "gpus": s.gpus, "state": "pending"} for s in stages},
         cluster_name=cluster_name,
         data_s3_uri=data_uri,
@@ -160,7 +169,9 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
         current_step="validated",
     )
     _subscribe(manifest)
-    logger.info("manifest valid", extra={"run_id": run_id, "dataset": manifest.dataset, "stages": len(stages)})
+    logger.info(
+        "manifest valid", extra={"run_id": run_id, "dataset": manifest.dataset, "stages": len(stages)}
+    )
     return RunContext(
         run_id=run_id,
         dataset=manifest.dataset,

@@ -27,13 +27,22 @@ def export(run_id: str) -> ExportStep:
     run = runs.get_run(run_id)
     if run is None:
         raise ExportError(f"run {run_id} has no record")
-    final_stage = run["plan"][-1]["id"]
+    final_stage = runs.get_plan(run_id)[-1]["id"]
     prefix = f"runs/{run_id}/results/"
     runs.update_run(run_id, current_step="export", export_started_at=clock.now())
     try:
         result = agent_for(run).call(
-            ["export", "--project", run_id, "--stage", final_stage, "--bucket", settings.results_bucket,
-             "--prefix", prefix],
+            [
+                "export",
+                "--project",
+                run_id,
+                "--stage",
+                final_stage,
+                "--bucket",
+                settings.results_bucket,
+                "--prefix",
+                prefix,
+            ],
             ExportResult,
         )
     except AgentError as exc:
@@ -65,5 +74,6 @@ def verify(result: ExportResult) -> None:
             raise ExportError(f"exported file s3://{result.bucket}/{f.key} is not in S3") from None
         if int(head["ContentLength"]) != f.size:
             raise ExportError(
-                f"exported file s3://{result.bucket}/{f.key} has {head['ContentLength']} bytes, expected {f.size}"
+                f"exported file s3://{result.bucket}/{f.key} has {head['ContentLength']} bytes, "
+                f"expected {f.size}"
             )

@@ -72,7 +72,11 @@ def record_failure(run_id: str, error: Any) -> FailureRecord:
         finished_at=clock.now_iso(),
         finished_epoch=clock.now(),
     )
-    has_cluster = bool(run.get("cluster_name")) and run.get("cluster_state") not in (None, "NOT_CREATED", "DELETED")
+    has_cluster = bool(run.get("cluster_name")) and run.get("cluster_state") not in (
+        None,
+        "NOT_CREATED",
+        "DELETED",
+    )
     settings = run.get("settings") or {}
     return FailureRecord(
         has_cluster=has_cluster,
@@ -91,7 +95,7 @@ def _console_link(run: dict[str, Any]) -> str:
 def _stage_table(run: dict[str, Any]) -> list[str]:
     rows = ["stage                          GPUs  queue  state       wall time"]
     stages = run.get("stages") or {}
-    for planned in run.get("plan") or []:
+    for planned in runs.get_plan(run["run_id"]) if run.get("run_id") else []:
         rec = stages.get(planned["id"], {})
         wall = ""
         if rec.get("started_at") and rec.get("completed_at"):
@@ -134,14 +138,23 @@ def success_mail(run_id: str) -> Mail:
         f"Results: {results.get('uri', '(not exported)')}",
     ]
     for f in results.get("files") or []:
-        lines.append(f"  - {f['kind']}: s3://{get_settings().results_bucket}/{f['key']} ({f['size']:,} bytes)")
+        lines.append(
+            f"  - {f['kind']}: s3://{get_settings().results_bucket}/{f['key']} ({f['size']:,} bytes)"
+        )
     lines += ["", "Stages:", *_stage_table(run)]
     decisions = _decisions(run)
     if decisions:
         lines += ["", "Automatic decisions:", *decisions]
-    lines += ["", f"The cluster {run.get('cluster_name')} is being deleted now.", f"Execution: {_console_link(run)}"]
-    mail = Mail(subject=_subject(f"[cryopilot] {dataset} done: {res_txt} in {elapsed}"), message="\n".join(lines),
-                dataset=dataset)
+    lines += [
+        "",
+        f"The cluster {run.get('cluster_name')} is being deleted now.",
+        f"Execution: {_console_link(run)}",
+    ]
+    mail = Mail(
+        subject=_subject(f"[cryopilot] {dataset} done: {res_txt} in {elapsed}"),
+        message="\n".join(lines),
+        dataset=dataset,
+    )
     return _remember(run_id, mail, "succeeded")
 
 

@@ -171,10 +171,7 @@ def parse_manifest(data: bytes, *, source: str = "manifest") -> Manifest:
     if not text.strip():
         raise ManifestError(f"{source}: is empty")
     try:
-        if source.endswith(".json"):
-            doc = json.loads(text)
-        else:
-            doc = yaml.safe_load(text)
+        doc = json.loads(text) if source.endswith(".json") else yaml.safe_load(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{source}: is not valid JSON: {exc.msg} at line {exc.lineno}") from None
     except yaml.YAMLError as exc:

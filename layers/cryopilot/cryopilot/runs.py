@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -66,10 +67,40 @@ def create_run(run_id: str, **fields: Any) -> bool:
     return True
 
 
-def get_run(run_id: str) -> dict[str, Any] | None:
-    resp = _resource_table().get_item(Key=run_key(run_id), ConsistentRead=True)
-    item = resp.get("Item")
+def get_run(run_id: str, fields: list[str] | None = None) -> dict[str, Any] | None:
+    """The run record, or only ``fields`` of it (top-level attribute names)."""
+    kwargs: dict[str, Any] = {"Key": run_key(run_id), "ConsistentRead": True}
+    if fields:
+        names = {f"#p{i}": f for i, f in enumerate(["run_id", *fields])}
+        kwargs["ProjectionExpression"] = ", ".join(names)
+        kwargs["ExpressionAttributeNames"] = names
+    item = _resource_table().get_item(**kwargs).get("Item")
     return _from_ddb(item) if item else None
+
+
+def put_plan(run_id: str, plan: list[dict[str, Any]]) -> None:
+    """Store the run's planned stages in an item of their own (``plan#<run id>``): it is the
+    largest and the most read part of a run, and never changes once Validate wrote it."""
+    _resource_table().put_item(
+        Item=_to_ddb({"pk": f"plan#{run_id}", "kind": "plan", "run_id": run_id, "plan": plan})
+    )
+
+
+@lru_cache(maxsize=64)
+def _plan(run_id: str) -> tuple[dict[str, Any], ...]:
+    item = _resource_table().get_item(Key={"pk": f"plan#{run_id}"}, ConsistentRead=True).get("Item")
+    return tuple(_from_ddb(item)["plan"]) if item else ()
+
+
+aws.on_reset(_plan.cache_clear)
+
+
+def get_plan(run_id: str) -> list[dict[str, Any]]:
+    """The run's planned stages, cached for the life of the Lambda container."""
+    plan = _plan(run_id)
+    if not plan:
+        _plan.cache_clear()
+    return [dict(stage) for stage in plan]
 
 
 def update_run(run_id: str, **fields: Any) -> None:
@@ -87,13 +118,20 @@ def update_run(run_id: str, **fields: Any) -> None:
 
 
 def update_stage(run_id: str, stage_id: str, **fields: Any) -> None:
-    """Merge ``fields`` into ``stages.<stage_id>`` of the record."""
-    run = get_run(run_id) or {}
-    stages = dict(run.get("stages") or {})
-    stage = dict(stages.get(stage_id) or {})
-    stage.update({k: v for k, v in fields.items() if v is not None})
-    stages[stage_id] = stage
-    update_run(run_id, stages=stages)
+    """Set ``fields`` inside ``stages.<stage_id>`` (Validate created every stage's map)."""
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if not fields:
+        return
+    names = {"#s": "stages", "#id": stage_id, **{f"#f{i}": k for i, k in enumerate(fields)}}
+    values = {f":v{i}": v for i, v in enumerate(fields.values())}
+    values[":now"] = clock.now_iso()
+    sets = ", ".join(f"#s.#id.#f{i} = :v{i}" for i in range(len(fields)))
+    _resource_table().update_item(
+        Key=run_key(run_id),
+        UpdateExpression=f"SET {sets}, updated_at = :now",
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues=_to_ddb(values),
+    )
 
 
 def append_to(run_id: str, field: str, *entries: Any) -> None:
@@ -111,8 +149,13 @@ def append_to(run_id: str, field: str, *entries: Any) -> None:
 def claim_manifest(digest: str, run_id: str, location: dict[str, Any]) -> tuple[str, bool]:
     """Record that manifest version ``digest`` belongs to ``run_id``. Returns the owning run id
     and whether this call made the claim (False: the same manifest version was seen before)."""
-    item = {"pk": f"manifest#{digest}", "kind": "idempotency", "run_id": run_id, "manifest": location,
-            "created_at": clock.now_iso()}
+    item = {
+        "pk": f"manifest#{digest}",
+        "kind": "idempotency",
+        "run_id": run_id,
+        "manifest": location,
+        "created_at": clock.now_iso(),
+    }
     try:
         _resource_table().put_item(Item=_to_ddb(item), ConditionExpression="attribute_not_exists(pk)")
     except ClientError as exc:

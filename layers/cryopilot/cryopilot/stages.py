@@ -44,10 +44,15 @@ def agent_for(run: dict[str, Any]) -> AgentClient:
     )
 
 
+#: the record fields a stage step reads (the plan is read once per container: runs.get_plan)
+_STEP_FIELDS = ["head_node_instance_id", "settings"]
+
+
 def _run(run_id: str) -> dict[str, Any]:
-    run = runs.get_run(run_id)
+    run = runs.get_run(run_id, _STEP_FIELDS)
     if run is None:
         raise AgentError(f"run {run_id} has no record")
+    run["plan"] = runs.get_plan(run_id)
     return run
 
 
@@ -102,8 +107,12 @@ def submit(run_id: str, index: int) -> StageStep:
     rec = _stage_record(result.stage)
     rec["submitted_at"] = clock.now()
     runs.update_stage(run_id, stage["id"], **rec)
-    runs.update_run(run_id, current_step=f"stage:{stage['id']}", current_stage=stage["id"],
-                    cryosparc_project=result.project_uid)
+    runs.update_run(
+        run_id,
+        current_step=f"stage:{stage['id']}",
+        current_stage=stage["id"],
+        cryosparc_project=result.project_uid,
+    )
     if result.stage.decisions and not result.already_submitted:
         runs.append_to(run_id, "decisions", *[d.model_dump() for d in result.stage.decisions])
     logger.info("stage submitted", extra={"run_id": run_id, "stage": stage["id"], "jobs": rec["jobs"]})
@@ -135,7 +144,9 @@ def poll(run_id: str, step: StageStep) -> StageStep:
     runs.update_stage(run_id, stage["id"], **rec)
     if status.state == "failed":
         failed = [j for j in status.jobs if j.status == "failed"]
-        detail = "; ".join(f"job {j.uid} ({j.job_type}) failed" + (f": {j.error}" if j.error else "") for j in failed)
+        detail = "; ".join(
+            f"job {j.uid} ({j.job_type}) failed" + (f": {j.error}" if j.error else "") for j in failed
+        )
         raise JobFailedError(f"stage '{stage['title']}': {detail or 'a job failed'}", stage=stage["id"])
     if status.state == "killed":
         killed = ", ".join(j.uid for j in status.jobs if j.status == "killed")
@@ -145,21 +156,24 @@ def poll(run_id: str, step: StageStep) -> StageStep:
             runs.append_to(run_id, "decisions", *[d.model_dump() for d in status.decisions])
         if status.resolution_A is not None:
             runs.update_run(run_id, resolution_A=status.resolution_A)
-        return step.model_copy(update={"state": "completed", "polls": step.polls + 1, "waited_seconds": waited,
-                                       "done": True})
+        return step.model_copy(
+            update={"state": "completed", "polls": step.polls + 1, "waited_seconds": waited, "done": True}
+        )
     limit = int(stage.get("time_limit_seconds") or 0)
     if limit and waited >= limit:
-        killed = agent.call(["kill", "--project", run_id, "--stage", stage["id"]], KillResult)
+        kill = agent.call(["kill", "--project", run_id, "--stage", stage["id"]], KillResult)
         runs.update_stage(run_id, stage["id"], state="killed", killed_for_time=True)
         raise JobStuckError(
             f"stage '{stage['title']}' ran past its limit of {limit / 3600:.1f} h; "
-            f"killed job(s) {', '.join(killed.killed) or '(none running)'}",
+            f"killed job(s) {', '.join(kill.killed) or '(none running)'}",
             stage=stage["id"],
         )
     settings = run.get("settings") or {}
-    return step.model_copy(update={
-        "state": status.state,
-        "polls": step.polls + 1,
-        "waited_seconds": waited,
-        "wait_seconds": _next_wait(stage, status, waited, settings),
-    })
+    return step.model_copy(
+        update={
+            "state": status.state,
+            "polls": step.polls + 1,
+            "waited_seconds": waited,
+            "wait_seconds": _next_wait(stage, status, waited, settings),
+        }
+    )

@@ -57,8 +57,13 @@ def _check_location(location: ManifestLocation) -> None:
 def _datasync_manifest(execution_arn: str) -> ManifestLocation:
     """The manifest at a DataSync transfer's destination prefix (newest version)."""
     ds = aws.client("datasync")
+    # arn:aws:datasync:<region>:<account>:task/task-<id>/execution/exec-<id>: the task's ARN is the
+    # part before "/execution/" (DescribeTaskExecution does not return it).
+    task_arn, sep, _ = execution_arn.partition("/execution/")
+    if not sep or ":datasync:" not in task_arn:
+        raise EventError(f"{execution_arn!r} is not a DataSync task execution ARN")
     try:
-        task_arn = ds.describe_task_execution(TaskExecutionArn=execution_arn)["TaskArn"]
+        ds.describe_task_execution(TaskExecutionArn=execution_arn)
         dest_arn = ds.describe_task(TaskArn=task_arn)["DestinationLocationArn"]
         uri = ds.describe_location_s3(LocationArn=dest_arn)["LocationUri"]
     except ClientError as exc:
@@ -74,7 +79,9 @@ def _datasync_manifest(execution_arn: str) -> ManifestLocation:
             head = s3.head_object(Bucket=bucket, Key=key)
         except ClientError:
             continue
-        return ManifestLocation(bucket=bucket, key=key, version_id=head.get("VersionId"), etag=head.get("ETag"))
+        return ManifestLocation(
+            bucket=bucket, key=key, version_id=head.get("VersionId"), etag=head.get("ETag")
+        )
     raise EventError(f"DataSync destination {uri} holds no cryopilot manifest ({', '.join(MANIFEST_NAMES)})")
 
 
@@ -98,7 +105,9 @@ def start_for_manifest(location: ManifestLocation, *, trigger: str) -> StartOutc
     )
     execution_input = {"manifest": location.model_dump(exclude_none=True), "trigger": trigger}
     try:
-        sfn.start_execution(stateMachineArn=settings.state_machine_arn, name=run_id, input=json.dumps(execution_input))
+        sfn.start_execution(
+            stateMachineArn=settings.state_machine_arn, name=run_id, input=json.dumps(execution_input)
+        )
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ExecutionAlreadyExists":
             raise

@@ -1,0 +1,200 @@
+"""``cryopilot-agent``: one verb per call, one JSON document on stdout.
+
+    cryopilot-agent submit --project RUN_ID --spec-b64 B64
+    cryopilot-agent status --project RUN_ID [--stage ID ...]
+    cryopilot-agent kill   --project RUN_ID --stage ID
+    cryopilot-agent export --project RUN_ID --stage ID --bucket B --prefix P
+
+Connection: ``CRYOSPARC_BASE_URL`` (default http://localhost:39000), ``CRYOSPARC_EMAIL`` and
+``CRYOSPARC_PASSWORD``; or ``CRYOPILOT_CRYOSPARC_SECRET_ID`` naming a Secrets Manager secret holding
+``{"email": ..., "password": ...}``. ``CRYOPILOT_PROJECT_ROOT`` (default /shared/cryosparc/projects)
+is where new projects are made. Exit status 0 with the verb's answer, 1 with an ``AgentFailure``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from cryopilot.agent_protocol import AgentFailure
+from cryopilot.presets import PlannedStage
+from pydantic import BaseModel, ValidationError
+
+DEFAULT_BASE_URL = "http://localhost:39000"
+DEFAULT_PROJECT_ROOT = "/shared/cryosparc/projects"
+
+
+class AgentConfigError(Exception):
+    """The agent's environment does not say how to reach cryoSPARC."""
+
+
+class _ArgumentError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # never print usage to stdout or exit
+        raise _ArgumentError(message)
+
+
+@dataclass(frozen=True)
+class Settings:
+    base_url: str
+    email: str
+    password: str
+    project_root: str
+    region: str | None
+
+    def __repr__(self) -> str:  # never show the password
+        return (
+            f"Settings(base_url={self.base_url!r}, email={self.email!r}, project_root={self.project_root!r})"
+        )
+
+
+def _region(env: Mapping[str, str]) -> str | None:
+    return env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
+
+
+def settings_from_env(env: Mapping[str, str]) -> Settings:
+    base_url = env.get("CRYOSPARC_BASE_URL") or DEFAULT_BASE_URL
+    email = env.get("CRYOSPARC_EMAIL") or ""
+    password = env.get("CRYOSPARC_PASSWORD") or ""
+    secret_id = env.get("CRYOPILOT_CRYOSPARC_SECRET_ID")
+    if secret_id and not (email and password):
+        import boto3
+
+        client = boto3.client("secretsmanager", region_name=_region(env))
+        raw = client.get_secret_value(SecretId=secret_id).get("SecretString") or ""
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise AgentConfigError(f"secret {secret_id} is not JSON with email and password") from None
+        if not isinstance(doc, dict):
+            raise AgentConfigError(f"secret {secret_id} is not a JSON object")
+        email = str(doc.get("email") or email)
+        password = str(doc.get("password") or password)
+        base_url = env.get("CRYOSPARC_BASE_URL") or str(doc.get("base_url") or base_url)
+    if not email or not password:
+        raise AgentConfigError(
+            "no cryoSPARC credentials: set CRYOSPARC_EMAIL and CRYOSPARC_PASSWORD, "
+            "or CRYOPILOT_CRYOSPARC_SECRET_ID"
+        )
+    return Settings(
+        base_url=base_url.rstrip("/"),
+        email=email,
+        password=password,
+        project_root=env.get("CRYOPILOT_PROJECT_ROOT") or DEFAULT_PROJECT_ROOT,
+        region=_region(env),
+    )
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="cryopilot-agent", add_help=False)
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    submit = verbs.add_parser("submit", add_help=False)
+    submit.add_argument("--project", required=True)
+    submit.add_argument("--spec-b64", required=True)
+    status = verbs.add_parser("status", add_help=False)
+    status.add_argument("--project", required=True)
+    status.add_argument("--stage", action="append", default=[])
+    kill = verbs.add_parser("kill", add_help=False)
+    kill.add_argument("--project", required=True)
+    kill.add_argument("--stage", required=True)
+    export = verbs.add_parser("export", add_help=False)
+    export.add_argument("--project", required=True)
+    export.add_argument("--stage", required=True)
+    export.add_argument("--bucket", required=True)
+    export.add_argument("--prefix", required=True)
+    return parser
+
+
+def decode_spec(b64: str) -> PlannedStage:
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("--spec-b64 is not base64") from None
+    try:
+        return PlannedStage.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ValueError(f"--spec-b64 is not a PlannedStage: {exc.errors()[0]['msg']}") from None
+
+
+def encode_spec(spec: PlannedStage) -> str:
+    """What a caller passes as ``--spec-b64``."""
+    return base64.b64encode(spec.model_dump_json().encode()).decode()
+
+
+def _connect(settings: Settings) -> Any:
+    from cryosparc.tools import CryoSPARC
+
+    return CryoSPARC(settings.base_url, email=settings.email, password=settings.password)
+
+
+def run(args: argparse.Namespace, env: Mapping[str, str]) -> BaseModel:
+    from cryopilot_agent.driver import Driver
+
+    spec = decode_spec(args.spec_b64) if args.verb == "submit" else None
+    settings = settings_from_env(env)
+    driver = Driver(_connect(settings), project_root=settings.project_root)
+    if args.verb == "submit":
+        assert spec is not None
+        return driver.submit(args.project, spec)
+    if args.verb == "status":
+        return driver.status(args.project, list(args.stage))
+    if args.verb == "kill":
+        return driver.kill(args.project, args.stage)
+    import boto3
+
+    s3 = boto3.client("s3", region_name=settings.region)
+    return driver.export(args.project, args.stage, args.bucket, args.prefix, s3)
+
+
+def _scrub(message: str, env: Mapping[str, str]) -> str:
+    secret = env.get("CRYOSPARC_PASSWORD")
+    if secret:
+        message = message.replace(secret, "***")
+    return message
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    stdout: TextIO | None = None,
+) -> int:
+    """Run one verb; print one JSON document; 0 on success, 1 with an AgentFailure.
+
+    ``stdout``: where the document goes (default: the process's stdout). When it is the process's
+    stdout, anything else the client libraries print is sent to stderr so that stdout holds only
+    the document. A caller that passes its own stream (the offline harness, which runs several
+    agents in one process) gets the document there and nothing global is redirected.
+    """
+    env = os.environ if env is None else env
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = next((a for a in argv if not a.startswith("-")), "unknown")
+    out = sys.stdout if stdout is None else stdout
+    try:
+        args = _parser().parse_args(argv)
+        verb = args.verb
+        quiet = contextlib.redirect_stdout(sys.stderr) if stdout is None else contextlib.nullcontext()
+        with quiet:
+            result = run(args, env)
+        out.write(result.model_dump_json() + "\n")
+        out.flush()
+        return 0
+    except Exception as exc:
+        failure = AgentFailure(
+            verb=verb,
+            error_type="UsageError" if isinstance(exc, _ArgumentError) else type(exc).__name__,
+            message=_scrub(str(exc), env)[:4000],
+        )
+        out.write(failure.model_dump_json() + "\n")
+        out.flush()
+        return 1

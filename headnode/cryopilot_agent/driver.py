@@ -1,0 +1,444 @@
+"""What each verb does, through the cryosparc-tools client. Nothing here waits on a job.
+
+Jobs are found again by title: the job of stage ``motion`` is titled ``cryopilot:motion`` in the
+workspace ``cryopilot`` of the project titled with the run id. A job is created under a draft title
+(``cryopilot-draft:<stage>``) and given its final title only once it is connected, configured and
+queued, so a re-submit after a half-done submit starts over instead of adopting a broken job.
+
+The agent keeps no state of its own: the rule of a stage's decision and the decision itself (with
+its numbers) are stored as JSON in the description of the job they concern.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from cryopilot.agent_protocol import (
+    Decision,
+    ExportedFile,
+    ExportResult,
+    JobInfo,
+    KillResult,
+    StageState,
+    StageStatus,
+    StatusResult,
+    SubmitResult,
+)
+from cryopilot.presets import JOB_TITLE_PREFIX, PlannedStage, job_title
+from cryosparc.controllers.job import JobController
+from cryosparc.controllers.project import ProjectController
+from cryosparc.models.job import Job
+
+from cryopilot_agent import decisions
+
+if TYPE_CHECKING:
+    from cryosparc.tools import CryoSPARC
+
+WORKSPACE_TITLE = "cryopilot"
+DRAFT_PREFIX = "cryopilot-draft:"
+ACTIVE = ("queued", "launched", "started", "running", "waiting")
+_CLASS_OUT = re.compile(r"^(?P<base>.+_class_)(?P<k>\d+)$")
+
+
+class AgentUsageError(Exception):
+    """The request cannot be carried out as asked (unknown stage, upstream not ready, ...)."""
+
+
+class StageNotFoundError(AgentUsageError):
+    pass
+
+
+class UpstreamNotReadyError(AgentUsageError):
+    pass
+
+
+class ExportVerificationError(Exception):
+    pass
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _meta(job: Job) -> dict[str, Any]:
+    try:
+        doc = json.loads(job.description or "{}")
+    except ValueError:
+        return {}
+    meta = doc.get("cryopilot") if isinstance(doc, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _stage_of(job: Job) -> str | None:
+    if job.title.startswith(JOB_TITLE_PREFIX):
+        return job.title[len(JOB_TITLE_PREFIX) :]
+    return None
+
+
+def _count(job: Job, otype: str, preferred: tuple[str, ...]) -> int | None:
+    outputs = job.spec.outputs.root
+    for name in preferred:
+        if name in outputs and outputs[name].type == otype:
+            return outputs[name].num_items
+    classes = [o.num_items for n, o in outputs.items() if o.type == otype and _CLASS_OUT.match(n)]
+    if classes:
+        return sum(classes)
+    for o in outputs.values():
+        if o.type == otype:
+            return o.num_items
+    return None
+
+
+def resolution_of(job: Job) -> float | None:
+    """Final GSFSC resolution: ``volume`` output's ``latest_summary_stats.fsc_info_best.radwn_final_A``."""
+    volume = job.spec.outputs.root.get("volume")
+    if volume is None:
+        return None
+    best = volume.latest_summary_stats.get("fsc_info_best") or {}
+    value = best.get("radwn_final_A") if isinstance(best, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def job_info(job: Job) -> JobInfo:
+    progress = 0.0
+    if job.status == "completed":
+        progress = 1.0
+    elif job.progress:
+        last = job.progress[-1].get("progress")
+        if isinstance(last, int | float):
+            progress = max(0.0, min(1.0, float(last)))
+    return JobInfo(
+        uid=job.uid,
+        job_type=job.spec.type,
+        status=job.status,
+        lane=job.queued_to_lane,
+        gpus=job.spec.resource_spec.gpu,
+        progress=progress,
+        queued_at=_epoch(job.queued_at),
+        started_at=_epoch(job.started_at),
+        completed_at=_epoch(job.completed_at or job.failed_at or job.killed_at),
+        num_particles=_count(job, "particle", ("particles_selected", "particles")),
+        num_micrographs=_count(
+            job, "exposure", ("exposures", "micrographs", "imported_micrographs", "imported_movies")
+        ),
+        error=job.errors_run[-1].message if job.errors_run else None,
+    )
+
+
+def stage_state(jobs: list[Job]) -> StageState:
+    statuses = {j.status for j in jobs}
+    if not jobs:
+        return "not_submitted"
+    if "failed" in statuses:
+        return "failed"
+    if "killed" in statuses:
+        return "killed"
+    if statuses == {"completed"}:
+        return "completed"
+    if statuses & {"launched", "started", "running", "waiting", "completed"}:
+        return "running"
+    return "queued"
+
+
+class Driver:
+    def __init__(self, cs: CryoSPARC, *, project_root: str) -> None:
+        self.cs = cs
+        self.project_root = project_root
+        self._jobs: list[JobController] | None = None
+
+    # ------------------------------------------------------------------ lookup
+
+    def find_project(self, run_id: str) -> ProjectController | None:
+        for project in self.cs.find_projects():
+            if project.model.title == run_id:
+                return project
+        return None
+
+    def ensure_project(self, run_id: str) -> ProjectController:
+        project = self.find_project(run_id)
+        if project is None:
+            model = self.cs.api.projects.create(
+                title=run_id, description=f"cryopilot run {run_id}", parent_dir=self.project_root
+            )
+            project = ProjectController(self.cs, model)
+        return project
+
+    def find_workspace(self, project: ProjectController) -> str | None:
+        for ws in project.find_workspaces():
+            if ws.model.title == WORKSPACE_TITLE:
+                return ws.uid
+        return None
+
+    def ensure_workspace(self, project: ProjectController) -> str:
+        uid = self.find_workspace(project)
+        if uid is None:
+            uid = project.create_workspace(WORKSPACE_TITLE, "jobs created by cryopilot").uid
+        return uid
+
+    def jobs(
+        self, project: ProjectController, workspace_uid: str, *, refresh: bool = False
+    ) -> list[JobController]:
+        if self._jobs is None or refresh:
+            self._jobs = sorted(project.find_jobs(workspace_uid), key=lambda j: j.model.uid_num)
+        return self._jobs
+
+    def stage_jobs(
+        self, project: ProjectController, workspace_uid: str, stage_id: str
+    ) -> list[JobController]:
+        title = job_title(stage_id)
+        return [j for j in self.jobs(project, workspace_uid) if j.model.title == title]
+
+    # ------------------------------------------------------------------ decisions
+
+    def _record(self, job: JobController, **meta: Any) -> None:
+        current = _meta(job.model)
+        current.update(meta)
+        job.set_description(json.dumps({"cryopilot": current}))
+
+    def _recorded_decision(self, job: JobController) -> Decision | None:
+        raw = _meta(job.model).get("decision")
+        return Decision.model_validate(raw) if isinstance(raw, dict) else None
+
+    def _apply_pending(self, stage_id: str, job: JobController) -> None:
+        """Make the decision a stage's job is waiting for, if it is time (idempotent)."""
+        meta = _meta(job.model)
+        rule = meta.get("decision_rule")
+        if not isinstance(rule, dict) or "decision" in meta:
+            return
+        kind = rule.get("kind")
+        params = rule.get("params") or {}
+        if kind == "select_2d_classes" and job.model.status == "waiting":
+            classes = job.interact("get_class_info")
+            selected, decision = decisions.select_2d_classes(stage_id, list(classes), params)
+            for idx in selected:
+                job.interact("set_class_selected", {"class_idx": idx, "selected": True})
+            self._record(job, decision=decision.model_dump(mode="json"))
+            job.interact("finish")
+            job.refresh()
+        elif kind == "choose_hetero_class" and job.model.status == "completed":
+            _, decision = decisions.choose_hetero_class(stage_id, self._hetero_classes(job.model), params)
+            self._record(job, decision=decision.model_dump(mode="json"))
+
+    @staticmethod
+    def _hetero_classes(job: Job) -> list[dict[str, Any]]:
+        outputs = job.spec.outputs.root
+        classes = []
+        for name, out in outputs.items():
+            m = re.fullmatch(r"particles_class_(\d+)", name)
+            if not m:
+                continue
+            k = int(m.group(1))
+            volume = outputs.get(f"volume_class_{k}")
+            best = (volume.latest_summary_stats.get("fsc_info_best") or {}) if volume else {}
+            res = best.get("radwn_final_A") if isinstance(best, dict) else None
+            classes.append({"class": k, "num_particles": out.num_items, "res_A": res})
+        return sorted(classes, key=lambda c: c["class"])
+
+    def _chosen_class(self, stage_id: str, job: JobController) -> int:
+        self._apply_pending(stage_id, job)
+        decision = self._recorded_decision(job)
+        if decision is None or decision.kind != "choose_hetero_class":
+            raise UpstreamNotReadyError(
+                f"stage {stage_id} has no class choice yet (job {job.uid} is {job.model.status})"
+            )
+        return int(decision.numbers["chosen_class"])
+
+    # ------------------------------------------------------------------ status
+
+    def stage_status(self, stage_id: str, jobs: list[JobController]) -> StageStatus:
+        for job in jobs:
+            self._apply_pending(stage_id, job)
+        models = [j.model for j in jobs]
+        resolution = None
+        for model in models:
+            if model.status == "completed":
+                resolution = resolution_of(model) or resolution
+        recorded = [d for d in (self._recorded_decision(j) for j in jobs) if d is not None]
+        return StageStatus(
+            stage_id=stage_id,
+            state=stage_state(models),
+            jobs=[job_info(m) for m in models],
+            resolution_A=resolution,
+            decisions=recorded,
+        )
+
+    def status(self, run_id: str, stage_ids: list[str]) -> StatusResult:
+        project = self.find_project(run_id)
+        if project is None:
+            return StatusResult(
+                project_uid=None, stages=[StageStatus(stage_id=s, state="not_submitted") for s in stage_ids]
+            )
+        ws = self.find_workspace(project)
+        if ws is None:
+            return StatusResult(
+                project_uid=project.uid,
+                stages=[StageStatus(stage_id=s, state="not_submitted") for s in stage_ids],
+            )
+        if not stage_ids:
+            seen: list[str] = []
+            for job in self.jobs(project, ws):
+                stage = _stage_of(job.model)
+                if stage is not None and stage not in seen:
+                    seen.append(stage)
+            stage_ids = seen
+        return StatusResult(
+            project_uid=project.uid,
+            stages=[self.stage_status(s, self.stage_jobs(project, ws, s)) for s in stage_ids],
+        )
+
+    # ------------------------------------------------------------------ submit
+
+    def _upstream(self, project: ProjectController, ws: str, stage_id: str) -> JobController:
+        jobs = self.stage_jobs(project, ws, stage_id)
+        if not jobs:
+            raise UpstreamNotReadyError(f"upstream stage {stage_id} has not been submitted")
+        return jobs[-1]
+
+    def _connections(
+        self, project: ProjectController, ws: str, spec: PlannedStage
+    ) -> dict[str, list[tuple[str, str]]]:
+        connections: dict[str, list[tuple[str, str]]] = {}
+        for conn in spec.inputs:
+            src = self._upstream(project, ws, conn.stage)
+            names: list[str]
+            if conn.output.endswith("_*"):
+                if src.model.status != "completed":
+                    raise UpstreamNotReadyError(
+                        f"{spec.id}: needs every class output of stage {conn.stage}, whose job {src.uid} is "
+                        f"{src.model.status}"
+                    )
+                base = conn.output[:-1]
+                found = [
+                    (int(m.group("k")), n)
+                    for n in src.model.spec.outputs.root
+                    if (m := _CLASS_OUT.match(n)) and m.group("base") == base
+                ]
+                if not found:
+                    raise UpstreamNotReadyError(
+                        f"{spec.id}: job {src.uid} of stage {conn.stage} has no {conn.output} outputs"
+                    )
+                names = [n for _, n in sorted(found)]
+            elif "{chosen}" in conn.output:
+                names = [conn.output.replace("{chosen}", str(self._chosen_class(conn.stage, src)))]
+            else:
+                names = [conn.output]
+            connections.setdefault(conn.input, []).extend((src.uid, n) for n in names)
+        return connections
+
+    def submit(self, run_id: str, spec: PlannedStage) -> SubmitResult:
+        project = self.ensure_project(run_id)
+        ws = self.ensure_workspace(project)
+        existing = self.stage_jobs(project, ws, spec.id)
+        if existing:
+            return SubmitResult(
+                project_uid=project.uid,
+                workspace_uid=ws,
+                stage=self.stage_status(spec.id, existing),
+                already_submitted=True,
+            )
+        for stale in self.jobs(project, ws):  # leftovers of an interrupted submit
+            if stale.model.title == DRAFT_PREFIX + spec.id and stale.model.status == "building":
+                self.cs.api.jobs.delete(project.uid, stale.uid)
+        connections = self._connections(project, ws, spec)
+        job = project.create_job(
+            ws,
+            spec.job_type,
+            connections={k: list(v) for k, v in connections.items()},
+            params=dict(spec.params),
+            title=DRAFT_PREFIX + spec.id,
+            desc="",
+        )
+        if spec.decision is not None:
+            self._record(job, stage=spec.id, decision_rule=spec.decision.model_dump(mode="json"))
+        else:
+            self._record(job, stage=spec.id)
+        job.queue(spec.lane)
+        job.set_title(job_title(spec.id))
+        job.refresh()
+        self._jobs = None
+        return SubmitResult(
+            project_uid=project.uid,
+            workspace_uid=ws,
+            stage=self.stage_status(spec.id, [job]),
+            already_submitted=False,
+        )
+
+    # ------------------------------------------------------------------ kill
+
+    def kill(self, run_id: str, stage_id: str) -> KillResult:
+        project = self.find_project(run_id)
+        ws = self.find_workspace(project) if project else None
+        if project is None or ws is None:
+            raise StageNotFoundError(f"no cryoSPARC project for run {run_id}")
+        jobs = self.stage_jobs(project, ws, stage_id)
+        if not jobs:
+            raise StageNotFoundError(f"stage {stage_id} of run {run_id} has no jobs")
+        killed = []
+        for job in jobs:
+            if job.model.status in ACTIVE:
+                job.kill()
+                killed.append(job.uid)
+        return KillResult(stage_id=stage_id, killed=killed)
+
+    # ------------------------------------------------------------------ export
+
+    def export(self, run_id: str, stage_id: str, bucket: str, prefix: str, s3: Any) -> ExportResult:
+        project = self.find_project(run_id)
+        ws = self.find_workspace(project) if project else None
+        if project is None or ws is None:
+            raise StageNotFoundError(f"no cryoSPARC project for run {run_id}")
+        jobs = [j for j in self.stage_jobs(project, ws, stage_id) if j.model.status == "completed"]
+        if not jobs:
+            raise StageNotFoundError(f"stage {stage_id} of run {run_id} has no completed job to export")
+        job = jobs[-1]
+        model = job.model
+        volume = job.load_output("volume")
+        fields = set(volume.fields())
+
+        def path_of(*slots: str) -> str:
+            for slot in slots:
+                if f"{slot}/path" in fields:
+                    return str(volume[f"{slot}/path"][0])
+            raise ExportVerificationError(f"job {job.uid} volume output has none of {', '.join(slots)}")
+
+        particles = model.spec.outputs.root.get("particles")
+        if particles is None or not particles.results or not particles.results[0].metafiles:
+            raise ExportVerificationError(f"job {job.uid} has no particles dataset")
+        sources = [
+            ("map", path_of("map")),
+            ("half_map_a", path_of("map_half_A")),
+            ("half_map_b", path_of("map_half_B")),
+            ("mask", path_of("mask_fsc_auto", "mask_fsc", "mask_refine")),
+            ("particles", particles.results[0].metafiles[-1]),
+        ]
+        base = prefix.strip("/")
+        files: list[ExportedFile] = []
+
+        def put(kind: str, name: str, data: bytes, content_type: str) -> None:
+            key = f"{base}/{name}" if base else name
+            s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+            head = s3.head_object(Bucket=bucket, Key=key)
+            if int(head["ContentLength"]) != len(data):
+                raise ExportVerificationError(
+                    f"s3://{bucket}/{key} holds {head['ContentLength']} bytes, expected {len(data)}"
+                )
+            files.append(ExportedFile(kind=kind, key=key, size=len(data)))
+
+        for kind, path in sources:
+            buf = io.BytesIO()
+            self.cs.download_file(project.uid, path, buf)
+            data = buf.getvalue()
+            if not data:
+                raise ExportVerificationError(f"{path} of project {project.uid} is empty")
+            put(kind, PurePosixPath(path).name, data, "application/octet-stream")
+        fsc = (model.spec.outputs.root["volume"].latest_summary_stats or {}).get("fsc_info_best") or {}
+        fsc_doc = {"job": f"{project.uid}-{job.uid}", "fsc_info_best": fsc}
+        put(
+            "fsc", f"{job.uid}_fsc_info_best.json", json.dumps(fsc_doc, indent=1).encode(), "application/json"
+        )
+        return ExportResult(bucket=bucket, prefix=prefix, files=files, resolution_A=resolution_of(model))

@@ -1,0 +1,315 @@
+"""Pipeline presets as data, and the plan they make for one manifest.
+
+A preset (``presets/<name>.yaml``) lists the cryoSPARC stages of a pipeline: job type, lane, GPUs,
+parameters (which may reference the manifest), input connections, the automatic decision a person
+would otherwise make, and a time limit. :func:`plan` turns a preset and a :class:`Manifest` into
+the :class:`PlannedStage` list the state machine submits one by one through the head-node agent.
+
+``presets/job_types.yaml`` is the register of cryoSPARC job types (parameters, inputs, outputs) the
+presets use; an override naming a parameter its job type does not have is a :class:`ManifestError`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cryopilot.errors import ManifestError
+from cryopilot.manifest import Manifest
+
+Lane = Literal["gpu8", "gpu1"]
+DecisionKind = Literal["select_2d_classes", "choose_hetero_class"]
+
+#: Tag put in the title of every job cryopilot creates: ``cryopilot:<stage id>``.
+JOB_TITLE_PREFIX = "cryopilot:"
+
+#: Name of the repeated stage and of its "rounds" pseudo-parameter.
+REPEATED_STAGE = "hetero"
+ROUNDS_PARAM = "rounds"
+
+_REF = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OutputRef(_Model):
+    """One connection: output ``output`` of the job of stage ``stage``.
+
+    ``output`` may end in ``_*`` (every class output of that job) or ``_{chosen}`` (the class chosen
+    by that stage's ``choose_hetero_class`` decision).
+    """
+
+    stage: str
+    output: str
+
+
+class DecisionDef(_Model):
+    kind: DecisionKind
+    params: dict[str, float | int] = Field(default_factory=dict)
+
+
+class StageDef(_Model):
+    id: str
+    title: str
+    job_type: str
+    lane: Lane | None = None
+    gpus: int = Field(ge=0, le=8)
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, list[OutputRef]] = Field(default_factory=dict)
+    next_round_inputs: dict[str, list[OutputRef]] | None = None
+    rounds: int | None = Field(default=None, ge=1, le=20)
+    decision: DecisionDef | None = None
+    time_limit_hours: float = Field(gt=0, le=24 * 7)
+
+
+class Preset(_Model):
+    name: str
+    description: str
+    stages: list[StageDef]
+
+
+class InputConnection(_Model):
+    """Connect input ``input`` of the job to output ``output`` of stage ``stage``'s job."""
+
+    input: str
+    stage: str
+    output: str
+
+
+class PlannedStage(_Model):
+    """One stage, ready for ``cryopilot-agent submit`` (final parameter values)."""
+
+    id: str
+    title: str
+    job_type: str
+    lane: Lane | None
+    gpus: int
+    params: dict[str, Any]
+    inputs: list[InputConnection]
+    decision: DecisionDef | None = None
+    time_limit_seconds: int
+
+
+class JobTypeSpec(_Model):
+    """A register entry (see ``presets/job_types.yaml``)."""
+
+    title: str
+    category: str
+    source: str
+    gpu: bool = False
+    interactive: bool = False
+    classes_from: dict[str, str] | None = None
+    params: dict[str, dict[str, Any]]
+    required_params: list[str] = Field(default_factory=list)
+    inputs: dict[str, dict[str, Any]]
+    outputs: dict[str, dict[str, Any]]
+
+    def has_output(self, name: str) -> bool:
+        if name in self.outputs:
+            return True
+        return any(
+            "{k}" in pattern and re.fullmatch(re.escape(pattern).replace(r"\{k\}", r"\d+"), name)
+            for pattern in self.outputs
+        )
+
+
+def _read(name: str) -> str:
+    return resources.files("cryopilot").joinpath("presets", name).read_text(encoding="utf-8")
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("cryopilot").joinpath("presets")
+    return sorted(
+        p.name[: -len(".yaml")]
+        for p in folder.iterdir()
+        if p.name.endswith(".yaml") and p.name != "job_types.yaml"
+    )
+
+
+@cache
+def job_types() -> dict[str, JobTypeSpec]:
+    """The register of cryoSPARC job types used by the presets."""
+    raw = yaml.safe_load(_read("job_types.yaml"))
+    return {name: JobTypeSpec.model_validate(spec) for name, spec in raw.items()}
+
+
+@cache
+def load_preset(name: str) -> Preset:
+    """The preset called ``name``; an unknown name is a :class:`ManifestError` listing the known ones."""
+    known = preset_names()
+    if name not in known:
+        raise ManifestError(f"pipeline.preset: unknown preset {name!r}; known presets: {', '.join(known)}")
+    try:
+        return Preset.model_validate(yaml.safe_load(_read(f"{name}.yaml")))
+    except ValidationError as exc:  # a broken preset file is a bug, but say where
+        raise ManifestError(f"preset {name}: {exc}") from None
+
+
+def _even_up(value: float) -> int:
+    n = math.ceil(value)
+    return n + (n % 2)
+
+
+def _references(manifest: Manifest, data_dir: str) -> dict[str, Any]:
+    acq = manifest.acquisition
+    diameter = manifest.particle.diameter_A
+    box = max(64, _even_up(1.5 * diameter / acq.pixel_size_A))
+    binned = min(box, max(64, _even_up(box / 2)))
+    base = data_dir if data_dir.endswith("/") else data_dir + "/"
+    return {
+        "data_glob": base + manifest.input.glob,
+        "gain_ref": base + acq.gain_reference if acq.gain_reference else None,
+        "acquisition.pixel_size_A": acq.pixel_size_A,
+        "acquisition.voltage_kV": acq.voltage_kV,
+        "acquisition.cs_mm": acq.cs_mm,
+        "acquisition.total_dose_e_per_A2": acq.total_dose_e_per_A2,
+        "particle.diameter_A": diameter,
+        "particle_diameter_max_A": round(1.25 * diameter),
+        "box_pix": box,
+        "box_pix_binned": binned,
+        "symmetry": manifest.symmetry,
+    }
+
+
+def _resolve(value: Any, refs: dict[str, Any], where: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    whole = _REF.fullmatch(value)
+    if whole:
+        key = whole.group(1)
+        if key not in refs:
+            raise ManifestError(f"{where}: unknown reference ${{{key}}}")
+        return refs[key]
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) not in refs:
+            raise ManifestError(f"{where}: unknown reference ${{{m.group(1)}}}")
+        return str(refs[m.group(1)])
+
+    return _REF.sub(sub, value)
+
+
+def _check_overrides(preset: Preset, overrides: dict[str, dict[str, Any]]) -> int | None:
+    """Validate ``pipeline.overrides``; return the hetero round count it sets, if any."""
+    by_id = {s.id: s for s in preset.stages}
+    repeated = by_id.get(REPEATED_STAGE)
+    rounds: int | None = None
+    for stage_id, params in overrides.items():
+        base = stage_id
+        if stage_id not in by_id:
+            m = re.fullmatch(rf"{REPEATED_STAGE}(\d+)", stage_id)
+            if not (m and repeated is not None):
+                known = ", ".join(s.id for s in preset.stages)
+                raise ManifestError(
+                    f"pipeline.overrides.{stage_id}: no stage {stage_id!r} in preset {preset.name} "
+                    f"(stages: {known})"
+                )
+            base = REPEATED_STAGE
+        spec = job_types()[by_id[base].job_type]
+        for param, value in params.items():
+            if base == REPEATED_STAGE and stage_id == REPEATED_STAGE and param == ROUNDS_PARAM:
+                if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 20:
+                    raise ManifestError(
+                        f"pipeline.overrides.{stage_id}.{param}: must be an integer from 1 to 20"
+                    )
+                rounds = value
+                continue
+            if param not in spec.params:
+                raise ManifestError(
+                    f"pipeline.overrides.{stage_id}.{param}: job type {by_id[base].job_type} "
+                    f"has no parameter {param!r}"
+                )
+    return rounds
+
+
+def _connections(
+    inputs: dict[str, list[OutputRef]], *, previous: str | None, last_round: str | None
+) -> list[InputConnection]:
+    out: list[InputConnection] = []
+    for input_name, refs in inputs.items():
+        for ref in refs:
+            stage = ref.stage
+            if stage == "previous":
+                if previous is None:
+                    raise ManifestError("preset: 'previous' used outside a repeated stage")
+                stage = previous
+            elif stage == REPEATED_STAGE and last_round is not None:
+                stage = last_round
+            out.append(InputConnection(input=input_name, stage=stage, output=ref.output))
+    return out
+
+
+def plan(manifest: Manifest, *, data_dir: str) -> list[PlannedStage]:
+    """The stages of the manifest's preset with final parameter values, in submission order.
+
+    ``data_dir`` is where the dataset folder is mounted on the cluster. Parameters are the preset's
+    defaults, then manifest references resolved, then ``manifest.pipeline.overrides`` (by stage id;
+    ``hetero`` applies to every round, ``hetero3`` to one; ``{hetero: {rounds: N}}`` sets N).
+    """
+    preset = load_preset(manifest.preset_name)
+    overrides = manifest.pipeline.overrides
+    rounds_override = _check_overrides(preset, overrides)
+    refs = _references(manifest, data_dir)
+
+    repeated = next((s for s in preset.stages if s.id == REPEATED_STAGE), None)
+    n_rounds = rounds_override or (repeated.rounds if repeated and repeated.rounds else 1)
+    last_round = f"{REPEATED_STAGE}{n_rounds}" if repeated is not None else None
+
+    planned: list[PlannedStage] = []
+    for stage in preset.stages:
+        instances: list[tuple[str, str, dict[str, list[OutputRef]], str | None]] = []
+        if stage.id == REPEATED_STAGE:
+            for k in range(1, n_rounds + 1):
+                ins = stage.inputs if k == 1 else (stage.next_round_inputs or stage.inputs)
+                prev = f"{REPEATED_STAGE}{k - 1}" if k > 1 else None
+                instances.append((f"{REPEATED_STAGE}{k}", f"{stage.title} (round {k}/{n_rounds})", ins, prev))
+        else:
+            instances.append((stage.id, stage.title, stage.inputs, None))
+
+        for stage_id, title, inputs, previous in instances:
+            params: dict[str, Any] = {}
+            for name, value in stage.params.items():
+                resolved = _resolve(value, refs, f"preset {preset.name}: {stage_id}.{name}")
+                if resolved is not None:
+                    params[name] = resolved
+            for key in (stage.id, stage_id) if stage_id != stage.id else (stage.id,):
+                for name, value in overrides.get(key, {}).items():
+                    if key == REPEATED_STAGE and name == ROUNDS_PARAM:
+                        continue
+                    params[name] = value
+            planned.append(
+                PlannedStage(
+                    id=stage_id,
+                    title=title,
+                    job_type=stage.job_type,
+                    lane=stage.lane,
+                    gpus=stage.gpus,
+                    params=params,
+                    inputs=_connections(
+                        inputs,
+                        previous=previous,
+                        last_round=None if stage.id == REPEATED_STAGE else last_round,
+                    ),
+                    decision=stage.decision,
+                    time_limit_seconds=round(stage.time_limit_hours * 3600),
+                )
+            )
+    return planned
+
+
+def job_title(stage_id: str) -> str:
+    """The title cryopilot gives the job of ``stage_id`` (how a re-submit finds it)."""
+    return f"{JOB_TITLE_PREFIX}{stage_id}"
+
+
+def profile_stage_id(stage_id: str) -> str:
+    """The profiles.yaml stage id of a planned stage (``hetero3`` → ``hetero``)."""
+    return REPEATED_STAGE if re.fullmatch(rf"{REPEATED_STAGE}\d+", stage_id) else stage_id

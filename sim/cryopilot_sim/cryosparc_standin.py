@@ -1,0 +1,1424 @@
+"""A local cryoSPARC 5 stand-in that the real cryosparc-tools client talks to.
+
+The client (``cryosparc.tools.CryoSPARC``) fetches ``<base_url>/api/cmd/openapi.json``, builds one
+Python function per operation from each operation's ``summary`` (``"jobs.enqueue"`` becomes
+``api.jobs.enqueue``), its parameters (path parameters positional, query parameters by keyword) and
+its request body (named after the body schema's ``title``), and decodes each response through the
+model its ``$ref`` names (``#/components/schemas/Job`` → ``cryosparc.models.job.Job``). This server
+publishes such a document for the operations it implements and answers them with documents that
+validate against the client's own models.
+
+It enforces the register of job types in ``cryopilot/presets/job_types.yaml`` (an unknown job type,
+parameter, input or output name is a 422 the client raises as ``APIError``), runs queued jobs once
+their inputs are complete for the minutes of ``profiles.yaml`` on a simulated clock, produces outputs
+with plausible statistics and small real files, and injects faults (:meth:`CryoSparcStandIn.inject`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import re
+import secrets
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+import yaml
+from cryopilot.presets import JobTypeSpec, job_types
+from cryosparc.dataset import Dataset
+
+from cryopilot_sim.clock import Clock
+
+FaultKind = Literal["fail", "kill", "stuck"]
+DurationFn = Callable[[str, "SimJob"], float]
+
+API_PREFIX = "/api/cmd"
+VERSION = "v5.0.3"
+LANES = {"gpu8": 8, "gpu1": 1}
+
+#: profiles.yaml stage id per job type (extract_micrographs_multi is "extract" the first time in a
+#: project and "reextract" after that).
+STAGE_OF_TYPE = {
+    "import_movies": "import",
+    "import_micrographs": "import",
+    "patch_motion_correction_multi": "motion",
+    "patch_ctf_estimation_multi": "ctf",
+    "blob_picker_gpu": "pick",
+    "extract_micrographs_multi": "extract",
+    "class_2D_new": "class2d",
+    "select_2D": "select2d",
+    "homo_abinit": "abinit",
+    "hetero_refine": "hetero",
+    "nonuniform_refine_new": "nurefine",
+}
+
+#: Minutes for a stage a profile does not list (e.g. the spike's short ab-initio).
+FALLBACK_MINUTES = 30.0
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
+
+
+def _oid(n: int) -> str:
+    return f"{n:024x}"
+
+
+def load_profiles() -> dict[str, Any]:
+    text = resources.files("cryopilot").joinpath("data", "profiles.yaml").read_text(encoding="utf-8")
+    doc: dict[str, Any] = yaml.safe_load(text)
+    return doc
+
+
+def _mrc_bytes(n: int, psize: float, seed: int) -> bytes:
+    """A small, valid MRC2014 volume (mode 2, float32)."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices((n, n, n)).astype(np.float32) - (n - 1) / 2
+    data = np.exp(-(grid**2).sum(axis=0) / (2 * (n / 5) ** 2)) + 0.05 * rng.standard_normal((n, n, n))
+    data = data.astype(np.float32)
+    header = bytearray(1024)
+    struct.pack_into("<3i", header, 0, n, n, n)
+    struct.pack_into("<i", header, 12, 2)
+    struct.pack_into("<3i", header, 28, n, n, n)
+    struct.pack_into("<3f", header, 40, n * psize, n * psize, n * psize)
+    struct.pack_into("<3f", header, 52, 90.0, 90.0, 90.0)
+    struct.pack_into("<3i", header, 64, 1, 2, 3)
+    struct.pack_into("<3f", header, 76, float(data.min()), float(data.max()), float(data.mean()))
+    header[208:212] = b"MAP "
+    header[212:216] = bytes([0x44, 0x44, 0, 0])
+    return bytes(header) + data.tobytes()
+
+
+@dataclass
+class Connection:
+    input: str
+    job_uid: str
+    output: str
+
+
+@dataclass
+class SimJob:
+    uid: str
+    num: int
+    project_uid: str
+    workspace_uid: str
+    type: str
+    title: str
+    description: str
+    params: dict[str, Any]
+    created_at: float
+    connections: list[Connection] = field(default_factory=list)
+    status: str = "building"
+    lane: str | None = None
+    queued_at: float | None = None
+    started_at: float | None = None
+    waiting_at: float | None = None
+    completed_at: float | None = None
+    killed_at: float | None = None
+    failed_at: float | None = None
+    end_at: float | None = None
+    fault: FaultKind | None = None
+    error: str | None = None
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    class_info: list[dict[str, Any]] = field(default_factory=list)
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stage_key: str = ""
+
+
+@dataclass
+class SimProject:
+    uid: str
+    num: int
+    title: str
+    description: str
+    project_dir: str
+    created_at: float
+    workspaces: dict[str, dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[str, SimJob] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class Route:
+    method: str
+    path: str
+    summary: str
+    handler: Callable[..., Any]
+    path_params: list[str]
+    query: list[tuple[str, bool, dict[str, Any]]]
+    body: tuple[str, str, dict[str, Any]] | None  # (mime, title, schema)
+    response: tuple[str, dict[str, Any]] | None  # (mime, schema)
+    auth: bool = True
+    pattern: re.Pattern[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        regex = re.sub(r"\\\{([a-z_]+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.path))
+        self.pattern = re.compile(f"^{regex}$")
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _list_of(name: str) -> dict[str, Any]:
+    return {"type": "array", "items": _ref(name)}
+
+
+_STR: dict[str, Any] = {"type": "string"}
+_INT: dict[str, Any] = {"type": "integer"}
+_BOOL: dict[str, Any] = {"type": "boolean"}
+_LIST_STR: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
+_ANY: dict[str, Any] = {}
+
+_JOB_FIND_QUERY = [
+    ("order", False, _INT),
+    ("after", False, _STR),
+    ("limit", False, _INT),
+    ("project_uid", False, _LIST_STR),
+    ("workspace_uid", False, _LIST_STR),
+    ("uid", False, _LIST_STR),
+    ("type", False, _LIST_STR),
+    ("status", False, _LIST_STR),
+    ("category", False, _LIST_STR),
+    *[
+        (f"{t}_at", False, {"type": "array", "items": _STR})
+        for t in (
+            "created",
+            "updated",
+            "queued",
+            "started",
+            "waiting",
+            "completed",
+            "killed",
+            "failed",
+            "exported",
+        )
+    ],
+    ("deleted", False, _BOOL),
+]
+
+
+class CryoSparcStandIn:
+    """A cryoSPARC 5 instance in a thread: ``with CryoSparcStandIn(clock) as cs: url = cs.base_url``."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        profile: str = "cgrp",
+        *,
+        duration_fn: DurationFn | None = None,
+        email: str = "pilot@example.com",
+        password: str = "standin-password",  # noqa: S107 - a local test instance
+        seed: int = 7,
+    ) -> None:
+        profiles = load_profiles()
+        if profile not in profiles["profiles"]:
+            raise ValueError(f"unknown profile {profile!r}; known: {', '.join(profiles['profiles'])}")
+        self.clock = clock
+        self.profile_name = profile
+        self.profile: dict[str, Any] = profiles["profiles"][profile]
+        self.duration_fn = duration_fn
+        self.email = email
+        self._password_sha = hashlib.sha256(password.encode()).hexdigest()
+        self.seed = seed
+        self.register: dict[str, JobTypeSpec] = job_types()
+        self.projects: dict[str, SimProject] = {}
+        self._tokens: set[str] = set()
+        self._faults: list[dict[str, Any]] = []
+        self._launch_counts: dict[str, int] = {}
+        self._lock = threading.RLock()
+        self._counter = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.base_url = ""
+        self.requests: list[tuple[str, str]] = []
+        self.routes = self._routes()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> str:
+        """Serve on 127.0.0.1 (ephemeral port); return the base URL the client is given."""
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                # answer small requests at once (no Nagle / delayed-ACK stalls on loopback)
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                return
+
+            def _serve(self, method: str) -> None:
+                standin._handle(self, method)
+
+            def do_GET(self) -> None:
+                self._serve("get")
+
+            def do_POST(self) -> None:
+                self._serve("post")
+
+            def do_PUT(self) -> None:
+                self._serve("put")
+
+            def do_DELETE(self) -> None:
+                self._serve("delete")
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="cryosparc-standin",
+            daemon=True,
+        )
+        self._thread.start()
+        host, port = self._server.server_address[:2]
+        self.base_url = f"http://{host!s}:{port}"
+        return self.base_url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> CryoSparcStandIn:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------- faults
+
+    def inject(self, kind: FaultKind, job_type: str, occurrence: int = 1) -> None:
+        """Make the ``occurrence``-th job of ``job_type`` to run fail, be killed, or never end."""
+        if kind not in ("fail", "kill", "stuck"):
+            raise ValueError(f"unknown fault kind {kind!r}")
+        if job_type not in self.register:
+            raise ValueError(f"unknown job type {job_type!r}")
+        with self._lock:
+            self._faults.append({"kind": kind, "job_type": job_type, "occurrence": occurrence})
+
+    # ---------------------------------------------------------------- HTTP plumbing
+
+    def _handle(self, req: BaseHTTPRequestHandler, method: str) -> None:
+        url = urlsplit(req.path)
+        path = url.path
+        self.requests.append((method.upper(), path))
+        length = int(req.headers.get("Content-Length") or 0)
+        raw = req.rfile.read(length) if length else b""
+        try:
+            if not path.startswith(API_PREFIX):
+                raise ApiError(404, f"not found: {path}")
+            sub = path[len(API_PREFIX) :] or "/"
+            if method == "get" and sub == "/openapi.json":
+                self._send_json(req, 200, self.openapi())
+                return
+            route, match = self._match(method, sub)
+            if route.auth:
+                auth = req.headers.get("Authorization", "")
+                token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
+                if token not in self._tokens:
+                    raise ApiError(401, "Not authenticated")
+            args = self._arguments(route, match, parse_qs(url.query, keep_blank_values=True), raw, req)
+            with self._lock:
+                self._tick()
+                result = route.handler(**args)
+            if route.response is None:
+                req.send_response(204)
+                req.send_header("Content-Length", "0")
+                req.end_headers()
+                return
+            mime = route.response[0]
+            if mime == "application/json":
+                self._send_json(req, 200, result)
+            else:
+                body = result if isinstance(result, bytes) else b""
+                req.send_response(200)
+                req.send_header("Content-Type", mime)
+                req.send_header("Content-Length", str(len(body)))
+                req.end_headers()
+                req.wfile.write(body)
+        except ApiError as exc:
+            self._send_json(req, exc.status, {"detail": exc.message})
+        except Exception as exc:  # a bug in the stand-in: answer 500, never hang the client
+            self._send_json(req, 500, {"detail": f"{type(exc).__name__}: {exc}"})
+
+    @staticmethod
+    def _send_json(req: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
+        body = json.dumps(payload).encode()
+        req.send_response(status)
+        req.send_header("Content-Type", "application/json")
+        req.send_header("Content-Length", str(len(body)))
+        req.end_headers()
+        req.wfile.write(body)
+
+    def _match(self, method: str, path: str) -> tuple[Route, re.Match[str]]:
+        for route in self.routes:
+            if route.method == method and (m := route.pattern.match(path)):
+                return route, m
+        raise ApiError(404, f"no operation {method.upper()} {path}")
+
+    @staticmethod
+    def _convert(raw_values: list[str], schema: dict[str, Any]) -> Any:
+        kind = schema.get("type")
+        if kind == "array":
+            return list(raw_values)
+        value = raw_values[-1]
+        if kind == "integer":
+            return int(value)
+        if kind == "boolean":
+            return value.lower() == "true"
+        return value
+
+    def _arguments(
+        self,
+        route: Route,
+        match: re.Match[str],
+        query: dict[str, list[str]],
+        raw: bytes,
+        req: BaseHTTPRequestHandler,
+    ) -> dict[str, Any]:
+        args: dict[str, Any] = {name: unquote(match.group(name)) for name in route.path_params}
+        for name, required, schema in route.query:
+            if name in query:
+                args[name] = self._convert(query[name], schema)
+            elif required:
+                raise ApiError(422, f"missing query parameter {name!r}")
+        if route.body is not None:
+            mime, title, _ = route.body
+            key = title.lower().replace(" ", "_")
+            if mime == "application/json":
+                args[key] = json.loads(raw) if raw else None
+            else:
+                form = parse_qs(raw.decode(), keep_blank_values=True)
+                args[key] = {k: v[-1] for k, v in form.items()}
+        return args
+
+    # ---------------------------------------------------------------- OpenAPI
+
+    def openapi(self) -> dict[str, Any]:
+        paths: dict[str, dict[str, Any]] = {}
+        schemas: dict[str, Any] = {}
+        for r in self.routes:
+            op: dict[str, Any] = {"summary": r.summary, "operationId": r.summary.replace(".", "_")}
+            params = [{"name": p, "in": "path", "required": True, "schema": _STR} for p in r.path_params] + [
+                {"name": n, "in": "query", "required": req, "schema": s} for n, req, s in r.query
+            ]
+            if params:
+                op["parameters"] = params
+            if r.body is not None:
+                mime, title, schema = r.body
+                op["requestBody"] = {
+                    "required": True,
+                    "content": {mime: {"schema": {"title": title, **schema}}},
+                }
+            if r.response is None:
+                op["responses"] = {"204": {"description": "Successful Response"}}
+            else:
+                mime, schema = r.response
+                op["responses"] = {
+                    "200": {"description": "Successful Response", "content": {mime: {"schema": schema}}}
+                }
+                for ref in re.findall(r"#/components/schemas/(\w+)", json.dumps(schema)):
+                    schemas[ref] = {"title": ref, "type": "object"}
+            paths.setdefault(r.path, {})[r.method] = op
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": "CryoSPARC API (cryopilot stand-in)", "version": VERSION},
+            "paths": paths,
+            "components": {"schemas": schemas},
+        }
+
+    def _routes(self) -> list[Route]:
+        def route(
+            method: str,
+            path: str,
+            summary: str,
+            handler: Callable[..., Any],
+            *,
+            query: list[tuple[str, bool, dict[str, Any]]] | None = None,
+            body: tuple[str, str, dict[str, Any]] | None = None,
+            response: tuple[str, dict[str, Any]] | None = ("application/json", _ANY),
+            auth: bool = True,
+        ) -> Route:
+            return Route(
+                method,
+                path,
+                summary,
+                handler,
+                re.findall(r"\{([a-z_]+)\}", path),
+                query or [],
+                body,
+                response,
+                auth,
+            )
+
+        j = "application/json"
+        job = (j, _ref("Job"))
+        pj = "/projects/{project_uid}/jobs/{job_uid}"
+        return [
+            route("get", "/health", "health", lambda: "OK", response=(j, _STR), auth=False),
+            route(
+                "post",
+                "/login",
+                "login",
+                self._login,
+                body=("application/x-www-form-urlencoded", "Body_login", {"type": "object"}),
+                response=(j, _ref("Token")),
+                auth=False,
+            ),
+            route("get", "/config/version", "config.get_version", lambda: VERSION, response=(j, _STR)),
+            route("get", "/users/me", "users.me", self._me, response=(j, _ref("User"))),
+            route(
+                "get", "/job_register", "job_register", self._job_register, response=(j, _ref("JobRegister"))
+            ),
+            route(
+                "get",
+                "/resources/lanes",
+                "resources.find_lanes",
+                self._lanes,
+                response=(j, _list_of("SchedulerLane")),
+            ),
+            route(
+                "get",
+                "/projects",
+                "projects.find",
+                self._find_projects,
+                query=[("order", False, _INT), ("after", False, _STR), ("limit", False, _INT)],
+                response=(j, _list_of("Project")),
+            ),
+            route(
+                "post",
+                "/projects",
+                "projects.create",
+                self._create_project,
+                query=[("title", True, _STR), ("description", False, _STR), ("parent_dir", True, _STR)],
+                response=(j, _ref("Project")),
+            ),
+            route(
+                "get",
+                "/projects/{project_uid}",
+                "projects.find_one",
+                self._find_project,
+                response=(j, _ref("Project")),
+            ),
+            route(
+                "get",
+                "/projects/{project_uid}/directory",
+                "projects.get_directory",
+                lambda project_uid: self._project(project_uid).project_dir,
+                response=(j, _STR),
+            ),
+            route(
+                "get",
+                "/projects/{project_uid}/files",
+                "projects.download_file",
+                self._download_file,
+                query=[("path", False, _STR)],
+                response=("application/octet-stream", {"type": "string", "format": "binary"}),
+            ),
+            route(
+                "get",
+                "/workspaces",
+                "workspaces.find",
+                self._find_workspaces,
+                query=[
+                    ("order", False, _INT),
+                    ("after", False, _STR),
+                    ("limit", False, _INT),
+                    ("project_uid", False, _LIST_STR),
+                ],
+                response=(j, _list_of("Workspace")),
+            ),
+            route(
+                "post",
+                "/projects/{project_uid}/workspaces",
+                "workspaces.create",
+                self._create_workspace,
+                query=[("title", True, _STR), ("description", False, _STR)],
+                response=(j, _ref("Workspace")),
+            ),
+            route(
+                "get",
+                "/jobs",
+                "jobs.find",
+                self._find_jobs,
+                query=_JOB_FIND_QUERY,
+                response=(j, _list_of("Job")),
+            ),
+            route(
+                "post",
+                "/projects/{project_uid}/workspaces/{workspace_uid}/jobs",
+                "jobs.create",
+                self._create_job,
+                query=[("type", True, _STR), ("title", False, _STR), ("description", False, _STR)],
+                body=(j, "Params", {"type": "object"}),
+                response=job,
+            ),
+            route("get", pj, "jobs.find_one", self._find_job, response=job),
+            route("delete", pj, "jobs.delete", self._delete_job, response=None),
+            route(
+                "get",
+                pj + "/status",
+                "jobs.get_status",
+                lambda project_uid, job_uid: self._job(project_uid, job_uid).status,
+                response=(j, _STR),
+            ),
+            route(
+                "get",
+                pj + "/directory",
+                "jobs.get_directory",
+                lambda project_uid, job_uid: self._job(project_uid, job_uid).uid,
+                response=(j, _STR),
+            ),
+            route(
+                "put",
+                pj + "/params/{param}",
+                "jobs.set_param",
+                self._set_param,
+                body=(j, "Value", {}),
+                response=job,
+            ),
+            route(
+                "post",
+                pj + "/connect/{input_name}",
+                "jobs.connect",
+                self._connect,
+                query=[("source_output_name", True, _STR), ("source_job_uid", True, _STR)],
+                response=job,
+            ),
+            route(
+                "post",
+                pj + "/enqueue",
+                "jobs.enqueue",
+                self._enqueue,
+                query=[
+                    ("lane", False, _STR),
+                    ("hostname", False, _STR),
+                    ("gpus", False, {"type": "array", "items": _INT}),
+                    ("no_check_inputs_ready", False, _BOOL),
+                ],
+                response=job,
+            ),
+            route("post", pj + "/kill", "jobs.kill", self._kill, response=job),
+            route(
+                "put",
+                pj + "/title",
+                "jobs.set_title",
+                self._set_title,
+                query=[("title", True, _STR)],
+                response=job,
+            ),
+            route(
+                "put",
+                pj + "/description",
+                "jobs.set_description",
+                self._set_description,
+                query=[("description", True, _STR)],
+                response=job,
+            ),
+            route(
+                "get",
+                pj + "/outputs/{output_name}/dataset",
+                "jobs.load_output",
+                self._load_output,
+                query=[("version", False, _STR), ("slots", False, _LIST_STR)],
+                response=(Dataset.media_type, {"type": "string", "format": "binary"}),
+            ),
+            route(
+                "post",
+                pj + "/interactive",
+                "jobs.interactive_post",
+                self._interactive,
+                query=[("endpoint", True, _STR), ("timeout", False, _INT)],
+                body=(j, "Body", {"type": "object"}),
+                response=(j, _ANY),
+            ),
+        ]
+
+    # ---------------------------------------------------------------- helpers
+
+    def _next_id(self) -> int:
+        self._counter += 1
+        return self._counter
+
+    def _project(self, project_uid: str) -> SimProject:
+        p = self.projects.get(project_uid)
+        if p is None:
+            raise ApiError(404, f"Project {project_uid} not found")
+        return p
+
+    def _job(self, project_uid: str, job_uid: str) -> SimJob:
+        job = self._project(project_uid).jobs.get(job_uid)
+        if job is None:
+            raise ApiError(404, f"Job {project_uid}-{job_uid} not found")
+        return job
+
+    def _spec(self, job_type: str) -> JobTypeSpec:
+        spec = self.register.get(job_type)
+        if spec is None:
+            raise ApiError(422, f"Unknown job type {job_type!r}")
+        return spec
+
+    def _num_classes(self, job: SimJob) -> int:
+        spec = self._spec(job.type)
+        src = spec.classes_from or {}
+        if "param" in src:
+            default = spec.params[src["param"]].get("default", 1)
+            return int(job.params.get(src["param"], default))
+        if "input" in src:
+            return max(1, sum(1 for c in job.connections if c.input == src["input"]))
+        return 0
+
+    def _output_names(self, job: SimJob) -> dict[str, str]:
+        """Every output name the job has (per-class names expanded) and its type."""
+        spec = self._spec(job.type)
+        names: dict[str, str] = {}
+        for pattern, out in spec.outputs.items():
+            if "{k}" in pattern:
+                for k in range(self._num_classes(job)):
+                    names[pattern.replace("{k}", str(k))] = out["type"]
+            else:
+                names[pattern] = out["type"]
+        return names
+
+    @staticmethod
+    def _check_type(name: str, value: Any, pspec: dict[str, Any]) -> None:
+        if value is None:
+            return
+        kind = pspec.get("type")
+        ok = {
+            "integer": isinstance(value, int) and not isinstance(value, bool),
+            "number": isinstance(value, int | float) and not isinstance(value, bool),
+            "boolean": isinstance(value, bool),
+            "string": isinstance(value, str),
+        }.get(str(kind), True)
+        if not ok:
+            raise ApiError(422, f"Invalid value for parameter {name!r}: expected {kind}, got {value!r}")
+
+    # ---------------------------------------------------------------- documents
+
+    def _user_doc(self) -> dict[str, Any]:
+        return {
+            "_id": _oid(1),
+            "name": "cryopilot",
+            "first_name": "Cryo",
+            "last_name": "Pilot",
+            "emails": [{"address": self.email, "verified": True}],
+            "roles": {"__global_roles__": ["admin"]},
+            "lanes": list(LANES),
+        }
+
+    def _project_doc(self, p: SimProject) -> dict[str, Any]:
+        return {
+            "_id": _oid(p.num),
+            "uid": p.uid,
+            "uid_num": p.num,
+            "title": p.title,
+            "description": p.description,
+            "project_dir": p.project_dir,
+            "owner_user_id": _oid(1),
+            "created_at": _iso(p.created_at),
+            "size_last_updated": _iso(p.created_at),
+        }
+
+    def _workspace_doc(self, p: SimProject, w: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "_id": w["_id"],
+            "uid": w["uid"],
+            "uid_num": int(w["uid"][1:]),
+            "project_uid": p.uid,
+            "project_uid_num": p.num,
+            "workspace_type": "base",
+            "title": w["title"],
+            "description": w.get("description"),
+        }
+
+    def _job_doc(self, job: SimJob) -> dict[str, Any]:
+        spec = self._spec(job.type)
+        gpus = int(job.params.get("compute_num_gpus", 1 if spec.gpu else 0))
+        inputs: dict[str, Any] = {}
+        for name, ispec in spec.inputs.items():
+            conns = [
+                {"job_uid": c.job_uid, "output": c.output, "results": []}
+                for c in job.connections
+                if c.input == name
+            ]
+            inputs[name] = {
+                "type": ispec["type"],
+                "title": name.replace("_", " ").title(),
+                "count_min": ispec.get("count_min", 0),
+                "count_max": ispec.get("count_max", "inf"),
+                "connections": conns,
+            }
+        status_num = [
+            "building",
+            "queued",
+            "launched",
+            "started",
+            "running",
+            "waiting",
+            "completed",
+            "killed",
+            "failed",
+        ].index(job.status)
+        progress = self._progress(job)
+        return {
+            "_id": _oid(1000 + job.num),
+            "uid": job.uid,
+            "uid_num": job.num,
+            "project_uid": job.project_uid,
+            "project_uid_num": int(job.project_uid[1:]),
+            "workspace_uids": [job.workspace_uid],
+            "job_dir": job.uid,
+            "job_dir_size_last_updated": _iso(job.created_at),
+            "title": job.title,
+            "description": job.description,
+            "status": job.status,
+            "status_num": status_num,
+            "build_errors": [],
+            "created_at": _iso(job.created_at),
+            "queued_at": _iso(job.queued_at),
+            "started_at": _iso(job.started_at),
+            "running_at": _iso(job.started_at),
+            "waiting_at": _iso(job.waiting_at),
+            "completed_at": _iso(job.completed_at),
+            "killed_at": _iso(job.killed_at),
+            "failed_at": _iso(job.failed_at),
+            "queued_to_lane": job.lane,
+            "errors_run": [{"message": job.error}] if job.error else [],
+            "progress": [{"progress": progress}] if progress is not None else [],
+            "parents": sorted({c.job_uid for c in job.connections}),
+            "spec": {
+                "type": job.type,
+                "params": dict(job.params),
+                "inputs": inputs,
+                "outputs": job.outputs,
+                "ui_tile_width": 1,
+                "ui_tile_height": 1,
+                "resource_spec": {"cpu": 4, "gpu": gpus, "ram": 4},
+            },
+        }
+
+    def _progress(self, job: SimJob) -> float | None:
+        if job.status == "completed":
+            return 1.0
+        if job.status != "running" or job.started_at is None:
+            return None
+        if job.end_at is None:  # stuck: creeps towards, never reaches, the end
+            return 0.5
+        span = max(job.end_at - job.started_at, 1e-9)
+        return max(0.0, min(0.99, (self.clock.now() - job.started_at) / span))
+
+    # ---------------------------------------------------------------- handlers: session
+
+    def _login(self, body_login: dict[str, str]) -> dict[str, Any]:
+        if body_login.get("username") != self.email or body_login.get("password") != self._password_sha:
+            raise ApiError(401, "Incorrect email or password")
+        token = secrets.token_hex(16)
+        self._tokens.add(token)
+        return {"access_token": token, "token_type": "bearer"}
+
+    def _me(self) -> dict[str, Any]:
+        return self._user_doc()
+
+    def _lanes(self) -> list[dict[str, Any]]:
+        return [{"name": n, "type": "cluster", "title": f"{n} ({g} GPUs per job)"} for n, g in LANES.items()]
+
+    def _job_register(self) -> dict[str, Any]:
+        specs = []
+        for name, spec in self.register.items():
+            specs.append(
+                {
+                    "type": name,
+                    "title": spec.title,
+                    "shorttitle": spec.title,
+                    "description": spec.source,
+                    "stability": "stable",
+                    "category": spec.category,
+                    "interactive": spec.interactive,
+                    "inputs": {
+                        k: {
+                            "type": v["type"],
+                            "title": k,
+                            "count_min": v.get("count_min", 0),
+                            "count_max": v.get("count_max", "inf"),
+                        }
+                        for k, v in spec.inputs.items()
+                    },
+                    "outputs": {k: {"type": v["type"], "title": k} for k, v in spec.outputs.items()},
+                    "params": {
+                        k: {"type": v["type"], "default": v.get("default"), "title": k}
+                        for k, v in spec.params.items()
+                    },
+                }
+            )
+        return {"specs": specs, "categories": {}}
+
+    # ---------------------------------------------------------------- handlers: projects, workspaces
+
+    def _find_projects(
+        self, order: int = 1, after: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        docs = sorted(
+            (self._project_doc(p) for p in self.projects.values()),
+            key=lambda d: d["_id"],
+            reverse=order == -1,
+        )
+        if after:
+            docs = [d for d in docs if (d["_id"] > after if order != -1 else d["_id"] < after)]
+        return docs[:limit]
+
+    def _create_project(self, title: str, parent_dir: str, description: str | None = None) -> dict[str, Any]:
+        num = len(self.projects) + 1
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", title).strip("-") or "project"
+        p = SimProject(
+            uid=f"P{num}",
+            num=num,
+            title=title,
+            description=description or "",
+            project_dir=f"{parent_dir.rstrip('/')}/CS-{slug.lower()}",
+            created_at=self.clock.now(),
+        )
+        self.projects[p.uid] = p
+        return self._project_doc(p)
+
+    def _find_project(self, project_uid: str) -> dict[str, Any]:
+        return self._project_doc(self._project(project_uid))
+
+    def _download_file(self, project_uid: str, path: str = "") -> bytes:
+        p = self._project(project_uid)
+        if path not in p.files:
+            raise ApiError(404, f"File {path!r} not found in project {project_uid}")
+        return p.files[path]
+
+    def _find_workspaces(
+        self, project_uid: list[str] | None = None, order: int = 1, after: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        docs = [
+            self._workspace_doc(p, w)
+            for p in self.projects.values()
+            if not project_uid or p.uid in project_uid
+            for w in p.workspaces.values()
+        ]
+        docs.sort(key=lambda d: d["_id"], reverse=order == -1)
+        if after:
+            docs = [d for d in docs if (d["_id"] > after if order != -1 else d["_id"] < after)]
+        return docs[:limit]
+
+    def _create_workspace(
+        self, project_uid: str, title: str, description: str | None = None
+    ) -> dict[str, Any]:
+        p = self._project(project_uid)
+        uid = f"W{len(p.workspaces) + 1}"
+        w = {"_id": _oid(500_000 + self._next_id()), "uid": uid, "title": title, "description": description}
+        p.workspaces[uid] = w
+        return self._workspace_doc(p, w)
+
+    # ---------------------------------------------------------------- handlers: jobs
+
+    def _find_jobs(self, **query: Any) -> list[dict[str, Any]]:
+        jobs = [
+            j
+            for p in self.projects.values()
+            if not query.get("project_uid") or p.uid in query["project_uid"]
+            for j in p.jobs.values()
+        ]
+        if query.get("workspace_uid"):
+            jobs = [j for j in jobs if j.workspace_uid in query["workspace_uid"]]
+        if query.get("uid"):
+            jobs = [j for j in jobs if j.uid in query["uid"]]
+        if query.get("type"):
+            jobs = [j for j in jobs if j.type in query["type"]]
+        if query.get("status"):
+            jobs = [j for j in jobs if j.status in query["status"]]
+        docs = sorted(
+            (self._job_doc(j) for j in jobs), key=lambda d: d["_id"], reverse=query.get("order") == -1
+        )
+        if query.get("after"):
+            a = query["after"]
+            docs = [d for d in docs if (d["_id"] > a if query.get("order") != -1 else d["_id"] < a)]
+        return docs[: int(query.get("limit") or 100)]
+
+    def _find_job(self, project_uid: str, job_uid: str) -> dict[str, Any]:
+        return self._job_doc(self._job(project_uid, job_uid))
+
+    def _create_job(
+        self,
+        project_uid: str,
+        workspace_uid: str,
+        type: str,
+        params: dict[str, Any] | None = None,
+        title: str = "",
+        description: str = "",
+    ) -> dict[str, Any]:
+        p = self._project(project_uid)
+        if workspace_uid not in p.workspaces:
+            raise ApiError(404, f"Workspace {project_uid}-{workspace_uid} not found")
+        spec = self._spec(type)
+        params = params or {}
+        for name, value in params.items():
+            if name not in spec.params:
+                raise ApiError(422, f"Job type {type} has no parameter {name!r}")
+            self._check_type(name, value, spec.params[name])
+        num = max((j.num for j in p.jobs.values()), default=0) + 1
+        job = SimJob(
+            uid=f"J{num}",
+            num=num,
+            project_uid=project_uid,
+            workspace_uid=workspace_uid,
+            type=type,
+            title=title,
+            description=description,
+            params={k: v for k, v in params.items() if v is not None},
+            created_at=self.clock.now(),
+        )
+        p.jobs[job.uid] = job
+        return self._job_doc(job)
+
+    def _delete_job(self, project_uid: str, job_uid: str) -> None:
+        job = self._job(project_uid, job_uid)
+        if job.status in ("queued", "launched", "started", "running", "waiting"):
+            self._finish(job, "killed", self.clock.now())
+        del self._project(project_uid).jobs[job_uid]
+
+    def _building(self, job: SimJob) -> None:
+        if job.status != "building":
+            raise ApiError(422, f"Job {job.project_uid}-{job.uid} is {job.status}, not building")
+
+    def _set_param(self, project_uid: str, job_uid: str, param: str, value: Any) -> dict[str, Any]:
+        job = self._job(project_uid, job_uid)
+        self._building(job)
+        spec = self._spec(job.type)
+        if param not in spec.params:
+            raise ApiError(422, f"Job type {job.type} has no parameter {param!r}")
+        self._check_type(param, value, spec.params[param])
+        job.params[param] = value
+        return self._job_doc(job)
+
+    def _connect(
+        self, project_uid: str, job_uid: str, input_name: str, source_output_name: str, source_job_uid: str
+    ) -> dict[str, Any]:
+        job = self._job(project_uid, job_uid)
+        self._building(job)
+        spec = self._spec(job.type)
+        if input_name not in spec.inputs:
+            raise ApiError(422, f"Job type {job.type} has no input {input_name!r}")
+        source = self._job(project_uid, source_job_uid)
+        outputs = self._output_names(source)
+        if source_output_name not in outputs:
+            raise ApiError(
+                422,
+                f"Job {source_job_uid} ({source.type}) has no output {source_output_name!r}; "
+                f"outputs: {', '.join(outputs)}",
+            )
+        want = spec.inputs[input_name]["type"]
+        if outputs[source_output_name] != want:
+            raise ApiError(
+                422,
+                f"Cannot connect {source.type} output {source_output_name} ({outputs[source_output_name]}) "
+                f"to input {input_name} ({want})",
+            )
+        count_max = spec.inputs[input_name].get("count_max", "inf")
+        current = sum(1 for c in job.connections if c.input == input_name)
+        if count_max != "inf" and current >= int(count_max):
+            raise ApiError(422, f"Input {input_name} of {job.type} takes at most {count_max} connection(s)")
+        job.connections.append(Connection(input_name, source_job_uid, source_output_name))
+        return self._job_doc(job)
+
+    def _enqueue(
+        self,
+        project_uid: str,
+        job_uid: str,
+        lane: str | None = None,
+        hostname: str | None = None,
+        gpus: list[str] | None = None,
+        no_check_inputs_ready: bool = False,
+    ) -> dict[str, Any]:
+        job = self._job(project_uid, job_uid)
+        self._building(job)
+        spec = self._spec(job.type)
+        if lane is not None and lane not in LANES:
+            raise ApiError(422, f"Unknown lane {lane!r}; lanes: {', '.join(LANES)}")
+        if spec.interactive and lane is not None:
+            raise ApiError(422, f"{job.type} is interactive and runs on the master only (no lane)")
+        if spec.gpu and lane is None:
+            raise ApiError(422, f"{job.type} needs GPUs: queue it to a lane")
+        if lane is not None and int(job.params.get("compute_num_gpus", 1)) > LANES[lane]:
+            raise ApiError(
+                422, f"Lane {lane} has {LANES[lane]} GPU(s) per job; compute_num_gpus is too large"
+            )
+        for name, ispec in spec.inputs.items():
+            if sum(1 for c in job.connections if c.input == name) < int(ispec.get("count_min", 0)):
+                raise ApiError(422, f"Input {name!r} of {job.type} is required but not connected")
+        for name in spec.required_params:
+            if job.params.get(name) is None:
+                raise ApiError(422, f"Parameter {name!r} of {job.type} is required")
+        job.status = "queued"
+        job.lane = lane
+        job.queued_at = self.clock.now()
+        self._tick()
+        return self._job_doc(job)
+
+    def _kill(self, project_uid: str, job_uid: str) -> dict[str, Any]:
+        job = self._job(project_uid, job_uid)
+        if job.status not in ("queued", "launched", "started", "running", "waiting"):
+            raise ApiError(
+                422,
+                f"Job {project_uid}-{job_uid} is {job.status}; only a queued or running job can be killed",
+            )
+        self._finish(job, "killed", self.clock.now())
+        return self._job_doc(job)
+
+    def _set_title(self, project_uid: str, job_uid: str, title: str) -> dict[str, Any]:
+        job = self._job(project_uid, job_uid)
+        job.title = title
+        return self._job_doc(job)
+
+    def _set_description(self, project_uid: str, job_uid: str, description: str) -> dict[str, Any]:
+        job = self._job(project_uid, job_uid)
+        job.description = description
+        return self._job_doc(job)
+
+    def _load_output(
+        self, project_uid: str, job_uid: str, output_name: str, version: str | None = None, slots: Any = None
+    ) -> bytes:
+        job = self._job(project_uid, job_uid)
+        if output_name not in self._output_names(job):
+            raise ApiError(422, f"Job {job_uid} ({job.type}) has no output {output_name!r}")
+        rows = job.datasets.get(output_name)
+        if rows is None:
+            raise ApiError(404, f"Output {output_name} of {job_uid} has no results (job is {job.status})")
+        cols: list[tuple[str, Any]] = [("uid", np.arange(1, 2, dtype=np.uint64))]
+        for key, value in rows.items():
+            if isinstance(value, str):
+                cols.append((key, np.array([value], dtype=object)))
+            elif isinstance(value, list):
+                cols.append((key, np.array([value], dtype=np.uint32)))
+            else:
+                cols.append((key, np.array([value], dtype=np.float32)))
+        return b"".join(Dataset(cols).stream())
+
+    def _interactive(
+        self, project_uid: str, job_uid: str, endpoint: str, body: Any = None, timeout: int = 10
+    ) -> Any:
+        job = self._job(project_uid, job_uid)
+        if job.type != "select_2D":
+            raise ApiError(422, f"{job.type} has no interactive endpoints")
+        if job.status != "waiting":
+            raise ApiError(422, f"Job {project_uid}-{job_uid} is {job.status}, not waiting for interaction")
+        if endpoint == "get_class_info":
+            return [dict(c) for c in job.class_info]
+        if endpoint == "set_class_selected":
+            body = body or {}
+            idx = body.get("class_idx")
+            if not isinstance(idx, int) or not 0 <= idx < len(job.class_info):
+                raise ApiError(422, f"No class {idx!r}")
+            job.class_info[idx]["selected"] = bool(body.get("selected", True))
+            return {"class_idx": idx, "selected": job.class_info[idx]["selected"]}
+        if endpoint == "finish":
+            self._complete(job, self.clock.now())
+            return True
+        raise ApiError(404, f"Unknown interactive endpoint {endpoint!r} for select_2D")
+
+    # ---------------------------------------------------------------- simulation
+
+    def _duration(self, job: SimJob) -> float:
+        if self.duration_fn is not None:
+            return float(self.duration_fn(job.type, job))
+        minutes: dict[str, float] = self.profile["minutes"]
+        stage = job.stage_key or STAGE_OF_TYPE.get(job.type, "")
+        value = float(minutes.get(stage, FALLBACK_MINUTES))
+        if stage == "hetero":
+            value /= max(1, int(self.profile.get("hetero_rounds", 1)))
+        return value * 60.0
+
+    def _take_fault(self, job: SimJob) -> FaultKind | None:
+        n = self._launch_counts.get(job.type, 0) + 1
+        self._launch_counts[job.type] = n
+        for f in self._faults:
+            if f["job_type"] == job.type and f["occurrence"] == n:
+                self._faults.remove(f)
+                kind: FaultKind = f["kind"]
+                return kind
+        return None
+
+    def _tick(self) -> None:
+        """Bring every job up to the simulated now (parents always have lower uids)."""
+        now = self.clock.now()
+        for p in self.projects.values():
+            for job in sorted(p.jobs.values(), key=lambda j: j.num):
+                if job.status == "queued":
+                    parents = [p.jobs.get(c.job_uid) for c in job.connections]
+                    if any(par is None or par.status != "completed" for par in parents):
+                        continue
+                    start = max([job.queued_at or now] + [par.completed_at or now for par in parents if par])
+                    if start > now:
+                        continue
+                    self._launch(p, job, start)
+                if job.status == "running" and job.end_at is not None and now >= job.end_at:
+                    if job.fault == "fail":
+                        job.error = f"Simulated failure of {job.type} (injected fault)"
+                        self._finish(job, "failed", job.end_at)
+                    elif job.fault == "kill":
+                        job.error = "Job killed by an external signal (injected fault)"
+                        self._finish(job, "killed", job.end_at)
+                    else:
+                        self._complete(job, job.end_at)
+
+    def _launch(self, p: SimProject, job: SimJob, start: float) -> None:
+        spec = self._spec(job.type)
+        job.started_at = start
+        if job.type == "extract_micrographs_multi":
+            earlier = [j for j in p.jobs.values() if j.type == job.type and j.num < job.num]
+            job.stage_key = "reextract" if earlier else "extract"
+        if spec.interactive:
+            job.status = "waiting"
+            job.waiting_at = start
+            self._prepare_select(p, job)
+            return
+        job.status = "running"
+        job.fault = self._take_fault(job)
+        duration = self._duration(job)
+        if job.fault == "stuck":
+            job.end_at = None
+        elif job.fault in ("fail", "kill"):
+            job.end_at = start + duration / 2
+        else:
+            job.end_at = start + duration
+
+    def _finish(self, job: SimJob, status: str, at: float) -> None:
+        job.status = status
+        if status == "killed":
+            job.killed_at = at
+        elif status == "failed":
+            job.failed_at = at
+        job.end_at = None
+
+    # ---------------------------------------------------------------- outputs
+
+    def _rng(self, job: SimJob) -> random.Random:
+        return random.Random(f"{self.seed}:{self.profile_name}:{job.project_uid}:{job.uid}:{job.type}")
+
+    def _input_count(self, job: SimJob, input_name: str, p: SimProject | None = None) -> int:
+        p = p or self._project(job.project_uid)
+        total = 0
+        for c in job.connections:
+            if c.input == input_name:
+                src = p.jobs.get(c.job_uid)
+                if src is not None:
+                    total += int(src.outputs.get(c.output, {}).get("num_items", 0))
+        return total
+
+    def _put_output(
+        self,
+        job: SimJob,
+        name: str,
+        num_items: int,
+        *,
+        stats: dict[str, Any] | None = None,
+        dataset: dict[str, Any] | None = None,
+        metafile: str | None = None,
+    ) -> None:
+        otype = self._output_names(job)[name]
+        if dataset is not None:
+            job.datasets[name] = dataset
+        result_name = {
+            "particle": "blob",
+            "exposure": "micrograph_blob",
+            "volume": "map",
+            "mask": "mask",
+        }.get(otype, "blob")
+        meta = metafile or f"{job.uid}/{job.uid}_{name}.cs"
+        job.outputs[name] = {
+            "type": otype,
+            "title": name.replace("_", " ").capitalize(),
+            "results": [
+                {
+                    "name": result_name,
+                    "dtype": result_name,
+                    "versions": [0],
+                    "metafiles": [meta],
+                    "num_items": [num_items],
+                }
+            ],
+            "num_items": num_items,
+            "summary": {},
+            "latest_summary_stats": stats or {},
+        }
+
+    def _prepare_select(self, p: SimProject, job: SimJob) -> None:
+        src = next((p.jobs[c.job_uid] for c in job.connections if c.input == "templates"), None)
+        job.class_info = [dict(c, selected=False) for c in (src.class_info if src else [])]
+
+    def _class2d_info(self, job: SimJob, particles: int) -> list[dict[str, Any]]:
+        rng = self._rng(job)
+        k = int(job.params.get("class2D_K", 50))
+        weights = []
+        for i in range(k):
+            good = rng.random() < 0.45
+            weights.append((i, good, rng.uniform(1.0, 3.0) if good else rng.uniform(0.2, 1.5)))
+        total_w = sum(w for _, _, w in weights)
+        info = []
+        for i, good, w in weights:
+            res = rng.uniform(4.2, 9.5) if good else rng.uniform(13.0, 32.0)
+            info.append(
+                {"class_idx": i, "res_A": round(res, 2), "num_particles_total": int(particles * w / total_w)}
+            )
+        return info
+
+    def _complete(self, job: SimJob, at: float) -> None:
+        p = self._project(job.project_uid)
+        prof = self.profile
+        n_mics = int(prof["movies"])
+        psize = 1.0
+        t = job.type
+        if t == "import_movies":
+            self._put_output(job, "imported_movies", n_mics)
+        elif t == "import_micrographs":
+            self._put_output(job, "imported_micrographs", n_mics)
+        elif t == "patch_motion_correction_multi":
+            self._put_output(job, "micrographs", self._input_count(job, "movies", p))
+        elif t == "patch_ctf_estimation_multi":
+            self._put_output(job, "exposures", self._input_count(job, "exposures", p))
+        elif t == "blob_picker_gpu":
+            mics = self._input_count(job, "micrographs", p)
+            self._put_output(job, "micrographs", mics)
+            self._put_output(job, "particles", int(prof["particles"] * 1.6))
+        elif t == "extract_micrographs_multi":
+            self._put_output(job, "micrographs", self._input_count(job, "micrographs", p))
+            self._put_output(job, "particles", int(self._input_count(job, "particles", p) * 0.985))
+        elif t == "class_2D_new":
+            n = self._input_count(job, "particles", p)
+            job.class_info = self._class2d_info(job, n)
+            self._put_output(job, "particles", n)
+            self._put_output(job, "class_averages", len(job.class_info))
+        elif t == "select_2D":
+            chosen = [c for c in job.class_info if c.get("selected")]
+            if not chosen:
+                job.error = "No classes selected"
+                self._finish(job, "failed", at)
+                return
+            self._put_output(job, "particles_selected", sum(c["num_particles_total"] for c in chosen))
+            self._put_output(job, "templates_selected", len(chosen))
+        elif t in ("homo_abinit", "hetero_refine"):
+            self._complete_classes(job, p)
+        elif t == "nonuniform_refine_new":
+            self._complete_refinement(job, p, psize)
+        job.status = "completed"
+        job.completed_at = at
+        job.end_at = None
+
+    def _complete_classes(self, job: SimJob, p: SimProject) -> None:
+        rng = self._rng(job)
+        k = self._num_classes(job)
+        n = self._input_count(job, "particles", p)
+        good = rng.randrange(k)
+        shares = [rng.uniform(0.1, 0.3) for _ in range(k)]
+        shares[good] = rng.uniform(0.9, 1.6)
+        total = sum(shares)
+        final = float(self.profile["resolution_A"])
+        for i in range(k):
+            count = int(n * shares[i] / total)
+            res = final * rng.uniform(1.25, 1.6) if i == good else rng.uniform(6.5, 14.0)
+            stats: dict[str, Any] = {}
+            if job.type == "hetero_refine":
+                stats = {"fsc_info_best": {"radwn_final_A": round(res, 3)}, "version": 0}
+            self._put_output(job, f"particles_class_{i}", count)
+            self._put_output(job, f"volume_class_{i}", 1, stats=stats)
+        if "particles_all_classes" in self._output_names(job):
+            self._put_output(job, "particles_all_classes", n)
+
+    def _complete_refinement(self, job: SimJob, p: SimProject, psize: float) -> None:
+        rng = self._rng(job)
+        n = self._input_count(job, "particles", p)
+        res = round(float(self.profile["resolution_A"]) + rng.uniform(-0.04, 0.04), 3)
+        box = 32
+        radwns = list(range(box // 2))
+        nyq = 2 * psize * (box / 2) / (box / 2)
+        fsc = [round(1.0 / (1.0 + (r / (box / 2 * nyq / res)) ** 8), 4) for r in radwns]
+        stats = {
+            "fsc_info_best": {
+                "N": box,
+                "psize": psize,
+                "radwns": radwns,
+                "fsc_tightmask": fsc,
+                "radwn_final_A": res,
+                "radwn_nomask_A": round(res * 1.18, 3),
+            },
+            "cfar": 0.78,
+            "guinier_bfactor": -85.0,
+            "processed_fraction": 1.0,
+            "version": 8,
+        }
+        pre = f"{job.uid}/{job.uid}_008"
+        maps = {
+            "map": f"{pre}_volume_map.mrc",
+            "map_sharp": f"{pre}_volume_map_sharp.mrc",
+            "map_half_A": f"{pre}_volume_map_half_A.mrc",
+            "map_half_B": f"{pre}_volume_map_half_B.mrc",
+            "mask_refine": f"{pre}_volume_mask_refine.mrc",
+            "mask_fsc": f"{pre}_volume_mask_fsc.mrc",
+            "mask_fsc_auto": f"{pre}_volume_mask_fsc_auto.mrc",
+        }
+        dataset: dict[str, Any] = {}
+        for i, (slot, path) in enumerate(maps.items()):
+            p.files[path] = _mrc_bytes(16, psize, seed=job.num * 10 + i)
+            dataset[f"{slot}/path"] = path
+            dataset[f"{slot}/shape"] = [16, 16, 16]
+            dataset[f"{slot}/psize_A"] = psize
+        particles_cs = f"{pre}_particles.cs"
+        sample = min(n, 200)
+        ds = Dataset(
+            [
+                ("uid", np.arange(1, sample + 1, dtype=np.uint64)),
+                ("blob/path", np.array([f"{job.uid}/extract/particles.mrc"] * sample, dtype=object)),
+                ("blob/idx", np.arange(sample, dtype=np.uint32)),
+                ("alignments3D/shift", np.zeros((sample, 2), dtype=np.float32)),
+            ]
+        )
+        buf = io.BytesIO()
+        ds.save(buf)
+        p.files[particles_cs] = buf.getvalue()
+        self._put_output(job, "particles", n, metafile=particles_cs)
+        self._put_output(job, "particles_rejected", 0)
+        self._put_output(job, "volume", 1, stats=stats, dataset=dataset, metafile=f"{pre}_volume.cs")
+        self._put_output(job, "mask", 1)
+        self._put_output(job, "mask_fsc", 1)
+        self._put_output(job, "mask_fsc_auto", 1)
+
+    # ---------------------------------------------------------------- inspection (tests, harness)
+
+    def job_by_title(self, project_title: str, title: str) -> SimJob | None:
+        for p in self.projects.values():
+            if p.title == project_title:
+                for j in p.jobs.values():
+                    if j.title == title:
+                        return j
+        return None

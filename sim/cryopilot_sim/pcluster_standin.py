@@ -1,0 +1,861 @@
+"""A local stand-in for the AWS ParallelCluster 3.x API (createCluster, describeCluster,
+deleteCluster, listClusters), speaking HTTP on 127.0.0.1 like the API Gateway AWS publishes.
+
+It follows the OpenAPI spec shipped in ``aws-parallelcluster`` (``pcluster/api/openapi/openapi.yaml``):
+paths under a stage (``/prod/v3/clusters...``), query parameters (``region``, ``dryrun``,
+``rollbackOnFailure``, ``suppressValidators``, ``validationFailureLevel``, ``clusterStatus``,
+``nextToken``), JSON bodies and status codes. Where ParallelCluster's code and its spec differ, it does
+what the code of 3.16.1 does: a create for an existing name answers 400 ``Cluster NAME already
+exists.`` (a 409 can still be injected).
+
+* Auth: like API Gateway with IAM auth, a request without a SigV4 ``Authorization`` header for
+  ``execute-api`` (and this region) gets 403; given ``credentials``, the signature itself is checked.
+* Validation: every create's ``clusterConfiguration`` is loaded with ``aws-parallelcluster``'s own
+  ``ClusterSchema``; a failure answers 400 with ``configurationValidationErrors`` carrying its message
+  (``ConfigSchemaValidator``, as the real API reports schema failures).
+* Lifecycle on a simulated clock: CREATE_IN_PROGRESS → CREATE_COMPLETE after ``create_seconds``
+  (then ``headNode`` has an instance id, state running, a private IP); delete → DELETE_IN_PROGRESS →
+  gone (404) after ``delete_seconds``. State is advanced whenever the stand-in is asked.
+* Faults (:meth:`PClusterStandIn.inject`): ``bad_request`` (400), ``conflict`` (409), ``throttle``
+  (429, a burst of ``count``), ``server_error`` (500), ``create_failed_capacity`` (the create ends
+  CREATE_FAILED with an ``InsufficientInstanceCapacity`` failure; optionally only for configs that use
+  ``instance_type``, or only in ``subnet_id``), ``create_failed`` (another reason) and
+  ``delete_failed`` (DELETE_FAILED).
+
+Note: the real API reports creation failures with its own codes (``ClusterCreationFailure``,
+``OnNodeConfiguredExecutionFailure``, ...); an EC2 capacity error reaches ``failures[]`` only through
+those. The stand-in reports the EC2 code directly so the controller's capacity path can be exercised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal, Self
+
+import yaml
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from cryopilot_sim.clock import Clock
+
+PCLUSTER_VERSION = "3.16.1"
+NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]+$")
+NAME_MAX_LENGTH = 60
+_AUTH_RE = re.compile(
+    r"^AWS4-HMAC-SHA256 Credential=(?P<akid>[^/\s]+)/(?P<date>\d{8})/(?P<region>[a-z0-9-]+)"
+    r"/(?P<service>[a-z0-9-]+)"
+    r"/aws4_request, ?SignedHeaders=(?P<signed>[a-z0-9;-]+), ?Signature=(?P<signature>[0-9a-f]{64})$"
+)
+_SUPPRESS_RE = re.compile(r"^(ALL|type:[A-Za-z0-9]+)$")
+STATUS_FILTERS = frozenset(
+    {
+        "CREATE_IN_PROGRESS",
+        "CREATE_FAILED",
+        "CREATE_COMPLETE",
+        "DELETE_IN_PROGRESS",
+        "DELETE_FAILED",
+        "UPDATE_IN_PROGRESS",
+        "UPDATE_COMPLETE",
+        "UPDATE_FAILED",
+    }
+)
+
+FaultKind = Literal[
+    "bad_request",
+    "conflict",
+    "throttle",
+    "server_error",
+    "create_failed_capacity",
+    "create_failed",
+    "delete_failed",
+]
+_HTTP_FAULTS: dict[str, tuple[int, str]] = {
+    "bad_request": (400, "Bad Request: injected fault"),
+    "conflict": (409, "Conflict: injected fault"),
+    "throttle": (429, "Too Many Requests"),
+    "server_error": (500, "Internal server error"),
+}
+_LIFECYCLE_FAULTS = {"create_failed_capacity", "create_failed", "delete_failed"}
+
+Phase = Literal["creating", "created", "create_failed", "deleting", "delete_failed"]
+
+
+@dataclass
+class RecordedRequest:
+    """One request the stand-in answered (``path`` without the stage)."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: Any
+    status: int
+    response: Any
+    headers: dict[str, str]
+    operation: str | None = None
+
+
+@dataclass
+class _Fault:
+    kind: str
+    remaining: int
+    cluster: str | None = None
+    operation: str | None = None
+    instance_type: str | None = None
+    subnet_id: str | None = None
+
+
+@dataclass
+class _Cluster:
+    name: str
+    region: str
+    config_text: str
+    tags: list[dict[str, str]]
+    instance_types: list[str]
+    subnets: list[str]
+    head_node_type: str
+    created_at: float
+    create_seconds: float
+    rollback: bool
+    stack_arn: str
+    phase: Phase = "creating"
+    updated_at: float = 0.0
+    fail_at: float | None = None
+    failure: tuple[str, str] | None = None
+    delete_started: float | None = None
+    delete_fails: bool = False
+    head_node: dict[str, Any] | None = None
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
+class PClusterStandIn:
+    """The stand-in server. ``start()`` returns the endpoint (``http://127.0.0.1:PORT/prod``)."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        create_seconds: float = 900,
+        delete_seconds: float = 300,
+        validate: bool = True,
+        region: str = "us-east-1",
+        stage: str = "prod",
+        credentials: Credentials | None = None,
+        page_size: int = 50,
+        account_id: str = "123456789012",
+        on_head_node: Callable[[str, str], None] | None = None,
+        on_deleted: Callable[[str], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.create_seconds = float(create_seconds)
+        self.delete_seconds = float(delete_seconds)
+        self.validate = validate
+        self.region = region
+        self.stage = stage.strip("/")
+        self.credentials = credentials
+        self.page_size = page_size
+        self.account_id = account_id
+        #: Called as ``on_head_node(cluster_name, instance_id)`` when a cluster reaches CREATE_COMPLETE.
+        self.on_head_node = on_head_node
+        #: Called as ``on_deleted(cluster_name)`` when a deleted cluster is gone.
+        self.on_deleted = on_deleted
+        #: Every request answered, in order.
+        self.requests: list[RecordedRequest] = []
+        self._clusters: dict[tuple[str, str], _Cluster] = {}
+        self._faults: list[_Fault] = []
+        self._lock = threading.RLock()
+        self._validation_cache: dict[tuple[str, str], list[dict[str, str]] | None] = {}
+        self._serial = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.endpoint: str | None = None
+
+    # -- server -----------------------------------------------------------------------------------
+
+    def start(self) -> str:
+        if self._server is not None:
+            raise RuntimeError("already started")
+        standin = self
+
+        class Handler(_Handler):
+            owner = standin
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="pcluster-standin",
+            daemon=True,
+        )
+        self._thread.start()
+        host, port = self._server.server_address[:2]
+        self.endpoint = f"http://{host!s}:{port}/{self.stage}"
+        return self.endpoint
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- test API ---------------------------------------------------------------------------------
+
+    def inject(
+        self,
+        kind: FaultKind,
+        count: int = 1,
+        cluster: str | None = None,
+        *,
+        operation: str | None = None,
+        instance_type: str | None = None,
+        subnet_id: str | None = None,
+    ) -> None:
+        """Make the next ``count`` matching requests (or creates/deletes) fail as ``kind``.
+
+        ``cluster`` limits the fault to one cluster name, ``operation`` (``create_cluster``,
+        ``describe_cluster``, ``delete_cluster``, ``list_clusters``) to one operation. For
+        ``create_failed_capacity``, ``instance_type``/``subnet_id`` limit it to configurations that
+        use that instance type / that compute subnet, so a fallback elsewhere succeeds.
+        """
+        if kind not in _HTTP_FAULTS and kind not in _LIFECYCLE_FAULTS:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        with self._lock:
+            self._faults.append(_Fault(kind, count, cluster, operation, instance_type, subnet_id))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def pending_faults(self) -> int:
+        with self._lock:
+            return sum(f.remaining for f in self._faults)
+
+    def clusters(self) -> dict[str, str]:
+        """The clusters that exist now (any region), name → clusterStatus."""
+        events = self._advance()
+        try:
+            with self._lock:
+                return {c.name: self._status(c)[0] for c in self._clusters.values()}
+        finally:
+            self._fire(events)
+
+    def cluster_config(self, name: str) -> str:
+        """The configuration text a cluster was created with."""
+        with self._lock:
+            for cluster in self._clusters.values():
+                if cluster.name == name:
+                    return cluster.config_text
+        raise KeyError(name)
+
+    def tick(self) -> None:
+        """Advance every cluster to the clock's time (fires the callbacks)."""
+        self._fire(self._advance())
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def _advance(self) -> list[tuple[str, str, str | None]]:
+        now = self.clock.now()
+        events: list[tuple[str, str, str | None]] = []
+        with self._lock:
+            for key, cluster in list(self._clusters.items()):
+                if cluster.phase == "creating":
+                    if cluster.fail_at is not None and now >= cluster.fail_at:
+                        cluster.phase = "create_failed"
+                        cluster.updated_at = cluster.fail_at
+                    elif cluster.fail_at is None and now >= cluster.created_at + cluster.create_seconds:
+                        cluster.phase = "created"
+                        cluster.updated_at = cluster.created_at + cluster.create_seconds
+                        cluster.head_node = self._new_head_node(cluster)
+                        events.append(("head_node", cluster.name, cluster.head_node["instanceId"]))
+                elif (
+                    cluster.phase == "deleting"
+                    and cluster.delete_started is not None
+                    and now >= cluster.delete_started + self.delete_seconds
+                ):
+                    if cluster.delete_fails:
+                        cluster.phase = "delete_failed"
+                        cluster.updated_at = cluster.delete_started + self.delete_seconds
+                    else:
+                        del self._clusters[key]
+                        events.append(("deleted", cluster.name, None))
+        return events
+
+    def _fire(self, events: list[tuple[str, str, str | None]]) -> None:
+        for kind, name, instance_id in events:
+            if kind == "head_node" and self.on_head_node is not None and instance_id is not None:
+                self.on_head_node(name, instance_id)
+            elif kind == "deleted" and self.on_deleted is not None:
+                self.on_deleted(name)
+
+    def _new_head_node(self, cluster: _Cluster) -> dict[str, Any]:
+        self._serial += 1
+        digest = hashlib.sha256(f"{cluster.name}/{self._serial}".encode()).hexdigest()
+        return {
+            "instanceId": f"i-0{digest[:16]}",
+            "instanceType": cluster.head_node_type,
+            "launchTime": _iso(cluster.created_at + 60),
+            "privateIpAddress": f"10.0.{(self._serial // 250) % 250}.{self._serial % 250 + 4}",
+            "state": "running",
+        }
+
+    @staticmethod
+    def _status(cluster: _Cluster) -> tuple[str, str]:
+        """(clusterStatus, cloudFormation stack status)."""
+        match cluster.phase:
+            case "creating":
+                return "CREATE_IN_PROGRESS", "CREATE_IN_PROGRESS"
+            case "created":
+                return "CREATE_COMPLETE", "CREATE_COMPLETE"
+            case "create_failed":
+                return "CREATE_FAILED", "ROLLBACK_COMPLETE" if cluster.rollback else "CREATE_FAILED"
+            case "deleting":
+                return "DELETE_IN_PROGRESS", "DELETE_IN_PROGRESS"
+            case "delete_failed":
+                return "DELETE_FAILED", "DELETE_FAILED"
+
+    def _summary(self, cluster: _Cluster) -> dict[str, Any]:
+        status, stack_status = self._status(cluster)
+        return {
+            "clusterName": cluster.name,
+            "region": cluster.region,
+            "version": PCLUSTER_VERSION,
+            "cloudformationStackArn": cluster.stack_arn,
+            "cloudformationStackStatus": stack_status,
+            "clusterStatus": status,
+            "scheduler": {"type": "slurm"},
+        }
+
+    def _describe(self, cluster: _Cluster) -> dict[str, Any]:
+        status, stack_status = self._status(cluster)
+        body: dict[str, Any] = {
+            "clusterName": cluster.name,
+            "region": cluster.region,
+            "version": PCLUSTER_VERSION,
+            "cloudFormationStackStatus": stack_status,
+            "clusterStatus": status,
+            "scheduler": {"type": "slurm"},
+            "cloudformationStackArn": cluster.stack_arn,
+            "creationTime": _iso(cluster.created_at),
+            "lastUpdatedTime": _iso(cluster.updated_at),
+            "clusterConfiguration": {
+                "url": f"https://parallelcluster-standin-{cluster.region}.s3.amazonaws.com/"
+                f"{cluster.name}/configs/cluster-config.yaml"
+            },
+            "computeFleetStatus": "RUNNING" if cluster.phase == "created" else "UNKNOWN",
+            "tags": [{"key": t["key"], "value": t["value"]} for t in cluster.tags],
+        }
+        if cluster.head_node is not None:
+            head = dict(cluster.head_node)
+            if cluster.phase == "deleting":
+                head["state"] = "shutting-down"
+            body["headNode"] = head
+        if cluster.phase == "create_failed" and cluster.failure is not None:
+            body["failures"] = [{"failureCode": cluster.failure[0], "failureReason": cluster.failure[1]}]
+        return body
+
+    # -- faults -----------------------------------------------------------------------------------
+
+    def _take_http_fault(self, operation: str, cluster: str | None) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.kind not in _HTTP_FAULTS:
+                    continue
+                if fault.operation is not None and fault.operation != operation:
+                    continue
+                if fault.cluster is not None and fault.cluster != cluster:
+                    continue
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self._faults.remove(fault)
+                return fault
+        return None
+
+    def _take_lifecycle_fault(
+        self, kinds: set[str], name: str, instance_types: list[str], subnets: list[str]
+    ) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.kind not in kinds:
+                    continue
+                if fault.cluster is not None and fault.cluster != name:
+                    continue
+                if fault.instance_type is not None and fault.instance_type not in instance_types:
+                    continue
+                if fault.subnet_id is not None and fault.subnet_id not in subnets:
+                    continue
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self._faults.remove(fault)
+                return fault
+        return None
+
+    # -- auth -------------------------------------------------------------------------------------
+
+    def check_auth(self, method: str, raw_path: str, headers: dict[str, str], body: bytes, host: str) -> None:
+        """Raise a 403 like API Gateway's IAM authorizer unless the request is SigV4-signed."""
+        auth = headers.get("authorization")
+        if not auth:
+            raise _ApiError(403, {"message": "Missing Authentication Token"})
+        match = _AUTH_RE.match(auth)
+        if not match or "x-amz-date" not in headers:
+            raise _ApiError(
+                403,
+                {"message": "Authorization header requires 'Credential', 'Signature' and 'SignedHeaders'"},
+            )
+        if match["service"] != "execute-api" or match["region"] != self.region:
+            raise _ApiError(
+                403,
+                {
+                    "message": "Credential should be scoped to a valid region and service 'execute-api',"
+                    f" not '{match['region']}/{match['service']}'"
+                },
+            )
+        if not headers["x-amz-date"].startswith(match["date"]):
+            raise _ApiError(
+                403,
+                {
+                    "message": "Date in Credential scope does not match YYYYMMDD from ISO-8601 version"
+                    " of date from HTTP"
+                },
+            )
+        if self.credentials is None:
+            return
+        if match["akid"] != self.credentials.access_key:
+            raise _ApiError(403, {"message": "The security token included in the request is invalid."})
+        signed = match["signed"].split(";")
+        if "host" not in signed:
+            raise _ApiError(403, {"message": "'Host' must be a signed header"})
+        request = AWSRequest(
+            method=method,
+            url=f"http://{host}{raw_path}",
+            data=body,
+            headers={k: v for k, v in headers.items() if k in signed and k != "host"},
+        )
+        request.context["timestamp"] = headers["x-amz-date"]
+        signer = SigV4Auth(self.credentials, "execute-api", self.region)
+        canonical = signer.canonical_request(request)
+        expected = signer.signature(signer.string_to_sign(request, canonical), request)
+        if expected != match["signature"]:
+            raise _ApiError(
+                403,
+                {
+                    "message": "The request signature we calculated does not match the signature"
+                    " you provided. Check your AWS Secret Access Key and signing method."
+                },
+            )
+
+    # -- operations -------------------------------------------------------------------------------
+
+    def handle(
+        self, method: str, path: str, query: dict[str, list[str]], body: Any
+    ) -> tuple[int, dict[str, Any], str | None]:
+        """Route one authenticated request; return (status, body, operation)."""
+        parts = [p for p in path.split("/") if p]
+        operation: str | None = None
+        name: str | None = None
+        if parts == ["v3", "clusters"] and method in ("GET", "POST"):
+            operation = "list_clusters" if method == "GET" else "create_cluster"
+            if isinstance(body, dict) and isinstance(body.get("clusterName"), str):
+                name = body["clusterName"]
+        elif len(parts) == 3 and parts[:2] == ["v3", "clusters"] and method in ("GET", "DELETE"):
+            operation = "describe_cluster" if method == "GET" else "delete_cluster"
+            name = urllib.parse.unquote(parts[2])
+        else:
+            # API Gateway's answer for a resource or method it does not have.
+            return 403, {"message": "Missing Authentication Token"}, None
+
+        fault = self._take_http_fault(operation, name)
+        if fault is not None:
+            status, message = _HTTP_FAULTS[fault.kind]
+            return status, {"message": message}, operation
+
+        events = self._advance()
+        try:
+            region = self._one(query, "region") or self.region
+            if operation == "create_cluster":
+                status, answer = self._create(region, query, body)
+            elif operation == "list_clusters":
+                status, answer = self._list(region, query)
+            elif operation == "describe_cluster":
+                status, answer = self._describe_op(region, name or "")
+            else:
+                status, answer = self._delete(region, name or "")
+        except _ApiError as error:
+            status, answer = error.status, error.body
+        self._fire(events)
+        return status, answer, operation
+
+    @staticmethod
+    def _one(query: dict[str, list[str]], key: str) -> str | None:
+        values = query.get(key)
+        if not values:
+            return None
+        if len(values) > 1:
+            raise _ApiError(400, {"message": f"Bad Request: '{key}' given more than once"})
+        return values[0]
+
+    def _bool(self, query: dict[str, list[str]], key: str) -> bool | None:
+        value = self._one(query, key)
+        if value is None:
+            return None
+        if value.lower() not in ("true", "false"):
+            raise _ApiError(
+                400, {"message": f"Bad Request: Wrong type, expected 'boolean' for query parameter '{key}'"}
+            )
+        return value.lower() == "true"
+
+    def _check_name(self, name: str, where: str) -> None:
+        if not NAME_RE.match(name):
+            raise _ApiError(
+                400,
+                {"message": f"Bad Request: '{name}' does not match '^[a-zA-Z][a-zA-Z0-9-]+$' - '{where}'"},
+            )
+
+    def _create(self, region: str, query: dict[str, list[str]], body: Any) -> tuple[int, dict[str, Any]]:
+        dryrun = self._bool(query, "dryrun") is True
+        rollback = self._bool(query, "rollbackOnFailure") in (True, None)
+        level = self._one(query, "validationFailureLevel")
+        if level is not None and level not in ("INFO", "WARNING", "ERROR"):
+            raise _ApiError(
+                400, {"message": f"Bad Request: '{level}' is not one of ['INFO', 'WARNING', 'ERROR']"}
+            )
+        suppress_values = query.get("suppressValidators", [])
+        for value in suppress_values:
+            if not _SUPPRESS_RE.match(value):
+                raise _ApiError(
+                    400, {"message": f"Bad Request: '{value}' does not match '^(ALL|type:[A-Za-z0-9]+)$'"}
+                )
+        if len(set(suppress_values)) != len(suppress_values):
+            raise _ApiError(400, {"message": "Bad Request: suppressValidators has non-unique elements"})
+        if not isinstance(body, dict):
+            raise _ApiError(400, {"message": "Bad Request: request body is required"})
+        for key in ("clusterName", "clusterConfiguration"):
+            if key not in body:
+                raise _ApiError(400, {"message": f"Bad Request: '{key}' is a required property"})
+            if not isinstance(body[key], str):
+                raise _ApiError(
+                    400, {"message": f"Bad Request: {body[key]!r} is not of type 'string' - '{key}'"}
+                )
+        name, text = body["clusterName"], body["clusterConfiguration"]
+        self._check_name(name, "clusterName")
+        if not text.strip():
+            raise _ApiError(400, {"message": "configuration is required and cannot be empty"})
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise _ApiError(400, _invalid([f"Configuration must be a valid YAML document. {exc}"])) from None
+        if not isinstance(document, dict):
+            raise _ApiError(400, _invalid(["Configuration must be a valid YAML document."]))
+        config_region = document.get("Region")
+        if config_region and config_region != region:
+            raise _ApiError(
+                400,
+                {
+                    "message": "Bad Request: region is set in both parameter and configuration with"
+                    " conflicting values"
+                },
+            )
+        with self._lock:
+            if (region, name) in self._clusters:
+                raise _ApiError(400, {"message": f"Cluster {name} already exists."})
+        if len(name) > NAME_MAX_LENGTH:
+            raise _ApiError(
+                400,
+                _invalid(
+                    [
+                        "Error: The cluster name can contain only alphanumeric characters (case-sensitive)"
+                        " and hyphens. It must start with an alphabetic character and can't be longer than"
+                        f" {NAME_MAX_LENGTH} characters."
+                    ],
+                    validator="ClusterNameValidator",
+                ),
+            )
+        if self.validate:
+            errors = self._schema_errors(name, text, region)
+            if errors:
+                raise _ApiError(
+                    400,
+                    {"message": "Invalid cluster configuration.", "configurationValidationErrors": errors},
+                )
+        if dryrun:
+            return 412, {"message": "Request would have succeeded, but DryRun flag is set."}
+
+        instance_types, subnets, head_type = _config_facts(document)
+        now = self.clock.now()
+        cluster = _Cluster(
+            name=name,
+            region=region,
+            config_text=text,
+            tags=_cluster_tags(document, name),
+            instance_types=instance_types,
+            subnets=subnets,
+            head_node_type=head_type,
+            created_at=now,
+            updated_at=now,
+            create_seconds=self.create_seconds,
+            rollback=rollback,
+            stack_arn=f"arn:aws:cloudformation:{region}:{self.account_id}:stack/{name}/"
+            f"{hashlib.sha256(f'{name}{now}'.encode()).hexdigest()[:8]}-0000-4000-8000-000000000000",
+        )
+        fault = self._take_lifecycle_fault(
+            {"create_failed_capacity", "create_failed"}, name, instance_types, subnets
+        )
+        if fault is not None and fault.kind == "create_failed_capacity":
+            itype = fault.instance_type or (instance_types[0] if instance_types else "p4d.24xlarge")
+            cluster.fail_at = now + self.create_seconds / 2
+            cluster.failure = (
+                "InsufficientInstanceCapacity",
+                f"We currently do not have sufficient {itype} capacity in the Availability Zone you requested"
+                f" ({region}a). Our system will be working on provisioning additional capacity."
+                " (Service: AmazonEC2; Status Code: 500; Error Code: InsufficientInstanceCapacity)",
+            )
+        elif fault is not None:
+            cluster.fail_at = now + self.create_seconds
+            cluster.failure = (
+                "OnNodeConfiguredExecutionFailure",
+                "Failed to execute OnNodeConfigured script.",
+            )
+        with self._lock:
+            if (region, name) in self._clusters:  # a concurrent create won
+                raise _ApiError(400, {"message": f"Cluster {name} already exists."})
+            self._clusters[(region, name)] = cluster
+            return 202, {"cluster": self._summary(cluster)}
+
+    def _schema_errors(self, name: str, text: str, region: str) -> list[dict[str, str]] | None:
+        key = (name, text)
+        with self._lock:
+            if key in self._validation_cache:
+                return self._validation_cache[key]
+        os.environ.setdefault("AWS_DEFAULT_REGION", region)
+        from marshmallow import ValidationError
+        from pcluster.schemas.cluster_schema import ClusterSchema
+
+        errors: list[dict[str, str]] | None = None
+        try:
+            ClusterSchema(cluster_name=name).load(yaml.safe_load(text))
+        except ValidationError as exc:
+            messages = exc.messages
+            data = str(sorted(messages.items()) if isinstance(messages, dict) else exc)
+            errors = [{"level": "ERROR", "type": "ConfigSchemaValidator", "message": data}]
+        except Exception as exc:  # the real API reports any load failure as invalid configuration
+            errors = [
+                {
+                    "level": "ERROR",
+                    "type": "ConfigSchemaValidator",
+                    "message": f"Invalid cluster configuration: {exc}",
+                }
+            ]
+        with self._lock:
+            self._validation_cache[key] = errors
+        return errors
+
+    def _find(self, region: str, name: str) -> _Cluster:
+        self._check_name(name, "clusterName")
+        with self._lock:
+            cluster = self._clusters.get((region, name))
+        if cluster is None:
+            raise _ApiError(
+                404,
+                {
+                    "message": f"Cluster '{name}' does not exist or belongs to an incompatible"
+                    " ParallelCluster major version."
+                },
+            )
+        return cluster
+
+    def _describe_op(self, region: str, name: str) -> tuple[int, dict[str, Any]]:
+        cluster = self._find(region, name)
+        with self._lock:
+            return 200, self._describe(cluster)
+
+    def _delete(self, region: str, name: str) -> tuple[int, dict[str, Any]]:
+        cluster = self._find(region, name)
+        with self._lock:
+            if cluster.phase != "deleting":
+                fault = self._take_lifecycle_fault(
+                    {"delete_failed"}, name, cluster.instance_types, cluster.subnets
+                )
+                cluster.phase = "deleting"
+                cluster.delete_started = self.clock.now()
+                cluster.updated_at = cluster.delete_started
+                cluster.delete_fails = fault is not None
+            summary = self._summary(cluster)
+        return 202, {"cluster": summary}
+
+    def _list(self, region: str, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
+        wanted = query.get("clusterStatus", [])
+        for value in wanted:
+            if value not in STATUS_FILTERS:
+                raise _ApiError(
+                    400, {"message": f"Bad Request: '{value}' is not one of {sorted(STATUS_FILTERS)}"}
+                )
+        token = self._one(query, "nextToken")
+        start = 0
+        if token is not None:
+            try:
+                start = int(token.removeprefix("page-"))
+            except ValueError:
+                raise _ApiError(400, {"message": "Bad Request: invalid nextToken"}) from None
+        with self._lock:
+            clusters = sorted(
+                (c for (r, _), c in self._clusters.items() if r == region), key=lambda c: c.name
+            )
+            # Like ParallelCluster, a page is a page of stacks; the status filter applies within it.
+            page = clusters[start : start + self.page_size]
+            items = [self._summary(c) for c in page if not wanted or self._status(c)[0] in wanted]
+        answer: dict[str, Any] = {"clusters": items}
+        if start + self.page_size < len(clusters):
+            answer["nextToken"] = f"page-{start + self.page_size}"
+        return 200, answer
+
+    def record(self, entry: RecordedRequest) -> None:
+        with self._lock:
+            self.requests.append(entry)
+
+    def requests_for(self, operation: str) -> Iterator[RecordedRequest]:
+        with self._lock:
+            entries = list(self.requests)
+        return (r for r in entries if r.operation == operation)
+
+
+def _invalid(messages: list[str], validator: str = "ConfigSchemaValidator") -> dict[str, Any]:
+    return {
+        "message": "Invalid cluster configuration.",
+        "configurationValidationErrors": [
+            {"level": "ERROR", "type": validator, "message": m} for m in messages
+        ],
+    }
+
+
+def _config_facts(document: dict[str, Any]) -> tuple[list[str], list[str], str]:
+    """(compute instance types, compute subnets, head node instance type) of a configuration."""
+    instance_types: list[str] = []
+    subnets: list[str] = []
+    scheduling = document.get("Scheduling") or {}
+    for queue in scheduling.get("SlurmQueues") or []:
+        for resource in queue.get("ComputeResources") or []:
+            if resource.get("InstanceType"):
+                instance_types.append(str(resource["InstanceType"]))
+            for item in resource.get("Instances") or []:
+                if item.get("InstanceType"):
+                    instance_types.append(str(item["InstanceType"]))
+        subnets.extend(str(s) for s in (queue.get("Networking") or {}).get("SubnetIds") or [])
+    head = document.get("HeadNode") or {}
+    return instance_types, list(dict.fromkeys(subnets)), str(head.get("InstanceType") or "t3.medium")
+
+
+def _cluster_tags(document: dict[str, Any], name: str) -> list[dict[str, str]]:
+    tags = [
+        {"key": str(t.get("Key")), "value": str(t.get("Value"))}
+        for t in document.get("Tags") or []
+        if isinstance(t, dict)
+    ]
+    tags.append({"key": "parallelcluster:version", "value": PCLUSTER_VERSION})
+    tags.append({"key": "parallelcluster:cluster-name", "value": name})
+    return tags
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: PClusterStandIn
+    protocol_version = "HTTP/1.1"
+    server_version = "pcluster-standin"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def do_PATCH(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        owner = self.owner
+        length = int(self.headers.get("Content-Length") or 0)
+        raw_body = self.rfile.read(length) if length else b""
+        split = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        body: Any = None
+        operation: str | None = None
+        stage_prefix = f"/{owner.stage}"
+        path = split.path
+        try:
+            if raw_body:
+                try:
+                    body = json.loads(raw_body)
+                except ValueError:
+                    body = raw_body.decode("utf-8", "replace")
+                    raise _ApiError(400, {"message": "Bad Request: request body is not valid JSON"}) from None
+            if not (path == stage_prefix or path.startswith(stage_prefix + "/")):
+                raise _ApiError(403, {"message": "Missing Authentication Token"})
+            path = path[len(stage_prefix) :] or "/"
+            owner.check_auth(self.command, self.path, headers, raw_body, headers.get("host", ""))
+            status, answer, operation = owner.handle(self.command, path, query, body)
+        except _ApiError as error:
+            status, answer = error.status, error.body
+        except Exception as exc:  # a bug in the stand-in: answer like an unhandled Lambda error
+            status, answer = 500, {"message": f"Internal server error ({type(exc).__name__}: {exc})"}
+        owner.record(
+            RecordedRequest(
+                method=self.command,
+                path=path,
+                query=query,
+                body=body,
+                status=status,
+                response=answer,
+                headers=headers,
+                operation=operation,
+            )
+        )
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if status == 403:
+            self.send_header("x-amzn-ErrorType", "MissingAuthenticationTokenException")
+        self.end_headers()
+        with suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(data)

@@ -1,0 +1,345 @@
+"""The real agent, through the real cryosparc-tools client, against the cryoSPARC stand-in."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from cryopilot.agent_protocol import AgentFailure, ExportResult, KillResult, StatusResult, SubmitResult
+from cryopilot.manifest import Manifest, manifest_from_dict
+from cryopilot.presets import PlannedStage, plan
+from cryopilot_agent.cli import encode_spec, main
+from cryopilot_sim.clock import VirtualClock
+from cryopilot_sim.cryosparc_standin import CryoSparcStandIn
+from moto import mock_aws
+
+EMAIL = "pilot@example.org"
+PASSWORD = "not-a-real-password-42"
+POLL_SECONDS = 1800.0
+
+
+def movies_manifest(**pipeline: Any) -> Manifest:
+    return manifest_from_dict(
+        {
+            "dataset": "CGRP-2026-11",
+            "input": {"kind": "movies", "glob": "movies/*.tif"},
+            "acquisition": {
+                "pixel_size_A": 0.83,
+                "voltage_kV": 300,
+                "cs_mm": 2.7,
+                "total_dose_e_per_A2": 60,
+                "gain_reference": "gain.mrc",
+            },
+            "particle": {"diameter_A": 120},
+            "pipeline": pipeline,
+        }
+    )
+
+
+def spike_manifest() -> Manifest:
+    return manifest_from_dict(
+        {
+            "dataset": "spike-fab",
+            "input": {"kind": "micrographs", "glob": "mics/*.mrc"},
+            "acquisition": {"pixel_size_A": 1.06, "voltage_kV": 300, "cs_mm": 2.7, "total_dose_e_per_A2": 50},
+            "particle": {"diameter_A": 160},
+            "symmetry": "C3",
+        }
+    )
+
+
+class Agent:
+    def __init__(self, base_url: str, clock: VirtualClock) -> None:
+        self.clock = clock
+        self.env = {
+            "CRYOSPARC_BASE_URL": base_url,
+            "CRYOSPARC_EMAIL": EMAIL,
+            "CRYOSPARC_PASSWORD": PASSWORD,
+            "CRYOPILOT_PROJECT_ROOT": "/shared/cryosparc/projects",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def __call__(self, *argv: str) -> tuple[int, dict[str, Any], str]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = main(list(argv), self.env)
+        text = out.getvalue()
+        assert text.count("\n") == 1, f"expected exactly one JSON document, got {text!r}"
+        assert PASSWORD not in text
+        return rc, json.loads(text), text
+
+    def submit(self, run: str, spec: PlannedStage) -> SubmitResult:
+        rc, doc, text = self("submit", "--project", run, "--spec-b64", encode_spec(spec))
+        assert rc == 0, doc
+        return SubmitResult.model_validate_json(text)
+
+    def status(self, run: str, *stages: str) -> StatusResult:
+        argv = ["status", "--project", run]
+        for s in stages:
+            argv += ["--stage", s]
+        rc, doc, text = self(*argv)
+        assert rc == 0, doc
+        return StatusResult.model_validate_json(text)
+
+    def run_stage(self, run: str, spec: PlannedStage, *, max_polls: int = 200) -> StatusResult:
+        """Submit a stage and poll it (advancing the simulated clock) until it leaves queued/running."""
+        self.submit(run, spec)
+        for _ in range(max_polls):
+            st = self.status(run, spec.id)
+            if st.stages[0].state not in ("queued", "running"):
+                return st
+            self.clock.advance(POLL_SECONDS)
+        raise AssertionError(f"{spec.id} did not finish")
+
+
+@pytest.fixture
+def clock() -> VirtualClock:
+    return VirtualClock()
+
+
+@pytest.fixture
+def standin(clock: VirtualClock) -> Iterator[CryoSparcStandIn]:
+    with CryoSparcStandIn(clock, "cgrp", email=EMAIL, password=PASSWORD) as cs:
+        yield cs
+
+
+@pytest.fixture
+def agent(standin: CryoSparcStandIn, clock: VirtualClock) -> Agent:
+    return Agent(standin.base_url, clock)
+
+
+def run_pipeline(agent: Agent, run: str, stages: list[PlannedStage]) -> dict[str, StatusResult]:
+    results = {}
+    for spec in stages:
+        st = agent.run_stage(run, spec)
+        assert st.stages[0].state == "completed", (spec.id, st.stages[0])
+        results[spec.id] = st
+    return results
+
+
+def test_movies_preset_runs_to_final_resolution_and_exports(clock: VirtualClock) -> None:
+    stages = plan(
+        movies_manifest(overrides={"hetero": {"rounds": 2}}), data_dir="/fsx/datasets/CGRP-2026-11/"
+    )
+    with CryoSparcStandIn(clock, "cgrp", email=EMAIL, password=PASSWORD) as cs:
+        agent = Agent(cs.base_url, clock)
+        start = clock.now()
+        results = run_pipeline(agent, "cgrp-run-1", stages)
+
+        final = results["nurefine"].stages[0]
+        assert final.resolution_A is not None
+        assert abs(final.resolution_A - 2.8) < 0.1
+        # simulated time: Table 1 stage minutes (hetero split over the profile's 5 rounds; 2 run here)
+        elapsed_h = (clock.now() - start) / 3600
+        assert 25 < elapsed_h < 40, elapsed_h
+
+        # lanes and GPUs as the preset says, timestamps and counts reported
+        motion = results["motion"].stages[0].jobs[0]
+        assert (motion.job_type, motion.lane, motion.gpus) == ("patch_motion_correction_multi", "gpu8", 8)
+        assert motion.num_micrographs == 5600
+        assert motion.started_at is not None
+        assert motion.completed_at is not None
+        assert motion.completed_at - motion.started_at == pytest.approx(100 * 60)
+        assert results["class2d"].stages[0].jobs[0].gpus == 4
+        assert results["nurefine"].stages[0].jobs[0].lane == "gpu1"
+        assert results["import"].stages[0].jobs[0].lane is None
+        assert results["extract"].stages[0].jobs[0].num_particles > 1_000_000
+
+        # decisions recorded with their numbers
+        sel = results["select2d"].stages[0].decisions
+        assert [d.kind for d in sel] == ["select_2d_classes"]
+        numbers = sel[0].numbers
+        assert 0 < numbers["classes_selected"] < numbers["classes_total"] == 100
+        assert all(c["res_A"] <= 12.0 for c in numbers["classes"] if c["selected"]) or numbers["fallback"]
+        assert results["select2d"].stages[0].jobs[0].num_particles == numbers["particles_selected"]
+        for h in ("hetero1", "hetero2"):
+            (d,) = results[h].stages[0].decisions
+            assert d.kind == "choose_hetero_class"
+            chosen = d.numbers["chosen_class"]
+            best = min(
+                (
+                    c
+                    for c in d.numbers["classes"]
+                    if c["num_particles"] >= 0.15 * d.numbers["particles_total"]
+                ),
+                key=lambda c: c["res_A"],
+            )
+            assert best["class"] == chosen
+        # the chosen class of the last round feeds re-extraction and the refinement
+        job = cs.job_by_title("cgrp-run-1", "cryopilot:reextract")
+        assert job is not None
+        hetero2 = cs.job_by_title("cgrp-run-1", "cryopilot:hetero2")
+        assert hetero2 is not None
+        chosen = results["hetero2"].stages[0].decisions[0].numbers["chosen_class"]
+        assert any(
+            c.job_uid == hetero2.uid and c.output == f"particles_class_{chosen}" for c in job.connections
+        )
+
+        # whole-run status lists every stage in order
+        everything = agent.status("cgrp-run-1")
+        assert [s.stage_id for s in everything.stages] == [s.id for s in stages]
+
+        with mock_aws():
+            s3 = boto3.client("s3", region_name="us-east-1")
+            s3.create_bucket(Bucket="results")
+            rc, doc, text = agent(
+                "export",
+                "--project",
+                "cgrp-run-1",
+                "--stage",
+                "nurefine",
+                "--bucket",
+                "results",
+                "--prefix",
+                "runs/cgrp-run-1/",
+            )
+            assert rc == 0, doc
+            exported = ExportResult.model_validate_json(text)
+            kinds = {f.kind for f in exported.files}
+            assert kinds == {"map", "half_map_a", "half_map_b", "mask", "fsc", "particles"}
+            for f in exported.files:
+                assert f.key.startswith("runs/cgrp-run-1/")
+                assert s3.head_object(Bucket="results", Key=f.key)["ContentLength"] == f.size > 0
+            mrc = s3.get_object(Bucket="results", Key=next(f.key for f in exported.files if f.kind == "map"))[
+                "Body"
+            ].read()
+            assert mrc[208:212] == b"MAP "
+            assert exported.resolution_A == final.resolution_A
+
+
+def test_micrographs_preset_runs_with_symmetry(clock: VirtualClock) -> None:
+    stages = plan(spike_manifest(), data_dir="/fsx/datasets/spike-fab/")
+    assert [s.id for s in stages][:2] == ["import", "ctf"]
+    with CryoSparcStandIn(clock, "spike", email=EMAIL, password=PASSWORD) as cs:
+        agent = Agent(cs.base_url, clock)
+        results = run_pipeline(agent, "spike-run", stages)
+        final = results["nurefine"].stages[0]
+        assert final.resolution_A is not None
+        assert abs(final.resolution_A - 2.9) < 0.1
+        job = cs.job_by_title("spike-run", "cryopilot:nurefine")
+        assert job is not None
+        assert job.params["refine_symmetry"] == "C3"
+        assert results["import"].stages[0].jobs[0].job_type == "import_micrographs"
+        assert results["hetero1"].stages[0].decisions[0].kind == "choose_hetero_class"
+
+
+def test_submit_is_idempotent(agent: Agent) -> None:
+    first = plan(movies_manifest(), data_dir="/fsx/d/")[0]
+    a = agent.submit("run-idem", first)
+    b = agent.submit("run-idem", first)
+    assert not a.already_submitted
+    assert b.already_submitted
+    assert [j.uid for j in a.stage.jobs] == [j.uid for j in b.stage.jobs]
+    assert a.project_uid == b.project_uid
+    assert a.workspace_uid == b.workspace_uid
+    assert len(agent.status("run-idem").stages) == 1
+
+
+def test_status_of_unknown_run_and_stage(agent: Agent) -> None:
+    st = agent.status("nobody", "motion")
+    assert st.project_uid is None
+    assert st.stages[0].state == "not_submitted"
+
+
+def test_stuck_job_is_killed_and_reported(
+    agent: Agent, standin: CryoSparcStandIn, clock: VirtualClock
+) -> None:
+    standin.inject("stuck", "patch_motion_correction_multi")
+    stages = plan(movies_manifest(), data_dir="/fsx/d/")
+    agent.run_stage("run-stuck", stages[0])
+    agent.submit("run-stuck", stages[1])
+    clock.advance(stages[1].time_limit_seconds + 60)
+    st = agent.status("run-stuck", "motion").stages[0]
+    assert st.state == "running"
+    assert st.jobs[0].progress < 1.0
+    assert st.jobs[0].started_at is not None
+    assert clock.now() - st.jobs[0].started_at > stages[1].time_limit_seconds
+    rc, doc, text = agent("kill", "--project", "run-stuck", "--stage", "motion")
+    assert rc == 0
+    killed = KillResult.model_validate_json(text)
+    assert killed.killed == [st.jobs[0].uid]
+    after = agent.status("run-stuck", "motion").stages[0]
+    assert after.state == "killed"
+    assert after.jobs[0].status == "killed"
+    rc, doc, _ = agent("kill", "--project", "run-stuck", "--stage", "motion")
+    assert rc == 0
+    assert doc["killed"] == []
+
+
+@pytest.mark.parametrize(("kind", "state"), [("fail", "failed"), ("kill", "killed")])
+def test_failed_or_killed_job_is_reported(
+    agent: Agent, standin: CryoSparcStandIn, kind: str, state: str
+) -> None:
+    standin.inject(kind, "import_movies")  # type: ignore[arg-type]
+    st = agent.run_stage("run-" + kind, plan(movies_manifest(), data_dir="/fsx/d/")[0])
+    stage = st.stages[0]
+    assert stage.state == state
+    assert stage.jobs[0].status == state
+    assert stage.jobs[0].error
+    assert "injected" in stage.jobs[0].error
+    assert stage.jobs[0].completed_at is not None
+
+
+def _failure(agent: Agent, run: str, spec: PlannedStage) -> AgentFailure:
+    rc, _doc, text = agent("submit", "--project", run, "--spec-b64", encode_spec(spec))
+    assert rc == 1
+    return AgentFailure.model_validate_json(text)
+
+
+def test_wrong_job_type_param_or_output_fails(agent: Agent) -> None:
+    stages = plan(movies_manifest(), data_dir="/fsx/d/")
+    imp, motion = stages[0], stages[1]
+    bad_type = imp.model_copy(update={"job_type": "import_movie"})
+    f = _failure(agent, "run-bad", bad_type)
+    assert f.error_type == "APIError"
+    assert "import_movie" in f.message
+
+    bad_param = imp.model_copy(update={"params": {**imp.params, "pixel_size": 0.8}})
+    f = _failure(agent, "run-bad", bad_param)
+    assert f.error_type == "APIError"
+    assert "pixel_size" in f.message
+
+    agent.run_stage("run-bad", imp)
+    bad_output = motion.model_copy(
+        update={"inputs": [motion.inputs[0].model_copy(update={"output": "movies_imported"})]}
+    )
+    f = _failure(agent, "run-bad", bad_output)
+    assert f.error_type == "APIError"
+    assert "movies_imported" in f.message
+    # the interrupted submit left no stage job behind: the correct spec still submits
+    assert not agent.submit("run-bad", motion).already_submitted
+
+
+def test_bad_credentials_and_arguments(standin: CryoSparcStandIn, clock: VirtualClock) -> None:
+    agent = Agent(standin.base_url, clock)
+    agent.env["CRYOSPARC_PASSWORD"] = "wrong-password-xyz"
+    rc, doc, text = agent("status", "--project", "x")
+    assert rc == 1
+    assert doc["ok"] is False
+    assert "wrong-password-xyz" not in text
+    rc, doc, _ = Agent(standin.base_url, clock)("submit", "--project", "x", "--spec-b64", "%%%")
+    assert rc == 1
+    assert doc["verb"] == "submit"
+    assert "base64" in doc["message"]
+    rc, doc, _ = Agent(standin.base_url, clock)("frobnicate")
+    assert rc == 1
+    assert doc["error_type"] == "UsageError"
+
+
+def test_credentials_from_secrets_manager(standin: CryoSparcStandIn, clock: VirtualClock) -> None:
+    with mock_aws():
+        sm = boto3.client("secretsmanager", region_name="us-east-1")
+        sm.create_secret(
+            Name="cryopilot/cryosparc", SecretString=json.dumps({"email": EMAIL, "password": PASSWORD})
+        )
+        agent = Agent(standin.base_url, clock)
+        del agent.env["CRYOSPARC_EMAIL"], agent.env["CRYOSPARC_PASSWORD"]
+        agent.env["CRYOPILOT_CRYOSPARC_SECRET_ID"] = "cryopilot/cryosparc"
+        rc, doc, _ = agent("status", "--project", "nothing-yet")
+        assert rc == 0
+        assert doc["ok"] is True

@@ -1,0 +1,227 @@
+"""StartRun and the manual start, through the stack built from template.yaml.
+
+These tests check which executions start (and with what input), not whole runs: the harness
+stops whatever is still running when it shuts down.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from cryopilot_sim.clock import VirtualClock
+from cryopilot_sim.harness import LocalCloud
+
+from tests.conftest import EVENTS
+
+
+@pytest.fixture
+def cloud() -> Iterator[LocalCloud]:
+    with LocalCloud(clock=VirtualClock(), profile="spike") as c:
+        yield c
+
+
+def _start_fn(cloud: LocalCloud) -> str:
+    return next(n for n, f in cloud.functions.items() if f.logical_id == "StartRunFunction")
+
+
+def _put_manifest(cloud: LocalCloud, folder: str = "SPIKE-FAB-07", name: str = "cryopilot.yaml") -> dict:
+    body = (EVENTS / "manifests" / "spike.yaml").read_bytes()
+    s3 = cloud.client("s3")
+    s3.put_object(Bucket=cloud.input_bucket, Key=f"datasets/{folder}/{name}", Body=body)
+    return s3.head_object(Bucket=cloud.input_bucket, Key=f"datasets/{folder}/{name}")
+
+
+def test_upload_of_data_files_starts_nothing(cloud: LocalCloud) -> None:
+    cloud.client("s3").put_object(Bucket=cloud.input_bucket, Key="datasets/X/movies/a.tif", Body=b"x")
+    cloud.drain_events()
+    assert cloud.deliveries == []  # the rule's pattern does not match data files
+    assert cloud.executions() == []
+
+
+@pytest.mark.parametrize("name", ["cryopilot.yaml", "cryopilot.yml", "cryopilot.json"])
+def test_each_manifest_name_starts_a_run(cloud: LocalCloud, name: str) -> None:
+    _put_manifest(cloud, name=name)
+    cloud.drain_events()
+    (execution,) = cloud.executions()
+    doc = json.loads(
+        cloud.client("stepfunctions").describe_execution(executionArn=execution["executionArn"])["input"]
+    )
+    assert doc["manifest"]["key"] == f"datasets/SPIKE-FAB-07/{name}"
+    assert doc["manifest"]["version_id"]
+    assert doc["trigger"] == "eventbridge-s3"
+
+
+def test_s3_notification_event_starts_a_run(cloud: LocalCloud) -> None:
+    head = _put_manifest(cloud, folder="SPIKE FAB")
+    cloud.drain_events()
+    first = cloud.executions()
+    event = json.loads((EVENTS / "s3-put.json").read_text())
+    obj = event["Records"][0]["s3"]
+    obj["bucket"]["name"] = cloud.input_bucket
+    obj["object"]["key"] = "datasets/SPIKE+FAB/cryopilot.yaml"  # S3 URL-encodes keys
+    obj["object"]["versionId"] = head["VersionId"]
+    obj["object"]["eTag"] = head["ETag"].strip('"')
+    ok, result = cloud.invoke(_start_fn(cloud), event)
+    assert ok, result
+    (outcome,) = result["outcomes"]
+    # the EventBridge delivery of the same upload already started it: same version, same run
+    assert outcome["status"] == "duplicate"
+    assert len(cloud.executions()) == len(first) == 1
+    assert outcome["run_id"] == first[0]["name"]
+
+
+def test_datasync_success_starts_the_run_at_its_destination(cloud: LocalCloud) -> None:
+    s3 = cloud.client("s3")
+    s3.put_object(Bucket=cloud.input_bucket, Key="datasets/SPIKE-FAB-07/micrographs/a.mrc", Body=b"m")
+    body = (EVENTS / "manifests" / "spike.yaml").read_bytes()
+    # a manifest that arrived with the transfer (events for this one are not the trigger here)
+    s3.put_object(Bucket=cloud.input_bucket, Key="datasets/SPIKE-FAB-07/cryopilot.yaml", Body=body)
+    cloud.drain_events()
+    before = {e["name"] for e in cloud.executions()}
+    ds = cloud.client("datasync")
+    src = ds.create_location_smb(
+        ServerHostname="microscope.local",
+        Subdirectory="/share",
+        User="u",
+        Password="p",
+        AgentArns=["arn:aws:datasync:us-east-1:123456789012:agent/agent-0"],
+    )
+    dst = ds.create_location_s3(
+        S3BucketArn=f"arn:aws:s3:::{cloud.input_bucket}",
+        Subdirectory="/datasets/SPIKE-FAB-07/",
+        S3Config={"BucketAccessRoleArn": "arn:aws:iam::123456789012:role/datasync"},
+    )
+    task = ds.create_task(SourceLocationArn=src["LocationArn"], DestinationLocationArn=dst["LocationArn"])
+    execution = ds.start_task_execution(TaskArn=task["TaskArn"])["TaskExecutionArn"]
+    event = json.loads((EVENTS / "datasync-success.json").read_text())
+    event["resources"] = [execution]
+    ok, result = cloud.invoke(_start_fn(cloud), event)
+    assert ok, result
+    (outcome,) = result["outcomes"]
+    assert outcome["manifest"] == f"s3://{cloud.input_bucket}/datasets/SPIKE-FAB-07/cryopilot.yaml"
+    # the same manifest version already ran from its upload event: DataSync adds no second run
+    assert outcome["status"] == "duplicate"
+    assert {e["name"] for e in cloud.executions()} == before
+
+
+def test_datasync_destination_without_manifest_is_ignored(cloud: LocalCloud) -> None:
+    ds = cloud.client("datasync")
+    src = ds.create_location_smb(
+        ServerHostname="m.local",
+        Subdirectory="/s",
+        User="u",
+        Password="p",
+        AgentArns=["arn:aws:datasync:us-east-1:123456789012:agent/agent-0"],
+    )
+    dst = ds.create_location_s3(
+        S3BucketArn=f"arn:aws:s3:::{cloud.input_bucket}",
+        Subdirectory="/datasets/EMPTY/",
+        S3Config={"BucketAccessRoleArn": "arn:aws:iam::123456789012:role/datasync"},
+    )
+    task = ds.create_task(SourceLocationArn=src["LocationArn"], DestinationLocationArn=dst["LocationArn"])
+    execution = ds.start_task_execution(TaskArn=task["TaskArn"])["TaskExecutionArn"]
+    event = json.loads((EVENTS / "datasync-success.json").read_text())
+    event["resources"] = [execution]
+    ok, result = cloud.invoke(_start_fn(cloud), event)
+    assert ok
+    (outcome,) = result["outcomes"]
+    assert outcome["status"] == "ignored"
+    assert "holds no cryopilot manifest" in outcome["reason"]
+    assert cloud.executions() == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (
+            lambda e: e["detail"]["bucket"].update(name="someone-elses-bucket"),
+            "not this stack's input bucket",
+        ),
+        (lambda e: e["detail"]["object"].update(key="datasets/a/b/cryopilot.yaml"), "not a manifest"),
+        (lambda e: e["detail"]["object"].update(key="datasets/../cryopilot.yaml"), "'..'"),
+        (lambda e: e["detail"].pop("object"), "malformed"),
+        (lambda e: e.update(source="aws.ec2"), "unknown event"),
+    ],
+)
+def test_unusable_events_are_ignored_with_a_reason(cloud: LocalCloud, mutate, reason: str) -> None:
+    event = json.loads((EVENTS / "eventbridge-s3-object-created.json").read_text())
+    event["detail"]["bucket"]["name"] = cloud.input_bucket
+    mutate(event)
+    ok, result = cloud.invoke(_start_fn(cloud), event)
+    assert ok, "a bad event must not crash StartRun"
+    (outcome,) = result["outcomes"]
+    assert outcome["status"] == "ignored"
+    assert reason in outcome["reason"]
+    assert cloud.executions() == []
+
+
+def _manual(cloud: LocalCloud, name: str, doc: dict) -> dict:
+    sfn = cloud.client("stepfunctions")
+    arn = sfn.start_execution(stateMachineArn=cloud.state_machine_arn, name=name, input=json.dumps(doc))[
+        "executionArn"
+    ]
+    return arn
+
+
+def test_manual_start_with_an_s3_uri(cloud: LocalCloud) -> None:
+    _put_manifest(cloud)
+    cloud.drain_events()
+    doc = json.loads((EVENTS / "manual-start-s3.json").read_text())
+    doc["manifest_s3_uri"] = f"s3://{cloud.input_bucket}/datasets/SPIKE-FAB-07/cryopilot.yaml"
+    _manual(cloud, "manual-s3", doc)
+    record = _wait_for_record(cloud, "manual-s3", "cluster_name")
+    assert record["dataset"] == "SPIKE-FAB-07"
+    assert record["trigger"] == "manual"
+    assert record["manifest"]["version_id"]
+
+
+def test_manual_start_inline(cloud: LocalCloud) -> None:
+    doc = json.loads((EVENTS / "manual-start-inline.json").read_text())
+    doc["data_s3_uri"] = f"s3://{cloud.input_bucket}/datasets/SPIKE-FAB-07/"
+    _manual(cloud, "manual-inline", doc)
+    record = _wait_for_record(cloud, "manual-inline", "cluster_name")
+    assert record["manifest"] == {"inline": True, "data_s3_uri": doc["data_s3_uri"]}
+    assert record["preset"] == "micrographs"
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({}, "give exactly one of manifest, manifest_s3_uri, manifest_inline"),
+        ({"manifest_inline": {"dataset": "x"}}, "needs data_s3_uri"),
+        (
+            {"manifest_s3_uri": "s3://other-bucket/datasets/x/cryopilot.yaml"},
+            "is not in this stack's input bucket",
+        ),
+        ({"manifest_s3_uri": "not-a-uri"}, "manifest_s3_uri"),
+        ({"manifest_s3_uri": "s3://b/k", "colour": 1}, "colour: unknown field"),
+        (
+            {"manifest_inline": {"dataset": "x"}, "data_s3_uri": "s3://b/d/"},
+            "manifest_inline: input: required field",
+        ),
+    ],
+)
+def test_bad_manual_input_fails_at_validate(cloud: LocalCloud, doc: dict, expected: str) -> None:
+    arn = _manual(cloud, "bad-input", doc)
+    desc = cloud.wait_for_execution(arn, timeout=60)
+    assert desc["status"] == "FAILED"
+    record = cloud.run_record("bad-input")
+    assert record is not None
+    assert record["error"]["type"] == "ManifestError"
+    assert expected in record["error"]["message"]
+    assert "Validate" in cloud.states_entered(arn)
+    assert "CreateCluster" not in cloud.states_entered(arn)
+
+
+def _wait_for_record(cloud: LocalCloud, run_id: str, field: str) -> dict:
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        record = cloud.run_record(run_id)
+        if record and record.get(field):
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"run {run_id} never got {field}: {cloud.run_record(run_id)}")

@@ -1,0 +1,184 @@
+"""The real state machine, executed by moto, driving the real handlers against the stand-ins.
+
+Each test drops a dataset into the input bucket (the template's EventBridge rule routes it to
+StartRun) and then checks the states entered, the run record, the mails and the cluster's end.
+The clock is virtual: a 36-hour run takes seconds and every figure is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from cryopilot_sim.clock import VirtualClock
+from cryopilot_sim.harness import LocalCloud
+
+from tests.conftest import EVENTS
+
+pytestmark = pytest.mark.slow
+
+DATA = {"movies/m0001.tif": b"\x00" * 64, "movies/m0002.tif": b"\x01" * 64, "gain/gain_ref.mrc": b"g" * 32}
+
+
+@pytest.fixture
+def cloud(request: pytest.FixtureRequest) -> Iterator[LocalCloud]:
+    with LocalCloud(clock=VirtualClock(), profile=getattr(request, "param", "cgrp")) as c:
+        yield c
+
+
+def _manifest(name: str) -> str:
+    return (EVENTS / "manifests" / name).read_text()
+
+
+def _only_execution(cloud: LocalCloud) -> dict:
+    cloud.drain_events()
+    execs = cloud.executions()
+    assert len(execs) == 1, execs
+    return cloud.wait_for_execution(execs[0]["executionArn"], timeout=240)
+
+
+def test_successful_run(cloud: LocalCloud) -> None:
+    cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
+    desc = _only_execution(cloud)
+    run_id = desc["name"]
+    assert desc["status"] == "SUCCEEDED", (cloud.run_record(run_id) or {}).get("error")
+
+    entered = cloud.states_entered(desc["executionArn"])
+    for state in (
+        "Validate",
+        "NotifyStarted",
+        "CreateCluster",
+        "CheckCluster",
+        "SubmitStage",
+        "PollStage",
+        "ExportResults",
+        "NotifySuccess",
+        "DeleteCluster",
+        "CheckDeletion",
+        "RunSucceeded",
+    ):
+        assert state in entered, f"{state} never entered: {entered}"
+    assert "RecordFailure" not in entered
+
+    record = cloud.run_record(run_id)
+    assert record is not None
+    assert record["status"] == "SUCCEEDED"
+    assert record["dataset"] == "CGRP-2026-11"
+    assert record["cluster_deleted"] is True
+    assert record["cluster_state"] == "DELETED"
+    assert record["resolution_A"] == pytest.approx(2.8, abs=0.3)
+    from cryopilot import runs
+
+    planned = [s["id"] for s in runs.get_plan(run_id)]
+    assert planned[0] == "import"
+    assert planned[-1] == "nurefine"
+    for stage_id in planned:
+        stage = record["stages"][stage_id]
+        assert stage["state"] == "completed", (stage_id, stage)
+        assert stage["jobs"], stage_id
+    assert {f["kind"] for f in record["results"]["files"]} >= {"map", "half_map_a", "half_map_b", "fsc"}
+    assert record["decisions"], "the 2D selection and class choices must be recorded"
+
+    s3 = cloud.client("s3")
+    for f in record["results"]["files"]:
+        head = s3.head_object(Bucket=cloud.results_bucket, Key=f["key"])
+        assert head["ContentLength"] == f["size"]
+
+    mails = cloud.mails()
+    subjects = [m["subject"] for m in mails]
+    assert len(mails) == 2, subjects
+    assert subjects[0].startswith("[cryopilot] CGRP-2026-11 started")
+    assert subjects[1].startswith("[cryopilot] CGRP-2026-11 done: 2.")
+    assert "Å in " in subjects[1]
+    assert "Automatic decisions" in mails[1]["message"]
+    assert all(m["attributes"]["run_id"] == run_id for m in mails)
+
+    assert cloud.pcluster.clusters() == {}, "the cluster must be gone"
+    assert cloud.head_nodes == {}
+
+
+def test_invalid_manifest_fails_without_a_cluster(cloud: LocalCloud) -> None:
+    cloud.drop_dataset("BAD-VOLTAGE", _manifest("invalid-voltage.yaml"))
+    desc = _only_execution(cloud)
+    assert desc["status"] == "FAILED"
+    entered = cloud.states_entered(desc["executionArn"])
+    assert entered == [
+        "Validate",
+        "RecordFailure",
+        "HasCluster?",
+        "ComposeFailureMail",
+        "NotifyFailure",
+        "RunFailed",
+    ]
+
+    record = cloud.run_record(desc["name"])
+    assert record is not None
+    assert record["status"] == "FAILED"
+    assert record["error"]["type"] == "ManifestError"
+    assert "acquisition.voltage_kV" in record["error"]["message"]
+    assert not record.get("cluster_name"), "no cluster may be planned for an invalid manifest"
+
+    (mail,) = cloud.mails()
+    assert "failed" in mail["subject"]
+    assert "acquisition.voltage_kV" in mail["message"]
+    assert "No cluster was created." in mail["message"]
+    assert not list(cloud.pcluster.requests_for("createCluster"))
+
+
+def test_cluster_that_fails_to_create(cloud: LocalCloud) -> None:
+    cloud.pcluster.inject("create_failed")
+    cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
+    desc = _only_execution(cloud)
+    assert desc["status"] == "FAILED"
+    entered = cloud.states_entered(desc["executionArn"])
+    assert "FailureDeleteCluster" in entered
+    assert "SubmitStage" not in entered
+
+    record = cloud.run_record(desc["name"])
+    assert record is not None
+    assert record["error"]["type"] == "ClusterCreateFailedError"
+    assert record["cluster_deleted"] is True
+
+    mails = cloud.mails()
+    assert mails[-1]["subject"].startswith("[cryopilot] CGRP-2026-11 failed")
+    assert "ClusterCreateFailedError" in mails[-1]["message"]
+    assert "has been deleted" in mails[-1]["message"]
+    assert cloud.pcluster.clusters() == {}
+
+
+def test_job_failing_mid_pipeline(cloud: LocalCloud) -> None:
+    cloud.cryosparc_setup.append(lambda cs: cs.inject("fail", "class_2D_new"))
+    cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
+    desc = _only_execution(cloud)
+    assert desc["status"] == "FAILED"
+
+    record = cloud.run_record(desc["name"])
+    assert record is not None
+    assert record["error"]["type"] == "JobFailedError"
+    assert record["error"]["step"] == "stage:class2d"
+    assert record["stages"]["ctf"]["state"] == "completed"
+    assert record["stages"]["class2d"]["state"] == "failed"
+    assert record["cluster_deleted"] is True
+
+    failure = cloud.mails()[-1]
+    title = record["stages"]["class2d"]["title"]
+    assert title in failure["subject"]
+    assert "JobFailedError" in failure["message"]
+    assert "has been deleted" in failure["message"]
+    assert cloud.pcluster.clusters() == {}
+
+
+@pytest.mark.parametrize("cloud", ["spike"], indirect=True)
+def test_same_manifest_event_three_times_starts_one_execution(cloud: LocalCloud) -> None:
+    cloud.drop_dataset("SPIKE-FAB-07", _manifest("spike.yaml"), {"micrographs/a.mrc": b"m" * 64})
+    cloud.drain_events()
+    (first,) = cloud.deliveries
+    fn = first.function
+    outcomes = [cloud.invoke(fn, first.event) for _ in range(2)]
+    statuses = [first.result["outcomes"][0]["status"]] + [o[1]["outcomes"][0]["status"] for o in outcomes]
+    assert statuses == ["started", "duplicate", "duplicate"]
+    execs = cloud.executions()
+    assert len(execs) == 1
+    assert execs[0]["name"] == first.result["outcomes"][0]["run_id"]
+    desc = cloud.wait_for_execution(execs[0]["executionArn"], timeout=240)
+    assert desc["status"] == "SUCCEEDED"

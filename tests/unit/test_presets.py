@@ -1,0 +1,223 @@
+"""Pipeline presets: loading, planning with a manifest, overrides, and every cryoSPARC name."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from cryopilot.errors import ManifestError
+from cryopilot.manifest import Manifest, manifest_from_dict
+from cryopilot.presets import job_types, load_preset, plan, preset_names
+from cryopilot_sim.clock import VirtualClock
+from cryopilot_sim.cryosparc_standin import STAGE_OF_TYPE, CryoSparcStandIn, load_profiles
+
+DATA_DIR = "/fsx/datasets/CGRP-2026-11/"
+
+
+def manifest(kind: str = "movies", **extra: Any) -> Manifest:
+    doc: dict[str, Any] = {
+        "dataset": "CGRP-2026-11",
+        "input": {"kind": kind, "glob": "movies/*.tif"},
+        "acquisition": {"pixel_size_A": 0.83, "voltage_kV": 300, "cs_mm": 2.7, "total_dose_e_per_A2": 60},
+        "particle": {"diameter_A": 120},
+    }
+    doc.update(extra)
+    return manifest_from_dict(doc)
+
+
+def test_both_presets_load() -> None:
+    assert preset_names() == ["micrographs", "movies"]
+    movies = load_preset("movies")
+    assert [s.id for s in movies.stages] == [
+        "import",
+        "motion",
+        "ctf",
+        "pick",
+        "extract",
+        "class2d",
+        "select2d",
+        "abinit",
+        "hetero",
+        "reextract",
+        "nurefine",
+    ]
+    mics = load_preset("micrographs")
+    assert "motion" not in [s.id for s in mics.stages]
+    assert mics.stages[0].job_type == "import_micrographs"
+
+
+def test_unknown_preset_names_the_known_ones() -> None:
+    with pytest.raises(ManifestError, match="micrographs, movies"):
+        load_preset("tomography")
+    with pytest.raises(ManifestError, match="unknown preset"):
+        plan(manifest(pipeline={"preset": "nope"}), data_dir=DATA_DIR)
+
+
+def test_movies_plan_lanes_gpus_and_manifest_values() -> None:
+    stages = {s.id: s for s in plan(manifest(symmetry="C2"), data_dir=DATA_DIR)}
+    assert list(stages)[-3:] == ["hetero5", "reextract", "nurefine"]
+    expect = {
+        "import": (None, 0),
+        "motion": ("gpu8", 8),
+        "ctf": ("gpu8", 8),
+        "pick": ("gpu1", 1),
+        "extract": ("gpu8", 8),
+        "class2d": ("gpu8", 4),
+        "select2d": (None, 0),
+        "abinit": ("gpu1", 1),
+        "hetero1": ("gpu1", 1),
+        "reextract": ("gpu8", 8),
+        "nurefine": ("gpu1", 1),
+    }
+    for sid, (lane, gpus) in expect.items():
+        assert (stages[sid].lane, stages[sid].gpus) == (lane, gpus), sid
+        if "compute_num_gpus" in stages[sid].params:
+            assert stages[sid].params["compute_num_gpus"] == gpus
+    imp = stages["import"].params
+    assert imp["blob_paths"] == DATA_DIR + "movies/*.tif"
+    assert imp["psize_A"] == 0.83
+    assert imp["accel_kv"] == 300
+    assert imp["total_dose_e_per_A2"] == 60
+    assert "gainref_path" not in imp  # no gain reference in the manifest: parameter dropped
+    assert stages["pick"].params["diameter"] == 120
+    box = stages["extract"].params["box_size_pix"]
+    assert box % 2 == 0
+    assert box >= 1.5 * 120 / 0.83
+    assert stages["nurefine"].params["refine_symmetry"] == "C2"
+    assert stages["select2d"].decision is not None
+    assert stages["select2d"].decision.kind == "select_2d_classes"
+    assert stages["hetero3"].decision is not None
+    assert stages["hetero3"].decision.kind == "choose_hetero_class"
+    assert stages["motion"].time_limit_seconds == 8 * 3600
+    # hetero rounds chain: round k takes round k-1's chosen class; re-extraction takes the last round's
+    assert [(i.stage, i.output) for i in stages["hetero2"].inputs] == [
+        ("hetero1", "particles_class_{chosen}"),
+        ("hetero1", "volume_class_*"),
+    ]
+    assert ("hetero5", "particles_class_{chosen}") in [
+        (i.stage, i.output) for i in stages["reextract"].inputs
+    ]
+    assert ("hetero5", "volume_class_{chosen}") in [(i.stage, i.output) for i in stages["nurefine"].inputs]
+
+
+def test_gain_reference_is_joined_to_the_data_dir() -> None:
+    m = manifest(
+        acquisition={
+            "pixel_size_A": 0.83,
+            "voltage_kV": 300,
+            "cs_mm": 2.7,
+            "total_dose_e_per_A2": 60,
+            "gain_reference": "gain/g.mrc",
+        }
+    )
+    imp = plan(m, data_dir="/fsx/datasets/X")[0]
+    assert imp.params["gainref_path"] == "/fsx/datasets/X/gain/g.mrc"
+
+
+def test_micrographs_plan_uses_symmetry_and_short_abinit() -> None:
+    stages = {s.id: s for s in plan(manifest("micrographs", symmetry="C3"), data_dir=DATA_DIR)}
+    assert list(stages) == [
+        "import",
+        "ctf",
+        "pick",
+        "extract",
+        "class2d",
+        "select2d",
+        "abinit",
+        "hetero1",
+        "reextract",
+        "nurefine",
+    ]
+    assert stages["ctf"].inputs[0].output == "imported_micrographs"
+    assert stages["nurefine"].params["refine_symmetry"] == "C3"
+    assert stages["abinit"].params["abinit_num_final_iters"] < 300
+
+
+def test_overrides_apply_per_stage_and_per_round() -> None:
+    m = manifest(
+        pipeline={
+            "overrides": {
+                "class2d": {"class2D_K": 200},
+                "hetero": {"rounds": 3, "multirefine_force_hard_class": True},
+                "hetero2": {"multirefine_res_init": 12.0},
+                "motion": {"compute_num_gpus": 4},
+            }
+        }
+    )
+    stages = {s.id: s for s in plan(m, data_dir=DATA_DIR)}
+    assert stages["class2d"].params["class2D_K"] == 200
+    assert [s for s in stages if s.startswith("hetero")] == ["hetero1", "hetero2", "hetero3"]
+    assert all(stages[f"hetero{k}"].params["multirefine_force_hard_class"] is True for k in (1, 2, 3))
+    assert stages["hetero2"].params["multirefine_res_init"] == 12.0
+    assert "multirefine_res_init" not in stages["hetero1"].params
+    assert "rounds" not in stages["hetero1"].params
+    assert stages["motion"].params["compute_num_gpus"] == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"motionn": {"compute_num_gpus": 2}}, "motionn"),
+        ({"class2d": {"class2d_K": 10}}, "class2d_K"),
+        ({"hetero7x": {"multirefine_N": 128}}, "hetero7x"),
+        ({"hetero2": {"rounds": 3}}, "rounds"),
+        ({"hetero": {"rounds": 0}}, "rounds"),
+    ],
+)
+def test_unknown_stage_or_parameter_is_rejected(overrides: dict[str, Any], named: str) -> None:
+    with pytest.raises(ManifestError, match=re.escape(named)):
+        plan(manifest(pipeline={"overrides": overrides}), data_dir=DATA_DIR)
+
+
+def test_override_of_a_stage_the_preset_lacks_is_rejected() -> None:
+    with pytest.raises(ManifestError, match="motion"):
+        plan(
+            manifest("micrographs", pipeline={"overrides": {"motion": {"compute_num_gpus": 8}}}),
+            data_dir=DATA_DIR,
+        )
+
+
+def test_every_name_in_both_presets_is_in_the_standin_register() -> None:
+    register = CryoSparcStandIn(VirtualClock(), "cgrp").register
+    for name in preset_names():
+        kind = "micrographs" if name == "micrographs" else "movies"
+        stages = plan(manifest(kind, pipeline={"preset": name}), data_dir=DATA_DIR)
+        job_type_of: dict[str, str] = {}
+        for stage in stages:
+            spec = register.get(stage.job_type)
+            assert spec is not None, (name, stage.id, stage.job_type)
+            assert not set(stage.params) - set(spec.params), (name, stage.id)
+            assert set(spec.required_params) <= set(stage.params), (name, stage.id)
+            for conn in stage.inputs:
+                assert conn.input in spec.inputs, (name, stage.id, conn.input)
+                assert conn.stage in job_type_of, (
+                    f"{name}: {stage.id} reads {conn.stage}, not planned before it"
+                )
+                out = conn.output.replace("{chosen}", "0").replace("*", "0")
+                assert register[job_type_of[conn.stage]].has_output(out), (name, stage.id, conn.output)
+            assert (stage.lane is None) == (not spec.gpu), (name, stage.id)
+            if stage.lane is not None:
+                assert stage.gpus <= {"gpu8": 8, "gpu1": 1}[stage.lane]
+            job_type_of[stage.id] = stage.job_type
+
+
+def test_register_rejects_names_it_does_not_have() -> None:
+    register = job_types()
+    assert register["homo_abinit"].has_output("volume_class_2")
+    assert not register["homo_abinit"].has_output("volume_class_x")
+    assert not register["nonuniform_refine_new"].has_output("map")
+    assert "compute_num_gpus" not in register["select_2D"].params
+
+
+def test_register_entries_cite_sources_and_match_profiles() -> None:
+    for name, spec in job_types().items():
+        assert spec.source.strip(), name
+        assert name in STAGE_OF_TYPE
+    stages = set(load_profiles()["stage_gpus"])
+    assert set(STAGE_OF_TYPE.values()) | {"reextract"} == stages
+    # GPUs per stage agree with Table 1
+    gpus = load_profiles()["stage_gpus"]
+    for stage in plan(manifest(), data_dir=DATA_DIR):
+        base = stage.id.rstrip("0123456789")
+        assert stage.gpus == gpus[base], stage.id
