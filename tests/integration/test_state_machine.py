@@ -7,6 +7,7 @@ The clock is virtual: a 36-hour run takes seconds and every figure is exact.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -96,6 +97,13 @@ def test_successful_run(cloud: LocalCloud) -> None:
     assert cloud.pcluster.clusters() == {}, "the cluster must be gone"
     assert cloud.head_nodes == {}
 
+    # the manifest's extra address is subscribed to this dataset's mails only
+    subs = cloud.client("sns").list_subscriptions_by_topic(TopicArn=cloud.topic_arn)["Subscriptions"]
+    extra = [s for s in subs if s["Endpoint"] == "medchem-team@example.org"]
+    assert len(extra) == 1
+    attrs = cloud.client("sns").get_subscription_attributes(SubscriptionArn=extra[0]["SubscriptionArn"])
+    assert json.loads(attrs["Attributes"]["FilterPolicy"]) == {"dataset": ["CGRP-2026-11"]}
+
 
 def test_invalid_manifest_fails_without_a_cluster(cloud: LocalCloud) -> None:
     cloud.drop_dataset("BAD-VOLTAGE", _manifest("invalid-voltage.yaml"))
@@ -182,3 +190,16 @@ def test_same_manifest_event_three_times_starts_one_execution(cloud: LocalCloud)
     assert execs[0]["name"] == first.result["outcomes"][0]["run_id"]
     desc = cloud.wait_for_execution(execs[0]["executionArn"], timeout=240)
     assert desc["status"] == "SUCCEEDED"
+    entered = cloud.states_entered(desc["executionArn"])
+    assert entered.count("Validate") == 1
+    assert entered.count("CreateCluster") == 1
+    assert entered[-1] == "RunSucceeded"
+    record = cloud.run_record(desc["name"])
+    assert record is not None
+    assert record["status"] == "SUCCEEDED"
+    assert record["cluster_deleted"] is True
+    subjects = [m["subject"] for m in cloud.mails()]
+    assert len(subjects) == 2, subjects
+    assert "done" in subjects[1]
+    assert len(list(cloud.pcluster.requests_for("createCluster"))) == 1
+    assert cloud.pcluster.clusters() == {}
