@@ -28,7 +28,7 @@ STATE_DIR = ROOT / ".cryopilot" / "local"
 @dataclass
 class DemoOptions:
     profile: str = "cgrp"
-    pace: float = 3000.0
+    pace: float = 20000.0
     fail: str = "none"
     state_dir: Path = STATE_DIR
     quiet: bool = False
@@ -99,6 +99,8 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     from rich.live import Live
 
     console = Console(quiet=options.quiet)
+    options.state_dir.mkdir(parents=True, exist_ok=True)
+    _send_lambda_logs_to(options.state_dir / "lambda.log")
     clock = VirtualClock(pace=options.pace)
     folder, manifest, files = sample_dataset(options.profile)
     cloud = LocalCloud(clock=clock, profile=options.profile)
@@ -141,6 +143,21 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     return summary
 
 
+def _send_lambda_logs_to(path: Path) -> None:
+    """The handlers log JSON lines (as in CloudWatch); keep them out of the live display."""
+    import logging
+    import warnings
+
+    from cryopilot.observability import logger as lambda_logger
+
+    stream = path.open("w", encoding="utf-8")
+    for handler in logging.getLogger(lambda_logger.name).handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(stream)
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
+    warnings.filterwarnings("ignore", module="cryosparc")
+
+
 def _write_outputs(
     state_dir: Path,
     record: dict[str, Any],
@@ -169,6 +186,7 @@ def _write_outputs(
         "error": record.get("error"),
         "mails": [m["subject"] for m in mails],
         "outbox": str(outbox.relative_to(ROOT)) if outbox.is_relative_to(ROOT) else str(outbox),
+        "lambda_log": str(state_dir / "lambda.log"),
         "report": None,
         "wall_seconds": round(wall, 1),
         "simulated_hours": round((clock.now() - clock.start) / 3600, 2),

@@ -8,7 +8,7 @@
     in-process (errors reported as Lambda reports them: ``errorType``/``errorMessage``);
   - EventBridge: rules whose target is a Lambda deliver to it (moto delivers to SQS/logs only),
     asynchronously as EventBridge does, with S3's ``etag`` spelled as AWS spells it;
-  - Wait states sleep on the simulated clock instead of the wall clock;
+  - Wait states and Retry intervals sleep on the simulated clock instead of the wall clock;
   - SSM Run Command runs ``cryopilot-agent`` in-process against the simulated head node's
     cryoSPARC stand-in, and an instance that is not (or no longer) a head node is refused with
     ``InvalidInstanceId``, as SSM refuses it.
@@ -34,7 +34,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -399,6 +399,7 @@ class LocalCloud:
         from moto.awslambda_simple.models import LambdaSimpleBackend
         from moto.events.models import Rule
         from moto.ssm.models import SimpleSystemManagerBackend
+        from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
         from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import (
             WaitFunction,
         )
@@ -447,6 +448,8 @@ class LocalCloud:
                 harness.clock.sleep(wait_seconds)
 
         st.enter_context(mock.patch.object(WaitFunction, "_wait_interval", wait_interval))
+        # Retry intervals (IntervalSeconds, BackoffRate) pass on the simulated clock too.
+        st.enter_context(mock.patch.object(retrier_decl, "time", SimpleNamespace(sleep=harness.clock.sleep)))
 
         original_send_command = SimpleSystemManagerBackend.send_command
 

@@ -130,7 +130,7 @@ def test_invalid_manifest_fails_without_a_cluster(cloud: LocalCloud) -> None:
     assert "failed" in mail["subject"]
     assert "acquisition.voltage_kV" in mail["message"]
     assert "No cluster was created." in mail["message"]
-    assert not list(cloud.pcluster.requests_for("createCluster"))
+    assert not list(cloud.pcluster.requests_for("create_cluster"))
 
 
 def test_cluster_that_fails_to_create(cloud: LocalCloud) -> None:
@@ -201,5 +201,22 @@ def test_same_manifest_event_three_times_starts_one_execution(cloud: LocalCloud)
     subjects = [m["subject"] for m in cloud.mails()]
     assert len(subjects) == 2, subjects
     assert "done" in subjects[1]
-    assert len(list(cloud.pcluster.requests_for("createCluster"))) == 1
+    assert len(list(cloud.pcluster.requests_for("create_cluster"))) == 1
+    assert cloud.pcluster.clusters() == {}
+
+
+def test_throttled_parallelcluster_api_is_retried_and_the_run_succeeds(cloud: LocalCloud) -> None:
+    cloud.pcluster.inject("throttle", count=3, operation="create_cluster")
+    cloud.pcluster.inject("server_error", count=1, operation="describe_cluster")
+    cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
+    desc = _only_execution(cloud)
+    run_id = desc["name"]
+    assert desc["status"] == "SUCCEEDED", (cloud.run_record(run_id) or {}).get("error")
+    creates = [r.status for r in cloud.pcluster.requests_for("create_cluster")]
+    assert creates == [429, 429, 429, 202]
+    history = cloud.history(desc["executionArn"])
+    failed_tasks = [e for e in history if e["type"] == "TaskFailed"]
+    assert [json.loads(e["taskFailedEventDetails"]["cause"])["errorType"] for e in failed_tasks] == [
+        "ThrottledError"
+    ] * 4
     assert cloud.pcluster.clusters() == {}

@@ -8,7 +8,6 @@ from pydantic import BaseModel
 
 from cryopilot import aws, clock, runs
 from cryopilot.errors import (
-    ClusterAlreadyExistsError,
     ClusterNotFoundError,
     ClusterTimeoutError,
 )
@@ -76,8 +75,7 @@ def config_yaml_for(run: dict[str, Any], settings: Settings) -> str:
 
 
 def create(run_id: str) -> ClusterStep:
-    from cryopilot.pcluster import cluster_is_ours
-
+    """Request the run's cluster; idempotent (a retried create adopts the cluster this run owns)."""
     settings = get_settings()
     run = _require_run(run_id)
     name = run["cluster_name"]
@@ -87,19 +85,9 @@ def create(run_id: str) -> ClusterStep:
         cluster_state="CREATE_REQUESTED",
         cluster_requested_at=clock.now_iso(),
     )
-    try:
-        info = api().create_cluster(name, config_yaml_for(run, settings))
-        status = info.status
-    except ClusterAlreadyExistsError:
-        existing = api().describe_cluster(name)
-        if not cluster_is_ours(existing, run_id):
-            raise ClusterAlreadyExistsError(
-                f"a cluster named {name} exists and does not belong to run {run_id}"
-            ) from None
-        logger.info("cluster already requested by this run", extra={"run_id": run_id})
-        status = existing.status
-    runs.update_run(run_id, cluster_state=status)
-    return ClusterStep(name=name, status=status)
+    info = api().create_or_adopt(name, config_yaml_for(run, settings), run_id)
+    runs.update_run(run_id, cluster_state=info.status)
+    return ClusterStep(name=name, status=info.status)
 
 
 def check(run_id: str, polls: int, max_polls: int) -> ClusterStep:

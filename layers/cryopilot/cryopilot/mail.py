@@ -93,7 +93,7 @@ def _console_link(run: dict[str, Any]) -> str:
 
 
 def _stage_table(run: dict[str, Any]) -> list[str]:
-    rows = ["stage                          GPUs  queue  state       wall time"]
+    rows = [f"{'stage':<40} GPUs  queue  state       wall time"]
     stages = run.get("stages") or {}
     for planned in runs.get_plan(run["run_id"]) if run.get("run_id") else []:
         rec = stages.get(planned["id"], {})
@@ -101,7 +101,7 @@ def _stage_table(run: dict[str, Any]) -> list[str]:
         if rec.get("started_at") and rec.get("completed_at"):
             wall = fmt_duration(float(rec["completed_at"]) - float(rec["started_at"]))
         rows.append(
-            f"{planned['title'][:30]:<30} {planned.get('gpus', 0):>4}  {planned.get('lane') or 'master':<6} "
+            f"{planned['title'][:40]:<40} {planned.get('gpus', 0):>4}  {planned.get('lane') or 'master':<6} "
             f"{rec.get('state', 'pending'):<11} {wall}"
         )
     return rows

@@ -1,0 +1,136 @@
+"""``cryopilot cluster-config``: prints, and only prints, a configuration ParallelCluster's schema loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryopilot import cli
+from cryopilot.clusterconfig import cluster_name_for
+
+cluster_schema = pytest.importorskip("pcluster.schemas.cluster_schema")
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "events" / "manifests"
+VALID = ["cgrp.yaml", "glp1r.yaml", "spike.yaml"]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(["cluster-config", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def generated(capsys: pytest.CaptureFixture[str], name: str, *flags: str) -> dict[str, Any]:
+    code, out, err = run_cli(capsys, str(MANIFESTS / name), *flags)
+    assert code == 0, err
+    doc = yaml.safe_load(out)
+    assert isinstance(doc, dict), out
+    return doc
+
+
+def queue(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    queues = {q["Name"]: q for q in doc["Scheduling"]["SlurmQueues"]}
+    return queues[name]
+
+
+def test_the_valid_manifests_are_the_expected_ones() -> None:
+    on_disk = {p.name for p in MANIFESTS.glob("*.yaml")} - {"invalid-voltage.yaml"}
+    assert on_disk == set(VALID)
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_output_is_only_a_configuration_parallelcluster_loads(
+    capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    code, out, _ = run_cli(capsys, str(MANIFESTS / name))
+    assert code == 0
+    doc = yaml.safe_load(out)  # the whole of stdout is one YAML mapping, nothing else
+    assert isinstance(doc, dict)
+    dataset = yaml.safe_load((MANIFESTS / name).read_text())["dataset"]
+    run_id = f"{dataset}-manual"
+    assert {t["Key"]: t["Value"] for t in doc["Tags"]}["cryopilot:run-id"] == run_id
+    loaded = cluster_schema.ClusterSchema(cluster_name=cluster_name_for(run_id)).load(doc)
+    assert {q.name for q in loaded.scheduling.queues} == {"gpu8", "gpu1"}
+
+
+def test_default_data_and_results_locations(capsys: pytest.CaptureFixture[str]) -> None:
+    doc = generated(capsys, "cgrp.yaml")
+    dras = {d["Name"]: d for d in doc["SharedStorage"][1]["FsxLustreSettings"]["DataRepositoryAssociations"]}
+    assert dras["data"]["DataRepositoryPath"] == "s3://cryopilot-input/datasets/CGRP-2026-11/"
+    assert dras["results"]["DataRepositoryPath"] == "s3://cryopilot-results/runs/CGRP-2026-11-manual/"
+
+
+def test_flags_change_the_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+    default = generated(capsys, "cgrp.yaml")
+    assert queue(default, "gpu8")["ComputeResources"][0]["InstanceType"] != "p5.48xlarge"
+
+    subnets = ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2"]
+    secret = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:cryosparc-licence-AbCdEf"
+    doc = generated(
+        capsys,
+        "cgrp.yaml",
+        "--run-id",
+        "cgrp-review-1",
+        "--region",
+        "eu-west-1",
+        "--head-node-subnet",
+        "subnet-0123456789abcdef0",
+        "--compute-subnets",
+        ",".join(subnets),
+        "--gpu8-instance-type",
+        "p5.48xlarge",
+        "--gpu1-instance-type",
+        "g6.2xlarge",
+        "--licence-secret-arn",
+        secret,
+        "--artifacts-bucket",
+        "my-artifacts",
+        "--results-bucket",
+        "my-results",
+        "--stack-name",
+        "cryopilot-prod",
+        "--data-s3-uri",
+        "s3://my-input/elsewhere/cgrp/",
+    )
+    cluster_schema.ClusterSchema(cluster_name=cluster_name_for("cgrp-review-1")).load(doc)
+
+    gpu8, gpu1 = queue(doc, "gpu8"), queue(doc, "gpu1")
+    assert gpu8["ComputeResources"][0]["InstanceType"] == "p5.48xlarge"
+    assert gpu1["ComputeResources"][0]["InstanceType"] == "g6.2xlarge"
+    assert gpu8["Networking"]["SubnetIds"] == subnets[:1]
+    assert doc["Region"] == "eu-west-1"
+    assert doc["HeadNode"]["Networking"]["SubnetId"] == "subnet-0123456789abcdef0"
+    args = doc["HeadNode"]["CustomActions"]["OnNodeConfigured"]["Args"]
+    assert args[args.index("--licence-secret-arn") + 1] == secret
+    assert args[args.index("--run-id") + 1] == "cgrp-review-1"
+    assert doc["HeadNode"]["CustomActions"]["OnNodeConfigured"]["Script"].startswith("s3://my-artifacts/")
+    dras = {d["Name"]: d for d in doc["SharedStorage"][1]["FsxLustreSettings"]["DataRepositoryAssociations"]}
+    assert dras["data"]["DataRepositoryPath"] == "s3://my-input/elsewhere/cgrp/"
+    assert dras["results"]["DataRepositoryPath"] == "s3://my-results/runs/cgrp-review-1/"
+    assert {t["Key"]: t["Value"] for t in doc["Tags"]}["cryopilot:stack"] == "cryopilot-prod"
+
+
+def test_invalid_manifest_exits_2_naming_the_field(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, str(MANIFESTS / "invalid-voltage.yaml"))
+    assert code == 2
+    assert out == ""
+    assert "acquisition.voltage_kV" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-manifest.yaml"
+    code, out, err = run_cli(capsys, str(missing))
+    assert code == 2
+    assert out == ""
+    assert str(missing) in err
+    assert "no such file" in err
+
+
+def test_bad_flag_value_exits_2_without_output(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, str(MANIFESTS / "cgrp.yaml"), "--gpu8-instance-type", "not a type")
+    assert code == 2
+    assert out == ""
+    assert "gpu8_instance_type" in err
