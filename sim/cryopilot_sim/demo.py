@@ -154,6 +154,8 @@ def _send_lambda_logs_to(path: Path) -> None:
     for handler in logging.getLogger(lambda_logger.name).handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(stream)
+    # moto logs every Fail state it executes at ERROR level; the demo reports failures itself.
+    logging.getLogger("moto").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", message="No application metrics to publish")
     warnings.filterwarnings("ignore", module="cryosparc")
 
