@@ -220,3 +220,46 @@ def test_throttled_parallelcluster_api_is_retried_and_the_run_succeeds(cloud: Lo
         "ThrottledError"
     ] * 4
     assert cloud.pcluster.clusters() == {}
+
+
+def test_killed_job_fails_the_run_and_names_the_stage(cloud: LocalCloud) -> None:
+    cloud.cryosparc_setup.append(lambda cs: cs.inject("kill", "blob_picker_gpu"))
+    cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
+    desc = _only_execution(cloud)
+    assert desc["status"] == "FAILED"
+    record = cloud.run_record(desc["name"])
+    assert record is not None
+    assert record["error"]["type"] == "JobKilledError"
+    assert record["error"]["step"] == "stage:pick"
+    assert record["stages"]["pick"]["state"] == "killed"
+    assert record["cluster_deleted"] is True
+    failure = cloud.mails()[-1]
+    assert record["stages"]["pick"]["title"] in failure["subject"]
+    assert "has been deleted" in failure["message"]
+    assert cloud.pcluster.clusters() == {}
+
+
+def test_stuck_job_is_killed_once_its_stage_time_limit_passes(cloud: LocalCloud) -> None:
+    from cryopilot import runs
+
+    cloud.cryosparc_setup.append(lambda cs: cs.inject("stuck", "patch_ctf_estimation_multi"))
+    cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
+    desc = _only_execution(cloud)
+    assert desc["status"] == "FAILED"
+    run_id = desc["name"]
+    record = cloud.run_record(run_id)
+    assert record is not None
+    assert record["error"]["type"] == "JobStuckError"
+    assert record["error"]["step"] == "stage:ctf"
+    ctf = record["stages"]["ctf"]
+    assert ctf["state"] == "killed"
+    assert ctf["killed_for_time"] is True
+    limit = next(s for s in runs.get_plan(run_id) if s["id"] == "ctf")["time_limit_seconds"]
+    assert f"limit of {limit / 3600:.1f} h" in record["error"]["message"]
+    # killed once its limit passed, and no later than one longest poll interval after it
+    ran_for = record["finished_epoch"] - ctf["submitted_at"]
+    assert limit <= ran_for <= limit + 1800 + 60
+    assert record["cluster_deleted"] is True
+    failure = cloud.mails()[-1]
+    assert "JobStuckError" in failure["message"]
+    assert cloud.pcluster.clusters() == {}
