@@ -25,7 +25,13 @@ class Delete(BaseModel):
     run_id: str
 
 
-Request = TypeAdapter(Annotated[Create | Check | Delete, Field(discriminator="action")])
+class Fallback(BaseModel):
+    action: Literal["fallback"]
+    run_id: str
+    error: Any = None
+
+
+Request = TypeAdapter(Annotated[Create | Check | Delete | Fallback, Field(discriminator="action")])
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -38,6 +44,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         step = cluster.create(req.run_id)
     elif isinstance(req, Delete):
         step = cluster.delete(req.run_id)
+    elif isinstance(req, Fallback):
+        step = cluster.fallback(req.run_id, req.error)
     elif req.action == "check":
         step = cluster.check(req.run_id, req.polls, req.max_polls)
     else:

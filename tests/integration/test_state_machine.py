@@ -263,3 +263,47 @@ def test_stuck_job_is_killed_once_its_stage_time_limit_passes(cloud: LocalCloud)
     failure = cloud.mails()[-1]
     assert "JobStuckError" in failure["message"]
     assert cloud.pcluster.clusters() == {}
+
+
+PRIMARY_SUBNET = "subnet-0aaaaaaaaaaaaaaa1"
+SECOND_SUBNET = "subnet-0bbbbbbbbbbbbbbb2"
+
+
+def test_capacity_failure_falls_back_to_the_next_placement(cloud: LocalCloud) -> None:
+    cloud.pcluster.inject("create_failed_capacity", subnet_id=PRIMARY_SUBNET)
+    cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
+    desc = _only_execution(cloud)
+    run_id = desc["name"]
+    assert desc["status"] == "SUCCEEDED", (cloud.run_record(run_id) or {}).get("error")
+    entered = cloud.states_entered(desc["executionArn"])
+    assert entered.count("CapacityFallback") == 1
+    assert entered.count("CreateCluster") == 2
+    record = cloud.run_record(run_id)
+    assert record is not None
+    assert record["placement"] == f"p4d.24xlarge in {SECOND_SUBNET}"
+    assert [t["label"] for t in record["placements_tried"]] == [f"p4d.24xlarge in {PRIMARY_SUBNET}"]
+    assert "InsufficientInstanceCapacity" in record["placements_tried"][0]["reason"]
+    created = [r for r in cloud.pcluster.requests_for("create_cluster") if r.status == 202]
+    assert len(created) == 2
+    assert created[0].body["clusterName"] != created[1].body["clusterName"]
+    done = cloud.mails()[-1]["message"]
+    assert f"No capacity for: p4d.24xlarge in {PRIMARY_SUBNET}" in done
+    assert f"The cluster ran in: p4d.24xlarge in {SECOND_SUBNET}" in done
+    assert cloud.pcluster.clusters() == {}, "the abandoned cluster and the one that ran are both gone"
+
+
+def test_no_capacity_anywhere_fails_cleanly(cloud: LocalCloud) -> None:
+    cloud.pcluster.inject("create_failed_capacity", count=5)
+    cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
+    desc = _only_execution(cloud)
+    assert desc["status"] == "FAILED"
+    record = cloud.run_record(desc["name"])
+    assert record is not None
+    assert record["error"]["type"] == "CapacityError"
+    assert "no capacity in any placement tried" in record["error"]["message"]
+    assert len(record["placements_tried"]) == 2  # both compute subnets (no fallback instance types set)
+    failure = cloud.mails()[-1]
+    assert "CapacityError" in failure["message"]
+    assert "No capacity for:" in failure["message"]
+    assert cloud.pcluster.clusters() == {}
+    assert "SubmitStage" not in cloud.states_entered(desc["executionArn"])

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from cryopilot import aws, clock, runs
 from cryopilot.errors import (
+    CapacityError,
     ClusterNotFoundError,
     ClusterTimeoutError,
 )
@@ -47,10 +48,25 @@ def cluster_params(settings: Settings) -> Any:
         licence_secret_arn=settings.licence_secret_arn,
         bootstrap_s3_uri=f"s3://{settings.artifacts_bucket}/headnode/",
         results_s3_uri=f"s3://{settings.results_bucket}/",
+        gpu8_fallback_instance_types=settings.fallback_gpu8_types,
     )
 
 
-_CLUSTER_FIELDS = ["dataset", "cluster_name", "cluster_state", "data_s3_uri"]
+def placements(settings: Settings) -> list[Any]:
+    """Where the cluster may go, in order: the configured placement, then the capacity fallbacks."""
+    from cryopilot.clusterconfig import capacity_fallbacks
+
+    return list(capacity_fallbacks(cluster_params(settings)))
+
+
+_CLUSTER_FIELDS = [
+    "dataset",
+    "cluster_name",
+    "cluster_state",
+    "data_s3_uri",
+    "placement_attempt",
+    "abandoned_clusters",
+]
 
 
 def _require_run(run_id: str) -> dict[str, Any]:
@@ -61,6 +77,7 @@ def _require_run(run_id: str) -> dict[str, Any]:
 
 
 def config_yaml_for(run: dict[str, Any], settings: Settings) -> str:
+    """The configuration for the run's current placement (``placement_attempt``, 0 = as configured)."""
     from cryopilot.clusterconfig import ClusterRequest, build_cluster_config, render_yaml
 
     request = ClusterRequest(
@@ -71,7 +88,8 @@ def config_yaml_for(run: dict[str, Any], settings: Settings) -> str:
         results_s3_uri=f"s3://{settings.results_bucket}/runs/{run['run_id']}/",
         stack_name=settings.stack_name,
     )
-    return str(render_yaml(build_cluster_config(request, cluster_params(settings))))
+    placement = placements(settings)[int(run.get("placement_attempt") or 0)]
+    return str(render_yaml(build_cluster_config(request, placement.params)))
 
 
 def create(run_id: str) -> ClusterStep:
@@ -86,8 +104,44 @@ def create(run_id: str) -> ClusterStep:
         cluster_requested_at=clock.now_iso(),
     )
     info = api().create_or_adopt(name, config_yaml_for(run, settings), run_id)
-    runs.update_run(run_id, cluster_state=info.status)
+    attempt = int(run.get("placement_attempt") or 0)
+    runs.update_run(run_id, cluster_state=info.status, placement=placements(settings)[attempt].label)
     return ClusterStep(name=name, status=info.status)
+
+
+def fallback(run_id: str, error: Any = None) -> ClusterStep:
+    """After a capacity failure: abandon (delete) the failed cluster and move the run to the next
+    placement, or raise :class:`CapacityError` when every placement has been tried."""
+    from cryopilot.clusterconfig import cluster_name_for
+    from cryopilot.mail import parse_error
+
+    settings = get_settings()
+    run = _require_run(run_id)
+    options = placements(settings)
+    attempt = int(run.get("placement_attempt") or 0)
+    failed = run["cluster_name"]
+    _, reason = parse_error(error) if error is not None else ("CapacityError", "no capacity")
+    api().delete_cluster(failed, missing_ok=True)
+    runs.append_to(
+        run_id, "placements_tried", {"label": options[attempt].label, "cluster": failed, "reason": reason}
+    )
+    abandoned = [*(run.get("abandoned_clusters") or []), failed]
+    if attempt + 1 >= len(options):
+        runs.update_run(run_id, abandoned_clusters=abandoned, cluster_state="DELETE_IN_PROGRESS")
+        tried = ", ".join(o.label for o in options)
+        raise CapacityError(f"no capacity in any placement tried ({tried}): {reason}", cluster_name=failed)
+    nxt = attempt + 1
+    name = cluster_name_for(f"{run_id}-p{nxt}")
+    runs.update_run(
+        run_id,
+        placement_attempt=nxt,
+        cluster_name=name,
+        cluster_state="NOT_CREATED",
+        abandoned_clusters=abandoned,
+        current_step="capacity_fallback",
+    )
+    logger.info("capacity fallback", extra={"run_id": run_id, "failed": failed, "next": options[nxt].label})
+    return ClusterStep(name=name, status="NOT_CREATED")
 
 
 def check(run_id: str, polls: int, max_polls: int) -> ClusterStep:
@@ -123,6 +177,9 @@ def check(run_id: str, polls: int, max_polls: int) -> ClusterStep:
 
 def delete(run_id: str) -> ClusterStep:
     run = runs.get_run(run_id, _CLUSTER_FIELDS) or {}
+    for abandoned in run.get("abandoned_clusters") or []:
+        # clusters left behind by a capacity fallback: make sure their deletion is requested
+        api().delete_cluster(abandoned, missing_ok=True)
     name = run.get("cluster_name")
     if not name or run.get("cluster_state") in (None, "NOT_CREATED"):
         return ClusterStep(name=name, status="NOT_CREATED", deleted=True)

@@ -111,6 +111,18 @@ def _decisions(run: dict[str, Any]) -> list[str]:
     return [f"- {d.get('stage_id')}: {d.get('summary')}" for d in run.get("decisions") or []]
 
 
+def _placement(run: dict[str, Any]) -> list[str]:
+    """Where the cluster ran, and the placements that had no capacity before it."""
+    lines = []
+    tried = run.get("placements_tried") or []
+    if tried:
+        lines.append("No capacity for: " + "; ".join(t["label"] for t in tried))
+    if run.get("placement"):
+        verb = "ran in" if run.get("status") == "SUCCEEDED" else "was placed in"
+        lines.append(f"The cluster {verb}: {run['placement']}")
+    return lines
+
+
 def _elapsed(run: dict[str, Any]) -> float:
     start = run.get("started_epoch")
     end = run.get("export_finished_at") or run.get("finished_epoch") or clock.now()
@@ -141,6 +153,7 @@ def success_mail(run_id: str) -> Mail:
         lines.append(
             f"  - {f['kind']}: s3://{get_settings().results_bucket}/{f['key']} ({f['size']:,} bytes)"
         )
+    lines += _placement({**run, "status": "SUCCEEDED"})
     lines += ["", "Stages:", *_stage_table(run)]
     decisions = _decisions(run)
     if decisions:
@@ -182,6 +195,7 @@ def failure_mail(run_id: str) -> Mail:
         f"Reason: {error.get('type', 'error')}: {reason}",
         "",
         cluster_line,
+        *_placement(run),
         "",
         f"Execution and logs: {_console_link(run)}",
         f"Lambda logs: CloudWatch log groups /aws/lambda/{get_settings().stack_name}-*",

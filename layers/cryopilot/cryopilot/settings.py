@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     agent_timeout_seconds: int = 120
 
     @property
+    def fallback_gpu8_types(self) -> list[str]:
+        return [s.strip() for s in self.fallback_gpu8_instance_types.split(",") if s.strip()]
+
+    @property
     def compute_subnets(self) -> list[str]:
         return [s.strip() for s in self.compute_subnet_ids.split(",") if s.strip()]
 
