@@ -427,6 +427,8 @@ class LocalCloud:
         original_send = Rule.send_to_targets
 
         def send_to_targets(rule: Any, event: dict[str, Any], transform_input: bool = True) -> None:
+            if rule.state != "ENABLED":  # EventBridge delivers nothing for a disabled rule
+                return
             lambda_targets = [t for t in rule.targets if ":lambda:" in t["Arn"]]
             others = [t for t in rule.targets if ":lambda:" not in t["Arn"]]
             if others:

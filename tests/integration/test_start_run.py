@@ -72,14 +72,9 @@ def test_s3_notification_event_starts_a_run(cloud: LocalCloud) -> None:
     assert outcome["run_id"] == first[0]["name"]
 
 
-def test_datasync_success_starts_the_run_at_its_destination(cloud: LocalCloud) -> None:
-    s3 = cloud.client("s3")
-    s3.put_object(Bucket=cloud.input_bucket, Key="datasets/SPIKE-FAB-07/micrographs/a.mrc", Body=b"m")
-    body = (EVENTS / "manifests" / "spike.yaml").read_bytes()
-    # a manifest that arrived with the transfer (events for this one are not the trigger here)
-    s3.put_object(Bucket=cloud.input_bucket, Key="datasets/SPIKE-FAB-07/cryopilot.yaml", Body=body)
-    cloud.drain_events()
-    before = {e["name"] for e in cloud.executions()}
+def _datasync_done_event(cloud: LocalCloud, subdirectory: str) -> dict:
+    """A DataSync "task execution SUCCESS" event for a real (moto) transfer into ``subdirectory``
+    of the input bucket."""
     ds = cloud.client("datasync")
     src = ds.create_location_smb(
         ServerHostname="microscope.local",
@@ -90,40 +85,49 @@ def test_datasync_success_starts_the_run_at_its_destination(cloud: LocalCloud) -
     )
     dst = ds.create_location_s3(
         S3BucketArn=f"arn:aws:s3:::{cloud.input_bucket}",
-        Subdirectory="/datasets/SPIKE-FAB-07/",
+        Subdirectory=subdirectory,
         S3Config={"BucketAccessRoleArn": "arn:aws:iam::123456789012:role/datasync"},
     )
     task = ds.create_task(SourceLocationArn=src["LocationArn"], DestinationLocationArn=dst["LocationArn"])
     execution = ds.start_task_execution(TaskArn=task["TaskArn"])["TaskExecutionArn"]
     event = json.loads((EVENTS / "datasync-success.json").read_text())
     event["resources"] = [execution]
+    return event
+
+
+def test_datasync_success_starts_the_run_at_its_destination(cloud: LocalCloud) -> None:
+    # a deployment that relies on DataSync alone: the upload rule is off, the transfer's end starts the run
+    rule = next(
+        r["Name"] for r in cloud.client("events").list_rules()["Rules"] if "ManifestUploaded" in r["Name"]
+    )
+    cloud.client("events").disable_rule(Name=rule)
+    s3 = cloud.client("s3")
+    s3.put_object(Bucket=cloud.input_bucket, Key="datasets/SPIKE-FAB-07/micrographs/a.mrc", Body=b"m")
+    body = (EVENTS / "manifests" / "spike.yaml").read_bytes()
+    s3.put_object(Bucket=cloud.input_bucket, Key="datasets/SPIKE-FAB-07/cryopilot.yaml", Body=body)
+    cloud.drain_events()
+    assert cloud.deliveries == []
+    assert cloud.executions() == []
+    event = _datasync_done_event(cloud, "/datasets/SPIKE-FAB-07/")
     ok, result = cloud.invoke(_start_fn(cloud), event)
     assert ok, result
     (outcome,) = result["outcomes"]
+    assert outcome["status"] == "started"
     assert outcome["manifest"] == f"s3://{cloud.input_bucket}/datasets/SPIKE-FAB-07/cryopilot.yaml"
-    # the same manifest version already ran from its upload event: DataSync adds no second run
-    assert outcome["status"] == "duplicate"
-    assert {e["name"] for e in cloud.executions()} == before
+    (execution,) = cloud.executions()
+    doc = json.loads(
+        cloud.client("stepfunctions").describe_execution(executionArn=execution["executionArn"])["input"]
+    )
+    assert doc["trigger"] == "datasync"
+    assert doc["manifest"]["version_id"]
+    # the same transfer reported twice starts nothing more
+    ok, again = cloud.invoke(_start_fn(cloud), event)
+    assert again["outcomes"][0]["status"] == "duplicate"
+    assert len(cloud.executions()) == 1
 
 
 def test_datasync_destination_without_manifest_is_ignored(cloud: LocalCloud) -> None:
-    ds = cloud.client("datasync")
-    src = ds.create_location_smb(
-        ServerHostname="m.local",
-        Subdirectory="/s",
-        User="u",
-        Password="p",
-        AgentArns=["arn:aws:datasync:us-east-1:123456789012:agent/agent-0"],
-    )
-    dst = ds.create_location_s3(
-        S3BucketArn=f"arn:aws:s3:::{cloud.input_bucket}",
-        Subdirectory="/datasets/EMPTY/",
-        S3Config={"BucketAccessRoleArn": "arn:aws:iam::123456789012:role/datasync"},
-    )
-    task = ds.create_task(SourceLocationArn=src["LocationArn"], DestinationLocationArn=dst["LocationArn"])
-    execution = ds.start_task_execution(TaskArn=task["TaskArn"])["TaskExecutionArn"]
-    event = json.loads((EVENTS / "datasync-success.json").read_text())
-    event["resources"] = [execution]
+    event = _datasync_done_event(cloud, "/datasets/EMPTY/")
     ok, result = cloud.invoke(_start_fn(cloud), event)
     assert ok
     (outcome,) = result["outcomes"]
