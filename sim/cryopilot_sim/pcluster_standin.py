@@ -388,14 +388,11 @@ class PClusterStandIn:
 
     # -- faults -----------------------------------------------------------------------------------
 
-    def _take_http_fault(self, operation: str, cluster: str | None) -> _Fault | None:
+    def _take_fault(self, matches: Callable[[_Fault], bool]) -> _Fault | None:
+        """Use up one occurrence of the first pending fault that ``matches``."""
         with self._lock:
             for fault in self._faults:
-                if fault.kind not in _HTTP_FAULTS:
-                    continue
-                if fault.operation is not None and fault.operation != operation:
-                    continue
-                if fault.cluster is not None and fault.cluster != cluster:
+                if not matches(fault):
                     continue
                 fault.remaining -= 1
                 if fault.remaining <= 0:
@@ -403,24 +400,24 @@ class PClusterStandIn:
                 return fault
         return None
 
+    def _take_http_fault(self, operation: str, cluster: str | None) -> _Fault | None:
+        return self._take_fault(
+            lambda f: (
+                f.kind in _HTTP_FAULTS and f.operation in (None, operation) and f.cluster in (None, cluster)
+            )
+        )
+
     def _take_lifecycle_fault(
         self, kinds: set[str], name: str, instance_types: list[str], subnets: list[str]
     ) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.kind not in kinds:
-                    continue
-                if fault.cluster is not None and fault.cluster != name:
-                    continue
-                if fault.instance_type is not None and fault.instance_type not in instance_types:
-                    continue
-                if fault.subnet_id is not None and fault.subnet_id not in subnets:
-                    continue
-                fault.remaining -= 1
-                if fault.remaining <= 0:
-                    self._faults.remove(fault)
-                return fault
-        return None
+        return self._take_fault(
+            lambda f: (
+                f.kind in kinds
+                and f.cluster in (None, name)
+                and (f.instance_type is None or f.instance_type in instance_types)
+                and (f.subnet_id is None or f.subnet_id in subnets)
+            )
+        )
 
     # -- auth -------------------------------------------------------------------------------------
 
