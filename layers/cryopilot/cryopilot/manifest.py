@@ -2,33 +2,85 @@
 
 A manifest lives at ``datasets/<dataset>/cryopilot.yaml`` (or ``.yml``/``.json``) in the input
 bucket. :func:`parse_manifest` turns its bytes into a :class:`Manifest` or raises one
-:class:`~cryopilot.errors.ManifestError` whose message names every field at fault.
+:class:`~cryopilot.errors.ManifestError` whose message names every field at fault (on one line, at
+most :data:`MAX_MESSAGE_CHARS` long: past that the rest are counted, not listed).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cryopilot.errors import ManifestError
 
 #: Largest manifest accepted, in bytes.
 MAX_MANIFEST_BYTES = 1024 * 1024
 
+#: Longest message of a :class:`ManifestError` raised here (it goes to the run record and a mail).
+MAX_MESSAGE_CHARS = 2000
+#: Longest excerpt of the manifest (a value, a key) a message quotes.
+MAX_EXCERPT_CHARS = 60
+
 #: File names StartRun treats as a manifest.
 MANIFEST_NAMES = ("cryopilot.yaml", "cryopilot.yml", "cryopilot.json")
 
 DATASET_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$"
 SYMMETRY_RE = r"^(C[1-9][0-9]*|D[2-9][0-9]*|T|O|I)$"
-EMAIL_RE = re.compile(r"^[^@\s,;]+@[^@\s,;]+\.[A-Za-z]{2,}$")
+EMAIL_RE = re.compile(r"^[^@\s,;\x00-\x1f\x7f]+@[^@\s,;\x00-\x1f\x7f]+\.[A-Za-z]{2,}$")
+
+# What a run record can store: DynamoDB numbers have at most 38 digits and a magnitude between
+# 1e-130 and 1e126; a manifest number outside that would fail the run's first write, not Validate.
+_NUMBER_RANGE = (1e-100, 1e100)
+_MAX_INT = 10**18
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+
+
+def _storable(value: float) -> float:
+    low, high = _NUMBER_RANGE
+    if value and not low <= abs(value) <= high:
+        raise ValueError(f"must be 0 or between {low:g} and {high:g} in size")
+    return value
+
+
+def _override_value(value: Any) -> Any:
+    """A cryoSPARC parameter value: text, a number, true/false or null (every parameter is one)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if abs(value) > _MAX_INT:
+            raise ValueError("must be an integer of at most 18 digits")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return _storable(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text") from None
+        return value
+    raise ValueError(f"must be text, a number, true/false or null, not {type(value).__name__}")
+
+
+#: A float field's value must also be storable.
+_STORABLE = AfterValidator(_storable)
 
 
 def _relative_path(value: str, what: str) -> str:
@@ -65,8 +117,10 @@ class Acquisition(_Strict):
 
     pixel_size_A: Annotated[float, Field(gt=0.1, le=20.0)] = Field(description="pixel size in Å")
     voltage_kV: Literal[100, 120, 200, 300] = Field(description="accelerating voltage in kV")
-    cs_mm: Annotated[float, Field(ge=0.0, le=10.0)] = Field(description="spherical aberration in mm")
-    total_dose_e_per_A2: Annotated[float, Field(gt=0.0, le=500.0)] = Field(
+    cs_mm: Annotated[float, Field(ge=0.0, le=10.0), _STORABLE] = Field(
+        description="spherical aberration in mm"
+    )
+    total_dose_e_per_A2: Annotated[float, Field(gt=0.0, le=500.0), _STORABLE] = Field(
         description="total exposure dose in e⁻/Å²"
     )
     gain_reference: str | None = Field(
@@ -89,17 +143,17 @@ class Pipeline(_Strict):
     preset: str | None = Field(
         default=None, description="pipeline preset; defaults to the input kind (movies or micrographs)"
     )
-    overrides: dict[str, dict[str, Any]] = Field(
+    overrides: dict[str, dict[str, Annotated[Any, AfterValidator(_override_value)]]] = Field(
         default_factory=dict,
         description="per-stage cryoSPARC parameters, {stage id: {parameter: value}}",
     )
 
 
 class Limits(_Strict):
-    max_hours: Annotated[float, Field(gt=0, le=24 * 14)] | None = Field(
+    max_hours: Annotated[float, Field(gt=0, le=24 * 14), _STORABLE] | None = Field(
         default=None, description="stop the run after this many hours (default: the stack's MaxRunHours)"
     )
-    max_cost_usd: Annotated[float, Field(gt=0)] | None = Field(
+    max_cost_usd: Annotated[float, Field(gt=0), _STORABLE] | None = Field(
         default=None, description="stop the run when its estimated cost would exceed this"
     )
 
@@ -121,7 +175,7 @@ class Manifest(_Strict):
     def _emails(cls, value: list[str]) -> list[str]:
         bad = [v for v in value if not EMAIL_RE.match(v)]
         if bad:
-            raise ValueError(f"not an email address: {', '.join(bad)}")
+            raise ValueError(f"not an email address: {', '.join(_excerpt(v) for v in bad[:3])}")
         return value
 
     @model_validator(mode="after")
@@ -135,8 +189,28 @@ class Manifest(_Strict):
         return self.pipeline.preset or self.input.kind
 
 
+def _printable(text: str) -> str:
+    """``text`` on one line: characters that are not printable (newlines, controls) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _excerpt(value: Any) -> str:
+    """A short quote of a value from the manifest."""
+    try:
+        shown = repr(value)
+    except ValueError:  # an integer too long to print
+        shown = f"a {type(value).__name__} too long to show"
+    return _clip(_printable(shown), MAX_EXCERPT_CHARS)
+
+
 def _describe(err: Any) -> str:
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    where = ".".join(_clip(_printable(str(p)), MAX_EXCERPT_CHARS) for p in err["loc"]) or "(top level)"
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
@@ -144,54 +218,84 @@ def _describe(err: Any) -> str:
         msg = "required field is missing"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    msg = _clip(_printable(msg), 300)
     if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict | list):
-        shown = repr(err["input"])
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        msg = f"{msg} (got {shown})"
+        msg = f"{msg} (got {_excerpt(err['input'])})"
     return f"{where}: {msg}"
 
 
 def validation_message(exc: ValidationError) -> str:
-    """One message naming every field at fault, e.g. ``acquisition.voltage_kV: Input should be …``."""
-    return "; ".join(_describe(e) for e in exc.errors())
+    """One message naming the fields at fault, e.g. ``acquisition.voltage_kV: Input should be …``.
+
+    On one line and at most :data:`MAX_MESSAGE_CHARS` long: past that, the rest is counted, not listed.
+    """
+    problems = [_describe(e) for e in exc.errors()]
+    budget = MAX_MESSAGE_CHARS - 400  # room for the source in front and the count behind
+    shown: list[str] = []
+    used = 0
+    for problem in problems:
+        if shown and used + len(problem) + 2 > budget:
+            break
+        shown.append(problem)
+        used += len(problem) + 2
+    rest = len(problems) - len(shown)
+    text = "; ".join(shown) + (f"; and {rest} more problem{'s' if rest > 1 else ''}" if rest else "")
+    return _clip(text, MAX_MESSAGE_CHARS - 200)
+
+
+def _error(source: str, detail: str) -> ManifestError:
+    return ManifestError(_clip(_printable(f"{source}: {detail}"), MAX_MESSAGE_CHARS))
 
 
 def parse_manifest(data: bytes, *, source: str = "manifest") -> Manifest:
     """Parse manifest bytes (YAML or JSON) into a :class:`Manifest`.
 
-    Raises :class:`ManifestError` with a message that starts with ``source``.
+    Raises :class:`ManifestError` with a message that starts with ``source``. A leading UTF-8
+    byte order mark (as some Windows editors write) is skipped, in YAML and in JSON alike.
     """
     if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{source}: is {len(data):,} bytes; a manifest may be at most 1 MB")
+        raise _error(source, f"is {len(data):,} bytes; a manifest may be at most 1 MB")
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ManifestError(f"{source}: is not UTF-8 text (byte {exc.start})") from None
+        raise _error(source, f"is not UTF-8 text (byte {exc.start})") from None
     if not text.strip():
-        raise ManifestError(f"{source}: is empty")
+        raise _error(source, "is empty")
+    fmt = "JSON" if source.endswith(".json") else "YAML"
     try:
-        doc = json.loads(text) if source.endswith(".json") else yaml.safe_load(text)
+        doc = json.loads(text) if fmt == "JSON" else yaml.safe_load(text)
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"{source}: is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+        raise _error(source, f"is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise _error(
+            source, f"is not valid YAML: character #x{exc.character:04x} is not allowed (line {line})"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ManifestError(f"{source}: is not valid YAML: {problem}{where}") from None
+        problem = _clip(str(getattr(exc, "problem", None) or "syntax error"), 100)
+        raise _error(source, f"is not valid YAML: {problem}{where}") from None
+    except RecursionError:
+        raise _error(source, f"is not valid {fmt}: it is nested too deeply") from None
+    except ValueError as exc:  # a value the parser cannot convert (a 5,000-digit number, 2026-13-45)
+        reason = "a number has too many digits" if "integer string conversion" in str(exc) else str(exc)
+        reason = _clip(reason, 100)
+        raise _error(source, f"is not valid {fmt}: {reason}") from None
     return manifest_from_dict(doc, source=source)
 
 
 def manifest_from_dict(doc: Any, *, source: str = "manifest") -> Manifest:
     if not isinstance(doc, dict):
-        raise ManifestError(
-            f"{source}: must be a mapping of fields (dataset, input, acquisition, particle, ...), "
-            f"not {type(doc).__name__}"
+        raise _error(
+            source,
+            "must be a mapping of fields (dataset, input, acquisition, particle, ...), "
+            f"not {type(doc).__name__}",
         )
     try:
         return Manifest.model_validate(doc)
     except ValidationError as exc:
-        raise ManifestError(f"{source}: {validation_message(exc)}") from None
+        raise _error(source, validation_message(exc)) from None
 
 
 def is_manifest_key(key: str) -> bool:

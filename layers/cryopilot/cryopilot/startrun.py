@@ -33,8 +33,23 @@ def handle_event(event: Any) -> list[StartOutcome]:
         logger.warning("ignoring event", extra={"reason": str(exc)})
         return [StartOutcome(status="ignored", reason=str(exc))]
     if not triggers:
-        return [StartOutcome(status="ignored", reason="event announces no new manifest")]
+        reason = _nothing_new(event)
+        logger.info("ignoring event", extra={"reason": reason})
+        return [StartOutcome(status="ignored", reason=reason)]
     return [_handle_trigger(t) for t in triggers]
+
+
+def _nothing_new(event: dict[str, Any]) -> str:
+    """Why a well-formed event started nothing (a removal, an unfinished DataSync transfer)."""
+    if "Records" in event:
+        names = sorted({str(r.get("eventName"))[:60] for r in event["Records"] if isinstance(r, dict)})
+        if names:
+            listed = ", ".join(names[:5])
+            return f"S3 notification announces no new manifest ({listed}); only ObjectCreated:* does"
+    elif event.get("source") == "aws.datasync":
+        state = str((event.get("detail") or {}).get("State"))[:60]
+        return f"DataSync task execution state is {state!r}; only SUCCESS starts a run"
+    return "event announces no new manifest"
 
 
 def _handle_trigger(trigger: Trigger) -> StartOutcome:

@@ -123,6 +123,8 @@ def check_key(key: str) -> None:
         raise EventError(f"object key {key!r} contains control characters")
     if ".." in key.split("/"):
         raise EventError(f"object key {key!r} contains '..'")
+    if "." in key.split("/"):
+        raise EventError(f"object key {key!r} contains a '.' folder")
     if not is_manifest_key(key):
         raise EventError(
             f"object key {key!r} is not a manifest (expected datasets/<dataset>/{'|'.join(MANIFEST_NAMES)})"
@@ -156,6 +158,11 @@ def parse_triggers(event: Any) -> list[Trigger]:
             )
         return out
     source = event.get("source")
+    detail_type = event.get("detail-type")
+    if source == "aws.s3" and detail_type != "Object Created":
+        raise EventError(
+            f"aws.s3 event {str(detail_type)[:60]!r} announces no new manifest; only 'Object Created' does"
+        )
     try:
         if source == "aws.s3":
             eb = _EbS3Event.model_validate(event)
