@@ -58,11 +58,12 @@ validate: $(TOOLS_VENV)/.installed tools/node_modules/.installed ## sam validate
 build: $(TOOLS_VENV)/.installed $(VENV)/.installed ## sam build (no Docker: uses the venv's python3.12)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(TOOLS_VENV)/bin/sam build --template template.yaml
 
+# Test processes: CI has 2 cores; each process runs its own local stack (moto is per process).
+PYTEST_WORKERS ?= 2
+
 .PHONY: pytest
-pytest: $(VENV)/.installed ## the test suite with coverage
-	$(VENV)/bin/coverage erase
-	$(VENV)/bin/coverage run -m pytest
-	$(VENV)/bin/coverage report
+pytest: $(VENV)/.installed ## the test suite with coverage, in PYTEST_WORKERS processes
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup --cov --cov-report=term-missing:skip-covered
 
 .PHONY: test
 test: lint validate build pytest ## everything CI runs

@@ -1354,6 +1354,8 @@ class CryoSparcStandIn:
             self._put_output(job, f"volume_class_{i}", 1, stats=stats)
         if "particles_all_classes" in self._output_names(job):
             self._put_output(job, "particles_all_classes", n)
+        if "volumes_all_classes" in self._output_names(job):
+            self._put_output(job, "volumes_all_classes", k)
 
     def _complete_refinement(self, job: SimJob, p: SimProject, psize: float) -> None:
         rng = self._rng(job)
@@ -1363,15 +1365,19 @@ class CryoSparcStandIn:
         radwns = list(range(box // 2))
         nyq = 2 * psize * (box / 2) / (box / 2)
         fsc = [round(1.0 / (1.0 + (r / (box / 2 * nyq / res)) ** 8), 4) for r in radwns]
+        fsc_info = {
+            "N": box,
+            "psize": psize,
+            "radwns": radwns,
+            "fsc_nomask": [round(v * 0.93, 4) for v in fsc],
+            "fsc_tightmask": fsc,
+            "radwn_final_A": res,
+            "radwn_nomask_A": round(res * 1.18, 3),
+        }
         stats = {
-            "fsc_info_best": {
-                "N": box,
-                "psize": psize,
-                "radwns": radwns,
-                "fsc_tightmask": fsc,
-                "radwn_final_A": res,
-                "radwn_nomask_A": round(res * 1.18, 3),
-            },
+            "fsc_info": dict(fsc_info),
+            "fsc_info_best": fsc_info,
+            "extent": 0.95,
             "cfar": 0.78,
             "guinier_bfactor": -85.0,
             "processed_fraction": 1.0,

@@ -82,6 +82,7 @@ class LocalFunction:
     name: str
     arn: str
     code_dir: Path
+    handler: str = "app.lambda_handler"
     module: ModuleType | None = None
     invocations: int = 0
 
@@ -119,7 +120,12 @@ class LocalCloud:
         self.functions: dict[str, LocalFunction] = {}
         self.head_nodes: dict[str, HeadNode] = {}
         self.deliveries: list[Delivery] = []
+        #: Each custom resource's answer to its Create, by logical id.
+        self.custom_resources: dict[str, dict[str, Any]] = {}
         self.cryosparc_setup: list[Callable[[Any], None]] = []
+        #: SSM faults: [kind, agent verb or None (any), remaining count]; kinds ``timeout`` (the
+        #: invocation ends TimedOut, the agent never runs) and ``undeliverable``.
+        self.ssm_faults: list[list[Any]] = []
         self._stack = ExitStack()
         self._events: queue.Queue[tuple[str, str, dict[str, Any]] | None] = queue.Queue()
         self._pending = 0
@@ -150,7 +156,8 @@ class LocalCloud:
             )
         )
         self._install_seams()
-        self.pcluster = PClusterStandIn(self.clock, **self.pcluster_options)
+        options = {"script_exists": self._s3_object_exists, **self.pcluster_options}
+        self.pcluster = PClusterStandIn(self.clock, **options)
         endpoint = self.pcluster.start()
         st.callback(self.pcluster.stop)
         self.pcluster.on_head_node = self._attach_head_node
@@ -180,8 +187,15 @@ class LocalCloud:
         worker = threading.Thread(target=self._deliver_events, name="eventbridge", daemon=True)
         worker.start()
         st.callback(self._stop_worker, worker)
+        self._watching = threading.Event()
+        self._watching.set()
+        self._watcher = threading.Thread(target=self._watch_executions, name="sfn-events", daemon=True)
+        self._watcher.start()
 
     def stop(self) -> None:
+        if getattr(self, "_watcher", None) is not None:
+            self._watching.clear()  # the harness's own stops are not the user's: no events for them
+            self._watcher.join(timeout=10)
         self._stop_running_executions()
         for node in list(self.head_nodes.values()):
             node.cryosparc.stop()
@@ -195,17 +209,17 @@ class LocalCloud:
             return
         sfn = self.client("stepfunctions")
         running = [e["executionArn"] for e in self.executions() if e["status"] == "RUNNING"]
-        for arn in running:
-            try:
-                sfn.stop_execution(
-                    executionArn=arn, error="HarnessStopped", cause="the local stack is shutting down"
-                )
-            except Exception:  # noqa: S112 - moto cannot stop an execution whose worker has not started yet
-                continue
         deadline = time.monotonic() + 10
         while running and time.monotonic() < deadline:
-            running = [a for a in running if sfn.describe_execution(executionArn=a)["status"] == "RUNNING"]
+            for arn in running:
+                try:
+                    sfn.stop_execution(
+                        executionArn=arn, error="HarnessStopped", cause="the local stack is shutting down"
+                    )
+                except Exception:  # noqa: S112 - moto cannot stop an execution whose worker has not started yet
+                    continue
             time.sleep(0.05)
+            running = [a for a in running if sfn.describe_execution(executionArn=a)["status"] == "RUNNING"]
 
     def _stop_worker(self, worker: threading.Thread) -> None:
         self._events.put(None)
@@ -326,8 +340,19 @@ class LocalCloud:
                 f"arn:aws:logs:{REGION}:{ACCOUNT_ID}:log-group:{props['LogGroupName']}:*"
             )
 
+        iam = self.client("iam")
+        for logical, res in resources_of_type(tpl, "AWS::IAM::ManagedPolicy").items():
+            props = r.resolve(res["Properties"])
+            arn = iam.create_policy(
+                PolicyName=f"{self.stack_name}-{logical}",
+                Path=props.get("Path", "/"),
+                PolicyDocument=json.dumps(props["PolicyDocument"]),
+            )["Policy"]["Arn"]
+            r.refs[logical] = arn
+
         r.refs["CryopilotLayer"] = f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:layer:{self.stack_name}-layer:1"
         self._create_functions()
+        self._create_custom_resources()
         self._create_state_machines()
 
     def _role(self, name: str, service: str) -> str:
@@ -363,9 +388,13 @@ class LocalCloud:
                 Timeout=int(props.get("Timeout", globals_fn.get("Timeout", 3))),
             )["FunctionArn"]
             code_dir = ROOT / props["CodeUri"]
-            self.functions[name] = LocalFunction(logical, name, arn, code_dir)
+            handler = props.get("Handler", globals_fn.get("Handler"))
+            self.functions[name] = LocalFunction(logical, name, arn, code_dir, handler)
             r.refs[logical] = name
             r.attrs[(logical, "Arn")] = arn
+            if props.get("AutoPublishAlias"):
+                r.refs[f"{logical}.Version"] = f"{arn}:1"
+                r.refs[f"{logical}.Alias"] = f"{arn}:{props['AutoPublishAlias']}"
         # EventBridge rules declared as function events
         for logical, res in resources_of_type(self.template, "AWS::Serverless::Function").items():
             fn = self.functions[r.refs[logical]]
@@ -376,6 +405,46 @@ class LocalCloud:
                 rule = f"{self.stack_name}-{logical}-{ev_name}"
                 events.put_rule(Name=rule, EventPattern=json.dumps(pattern), State="ENABLED")
                 events.put_targets(Rule=rule, Targets=[{"Id": "Target", "Arn": fn.arn}])
+
+    def _create_custom_resources(self) -> None:
+        """Run each custom resource's Create through its real function, as CloudFormation does:
+        the function answers on a response URL (here a loopback server) and a FAILED answer
+        fails the stack."""
+        r = self.resolver
+        assert r is not None
+        customs = {k: v for k, v in self.template["Resources"].items() if v["Type"].startswith("Custom::")}
+        if not customs:
+            return
+        answers: list[dict[str, Any]] = []
+        with _ResponseServer(answers) as url:
+            for logical, res in customs.items():
+                props = r.resolve(res["Properties"])
+                function = props["ServiceToken"].split(":function:")[-1].split(":")[0]
+                event = {
+                    "RequestType": "Create",
+                    "ResponseURL": f"{url}/{logical}",
+                    "StackId": f"arn:aws:cloudformation:{REGION}:{ACCOUNT_ID}:stack/{self.stack_name}/local",
+                    "RequestId": f"create-{logical}",
+                    "LogicalResourceId": logical,
+                    "ResourceType": res["Type"],
+                    "ResourceProperties": props,
+                }
+                ok, payload = self.invoke(function, event)
+                answer = next((a for a in answers if a.get("LogicalResourceId") == logical), None)
+                if not ok or answer is None or answer.get("Status") != "SUCCESS":
+                    raise RuntimeError(f"custom resource {logical} failed: {answer or payload}")
+                r.refs[logical] = answer["PhysicalResourceId"]
+                for key, value in (answer.get("Data") or {}).items():
+                    r.attrs[(logical, key)] = value
+                self.custom_resources[logical] = answer
+
+    def _s3_object_exists(self, uri: str) -> bool:
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        try:
+            self.client("s3").head_object(Bucket=bucket, Key=key)
+        except Exception:
+            return False
+        return True
 
     def _create_state_machines(self) -> None:
         r = self.resolver
@@ -406,6 +475,44 @@ class LocalCloud:
 
         harness = self
         st = self._stack
+
+        # The agent builds a new cryosparc-tools client per command, as its process would on a
+        # head node; each builds an httpx transport whose SSL context loads the CA bundle (tens
+        # of milliseconds). The stand-ins speak plain http, so one default context serves all.
+        import httpx._transports.default as httpx_transport
+
+        real_ssl_context = httpx_transport.create_ssl_context
+        shared: dict[tuple[Any, ...], Any] = {}
+
+        def ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+            if verify is not True or cert is not None:
+                return real_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+            key = (trust_env,)
+            if key not in shared:
+                shared[key] = real_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+            return shared[key]
+
+        st.enter_context(mock.patch.object(httpx_transport, "create_ssl_context", ssl_context))
+
+        # moto parses the state machine's definition with its ANTLR parser for every execution
+        # (about a third of a second each). The parse tree depends only on the text, so it is kept;
+        # the evaluation components are still built fresh from it for every execution.
+        from moto.stepfunctions.parser.asl.parse import asl_parser
+        from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
+
+        real_parse = asl_parser.AmazonStateLanguageParser.parse
+        trees: dict[str, Any] = {}
+
+        def parse(definition: str) -> tuple[Any, Any]:
+            tree = trees.get(definition)
+            if tree is None:
+                _, tree = real_parse(definition)
+                trees[definition] = tree
+            return Preprocessor().visit(tree), tree
+
+        st.enter_context(
+            mock.patch.object(asl_parser.AmazonStateLanguageParser, "parse", staticmethod(parse))
+        )
 
         def invoke(
             backend: Any,
@@ -474,7 +581,7 @@ class LocalCloud:
     def _module(self, fn: LocalFunction) -> ModuleType:
         with self._lock:
             if fn.module is None:
-                path = fn.code_dir / "app.py"
+                path = fn.code_dir / (fn.handler.rsplit(".", 1)[0].replace(".", "/") + ".py")
                 spec = importlib.util.spec_from_file_location(f"cryopilot_fn_{fn.logical_id}", path)
                 assert spec
                 assert spec.loader
@@ -495,7 +602,7 @@ class LocalCloud:
             log_group_name=f"/aws/lambda/{fn.name}",
         )
         try:
-            result = module.lambda_handler(event, ctx)
+            result = getattr(module, fn.handler.rsplit(".", 1)[1])(event, ctx)
         except Exception as exc:
             return False, {
                 "errorType": type(exc).__name__,
@@ -527,6 +634,57 @@ class LocalCloud:
                 with self._pending_lock:
                     self._pending -= 1
                     self._pending_lock.notify_all()
+
+    def _watch_executions(self) -> None:
+        """Step Functions sends "Execution Status Change" events to EventBridge; moto does not, so
+        this seam does, for every execution that ends (the rules pick FAILED/TIMED_OUT/ABORTED)."""
+        seen: set[str] = set()
+        sfn = self.client("stepfunctions")
+        while self._watching.is_set():
+            try:
+                executions = sfn.list_executions(stateMachineArn=self.state_machine_arn)["executions"]
+            except Exception:
+                return
+            for e in executions:
+                if e["status"] == "RUNNING" or e["executionArn"] in seen:
+                    continue
+                seen.add(e["executionArn"])
+                detail = {
+                    "executionArn": e["executionArn"],
+                    "stateMachineArn": self.state_machine_arn,
+                    "name": e["name"],
+                    "status": e["status"],
+                    "startDate": int(e["startDate"].timestamp() * 1000),
+                    "stopDate": int(e["stopDate"].timestamp() * 1000) if e.get("stopDate") else None,
+                }
+                self.put_event(
+                    {
+                        "source": "aws.states",
+                        "detail-type": "Step Functions Execution Status Change",
+                        "detail": detail,
+                        "resources": [e["executionArn"]],
+                    }
+                )
+            time.sleep(0.2)
+
+    def run_schedule(self, function_logical_id: str) -> Any:
+        """Fire a function's schedule now (EventBridge Scheduler does not run in moto): its answer."""
+        name = str(self.ref(function_logical_id))
+        event = {
+            "version": "0",
+            "id": f"schedule-{time.monotonic_ns()}",
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": ACCOUNT_ID,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock.now())),
+            "region": REGION,
+            "resources": [f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{name}-schedule"],
+            "detail": {},
+        }
+        ok, payload = self.invoke(name, event)
+        if not ok:
+            raise RuntimeError(f"{function_logical_id} failed: {payload}")
+        return payload
 
     def drain_events(self, timeout: float = 30.0) -> None:
         """Wait until every event put on the bus so far has been delivered."""
@@ -574,6 +732,15 @@ class LocalCloud:
         for node in nodes:
             node.cryosparc.stop()
 
+    def lose_head_node(self, cluster_name: str) -> str:
+        """The head node disappears (terminated under the cluster): SSM no longer knows it."""
+        for instance_id, node in list(self.head_nodes.items()):
+            if node.cluster_name == cluster_name:
+                node.cryosparc.stop()
+                del self.head_nodes[instance_id]
+                return instance_id
+        raise KeyError(f"no head node for {cluster_name}")
+
     def head_node_for(self, cluster_name: str) -> HeadNode | None:
         return next((n for n in self.head_nodes.values() if n.cluster_name == cluster_name), None)
 
@@ -582,6 +749,15 @@ class LocalCloud:
 
         node = self.head_nodes[inv["InstanceId"]]
         lines = command.parameters.get("commands") or []
+        words = shlex.split(lines[0]) if lines else []
+        verb = words[1] if len(words) > 1 else None
+        for fault in self.ssm_faults:
+            kind, only_verb, remaining = fault
+            if remaining > 0 and only_verb in (None, verb):
+                fault[2] -= 1
+                status = {"timeout": "TimedOut", "undeliverable": "Undeliverable"}[kind]
+                inv.update({"Status": status, "StatusDetails": status, "ResponseCode": -1})
+                return
         stdout, stderr, code = "", "", 0
         for line in lines:
             argv = shlex.split(line)
@@ -685,6 +861,20 @@ class LocalCloud:
             out.append({"id": message_id, "subject": subject, "message": message, "attributes": attrs})
         return out
 
+    def operator_stack(self) -> Any:
+        """The local stack as the operator commands (``cryopilot.ops``) see a deployed one."""
+        from cryopilot.ops import Stack
+
+        return Stack(
+            name=self.stack_name,
+            region=REGION,
+            input_bucket=self.input_bucket,
+            results_bucket=self.results_bucket,
+            runs_table=str(self.ref("RunsTable")),
+            state_machine_arn=self.state_machine_arn,
+            cluster_function=str(self.ref("ClusterFunction")),
+        )
+
     def run_record(self, run_id: str) -> dict[str, Any] | None:
         from cryopilot import runs
 
@@ -693,6 +883,35 @@ class LocalCloud:
 
 def _aws_env() -> dict[str, str]:
     return {k: os.environ[k] for k in ("AWS_DEFAULT_REGION", "AWS_REGION") if k in os.environ}
+
+
+class _ResponseServer:
+    """A loopback HTTP server taking custom resources' answers (CloudFormation's response URL)."""
+
+    def __init__(self, answers: list[dict[str, Any]]) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                answers.append(json.loads(self.rfile.read(length)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> str:
+        self._thread.start()
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 def _as_aws_event(event: dict[str, Any]) -> dict[str, Any]:

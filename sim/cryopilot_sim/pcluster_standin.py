@@ -16,7 +16,8 @@ exists.`` (a 409 can still be injected).
 * Lifecycle on a simulated clock: CREATE_IN_PROGRESS → CREATE_COMPLETE after ``create_seconds``
   (then ``headNode`` has an instance id, state running, a private IP); delete → DELETE_IN_PROGRESS →
   gone (404) after ``delete_seconds``. State is advanced whenever the stand-in is asked.
-* Faults (:meth:`PClusterStandIn.inject`): ``bad_request`` (400), ``conflict`` (409), ``throttle``
+* Faults (:meth:`PClusterStandIn.inject`): ``bad_request`` (400), ``config_error`` (400 with
+  ``configurationValidationErrors``, as a failed validator answers), ``conflict`` (409), ``throttle``
   (429, a burst of ``count``), ``server_error`` (500), ``create_failed_capacity`` (the create ends
   CREATE_FAILED with an ``InsufficientInstanceCapacity`` failure; optionally only for configs that use
   ``instance_type``, or only in ``subnet_id``), ``create_failed`` (another reason) and
@@ -73,6 +74,7 @@ STATUS_FILTERS = frozenset(
 
 FaultKind = Literal[
     "bad_request",
+    "config_error",
     "conflict",
     "throttle",
     "server_error",
@@ -82,6 +84,7 @@ FaultKind = Literal[
 ]
 _HTTP_FAULTS: dict[str, tuple[int, str]] = {
     "bad_request": (400, "Bad Request: injected fault"),
+    "config_error": (400, "Invalid cluster configuration."),
     "conflict": (409, "Conflict: injected fault"),
     "throttle": (429, "Too Many Requests"),
     "server_error": (500, "Internal server error"),
@@ -165,6 +168,7 @@ class PClusterStandIn:
         account_id: str = "123456789012",
         on_head_node: Callable[[str, str], None] | None = None,
         on_deleted: Callable[[str], None] | None = None,
+        script_exists: Callable[[str], bool] | None = None,
     ) -> None:
         self.clock = clock
         self.create_seconds = float(create_seconds)
@@ -179,6 +183,9 @@ class PClusterStandIn:
         self.on_head_node = on_head_node
         #: Called as ``on_deleted(cluster_name)`` when a deleted cluster is gone.
         self.on_deleted = on_deleted
+        #: Called with each custom action's ``Script`` URI; a missing script ends the create in
+        #: CREATE_FAILED with ``OnNodeConfiguredDownloadFailure``, as the head node's boot would.
+        self.script_exists = script_exists
         #: Every request answered, in order.
         self.requests: list[RecordedRequest] = []
         self._clusters: dict[tuple[str, str], _Cluster] = {}
@@ -497,6 +504,8 @@ class PClusterStandIn:
         fault = self._take_http_fault(operation, name)
         if fault is not None:
             status, message = _HTTP_FAULTS[fault.kind]
+            if fault.kind == "config_error":  # as the API reports a validator's ERROR
+                return status, _invalid([_CONFIG_ERROR_MESSAGE], "InstanceTypeValidator"), operation
             return status, {"message": message}, operation
 
         events = self._advance()
@@ -645,11 +654,27 @@ class PClusterStandIn:
                 "OnNodeConfiguredExecutionFailure",
                 "Failed to execute OnNodeConfigured script.",
             )
+        elif missing := self._missing_scripts(document):
+            cluster.fail_at = now + self.create_seconds
+            cluster.failure = (
+                "OnNodeConfiguredDownloadFailure",
+                f"Failed to download OnNodeConfigured script {missing[0]}.",
+            )
         with self._lock:
             if (region, name) in self._clusters:  # a concurrent create won
                 raise _ApiError(400, {"message": f"Cluster {name} already exists."})
             self._clusters[(region, name)] = cluster
             return 202, {"cluster": self._summary(cluster)}
+
+    def _missing_scripts(self, document: Any) -> list[str]:
+        """The head node's custom-action scripts that cannot be downloaded (none when unchecked)."""
+        if self.script_exists is None or not isinstance(document, dict):
+            return []
+        actions = (document.get("HeadNode") or {}).get("CustomActions") or {}
+        scripts = [
+            a["Script"] for a in actions.values() if isinstance(a, dict) and isinstance(a.get("Script"), str)
+        ]
+        return [uri for uri in scripts if not self.script_exists(uri)]
 
     def _schema_errors(self, name: str, text: str, region: str) -> list[dict[str, str]] | None:
         key = (name, text)
@@ -746,6 +771,12 @@ class PClusterStandIn:
         with self._lock:
             entries = list(self.requests)
         return (r for r in entries if r.operation == operation)
+
+
+_CONFIG_ERROR_MESSAGE = (
+    "The instance type 'p4d.24xlarge' is not supported in the Availability Zone of subnet "
+    "subnet-0aaaaaaaaaaaaaaa1 (injected fault)."
+)
 
 
 def _invalid(messages: list[str], validator: str = "ConfigSchemaValidator") -> dict[str, Any]:

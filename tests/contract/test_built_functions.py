@@ -17,9 +17,23 @@ from cryopilot_sim.template import load_template, resources_of_type
 
 from tests.conftest import ROOT
 
+# One process builds the bare runtime venv these tests share.
+pytestmark = pytest.mark.xdist_group("lambda-runtime")
+
 BUILD = ROOT / ".aws-sam" / "build"
 RUNTIME = ROOT / "build" / "lambda-runtime"
-FUNCTIONS = sorted(resources_of_type(load_template(), "AWS::Serverless::Function"))
+TEMPLATE = load_template()
+FUNCTIONS = sorted(resources_of_type(TEMPLATE, "AWS::Serverless::Function"))
+
+
+def _handler(logical: str) -> tuple[str, str]:
+    """(module, function) of a function's handler, from the template."""
+    handler = (
+        TEMPLATE["Resources"][logical]["Properties"].get("Handler")
+        or TEMPLATE["Globals"]["Function"]["Handler"]
+    )
+    module, _, name = handler.rpartition(".")
+    return module, name
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +56,8 @@ def runtime_python() -> Path:
 def test_built_function_imports_with_only_boto3_and_the_layer(runtime_python: Path, logical: str) -> None:
     code = BUILD / logical
     layer = BUILD / "CryopilotLayer" / "python"
-    assert (code / "app.py").is_file()
+    module, name = _handler(logical)
+    assert (code / f"{module}.py").is_file()
     env = {
         "PATH": os.environ.get("PATH", ""),
         "PYTHONPATH": f"{code}{os.pathsep}{layer}",
@@ -51,7 +66,7 @@ def test_built_function_imports_with_only_boto3_and_the_layer(runtime_python: Pa
         "PYTHONNOUSERSITE": "1",
     }
     script = (
-        "import app, sys; assert callable(app.lambda_handler); "
+        f"import {module} as m, sys; assert callable(m.{name}); "
         "print(sorted(m for m in sys.modules if m.startswith('cryopilot')))"
     )
     proc = subprocess.run(
@@ -59,5 +74,5 @@ def test_built_function_imports_with_only_boto3_and_the_layer(runtime_python: Pa
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "cryopilot_sim" not in proc.stdout
-    assert "cryopilot_agent" not in proc.stdout
+    assert "cryopilot_agent" not in proc.stdout  # the delivery function ships the agent, never runs it
     assert sys.version_info[:2] == (3, 12)

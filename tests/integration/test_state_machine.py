@@ -38,6 +38,26 @@ def _only_execution(cloud: LocalCloud) -> dict:
     return cloud.wait_for_execution(execs[0]["executionArn"], timeout=240)
 
 
+def _start_with_coarse_polls(cloud: LocalCloud, dataset: str = "CGRP-2026-11") -> dict:
+    """A manual start of the CGRP manifest polling its stages at most every 30 min (for tests of
+    the cluster's side, where the stages' timeline does not matter); the finished execution."""
+    import yaml
+
+    s3 = cloud.client("s3")
+    for rel, body in DATA.items():
+        s3.put_object(Bucket=cloud.input_bucket, Key=f"datasets/{dataset}/{rel}", Body=body)
+    doc = {
+        "manifest_inline": yaml.safe_load(_manifest("cgrp.yaml")),
+        "data_s3_uri": f"s3://{cloud.input_bucket}/datasets/{dataset}/",
+        "settings": {"min_poll_seconds": 1800, "max_poll_seconds": 14400},
+    }
+    sfn = cloud.client("stepfunctions")
+    arn = sfn.start_execution(
+        stateMachineArn=cloud.state_machine_arn, name=f"{dataset}-coarse", input=json.dumps(doc)
+    )["executionArn"]
+    return cloud.wait_for_execution(arn, timeout=240)
+
+
 def test_successful_run(cloud: LocalCloud) -> None:
     cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
     desc = _only_execution(cloud)
@@ -78,6 +98,18 @@ def test_successful_run(cloud: LocalCloud) -> None:
         assert stage["state"] == "completed", (stage_id, stage)
         assert stage["jobs"], stage_id
     assert {f["kind"] for f in record["results"]["files"]} >= {"map", "half_map_a", "half_map_b", "fsc"}
+    # the cost of each stage's nodes is kept on the record as the stage runs (catalogue prices)
+    from cryopilot.costing import Catalogue
+
+    motion, pick = record["stages"]["motion"], record["stages"]["pick"]
+    p4d, g6e = Catalogue.load().price("p4d.24xlarge"), Catalogue.load().price("g6e.2xlarge")
+    hours = (motion["completed_at"] - motion["started_at"]) / 3600
+    assert motion["cost_usd"] == pytest.approx(hours * p4d, rel=1e-3)  # one 8-GPU node
+    assert pick["cost_usd"] == pytest.approx(
+        (pick["completed_at"] - pick["started_at"]) / 3600 * g6e, rel=1e-3
+    )
+    assert "cost_usd" not in record["stages"]["import"]  # the head node's own stage
+    assert record["cost_usd"] > 0  # the report's total, quoted in the final mail
     assert record["decisions"], "the 2D selection and class choices must be recorded"
 
     s3 = cloud.client("s3")
@@ -111,9 +143,11 @@ def test_invalid_manifest_fails_without_a_cluster(cloud: LocalCloud) -> None:
     assert desc["status"] == "FAILED"
     entered = cloud.states_entered(desc["executionArn"])
     assert entered == [
+        "Start",
         "Validate",
         "RecordFailure",
         "HasCluster?",
+        "WriteFailureReport",
         "ComposeFailureMail",
         "NotifyFailure",
         "RunFailed",
@@ -151,6 +185,33 @@ def test_cluster_that_fails_to_create(cloud: LocalCloud) -> None:
     assert mails[-1]["subject"].startswith("[cryopilot] CGRP-2026-11 failed")
     assert "ClusterCreateFailedError" in mails[-1]["message"]
     assert "has been deleted" in mails[-1]["message"]
+    assert cloud.pcluster.clusters() == {}
+
+
+def test_stack_delivers_the_head_node_files_and_a_missing_script_fails_the_create(cloud: LocalCloud) -> None:
+    """The stack's custom resource uploaded the bootstrap files when the local stack was built;
+    without the setup script, the head node cannot boot (OnNodeConfiguredDownloadFailure)."""
+    answer = cloud.custom_resources["HeadNodeBootstrap"]
+    assert answer["Status"] == "SUCCESS"
+    bucket = str(cloud.ref("ArtifactsBucket"))
+    s3 = cloud.client("s3")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="headnode/")["Contents"]}
+    assert keys == {
+        "headnode/headnode-setup.sh",
+        "headnode/cryosparc-cluster-script.sh",
+        "headnode/cryopilot-agent.zip",
+        "headnode/bundle.json",
+    }
+
+    s3.delete_object(Bucket=bucket, Key="headnode/headnode-setup.sh")
+    cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
+    desc = _only_execution(cloud)
+    assert desc["status"] == "FAILED"
+    record = cloud.run_record(desc["name"])
+    assert record is not None
+    assert record["error"]["type"] == "ClusterCreateFailedError"
+    assert "OnNodeConfiguredDownloadFailure" in record["error"]["message"]
+    assert record["cluster_deleted"] is True
     assert cloud.pcluster.clusters() == {}
 
 
@@ -208,8 +269,7 @@ def test_same_manifest_event_three_times_starts_one_execution(cloud: LocalCloud)
 def test_throttled_parallelcluster_api_is_retried_and_the_run_succeeds(cloud: LocalCloud) -> None:
     cloud.pcluster.inject("throttle", count=3, operation="create_cluster")
     cloud.pcluster.inject("server_error", count=1, operation="describe_cluster")
-    cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
-    desc = _only_execution(cloud)
+    desc = _start_with_coarse_polls(cloud)
     run_id = desc["name"]
     assert desc["status"] == "SUCCEEDED", (cloud.run_record(run_id) or {}).get("error")
     creates = [r.status for r in cloud.pcluster.requests_for("create_cluster")]
@@ -271,8 +331,7 @@ SECOND_SUBNET = "subnet-0bbbbbbbbbbbbbbb2"
 
 def test_capacity_failure_falls_back_to_the_next_placement(cloud: LocalCloud) -> None:
     cloud.pcluster.inject("create_failed_capacity", subnet_id=PRIMARY_SUBNET)
-    cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
-    desc = _only_execution(cloud)
+    desc = _start_with_coarse_polls(cloud)
     run_id = desc["name"]
     assert desc["status"] == "SUCCEEDED", (cloud.run_record(run_id) or {}).get("error")
     entered = cloud.states_entered(desc["executionArn"])

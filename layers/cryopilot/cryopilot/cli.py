@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 
 def _demo(args: argparse.Namespace) -> int:
     from cryopilot_sim.demo import DemoOptions, run_demo
 
-    summary = run_demo(DemoOptions(profile=args.profile, pace=args.speed, fail=args.fail, quiet=args.quiet))
-    wanted = "FAILED" if args.fail != "none" else "SUCCEEDED"
-    return 0 if summary["status"] == wanted and summary["cluster_deleted"] else 1
+    options = DemoOptions(
+        profile=args.profile, pace=args.speed, fail=args.fail, quiet=args.quiet, datasets=args.datasets
+    )
+    summary = run_demo(options)
+    runs = summary.get("runs") or [summary]
+    ended_as_rehearsed = all(r["status"] == options.expected_status for r in runs)
+    return 0 if ended_as_rehearsed and summary["cluster_deleted"] and not summary["clusters_left"] else 1
 
 
 #: Stand-ins printed when neither a flag nor the environment gives a value ParallelCluster requires.
@@ -119,6 +125,197 @@ def _cluster_config(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The white paper's dataset whose Table 1 times stand in for a manifest's own, per preset.
+_PROFILE_FOR_PRESET = {"movies": "cgrp", "micrographs": "spike"}
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from cryopilot import costing
+    from cryopilot.errors import ManifestError
+
+    kwargs: dict[str, Any] = {"region": args.region}
+    try:
+        catalogue = costing.Catalogue.from_env()
+        if args.price:
+            catalogue = catalogue.with_overrides(costing.parse_price_overrides(args.price))
+        if args.manifest:
+            from cryopilot.manifest import parse_manifest
+            from cryopilot.presets import plan
+
+            data = _read_manifest_bytes(args.manifest, args.region)
+            manifest = parse_manifest(data, source=args.manifest)
+            profile = args.profile or _PROFILE_FOR_PRESET[manifest.preset_name]
+            the_plan = costing.plan_from_stages(plan(manifest, data_dir="/fsx/data"), profile)
+            print(
+                f"{manifest.dataset}: preset {manifest.preset_name}, stage times of the white paper's"
+                f" {profile} dataset (Table 1)\n"
+            )
+            wp = costing.estimate(the_plan, costing.Layout.whitepaper(), catalogue, **kwargs)
+            cp = costing.estimate(the_plan, costing.Layout.cryopilot(), catalogue, **kwargs)
+        else:
+            wp, cp = costing.compare(args.profile or "cgrp", catalogue, **kwargs)
+    except ManifestError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"cryopilot estimate: {exc}", file=sys.stderr)
+        return 2
+    except costing.CostingError as exc:
+        print(f"cryopilot estimate: {exc}", file=sys.stderr)
+        return 2
+    print(costing.render_comparison(wp, cp))
+    return 0
+
+
+#: Where ``cryopilot local`` writes the local stack's names and endpoint.
+LOCAL_STACK_FILE = ".cryopilot/local/stack.json"
+
+
+def _stack(args: argparse.Namespace) -> Any:
+    from cryopilot.ops import Stack
+
+    if getattr(args, "local", False):
+        return _local_stack()
+    return Stack.from_cloudformation(args.stack, args.region)
+
+
+def _local_stack() -> Any:
+    """The stack ``cryopilot local`` serves: every AWS call goes to its loopback endpoint."""
+    import json
+    import os
+    from pathlib import Path
+
+    from cryopilot.ops import EXIT_NOT_FOUND, OperatorError, Stack
+
+    path = Path(os.environ.get("CRYOPILOT_LOCAL_STACK_FILE", LOCAL_STACK_FILE))
+    if not path.is_file():
+        raise OperatorError(
+            f"no local stack is running ({path} not found): start one with `cryopilot local`",
+            EXIT_NOT_FOUND,
+        )
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    endpoint = str(doc.pop("endpoint"))
+    if not endpoint.startswith("http://127.0.0.1:"):
+        raise OperatorError(f"{path}: the local endpoint must be on 127.0.0.1, not {endpoint}")
+    os.environ["AWS_ENDPOINT_URL"] = endpoint  # every boto3 client of this process goes there
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        os.environ[key] = value
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    os.environ.pop("AWS_PROFILE", None)
+    return Stack(**doc)
+
+
+def _local(args: argparse.Namespace) -> int:
+    from cryopilot_sim.local_server import serve
+
+    return serve(args.profile, args.speed, args.port)
+
+
+def _operator(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run an operator command: its errors become one line on stderr and an exit code."""
+
+    def run(args: argparse.Namespace) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        from cryopilot.ops import EXIT_AWS, OperatorError
+
+        try:
+            return command(args)
+        except OperatorError as exc:
+            print(f"cryopilot {args.command}: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except NoCredentialsError:
+            print(f"cryopilot {args.command}: no AWS credentials (set a profile or keys)", file=sys.stderr)
+            return EXIT_AWS
+        except ClientError as exc:
+            err = exc.response["Error"]
+            print(f"cryopilot {args.command}: {err.get('Code')}: {err.get('Message')}", file=sys.stderr)
+            return EXIT_AWS
+        except BotoCoreError as exc:
+            print(f"cryopilot {args.command}: {exc}", file=sys.stderr)
+            return EXIT_AWS
+
+    return run
+
+
+@_operator
+def _submit(args: argparse.Namespace) -> int:
+    from cryopilot import ops
+
+    done = ops.submit(_stack(args), args.manifest, data_s3_uri=args.data)
+    print(f"{'already submitted' if done.already else 'started'}: run {done.run_id}")
+    print(f"  follow it with: cryopilot watch {done.run_id} --stack {args.stack}")
+    return 0
+
+
+@_operator
+def _status(args: argparse.Namespace) -> int:
+    from cryopilot import ops
+
+    stack = _stack(args)
+    if not args.run_id:
+        for run in ops.list_runs(stack, args.limit):
+            res = f"{float(run['resolution_A']):.2f} Å" if run.get("resolution_A") is not None else ""
+            step = run.get("current_step") or ""
+            print(f"{run['run_id']:<48} {run.get('status', '?'):<10} {step:<16} {res}")
+        return 0
+    run = ops.get_run(stack, args.run_id)
+    print(ops.render_status(run, ops.execution_status(stack, args.run_id)))
+    return 0
+
+
+@_operator
+def _watch(args: argparse.Namespace) -> int:
+    from cryopilot import ops
+
+    final = ops.watch(_stack(args), args.run_id, interval=args.interval, emit=lambda t: print(t + "\n"))
+    return 0 if final == "SUCCEEDED" else 1
+
+
+@_operator
+def _cancel(args: argparse.Namespace) -> int:
+    from cryopilot import ops
+
+    step = ops.cancel(_stack(args), args.run_id, wait=not args.no_wait, interval=args.interval)
+    return 0 if step.get("deleted") or args.no_wait else 1
+
+
+@_operator
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cryopilot import ops
+
+    out = Path(args.output or f".cryopilot/reports/{args.run_id}")
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for name, body in ops.report_files(_stack(args), args.run_id):
+        target = out / Path(name).name
+        target.write_bytes(body)
+        names.append(target)
+    for target in names:
+        print(target)
+    return 0
+
+
+def _add_stack_flags(p: argparse.ArgumentParser) -> None:
+    import os
+
+    p.add_argument(
+        "--local", action="store_true", help="the local stack `cryopilot local` runs, not a deployed one"
+    )
+    p.add_argument(
+        "--stack",
+        default=os.environ.get("CRYOPILOT_STACK", "cryopilot"),
+        help="the deployed stack's name (default: $CRYOPILOT_STACK, else cryopilot)",
+    )
+    p.add_argument(
+        "--region",
+        default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        help="its region (default: $AWS_REGION)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cryopilot", description="cryo-EM dataset in, 3D map out.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,9 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--fail",
-        choices=["none", "cluster-create", "job"],
+        choices=["none", "cluster-create", "capacity", "job", "export", "throttle"],
         default="none",
-        help="rehearse a fault: the run must end failed, mailed, cluster deleted",
+        help="rehearse a fault; capacity and throttle must still succeed, the others end failed;"
+        " every run ends mailed with its cluster deleted",
+    )
+    demo.add_argument(
+        "--datasets", type=int, default=1, metavar="N", help="drop N datasets at once (default: 1)"
     )
     demo.add_argument("--quiet", action="store_true", help="no live display")
     demo.set_defaults(func=_demo)
@@ -173,6 +374,81 @@ def build_parser() -> argparse.ArgumentParser:
         help="S3 folder of the data, ending in '/' (default: s3://<input bucket>/datasets/<dataset>/)",
     )
     config.set_defaults(func=_cluster_config)
+
+    local = sub.add_parser(
+        "local",
+        help="run the local stack and keep it up, for the operator commands with --local",
+        description="Start the whole stack locally (moto, the ParallelCluster and cryoSPARC stand-ins)"
+        " and serve it on 127.0.0.1 until Ctrl-C; `cryopilot <command> --local` then works against"
+        " it from another terminal.",
+    )
+    local.add_argument("--profile", choices=["cgrp", "glp1r", "spike"], default="cgrp")
+    local.add_argument(
+        "--speed",
+        type=float,
+        default=500.0,
+        help="simulated seconds per wall-clock second (default 500: a CGRP run in about 5 minutes)",
+    )
+    local.add_argument("--port", type=int, help="port on 127.0.0.1 (default: a free one)")
+    local.set_defaults(func=_local)
+
+    est = sub.add_parser(
+        "estimate",
+        help="time to structure and cost, before running: the white paper's layout and cryopilot's",
+        description="Estimate time to structure and cost per stage and in total, for the white paper's"
+        " layout (every stage on one p4d.24xlarge) and for cryopilot's placement, side by side, with"
+        " the assumptions (prices and their dates, GPU speed factors, node boot and idle times).",
+    )
+    what = est.add_mutually_exclusive_group()
+    what.add_argument("manifest", nargs="?", metavar="MANIFEST", help="a manifest file or s3://bucket/key")
+    est.add_argument(
+        "--profile",
+        choices=["cgrp", "glp1r", "spike"],
+        help="the white paper's dataset whose stage times to use (default: cgrp; for a manifest,"
+        " cgrp for movies and spike for micrographs)",
+    )
+    est.add_argument(
+        "--price",
+        metavar="JSON",
+        help="override prices, USD per hour: '{\"p4d.24xlarge\": 21.96}' (also CRYOPILOT_PRICE_OVERRIDES)",
+    )
+    est.add_argument("--region", default="us-east-1", help="the prices' region (default: us-east-1)")
+    est.set_defaults(func=_estimate)
+
+    submit = sub.add_parser("submit", help="start a run from a manifest (local file or s3://)")
+    submit.add_argument("manifest", metavar="MANIFEST", help="a manifest file, or s3://bucket/key")
+    submit.add_argument(
+        "--data",
+        metavar="S3_FOLDER",
+        help="with a local manifest: the S3 folder of the data (default: s3://<input>/datasets/<dataset>/)",
+    )
+    _add_stack_flags(submit)
+    submit.set_defaults(func=_submit)
+
+    status = sub.add_parser("status", help="a run's stages and progress (or the recent runs)")
+    status.add_argument("run_id", nargs="?", metavar="RUN_ID")
+    status.add_argument("--limit", type=int, default=20, help="how many recent runs to list")
+    _add_stack_flags(status)
+    status.set_defaults(func=_status)
+
+    watch = sub.add_parser("watch", help="show a run's progress until it ends")
+    watch.add_argument("run_id", metavar="RUN_ID")
+    watch.add_argument("--interval", type=float, default=30.0, help="seconds between updates")
+    _add_stack_flags(watch)
+    watch.set_defaults(func=_watch)
+
+    cancel = sub.add_parser("cancel", help="stop a run and delete its cluster")
+    cancel.add_argument("run_id", metavar="RUN_ID")
+    cancel.add_argument("--no-wait", action="store_true", help="do not wait until the cluster is gone")
+    cancel.add_argument("--interval", type=float, default=30.0, help="seconds between checks")
+    _add_stack_flags(cancel)
+    cancel.set_defaults(func=_cancel)
+
+    report = sub.add_parser("report", help="download a run's report (Markdown, HTML, PNG)")
+    report.add_argument("run_id", metavar="RUN_ID")
+    report.add_argument("--output", metavar="DIR", help="where to write it (default .cryopilot/reports/RUN)")
+    _add_stack_flags(report)
+    report.set_defaults(func=_report)
     return parser
 
 

@@ -49,6 +49,7 @@ def cluster_params(settings: Settings) -> Any:
         bootstrap_s3_uri=f"s3://{settings.artifacts_bucket}/headnode/",
         results_s3_uri=f"s3://{settings.results_bucket}/",
         gpu8_fallback_instance_types=settings.fallback_gpu8_types,
+        head_node_policy_arns=settings.head_node_policies,
     )
 
 
@@ -162,6 +163,12 @@ def check(run_id: str, polls: int, max_polls: int) -> ClusterStep:
             head_node_instance_id=info.head_node_instance_id,
             cluster_ready_at=clock.now_iso(),
             current_step="cluster_ready",
+        )
+        placement = placements(get_settings())[int(run.get("placement_attempt") or 0)]
+        runs.put_context(
+            run_id,
+            head_node_instance_id=info.head_node_instance_id,
+            gpu8_instance_type=placement.params.gpu8_instance_type,
         )
         return ClusterStep(
             name=name,

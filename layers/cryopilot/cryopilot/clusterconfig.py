@@ -401,6 +401,10 @@ class ClusterRequest(_Input):
         return self
 
 
+#: Every cluster cryopilot names starts with this (the janitor lists only those).
+CLUSTER_NAME_PREFIX = "cryopilot"
+
+
 def cluster_name_for(run_id: str) -> str:
     """A valid, deterministic ParallelCluster name for a run.
 
@@ -410,7 +414,7 @@ def cluster_name_for(run_id: str) -> str:
     if not run_id:
         raise ValueError("run_id is empty")
     cleaned = re.sub(r"[^A-Za-z0-9]+", "-", run_id).strip("-").lower()
-    name = f"cryopilot-{cleaned}" if cleaned else "cryopilot"
+    name = f"{CLUSTER_NAME_PREFIX}-{cleaned}" if cleaned else CLUSTER_NAME_PREFIX
     digest = hashlib.sha256(run_id.encode()).hexdigest()[:8]
     if cleaned != run_id or len(name) > CLUSTER_NAME_MAX_LENGTH:
         name = f"{name[: CLUSTER_NAME_MAX_LENGTH - 9].rstrip('-')}-{digest}"

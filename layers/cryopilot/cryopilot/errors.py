@@ -154,3 +154,13 @@ class ExportError(TransientError):
 def error_name(exc: BaseException) -> str:
     """The name ASL sees for ``exc`` (Lambda's ``errorType``)."""
     return type(exc).__name__
+
+
+class RunLimitError(CryopilotError):
+    """The run reached a limit of its manifest (``limits.max_hours``, ``limits.max_cost_usd``)."""
+
+    label = "run limit reached"
+
+
+class ReportError(CryopilotError):
+    """The run's report cannot be written (never fails the run: the state machine goes on)."""

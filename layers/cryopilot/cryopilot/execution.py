@@ -8,7 +8,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cryopilot import aws, clock, runs
-from cryopilot.errors import ManifestError
+from cryopilot.errors import EventError, ManifestError
 from cryopilot.manifest import (
     MAX_MANIFEST_BYTES,
     Manifest,
@@ -95,7 +95,10 @@ def _location_from_uri(uri: str) -> ManifestLocation:
 def load_manifest(location: ManifestLocation) -> tuple[Manifest, ManifestLocation]:
     """Read and parse the manifest version at ``location``."""
     source = location.uri
-    check_key(location.key)
+    try:
+        check_key(location.key)
+    except EventError as exc:  # a manual start naming a key no manifest can have
+        raise ManifestError(f"{source}: {exc}") from None
     s3 = aws.client("s3")
     extra = {"VersionId": location.version_id} if location.version_id else {}
     try:
@@ -168,6 +171,15 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
         settings=exec_input.settings.model_dump(),
         current_step="validated",
     )
+    _check_cost_ceiling(run_id, manifest, [s.model_dump(mode="json") for s in stages])
+    runs.put_context(
+        run_id,
+        settings=exec_input.settings.model_dump(),
+        limits=manifest.limits.model_dump(exclude_none=True),
+        preset=manifest.preset_name,
+        started_epoch=clock.now(),
+        costs={},
+    )
     _subscribe(manifest)
     logger.info(
         "manifest valid", extra={"run_id": run_id, "dataset": manifest.dataset, "stages": len(stages)}
@@ -182,6 +194,22 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
         data_s3_uri=data_uri,
         settings=exec_input.settings,
     )
+
+
+def _check_cost_ceiling(run_id: str, manifest: Manifest, plan: list[dict[str, Any]]) -> None:
+    """A manifest whose cost ceiling is below the whole run's estimate fails here, before any
+    cluster exists (:class:`RunLimitError`); later stages are checked as the run goes."""
+    if manifest.limits.max_cost_usd is None:
+        return
+    from cryopilot.errors import RunLimitError
+    from cryopilot.stages import check_limits
+
+    run = {"limits": {"max_cost_usd": manifest.limits.max_cost_usd}, "plan": plan, "costs": {}}
+    try:
+        check_limits({**run, "preset": manifest.preset_name}, 0)
+    except RunLimitError:
+        runs.update_run(run_id, current_step="validate")
+        raise
 
 
 def _subscribe(manifest: Manifest) -> None:

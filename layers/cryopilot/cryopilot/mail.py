@@ -129,6 +129,34 @@ def _elapsed(run: dict[str, Any]) -> float:
     return float(end) - float(start) if start else 0.0
 
 
+def _report_lines(run: dict[str, Any]) -> list[str]:
+    """Where the run's report is: its S3 location and a console link to open it."""
+    uri = (run.get("report") or {}).get("html")
+    if not uri:
+        return []
+    bucket, _, key = str(uri).removeprefix("s3://").partition("/")
+    region = get_settings().region
+    console = f"https://{region}.console.aws.amazon.com/s3/object/{bucket}?region={region}&prefix={key}"
+    return [f"Report (timeline, stage table, decisions): {uri}", f"  open in the console: {console}"]
+
+
+def _where_the_data_is(run: dict[str, Any]) -> list[str]:
+    """After a late failure: what was not exported, and where the work is kept."""
+    exported = (run.get("results") or {}).get("files") or []
+    return [
+        "The results were NOT exported." if not exported else "Some results were exported (below).",
+        "Nothing is lost: the cluster's /shared volume (cryoSPARC's database and project "
+        f"{run.get('cryosparc_project') or ''}, every job's output) is kept as an EBS snapshot when the "
+        f"cluster {run.get('cluster_name')} is deleted (EC2 console, Snapshots: the snapshot of its "
+        "shared volume). Restore it to a volume, or start a run on it, to export by hand.",
+    ]
+
+
+def _cost(run: dict[str, Any]) -> str | None:
+    cost = run.get("cost_usd")
+    return f"${float(cost):,.0f}" if isinstance(cost, int | float) else None
+
+
 def _remember(run_id: str, mail: Mail, kind: str) -> Mail:
     runs.append_to(run_id, "mails", {"kind": kind, "subject": mail.subject, "at": clock.now_iso()})
     return mail
@@ -147,12 +175,14 @@ def success_mail(run_id: str) -> Mail:
         "",
         f"Final resolution: {res_txt} (gold-standard FSC 0.143)",
         f"Time to structure: {elapsed}",
+        f"Cost (compute nodes, on-demand): {_cost(run) or 'not known'}",
         f"Results: {results.get('uri', '(not exported)')}",
     ]
     for f in results.get("files") or []:
         lines.append(
             f"  - {f['kind']}: s3://{get_settings().results_bucket}/{f['key']} ({f['size']:,} bytes)"
         )
+    lines += _report_lines(run)
     lines += _placement({**run, "status": "SUCCEEDED"})
     lines += ["", "Stages:", *_stage_table(run)]
     decisions = _decisions(run)
@@ -164,7 +194,9 @@ def success_mail(run_id: str) -> Mail:
         f"Execution: {_console_link(run)}",
     ]
     mail = Mail(
-        subject=_subject(f"[cryopilot] {dataset} done: {res_txt} in {elapsed}"),
+        subject=_subject(
+            f"[cryopilot] {dataset} done: {res_txt} in {elapsed}" + (f", {_cost(run)}" if _cost(run) else "")
+        ),
         message="\n".join(lines),
         dataset=dataset,
     )
@@ -199,7 +231,12 @@ def failure_mail(run_id: str) -> Mail:
         "",
         f"Execution and logs: {_console_link(run)}",
         f"Lambda logs: CloudWatch log groups /aws/lambda/{get_settings().stack_name}-*",
+        *_report_lines(run),
     ]
+    if _cost(run):
+        lines.append(f"Cost so far (compute nodes, on-demand): {_cost(run)}")
+    if step == "export" or (step.startswith("stage:") and run.get("resolution_A") is not None):
+        lines += ["", *_where_the_data_is(run)]
     if run.get("stages") and step.startswith("stage:"):
         lines += ["", "Stages:", *_stage_table(run)]
     subject = f"[cryopilot] {dataset} failed at {stage_title}: {error.get('type', 'error')}"

@@ -35,6 +35,21 @@ def _from_ddb(value: Any) -> Any:
     return value
 
 
+#: List fields whose entries are stored as JSON text: an automatic decision carries every class's
+#: numbers, and as nested DynamoDB maps they would make most of the record's attributes (and of
+#: the cost of every update, which rewrites the item). Readers get dicts back (:func:`decode`).
+JSON_LIST_FIELDS = ("decisions",)
+
+
+def decode(item: dict[str, Any]) -> dict[str, Any]:
+    """A stored run item as Python values: numbers as int/float, JSON-text entries as dicts."""
+    record: dict[str, Any] = _from_ddb(item)
+    for name in JSON_LIST_FIELDS:
+        if isinstance(record.get(name), list):
+            record[name] = [json.loads(e) if isinstance(e, str) else e for e in record[name]]
+    return record
+
+
 def _resource_table() -> Any:
     return aws.resource("dynamodb").Table(get_settings().runs_table)
 
@@ -75,7 +90,7 @@ def get_run(run_id: str, fields: list[str] | None = None) -> dict[str, Any] | No
         kwargs["ProjectionExpression"] = ", ".join(names)
         kwargs["ExpressionAttributeNames"] = names
     item = _resource_table().get_item(**kwargs).get("Item")
-    return _from_ddb(item) if item else None
+    return decode(item) if item else None
 
 
 def put_plan(run_id: str, plan: list[dict[str, Any]]) -> None:
@@ -101,6 +116,40 @@ def get_plan(run_id: str) -> list[dict[str, Any]]:
     if not plan:
         _plan.cache_clear()
     return [dict(stage) for stage in plan]
+
+
+def put_context(run_id: str, **fields: Any) -> None:
+    """Set fields of the run's step context (``ctx#<run id>``): the few values every stage poll
+    reads (head node, waits). A small item of its own, so a poll never reads the whole record,
+    which grows with every stage and decision."""
+    names = {f"#f{i}": k for i, k in enumerate(fields)}
+    values = {f":v{i}": v for i, v in enumerate(fields.values())}
+    _resource_table().update_item(
+        Key={"pk": f"ctx#{run_id}"},
+        UpdateExpression="SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields))),
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues=_to_ddb(values),
+    )
+
+
+def put_context_cost(run_id: str, stage_id: str, cost_usd: float) -> None:
+    """Keep one stage's cost so far in the step context (``costs.<stage id>``; Validate created
+    the map)."""
+    _resource_table().update_item(
+        Key={"pk": f"ctx#{run_id}"},
+        UpdateExpression="SET #c.#s = :v",
+        ExpressionAttributeNames={"#c": "costs", "#s": stage_id},
+        ExpressionAttributeValues=_to_ddb({":v": cost_usd}),
+    )
+
+
+def get_context(run_id: str) -> dict[str, Any] | None:
+    item = _resource_table().get_item(Key={"pk": f"ctx#{run_id}"}, ConsistentRead=True).get("Item")
+    if item is None:
+        return None
+    ctx = _from_ddb(item)
+    ctx.pop("pk", None)
+    return {"run_id": run_id, **ctx}
 
 
 def update_run(run_id: str, **fields: Any) -> None:
@@ -138,6 +187,8 @@ def append_to(run_id: str, field: str, *entries: Any) -> None:
     """Append entries to a list field."""
     if not entries:
         return
+    if field in JSON_LIST_FIELDS:
+        entries = tuple(json.dumps(e, sort_keys=True, separators=(",", ":")) for e in entries)
     _resource_table().update_item(
         Key=run_key(run_id),
         UpdateExpression="SET #f = list_append(if_not_exists(#f, :empty), :new), updated_at = :now",
@@ -175,4 +226,4 @@ def list_runs(limit: int = 50) -> list[dict[str, Any]]:
         ScanIndexForward=False,
         Limit=limit,
     )
-    return [_from_ddb(i) for i in resp.get("Items", [])]
+    return [decode(i) for i in resp.get("Items", [])]

@@ -26,16 +26,24 @@ class Settings(BaseSettings):
     head_node_subnet_id: str = ""
     compute_subnet_ids: str = Field(default="", description="comma-separated")
     licence_secret_arn: str = ""
+    head_node_policy_arns: str = Field(default="", description="comma-separated managed policy ARNs")
     head_node_instance_type: str = "m6i.2xlarge"
     gpu8_instance_type: str = "p4d.24xlarge"
     gpu1_instance_type: str = "g6e.2xlarge"
     fallback_gpu8_instance_types: str = Field(default="", description="comma-separated")
     max_run_hours: float = 72.0
+    price_overrides: str = Field(
+        default="", description="JSON {instance type: USD per hour}, read by cryopilot.costing"
+    )
     agent_timeout_seconds: int = 120
 
     @property
     def fallback_gpu8_types(self) -> list[str]:
         return [s.strip() for s in self.fallback_gpu8_instance_types.split(",") if s.strip()]
+
+    @property
+    def head_node_policies(self) -> list[str]:
+        return [s.strip() for s in self.head_node_policy_arns.split(",") if s.strip()]
 
     @property
     def compute_subnets(self) -> list[str]:

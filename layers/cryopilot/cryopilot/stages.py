@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel
 
-from cryopilot import clock, runs
+from cryopilot import aws, clock, runs
 from cryopilot.agent_client import AgentClient
 from cryopilot.agent_protocol import KillResult, StageStatus, StatusResult, SubmitResult
-from cryopilot.errors import AgentError, JobFailedError, JobKilledError, JobStuckError
+from cryopilot.errors import AgentError, JobFailedError, JobKilledError, JobStuckError, RunLimitError
 from cryopilot.observability import logger
 from cryopilot.settings import get_settings
 
@@ -44,12 +46,10 @@ def agent_for(run: dict[str, Any]) -> AgentClient:
     )
 
 
-#: the record fields a stage step reads (the plan is read once per container: runs.get_plan)
-_STEP_FIELDS = ["head_node_instance_id", "settings"]
-
-
 def _run(run_id: str) -> dict[str, Any]:
-    run = runs.get_run(run_id, _STEP_FIELDS)
+    """What a stage step reads: the run's small step context (head node, waits) and its plan
+    (read once per container: runs.get_plan), never the whole record."""
+    run = runs.get_context(run_id)
     if run is None:
         raise AgentError(f"run {run_id} has no record")
     run["plan"] = runs.get_plan(run_id)
@@ -96,11 +96,106 @@ def _next_wait(stage: dict[str, Any], status: StageStatus, waited: int, settings
     return int(max(lo, min(hi, remaining / 4)))
 
 
+#: GPUs per node of each queue's instance type come from the catalogue; the queue picks the type.
+def _queue_instance_type(run: dict[str, Any], lane: str) -> str | None:
+    settings = get_settings()
+    if lane == "gpu8":
+        return str(run.get("gpu8_instance_type") or settings.gpu8_instance_type)
+    if lane == "gpu1":
+        return settings.gpu1_instance_type
+    return None
+
+
+@lru_cache(maxsize=1)
+def _catalogue() -> Any:
+    from cryopilot.costing import Catalogue
+
+    return Catalogue.from_env()
+
+
+aws.on_reset(_catalogue.cache_clear)
+
+
+def stage_cost(run: dict[str, Any], stage: dict[str, Any], rec: dict[str, Any]) -> float | None:
+    """What the stage's nodes cost so far (on-demand; whole nodes, from the stage's first job's
+    start to its end or now). None for the head node's stages, or a type without a price."""
+    from cryopilot.costing import CostingError
+
+    lane = stage.get("lane")
+    started = rec.get("started_at")
+    itype = _queue_instance_type(run, lane) if lane else None
+    if itype is None or not started:
+        return None
+    try:
+        price = _catalogue().price(itype, get_settings().region)
+        per_node = max(1, _catalogue().gpus(itype))
+    except CostingError:
+        return None
+    nodes = max(1, math.ceil(int(stage.get("gpus") or 1) / per_node))
+    hours = max(0.0, float(rec.get("completed_at") or clock.now()) - float(started)) / 3600
+    return round(nodes * hours * price, 4)
+
+
+#: The white paper's dataset whose Table 1 times estimate a preset's stages left to run.
+_PROFILE_FOR_PRESET = {"movies": "cgrp", "micrographs": "spike"}
+
+
+def _remaining_cost(run: dict[str, Any], stages_left: list[dict[str, Any]]) -> float:
+    """Estimated cost of ``stages_left``: Table 1 minutes of the preset's white-paper dataset on
+    the queues' instance types (whole nodes; the catalogue's speed factors)."""
+    from cryopilot.costing import CostingError, load_profiles
+    from cryopilot.presets import REPEATED_STAGE, profile_stage_id
+
+    profile = load_profiles().get(_PROFILE_FOR_PRESET.get(str(run.get("preset")), "cgrp"))
+    total = 0.0
+    for stage in stages_left:
+        lane = stage.get("lane")
+        itype = _queue_instance_type(run, lane) if lane else None
+        kind = profile_stage_id(stage["id"])
+        if itype is None or profile is None or kind not in profile.minutes:
+            continue
+        minutes = profile.minutes[kind] / (profile.hetero_rounds if kind == REPEATED_STAGE else 1)
+        try:
+            cat = _catalogue()
+            price, per_node = cat.price(itype, get_settings().region), max(1, cat.gpus(itype))
+            speed = cat.speed(itype) if kind not in ("extract", "reextract") else 1.0
+        except CostingError:
+            continue
+        nodes = max(1, math.ceil(int(stage.get("gpus") or 1) / per_node))
+        total += nodes * price * minutes / 60 / max(speed, 0.01)
+    return total
+
+
+def check_limits(run: dict[str, Any], index: int) -> None:
+    """Stop the run (:class:`RunLimitError`) past ``limits.max_hours``, or when the cost so far
+    plus the estimate for the stages left would exceed ``limits.max_cost_usd``."""
+    limits = run.get("limits") or {}
+    started = run.get("started_epoch")
+    max_hours = limits.get("max_hours")
+    if max_hours and started:
+        hours = (clock.now() - float(started)) / 3600
+        if hours > float(max_hours):
+            raise RunLimitError(
+                f"the run has run {hours:.1f} h, past its limit of {max_hours:g} h (limits.max_hours)"
+            )
+    max_cost = limits.get("max_cost_usd")
+    if max_cost:
+        so_far = sum(float(v) for v in (run.get("costs") or {}).values())
+        left = _remaining_cost(run, run["plan"][index:])
+        if so_far + left > float(max_cost):
+            stages_left = len(run["plan"]) - index
+            raise RunLimitError(
+                f"the estimated cost ${so_far + left:,.0f} (${so_far:,.0f} so far, ${left:,.0f} for the "
+                f"{stages_left} stages left) would exceed limits.max_cost_usd ${float(max_cost):,.0f}"
+            )
+
+
 def submit(run_id: str, index: int) -> StageStep:
     run = _run(run_id)
     plan: list[dict[str, Any]] = run["plan"]
     if not 0 <= index < len(plan):
         raise AgentError(f"run {run_id} has no stage #{index}")
+    check_limits(run, index)
     stage = plan[index]
     spec = base64.b64encode(json.dumps(stage).encode()).decode()
     result = agent_for(run).call(["submit", "--project", run_id, "--spec-b64", spec], SubmitResult)
@@ -141,7 +236,12 @@ def poll(run_id: str, step: StageStep) -> StageStep:
     if status is None:
         raise AgentError(f"agent status did not report stage {stage['id']}")
     rec = _stage_record(status)
+    cost = stage_cost(run, stage, rec)
+    if cost is not None:
+        rec["cost_usd"] = cost
     runs.update_stage(run_id, stage["id"], **rec)
+    if cost is not None and (run.get("limits") or {}).get("max_cost_usd"):
+        runs.put_context_cost(run_id, stage["id"], cost)
     if status.state == "failed":
         failed = [j for j in status.jobs if j.status == "failed"]
         detail = "; ".join(
@@ -159,6 +259,9 @@ def poll(run_id: str, step: StageStep) -> StageStep:
         return step.model_copy(
             update={"state": "completed", "polls": step.polls + 1, "waited_seconds": waited, "done": True}
         )
+    max_hours = (run.get("limits") or {}).get("max_hours")
+    if max_hours:
+        check_limits({**run, "limits": {"max_hours": max_hours}}, step.index)
     limit = int(stage.get("time_limit_seconds") or 0)
     if limit and waited >= limit:
         kill = agent.call(["kill", "--project", run_id, "--stage", stage["id"]], KillResult)

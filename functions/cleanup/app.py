@@ -1,0 +1,20 @@
+"""Cleanup: delete the cluster of an execution that ended FAILED, TIMED_OUT or ABORTED, and, on a
+schedule, every cluster of this stack whose run is over or past the maximum run hours."""
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from cryopilot import cleanup
+from cryopilot.observability import logger, metrics, tracer
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    kind, detail = cleanup.parse_event(event)
+    logger.append_keys(trigger=kind)
+    if kind == "execution_end":
+        logger.append_keys(run_id=detail.get("name"), status=detail.get("status"))
+        return cleanup.on_execution_end(detail).model_dump(mode="json")
+    return cleanup.janitor().model_dump(mode="json")

@@ -1,0 +1,302 @@
+"""Nothing left running: the cleanup after an execution that ended outside the state machine's own
+catches (stopped by hand, timed out, failed inside its failure path), and the scheduled janitor.
+
+The state machine deletes the cluster on every path it controls. These two cover the rest:
+
+* :func:`on_execution_end` — EventBridge's "Step Functions Execution Status Change" for FAILED,
+  TIMED_OUT and ABORTED: when the run's cluster is not known to be deleted, request its deletion,
+  close the run record and mail, once.
+* :func:`janitor` — on a schedule: every cluster tagged with this stack whose run is over, has no
+  record, or is older than the maximum run hours is deleted (a run still going past that limit is
+  stopped first). A delete that keeps failing is retried on every pass and reported loudly once it
+  failed :data:`LOUD_AFTER` times. Each pass that did something mails what it did.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, Field
+
+from cryopilot import aws, clock, runs
+from cryopilot.errors import ClusterNotFoundError, CryopilotError
+from cryopilot.observability import logger
+from cryopilot.pcluster import TAG_RUN_ID, TAG_STACK
+from cryopilot.settings import get_settings
+
+ENDED = ("FAILED", "TIMED_OUT", "ABORTED")
+RUN_FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+GONE_OR_GOING = ("DELETE_IN_PROGRESS",)
+#: Failed delete attempts after which the janitor's mail says ACTION NEEDED.
+LOUD_AFTER = 3
+_RUN_STATUS = {"ABORTED": "CANCELLED", "TIMED_OUT": "FAILED", "FAILED": "FAILED"}
+_VERB = {"ABORTED": "was stopped", "TIMED_OUT": "timed out", "FAILED": "failed"}
+
+
+class CleanupResult(BaseModel):
+    run_id: str
+    execution_status: str
+    cluster: str | None = None
+    action: str  # ignored | no_record | already_deleted | delete_requested | delete_failed
+    mailed: bool = False
+
+
+class JanitorAction(BaseModel):
+    cluster: str
+    run_id: str | None
+    reason: str
+    #: delete_requested | delete_retried (it had failed to delete) | deleting (already going) |
+    #: stopped_and_delete_requested | delete_failed (the request itself failed)
+    action: str
+    attempts: int = 0
+    loud: bool = False
+    detail: str = ""
+
+
+class JanitorReport(BaseModel):
+    checked: int = 0
+    actions: list[JanitorAction] = Field(default_factory=list)
+    mailed: bool = False
+
+
+def _api() -> Any:
+    from cryopilot.cluster import api
+
+    return api()
+
+
+def _publish(subject: str, message: str, *, dataset: str = "", event: str) -> None:
+    attributes = {"event": {"DataType": "String", "StringValue": event}}
+    if dataset:
+        attributes["dataset"] = {"DataType": "String", "StringValue": dataset}
+    aws.client("sns").publish(
+        TopicArn=get_settings().topic_arn,
+        Subject=subject[:100],
+        Message=message,
+        MessageAttributes=attributes,
+    )
+
+
+# ------------------------------------------------------------------ after an execution ended
+def on_execution_end(detail: dict[str, Any]) -> CleanupResult:
+    status = str(detail.get("status") or "")
+    run_id = str(detail.get("name") or "")
+    settings = get_settings()
+    if detail.get("stateMachineArn") != settings.state_machine_arn or status not in ENDED or not run_id:
+        return CleanupResult(run_id=run_id, execution_status=status, action="ignored")
+    run = runs.get_run(run_id)
+    if run is None:  # it ended before Validate wrote a record: no cluster can exist
+        return CleanupResult(run_id=run_id, execution_status=status, action="no_record")
+
+    if run.get("status") not in RUN_FINAL:
+        fields: dict[str, Any] = {
+            "status": _RUN_STATUS[status],
+            "finished_at": clock.now_iso(),
+            "finished_epoch": clock.now(),
+        }
+        if not run.get("error"):
+            fields["error"] = {
+                "type": f"Execution{status.title().replace('_', '')}",
+                "message": f"the execution ended {status} at {run.get('current_step') or 'an unknown step'}",
+                "step": run.get("current_step") or "unknown",
+            }
+        runs.update_run(run_id, **fields)
+
+    name = run.get("cluster_name")
+    if run.get("cluster_deleted") or not name or run.get("cluster_state") in (None, "NOT_CREATED"):
+        action = "already_deleted" if run.get("cluster_deleted") else "no_cluster"
+    else:
+        from cryopilot.cluster import delete
+
+        try:
+            step = delete(run_id)
+            action = "already_deleted" if step.deleted else "delete_requested"
+        except CryopilotError as exc:
+            logger.error("cleanup could not delete the cluster", extra={"run_id": run_id, "error": str(exc)})
+            action = "delete_failed"
+
+    already_told = any(m.get("kind") in ("failed", "cleanup") for m in run.get("mails") or [])
+    mailed = False
+    if action in ("delete_requested", "delete_failed") or not already_told:
+        mailed = _mail_end(run, status, action)
+    logger.info("execution end handled", extra={"run_id": run_id, "status": status, "action": action})
+    return CleanupResult(run_id=run_id, execution_status=status, cluster=name, action=action, mailed=mailed)
+
+
+def _mail_end(run: dict[str, Any], status: str, action: str) -> bool:
+    dataset = str(run.get("dataset") or run["run_id"])
+    name = run.get("cluster_name")
+    cluster_line = {
+        "delete_requested": f"Its cluster {name} is being deleted now; the janitor confirms it is gone.",
+        "delete_failed": f"ACTION NEEDED: its cluster {name} could NOT be deleted; the janitor retries.",
+        "already_deleted": f"Its cluster {name} was already deleted; nothing is left running.",
+        "no_cluster": "No cluster was created.",
+    }[action]
+    subject = f"[cryopilot] {dataset} {_VERB[status]}" + (
+        " - cluster NOT deleted" if action == "delete_failed" else ""
+    )
+    message = "\n".join(
+        [
+            f"cryopilot run {run['run_id']} for dataset {dataset} {_VERB[status]} "
+            f"(execution {status}) at step {run.get('current_step') or 'unknown'}.",
+            "",
+            cluster_line,
+            "Results exported before this point stay in the results bucket; the cluster's /shared "
+            "volume is kept as a snapshot when the cluster is deleted.",
+        ]
+    )
+    _publish(subject, message, dataset=dataset, event="cleanup")
+    runs.append_to(run["run_id"], "mails", {"kind": "cleanup", "subject": subject, "at": clock.now_iso()})
+    return True
+
+
+# ------------------------------------------------------------------ the janitor
+def _execution_status(run: dict[str, Any]) -> str | None:
+    arn = run.get("execution_arn")
+    if not arn:
+        return None
+    try:
+        return str(aws.client("stepfunctions").describe_execution(executionArn=arn)["status"])
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ExecutionDoesNotExist":
+            return None
+        raise
+
+
+def _age_hours(created: datetime | None, now: float) -> float | None:
+    if created is None:
+        return None
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return (now - created.timestamp()) / 3600
+
+
+def _why_delete(run: dict[str, Any] | None, execution: str | None, age_h: float | None) -> str | None:
+    limit = get_settings().max_run_hours
+    if run is None:
+        return "no run record for its run id"
+    if age_h is not None and age_h > limit:
+        return f"older than the maximum run time ({age_h:.1f} h > {limit:g} h)"
+    if run.get("status") in RUN_FINAL:
+        return f"its run is over ({run.get('status')})"
+    if execution is not None and execution != "RUNNING":
+        return f"its execution is over ({execution})"
+    return None
+
+
+def janitor(now: float | None = None) -> JanitorReport:
+    settings = get_settings()
+    now = clock.now() if now is None else now
+    report = JanitorReport()
+    from cryopilot.clusterconfig import CLUSTER_NAME_PREFIX
+
+    for summary in _api().list_clusters():
+        if not summary.name.startswith(CLUSTER_NAME_PREFIX):
+            continue
+        try:
+            info = _api().describe_cluster(summary.name)
+        except ClusterNotFoundError:
+            continue
+        if info.tags.get(TAG_STACK) != settings.stack_name:
+            continue  # another stack's cluster, or nobody's: never ours to delete
+        report.checked += 1
+        run_id = info.tags.get(TAG_RUN_ID)
+        run = runs.get_run(run_id) if run_id else None
+        execution = _execution_status(run) if run else None
+        reason = _why_delete(run, execution, _age_hours(info.creation_time, now))
+        if reason is None:
+            continue
+        if info.status in GONE_OR_GOING:
+            report.actions.append(
+                JanitorAction(cluster=info.name, run_id=run_id, reason=reason, action="deleting")
+            )
+            continue
+        action = "delete_requested"
+        if run is not None and execution == "RUNNING":
+            aws.client("stepfunctions").stop_execution(
+                executionArn=run["execution_arn"],
+                error="MaxRunHoursExceeded",
+                cause=f"stopped by the janitor: {reason}",
+            )
+            action = "stopped_and_delete_requested"
+        report.actions.append(_delete(info, run_id, run, reason, action))
+
+    report.mailed = _mail_janitor(report)
+    logger.info("janitor pass", extra={"checked": report.checked, "actions": len(report.actions)})
+    return report
+
+
+def _delete(
+    info: Any, run_id: str | None, run: dict[str, Any] | None, reason: str, action: str
+) -> JanitorAction:
+    """Request the deletion (again, when it failed before); count the janitor's attempts on the
+    run record, and be loud once a cluster failed to delete :data:`LOUD_AFTER` times."""
+    attempts = int((run or {}).get("janitor_delete_attempts") or 0) + 1
+    failed_before = info.status == "DELETE_FAILED"
+    detail = ""
+    try:
+        _api().delete_cluster(info.name, missing_ok=True)
+        if failed_before:
+            action = "delete_retried"
+    except CryopilotError as exc:
+        action, detail = "delete_failed", str(exc)
+    if run_id and run is not None:
+        fields: dict[str, Any] = {"janitor_delete_attempts": attempts}
+        if action != "delete_failed":
+            fields.update(cluster_state="DELETE_IN_PROGRESS", delete_requested_at=clock.now_iso())
+        runs.update_run(run_id, **fields)
+    loud = (failed_before or action == "delete_failed") and attempts >= LOUD_AFTER
+    return JanitorAction(
+        cluster=info.name,
+        run_id=run_id,
+        reason=reason,
+        action=action,
+        attempts=attempts,
+        loud=loud,
+        detail=detail,
+    )
+
+
+def _mail_janitor(report: JanitorReport) -> bool:
+    acted = [a for a in report.actions if a.action != "deleting"]
+    if not acted:
+        return False
+    loud = [a for a in acted if a.loud]
+    subject = (
+        f"[cryopilot] ACTION NEEDED: {len(loud)} cluster(s) cannot be deleted"
+        if loud
+        else f"[cryopilot] janitor: {len(acted)} cluster(s) cleaned up"
+    )
+    lines = [
+        f"The cryopilot janitor checked {report.checked} cluster(s) of this stack and acted on {len(acted)}:",
+        "",
+    ]
+    for a in acted:
+        lines.append(
+            f"- {a.cluster} (run {a.run_id or 'unknown'}): {a.action}, attempt {a.attempts} - {a.reason}"
+            + (f" ({a.detail})" if a.detail else "")
+        )
+    if loud:
+        lines += [
+            "",
+            f"These clusters failed to delete {LOUD_AFTER} times or more and still cost money. Delete "
+            "them by hand (pcluster delete-cluster, or their CloudFormation stacks) and check the "
+            "stack events for what blocks the deletion.",
+        ]
+    _publish(subject, "\n".join(lines), event="janitor")
+    return True
+
+
+def parse_event(event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """("execution_end", detail) or ("schedule", {}) for the function's two triggers."""
+    if event.get("detail-type") == "Step Functions Execution Status Change":
+        detail = event.get("detail")
+        if isinstance(detail, str):
+            detail = json.loads(detail)
+        return "execution_end", dict(detail or {})
+    if event.get("detail-type") == "Scheduled Event" or event.get("source") == "aws.events":
+        return "schedule", {}
+    raise ValueError(f"not an event the cleanup function handles: {event.get('detail-type')!r}")

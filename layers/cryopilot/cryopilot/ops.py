@@ -1,0 +1,359 @@
+"""The operator's view of a stack: submit, status, watch, cancel and report, from a workstation.
+
+A :class:`Stack` names the deployed resources (from CloudFormation's outputs, or given directly
+for the local stack); every command goes through the same AWS APIs an operator's credentials
+reach: Step Functions, DynamoDB, S3 and, for ``cancel``, the stack's own cluster function, so
+the cluster is deleted by the code that created it. Nothing here runs inside Lambda.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from cryopilot import runs
+from cryopilot.errors import ManifestError
+from cryopilot.manifest import Manifest, parse_manifest
+
+#: Exit codes of the operator commands.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_AWS = 0, 1, 2, 3, 4
+TERMINAL = ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
+
+
+class OperatorError(Exception):
+    """A command cannot go on; ``exit_code`` says why (see the EXIT_* constants)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The resources of one cryopilot stack that the operator commands use."""
+
+    name: str
+    region: str
+    input_bucket: str
+    results_bucket: str
+    runs_table: str
+    state_machine_arn: str
+    cluster_function: str
+
+    @classmethod
+    def from_cloudformation(cls, name: str, region: str) -> Stack:
+        cfn = boto3.client("cloudformation", region_name=region)
+        try:
+            stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
+            cluster_fn = cfn.describe_stack_resource(StackName=name, LogicalResourceId="ClusterFunction")
+        except ClientError as exc:
+            message = exc.response["Error"].get("Message", "")
+            if "does not exist" in message:
+                raise OperatorError(f"stack {name} not found in {region}", EXIT_NOT_FOUND) from None
+            raise OperatorError(f"stack {name}: {message}", EXIT_AWS) from None
+        except BotoCoreError as exc:
+            raise OperatorError(f"stack {name}: {exc}", EXIT_AWS) from None
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+        wanted = ("InputBucketName", "ResultsBucketName", "RunsTableName", "RunStateMachineArn")
+        missing = [k for k in wanted if k not in outputs]
+        if missing:
+            raise OperatorError(
+                f"stack {name} is not a cryopilot stack (no output {', '.join(missing)})", EXIT_NOT_FOUND
+            )
+        return cls(
+            name=name,
+            region=region,
+            input_bucket=outputs["InputBucketName"],
+            results_bucket=outputs["ResultsBucketName"],
+            runs_table=outputs["RunsTableName"],
+            state_machine_arn=outputs["RunStateMachineArn"],
+            cluster_function=cluster_fn["StackResourceDetail"]["PhysicalResourceId"],
+        )
+
+    def client(self, service: str) -> Any:
+        return boto3.client(service, region_name=self.region)
+
+    def execution_arn(self, run_id: str) -> str:
+        prefix, _, machine = self.state_machine_arn.rpartition(":stateMachine:")
+        return f"{prefix}:execution:{machine}:{run_id}"
+
+
+# ------------------------------------------------------------------ reading runs
+def get_run(stack: Stack, run_id: str) -> dict[str, Any]:
+    """The run record with its plan (``plan``); :class:`OperatorError` when there is none."""
+    table = boto3.resource("dynamodb", region_name=stack.region).Table(stack.runs_table)
+    item = table.get_item(Key={"pk": f"run#{run_id}"}, ConsistentRead=True).get("Item")
+    if item is None:
+        raise OperatorError(f"no run {run_id} in stack {stack.name}", EXIT_NOT_FOUND)
+    run = runs.decode(item)
+    plan = table.get_item(Key={"pk": f"plan#{run_id}"}, ConsistentRead=True).get("Item")
+    run["plan"] = runs.decode(plan)["plan"] if plan else []
+    return dict(run)
+
+
+def list_runs(stack: Stack, limit: int = 20) -> list[dict[str, Any]]:
+    table = boto3.resource("dynamodb", region_name=stack.region).Table(stack.runs_table)
+    resp = table.query(
+        IndexName="ByCreated",
+        KeyConditionExpression="kind = :k",
+        ExpressionAttributeValues={":k": "run"},
+        ScanIndexForward=False,
+        Limit=limit,
+    )
+    return [runs.decode(i) for i in resp.get("Items", [])]
+
+
+def execution_status(stack: Stack, run_id: str) -> str | None:
+    try:
+        arn = stack.execution_arn(run_id)
+        return str(stack.client("stepfunctions").describe_execution(executionArn=arn)["status"])
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ExecutionDoesNotExist":
+            return None
+        raise
+
+
+# ------------------------------------------------------------------ rendering
+def fmt_duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def _bar(fraction: float, width: int = 20) -> str:
+    filled = max(0, min(width, round(fraction * width)))
+    return "█" * filled + "░" * (width - filled)
+
+
+def render_status(run: dict[str, Any], execution: str | None, now: float | None = None) -> str:
+    """A run as text: header, cluster, one line per stage with a progress bar, and the outcome."""
+    now = time.time() if now is None else now
+    lines = [
+        f"run {run['run_id']}  dataset {run.get('dataset', '?')}  status {run.get('status', '?')}"
+        + (f"  (execution {execution})" if execution else ""),
+        f"cluster {run.get('cluster_name') or '-'}: {run.get('cluster_state') or 'not requested'}"
+        + (f" · {run['placement']}" if run.get("placement") else "")
+        + f" · step {run.get('current_step') or '-'}",
+    ]
+    stages = run.get("stages") or {}
+    plan = run.get("plan") or []
+    width = max([len(str(p.get("title", p.get("id", "")))) for p in plan] + [5])
+    for planned in plan:
+        rec = stages.get(planned["id"], {})
+        state = rec.get("state", "pending")
+        progress = 1.0 if state == "completed" else float(rec.get("progress") or 0.0)
+        elapsed = ""
+        if rec.get("started_at"):
+            end = rec.get("completed_at") or now
+            elapsed = fmt_duration(float(end) - float(rec["started_at"]))
+        lane = planned.get("lane") or "-"
+        lines.append(
+            f"  {planned.get('title', planned['id'])!s:<{width}}  {lane:<5} {planned.get('gpus', 0):>2} GPU"
+            f"  {_bar(progress)} {progress * 100:5.1f}%  {state:<9} {elapsed}"
+        )
+    if run.get("resolution_A") is not None:
+        lines.append(f"resolution {float(run['resolution_A']):.2f} Å")
+    stage_costs = [float(s["cost_usd"]) for s in stages.values() if s.get("cost_usd") is not None]
+    if run.get("cost_usd") is not None:
+        lines.append(f"cost ${float(run['cost_usd']):,.2f} (compute nodes, on-demand)")
+    elif stage_costs:
+        lines.append(f"cost so far ${sum(stage_costs):,.2f} (compute nodes, on-demand)")
+    if run.get("error"):
+        err = run["error"]
+        lines.append(f"failed at {err.get('step')}: {err.get('type')}: {err.get('message')}")
+    if run.get("report"):
+        lines.append(f"report {run['report'].get('html') or run['report']}")
+    return "\n".join(lines)
+
+
+def watch(
+    stack: Stack,
+    run_id: str,
+    *,
+    interval: float = 30.0,
+    emit: Callable[[str], None] = print,
+    sleep: Callable[[float], None] = time.sleep,
+    max_updates: int | None = None,
+) -> str:
+    """Show the run until its execution ends (or ``max_updates``); returns the final status."""
+    shown = None
+    updates = 0
+    while True:
+        execution = execution_status(stack, run_id)
+        try:
+            run = get_run(stack, run_id)
+        except OperatorError:
+            if execution is None:
+                raise
+            run = {"run_id": run_id, "status": "STARTING"}  # Validate has not written it yet
+        text = render_status(run, execution)
+        if text != shown:
+            emit(text)
+            shown = text
+        updates += 1
+        if execution in TERMINAL or (execution is None and run.get("status") in ("SUCCEEDED", "FAILED")):
+            return str(execution or run.get("status"))
+        if max_updates is not None and updates >= max_updates:
+            return str(execution or run.get("status"))
+        sleep(interval)
+
+
+# ------------------------------------------------------------------ submit
+@dataclass(frozen=True)
+class Submitted:
+    run_id: str
+    execution_arn: str
+    already: bool
+
+
+def _read_local(path: str) -> bytes:
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise OperatorError(f"{path}: no such file", EXIT_USAGE)
+    return p.read_bytes()
+
+
+def submit(
+    stack: Stack,
+    manifest: str,
+    *,
+    data_s3_uri: str | None = None,
+    settings: dict[str, Any] | None = None,
+) -> Submitted:
+    """Start a run from a local manifest file (its data already in S3) or an ``s3://`` manifest.
+    A local manifest is checked here first, so a bad one fails before anything starts."""
+    execution_input: dict[str, Any] = {"trigger": "operator"}
+    if settings:
+        execution_input["settings"] = settings
+    if manifest.startswith("s3://"):
+        bucket, _, key = manifest[len("s3://") :].partition("/")
+        if not bucket or not key:
+            raise OperatorError(f"{manifest}: not an s3://bucket/key URI", EXIT_USAGE)
+        try:
+            body = stack.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            code = exc.response["Error"]["Code"]
+            raise OperatorError(f"{manifest}: cannot be read ({code})", EXIT_NOT_FOUND) from None
+        parsed = _parse(body, manifest)
+        execution_input["manifest_s3_uri"] = manifest
+    else:
+        body = _read_local(manifest)
+        parsed = _parse(body, manifest)
+        folder = data_s3_uri or f"s3://{stack.input_bucket}/datasets/{parsed.dataset}/"
+        if not folder.startswith("s3://") or not folder.endswith("/"):
+            raise OperatorError(f"--data {folder}: must be an s3:// folder ending in '/'", EXIT_USAGE)
+        execution_input["manifest_inline"] = parsed.model_dump(mode="json", exclude_none=True)
+        execution_input["data_s3_uri"] = folder
+    digest = hashlib.sha256(body + json.dumps(execution_input, sort_keys=True).encode()).hexdigest()
+    run_id = f"{parsed.dataset[:48]}-op{digest[:10]}"
+    arn = stack.execution_arn(run_id)
+    sfn = stack.client("stepfunctions")
+    if execution_status(stack, run_id) is not None:
+        # (StartExecution itself answers a repeat with the running execution, silently.)
+        return Submitted(run_id, arn, already=True)
+    try:
+        sfn.start_execution(
+            stateMachineArn=stack.state_machine_arn, name=run_id, input=json.dumps(execution_input)
+        )
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ExecutionAlreadyExists":
+            return Submitted(run_id, arn, already=True)
+        raise OperatorError(f"cannot start the run: {exc.response['Error']['Message']}", EXIT_AWS) from None
+    return Submitted(run_id, arn, already=False)
+
+
+def _parse(body: bytes, source: str) -> Manifest:
+    try:
+        return parse_manifest(body, source=source)
+    except ManifestError as exc:
+        raise OperatorError(str(exc), EXIT_USAGE) from None
+
+
+# ------------------------------------------------------------------ cancel
+def _invoke_cluster(stack: Stack, payload: dict[str, Any]) -> dict[str, Any]:
+    resp = stack.client("lambda").invoke(
+        FunctionName=stack.cluster_function, Payload=json.dumps(payload).encode()
+    )
+    body = json.loads(resp["Payload"].read() or b"null")
+    if resp.get("FunctionError"):
+        raise OperatorError(
+            f"cluster function failed: {body.get('errorType')}: {body.get('errorMessage')}", EXIT_AWS
+        )
+    return dict(body)
+
+
+def cancel(
+    stack: Stack,
+    run_id: str,
+    *,
+    wait: bool = True,
+    interval: float = 30.0,
+    max_polls: int = 120,
+    sleep: Callable[[float], None] = time.sleep,
+    emit: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Stop the run's execution, delete its cluster through the stack's cluster function, and
+    (with ``wait``) wait until the cluster is gone. Safe to repeat."""
+    run = get_run(stack, run_id)
+    status = execution_status(stack, run_id)
+    if status == "RUNNING":
+        stack.client("stepfunctions").stop_execution(
+            executionArn=stack.execution_arn(run_id),
+            error="CancelledByOperator",
+            cause="cryopilot cancel",
+        )
+        emit(f"stopped execution {run_id}")
+    else:
+        emit(f"execution {run_id} is {status or 'not found'}; nothing to stop")
+    _mark_cancelled(stack, run_id, run)
+    step = _invoke_cluster(stack, {"action": "delete", "run_id": run_id})
+    emit(f"cluster {step.get('name') or '-'}: {step.get('status')}")
+    polls = 0
+    while wait and not step.get("deleted"):
+        if polls >= max_polls:
+            raise OperatorError(
+                f"cluster {step.get('name')} still {step.get('status')} after {polls} checks; "
+                "run `cryopilot cancel` again or delete it with pcluster",
+                EXIT_FAILED,
+            )
+        sleep(interval)
+        step = _invoke_cluster(
+            stack, {"action": "check_deleted", "run_id": run_id, "polls": polls, "max_polls": max_polls + 1}
+        )
+        polls += 1
+        emit(f"cluster {step.get('name') or '-'}: {step.get('status')}")
+    return step
+
+
+def _mark_cancelled(stack: Stack, run_id: str, run: dict[str, Any]) -> None:
+    if run.get("status") in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        return
+    table = boto3.resource("dynamodb", region_name=stack.region).Table(stack.runs_table)
+    table.update_item(
+        Key={"pk": f"run#{run_id}"},
+        UpdateExpression="SET #s = :s, current_step = :c",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":s": "CANCELLED", ":c": "cancelled"},
+    )
+
+
+# ------------------------------------------------------------------ report
+def report_files(stack: Stack, run_id: str) -> Iterator[tuple[str, bytes]]:
+    """The run's report files as stored next to its results (``runs/<run id>/report/``)."""
+    s3 = stack.client("s3")
+    prefix = f"runs/{run_id}/report/"
+    listing = s3.list_objects_v2(Bucket=stack.results_bucket, Prefix=prefix)
+    keys = [o["Key"] for o in listing.get("Contents", [])]
+    if not keys:
+        get_run(stack, run_id)  # no such run → its own message
+        raise OperatorError(f"run {run_id} has no report yet (s3://{stack.results_bucket}/{prefix})")
+    for key in sorted(keys):
+        yield key[len(prefix) :], s3.get_object(Bucket=stack.results_bucket, Key=key)["Body"].read()

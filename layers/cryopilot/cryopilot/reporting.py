@@ -1,0 +1,93 @@
+"""Write a run's report next to its results and remember where it is (the Report step).
+
+The rendering is :mod:`cryopilot.report`; this module gathers what it needs (the run record, its
+plan, the instance types of the queues and their prices), stores the three files under
+``runs/<run id>/report/`` in the results bucket and records their locations and the run's cost on
+the run record, which the final mail then links and quotes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from cryopilot import aws, report, runs
+from cryopilot.errors import ReportError
+from cryopilot.observability import logger
+from cryopilot.settings import get_settings
+
+CONTENT_TYPES = {
+    "report.md": "text/markdown; charset=utf-8",
+    "report.html": "text/html; charset=utf-8",
+    "timeline.png": "image/png",
+}
+
+
+class ReportStep(BaseModel):
+    html_uri: str
+    markdown_uri: str
+    png_uri: str
+    cost_usd: float | None = None
+
+
+def _price_lookup() -> Callable[[str], float | None] | None:
+    """Hourly prices from the instance catalogue (with the deployment's overrides)."""
+    try:
+        from cryopilot.costing import Catalogue, UnknownInstanceType
+    except ImportError:  # pragma: no cover - the catalogue ships with the layer
+        return None
+    catalogue = Catalogue.from_env()
+
+    def price(instance_type: str) -> float | None:
+        try:
+            return float(catalogue.price(instance_type))
+        except UnknownInstanceType:
+            return None
+
+    return price
+
+
+def instance_types(run: dict[str, Any]) -> dict[str, str]:
+    """Instance type per queue: the placement's gpu8 type when the run recorded one."""
+    settings = get_settings()
+    gpu8 = run.get("gpu8_instance_type") or settings.gpu8_instance_type
+    return {"gpu8": str(gpu8), "gpu1": settings.gpu1_instance_type}
+
+
+def write(run_id: str) -> ReportStep:
+    run = runs.get_run(run_id)
+    if run is None:
+        raise ReportError(f"run {run_id} has no record; nothing to report")
+    plan = runs.get_plan(run_id)
+    data = report.report_data_from_run(run, plan, prices=_price_lookup(), instance_types=instance_types(run))
+    files = report.render_all(data)
+    bucket = get_settings().results_bucket
+    prefix = f"runs/{run_id}/report/"
+    s3 = aws.client("s3")
+    for name, body in files.items():
+        s3.put_object(
+            Bucket=bucket,
+            Key=prefix + name,
+            Body=body,
+            ContentType=CONTENT_TYPES.get(name, "binary/octet-stream"),
+        )
+    step = ReportStep(
+        html_uri=f"s3://{bucket}/{prefix}report.html",
+        markdown_uri=f"s3://{bucket}/{prefix}report.md",
+        png_uri=f"s3://{bucket}/{prefix}timeline.png",
+        cost_usd=round(data.cost_usd, 2) if data.cost_usd is not None else None,
+    )
+    fields: dict[str, Any] = {
+        "report": {"html": step.html_uri, "markdown": step.markdown_uri, "png": step.png_uri}
+    }
+    if step.cost_usd is not None:
+        fields["cost_usd"] = step.cost_usd
+    if data.gpu_hours_paid is not None:
+        fields["gpu_hours_paid"] = round(data.gpu_hours_paid, 2)
+    if data.gpu_hours_busy is not None:
+        fields["gpu_hours_busy"] = round(data.gpu_hours_busy, 2)
+    runs.update_run(run_id, **fields)
+    logger.info("report written", extra={"uri": step.html_uri, "cost_usd": step.cost_usd})
+    return step

@@ -1,0 +1,183 @@
+"""Every way a run can end leads to its cluster's deletion: the cleanup after an execution ended
+outside the state machine's catches, and the scheduled janitor (real state machine, stand-ins)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from cryopilot_sim.clock import VirtualClock
+from cryopilot_sim.harness import LocalCloud
+
+from tests.conftest import EVENTS
+
+pytestmark = pytest.mark.slow
+
+DATA = {"movies/m0001.tif": b"\x00" * 64, "gain/gain_ref.mrc": b"g" * 32}
+
+
+@pytest.fixture
+def cloud(request: pytest.FixtureRequest) -> Iterator[LocalCloud]:
+    with LocalCloud(clock=VirtualClock(), parameters=getattr(request, "param", {})) as c:
+        yield c
+
+
+def _start(cloud: LocalCloud) -> dict:
+    cloud.drop_dataset("CGRP-2026-11", (EVENTS / "manifests" / "cgrp.yaml").read_text(), DATA)
+    cloud.drain_events()
+    (execution,) = cloud.executions()
+    return execution
+
+
+def _until(predicate, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def _cleanup_results(cloud: LocalCloud) -> list[dict]:
+    return [d.result for d in cloud.deliveries if d.function.endswith("CleanupFunction")]
+
+
+def _gone(cloud: LocalCloud) -> bool:
+    cloud.clock.sleep(120)  # deletions take simulated minutes
+    return cloud.pcluster.clusters() == {}
+
+
+def test_execution_stopped_by_hand_deletes_the_cluster_and_mails(cloud: LocalCloud) -> None:
+    execution = _start(cloud)
+    run_id = execution["name"]
+    _until(
+        lambda: any(s.get("started_at") for s in (cloud.run_record(run_id) or {}).get("stages", {}).values())
+    )
+    assert cloud.pcluster.clusters(), "the run has a cluster"
+
+    cloud.client("stepfunctions").stop_execution(executionArn=execution["executionArn"], cause="by hand")
+    _until(lambda: bool(_cleanup_results(cloud)))
+    (result,) = _cleanup_results(cloud)
+    assert result["execution_status"] == "ABORTED"
+    assert result["action"] == "delete_requested"
+    assert result["mailed"] is True
+    _until(lambda: _gone(cloud))
+
+    record = cloud.run_record(run_id)
+    assert record is not None
+    assert record["status"] == "CANCELLED"
+    assert record["error"]["type"] == "ExecutionAborted"
+    stopped = cloud.mails()[-1]
+    assert stopped["subject"] == "[cryopilot] CGRP-2026-11 was stopped"
+    assert "is being deleted now" in stopped["message"]
+
+
+def test_a_failed_run_that_cleaned_up_itself_gets_no_second_mail(cloud: LocalCloud) -> None:
+    cloud.cryosparc_setup.append(lambda cs: cs.inject("fail", "class_2D_new"))
+    execution = _start(cloud)
+    desc = cloud.wait_for_execution(execution["executionArn"], timeout=240)
+    assert desc["status"] == "FAILED"
+    _until(lambda: bool(_cleanup_results(cloud)))
+    (result,) = _cleanup_results(cloud)
+    assert result["action"] == "already_deleted"
+    assert result["mailed"] is False
+    subjects = [m["subject"] for m in cloud.mails()]
+    assert len(subjects) == 2, subjects  # started, failed: nothing more
+
+
+def test_janitor_retries_a_failed_delete_until_the_cluster_is_gone(cloud: LocalCloud) -> None:
+    cloud.cryosparc_setup.append(lambda cs: cs.inject("fail", "class_2D_new"))
+    cloud.pcluster.inject("delete_failed", count=2)  # the failure path's delete, then the cleanup's
+    execution = _start(cloud)
+    desc = cloud.wait_for_execution(execution["executionArn"], timeout=240)
+    assert desc["status"] == "FAILED"
+    failure_mail = [m for m in cloud.mails() if "failed at" in m["subject"]][-1]
+    assert "could NOT be confirmed deleted" in failure_mail["message"]
+
+    # the execution's end: the cleanup function asks for the deletion again, and mails
+    _until(lambda: bool(_cleanup_results(cloud)))
+    (cleanup,) = _cleanup_results(cloud)
+    assert cleanup["action"] == "delete_requested"
+    assert cleanup["mailed"] is True
+    cloud.clock.sleep(900)
+    assert list(cloud.pcluster.clusters().values()) == ["DELETE_FAILED"]
+
+    report = cloud.run_schedule("CleanupFunction")
+    assert report["checked"] == 1
+    (action,) = report["actions"]
+    assert action["action"] == "delete_retried"
+    assert action["attempts"] == 1
+    assert action["loud"] is False
+    assert "its run is over (FAILED)" in action["reason"]
+    assert report["mailed"] is True
+    _until(lambda: _gone(cloud))
+    assert cloud.mails()[-1]["subject"] == "[cryopilot] janitor: 1 cluster(s) cleaned up"
+
+    assert cloud.run_schedule("CleanupFunction") == {"checked": 0, "actions": [], "mailed": False}
+
+
+def test_janitor_reports_loudly_a_cluster_that_keeps_failing_to_delete(cloud: LocalCloud) -> None:
+    cloud.cryosparc_setup.append(lambda cs: cs.inject("fail", "class_2D_new"))
+    cloud.pcluster.inject("delete_failed", count=10)
+    execution = _start(cloud)
+    cloud.wait_for_execution(execution["executionArn"], timeout=240)
+    _until(lambda: bool(_cleanup_results(cloud)))  # the cleanup's own attempt comes first
+    subjects = []
+    for _ in range(3):
+        cloud.clock.sleep(900)  # the stand-in's deletion fails after its delete time
+        assert list(cloud.pcluster.clusters().values()) == ["DELETE_FAILED"]
+        cloud.run_schedule("CleanupFunction")
+        subjects.append(cloud.mails()[-1]["subject"])
+    assert subjects == [
+        "[cryopilot] janitor: 1 cluster(s) cleaned up",
+        "[cryopilot] janitor: 1 cluster(s) cleaned up",
+        "[cryopilot] ACTION NEEDED: 1 cluster(s) cannot be deleted",
+    ]
+    assert "failed to delete 3 times or more" in cloud.mails()[-1]["message"]
+    assert cloud.pcluster.clusters() != {}, "the stand-in keeps refusing: the janitor must not pretend"
+
+
+@pytest.mark.parametrize("cloud", [{"MaxRunHours": 2}], indirect=True)
+def test_janitor_stops_a_run_past_the_maximum_run_hours_and_deletes_its_cluster(cloud: LocalCloud) -> None:
+    execution = _start(cloud)
+    run_id = execution["name"]
+    _until(lambda: (cloud.run_record(run_id) or {}).get("cluster_ready_at") is not None)
+    assert cloud.run_schedule("CleanupFunction")["actions"] == [], "young runs are left alone"
+
+    cloud.clock.sleep(3 * 3600)
+    report = cloud.run_schedule("CleanupFunction")
+    (action,) = report["actions"]
+    assert action["action"] == "stopped_and_delete_requested"
+    assert "older than the maximum run time" in action["reason"]
+    desc = cloud.wait_for_execution(execution["executionArn"], timeout=60)
+    assert desc["status"] == "ABORTED"
+    _until(lambda: bool(_cleanup_results(cloud)))  # the ABORTED execution's cleanup closes the record
+    _until(lambda: _gone(cloud))
+    record = cloud.run_record(run_id)
+    assert record is not None
+    assert record["status"] == "CANCELLED"
+
+
+def test_janitor_never_touches_another_stacks_or_a_running_runs_cluster(cloud: LocalCloud) -> None:
+    import yaml
+    from cryopilot.cluster import api, config_yaml_for
+    from cryopilot.settings import get_settings
+
+    other = {
+        "run_id": "OTHER-1",
+        "dataset": "OTHER",
+        "cluster_name": "cryopilot-other-1",
+        "data_s3_uri": f"s3://{cloud.input_bucket}/datasets/OTHER/",
+    }
+    config = yaml.safe_load(config_yaml_for(other, get_settings()))
+    for tag in config["Tags"]:
+        if tag["Key"] == "cryopilot:stack":
+            tag["Value"] = "someone-else"
+    api().create_cluster("cryopilot-other-1", yaml.safe_dump(config))
+    execution = _start(cloud)
+    run_id = execution["name"]
+    _until(lambda: (cloud.run_record(run_id) or {}).get("cluster_ready_at") is not None)
+    report = cloud.run_schedule("CleanupFunction")
+    assert report["checked"] == 1  # ours only
+    assert report["actions"] == []
+    assert "cryopilot-other-1" in cloud.pcluster.clusters()

@@ -1,0 +1,167 @@
+"""Faults between the Lambdas and the cluster, each through the real state machine: a config
+error, an SSM command that times out, a head node that disappears, an export that fails.
+(Throttling, capacity, failed/killed/stuck jobs: test_state_machine.py; DELETE_FAILED and
+executions stopped by hand: test_cleanup.py.)"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+import yaml
+from cryopilot_sim.clock import VirtualClock
+from cryopilot_sim.harness import LocalCloud
+
+from tests.conftest import EVENTS
+
+pytestmark = pytest.mark.slow
+
+DATASET = "CGRP-2026-11"
+DATA = {"movies/m0001.tif": b"\x00" * 64, "gain/gain_ref.mrc": b"g" * 32}
+
+
+@pytest.fixture
+def cloud() -> Iterator[LocalCloud]:
+    with LocalCloud(clock=VirtualClock()) as c:
+        yield c
+
+
+def _start(cloud: LocalCloud, name: str = "faulty", limits: dict | None = None) -> str:
+    """A manual start polling stages at most every 30 min (the faults here are not about timing)."""
+    s3 = cloud.client("s3")
+    for rel, body in DATA.items():
+        s3.put_object(Bucket=cloud.input_bucket, Key=f"datasets/{DATASET}/{rel}", Body=body)
+    manifest = yaml.safe_load((EVENTS / "manifests" / "cgrp.yaml").read_text())
+    if limits:
+        manifest["limits"] = limits
+    doc = {
+        "manifest_inline": manifest,
+        "data_s3_uri": f"s3://{cloud.input_bucket}/datasets/{DATASET}/",
+        "settings": {"min_poll_seconds": 1800, "max_poll_seconds": 14400},
+    }
+    sfn = cloud.client("stepfunctions")
+    arn: str = sfn.start_execution(stateMachineArn=cloud.state_machine_arn, name=name, input=json.dumps(doc))[
+        "executionArn"
+    ]
+    return arn
+
+
+def _failed_tasks(cloud: LocalCloud, arn: str) -> list[str]:
+    return [
+        json.loads(e["taskFailedEventDetails"]["cause"])["errorType"]
+        for e in cloud.history(arn)
+        if e["type"] == "TaskFailed"
+    ]
+
+
+def _assert_failed_cleanly(cloud: LocalCloud, arn: str, error_type: str) -> tuple[dict, dict]:
+    desc = cloud.wait_for_execution(arn, timeout=240)
+    assert desc["status"] == "FAILED"
+    record = cloud.run_record(desc["name"])
+    assert record is not None
+    assert record["error"]["type"] == error_type
+    assert record["cluster_deleted"] is True
+    assert cloud.pcluster.clusters() == {}
+    failure = cloud.mails()[-1]
+    assert failure["subject"].startswith(f"[cryopilot] {DATASET} failed at")
+    assert error_type in failure["message"]
+    assert "has been deleted; nothing is left running" in failure["message"]
+    return record, failure
+
+
+def test_config_error_fails_fast_without_retries_and_mails_the_validator_message(cloud: LocalCloud) -> None:
+    cloud.pcluster.inject("config_error", operation="create_cluster")
+    arn = _start(cloud)
+    _, failure = _assert_failed_cleanly(cloud, arn, "ClusterConfigError")
+    assert _failed_tasks(cloud, arn) == ["ClusterConfigError"]  # one attempt: never retried
+    assert len(list(cloud.pcluster.requests_for("create_cluster"))) == 1
+    assert "is not supported in the Availability Zone" in failure["message"]
+
+
+def test_ssm_command_timing_out_once_is_retried_and_the_run_succeeds(cloud: LocalCloud) -> None:
+    cloud.ssm_faults.append(["timeout", "status", 1])
+    arn = _start(cloud)
+    desc = cloud.wait_for_execution(arn, timeout=240)
+    assert desc["status"] == "SUCCEEDED", (cloud.run_record(desc["name"]) or {}).get("error")
+    assert _failed_tasks(cloud, arn) == ["AgentTimeoutError"]
+    assert cloud.pcluster.clusters() == {}
+
+
+def test_ssm_command_that_keeps_timing_out_fails_the_run_cleanly(cloud: LocalCloud) -> None:
+    cloud.ssm_faults.append(["timeout", "status", 100])
+    arn = _start(cloud)
+    record, _ = _assert_failed_cleanly(cloud, arn, "AgentTimeoutError")
+    assert _failed_tasks(cloud, arn).count("AgentTimeoutError") == 4  # the first try and 3 retries
+    assert record["error"]["step"].startswith("stage:")
+
+
+def test_head_node_that_disappears_fails_the_run_and_names_the_stage(cloud: LocalCloud) -> None:
+    arn = _start(cloud)
+    name = arn.rsplit(":", 1)[1]
+    deadline = time.monotonic() + 120
+    while not any(s.get("started_at") for s in ((cloud.run_record(name) or {}).get("stages") or {}).values()):
+        assert time.monotonic() < deadline, "no stage started"
+        time.sleep(0.02)
+    record = cloud.run_record(name)
+    assert record is not None
+    cloud.lose_head_node(record["cluster_name"])
+    record, failure = _assert_failed_cleanly(cloud, arn, "HeadNodeUnreachableError")
+    stage = record["error"]["step"].removeprefix("stage:")
+    assert record["stages"][stage]["title"] in failure["subject"]
+    assert "does not answer SSM" in failure["message"]
+
+
+def test_export_that_keeps_failing_is_retried_then_fails_and_says_where_the_data_is(
+    cloud: LocalCloud,
+) -> None:
+    deny = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:PutObject",
+                "Resource": f"arn:aws:s3:::{cloud.results_bucket}/runs/*/results/*",
+            }
+        ],
+    }
+    cloud.client("s3").put_bucket_policy(Bucket=cloud.results_bucket, Policy=json.dumps(deny))
+    arn = _start(cloud)
+    record, failure = _assert_failed_cleanly(cloud, arn, "ExportError")
+    assert _failed_tasks(cloud, arn).count("ExportError") == 4  # the first try and 3 retries
+    assert record["stages"]["nurefine"]["state"] == "completed"  # the map was made
+    assert "snapshot" in failure["message"]
+    assert "/shared" in failure["message"]
+    assert record["cluster_name"] in failure["message"]
+
+
+def test_cost_ceiling_below_the_estimate_fails_before_any_cluster(cloud: LocalCloud) -> None:
+    arn = _start(cloud, limits={"max_cost_usd": 100})
+    desc = cloud.wait_for_execution(arn, timeout=240)
+    assert desc["status"] == "FAILED"
+    record = cloud.run_record(desc["name"])
+    assert record is not None
+    assert record["error"]["type"] == "RunLimitError"
+    assert record["error"]["step"] == "validate"
+    assert "would exceed limits.max_cost_usd $100" in record["error"]["message"]
+    failure = cloud.mails()[-1]
+    assert "limits.max_cost_usd" in failure["message"]
+    assert "No cluster was created." in failure["message"]
+    assert not list(cloud.pcluster.requests_for("create_cluster"))
+
+
+def test_cost_ceiling_above_the_estimate_lets_the_run_finish(cloud: LocalCloud) -> None:
+    arn = _start(cloud, limits={"max_cost_usd": 5000})
+    desc = cloud.wait_for_execution(arn, timeout=240)
+    assert desc["status"] == "SUCCEEDED", (cloud.run_record(desc["name"]) or {}).get("error")
+
+
+def test_run_past_its_hour_limit_is_stopped(cloud: LocalCloud) -> None:
+    arn = _start(cloud, limits={"max_hours": 3})
+    record, failure = _assert_failed_cleanly(cloud, arn, "RunLimitError")
+    assert "past its limit of 3 h (limits.max_hours)" in record["error"]["message"]
+    assert "limits.max_hours" in failure["message"]
+    elapsed_h = (record["finished_epoch"] - record["started_epoch"]) / 3600
+    assert 3 < elapsed_h < 3 + 14400 / 3600 + 1  # within one (coarse) poll of the limit, plus the delete

@@ -1,0 +1,81 @@
+"""`cryopilot local` serves the local stack on loopback; the operator commands reach it with
+`--local` from another process, with no AWS credentials and no route to AWS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryopilot_sim.local_server import LocalServer
+
+from tests.conftest import EVENTS, ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LocalServer]:
+    with LocalServer(profile="spike", speed=20000.0, stack_file=tmp_path / "stack.json") as s:
+        yield s
+
+
+def _cli(server: LocalServer, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "CRYOPILOT_LOCAL_STACK_FILE": str(server.stack_file),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "cryopilot.cli", *args, "--local"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_submit_status_and_cancel_against_the_local_stack(server: LocalServer) -> None:
+    stack = server.cloud.operator_stack()
+    s3 = server.cloud.client("s3")
+    s3.put_object(Bucket=stack.input_bucket, Key="datasets/SPIKE-FAB-07/micrographs/a.mrc", Body=b"m" * 64)
+
+    submitted = _cli(server, "submit", str(EVENTS / "manifests" / "spike.yaml"))
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.stdout.split("run ", 1)[1].split()[0]
+    assert run_id.startswith("SPIKE-FAB-07-op")
+
+    deadline = time.monotonic() + 60
+    while True:
+        status = _cli(server, "status", run_id)
+        if status.returncode == 0 and "cluster cryopilot-" in status.stdout:
+            break
+        assert time.monotonic() < deadline, status.stderr
+        time.sleep(0.5)
+    assert status.stdout.startswith(f"run {run_id}")
+    assert " GPU " in status.stdout
+
+    listed = _cli(server, "status")
+    assert listed.returncode == 0
+    assert run_id in listed.stdout
+
+    cancelled = _cli(server, "cancel", run_id, "--interval", "0.5")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"stopped execution {run_id}" in cancelled.stdout
+    assert cancelled.stdout.rstrip().endswith(": DELETED")
+    assert server.cloud.pcluster.clusters() == {}
+
+
+def test_without_a_local_stack_the_commands_say_how_to_start_one(server: LocalServer, tmp_path: Path) -> None:
+    server.stack_file.rename(tmp_path / "elsewhere.json")
+    result = _cli(server, "status")
+    assert result.returncode == 3
+    assert "no local stack is running" in result.stderr
+    assert "cryopilot local" in result.stderr

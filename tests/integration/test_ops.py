@@ -1,0 +1,155 @@
+"""The operator commands (submit, status, watch, cancel, report) against the local stack."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import yaml
+from cryopilot import ops
+from cryopilot.ops import OperatorError
+from cryopilot_sim.clock import VirtualClock
+from cryopilot_sim.harness import LocalCloud
+
+from tests.conftest import EVENTS
+
+pytestmark = pytest.mark.slow
+
+DATA = {"movies/m0001.tif": b"\x00" * 64, "movies/m0002.tif": b"\x01" * 64, "gain/gain_ref.mrc": b"g" * 32}
+MANIFEST = EVENTS / "manifests" / "cgrp.yaml"
+
+
+@pytest.fixture
+def cloud(request: pytest.FixtureRequest) -> Iterator[LocalCloud]:
+    with LocalCloud(clock=VirtualClock(), profile=getattr(request, "param", "cgrp")) as c:
+        yield c
+
+
+def _wait_for_record(stack: ops.Stack, run_id: str, until: str = "stage") -> dict:
+    """The run record once a stage started (``stage``) or once it exists (``record``)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            run = ops.get_run(stack, run_id)
+        except OperatorError:
+            run = None
+        if run and (until == "record" or any(s.get("started_at") for s in run["stages"].values())):
+            return run
+        time.sleep(0.05)
+    raise AssertionError(f"run {run_id} did not get to {until}")
+
+
+def _upload_data(cloud: LocalCloud, dataset: str = "CGRP-2026-11") -> None:
+    s3 = cloud.client("s3")
+    for rel, body in DATA.items():
+        s3.put_object(Bucket=cloud.input_bucket, Key=f"datasets/{dataset}/{rel}", Body=body)
+
+
+@pytest.mark.parametrize("cloud", ["spike"], indirect=True)
+def test_submit_a_local_manifest_then_watch_it_to_the_end(cloud: LocalCloud) -> None:
+    """(The spike profile: the shortest of the three, 5 h 41 of simulated work.)"""
+    stack = cloud.operator_stack()
+    manifest = EVENTS / "manifests" / "spike.yaml"
+    dataset = yaml.safe_load(manifest.read_text())["dataset"]
+    done = ops.submit(stack, str(manifest))
+    assert not done.already
+    assert done.run_id.startswith(f"{dataset}-op")
+    again = ops.submit(stack, str(manifest))
+    assert again.already  # the same manifest starts one run
+    assert again.run_id == done.run_id
+
+    shown: list[str] = []
+    final = ops.watch(stack, done.run_id, interval=0.05, emit=shown.append, sleep=time.sleep)
+    assert final == "SUCCEEDED"
+    last = shown[-1]
+    assert f"run {done.run_id}" in last
+    assert "status SUCCEEDED" in last
+    assert "100.0%" in last
+    assert "█" * 20 in last
+    assert "resolution 2." in last
+    assert len(cloud.executions()) == 1
+    assert cloud.pcluster.clusters() == {}  # nothing left behind
+
+    listed = ops.list_runs(stack)
+    assert [r["run_id"] for r in listed] == [done.run_id]
+
+
+def test_status_shows_stages_with_progress_bars_while_running(cloud: LocalCloud) -> None:
+    stack = cloud.operator_stack()
+    _upload_data(cloud)
+    done = ops.submit(stack, str(MANIFEST))
+    run = _wait_for_record(stack, done.run_id)
+    text = ops.render_status(run, ops.execution_status(stack, done.run_id), now=cloud.clock.now())
+    lines = text.splitlines()
+    assert lines[0].startswith(f"run {done.run_id}")
+    assert "(execution RUNNING)" in lines[0]
+    stage_lines = [ln for ln in lines if " GPU " in ln]
+    assert len(stage_lines) == len(run["plan"]) >= 9
+    assert any("gpu8" in ln and " 8 GPU" in ln for ln in stage_lines)
+    assert any("pending" in ln for ln in stage_lines)
+    ops.cancel(stack, done.run_id, interval=600, sleep=cloud.clock.sleep, emit=lambda _: None)
+
+
+def test_cancel_stops_the_run_and_leaves_no_cluster(cloud: LocalCloud) -> None:
+    stack = cloud.operator_stack()
+    _upload_data(cloud)
+    done = ops.submit(stack, str(MANIFEST))
+    _wait_for_record(stack, done.run_id, until="record")
+    deadline = time.monotonic() + 120
+    while not cloud.pcluster.clusters() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert cloud.pcluster.clusters(), "the run never asked for a cluster"
+
+    said: list[str] = []
+    step = ops.cancel(
+        stack, done.run_id, interval=600, sleep=cloud.clock.sleep, emit=said.append, max_polls=50
+    )
+    assert step["deleted"] is True
+    assert said[0] == f"stopped execution {done.run_id}"
+    assert cloud.pcluster.clusters() == {}
+    assert ops.execution_status(stack, done.run_id) == "ABORTED"
+    run = ops.get_run(stack, done.run_id)
+    assert run["status"] == "CANCELLED"
+    assert run["cluster_deleted"] is True
+
+    # a second cancel is harmless
+    again = ops.cancel(stack, done.run_id, sleep=cloud.clock.sleep, emit=said.append)
+    assert again["deleted"] is True
+    assert said[-2] == f"execution {done.run_id} is ABORTED; nothing to stop"
+
+
+def test_clear_errors_for_unknown_runs_bad_manifests_and_missing_stacks(
+    cloud: LocalCloud, tmp_path: pytest.TempPathFactory
+) -> None:
+    stack = cloud.operator_stack()
+    with pytest.raises(OperatorError, match="no run nope-123 in stack") as err:
+        ops.get_run(stack, "nope-123")
+    assert err.value.exit_code == ops.EXIT_NOT_FOUND
+    with pytest.raises(OperatorError, match="no run nope-123"):
+        ops.cancel(stack, "nope-123", emit=lambda _: None)
+    with pytest.raises(OperatorError, match="no run nope-123"):
+        list(ops.report_files(stack, "nope-123"))
+
+    bad = tmp_path / "cryopilot.yaml"  # type: ignore[operator]
+    bad.write_text("dataset: x\ninput: {kind: films}\n")
+    with pytest.raises(OperatorError, match=r"input\.kind") as err:
+        ops.submit(stack, str(bad))
+    assert err.value.exit_code == ops.EXIT_USAGE
+    with pytest.raises(OperatorError, match="no such file"):
+        ops.submit(stack, str(tmp_path / "absent.yaml"))  # type: ignore[operator]
+    with pytest.raises(OperatorError, match="cannot be read"):
+        ops.submit(stack, f"s3://{cloud.input_bucket}/datasets/none/cryopilot.yaml")
+    assert cloud.executions() == []
+
+    with pytest.raises(OperatorError, match="stack absent not found in us-east-1") as err:
+        ops.Stack.from_cloudformation("absent", "us-east-1")
+    assert err.value.exit_code == ops.EXIT_NOT_FOUND
+
+
+def test_cli_maps_errors_to_exit_codes(cloud: LocalCloud, capsys: pytest.CaptureFixture[str]) -> None:
+    from cryopilot.cli import main
+
+    assert main(["status", "some-run", "--stack", "absent"]) == ops.EXIT_NOT_FOUND
+    err = capsys.readouterr().err
+    assert err.strip() == "cryopilot status: stack absent not found in us-east-1"

@@ -1,0 +1,75 @@
+"""`cryopilot estimate`: both layouts side by side, before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryopilot.cli import main
+
+from tests.conftest import EVENTS
+
+
+def test_profile_estimate_prints_both_layouts_and_the_assumptions(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", "--profile", "glp1r"]) == 0
+    out = capsys.readouterr().out
+    assert "white paper" in out
+    assert "cryopilot" in out
+    assert "time to structure" in out
+    assert "utilisation (busy / paid)" in out
+    assert "Assumptions" in out
+    assert "p4d.24xlarge" in out
+    # every stage of the GLP-1R profile has a row, hetero split into its Table 1 rounds
+    for stage in ("motion", "ctf", "class2d", "abinit", "hetero1", "hetero4", "nurefine"):
+        assert f"\n{stage} " in out
+
+
+def test_manifest_estimate_uses_the_presets_stages(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", str(EVENTS / "manifests" / "spike.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "stage times of the white paper's spike dataset" in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("stage "))
+    rows = []
+    for line in lines[header + 2 :]:
+        if not line.strip():
+            break
+        rows.append(line.split()[0])
+    assert rows[0] == "import"  # motion-corrected micrographs: no motion correction stage
+    assert "motion" not in rows
+    assert rows[-1] == "nurefine"
+
+
+def test_price_override_changes_the_cost(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", "--profile", "spike"]) == 0
+    base = capsys.readouterr().out
+    assert main(["estimate", "--profile", "spike", "--price", '{"p4d.24xlarge": 100}']) == 0
+    dearer = capsys.readouterr().out
+    assert base != dearer
+    assert "100.0000" in dearer
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--price", "{not json"], "CRYOPILOT_PRICE_OVERRIDES"),
+        (["--price", '{"p4d.24xlarge": -1}'], "p4d.24xlarge"),
+        (["--price", '{"x9.huge": 1}'], "x9.huge"),
+    ],
+)
+def test_bad_price_overrides_exit_2_with_a_message(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["estimate", "--profile", "cgrp", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cryopilot estimate: ")
+    assert message in err
+
+
+def test_bad_manifest_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "cryopilot.yaml"
+    bad.write_text("dataset: x\n")
+    assert main(["estimate", str(bad)]) == 2
+    assert "input" in capsys.readouterr().err
+    assert main(["estimate", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such file" in capsys.readouterr().err
