@@ -138,6 +138,9 @@ class _Cluster:
     delete_started: float | None = None
     delete_fails: bool = False
     head_node: dict[str, Any] | None = None
+    #: The head node's bootstrap has finished (``on_head_node`` returned): until then the cluster
+    #: still reports CREATE_IN_PROGRESS, as ParallelCluster does while OnNodeConfigured runs.
+    head_node_ready: bool = False
 
 
 class _ApiError(Exception):
@@ -272,12 +275,9 @@ class PClusterStandIn:
 
     def clusters(self) -> dict[str, str]:
         """The clusters that exist now (any region), name → clusterStatus."""
-        events = self._advance()
-        try:
-            with self._lock:
-                return {c.name: self._status(c)[0] for c in self._clusters.values()}
-        finally:
-            self._fire(events)
+        self._fire(self._advance())
+        with self._lock:
+            return {c.name: self._status(c)[0] for c in self._clusters.values()}
 
     def cluster_config(self, name: str) -> str:
         """The configuration text a cluster was created with."""
@@ -322,8 +322,13 @@ class PClusterStandIn:
 
     def _fire(self, events: list[tuple[str, str, str | None]]) -> None:
         for kind, name, instance_id in events:
-            if kind == "head_node" and self.on_head_node is not None and instance_id is not None:
-                self.on_head_node(name, instance_id)
+            if kind == "head_node" and instance_id is not None:
+                if self.on_head_node is not None:
+                    self.on_head_node(name, instance_id)
+                with self._lock:
+                    for cluster in self._clusters.values():
+                        if cluster.name == name and cluster.head_node is not None:
+                            cluster.head_node_ready = True
             elif kind == "deleted" and self.on_deleted is not None:
                 self.on_deleted(name)
 
@@ -343,6 +348,8 @@ class PClusterStandIn:
         """(clusterStatus, cloudFormation stack status)."""
         match cluster.phase:
             case "creating":
+                return "CREATE_IN_PROGRESS", "CREATE_IN_PROGRESS"
+            case "created" if not cluster.head_node_ready:
                 return "CREATE_IN_PROGRESS", "CREATE_IN_PROGRESS"
             case "created":
                 return "CREATE_COMPLETE", "CREATE_COMPLETE"
@@ -508,7 +515,8 @@ class PClusterStandIn:
                 return status, _invalid([_CONFIG_ERROR_MESSAGE], "InstanceTypeValidator"), operation
             return status, {"message": message}, operation
 
-        events = self._advance()
+        # A head node's bootstrap (the callback) ends before the cluster reports CREATE_COMPLETE.
+        self._fire(self._advance())
         try:
             region = self._one(query, "region") or self.region
             if operation == "create_cluster":
@@ -521,7 +529,6 @@ class PClusterStandIn:
                 status, answer = self._delete(region, name or "")
         except _ApiError as error:
             status, answer = error.status, error.body
-        self._fire(events)
         return status, answer, operation
 
     @staticmethod

@@ -107,3 +107,27 @@ def test_every_poll_loop_is_bounded(path) -> None:
         payload = checker["Parameters"]["Payload"]
         bounded = any(k.startswith(("max_polls", "stage")) for k in payload)
         assert bounded, f"the loop through {name} has no bound"
+
+
+def test_started_mail_subject_fits_sns_for_the_longest_dataset_name() -> None:
+    """SNS refuses a subject of 100 characters or more; dataset names may have 48."""
+    import re
+
+    from cryopilot.manifest import DATASET_RE
+
+    states = json.loads((ROOT / "statemachines" / "run.asl.json").read_text())["States"]
+    fmt = states["NotifyStarted"]["Parameters"]["Subject.$"]
+    template = re.match(r"States\.Format\('(.*)',", fmt)
+    assert template is not None
+    longest = "D" * 48
+    assert re.fullmatch(DATASET_RE, longest)
+    assert not re.fullmatch(DATASET_RE, "D" * 49)
+    subject = template.group(1).replace("{}", longest, 1).replace("{}", "99", 1)
+    assert len(subject) < 100, subject
+
+
+def test_a_started_mail_that_cannot_be_sent_does_not_stop_the_run() -> None:
+    states = json.loads((ROOT / "statemachines" / "run.asl.json").read_text())["States"]
+    (catch,) = states["NotifyStarted"]["Catch"]
+    assert catch["Next"] == "CreateCluster"
+    assert catch["ResultPath"] == "$.notify_error"

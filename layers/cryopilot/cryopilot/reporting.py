@@ -61,6 +61,9 @@ def write(run_id: str) -> ReportStep:
     if run is None:
         raise ReportError(f"run {run_id} has no record; nothing to report")
     plan = runs.get_plan(run_id)
+    if run.get("status") == "RUNNING" and run.get("export_finished_at"):
+        # the success path writes the report between the export and the final mail
+        run = {**run, "status": "SUCCEEDED"}
     data = report.report_data_from_run(run, plan, prices=_price_lookup(), instance_types=instance_types(run))
     files = report.render_all(data)
     bucket = get_settings().results_bucket
