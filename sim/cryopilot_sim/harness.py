@@ -131,6 +131,7 @@ class LocalCloud:
         self._pending = 0
         self._pending_lock = threading.Condition()
         self._lock = threading.Lock()
+        self._ssm_lock = threading.RLock()
         self.resolver: Resolver | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -565,15 +566,16 @@ class LocalCloud:
         def send_command(backend: Any, **kwargs: Any) -> Any:
             from moto.ssm.exceptions import SSMException
 
-            missing = [i for i in kwargs.get("instance_ids") or [] if i not in harness.head_nodes]
-            if missing:
-                raise SSMException(
-                    "InvalidInstanceId", f"Instances {missing} not in a valid state for account"
-                )
-            command = original_send_command(backend, **kwargs)
-            for inv in command.invocations:
-                harness._run_on_head_node(command, inv)
-            return command
+            with harness._ssm_lock:  # a head node is lost between commands, never during one
+                missing = [i for i in kwargs.get("instance_ids") or [] if i not in harness.head_nodes]
+                if missing:
+                    raise SSMException(
+                        "InvalidInstanceId", f"Instances {missing} not in a valid state for account"
+                    )
+                command = original_send_command(backend, **kwargs)
+                for inv in command.invocations:
+                    harness._run_on_head_node(command, inv)
+                return command
 
         st.enter_context(mock.patch.object(SimpleSystemManagerBackend, "send_command", send_command))
 
@@ -734,6 +736,10 @@ class LocalCloud:
 
     def lose_head_node(self, cluster_name: str) -> str:
         """The head node disappears (terminated under the cluster): SSM no longer knows it."""
+        with self._ssm_lock:
+            return self._lose_head_node(cluster_name)
+
+    def _lose_head_node(self, cluster_name: str) -> str:
         for instance_id, node in list(self.head_nodes.items()):
             if node.cluster_name == cluster_name:
                 node.cryosparc.stop()
