@@ -132,6 +132,7 @@ class LocalCloud:
         self._pending_lock = threading.Condition()
         self._lock = threading.Lock()
         self._ssm_lock = threading.RLock()
+        self._invoke_lock = threading.RLock()
         self.resolver: Resolver | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -495,6 +496,30 @@ class LocalCloud:
 
         st.enter_context(mock.patch.object(httpx_transport, "create_ssl_context", ssl_context))
 
+        # StopExecution is final on AWS: the execution is ABORTED whatever the step in flight
+        # does next. moto lets that step's failure turn it into FAILED; this seam keeps ABORTED.
+        from moto.stepfunctions.parser.api import ExecutionStatus
+        from moto.stepfunctions.parser.backend import execution as sfn_execution
+
+        real_stop = sfn_execution.Execution.stop
+        real_reflect = sfn_execution.BaseExecutionWorkerCommunication._reflect_execution_status
+
+        def stop(execution: Any, stop_date: Any, error: Any, cause: Any) -> None:
+            execution.stopped_by_request = True
+            real_stop(execution, stop_date, error, cause)
+
+        def reflect(communication: Any) -> None:
+            real_reflect(communication)
+            if getattr(communication.execution, "stopped_by_request", False):
+                communication.execution.exec_status = ExecutionStatus.ABORTED
+
+        st.enter_context(mock.patch.object(sfn_execution.Execution, "stop", stop))
+        st.enter_context(
+            mock.patch.object(
+                sfn_execution.BaseExecutionWorkerCommunication, "_reflect_execution_status", reflect
+            )
+        )
+
         # moto parses the state machine's definition with its ANTLR parser for every execution
         # (about a third of a second each). The parse tree depends only on the text, so it is kept;
         # the evaluation components are still built fresh from it for every execution.
@@ -593,7 +618,15 @@ class LocalCloud:
             return fn.module
 
     def invoke(self, function_name: str, event: Any) -> tuple[bool, Any]:
-        """Run a function's real handler in-process: (ok, payload as Lambda would return it)."""
+        """Run a function's real handler in-process: (ok, payload as Lambda would return it).
+
+        One handler runs at a time: on AWS each invocation has a container of its own, here
+        they share one interpreter and the package's module state (cached clients, caches), so
+        running two at once would race in ways Lambda never does."""
+        with self._invoke_lock:
+            return self._invoke(function_name, event)
+
+    def _invoke(self, function_name: str, event: Any) -> tuple[bool, Any]:
         fn = self.functions[function_name]
         fn.invocations += 1
         module = self._module(fn)

@@ -311,6 +311,11 @@ def cancel(
             cause="cryopilot cancel",
         )
         emit(f"stopped execution {run_id}")
+        # let the step in flight finish before the cluster goes, so it cannot fail on its absence
+        for _ in range(150):
+            if execution_status(stack, run_id) != "RUNNING":
+                break
+            time.sleep(0.2)
     else:
         emit(f"execution {run_id} is {status or 'not found'}; nothing to stop")
     _mark_cancelled(stack, run_id, run)
