@@ -125,10 +125,6 @@ def _cluster_config(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The white paper's dataset whose Table 1 times stand in for a manifest's own, per preset.
-_PROFILE_FOR_PRESET = {"movies": "cgrp", "micrographs": "spike"}
-
-
 def _estimate(args: argparse.Namespace) -> int:
     from cryopilot import costing
     from cryopilot.errors import ManifestError
@@ -144,7 +140,7 @@ def _estimate(args: argparse.Namespace) -> int:
 
             data = _read_manifest_bytes(args.manifest, args.region)
             manifest = parse_manifest(data, source=args.manifest)
-            profile = args.profile or _PROFILE_FOR_PRESET[manifest.preset_name]
+            profile = args.profile or costing.PROFILE_FOR_PRESET[manifest.preset_name]
             the_plan = costing.plan_from_stages(plan(manifest, data_dir="/fsx/data"), profile)
             print(
                 f"{manifest.dataset}: preset {manifest.preset_name}, stage times of the white paper's"

@@ -362,6 +362,10 @@ class Profile(_Model):
     stage_gpus: dict[str, int]
 
 
+#: The white paper's dataset whose Table 1 times stand in for a manifest's own, per preset.
+PROFILE_FOR_PRESET = {"movies": "cgrp", "micrographs": "spike"}
+
+
 @cache
 def load_profiles() -> dict[str, Profile]:
     """The Table 1 profiles by name."""

@@ -136,17 +136,13 @@ def stage_cost(run: dict[str, Any], stage: dict[str, Any], rec: dict[str, Any]) 
     return round(nodes * hours * price, 4)
 
 
-#: The white paper's dataset whose Table 1 times estimate a preset's stages left to run.
-_PROFILE_FOR_PRESET = {"movies": "cgrp", "micrographs": "spike"}
-
-
 def _remaining_cost(run: dict[str, Any], stages_left: list[dict[str, Any]]) -> float:
     """Estimated cost of ``stages_left``: Table 1 minutes of the preset's white-paper dataset on
     the queues' instance types (whole nodes; the catalogue's speed factors)."""
-    from cryopilot.costing import CostingError, load_profiles
+    from cryopilot.costing import PROFILE_FOR_PRESET, CostingError, load_profiles
     from cryopilot.presets import REPEATED_STAGE, profile_stage_id
 
-    profile = load_profiles().get(_PROFILE_FOR_PRESET.get(str(run.get("preset")), "cgrp"))
+    profile = load_profiles().get(PROFILE_FOR_PRESET.get(str(run.get("preset")), "cgrp"))
     total = 0.0
     for stage in stages_left:
         lane = stage.get("lane")
@@ -166,19 +162,23 @@ def _remaining_cost(run: dict[str, Any], stages_left: list[dict[str, Any]]) -> f
     return total
 
 
-def check_limits(run: dict[str, Any], index: int) -> None:
-    """Stop the run (:class:`RunLimitError`) past ``limits.max_hours``, or when the cost so far
-    plus the estimate for the stages left would exceed ``limits.max_cost_usd``."""
-    limits = run.get("limits") or {}
+def _check_hours(run: dict[str, Any]) -> None:
+    """:class:`RunLimitError` once the run has run longer than ``limits.max_hours``."""
+    max_hours = (run.get("limits") or {}).get("max_hours")
     started = run.get("started_epoch")
-    max_hours = limits.get("max_hours")
     if max_hours and started:
         hours = (clock.now() - float(started)) / 3600
         if hours > float(max_hours):
             raise RunLimitError(
                 f"the run has run {hours:.1f} h, past its limit of {max_hours:g} h (limits.max_hours)"
             )
-    max_cost = limits.get("max_cost_usd")
+
+
+def check_limits(run: dict[str, Any], index: int) -> None:
+    """Stop the run (:class:`RunLimitError`) past ``limits.max_hours``, or when the cost so far
+    plus the estimate for the stages left would exceed ``limits.max_cost_usd``."""
+    _check_hours(run)
+    max_cost = (run.get("limits") or {}).get("max_cost_usd")
     if max_cost:
         so_far = sum(float(v) for v in (run.get("costs") or {}).values())
         left = _remaining_cost(run, run["plan"][index:])
@@ -259,9 +259,7 @@ def poll(run_id: str, step: StageStep) -> StageStep:
         return step.model_copy(
             update={"state": "completed", "polls": step.polls + 1, "waited_seconds": waited, "done": True}
         )
-    max_hours = (run.get("limits") or {}).get("max_hours")
-    if max_hours:
-        check_limits({**run, "limits": {"max_hours": max_hours}}, step.index)
+    _check_hours(run)
     limit = int(stage.get("time_limit_seconds") or 0)
     if limit and waited >= limit:
         kill = agent.call(["kill", "--project", run_id, "--stage", stage["id"]], KillResult)
