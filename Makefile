@@ -54,6 +54,12 @@ validate: $(TOOLS_VENV)/.installed tools/node_modules/.installed ## sam validate
 	$(TOOLS_VENV)/bin/sam validate --lint --template template.yaml
 	@for f in statemachines/*.asl.json; do $(NODE_TOOLS)/asl-validator --json-path "$$f"; done
 
+.PHONY: security
+security: $(TOOLS_VENV)/.installed ## checkov on template.yaml, offline; fails on any failed check
+	env -u BC_API_KEY -u PRISMA_API_URL BC_SKIP_MAPPING=TRUE CKV_SKIP_PACKAGE_UPDATE_CHECK=TRUE \
+	  $(TOOLS_VENV)/bin/checkov --file template.yaml --framework cloudformation \
+	  --skip-download --compact --quiet
+
 .PHONY: build
 build: $(TOOLS_VENV)/.installed $(VENV)/.installed ## sam build (no Docker: uses the venv's python3.12)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(TOOLS_VENV)/bin/sam build --template template.yaml
@@ -66,11 +72,16 @@ pytest: $(VENV)/.installed ## the test suite with coverage, in PYTEST_WORKERS pr
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup --cov --cov-report=term-missing:skip-covered
 
 .PHONY: test
-test: lint validate build pytest ## everything CI runs
+test: lint validate security build pytest ## everything CI runs
 
 .PHONY: demo
 demo: $(VENV)/.installed ## one whole run, locally (DEMO_ARGS="--profile spike --fail job")
 	$(VENV)/bin/cryopilot demo $(DEMO_ARGS)
+
+.PHONY: bench
+bench: $(VENV)/.installed ## the white paper's 3 datasets x 2 layouts through the state machine; writes build/bench/results.json
+	@mkdir -p build/bench
+	$(PY) -m cryopilot_sim.bench --log build/bench/bench.log $(BENCH_ARGS)
 
 .PHONY: clean
 clean: ## remove build output and local state
