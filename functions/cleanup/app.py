@@ -1,5 +1,6 @@
 """Cleanup: delete the cluster of an execution that ended FAILED, TIMED_OUT or ABORTED, and, on a
-schedule, every cluster of this stack whose run is over or past the maximum run hours."""
+schedule, every cluster of this stack whose run is over or past the maximum run hours. Every end of
+an execution (SUCCEEDED too) also frees the run's slot and starts the oldest waiting runs."""
 
 from typing import Any
 
@@ -16,5 +17,5 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     logger.append_keys(trigger=kind)
     if kind == "execution_end":
         logger.append_keys(run_id=detail.get("name"), status=detail.get("status"))
-        return cleanup.on_execution_end(detail).model_dump(mode="json")
-    return cleanup.janitor().model_dump(mode="json")
+        return cleanup.handle_execution_end(detail)
+    return cleanup.handle_schedule()

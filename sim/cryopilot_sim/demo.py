@@ -4,6 +4,11 @@ A sample dataset (small generated files and a manifest) is dropped into the loca
 the template's EventBridge rule routes the upload to StartRun; the real state machine runs; the
 terminal shows each stage, its queue and GPUs, and the cluster's state, on the simulated clock.
 Outputs under ``.cryopilot/local/``: ``outbox/`` (one file per SNS message) and ``last-run.json``.
+
+``--fail SCENARIO`` rehearses a fault (:data:`REHEARSALS`): armed before the upload, or done
+mid-run once the second stage started; after the executions end, the cleanup function's answer
+is awaited and, while a cluster is left, the janitor's schedule fires on the simulated clock.
+The run is then judged against what the scenario expects (:func:`_verdict`).
 """
 
 from __future__ import annotations
@@ -12,24 +17,145 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from cryopilot_sim.clock import VirtualClock
-from cryopilot_sim.harness import LocalCloud
-from cryopilot_sim.template import ROOT
+from cryopilot_sim.template import ROOT, load_template
+
+if TYPE_CHECKING:  # the local stack (moto, boto3) loads when a demo runs, not when the CLI starts
+    from cryopilot_sim.harness import LocalCloud
 
 PROFILES = {"cgrp": "cgrp.yaml", "glp1r": "glp1r.yaml", "spike": "spike.yaml"}
-#: Faults the demo rehearses, and how the run must end for the rehearsal to pass.
-FAULTS = {
-    "none": "SUCCEEDED",
-    "cluster-create": "FAILED",  # CREATE_FAILED (not capacity): fails, mailed, cluster deleted
-    "capacity": "SUCCEEDED",  # no p4d capacity in the first subnet: the next placement runs
-    "job": "FAILED",  # a cryoSPARC job fails mid-pipeline
-    "export": "FAILED",  # the results bucket refuses the export: retried, then failed, data kept
-    "throttle": "SUCCEEDED",  # the ParallelCluster API answers 429 and 500 for a while
+
+
+@dataclass(frozen=True)
+class MailExpected:
+    """A mail the rehearsal must have sent: every ``subject`` fragment in its subject, every
+    ``body`` fragment in its text (``{dataset}`` stands for the run's dataset)."""
+
+    subject: tuple[str, ...]
+    body: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    """A fault the demo rehearses, and how the run must end for the rehearsal to pass."""
+
+    status: str  # the execution's end status
+    what: str  # what is rehearsed, in a line
+    error: str | None = None  # the run record's error type
+    mails: tuple[MailExpected, ...] = ()
+    #: the scheduled janitor is expected to finish the cluster's deletion
+    janitor: bool = False
+    #: something done mid-run, once the run's second stage started: ``lose-head-node``,
+    #: ``stop`` (Step Functions StopExecution, as from the console) or ``cancel`` (``cryopilot cancel``)
+    during: str | None = None
+
+
+def _failed_mail(error: str, *body: str) -> MailExpected:
+    return MailExpected(("{dataset} failed at ", f": {error}"), (f"Reason: {error}: ", *body))
+
+
+_DONE = MailExpected(("{dataset} done: ",), ("Final resolution", "is being deleted now"))
+_CLEAN = "has been deleted; nothing is left running"
+REHEARSALS: dict[str, Rehearsal] = {
+    "none": Rehearsal("SUCCEEDED", "a run without faults", mails=(_DONE,)),
+    "cluster-create": Rehearsal(
+        "FAILED",
+        "a cluster that never comes up (CREATE_FAILED, not for capacity)",
+        "ClusterCreateFailedError",
+        (_failed_mail("ClusterCreateFailedError", _CLEAN),),
+    ),
+    "config-error": Rehearsal(
+        "FAILED",
+        "the ParallelCluster API rejects the cluster's configuration: fails fast, never retried",
+        "ClusterConfigError",
+        (_failed_mail("ClusterConfigError", "is not supported in the Availability Zone"),),
+    ),
+    "capacity": Rehearsal(
+        "SUCCEEDED",
+        "no GPU capacity in the first subnet: the next placement runs",
+        mails=(MailExpected(("{dataset} done: ",), ("No capacity for: ", "The cluster ran in: ")),),
+    ),
+    "capacity-exhausted": Rehearsal(
+        "FAILED",
+        "no GPU capacity in any placement: a clean failure",
+        "CapacityError",
+        (_failed_mail("CapacityError", "no capacity in any placement tried", "No capacity for: "),),
+    ),
+    "throttle": Rehearsal(
+        "SUCCEEDED", "the ParallelCluster API answers 429 and 500 for a while: retried", mails=(_DONE,)
+    ),
+    "delete-failed": Rehearsal(
+        "FAILED",
+        "the finished run's cluster ends DELETE_FAILED, and again on the retries: the janitor deletes it",
+        "ClusterDeleteFailedError",
+        (
+            _DONE,
+            _failed_mail("ClusterDeleteFailedError", "could NOT be confirmed deleted"),
+            MailExpected(("janitor: 1 cluster(s) cleaned up",), ("delete_retried",)),
+        ),
+        janitor=True,
+    ),
+    "ssm-timeout": Rehearsal(
+        "SUCCEEDED", "an SSM command to the head node times out once: retried", mails=(_DONE,)
+    ),
+    "ssm-timeout-always": Rehearsal(
+        "FAILED",
+        "every SSM command to the head node times out: retried, then a clean failure",
+        "AgentTimeoutError",
+        (_failed_mail("AgentTimeoutError", _CLEAN),),
+    ),
+    "head-node-lost": Rehearsal(
+        "FAILED",
+        "the head node disappears mid-run",
+        "HeadNodeUnreachableError",
+        (_failed_mail("HeadNodeUnreachableError", "does not answer SSM", _CLEAN),),
+        during="lose-head-node",
+    ),
+    "job": Rehearsal(
+        "FAILED",
+        "a cryoSPARC job fails mid-pipeline (2D classification)",
+        "JobFailedError",
+        (_failed_mail("JobFailedError", _CLEAN),),
+    ),
+    "job-killed": Rehearsal(
+        "FAILED",
+        "a cryoSPARC job is killed outside cryopilot (particle picking)",
+        "JobKilledError",
+        (_failed_mail("JobKilledError", _CLEAN),),
+    ),
+    "job-stuck": Rehearsal(
+        "FAILED",
+        "a cryoSPARC job never ends (CTF estimation): killed once its stage's time limit passed",
+        "JobStuckError",
+        (_failed_mail("JobStuckError", "ran past its limit of", _CLEAN),),
+    ),
+    "export": Rehearsal(
+        "FAILED",
+        "the results bucket refuses the export: retried, then failed; the data is kept",
+        "ExportError",
+        (_failed_mail("ExportError", "The results were NOT exported.", "snapshot", "/shared"),),
+    ),
+    "stopped": Rehearsal(
+        "ABORTED",
+        "the execution is stopped by hand mid-run (Step Functions StopExecution)",
+        "ExecutionAborted",
+        (MailExpected(("{dataset} was stopped",), ("is being deleted now",)),),
+        during="stop",
+    ),
+    "cancel": Rehearsal(
+        "ABORTED",
+        "the operator cancels the run mid-run (cryopilot cancel)",
+        "ExecutionAborted",
+        mails=(MailExpected(("{dataset} was stopped",), ("(execution ABORTED)",)),),
+        during="cancel",
+    ),
 }
+#: Each fault and the end status its rehearsal expects.
+FAULTS = {name: r.status for name, r in REHEARSALS.items()}
 STATE_DIR = ROOT / ".cryopilot" / "local"
 
 
@@ -41,10 +167,16 @@ class DemoOptions:
     state_dir: Path = STATE_DIR
     quiet: bool = False
     datasets: int = 1
+    #: the stack's MaxConcurrentRuns (None: the template's default); runs beyond it wait, QUEUED
+    max_concurrent_runs: int | None = None
 
     @property
     def expected_status(self) -> str:
         return FAULTS[self.fail]
+
+    @property
+    def rehearsal(self) -> Rehearsal:
+        return REHEARSALS[self.fail]
 
 
 def sample_dataset(profile: str) -> tuple[str, str, dict[str, bytes]]:
@@ -107,9 +239,25 @@ def _render(record: dict[str, Any] | None, plan: list[dict[str, Any]], start: fl
     return table
 
 
-def _inject(cloud: LocalCloud, fail: str) -> None:
+def _inject(cloud: LocalCloud, fail: str, runs: int = 1) -> None:
+    """Arm the fault before the datasets are dropped (mid-run faults: :func:`_act_during`)."""
     if fail == "cluster-create":
-        cloud.pcluster.inject("create_failed")
+        cloud.pcluster.inject("create_failed", count=runs)
+    elif fail == "config-error":
+        cloud.pcluster.inject("config_error", count=runs, operation="create_cluster")
+    elif fail == "capacity-exhausted":
+        cloud.pcluster.inject("create_failed_capacity", count=100)
+    elif fail == "delete-failed":
+        # the success path's delete, the failure path's retry, the cleanup function's: all fail
+        cloud.pcluster.inject("delete_failed", count=3 * runs)
+    elif fail == "ssm-timeout":
+        cloud.ssm_faults.append(["timeout", "status", runs])
+    elif fail == "ssm-timeout-always":
+        cloud.ssm_faults.append(["timeout", None, 10_000])
+    elif fail == "job-killed":
+        cloud.cryosparc_setup.append(lambda cs: cs.inject("kill", "blob_picker_gpu"))
+    elif fail == "job-stuck":
+        cloud.cryosparc_setup.append(lambda cs: cs.inject("stuck", "patch_ctf_estimation_multi"))
     elif fail == "capacity":
         first_subnet = str(cloud.resolver.parameter_values["ComputeSubnetIds"][0]) if cloud.resolver else None
         cloud.pcluster.inject("create_failed_capacity", count=100, subnet_id=first_subnet)
@@ -135,6 +283,230 @@ def _inject(cloud: LocalCloud, fail: str) -> None:
         cloud.client("s3").put_bucket_policy(Bucket=cloud.results_bucket, Policy=json.dumps(deny))
 
 
+#: The janitor's schedule in the template (``rate(30 minutes)``), and the passes the demo waits for.
+JANITOR_EVERY_SECONDS = 1800
+JANITOR_PASSES = 4
+_ENDED = ("FAILED", "TIMED_OUT", "ABORTED")  # the ends the cleanup function handles
+
+
+def _record(cloud: LocalCloud, run_id: str) -> dict[str, Any] | None:
+    """The run record, read while the handlers write it: moto's tables take no lock, so a read
+    that races a write of the same item can fail ("dictionary changed size during iteration");
+    read again then."""
+    for _ in range(20):
+        try:
+            return cloud.run_record(run_id)
+        except RuntimeError:
+            time.sleep(0.01)
+    return cloud.run_record(run_id)
+
+
+def _act_during(cloud: LocalCloud, kind: str, arns: dict[str, str], pending: set[str], emit: Any) -> set[str]:
+    """Do the mid-run fault to each pending run whose second stage has started; the runs done."""
+    done: set[str] = set()
+    for rid in sorted(pending):
+        record = _record(cloud, rid) or {}
+        if sum(1 for st in (record.get("stages") or {}).values() if st.get("started_at")) < 2:
+            continue
+        if kind == "lose-head-node":
+            try:
+                instance = cloud.lose_head_node(str(record["cluster_name"]))
+            except KeyError:
+                continue  # no head node (yet, or any more)
+            emit(f"[red]the head node {instance} of {record['cluster_name']} disappeared[/red]")
+        elif kind == "stop":
+            cloud.client("stepfunctions").stop_execution(
+                executionArn=arns[rid], error="StoppedByHand", cause="stopped from the console"
+            )
+            emit(f"[red]execution {rid} stopped by hand (StopExecution)[/red]")
+        elif kind == "cancel":
+            from cryopilot import ops
+
+            emit(f"[red]$ cryopilot cancel {rid}[/red]")
+            ops.cancel(cloud.operator_stack(), rid, interval=300, sleep=cloud.clock.sleep, emit=emit)
+        else:
+            raise ValueError(f"unknown mid-run fault {kind!r}")
+        done.add(rid)
+    return done
+
+
+def _await_cleanups(cloud: LocalCloud, statuses: dict[str, str], timeout: float = 30.0) -> dict[str, Any]:
+    """The cleanup function's answer for each execution that ended FAILED, TIMED_OUT or ABORTED
+    (Step Functions' status-change event reaches it after the execution ended), by run id."""
+    ended = {rid for rid, st in statuses.items() if st in _ENDED}
+    deadline = time.monotonic() + timeout
+    while True:
+        answers = {
+            d.result["run_id"]: d.result
+            for d in list(cloud.deliveries)
+            if d.function.endswith("CleanupFunction")
+            and isinstance(d.result, dict)
+            and d.result.get("run_id") in ended
+        }
+        if set(answers) >= ended or time.monotonic() > deadline:
+            return answers
+        time.sleep(0.05)
+
+
+def _settle_clusters(cloud: LocalCloud, emit: Any) -> list[dict[str, Any]]:
+    """Let the simulated clock run on while clusters are left: deletions in progress end, and
+    every half hour the janitor's schedule fires (up to :data:`JANITOR_PASSES` times). Its
+    reports, one per pass."""
+    passes: list[dict[str, Any]] = []
+    waited = 0
+    while cloud.pcluster.clusters() and len(passes) < JANITOR_PASSES:
+        cloud.clock.sleep(300)
+        waited += 300
+        if waited % JANITOR_EVERY_SECONDS == 0 and cloud.pcluster.clusters():
+            report = cloud.run_schedule("CleanupFunction")
+            passes.append(report)
+            for a in report.get("actions") or []:
+                emit(f"janitor pass {len(passes)}: {a['cluster']}: {a['action']} ({a['reason']})")
+    for _ in range(JANITOR_EVERY_SECONDS // 300):  # the last deletion requested takes its time
+        if not cloud.pcluster.clusters():
+            break
+        cloud.clock.sleep(300)
+    return passes
+
+
+def _failed_tasks(cloud: LocalCloud, arn: str) -> list[str]:
+    """The error type of every task attempt that failed in the execution (retries included)."""
+    out: list[str] = []
+    try:
+        history = cloud.history(arn)
+    except Exception:  # a run still queued has no execution
+        return out
+    for event in history:
+        if event["type"] == "TaskFailed":
+            details = event["taskFailedEventDetails"]
+            try:
+                out.append(str(json.loads(details.get("cause") or "")["errorType"]))
+            except (ValueError, KeyError, TypeError):
+                out.append(str(details.get("error")))
+    return out
+
+
+_RECORD_STATUS = {"SUCCEEDED": "SUCCEEDED", "FAILED": "FAILED", "ABORTED": "CANCELLED"}
+
+
+def _verdict(
+    cloud: LocalCloud,
+    fail: str,
+    arns: dict[str, str],
+    statuses: dict[str, str],
+    records: dict[str, dict[str, Any]],
+    mails: list[dict[str, Any]],
+    clusters_left: list[str],
+    cleanups: dict[str, Any],
+    janitor: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Did the runs end as the rehearsal of ``fail`` expects? Its problems, one line each."""
+    r = REHEARSALS[fail]
+    problems: list[str] = []
+    if clusters_left:
+        problems.append(f"{len(clusters_left)} cluster(s) left: {', '.join(clusters_left)}")
+    janitor_acted = [a for p in janitor for a in p.get("actions") or [] if a["action"] != "deleting"]
+    if r.janitor and not janitor_acted:
+        problems.append("the janitor was expected to delete the cluster, and had nothing to do")
+    if janitor_acted and not r.janitor:
+        problems.append(f"the janitor had to delete {len(janitor_acted)} cluster(s) the run left behind")
+    for rid, arn in arns.items():
+        rec = records.get(rid) or {}
+        dataset = str(rec.get("dataset") or rid)
+        status = statuses[rid]
+        error = (rec.get("error") or {}).get("type")
+        if status != r.status:
+            problems.append(f"{rid} ended {status}, not {r.status}" + (f" ({error})" if error else ""))
+        if rec.get("status") != _RECORD_STATUS.get(r.status):
+            problems.append(f"{rid}'s record says {rec.get('status')}, not {_RECORD_STATUS.get(r.status)}")
+        if r.error is not None and error != r.error:
+            problems.append(f"{rid} failed with {error}, not {r.error}")
+        if status in _ENDED and rid not in cleanups:
+            problems.append(f"the cleanup function never handled {rid}'s end ({status})")
+        mine = [m for m in mails if m["attributes"].get("dataset") in (None, dataset)]
+        for want in r.mails:
+            subject = tuple(f.format(dataset=dataset) for f in want.subject)
+            if not any(
+                all(f in m["subject"] for f in subject) and all(b in m["message"] for b in want.body)
+                for m in mine
+            ):
+                problems.append(
+                    f"no mail for {dataset} with {' … '.join(subject)!r} in its subject"
+                    + (f" and {', '.join(repr(b) for b in want.body)} in its text" if want.body else "")
+                )
+        problems += [f"{rid}: {p}" for p in _scenario_checks(cloud, fail, arn, rec, mails, cleanups.get(rid))]
+    errors = sorted(
+        {str((rec.get("error") or {}).get("type")) for rec in records.values() if rec.get("error")}
+    )
+    steps = sorted(
+        {str((rec.get("error") or {}).get("step")) for rec in records.values() if rec.get("error")}
+    )
+    ended = sorted(set(statuses.values()))
+    outcome = "/".join(ended)
+    if errors:
+        outcome += f" with {', '.join(errors)} at {', '.join(steps)}"
+    outcome += f"; {len(mails)} mail(s)"
+    last = [m["subject"] for m in mails if m["attributes"].get("event") != "started"]
+    if last:
+        outcome += f", last {last[-1]!r}"
+    if janitor:
+        outcome += f"; {len(janitor)} janitor pass(es)"
+    outcome += f"; {len(clusters_left)} cluster(s) left"
+    return {
+        "scenario": fail,
+        "what": r.what,
+        "expected_status": r.status,
+        "expected_error": r.error,
+        "outcome": outcome,
+        "passed": not problems,
+        "problems": problems,
+        "janitor_passes": len(janitor),
+    }
+
+
+def _scenario_checks(
+    cloud: LocalCloud,
+    fail: str,
+    arn: str,
+    rec: dict[str, Any],
+    mails: list[dict[str, Any]],
+    cleanup: dict[str, Any] | None,
+) -> list[str]:
+    """What a scenario promises beyond its end status, error and mails."""
+    tried = _failed_tasks(cloud, arn)
+    problems = []
+    if fail == "config-error" and tried != ["ClusterConfigError"]:
+        problems.append(f"a configuration error must fail at once, never retried: {tried}")
+    elif fail == "throttle" and "ThrottledError" not in tried:
+        problems.append("no throttled call was retried")
+    elif fail == "ssm-timeout" and tried.count("AgentTimeoutError") != 1:
+        problems.append(f"expected one timed-out SSM command, retried: {tried}")
+    elif fail in ("ssm-timeout-always", "export"):
+        error = "AgentTimeoutError" if fail == "ssm-timeout-always" else "ExportError"
+        if tried.count(error) != 4:
+            problems.append(f"expected the first try and 3 retries of {error}: {tried}")
+    elif fail == "capacity" and len(rec.get("placements_tried") or []) != 1:
+        problems.append(f"expected one placement without capacity: {rec.get('placements_tried')}")
+    elif fail == "capacity-exhausted" and len(rec.get("placements_tried") or []) < 2:
+        problems.append(f"expected every placement tried: {rec.get('placements_tried')}")
+    elif fail == "job-stuck":
+        stage = (rec.get("error") or {}).get("step", "").removeprefix("stage:")
+        if not (rec.get("stages") or {}).get(stage, {}).get("killed_for_time"):
+            problems.append(f"stage {stage} was not killed for its time limit")
+    elif fail == "job-killed":
+        stage = (rec.get("error") or {}).get("step", "").removeprefix("stage:")
+        if (rec.get("stages") or {}).get(stage, {}).get("state") != "killed":
+            problems.append(f"stage {stage} is not marked killed")
+    elif fail in ("stopped", "cancel"):
+        dataset = rec.get("dataset")
+        stopped = [m for m in mails if m["subject"] == f"[cryopilot] {dataset} was stopped"]
+        if len(stopped) != 1:
+            problems.append(f"expected one 'was stopped' mail, got {len(stopped)}")
+        if fail == "stopped" and (cleanup or {}).get("action") != "delete_requested":
+            problems.append(f"the cleanup function did not delete the cluster: {cleanup}")
+    return problems
+
+
 def _render_many(
     records: list[dict[str, Any] | None], plans: dict[str, int], start: float, now: float
 ) -> Any:
@@ -158,6 +530,77 @@ def _render_many(
     return table
 
 
+def _dropped_runs(cloud: LocalCloud, expected: int) -> dict[str, str]:
+    """The run each upload started or queued (run id → its execution's ARN, which exists once the
+    run has a slot), in the order of the uploads; a RuntimeError unless there is one per upload."""
+    outcomes = [
+        o
+        for d in cloud.deliveries
+        if d.function.endswith("StartRunFunction") and isinstance(d.result, dict)
+        for o in d.result.get("outcomes") or []
+    ]
+    run_ids = list(dict.fromkeys(str(o["run_id"]) for o in outcomes if o["status"] in ("started", "queued")))
+    if len(run_ids) != expected:
+        raise RuntimeError(
+            f"{expected} uploads started or queued {len(run_ids)} runs: "
+            + json.dumps([d.result for d in cloud.deliveries])[:2000]
+        )
+    prefix = cloud.state_machine_arn.replace(":stateMachine:", ":execution:")
+    return {rid: f"{prefix}:{rid}" for rid in run_ids}
+
+
+def _statuses(sfn: Any, arns: dict[str, str]) -> dict[str, str]:
+    """Each run's execution status; QUEUED while it waits for a slot (no execution yet)."""
+    out = {}
+    for rid, arn in arns.items():
+        try:
+            out[rid] = str(sfn.describe_execution(executionArn=arn)["status"])
+        except sfn.exceptions.ExecutionDoesNotExist:
+            out[rid] = "QUEUED"
+    return out
+
+
+class _PeakClusters:
+    """The most clusters that existed at once: sampled while the runs go, and counted exactly
+    afterwards from the stand-in's record of each cluster's creation and deletion."""
+
+    #: wall seconds without any change after which runs still waiting are declared stuck
+    STALL_SECONDS = 60.0
+
+    def __init__(self, cloud: LocalCloud) -> None:
+        self.cloud = cloud
+        self.sampled = 0
+        self._last: tuple[Any, ...] = ()
+        self._since = time.monotonic()
+
+    def sample(self) -> None:
+        self.sampled = max(self.sampled, len(self.cloud.pcluster.clusters()))
+
+    def stalled(self, statuses: dict[str, str]) -> bool:
+        """Runs wait for a slot, none runs, and nothing changed for :data:`STALL_SECONDS`: a
+        queue that never drains (the demo then ends, and says which runs never ran)."""
+        state = tuple(sorted(statuses.items()))
+        if state != self._last:
+            self._last, self._since = state, time.monotonic()
+            return False
+        stuck = "RUNNING" not in statuses.values() and "QUEUED" in statuses.values()
+        return stuck and time.monotonic() - self._since > self.STALL_SECONDS
+
+    def peak(self) -> int:
+        pc = self.cloud.pcluster
+        edges: list[tuple[float, int]] = []
+        for name, seen in pc.history.items():
+            deletes = pc.delete_requests.get(name)
+            edges.append((float(seen["created_at"]), 1))
+            if deletes:
+                edges.append((float(deletes[0]) + pc.delete_seconds, -1))
+        current = exact = 0
+        for _, step in sorted(edges):  # at a tie, a deletion ends before a creation starts
+            current += step
+            exact = max(exact, current)
+        return max(exact, self.sampled)
+
+
 def run_demo(options: DemoOptions) -> dict[str, Any]:
     from rich.console import Console
     from rich.live import Live
@@ -169,11 +612,14 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     console = Console(quiet=options.quiet)
     options.state_dir.mkdir(parents=True, exist_ok=True)
     _send_lambda_logs_to(options.state_dir / "lambda.log")
+    from cryopilot_sim.harness import LocalCloud
+
     clock = VirtualClock(pace=options.pace)
     folder, manifest, files = sample_dataset(options.profile)
-    cloud = LocalCloud(clock=clock, profile=options.profile)
+    limit = options.max_concurrent_runs or int(load_template()["Parameters"]["MaxConcurrentRuns"]["Default"])
+    cloud = LocalCloud(clock=clock, profile=options.profile, parameters={"MaxConcurrentRuns": limit})
     with cloud:
-        _inject(cloud, options.fail)
+        _inject(cloud, options.fail, options.datasets)
         folders = (
             [folder]
             if options.datasets == 1
@@ -193,24 +639,24 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
             )
             cloud.drop_dataset(name, text, files)
         cloud.drain_events()
-        execs = cloud.executions()
-        if len(execs) != len(folders):
-            raise RuntimeError(
-                f"{len(folders)} uploads started {len(execs)} runs: "
-                + json.dumps([d.result for d in cloud.deliveries])[:2000]
-            )
-        arns = {e["name"]: e["executionArn"] for e in execs}
+        arns = _dropped_runs(cloud, len(folders))
         sfn = cloud.client("stepfunctions")
+        peak = _PeakClusters(cloud)
         from cryopilot import runs
 
         statuses: dict[str, str] = {}
         plan_sizes: dict[str, int] = {}
+        rehearsal = options.rehearsal
+        to_act_on = set(arns) if rehearsal.during else set()
         with Live(_render(None, [], clock.start, clock.now()), console=console, refresh_per_second=4) as live:
             while True:
-                statuses = {rid: sfn.describe_execution(executionArn=a)["status"] for rid, a in arns.items()}
-                done = all(st != "RUNNING" for st in statuses.values())
+                statuses = _statuses(sfn, arns)
+                peak.sample()
+                done = all(st not in ("RUNNING", "QUEUED") for st in statuses.values()) or peak.stalled(
+                    statuses
+                )
                 if not options.quiet:  # quiet: nothing to show, leave the interpreter to the run
-                    records = [cloud.run_record(rid) for rid in arns]
+                    records = [_record(cloud, rid) for rid in arns]
                     if len(arns) == 1:
                         (rid,) = arns
                         record = records[0]
@@ -223,16 +669,31 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
                         live.update(_render_many(records, plan_sizes, clock.start, clock.now()))
                 if done:
                     break
-                time.sleep(0.25)
+                if to_act_on:  # watch closely until the mid-run fault is done
+                    to_act_on -= _act_during(
+                        cloud, str(rehearsal.during), arns, to_act_on, live.console.print
+                    )
+                # many runs: look less often, so the display does not slow the runs down
+                time.sleep(0.02 if to_act_on else 0.25 * max(1.0, len(arns) / 4))
+        # what happens after the executions ended: the cleanup function, then the janitor
+        cleanups = _await_cleanups(cloud, statuses)
+        janitor = _settle_clusters(cloud, console.print)
         wall = time.monotonic() - wall0
         mails = cloud.mails()
-        summaries = []
-        for rid in arns:
-            record = cloud.run_record(rid) or {}
-            report = _fetch_report(cloud, rid, options.state_dir / "reports" / rid)
-            summaries.append(_run_summary(record, statuses[rid], report))
         clusters_left = sorted(cloud.pcluster.clusters())
-        summary = _write_outputs(options.state_dir, summaries, mails, wall, clock, clusters_left)
+        summaries = []
+        final: dict[str, dict[str, Any]] = {}
+        for rid in arns:
+            record = final[rid] = cloud.run_record(rid) or {}
+            report = _fetch_report(cloud, rid, options.state_dir / "reports" / rid)
+            summaries.append(_run_summary(record, statuses[rid], report, clusters_left))
+        verdict = _verdict(
+            cloud, options.fail, arns, statuses, final, mails, clusters_left, cleanups, janitor
+        )
+        concurrency = {"max_concurrent_runs": limit, "peak_clusters": peak.peak()} if len(arns) > 1 else None
+        summary = _write_outputs(
+            options.state_dir, summaries, mails, wall, clock, clusters_left, verdict, concurrency
+        )
     _print_summary(console, summary)
     return summary
 
@@ -259,8 +720,16 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def _run_summary(record: dict[str, Any], status: str, report: str | None) -> dict[str, Any]:
+def _run_summary(
+    record: dict[str, Any], status: str, report: str | None, clusters_left: list[str] | None = None
+) -> dict[str, Any]:
+    """(``cluster_deleted``: as the record says, or, when the janitor finished the deletion after
+    the run's record was closed, as the ParallelCluster API says: the cluster is gone.)"""
     start = record.get("started_epoch")
+    name = record.get("cluster_name")
+    deleted = bool(record.get("cluster_deleted")) or (
+        clusters_left is not None and bool(name) and name not in clusters_left
+    )
     end = record.get("export_finished_at") or record.get("finished_epoch")
     return {
         "run_id": record.get("run_id"),
@@ -272,7 +741,7 @@ def _run_summary(record: dict[str, Any], status: str, report: str | None) -> dic
         "gpu_hours_paid": record.get("gpu_hours_paid"),
         "gpu_hours_busy": record.get("gpu_hours_busy"),
         "placement": record.get("placement"),
-        "cluster_deleted": bool(record.get("cluster_deleted")),
+        "cluster_deleted": deleted,
         "error": record.get("error"),
         "report": report,
     }
@@ -302,6 +771,8 @@ def _write_outputs(
     wall: float,
     clock: VirtualClock,
     clusters_left: list[str],
+    rehearsal: dict[str, Any] | None = None,
+    concurrency: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     outbox = state_dir / "outbox"
     outbox.mkdir(parents=True, exist_ok=True)
@@ -326,6 +797,10 @@ def _write_outputs(
         summary["status"] = statuses.pop() if len(statuses) == 1 else "MIXED"
         summary["cluster_deleted"] = all(s["cluster_deleted"] for s in summaries) and not clusters_left
         summary["runs"] = summaries
+    if rehearsal is not None:
+        summary["rehearsal"] = rehearsal
+    if concurrency is not None:
+        summary["concurrency"] = concurrency
     (state_dir / "last-run.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
@@ -336,7 +811,8 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
     if s["resolution_A"] is not None:
         console.print(f"  resolution           {s['resolution_A']:.2f} Å")
     if s["time_to_structure_h"] is not None:
-        console.print(f"  time to structure    {_fmt_h(s['time_to_structure_h'] * 3600)} (simulated)")
+        label = "time to structure" if ok else "ran for"
+        console.print(f"  {label:<20} {_fmt_h(s['time_to_structure_h'] * 3600)} (simulated)")
     if s["error"]:
         console.print(f"  failed at            {s['error'].get('step')}: {s['error'].get('type')}")
     console.print(f"  cluster deleted      {'yes' if s['cluster_deleted'] else 'NO'}")
@@ -352,8 +828,25 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
     if s.get("runs"):
         done = sum(1 for r in s["runs"] if r["status"] == "SUCCEEDED")
         console.print(f"  runs                 {done} of {len(s['runs'])} succeeded")
+        for r in s["runs"]:
+            took = _fmt_h(r["time_to_structure_h"] * 3600) if r["time_to_structure_h"] else "-"
+            deleted = "cluster deleted" if r["cluster_deleted"] else "cluster NOT deleted"
+            console.print(f"    {r['status']:<10} {r['run_id']}  {took}  {deleted}")
+    if s.get("concurrency"):
+        c = s["concurrency"]
+        limit = c["max_concurrent_runs"]
+        console.print(f"  clusters at once     {c['peak_clusters']} at most (MaxConcurrentRuns {limit})")
     console.print(f"  clusters left        {len(s['clusters_left'])}")
     console.print(f"  mails                {len(s['mails'])} in {s['outbox']}/")
     if s.get("report"):
         console.print(f"  report               {s['report']}")
     console.print(f"  wall time            {s['wall_seconds']} s")
+    r = s.get("rehearsal")
+    if r:
+        from rich.markup import escape
+
+        verdict = "as expected" if r["passed"] else "NOT as expected: " + escape("; ".join(r["problems"]))
+        console.print(
+            f"\nrehearsed [bold]{r['scenario']}[/] ({escape(r['what'])}): {escape(r['outcome'])} — "
+            f"[bold {'green' if r['passed'] else 'red'}]{verdict}[/]"
+        )

@@ -114,6 +114,10 @@ def test_janitor_retries_a_failed_delete_until_the_cluster_is_gone(cloud: LocalC
     assert cloud.mails()[-1]["subject"] == "[cryopilot] janitor: 1 cluster(s) cleaned up"
 
     assert cloud.run_schedule("CleanupFunction") == {"checked": 0, "actions": [], "mailed": False}
+    # that pass found the cluster gone and closed the run's record, which nothing else would do
+    record = cloud.run_record(desc["name"])
+    assert record is not None
+    assert (record["cluster_deleted"], record["cluster_state"]) == (True, "DELETED")
 
 
 def test_janitor_reports_loudly_a_cluster_that_keeps_failing_to_delete(cloud: LocalCloud) -> None:

@@ -10,6 +10,10 @@ The state machine deletes the cluster on every path it controls. These two cover
   record, or is older than the maximum run hours is deleted (a run still going past that limit is
   stopped first). A delete that keeps failing is retried on every pass and reported loudly once it
   failed :data:`LOUD_AFTER` times. Each pass that did something mails what it did.
+
+Both also keep admission going (:mod:`cryopilot.admission`): every end of an execution, SUCCEEDED
+included, releases the run's slot and starts the oldest waiting runs (:func:`handle_execution_end`);
+each janitor pass reconciles the slots and the queue (:func:`handle_schedule`).
 """
 
 from __future__ import annotations
@@ -193,7 +197,9 @@ def janitor(now: float | None = None) -> JanitorReport:
     report = JanitorReport()
     from cryopilot.clusterconfig import CLUSTER_NAME_PREFIX
 
+    listed: set[str] = set()
     for summary in _api().list_clusters():
+        listed.add(summary.name)
         if not summary.name.startswith(CLUSTER_NAME_PREFIX):
             continue
         try:
@@ -224,9 +230,37 @@ def janitor(now: float | None = None) -> JanitorReport:
             action = "stopped_and_delete_requested"
         report.actions.append(_delete(info, run_id, run, reason, action))
 
+    closed = _close_deleted_records(listed)
     report.mailed = _mail_janitor(report)
-    logger.info("janitor pass", extra={"checked": report.checked, "actions": len(report.actions)})
+    logger.info(
+        "janitor pass",
+        extra={"checked": report.checked, "actions": len(report.actions), "records_closed": closed},
+    )
     return report
+
+
+#: How many recent runs the janitor looks through for deletions it asked for and saw end.
+RECENT_RUNS = 200
+
+
+def _close_deleted_records(listed: set[str]) -> list[str]:
+    """Runs whose cluster the janitor (or a failed delete) left deleting, and which ParallelCluster
+    no longer lists: the deletion finished, so the record says so (nobody else will)."""
+    closed = []
+    for run in runs.list_runs(limit=RECENT_RUNS):
+        name = run.get("cluster_name")
+        if run.get("cluster_deleted") or not name or name in listed:
+            continue
+        if run.get("cluster_state") not in ("DELETE_IN_PROGRESS", "DELETE_FAILED"):
+            continue
+        runs.update_run(
+            str(run["run_id"]),
+            cluster_deleted=True,
+            cluster_state="DELETED",
+            cluster_deleted_at=clock.now_iso(),
+        )
+        closed.append(str(run["run_id"]))
+    return closed
 
 
 def _delete(
@@ -288,6 +322,26 @@ def _mail_janitor(report: JanitorReport) -> bool:
         ]
     _publish(subject, "\n".join(lines), event="janitor")
     return True
+
+
+def handle_execution_end(detail: dict[str, Any]) -> dict[str, Any]:
+    """The cleanup of an ended execution (nothing for SUCCEEDED), then its slot released and the
+    waiting runs started: the function's answer."""
+    from cryopilot import admission
+
+    result = on_execution_end(detail).model_dump(mode="json")
+    return {**result, **admission.finish(detail).model_dump(mode="json")}
+
+
+def handle_schedule() -> dict[str, Any]:
+    """The janitor's pass, then admission reconciled (``queue`` in the answer when it acted)."""
+    from cryopilot import admission
+
+    answer = janitor().model_dump(mode="json")
+    queue = admission.reconcile()
+    if queue.acted:
+        answer["queue"] = queue.model_dump(mode="json")
+    return answer
 
 
 def parse_event(event: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -20,7 +20,22 @@ def _demo(args: argparse.Namespace) -> int:
     summary = run_demo(options)
     runs = summary.get("runs") or [summary]
     ended_as_rehearsed = all(r["status"] == options.expected_status for r in runs)
-    return 0 if ended_as_rehearsed and summary["cluster_deleted"] and not summary["clusters_left"] else 1
+    # the rehearsal's own verdict: end status, error, mails, cleanup, and no cluster left
+    passed = bool((summary.get("rehearsal") or {}).get("passed"))
+    return (
+        0
+        if passed and ended_as_rehearsed and summary["cluster_deleted"] and not summary["clusters_left"]
+        else 1
+    )
+
+
+def _demo_faults() -> dict[str, str]:
+    """The demo's fault scenarios and the end status each expects (the simulation's own list)."""
+    try:
+        from cryopilot_sim.demo import FAULTS
+    except ImportError:  # the simulation is not installed: no demo to rehearse
+        return {"none": "SUCCEEDED"}
+    return dict(FAULTS)
 
 
 #: Stand-ins printed when neither a flag nor the environment gives a value ParallelCluster requires.
@@ -66,6 +81,7 @@ def _cluster_config(args: argparse.Namespace) -> int:
         "head_node_subnet_id": args.head_node_subnet,
         "compute_subnet_ids": args.compute_subnets,
         "gpu8_instance_type": args.gpu8_instance_type,
+        "gpu4_instance_type": args.gpu4_instance_type,
         "gpu1_instance_type": args.gpu1_instance_type,
         "licence_secret_arn": args.licence_secret_arn,
         "artifacts_bucket": args.artifacts_bucket,
@@ -147,7 +163,7 @@ def _estimate(args: argparse.Namespace) -> int:
                 f" {profile} dataset (Table 1)\n"
             )
             wp = costing.estimate(the_plan, costing.Layout.whitepaper(), catalogue, **kwargs)
-            cp = costing.estimate(the_plan, costing.Layout.cryopilot(), catalogue, **kwargs)
+            cp = costing.place(the_plan, costing.Layout.cryopilot(), catalogue, **kwargs)
         else:
             wp, cp = costing.compare(args.profile or "cgrp", catalogue, **kwargs)
     except ManifestError as exc:
@@ -331,10 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--fail",
-        choices=["none", "cluster-create", "capacity", "job", "export", "throttle"],
+        choices=list(_demo_faults()),
         default="none",
-        help="rehearse a fault; capacity and throttle must still succeed, the others end failed;"
-        " every run ends mailed with its cluster deleted",
+        metavar="SCENARIO",
+        help="rehearse a fault: "
+        + "; ".join(f"{name} ({status})" for name, status in _demo_faults().items() if name != "none")
+        + ". The run must end with that status, the error and mails the scenario expects, and no"
+        " cluster left, or the command exits 1 (default: none)",
     )
     demo.add_argument(
         "--datasets", type=int, default=1, metavar="N", help="drop N datasets at once (default: 1)"
@@ -359,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute subnet ids, comma-separated (default: head node's)",
     )
     config.add_argument("--gpu8-instance-type", metavar="TYPE", help="instance type of the gpu8 queue")
+    config.add_argument("--gpu4-instance-type", metavar="TYPE", help="instance type of the gpu4 queue")
     config.add_argument("--gpu1-instance-type", metavar="TYPE", help="instance type of the gpu1 queue")
     config.add_argument("--licence-secret-arn", metavar="ARN", help="Secrets Manager ARN of the licence")
     config.add_argument("--artifacts-bucket", metavar="BUCKET", help="bucket holding the head-node scripts")

@@ -95,10 +95,13 @@ def get_run(stack: Stack, run_id: str) -> dict[str, Any]:
     run = runs.decode(item)
     plan = table.get_item(Key={"pk": f"plan#{run_id}"}, ConsistentRead=True).get("Item")
     run["plan"] = runs.decode(plan)["plan"] if plan else []
+    if run.get("status") == "QUEUED":
+        _with_queue_positions(stack, [run])
     return dict(run)
 
 
 def list_runs(stack: Stack, limit: int = 20) -> list[dict[str, Any]]:
+    """The most recent runs, newest first; a run waiting for a slot has its ``queue_position``."""
     table = boto3.resource("dynamodb", region_name=stack.region).Table(stack.runs_table)
     resp = table.query(
         IndexName="ByCreated",
@@ -107,7 +110,24 @@ def list_runs(stack: Stack, limit: int = 20) -> list[dict[str, Any]]:
         ScanIndexForward=False,
         Limit=limit,
     )
-    return [runs.decode(i) for i in resp.get("Items", [])]
+    found = [runs.decode(i) for i in resp.get("Items", [])]
+    if any(r.get("status") == "QUEUED" for r in found):
+        _with_queue_positions(stack, found)
+    return found
+
+
+def _with_queue_positions(stack: Stack, found: list[dict[str, Any]]) -> None:
+    """Set ``queue_position`` (1: the next to start) and ``active_runs`` on the runs that wait for
+    a slot (``MaxConcurrentRuns``), from the stack's admission item."""
+    from cryopilot.admission import KEY
+
+    table = boto3.resource("dynamodb", region_name=stack.region).Table(stack.runs_table)
+    item = table.get_item(Key=KEY, ConsistentRead=True).get("Item") or {}
+    queue = list(item.get("queue") or [])
+    for run in found:
+        if run["run_id"] in queue:
+            run["queue_position"] = queue.index(run["run_id"]) + 1
+            run["active_runs"] = len(item.get("holders") or ())
 
 
 def execution_status(stack: Stack, run_id: str) -> str | None:
@@ -141,6 +161,11 @@ def render_status(run: dict[str, Any], execution: str | None, now: float | None 
         + (f" · {run['placement']}" if run.get("placement") else "")
         + f" · step {run.get('current_step') or '-'}",
     ]
+    if run.get("queue_position"):
+        lines.append(
+            f"waiting for a free slot: #{run['queue_position']} in the queue, "
+            f"{run.get('active_runs', '?')} run(s) active (MaxConcurrentRuns); starts when one ends"
+        )
     stages = run.get("stages") or {}
     plan = run.get("plan") or []
     width = max([len(str(p.get("title", p.get("id", "")))) for p in plan] + [5])
@@ -342,11 +367,19 @@ def _mark_cancelled(stack: Stack, run_id: str, run: dict[str, Any]) -> None:
     if run.get("status") in ("SUCCEEDED", "FAILED", "CANCELLED"):
         return
     table = boto3.resource("dynamodb", region_name=stack.region).Table(stack.runs_table)
+    # the step it was at stays, for the cleanup function's mail; the error is the one that function
+    # records for a stopped execution, whichever of the two gets there first
+    step = str(run.get("current_step") or "unknown")
+    error = {
+        "type": "ExecutionAborted",
+        "message": f"cancelled by the operator (cryopilot cancel) at {step}",
+        "step": step,
+    }
     table.update_item(
         Key={"pk": f"run#{run_id}"},
-        UpdateExpression="SET #s = :s, current_step = :c",
-        ExpressionAttributeNames={"#s": "status"},
-        ExpressionAttributeValues={":s": "CANCELLED", ":c": "cancelled"},
+        UpdateExpression="SET #s = :s, #e = if_not_exists(#e, :e)",
+        ExpressionAttributeNames={"#s": "status", "#e": "error"},
+        ExpressionAttributeValues={":s": "CANCELLED", ":e": error},
     )
 
 

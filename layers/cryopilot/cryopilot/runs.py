@@ -2,7 +2,8 @@
 
 Step Functions is the source of truth for *what happens*; the record is the readable account of
 it (status, current step, cluster, stage times, job ids, decisions, resolution, cost, error).
-Items: ``pk = "run#<run id>"`` for runs; ``pk = "manifest#<digest>"`` for idempotency records.
+Items: ``pk = "run#<run id>"`` for runs; ``pk = "manifest#<digest>"`` for idempotency records;
+``pk = "admission"`` for the slots and the queue of waiting runs (:mod:`cryopilot.admission`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,16 @@ def decode(item: dict[str, Any]) -> dict[str, Any]:
 
 def _resource_table() -> Any:
     return aws.resource("dynamodb").Table(get_settings().runs_table)
+
+
+def table() -> Any:
+    """The run table (boto3 ``Table``), for the modules that keep items of their own in it."""
+    return _resource_table()
+
+
+def to_ddb(value: Any) -> Any:
+    """``value`` ready for DynamoDB (floats as Decimal)."""
+    return _to_ddb(value)
 
 
 def run_key(run_id: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""StartRun: turn a trigger into exactly one Step Functions execution per manifest version."""
+"""StartRun: turn a trigger into exactly one Step Functions execution per manifest version, started
+at once or, beyond ``MaxConcurrentRuns``, queued until a slot frees."""
 
 from __future__ import annotations
 
@@ -8,20 +9,24 @@ from typing import Any, Literal
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
-from cryopilot import aws, runs
+from cryopilot import admission, aws, runs
 from cryopilot.errors import EventError
 from cryopilot.manifest import MANIFEST_NAMES
 from cryopilot.observability import logger
 from cryopilot.settings import get_settings
 from cryopilot.triggers import ManifestLocation, Trigger, check_key, parse_triggers
 
+StartStatus = Literal["started", "queued", "duplicate", "ignored"]
+
 
 class StartOutcome(BaseModel):
-    status: Literal["started", "duplicate", "ignored"]
+    status: StartStatus
     reason: str | None = None
     run_id: str | None = None
     execution_arn: str | None = None
     manifest: str | None = None
+    #: for a run waiting for a slot: 1 = the next to start
+    queue_position: int | None = None
 
 
 def handle_event(event: Any) -> list[StartOutcome]:
@@ -102,14 +107,22 @@ def _datasync_manifest(execution_arn: str) -> ManifestLocation:
 
 def start_for_manifest(location: ManifestLocation, *, trigger: str) -> StartOutcome:
     """Idempotent: the run id and execution name derive from the manifest version, the record
-    is created only if absent and Step Functions refuses a second execution of the same name."""
+    is created only if absent and Step Functions refuses a second execution of the same name.
+
+    A run beyond ``MaxConcurrentRuns`` is not failed: it waits in the queue (status QUEUED) and
+    starts, oldest first, when a slot frees (:mod:`cryopilot.admission`)."""
     settings = get_settings()
     run_id, claimed = runs.claim_manifest(location.digest(), location.run_id(), location.model_dump())
     sfn = aws.client("stepfunctions")
-    arn = _execution_arn(settings.state_machine_arn, run_id)
+    arn = admission.execution_arn(run_id)
+
+    def outcome(status: StartStatus, **extra: Any) -> StartOutcome:
+        return StartOutcome(status=status, run_id=run_id, execution_arn=arn, manifest=location.uri, **extra)
+
     if not claimed and _execution_exists(sfn, arn):
         logger.info("duplicate event for a manifest version already seen", extra={"run_id": run_id})
-        return StartOutcome(status="duplicate", run_id=run_id, execution_arn=arn, manifest=location.uri)
+        return outcome("duplicate")
+    execution_input = {"manifest": location.model_dump(exclude_none=True), "trigger": trigger}
     runs.create_run(
         run_id,
         dataset=location.dataset_folder,
@@ -117,19 +130,42 @@ def start_for_manifest(location: ManifestLocation, *, trigger: str) -> StartOutc
         trigger=trigger,
         current_step="queued",
         execution_arn=arn,
+        start_input=json.dumps(execution_input),
     )
-    execution_input = {"manifest": location.model_dump(exclude_none=True), "trigger": trigger}
-    try:
-        sfn.start_execution(
-            stateMachineArn=settings.state_machine_arn, name=run_id, input=json.dumps(execution_input)
-        )
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "ExecutionAlreadyExists":
+    decision: str = admission.admit(run_id, settings.max_concurrent_runs)
+    if decision == "refused":
+        admission.mark_waiting(run_id)
+        decision = admission.enqueue(run_id)
+    if decision == "already_queued":
+        logger.info("duplicate event for a run waiting for a slot", extra={"run_id": run_id})
+        return outcome("duplicate", reason="the run waits for a free slot", queue_position=_position(run_id))
+    if decision == "queued":
+        # A slot may have freed between the refusal and the queueing: its release saw no one waiting.
+        if run_id not in admission.start_queued(settings.max_concurrent_runs):
+            position = _position(run_id)
+            logger.info("run queued", extra={"run_id": run_id, "queue_position": position})
+            return outcome(
+                "queued",
+                reason=f"waits for a free slot (MaxConcurrentRuns {settings.max_concurrent_runs})",
+                queue_position=position,
+            )
+    else:  # admitted by this call, or by a concurrent delivery of the same event
+        admission.mark_admitted(run_id)
+        try:
+            started = admission.start_execution(run_id, execution_input)
+        except Exception:
+            if decision == "admitted":
+                admission.give_back(run_id)  # the event's retry takes a slot again
             raise
-        logger.info("duplicate event raced a start", extra={"run_id": run_id})
-        return StartOutcome(status="duplicate", run_id=run_id, execution_arn=arn, manifest=location.uri)
+        if not started:
+            logger.info("duplicate event raced a start", extra={"run_id": run_id})
+            return outcome("duplicate")
     logger.info("run started", extra={"run_id": run_id, "manifest": location.uri})
-    return StartOutcome(status="started", run_id=run_id, execution_arn=arn, manifest=location.uri)
+    return outcome("started")
+
+
+def _position(run_id: str) -> int | None:
+    return admission.read().position(run_id)
 
 
 def _execution_exists(sfn: Any, arn: str) -> bool:
@@ -140,7 +176,3 @@ def _execution_exists(sfn: Any, arn: str) -> bool:
             return False
         raise
     return True
-
-
-def _execution_arn(state_machine_arn: str, name: str) -> str:
-    return state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
