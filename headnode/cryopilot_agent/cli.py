@@ -3,7 +3,7 @@
     cryopilot-agent submit --project RUN_ID --spec-b64 B64
     cryopilot-agent status --project RUN_ID [--stage ID ...]
     cryopilot-agent kill   --project RUN_ID --stage ID
-    cryopilot-agent export --project RUN_ID --stage ID --bucket B --prefix P
+    cryopilot-agent export --project RUN_ID --stage ID --bucket B --prefix P [--partial]
 
 Connection: ``CRYOSPARC_BASE_URL`` (default http://localhost:39000), ``CRYOSPARC_EMAIL`` and
 ``CRYOSPARC_PASSWORD``; or ``CRYOPILOT_CRYOSPARC_SECRET_ID`` naming a Secrets Manager secret holding
@@ -113,6 +113,7 @@ def _parser() -> _Parser:
     export.add_argument("--stage", required=True)
     export.add_argument("--bucket", required=True)
     export.add_argument("--prefix", required=True)
+    export.add_argument("--partial", action="store_true")
     return parser
 
 
@@ -154,6 +155,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> BaseModel:
     import boto3
 
     s3 = boto3.client("s3", region_name=settings.region)
+    if args.partial:
+        return driver.export_partial(args.project, args.stage, args.bucket, args.prefix, s3)
     return driver.export(args.project, args.stage, args.bucket, args.prefix, s3)
 
 

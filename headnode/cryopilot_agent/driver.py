@@ -387,7 +387,8 @@ class Driver:
 
     # ------------------------------------------------------------------ export
 
-    def export(self, run_id: str, stage_id: str, bucket: str, prefix: str, s3: Any) -> ExportResult:
+    def _last_completed_job(self, run_id: str, stage_id: str) -> tuple[Any, Any]:
+        """(project, the stage's last completed job); :class:`StageNotFoundError` if none."""
         project = self.find_project(run_id)
         ws = self.find_workspace(project) if project else None
         if project is None or ws is None:
@@ -395,7 +396,64 @@ class Driver:
         jobs = [j for j in self.stage_jobs(project, ws, stage_id) if j.model.status == "completed"]
         if not jobs:
             raise StageNotFoundError(f"stage {stage_id} of run {run_id} has no completed job to export")
-        job = jobs[-1]
+        return project, jobs[-1]
+
+    def _upload(
+        self, project: Any, bucket: str, prefix: str, s3: Any, sources: list[tuple[str, str, str | bytes]]
+    ) -> list[ExportedFile]:
+        """Copy each (kind, name, project path or the bytes themselves) to ``s3://bucket/prefix/name``
+        and check its size."""
+        base = prefix.strip("/")
+        files: list[ExportedFile] = []
+        for kind, name, path in sources:
+            if isinstance(path, bytes):  # a document made here, not a project file
+                data, content_type = path, "application/json"
+            else:
+                buf = io.BytesIO()
+                self.cs.download_file(project.uid, path, buf)
+                data = buf.getvalue()
+                content_type = "application/octet-stream"
+                if not data:
+                    raise ExportVerificationError(f"{path} of project {project.uid} is empty")
+            key = f"{base}/{name}" if base else name
+            s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+            head = s3.head_object(Bucket=bucket, Key=key)
+            if int(head["ContentLength"]) != len(data):
+                raise ExportVerificationError(
+                    f"s3://{bucket}/{key} holds {head['ContentLength']} bytes, expected {len(data)}"
+                )
+            files.append(ExportedFile(kind=kind, key=key, size=len(data)))
+        return files
+
+    def export_partial(self, run_id: str, stage_id: str, bucket: str, prefix: str, s3: Any) -> ExportResult:
+        """What a run stopped early has: every map of stage ``stage_id``'s last completed job (its
+        ``volume`` or each ``volume_class_N``) and its particles, uploaded and checked like
+        :meth:`export` but without the half maps and FSC a final refinement has."""
+        project, job = self._last_completed_job(run_id, stage_id)
+        outputs = job.model.spec.outputs.root
+        volumes = sorted(n for n in outputs if n == "volume" or n.startswith("volume_class_"))
+        if not volumes:
+            raise ExportVerificationError(f"job {job.uid} ({job.model.spec.type}) made no map")
+        sources: list[tuple[str, str, str | bytes]] = []
+        for name in volumes:
+            dataset = job.load_output(name)
+            if "map/path" in set(dataset.fields()):
+                path = str(dataset["map/path"][0])
+                kind = "class_map" if name != "volume" else "map"
+                sources.append((kind, f"{name}_{PurePosixPath(path).name}", path))
+        if not sources:
+            raise ExportVerificationError(f"job {job.uid}: its volume outputs have no map path")
+        for name in ("particles", "particles_all_classes"):
+            out = outputs.get(name)
+            if out is not None and out.results and out.results[0].metafiles:
+                path = out.results[0].metafiles[-1]
+                sources.append(("particles", PurePosixPath(path).name, path))
+                break
+        files = self._upload(project, bucket, prefix, s3, sources)
+        return ExportResult(bucket=bucket, prefix=prefix, files=files, partial=True)
+
+    def export(self, run_id: str, stage_id: str, bucket: str, prefix: str, s3: Any) -> ExportResult:
+        project, job = self._last_completed_job(run_id, stage_id)
         model = job.model
         volume = job.load_output("volume")
         fields = set(volume.fields())
@@ -409,36 +467,18 @@ class Driver:
         particles = model.spec.outputs.root.get("particles")
         if particles is None or not particles.results or not particles.results[0].metafiles:
             raise ExportVerificationError(f"job {job.uid} has no particles dataset")
-        sources = [
+        paths = [
             ("map", path_of("map")),
             ("half_map_a", path_of("map_half_A")),
             ("half_map_b", path_of("map_half_B")),
             ("mask", path_of("mask_fsc_auto", "mask_fsc", "mask_refine")),
             ("particles", particles.results[0].metafiles[-1]),
         ]
-        base = prefix.strip("/")
-        files: list[ExportedFile] = []
-
-        def put(kind: str, name: str, data: bytes, content_type: str) -> None:
-            key = f"{base}/{name}" if base else name
-            s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
-            head = s3.head_object(Bucket=bucket, Key=key)
-            if int(head["ContentLength"]) != len(data):
-                raise ExportVerificationError(
-                    f"s3://{bucket}/{key} holds {head['ContentLength']} bytes, expected {len(data)}"
-                )
-            files.append(ExportedFile(kind=kind, key=key, size=len(data)))
-
-        for kind, path in sources:
-            buf = io.BytesIO()
-            self.cs.download_file(project.uid, path, buf)
-            data = buf.getvalue()
-            if not data:
-                raise ExportVerificationError(f"{path} of project {project.uid} is empty")
-            put(kind, PurePosixPath(path).name, data, "application/octet-stream")
         fsc = (model.spec.outputs.root["volume"].latest_summary_stats or {}).get("fsc_info_best") or {}
-        fsc_doc = {"job": f"{project.uid}-{job.uid}", "fsc_info_best": fsc}
-        put(
-            "fsc", f"{job.uid}_fsc_info_best.json", json.dumps(fsc_doc, indent=1).encode(), "application/json"
-        )
+        fsc_doc = json.dumps({"job": f"{project.uid}-{job.uid}", "fsc_info_best": fsc}, indent=1)
+        sources: list[tuple[str, str, str | bytes]] = [
+            (kind, PurePosixPath(path).name, path) for kind, path in paths
+        ]
+        sources.append(("fsc", f"{job.uid}_fsc_info_best.json", fsc_doc.encode()))
+        files = self._upload(project, bucket, prefix, s3, sources)
         return ExportResult(bucket=bucket, prefix=prefix, files=files, resolution_A=resolution_of(model))

@@ -45,7 +45,7 @@ DurationFn = Callable[[str, "SimJob"], float]
 
 API_PREFIX = "/api/cmd"
 VERSION = "v5.0.3"
-LANES = {"gpu8": 8, "gpu1": 1}
+LANES = {"gpu8": 8, "gpu4": 4, "gpu1": 1}
 
 #: profiles.yaml stage id per job type (extract_micrographs_multi is "extract" the first time in a
 #: project and "reextract" after that).
@@ -251,6 +251,9 @@ class CryoSparcStandIn:
         self.base_url = ""
         self.requests: list[tuple[str, str]] = []
         self.routes = self._routes()
+        #: The cluster's compute nodes (``cryopilot_sim.slurm.SlurmNodes``): when set, a lane job
+        #: starts once its node is up and runs at its GPU's speed; None = every job starts at once.
+        self.slurm: Any = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -805,8 +808,8 @@ class CryoSparcStandIn:
             "build_errors": [],
             "created_at": _iso(job.created_at),
             "queued_at": _iso(job.queued_at),
-            "started_at": _iso(job.started_at),
-            "running_at": _iso(job.started_at),
+            "started_at": _iso(job.started_at) if job.status != "launched" else None,
+            "running_at": _iso(job.started_at) if job.status != "launched" else None,
             "waiting_at": _iso(job.waiting_at),
             "completed_at": _iso(job.completed_at),
             "killed_at": _iso(job.killed_at),
@@ -1182,6 +1185,8 @@ class CryoSparcStandIn:
                     if start > now:
                         continue
                     self._launch(p, job, start)
+                if job.status == "launched" and job.started_at is not None and now >= job.started_at:
+                    job.status = "running"
                 if job.status == "running" and job.end_at is not None and now >= job.end_at:
                     if job.fault == "fail":
                         job.error = f"Simulated failure of {job.type} (injected fault)"
@@ -1206,6 +1211,13 @@ class CryoSparcStandIn:
         job.status = "running"
         job.fault = self._take_fault(job)
         duration = self._duration(job)
+        if self.slurm is not None and job.lane is not None:
+            kind = job.stage_key or STAGE_OF_TYPE.get(job.type, "")
+            duration /= self.slurm.speed(job.lane, kind)
+            ready = self.slurm.acquire(job.lane, start, job.uid)
+            if ready > start:  # waiting for its node: Slurm has it, cryoSPARC says "launched"
+                job.status = "launched"
+            start = job.started_at = ready
         if job.fault == "stuck":
             job.end_at = None
         elif job.fault in ("fail", "kill"):
@@ -1213,7 +1225,12 @@ class CryoSparcStandIn:
         else:
             job.end_at = start + duration
 
+    def _release_node(self, job: SimJob, at: float) -> None:
+        if self.slurm is not None and job.lane is not None:
+            self.slurm.release(job.lane, at, job.uid)
+
     def _finish(self, job: SimJob, status: str, at: float) -> None:
+        self._release_node(job, at)
         job.status = status
         if status == "killed":
             job.killed_at = at
@@ -1294,6 +1311,7 @@ class CryoSparcStandIn:
         return info
 
     def _complete(self, job: SimJob, at: float) -> None:
+        self._release_node(job, at)
         p = self._project(job.project_uid)
         prof = self.profile
         n_mics = int(prof["movies"])
@@ -1351,9 +1369,24 @@ class CryoSparcStandIn:
             if job.type == "hetero_refine":
                 stats = {"fsc_info_best": {"radwn_final_A": round(res, 3)}, "version": 0}
             self._put_output(job, f"particles_class_{i}", count)
-            self._put_output(job, f"volume_class_{i}", 1, stats=stats)
+            # each class volume is a map on disk, as cryoSPARC writes it (what a partial export takes)
+            path = f"{job.uid}/{job.uid}_class_{i:02d}_final_volume.mrc"
+            p.files[path] = _mrc_bytes(16, 1.0, seed=job.num * 100 + i)
+            dataset = {"map/path": path, "map/shape": [16, 16, 16], "map/psize_A": 1.0}
+            self._put_output(job, f"volume_class_{i}", 1, stats=stats, dataset=dataset)
         if "particles_all_classes" in self._output_names(job):
-            self._put_output(job, "particles_all_classes", n)
+            meta = f"{job.uid}/{job.uid}_particles_all_classes.cs"
+            sample = min(n, 200)
+            rows = Dataset(
+                [
+                    ("uid", np.arange(1, sample + 1, dtype=np.uint64)),
+                    ("alignments_class_3D/class", np.zeros(sample, dtype=np.uint32)),
+                ]
+            )
+            buf = io.BytesIO()
+            rows.save(buf)
+            p.files[meta] = buf.getvalue()
+            self._put_output(job, "particles_all_classes", n, metafile=meta)
         if "volumes_all_classes" in self._output_names(job):
             self._put_output(job, "volumes_all_classes", k)
 

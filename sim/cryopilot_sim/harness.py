@@ -20,6 +20,7 @@ The moto internals patched here are those of moto 5.2.5 (pinned in requirements/
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import json
@@ -93,6 +94,10 @@ class HeadNode:
     instance_id: str
     cryosparc: Any
     env: dict[str, str]
+    #: The agent's cryoSPARC client, built by its first command and reused by the next ones. On a
+    #: head node each command is a new process with a new client; here they share one interpreter,
+    #: and building the client (reading the API's schema) was a large share of a simulated run's CPU.
+    client: Any = None
 
 
 @dataclass
@@ -134,6 +139,11 @@ class LocalCloud:
         self._ssm_lock = threading.RLock()
         self._invoke_lock = threading.RLock()
         self.resolver: Resolver | None = None
+        #: Each cluster's compute nodes (``cryopilot_sim.slurm.SlurmNodes``), kept after deletion:
+        #: the simulated EC2 bill of its GPU nodes.
+        self.compute_nodes: dict[str, Any] = {}
+        #: Each cluster's cryoSPARC stand-in, kept after deletion (its jobs' timestamps).
+        self.cryosparc_by_cluster: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- lifecycle
     def __enter__(self) -> LocalCloud:
@@ -164,6 +174,7 @@ class LocalCloud:
         st.callback(self.pcluster.stop)
         self.pcluster.on_head_node = self._attach_head_node
         self.pcluster.on_deleted = self._detach_head_node
+        self.pcluster.on_delete_requested = self._shut_down_compute
         params = {
             "ParallelClusterApiUrl": endpoint,
             "NotificationEmail": "structures@example.org",
@@ -171,6 +182,9 @@ class LocalCloud:
             "ComputeSubnetIds": "subnet-0aaaaaaaaaaaaaaa1,subnet-0bbbbbbbbbbbbbbb2",
             "VpcId": "vpc-0123456789abcdef0",
             "CryosparcLicenceSecretArn": LICENCE_SECRET_ARN,
+            # Tests that drop many datasets at once check each one's own handling: nothing waits
+            # for a slot unless a test (or the demo) sets a lower limit.
+            "MaxConcurrentRuns": 100,
             **self.parameters,
         }
         self.resolver = Resolver(
@@ -540,6 +554,27 @@ class LocalCloud:
             mock.patch.object(asl_parser.AmazonStateLanguageParser, "parse", staticmethod(parse))
         )
 
+        # Two more per-state costs of moto's interpreter that depend on nothing that changes: it
+        # builds a new boto3 Lambda client for every Task (milliseconds each) and parses every
+        # JSONPath again at each evaluation (a parser built per call). Kept, they cost a sixth less
+        # CPU per run, which counts when many runs go at once (tests/integration/test_concurrency.py).
+        from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+        from moto.stepfunctions.parser.asl.utils import json_path
+
+        real_client_for = lambda_eval_utils.boto_client_for
+        lambda_clients: dict[tuple[str, str], Any] = {}
+
+        def client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+            key = (region, service)  # moto signs every such client with the same fixed keys
+            if key not in lambda_clients:
+                lambda_clients[key] = real_client_for(region=region, service=service)
+            return lambda_clients[key]
+
+        st.enter_context(mock.patch.object(lambda_eval_utils, "boto_client_for", client_for))
+        st.enter_context(
+            mock.patch.object(json_path, "parse", functools.lru_cache(maxsize=1024)(json_path.parse))
+        )
+
         def invoke(
             backend: Any,
             function_name: str,
@@ -672,7 +707,7 @@ class LocalCloud:
 
     def _watch_executions(self) -> None:
         """Step Functions sends "Execution Status Change" events to EventBridge; moto does not, so
-        this seam does, for every execution that ends (the rules pick FAILED/TIMED_OUT/ABORTED)."""
+        this seam does, for every execution that ends (the template's rules pick the statuses they want)."""
         seen: set[str] = set()
         sfn = self.client("stepfunctions")
         while self._watching.is_set():
@@ -749,6 +784,8 @@ class LocalCloud:
             self.clock, profile=self.profile, email=email, password=password, **self.cryosparc_options
         )
         base_url = cs.start()
+        cs.slurm = self._compute_nodes_for(cluster_name)
+        self.cryosparc_by_cluster[cluster_name] = cs
         for setup in self.cryosparc_setup:
             setup(cs)
         env = {
@@ -759,6 +796,23 @@ class LocalCloud:
         }
         with self._lock:
             self.head_nodes[instance_id] = HeadNode(cluster_name, instance_id, cs, env)
+
+    def _compute_nodes_for(self, cluster_name: str) -> Any:
+        """The Slurm nodes of the cluster's configuration (None if the stand-in kept no record)."""
+        from cryopilot_sim.slurm import SlurmNodes
+
+        record = self.pcluster.history.get(cluster_name)
+        if record is None:
+            return None
+        nodes = SlurmNodes.from_cluster_config(record["config"], ready_at=float(record["ready_at"]))
+        with self._lock:
+            self.compute_nodes[cluster_name] = nodes
+        return nodes
+
+    def _shut_down_compute(self, cluster_name: str, at: float) -> None:
+        nodes = self.compute_nodes.get(cluster_name)
+        if nodes is not None:
+            nodes.shutdown(at)
 
     def _detach_head_node(self, cluster_name: str) -> None:
         with self._lock:
@@ -804,8 +858,16 @@ class LocalCloud:
                 stderr, code = f"{argv[0] if argv else line}: command not found\n", 127
                 break
             buf = io.StringIO()
+            connect = agent_cli._connect
+
+            def reuse(settings: Any, node: HeadNode = node, connect: Any = connect) -> Any:
+                if node.client is None:
+                    node.client = connect(settings)
+                return node.client
+
             try:
-                code = agent_cli.main(argv[1:], env={**node.env, **_aws_env()}, stdout=buf)
+                with mock.patch.object(agent_cli, "_connect", reuse):
+                    code = agent_cli.main(argv[1:], env={**node.env, **_aws_env()}, stdout=buf)
             except SystemExit as exc:  # argparse errors
                 code = exc.code if isinstance(exc.code, int) else 2
             except Exception as exc:

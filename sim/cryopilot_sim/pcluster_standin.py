@@ -186,6 +186,13 @@ class PClusterStandIn:
         self.on_head_node = on_head_node
         #: Called as ``on_deleted(cluster_name)`` when a deleted cluster is gone.
         self.on_deleted = on_deleted
+        #: Called as ``on_delete_requested(cluster_name, at)`` when a deleteCluster starts a deletion.
+        self.on_delete_requested: Callable[[str, float], None] | None = None
+        #: Simulated times of the deleteCluster calls that started a deletion, by cluster name.
+        self.delete_requests: dict[str, list[float]] = {}
+        #: Each cluster's configuration and creation times, kept after it is gone (the benchmark's
+        #: record of what ran): name → {"config": YAML text, "created_at", "ready_at"}.
+        self.history: dict[str, dict[str, Any]] = {}
         #: Called with each custom action's ``Script`` URI; a missing script ends the create in
         #: CREATE_FAILED with ``OnNodeConfiguredDownloadFailure``, as the head node's boot would.
         self.script_exists = script_exists
@@ -306,6 +313,11 @@ class PClusterStandIn:
                         cluster.phase = "created"
                         cluster.updated_at = cluster.created_at + cluster.create_seconds
                         cluster.head_node = self._new_head_node(cluster)
+                        self.history[cluster.name] = {
+                            "config": cluster.config_text,
+                            "created_at": cluster.created_at,
+                            "ready_at": cluster.updated_at,
+                        }
                         events.append(("head_node", cluster.name, cluster.head_node["instanceId"]))
                 elif (
                     cluster.phase == "deleting"
@@ -741,7 +753,13 @@ class PClusterStandIn:
                 cluster.delete_started = self.clock.now()
                 cluster.updated_at = cluster.delete_started
                 cluster.delete_fails = fault is not None
+                self.delete_requests.setdefault(name, []).append(cluster.delete_started)
+                started: float | None = cluster.delete_started
+            else:
+                started = None
             summary = self._summary(cluster)
+        if started is not None and self.on_delete_requested is not None:
+            self.on_delete_requested(name, started)
         return 202, {"cluster": summary}
 
     def _list(self, region: str, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:

@@ -23,8 +23,9 @@ def test_local_run_end_to_end_succeeds_mails_reports_and_deletes_the_cluster(tmp
     assert last["cluster_deleted"] is True
     assert last["clusters_left"] == []
     assert last["resolution_A"] == pytest.approx(2.8, abs=0.3)
-    # Table 1's 36 h 02 of stages, plus the cluster's creation and the polls' granularity
-    assert 36.0 < last["time_to_structure_h"] < 38.0
+    # cryopilot's placement: the 1-GPU stages on an H100, 2D classification on four L40S (the
+    # catalogue's speed factors), node launches, the cluster's creation: about 26 h (Table 1: 36 h 02)
+    assert 24.0 < last["time_to_structure_h"] < 28.0
 
     assert last["cost_usd"] > 0
     assert 0 < last["gpu_hours_busy"] <= last["gpu_hours_paid"]

@@ -165,3 +165,36 @@ def test_run_past_its_hour_limit_is_stopped(cloud: LocalCloud) -> None:
     assert "limits.max_hours" in failure["message"]
     elapsed_h = (record["finished_epoch"] - record["started_epoch"]) / 3600
     assert 3 < elapsed_h < 3 + 14400 / 3600 + 1  # within one (coarse) poll of the limit, plus the delete
+
+
+def test_run_stopped_by_a_limit_exports_the_maps_it_has(cloud: LocalCloud) -> None:
+    # ab-initio is done by about 18 h; the hour limit stops the run during heterogeneous refinement
+    arn = _start(cloud, limits={"max_hours": 20})
+    record, failure = _assert_failed_cleanly(cloud, arn, "RunLimitError")
+    assert record["stages"]["abinit"]["state"] == "completed"
+    partial = record["partial_export"]
+    assert partial["files"] >= 2
+    done = [
+        s
+        for s in ("abinit", "hetero1", "hetero2", "hetero3")
+        if record["stages"].get(s, {}).get("state") == "completed"
+    ]
+    assert partial["stage"] == done[-1]
+    prefix = f"runs/{record['run_id']}/results/partial/"
+    assert partial["uri"] == f"s3://{cloud.results_bucket}/{prefix}"
+    keys = [
+        o["Key"]
+        for o in cloud.client("s3").list_objects_v2(Bucket=cloud.results_bucket, Prefix=prefix)["Contents"]
+    ]
+    assert len(keys) == partial["files"]
+    assert any("volume_class_" in k for k in keys)
+    assert {f["kind"] for f in record["results"]["files"]} >= {"class_map", "particles"}
+    assert partial["uri"] in failure["message"]
+    assert "stopped early" in failure["message"]
+
+
+def test_run_stopped_before_any_map_says_nothing_was_exported(cloud: LocalCloud) -> None:
+    arn = _start(cloud, limits={"max_hours": 3})
+    record, failure = _assert_failed_cleanly(cloud, arn, "RunLimitError")
+    assert record["partial_export"] == {"files": 0, "reason": "no stage had made a map yet"}
+    assert "nothing was exported" in failure["message"]

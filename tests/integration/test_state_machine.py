@@ -102,11 +102,11 @@ def test_successful_run(cloud: LocalCloud) -> None:
     from cryopilot.costing import Catalogue
 
     motion, pick = record["stages"]["motion"], record["stages"]["pick"]
-    p4d, g6e = Catalogue.load().price("p4d.24xlarge"), Catalogue.load().price("g6e.2xlarge")
+    p4d, gpu1 = Catalogue.load().price("p4d.24xlarge"), Catalogue.load().price("p5.4xlarge")
     hours = (motion["completed_at"] - motion["started_at"]) / 3600
     assert motion["cost_usd"] == pytest.approx(hours * p4d, rel=1e-3)  # one 8-GPU node
     assert pick["cost_usd"] == pytest.approx(
-        (pick["completed_at"] - pick["started_at"]) / 3600 * g6e, rel=1e-3
+        (pick["completed_at"] - pick["started_at"]) / 3600 * gpu1, rel=1e-3
     )
     assert "cost_usd" not in record["stages"]["import"]  # the head node's own stage
     assert record["cost_usd"] > 0  # the report's total, quoted in the final mail

@@ -52,7 +52,7 @@ def test_output_is_only_a_configuration_parallelcluster_loads(
     run_id = f"{dataset}-manual"
     assert {t["Key"]: t["Value"] for t in doc["Tags"]}["cryopilot:run-id"] == run_id
     loaded = cluster_schema.ClusterSchema(cluster_name=cluster_name_for(run_id)).load(doc)
-    assert {q.name for q in loaded.scheduling.queues} == {"gpu8", "gpu1"}
+    assert {q.name for q in loaded.scheduling.queues} == {"gpu8", "gpu4", "gpu1"}
 
 
 def test_default_data_and_results_locations(capsys: pytest.CaptureFixture[str]) -> None:

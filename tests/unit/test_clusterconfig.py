@@ -214,14 +214,14 @@ def test_content_of_the_default_cluster() -> None:
     assert all(isinstance(a, str) for a in args)
     assert args[args.index("--licence-secret-arn") + 1] == SECRET_ARN
     assert args[args.index("--run-id") + 1] == request.run_id
-    assert args[args.index("--lanes") + 1] == "gpu8:8,gpu1:1"
+    assert args[args.index("--lanes") + 1] == "gpu8:8,gpu4:4,gpu1:1"
 
     scheduling = doc["Scheduling"]
     assert scheduling["Scheduler"] == "slurm"
     assert scheduling["SlurmSettings"] == {"ScaledownIdletime": 5}
     queues = {q["Name"]: q for q in scheduling["SlurmQueues"]}
-    assert set(queues) == {"gpu8", "gpu1"}
-    gpu8, gpu1 = queues["gpu8"], queues["gpu1"]
+    assert list(queues) == ["gpu8", "gpu4", "gpu1"]
+    gpu8, gpu4, gpu1 = queues["gpu8"], queues["gpu4"], queues["gpu1"]
     assert gpu8["ComputeResources"] == [
         {
             "Name": "p4d-24xlarge",
@@ -234,10 +234,12 @@ def test_content_of_the_default_cluster() -> None:
     assert gpu8["Networking"]["PlacementGroup"] == {"Enabled": True}
     assert gpu8["Networking"]["SubnetIds"] == [SUBNETS[0]]
     assert gpu8["ComputeSettings"]["LocalStorage"]["EphemeralVolume"] == {"MountDir": "/scratch"}
-    assert gpu1["ComputeResources"][0]["InstanceType"] == "g6e.2xlarge"
-    assert gpu1["ComputeResources"][0]["MinCount"] == 0
-    assert "Efa" not in gpu1["ComputeResources"][0]
-    assert "PlacementGroup" not in gpu1["Networking"]
+    assert gpu1["ComputeResources"][0]["InstanceType"] == "p5.4xlarge"
+    assert gpu4["ComputeResources"][0]["InstanceType"] == "g6e.12xlarge"
+    for queue in (gpu4, gpu1):
+        assert queue["ComputeResources"][0]["MinCount"] == 0
+        assert "Efa" not in queue["ComputeResources"][0]
+        assert "PlacementGroup" not in queue["Networking"]
 
     storage = {s["MountDir"]: s for s in doc["SharedStorage"]}
     assert storage["/shared"]["StorageType"] == "Ebs"
@@ -337,6 +339,10 @@ def test_a_dra_on_a_scratch_file_system_is_refused_by_the_model_and_by_parallelc
         ("bootstrap_s3_uri", "s3://bucket/no-trailing-slash", "ending in '/'"),
         ("fsx_storage_gib", 3000, "multiple of 2400"),
         ("ssh_allowed_cidr", "0.0.0.0/0", "must not accept SSH"),
+        ("ssh_allowed_cidr", "10.0.0.0/0", "must not accept SSH"),  # any /0 is the whole internet
+        ("ssh_allowed_cidr", "1.2.3.4/00", "must not accept SSH"),
+        ("ssh_allowed_cidr", "64.0.0.0/2", "must not accept SSH"),
+        ("ssh_allowed_cidr", "10.0.0.256/32", "not a CIDR"),
         ("custom_ami", "ami-123", "not an AMI id"),
         ("gpu8_instance_type", "P4D", "not an EC2 instance type"),
     ],

@@ -22,6 +22,7 @@ from cryopilot.costing import (
     fmt_hours,
     load_profiles,
     parse_price_overrides,
+    place,
     plan_for_profile,
     plan_from_stages,
     render_comparison,
@@ -187,26 +188,32 @@ def test_whitepaper_table1_figures(cat: Catalogue) -> None:
 # --- the cryopilot layout: the figures this model produces ---------------------------------------
 
 
-def test_cryopilot_layout_places_stages_by_gpu_count(cat: Catalogue) -> None:
-    est = estimate("cgrp", Layout.cryopilot(), cat)
+def test_cryopilot_placement_of_the_cgrp_stages(cat: Catalogue) -> None:
+    est = place("cgrp", Layout.cryopilot(), cat)
     queue_of = {r.stage: r.queue for r in est.rows}
+    # 8-GPU stages: only the gpu8 type has 8 GPUs (no GPU-count scaling invented)
     assert {queue_of[s] for s in ("motion", "ctf", "extract", "reextract")} == {"gpu8"}
+    # 1-GPU stages: one H100 is faster and cheaper per unit of work than a share of the p4d
     assert {queue_of[s] for s in ("pick", "abinit", "hetero1", "hetero5", "nurefine")} == {"gpu1"}
     assert queue_of["import"] == queue_of["select2d"] == "head"
-    # class2d needs 4 GPUs: of the cluster's queues only gpu8 has them (no GPU-count scaling invented)
-    assert est.row("class2d").queue == "gpu8"
-    assert est.row("class2d").node_gpus == 8
-    # every GPU queue is launched three times: the other queue's stages in between outlast the idle time
-    assert [(q.queue, q.node_launches) for q in est.queues] == [("gpu8", 3), ("gpu1", 3)]
+    # class2d: the 4-GPU L40S node is slower than the p4d's A100s, which the H100 stages later make
+    # up for, and cheaper than half an idle p4d: the time budget allows it
+    assert est.row("class2d").queue == "gpu4"
+    assert est.row("class2d").node_gpus == 4
+    wp = estimate("cgrp", Layout.whitepaper(), cat)
+    assert est.run_seconds <= wp.run_seconds
+    # the strict per-stage rule (no budget) keeps class2d on the faster, warm gpu8 node instead
+    assert estimate("cgrp", Layout.cryopilot(), cat).row("class2d").queue == "gpu8"
+    assert [(q.queue, q.node_launches) for q in est.queues] == [("gpu8", 3), ("gpu4", 1), ("gpu1", 3)]
 
 
 @pytest.mark.parametrize(
     ("profile", "cost", "cost_ratio", "time_delta", "utilisation"),
     [
-        # With the shipped (unverified, conservative) L40S factor of 0.56 the 1-GPU stages take
-        # 1.8x their Table 1 time: cheaper, but much slower than the white paper.
-        ("cgrp", 320.56, 0.397, 0.624, 0.784),
-        ("glp1r", 330.67, 0.389, 0.631, 0.815),
+        # With the shipped (unverified, conservative) L40S factor of 0.56, class2d takes 1.8x its
+        # Table 1 time on the 4-GPU L40S node: time and utilisation targets met, cost not.
+        ("cgrp", 273.75, 0.339, -0.282, 0.919),
+        ("glp1r", 283.48, 0.333, -0.309, 0.921),
     ],
 )
 def test_cryopilot_figures_with_shipped_assumptions(
@@ -219,15 +226,15 @@ def test_cryopilot_figures_with_shipped_assumptions(
         time_delta, abs=0.001
     )
     assert cp.utilisation == pytest.approx(utilisation, abs=0.001)
-    # the targets (>= 85 % busy, <= 30 % of the cost, time within 5 %) are all missed here
-    assert cp.utilisation < 0.85
+    # of the targets (>= 85 % busy, <= 30 % of the cost, time within 5 %) only cost is missed
+    assert cp.utilisation >= 0.85
     assert cp.cost_usd / wp.cost_usd > 0.30
-    assert time_delta > 0.05
+    assert time_delta <= 0.05
 
 
 @pytest.mark.parametrize(
     ("profile", "cost_ratio", "time_delta", "utilisation"),
-    [("cgrp", 0.325, 0.019, 0.734), ("glp1r", 0.315, 0.018, 0.770)],
+    [("cgrp", 0.286, -0.389, 0.899), ("glp1r", 0.290, -0.396, 0.905)],
 )
 def test_cryopilot_figures_if_l40s_matches_a100(
     cat: Catalogue, profile: str, cost_ratio: float, time_delta: float, utilisation: float
@@ -239,9 +246,11 @@ def test_cryopilot_figures_if_l40s_matches_a100(
         time_delta, abs=0.001
     )
     assert cp.utilisation == pytest.approx(utilisation, abs=0.001)
-    # time is met; cost and utilisation are held back by class2d using 4 of the gpu8 node's 8 GPUs
+    # every target is met when the L40S keeps the A100's pace; class2d fills its 4-GPU node
+    assert cp.cost_usd / wp.cost_usd <= 0.30
+    assert cp.utilisation >= 0.85
     class2d = cp.row("class2d")
-    assert class2d.gpu_hours_paid - class2d.gpu_hours_busy == pytest.approx(class2d.gpu_hours_busy)
+    assert (class2d.queue, class2d.node_gpus) == ("gpu4", 4)
 
 
 def test_head_node_is_paid_in_both_layouts(cat: Catalogue) -> None:
@@ -306,9 +315,10 @@ def test_scale_down_accounting_on_a_hand_made_plan(cat: Catalogue) -> None:
         ],
     )
     launch, idle = 600.0, 300.0
+    by_count = {8: ("gpu8",), 1: ("gpu1",)}  # no choice of queue: only the accounting is tested
     est = estimate(
         plan,
-        Layout.cryopilot(),
+        Layout.cryopilot(gpu1="g6e.2xlarge").model_copy(update={"by_gpus": by_count}),
         cat,
         node_launch_seconds=launch,
         scaledown_idle_seconds=idle,
@@ -442,7 +452,7 @@ def test_render_comparison_lists_figures_and_assumptions(cat: Catalogue) -> None
         "ScaledownIdletime 0 h 05 (clusterconfig)",
         "GPU node launch 0 h 07 (assumption)",
         "807.16",
-        "320.56",
+        "273.75",
     ):
         assert needed in text, needed
 

@@ -415,8 +415,8 @@ def test_cryosparc_is_installed_once_with_the_cluster_layout(first_run: FirstRun
 def test_one_lane_per_queue(first_run: FirstRun) -> None:
     node, calls = first_run.node, first_run.calls
     lanes_dir = node.install / "lanes"
-    assert sorted(p.name for p in lanes_dir.iterdir()) == ["gpu1", "gpu8"]
-    for queue, gpus in (("gpu8", 8), ("gpu1", 1)):
+    assert sorted(p.name for p in lanes_dir.iterdir()) == ["gpu1", "gpu4", "gpu8"]
+    for queue, gpus in (("gpu8", 8), ("gpu4", 4), ("gpu1", 1)):
         info = json.loads((lanes_dir / queue / "cluster_info.json").read_text())
         assert info["name"] == queue
         assert info["cache_path"] == str(node.tree / "scratch")
@@ -433,7 +433,7 @@ def test_one_lane_per_queue(first_run: FirstRun) -> None:
         assert f'node_gpus="{gpus}"' in script
         assert not re.search(r"@[A-Z_]+@", script), "a marker was left unfilled"
     connects = [c for c in calls if c.startswith("cryosparcm cluster connect")]
-    assert connects == ["cryosparcm cluster connect gpu8", "cryosparcm cluster connect gpu1"]
+    assert connects == [f"cryosparcm cluster connect {q}" for q in ("gpu8", "gpu4", "gpu1")]
 
 
 def test_the_lane_script_renders_and_runs(first_run: FirstRun, tmp_path: Path) -> None:
@@ -570,6 +570,7 @@ def test_a_second_run_does_not_install_again(tmp_path: Path) -> None:
     assert "systemctl restart cryopilot-cryosparc.service" in calls
     assert [c for c in calls if c.startswith("cryosparcm cluster connect")] == [
         "cryosparcm cluster connect gpu8",
+        "cryosparcm cluster connect gpu4",
         "cryosparcm cluster connect gpu1",
     ]
     assert node.cred_file.read_text() == password

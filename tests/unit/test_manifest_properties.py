@@ -29,7 +29,7 @@ from cryopilot.manifest import (
     manifest_from_dict,
     parse_manifest,
 )
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 #: The longest run of input characters a message may repeat (excerpts are clipped shorter).
@@ -387,6 +387,16 @@ def _mutations() -> st.SearchStrategy[tuple[dict[str, Any], str]]:
     return st.one_of([*(_wrong_value(n, s) for n, s in INVALID), missing, unknown])
 
 
+def _has_bytes(value: Any) -> bool:
+    if isinstance(value, bytes | bytearray):
+        return True
+    if isinstance(value, dict):
+        return any(_has_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_bytes(v) for v in value)
+    return False
+
+
 def _names(message: str, field: str) -> bool:
     """Does ``message`` have a problem about ``field`` (``field: ...`` or ``field.<part>: ...``)?"""
     return re.search(rf"(?:^|: |; ){re.escape(field)}[.:]", message) is not None
@@ -396,6 +406,8 @@ def _names(message: str, field: str) -> bool:
 @given(_mutations(), st.sampled_from(["m.yaml", "m.json"]))
 def test_one_invalid_field_is_named(mutation: tuple[dict[str, Any], str], source: str) -> None:
     doc, field = mutation
+    # JSON has no binary values: json.dumps(default=repr) would turn b"" into the valid text "b''"
+    assume(source == "m.yaml" or not _has_bytes(doc))
     data = yaml.safe_dump(doc).encode() if source == "m.yaml" else json.dumps(doc, default=repr).encode()
     with pytest.raises(ManifestError) as info:
         parse_manifest(data, source=source)

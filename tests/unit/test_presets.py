@@ -63,7 +63,7 @@ def test_movies_plan_lanes_gpus_and_manifest_values() -> None:
         "ctf": ("gpu8", 8),
         "pick": ("gpu1", 1),
         "extract": ("gpu8", 8),
-        "class2d": ("gpu8", 4),
+        "class2d": ("gpu4", 4),  # the preset's placement: see test_placement_*
         "select2d": (None, 0),
         "abinit": ("gpu1", 1),
         "hetero1": ("gpu1", 1),
@@ -198,8 +198,25 @@ def test_every_name_in_both_presets_is_in_the_standin_register() -> None:
                 assert register[job_type_of[conn.stage]].has_output(out), (name, stage.id, conn.output)
             assert (stage.lane is None) == (not spec.gpu), (name, stage.id)
             if stage.lane is not None:
-                assert stage.gpus <= {"gpu8": 8, "gpu1": 1}[stage.lane]
+                assert stage.gpus <= {"gpu8": 8, "gpu4": 4, "gpu1": 1}[stage.lane]
             job_type_of[stage.id] = stage.job_type
+
+
+def test_whitepaper_layout_puts_every_gpu_stage_on_gpu8() -> None:
+    doc = manifest().model_dump(mode="json")
+    doc["pipeline"]["layout"] = "whitepaper"
+    stages = plan(Manifest.model_validate(doc), data_dir=DATA_DIR)
+    assert {s.lane for s in stages if s.gpus} == {"gpu8"}
+    assert all(s.lane is None for s in stages if not s.gpus)
+
+
+def test_placement_follows_the_queue_types_it_is_given() -> None:
+    # With a slow single-GPU type the 1-GPU stages cannot keep the white paper's pace there: the
+    # rule moves them to a faster queue rather than lengthen the run.
+    slow = plan(manifest(), data_dir=DATA_DIR, queue_types={"gpu1": "g6.2xlarge"})
+    fast = plan(manifest(), data_dir=DATA_DIR)
+    assert {s.lane for s in fast if s.gpus == 1} == {"gpu1"}
+    assert {s.lane for s in slow if s.gpus == 1} != {"gpu1"}
 
 
 def test_register_rejects_names_it_does_not_have() -> None:

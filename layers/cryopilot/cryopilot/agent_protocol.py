@@ -79,7 +79,7 @@ class KillResult(_Model):
 
 
 class ExportedFile(_Model):
-    kind: str = Field(description="map, half_map_a, half_map_b, mask, fsc, particles")
+    kind: str = Field(description="map, half_map_a, half_map_b, mask, fsc, particles; class_map (partial)")
     key: str
     size: int
 
@@ -91,6 +91,7 @@ class ExportResult(_Model):
     prefix: str
     files: list[ExportedFile]
     resolution_A: float | None = None
+    partial: bool = Field(default=False, description="the maps of an intermediate stage (the run stopped)")
 
 
 class AgentFailure(_Model):

@@ -44,6 +44,7 @@ def cluster_params(settings: Settings) -> Any:
         compute_subnet_ids=subnets,
         head_node_instance_type=settings.head_node_instance_type,
         gpu8_instance_type=settings.gpu8_instance_type,
+        gpu4_instance_type=settings.gpu4_instance_type,
         gpu1_instance_type=settings.gpu1_instance_type,
         licence_secret_arn=settings.licence_secret_arn,
         bootstrap_s3_uri=f"s3://{settings.artifacts_bucket}/headnode/",
@@ -67,6 +68,7 @@ _CLUSTER_FIELDS = [
     "data_s3_uri",
     "placement_attempt",
     "abandoned_clusters",
+    "layout",
 ]
 
 
@@ -88,6 +90,7 @@ def config_yaml_for(run: dict[str, Any], settings: Settings) -> str:
         data_s3_uri=run["data_s3_uri"],
         results_s3_uri=f"s3://{settings.results_bucket}/runs/{run['run_id']}/",
         stack_name=settings.stack_name,
+        gpu8_static_nodes=1 if run.get("layout") == "whitepaper" else 0,
     )
     placement = placements(settings)[int(run.get("placement_attempt") or 0)]
     return str(render_yaml(build_cluster_config(request, placement.params)))
@@ -183,7 +186,7 @@ def check(run_id: str, polls: int, max_polls: int) -> ClusterStep:
 
 
 def delete(run_id: str) -> ClusterStep:
-    run = runs.get_run(run_id, _CLUSTER_FIELDS) or {}
+    run = runs.get_run(run_id, [*_CLUSTER_FIELDS, "status"]) or {}
     for abandoned in run.get("abandoned_clusters") or []:
         # clusters left behind by a capacity fallback: make sure their deletion is requested
         api().delete_cluster(abandoned, missing_ok=True)
@@ -198,7 +201,11 @@ def delete(run_id: str) -> ClusterStep:
             run_id, cluster_state="DELETED", cluster_deleted=True, cluster_deleted_at=clock.now_iso()
         )
         return ClusterStep(name=name, status="DELETED", deleted=True)
-    runs.update_run(run_id, cluster_state=status, delete_requested_at=clock.now_iso())
+    fields: dict[str, Any] = {"cluster_state": status, "delete_requested_at": clock.now_iso()}
+    if run.get("status") == "SUCCEEDED":
+        # the map is exported and mailed: a failure from here on is the deletion's, not the export's
+        fields["current_step"] = "delete_cluster"
+    runs.update_run(run_id, **fields)
     logger.info("cluster deletion requested", extra={"run_id": run_id, "cluster": name})
     return ClusterStep(name=name, status=status)
 

@@ -33,6 +33,7 @@ CloudFormation stack, a process list or a log line.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import re
 from typing import Annotated, Literal
@@ -63,7 +64,10 @@ PCLUSTER_VERSION = "3.16.1"
 
 #: Queue names: cryoSPARC registers one lane per queue, with the same name.
 GPU8_QUEUE = "gpu8"
+GPU4_QUEUE = "gpu4"
 GPU1_QUEUE = "gpu1"
+#: Every GPU queue, in the order the cluster lists them.
+GPU_QUEUES = (GPU8_QUEUE, GPU4_QUEUE, GPU1_QUEUE)
 
 #: Mount points on every node.
 SHARED_MOUNT_DIR = "/shared"
@@ -143,12 +147,14 @@ class ClusterParams(_Input):
     )
     head_node_instance_type: str = "m6i.2xlarge"
     gpu8_instance_type: str = "p4d.24xlarge"
-    gpu1_instance_type: str = "g6e.2xlarge"
+    gpu4_instance_type: str = "g6e.12xlarge"
+    gpu1_instance_type: str = "p5.4xlarge"
     gpu8_fallback_instance_types: list[str] = Field(
         default_factory=lambda: ["g6e.48xlarge", "p5.48xlarge"],
         description="multi-GPU types tried, in order, when the gpu8 type has no capacity in any subnet",
     )
     max_gpu8_nodes: Annotated[int, Field(ge=1, le=1000)] = 4
+    max_gpu4_nodes: Annotated[int, Field(ge=1, le=1000)] = 4
     max_gpu1_nodes: Annotated[int, Field(ge=1, le=1000)] = 8
     scaledown_idletime_minutes: Annotated[int, Field(ge=1, le=1440)] = 5
     shared_volume_size_gib: Annotated[int, Field(ge=35, le=16384)] = 500
@@ -205,7 +211,9 @@ class ClusterParams(_Input):
             raise ValueError("compute_subnet_ids has duplicates")
         return value
 
-    @field_validator("head_node_instance_type", "gpu8_instance_type", "gpu1_instance_type")
+    @field_validator(
+        "head_node_instance_type", "gpu8_instance_type", "gpu4_instance_type", "gpu1_instance_type"
+    )
     @classmethod
     def _instance_type(cls, value: str) -> str:
         if not _INSTANCE_TYPE_RE.match(value):
@@ -282,10 +290,14 @@ class ClusterParams(_Input):
     @field_validator("ssh_allowed_cidr")
     @classmethod
     def _cidr(cls, value: str) -> str:
-        if not re.match(r"^(\d{1,3}\.){3}\d{1,3}/\d{1,2}$|^pl-[0-9a-f]{8,17}$", value):
-            raise ValueError(f"not a CIDR or prefix list: {value!r}")
-        if value in {"0.0.0.0/0"}:
-            raise ValueError("the head node must not accept SSH from anywhere")
+        if value.startswith("pl-") and re.fullmatch(r"pl-[0-9a-f]{8,17}", value):
+            return value
+        try:
+            network = ipaddress.IPv4Network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"not a CIDR or prefix list: {value!r}") from None
+        if network.prefixlen < 8:  # /0 is the whole internet; anything that wide is as bad
+            raise ValueError(f"the head node must not accept SSH from anywhere ({value} is too wide)")
         return value
 
     # -- variants used by the capacity fallback --------------------------------------------------
@@ -352,6 +364,11 @@ class ClusterRequest(_Input):
         default=None, description="size of the dataset, to size the FSx file system"
     )
     tags: dict[str, str] = Field(default_factory=dict, description="extra tags for every resource")
+    gpu8_static_nodes: Annotated[int, Field(ge=0, le=1)] = Field(
+        default=0,
+        description="gpu8 nodes kept up for the whole run (1 reproduces the white paper's layout: one"
+        " p4d node held from cluster creation to deletion); 0 = the queue scales to zero",
+    )
 
     @field_validator("cluster_name")
     @classmethod
@@ -698,9 +715,31 @@ def _s3_access(uri: str, *, write: bool) -> S3Access:
     return S3Access(bucket_name=bucket, key_name=f"{prefix}*" if prefix else None, enable_write_access=write)
 
 
+def queue_instance_types(params: ClusterParams) -> dict[str, str]:
+    """Instance type of each GPU queue."""
+    return {
+        GPU8_QUEUE: params.gpu8_instance_type,
+        GPU4_QUEUE: params.gpu4_instance_type,
+        GPU1_QUEUE: params.gpu1_instance_type,
+    }
+
+
+def queue_gpus(params: ClusterParams) -> dict[str, int]:
+    """GPUs per node of each GPU queue: the cryoSPARC lanes' sizes. From the instance catalogue; a
+    type it does not list is taken to have the queue's nominal count (8, 4 or 1)."""
+    from cryopilot.costing import Catalogue  # costing imports this module
+
+    catalogue = Catalogue.load()
+    nominal = {GPU8_QUEUE: 8, GPU4_QUEUE: 4, GPU1_QUEUE: 1}
+    return {
+        q: catalogue.instances[t].gpus if t in catalogue.instances else nominal[q]
+        for q, t in queue_instance_types(params).items()
+    }
+
+
 def headnode_setup_args(request: ClusterRequest, params: ClusterParams) -> list[str]:
     """Arguments of ``headnode-setup.sh``: non-secret values only (the secret's ARN, not the licence)."""
-    lanes = f"{GPU8_QUEUE}:8,{GPU1_QUEUE}:1"
+    lanes = ",".join(f"{q}:{n}" for q, n in queue_gpus(params).items())
     return [
         "--region",
         params.region,
@@ -738,7 +777,7 @@ def _tags(request: ClusterRequest) -> list[Tag]:
 
 
 def build_cluster_config(request: ClusterRequest, params: ClusterParams) -> ClusterConfig:
-    """The cluster for one run: Slurm, a private head node, a gpu8 and a gpu1 queue, /shared and /fsx."""
+    """The cluster for one run: Slurm, a private head node, gpu8, gpu4 and gpu1 queues, /shared and /fsx."""
     subnet = params.compute_subnet_ids[0]
     extra_sgs = params.additional_security_group_ids
     head_policies = [SSM_CORE_POLICY_ARN, *params.head_node_policy_arns]
@@ -782,7 +821,7 @@ def build_cluster_config(request: ClusterRequest, params: ClusterParams) -> Clus
             ComputeResource(
                 name=_resource_name(params.gpu8_instance_type),
                 instance_type=params.gpu8_instance_type,
-                min_count=0,
+                min_count=request.gpu8_static_nodes,
                 max_count=params.max_gpu8_nodes,
                 efa=Efa(enabled=True) if gpu8_efa else None,
             )
@@ -794,19 +833,25 @@ def build_cluster_config(request: ClusterRequest, params: ClusterParams) -> Clus
         ),
         compute_settings=scratch,
     )
-    gpu1 = SlurmQueue(
-        name=GPU1_QUEUE,
-        compute_resources=[
-            ComputeResource(
-                name=_resource_name(params.gpu1_instance_type),
-                instance_type=params.gpu1_instance_type,
-                min_count=0,
-                max_count=params.max_gpu1_nodes,
-            )
-        ],
-        networking=QueueNetworking(subnet_ids=[subnet], additional_security_groups=extra_sgs),
-        compute_settings=scratch,
-    )
+
+    def plain_queue(name: str, instance_type: str, max_nodes: int) -> SlurmQueue:
+        """A queue of one instance type scaling from zero, without EFA or placement group."""
+        return SlurmQueue(
+            name=name,
+            compute_resources=[
+                ComputeResource(
+                    name=_resource_name(instance_type),
+                    instance_type=instance_type,
+                    min_count=0,
+                    max_count=max_nodes,
+                )
+            ],
+            networking=QueueNetworking(subnet_ids=[subnet], additional_security_groups=extra_sgs),
+            compute_settings=scratch,
+        )
+
+    gpu4 = plain_queue(GPU4_QUEUE, params.gpu4_instance_type, params.max_gpu4_nodes)
+    gpu1 = plain_queue(GPU1_QUEUE, params.gpu1_instance_type, params.max_gpu1_nodes)
 
     shared = SharedStorage(
         name="shared",
@@ -851,7 +896,7 @@ def build_cluster_config(request: ClusterRequest, params: ClusterParams) -> Clus
         head_node=head_node,
         scheduling=Scheduling(
             slurm_settings=SlurmSettings(scaledown_idletime=params.scaledown_idletime_minutes),
-            slurm_queues=[gpu8, gpu1],
+            slurm_queues=[gpu8, gpu4, gpu1],
         ),
         shared_storage=[shared, fsx],
         monitoring=Monitoring(

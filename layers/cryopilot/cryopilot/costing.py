@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cryopilot.clusterconfig import GPU1_QUEUE, GPU8_QUEUE, ClusterParams
+from cryopilot.clusterconfig import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE, ClusterParams
 from cryopilot.errors import CryopilotError
 from cryopilot.presets import REPEATED_STAGE, PlannedStage, load_preset, profile_stage_id
 
@@ -70,6 +70,7 @@ __all__ = [
     "fmt_hours",
     "load_profiles",
     "parse_price_overrides",
+    "place",
     "plan_for_profile",
     "plan_from_stages",
     "render_comparison",
@@ -463,6 +464,12 @@ class Layout(_Model):
     ``critical_path_tolerance_seconds`` (the pipeline is sequential, so every stage is on the critical
     path); of those pick the one where the stage costs least (its node-seconds, launch included, times
     the price), the first listed on a tie. The choice is made stage by stage on the simulated timeline.
+
+    With ``time_budget_seconds`` set (see :func:`place`) the critical path is the whole run's: a
+    queue qualifies when the stage would finish there early enough that the run can still end within
+    the budget if every later stage ran on its fastest queue; of the qualifying queues the cheapest
+    wins, and if none qualifies the earliest finish does. A cheap but slower queue for one stage is
+    then allowed exactly when faster queues for later stages make up for it.
     """
 
     name: str
@@ -477,6 +484,9 @@ class Layout(_Model):
         default_factory=lambda: str(_cluster_default("head_node_instance_type"))
     )
     critical_path_tolerance_seconds: float = Field(default=0.0, ge=0)
+    time_budget_seconds: float | None = Field(
+        default=None, gt=0, description="the run's pipeline may not end later than this (see place())"
+    )
 
     @model_validator(mode="after")
     def _queues_exist(self) -> Layout:
@@ -510,26 +520,28 @@ class Layout(_Model):
         gpu8: str | None = None,
         gpu1: str | None = None,
         *,
+        gpu4: str | None = None,
         extra_queues: Mapping[str, str] | None = None,
         head_node: str | None = None,
+        by_stage: Mapping[str, Sequence[str]] | None = None,
     ) -> Layout:
-        """cryopilot's cluster: 8-GPU stages on ``gpu8``, 1-GPU stages on ``gpu1``, both scaling to zero.
-
-        The 4-GPU stage (2D classification) goes where the placement rule of this class puts it,
-        among ``gpu8``, ``gpu1`` and ``extra_queues`` (queue → instance type); with the default
-        cluster only the gpu8 type has 4 GPUs. Defaults are
-        :class:`~cryopilot.clusterconfig.ClusterParams`'s.
+        """cryopilot's cluster: queues ``gpu8``, ``gpu4`` and ``gpu1`` (and ``extra_queues``), all
+        scaling to zero. Every GPU stage may go to any queue whose nodes have enough GPUs; the rule of
+        this class (with :func:`place`, the run's time budget) picks one. ``by_stage`` pins stages
+        (kind → queues). Defaults are :class:`~cryopilot.clusterconfig.ClusterParams`'s.
         """
-        gpu8 = gpu8 or str(_cluster_default("gpu8_instance_type"))
-        gpu1 = gpu1 or str(_cluster_default("gpu1_instance_type"))
-        extra = dict(extra_queues or {})
-        queues = {GPU8_QUEUE: gpu8, GPU1_QUEUE: gpu1, **extra}
+        queues = {
+            GPU8_QUEUE: gpu8 or str(_cluster_default("gpu8_instance_type")),
+            GPU4_QUEUE: gpu4 or str(_cluster_default("gpu4_instance_type")),
+            GPU1_QUEUE: gpu1 or str(_cluster_default("gpu1_instance_type")),
+            **dict(extra_queues or {}),
+        }
         described = ", ".join(f"{q} → {t}" for q, t in queues.items())
         return cls(
             name="cryopilot",
             description=f"queues scale to zero ({described})",
             queues=queues,
-            by_gpus={8: (GPU8_QUEUE,), 1: (GPU1_QUEUE,), 4: (GPU8_QUEUE, GPU1_QUEUE, *extra)},
+            by_stage={k: tuple(v) for k, v in (by_stage or {}).items()},
             head_node_instance_type=head_node or str(_cluster_default("head_node_instance_type")),
         )
 
@@ -612,6 +624,9 @@ class Estimate(_Model):
     node_launch_seconds: float
     scaledown_idle_seconds: float
     hold_for_run: bool
+    time_budget_seconds: float | None = Field(
+        default=None, description="the placement's time budget for the pipeline (see place())"
+    )
     prices: list[PriceUsed]
     speeds: list[SpeedUsed]
     reference_gpu: str
@@ -668,6 +683,14 @@ def _choose(options: Sequence[_Option], tolerance: float) -> _Option:
     return min(fast, key=lambda o: o.cost)  # min() keeps the first on a tie
 
 
+def _choose_within_budget(options: Sequence[_Option], finish_by: float) -> _Option:
+    """The cheapest option finishing by ``finish_by``; the earliest finish if none does."""
+    on_time = [o for o in options if o.finish <= finish_by + 1e-6]
+    if on_time:
+        return min(on_time, key=lambda o: o.cost)
+    return min(options, key=lambda o: (o.finish, o.cost))
+
+
 def estimate(
     profile_or_plan: str | Plan,
     layout: Layout,
@@ -706,10 +729,27 @@ def estimate(
         for name, itype in layout.queues.items()
     }
 
+    def fastest(stage: PlanStage) -> float:
+        """The stage's shortest wall time on any queue that can run it (no launch wait)."""
+        if stage.gpus == 0:
+            return stage.minutes * 60.0
+        walls = [
+            stage.minutes * 60.0 / (cat.speed(queues[n].instance_type) / ref_speed)
+            if stage.kind in gpu_bound
+            else stage.minutes * 60.0
+            for n in layout.candidates(stage.kind, stage.gpus)
+            if queues[n].gpus >= stage.gpus
+        ]
+        return min(walls, default=stage.minutes * 60.0)
+
+    rest_fastest = [0.0] * (len(plan.stages) + 1)
+    for i in range(len(plan.stages) - 1, -1, -1):
+        rest_fastest[i] = rest_fastest[i + 1] + fastest(plan.stages[i])
+
     rows: list[StageEstimate] = []
     used: set[str] = set()
     t = 0.0
-    for stage in plan.stages:
+    for index, stage in enumerate(plan.stages):
         ref_seconds = stage.minutes * 60.0
         if stage.gpus == 0:
             rows.append(
@@ -752,7 +792,10 @@ def estimate(
                 f"layout {layout.name}: no queue for stage {stage.id} with {stage.gpus} GPUs"
                 f" (candidates: {offered})"
             )
-        pick = _choose(options, layout.critical_path_tolerance_seconds)
+        if layout.time_budget_seconds is not None:
+            pick = _choose_within_budget(options, layout.time_budget_seconds - rest_fastest[index + 1])
+        else:
+            pick = _choose(options, layout.critical_path_tolerance_seconds)
         q = pick.queue
         if not layout.hold_for_run and pick.wait:
             q.close(idle)
@@ -842,6 +885,7 @@ def estimate(
         node_launch_seconds=launch,
         scaledown_idle_seconds=idle,
         hold_for_run=layout.hold_for_run,
+        time_budget_seconds=layout.time_budget_seconds,
         prices=[_price_used(cat, it, region) for it in types],
         speeds=[
             SpeedUsed(
@@ -870,15 +914,37 @@ def _price_used(cat: Catalogue, instance_type: str, region: str) -> PriceUsed:
     )
 
 
+def place(
+    profile_or_plan: str | Plan,
+    layout: Layout,
+    catalogue: Catalogue | None = None,
+    *,
+    tolerance_percent: float = 0.0,
+    **kwargs: Any,
+) -> Estimate:
+    """cryopilot's placement: ``layout``'s queues with the run's time budget set to the plan's
+    pipeline time on the white paper's layout (every stage on one reference instance held for the
+    run) plus ``tolerance_percent``. The estimate's rows say which queue each stage gets.
+
+    ``kwargs`` go to :func:`estimate` (region, create/delete/launch/idle durations).
+    """
+    cat = catalogue if catalogue is not None else Catalogue.from_env()
+    plan = plan_for_profile(profile_or_plan) if isinstance(profile_or_plan, str) else profile_or_plan
+    reference = estimate(plan, Layout.whitepaper(plan.reference_instance_type), cat, **kwargs)
+    budget = reference.run_seconds * (1.0 + tolerance_percent / 100.0)
+    return estimate(plan, layout.model_copy(update={"time_budget_seconds": budget}), cat, **kwargs)
+
+
 def compare(profile: str, catalogue: Catalogue | None = None, **kwargs: Any) -> tuple[Estimate, Estimate]:
-    """(white-paper layout, cryopilot layout) estimates of a Table 1 profile.
+    """(white-paper layout, cryopilot layout) estimates of a Table 1 profile, the second placed
+    by :func:`place` on the default cluster's queues.
 
     ``kwargs`` go to :func:`estimate` (region, create/delete/launch/idle durations).
     """
     cat = catalogue if catalogue is not None else Catalogue.from_env()
     return (
         estimate(profile, Layout.whitepaper(), cat, **kwargs),
-        estimate(profile, Layout.cryopilot(), cat, **kwargs),
+        place(profile, Layout.cryopilot(), cat, **kwargs),
     )
 
 
@@ -998,6 +1064,11 @@ def render_comparison(whitepaper: Estimate, cryopilot: Estimate) -> str:
     out.append("Assumptions")
     out.append(f"  white paper layout: {w.layout_description}")
     out.append(f"  cryopilot layout: {c.layout_description}")
+    if c.time_budget_seconds is not None:
+        out.append(
+            "  cryopilot placement: each GPU stage on the cheapest queue that keeps the pipeline within"
+            f" {fmt_hours(c.time_budget_seconds)} (the white paper's layout)"
+        )
     prices = {p.instance_type: p for p in [*w.prices, *c.prices]}
     out.append(f"  On-Demand Linux prices, {w.region}, USD per hour:")
     for p in prices.values():

@@ -153,7 +153,12 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
         data_uri = f"s3://{location.bucket}/{manifest_prefix(location.key)}"
         location_doc = location.model_dump()
 
-    stages = presets.plan(manifest, data_dir=f"{clusterconfig.FSX_MOUNT_DIR}/data/")
+    queue_types = {
+        clusterconfig.GPU8_QUEUE: settings.gpu8_instance_type,
+        clusterconfig.GPU4_QUEUE: settings.gpu4_instance_type,
+        clusterconfig.GPU1_QUEUE: settings.gpu1_instance_type,
+    }
+    stages = presets.plan(manifest, data_dir=f"{clusterconfig.FSX_MOUNT_DIR}/data/", queue_types=queue_types)
     cluster_name = clusterconfig.cluster_name_for(run_id)
     titles = " → ".join(s.title for s in stages)
     runs.put_plan(run_id, [s.model_dump(mode="json") for s in stages])
@@ -163,6 +168,7 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
         manifest=location_doc,
         manifest_doc=manifest.model_dump(mode="json"),
         preset=manifest.preset_name,
+        layout=manifest.pipeline.layout,
         stages={s.id: {"title": s.title, "lane": s.lane, "gpus": s.gpus, "state": "pending"} for s in stages},
         cluster_name=cluster_name,
         data_s3_uri=data_uri,

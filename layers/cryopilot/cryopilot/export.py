@@ -1,5 +1,6 @@
 """Export the final results to S3 through the agent, then verify every object before the state
-machine may delete the cluster."""
+machine may delete the cluster. A run stopped by a limit exports what it has so far
+(:func:`export_partial`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ from cryopilot.stages import agent_for
 
 #: what a result set must hold
 REQUIRED_KINDS = ("map", "half_map_a", "half_map_b", "fsc")
+
+#: cryoSPARC job types whose outputs include 3D maps (what a stopped run can export).
+MAP_JOB_TYPES = frozenset({"homo_abinit", "hetero_refine", "nonuniform_refine_new", "homo_refine_new"})
+
+
+class PartialExportStep(BaseModel):
+    results_uri: str | None
+    file_count: int
+    stage: str | None
 
 
 class ExportStep(BaseModel):
@@ -60,10 +70,62 @@ def export(run_id: str) -> ExportStep:
     return ExportStep(results_uri=uri, file_count=len(result.files), resolution_A=resolution)
 
 
-def verify(result: ExportResult) -> None:
+def export_partial(run_id: str) -> PartialExportStep:
+    """The maps of the last completed stage that makes maps, and its particles, to
+    ``runs/<run>/results/partial/``: a run stopped by a limit keeps what it paid for. A run stopped
+    before any such stage exports nothing (and says so on its record)."""
+    settings = get_settings()
+    run = runs.get_run(run_id)
+    if run is None:
+        raise ExportError(f"run {run_id} has no record")
+    stages = run.get("stages") or {}
+    done = [
+        p["id"]
+        for p in runs.get_plan(run_id)
+        if p.get("job_type") in MAP_JOB_TYPES and (stages.get(p["id"]) or {}).get("state") == "completed"
+    ]
+    if not done:
+        runs.update_run(run_id, partial_export={"files": 0, "reason": "no stage had made a map yet"})
+        return PartialExportStep(results_uri=None, file_count=0, stage=None)
+    stage = done[-1]
+    prefix = f"runs/{run_id}/results/partial/"
+    try:
+        result = agent_for(run).call(
+            [
+                "export",
+                "--project",
+                run_id,
+                "--stage",
+                stage,
+                "--bucket",
+                settings.results_bucket,
+                "--prefix",
+                prefix,
+                "--partial",
+            ],
+            ExportResult,
+        )
+    except AgentError as exc:
+        raise ExportError(f"partial export of stage {stage} failed: {exc}") from None
+    verify(result, required=())
+    uri = f"s3://{result.bucket}/{result.prefix}"
+    runs.update_run(
+        run_id,
+        results={
+            "uri": uri,
+            "files": [f.model_dump() for f in result.files],
+            "partial": True,
+            "stage": stage,
+        },
+        partial_export={"files": len(result.files), "stage": stage, "uri": uri},
+    )
+    return PartialExportStep(results_uri=uri, file_count=len(result.files), stage=stage)
+
+
+def verify(result: ExportResult, required: tuple[str, ...] = REQUIRED_KINDS) -> None:
     """Every file the agent reports must be in S3 with the size it reports, and the set complete."""
     kinds = {f.kind for f in result.files}
-    missing = [k for k in REQUIRED_KINDS if k not in kinds]
+    missing = [k for k in required if k not in kinds]
     if missing:
         raise ExportError(f"export is missing {', '.join(missing)}")
     s3 = aws.client("s3")

@@ -209,7 +209,10 @@ def failure_mail(run_id: str) -> Mail:
     error = run.get("error") or {}
     step = error.get("step", "unknown")
     where = step.removeprefix("stage:")
-    stage_title = (run.get("stages") or {}).get(where, {}).get("title", where)
+    stage_title = (run.get("stages") or {}).get(where, {}).get("title")
+    if stage_title is None and step.startswith("stage:"):  # it failed before it was submitted
+        stage_title = next((p["title"] for p in runs.get_plan(run_id) if p.get("id") == where), None)
+    stage_title = stage_title or where
     reason = error.get("message", "unknown reason")
     if run.get("cluster_deleted"):
         cluster_line = f"The cluster {run.get('cluster_name')} has been deleted; nothing is left running."
@@ -235,6 +238,15 @@ def failure_mail(run_id: str) -> Mail:
     ]
     if _cost(run):
         lines.append(f"Cost so far (compute nodes, on-demand): {_cost(run)}")
+    partial = run.get("partial_export") or {}
+    if partial.get("uri"):
+        lines += [
+            "",
+            f"The run was stopped early: the maps made so far (stage {partial.get('stage')}) and their"
+            f" particles were exported to {partial['uri']}",
+        ]
+    elif partial:
+        lines += ["", f"The run was stopped early; nothing was exported: {partial.get('reason')}."]
     if step == "export" or (step.startswith("stage:") and run.get("resolution_A") is not None):
         lines += ["", *_where_the_data_is(run)]
     if run.get("stages") and step.startswith("stage:"):

@@ -147,6 +147,11 @@ class Pipeline(_Strict):
         default_factory=dict,
         description="per-stage cryoSPARC parameters, {stage id: {parameter: value}}",
     )
+    layout: Literal["cryopilot", "whitepaper"] = Field(
+        default="cryopilot",
+        description="cryopilot: each GPU stage on the queue the preset's placement picks, queues scale to"
+        " zero; whitepaper: every GPU stage on the gpu8 queue with one node held for the whole run",
+    )
 
 
 class Limits(_Strict):

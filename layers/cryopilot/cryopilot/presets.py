@@ -1,9 +1,11 @@
 """Pipeline presets as data, and the plan they make for one manifest.
 
-A preset (``presets/<name>.yaml``) lists the cryoSPARC stages of a pipeline: job type, lane, GPUs,
+A preset (``presets/<name>.yaml``) lists the cryoSPARC stages of a pipeline: job type, GPUs,
 parameters (which may reference the manifest), input connections, the automatic decision a person
 would otherwise make, and a time limit. :func:`plan` turns a preset and a :class:`Manifest` into
 the :class:`PlannedStage` list the state machine submits one by one through the head-node agent.
+A preset's ``placement`` says how each GPU stage's queue (lane) is chosen: :func:`plan` applies it
+with :func:`cryopilot.costing.place` unless a stage pins its ``lane``.
 
 ``presets/job_types.yaml`` is the register of cryoSPARC job types (parameters, inputs, outputs) the
 presets use; an override naming a parameter its job type does not have is a :class:`ManifestError`.
@@ -23,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cryopilot.errors import ManifestError
 from cryopilot.manifest import Manifest
 
-Lane = Literal["gpu8", "gpu1"]
+Lane = Literal["gpu8", "gpu4", "gpu1"]
 DecisionKind = Literal["select_2d_classes", "choose_hetero_class"]
 
 #: Tag put in the title of every job cryopilot creates: ``cryopilot:<stage id>``.
@@ -70,9 +72,19 @@ class StageDef(_Model):
     time_limit_hours: float = Field(gt=0, le=24 * 7)
 
 
+class PlacementDef(_Model):
+    """How the GPU stages' queues are chosen (see the comment in the preset files)."""
+
+    rule: Literal["cheapest_within_time_budget"]
+    queues: list[Lane] = Field(min_length=1)
+    time_budget: Literal["whitepaper"] = "whitepaper"
+    tolerance_percent: float = Field(default=0.0, ge=0, le=100)
+
+
 class Preset(_Model):
     name: str
     description: str
+    placement: PlacementDef | None = None
     stages: list[StageDef]
 
 
@@ -96,6 +108,11 @@ class PlannedStage(_Model):
     inputs: list[InputConnection]
     decision: DecisionDef | None = None
     time_limit_seconds: int
+    expected_seconds: int | None = Field(
+        default=None,
+        description="the placement's estimate of the stage's node wait plus wall time: the first poll"
+        " waits half of it",
+    )
 
 
 class JobTypeSpec(_Model):
@@ -247,10 +264,13 @@ def _connections(
     return out
 
 
-def plan(manifest: Manifest, *, data_dir: str) -> list[PlannedStage]:
+def plan(
+    manifest: Manifest, *, data_dir: str, queue_types: dict[str, str] | None = None
+) -> list[PlannedStage]:
     """The stages of the manifest's preset with final parameter values, in submission order.
 
-    ``data_dir`` is where the dataset folder is mounted on the cluster. Parameters are the preset's
+    ``data_dir`` is where the dataset folder is mounted on the cluster. ``queue_types`` (queue →
+    instance type; default: the cluster's defaults) is what the placement weighs. Parameters are the preset's
     defaults, then manifest references resolved, then ``manifest.pipeline.overrides`` (by stage id;
     ``hetero`` applies to every round, ``hetero3`` to one; ``{hetero: {rounds: N}}`` sets N).
     """
@@ -302,7 +322,62 @@ def plan(manifest: Manifest, *, data_dir: str) -> list[PlannedStage]:
                     time_limit_seconds=round(stage.time_limit_hours * 3600),
                 )
             )
-    return planned
+    return _place(planned, preset, manifest, queue_types)
+
+
+def _place(
+    planned: list[PlannedStage], preset: Preset, manifest: Manifest, queue_types: dict[str, str] | None
+) -> list[PlannedStage]:
+    """Give every GPU stage without a pinned lane the queue the preset's placement picks."""
+    from cryopilot import costing
+    from cryopilot.clusterconfig import GPU8_QUEUE
+
+    unplaced = [s for s in planned if s.gpus > 0 and s.lane is None]
+    if not unplaced:
+        return planned
+    lanes: dict[str, str]
+    if manifest.pipeline.layout == "whitepaper":
+        lanes = {s.id: GPU8_QUEUE for s in unplaced}
+        est = costing.estimate(
+            costing.plan_from_stages(planned, costing.PROFILE_FOR_PRESET.get(preset.name, "cgrp")),
+            costing.Layout.whitepaper(),
+        )
+    else:
+        if preset.placement is None:
+            raise ManifestError(f"preset {preset.name}: GPU stages without a lane and no placement")
+        est = _placement_estimate(planned, preset, queue_types)
+        lanes = {r.stage: r.queue for r in est.rows if r.queue != costing.HEAD_QUEUE}
+    expected = {r.stage: round(r.wait_seconds + r.wall_seconds) for r in est.rows}
+    return [
+        s.model_copy(update={"lane": lanes.get(s.id, s.lane), "expected_seconds": expected.get(s.id)})
+        for s in planned
+    ]
+
+
+def _placement_estimate(
+    planned: list[PlannedStage], preset: Preset, queue_types: dict[str, str] | None
+) -> Any:
+    """The preset's placement rule applied to ``planned`` (a :class:`cryopilot.costing.Estimate`)."""
+    from cryopilot import costing
+    from cryopilot.clusterconfig import GPU_QUEUES
+
+    rule = preset.placement
+    if rule is None:
+        raise ManifestError(f"preset {preset.name} has no placement")
+    types = dict(queue_types or {})
+    defaults = costing.Layout.cryopilot().queues
+    queues = {q: types.get(q) or defaults[q] for q in rule.queues if q in GPU_QUEUES}
+    pins = {profile_stage_id(s.id): (s.lane,) for s in planned if s.lane is not None}
+    layout = costing.Layout(
+        name="cryopilot",
+        description="the preset's placement",
+        queues=queues,
+        by_stage=pins,
+    )
+    profile = costing.PROFILE_FOR_PRESET.get(preset.name, "cgrp")
+    return costing.place(
+        costing.plan_from_stages(planned, profile), layout, tolerance_percent=rule.tolerance_percent
+    )
 
 
 def job_title(stage_id: str) -> str:

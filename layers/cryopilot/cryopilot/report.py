@@ -36,14 +36,14 @@ __all__ = [
 ]
 
 #: GPUs of one node of each compute queue (the queue names of :mod:`cryopilot.clusterconfig`).
-GPUS_PER_NODE: dict[str, int] = {"gpu8": 8, "gpu1": 1}
+GPUS_PER_NODE: dict[str, int] = {"gpu8": 8, "gpu4": 4, "gpu1": 1}
 
 #: The "queue" of the stages that run on the cryoSPARC master (plan ``lane`` is null).
 MASTER_QUEUE = "master"
 
 #: Lane order and colours of the timeline; other queues follow in order of appearance.
-_QUEUE_ORDER = ("gpu8", "gpu1", MASTER_QUEUE)
-_QUEUE_COLOURS = {"gpu8": "#3b6fb6", "gpu1": "#e08a2c", MASTER_QUEUE: "#8c8c8c"}
+_QUEUE_ORDER = ("gpu8", "gpu4", "gpu1", MASTER_QUEUE)
+_QUEUE_COLOURS = {"gpu8": "#3b6fb6", "gpu4": "#4f9d5d", "gpu1": "#e08a2c", MASTER_QUEUE: "#8c8c8c"}
 _OTHER_COLOURS = ("#4a9e5c", "#9b59b6", "#c0392b", "#16a085")
 
 _PLACEMENT_RE = re.compile(r"^\s*(?P<type>\S+)\s+in\s+(?P<subnet>subnet-[0-9a-zA-Z]+)\s*$")

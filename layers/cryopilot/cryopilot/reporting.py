@@ -53,7 +53,7 @@ def instance_types(run: dict[str, Any]) -> dict[str, str]:
     """Instance type per queue: the placement's gpu8 type when the run recorded one."""
     settings = get_settings()
     gpu8 = run.get("gpu8_instance_type") or settings.gpu8_instance_type
-    return {"gpu8": str(gpu8), "gpu1": settings.gpu1_instance_type}
+    return {"gpu8": str(gpu8), "gpu4": settings.gpu4_instance_type, "gpu1": settings.gpu1_instance_type}
 
 
 def write(run_id: str) -> ReportStep:

@@ -29,9 +29,12 @@ class Settings(BaseSettings):
     head_node_policy_arns: str = Field(default="", description="comma-separated managed policy ARNs")
     head_node_instance_type: str = "m6i.2xlarge"
     gpu8_instance_type: str = "p4d.24xlarge"
-    gpu1_instance_type: str = "g6e.2xlarge"
+    gpu4_instance_type: str = "g6e.12xlarge"
+    gpu1_instance_type: str = "p5.4xlarge"
     fallback_gpu8_instance_types: str = Field(default="", description="comma-separated")
     max_run_hours: float = 72.0
+    #: Runs holding a cluster at once; the others wait in the queue (cryopilot.admission).
+    max_concurrent_runs: int = Field(default=10, ge=1, le=1000)
     price_overrides: str = Field(
         default="", description="JSON {instance type: USD per hour}, read by cryopilot.costing"
     )

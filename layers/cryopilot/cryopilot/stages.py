@@ -82,18 +82,32 @@ def _stage_record(status: StageStatus) -> dict[str, Any]:
     return rec
 
 
+#: Share of the estimated time left that the next poll waits: the estimate is refined at every poll,
+#: so the waits halve towards the stage's end (a handful of polls per stage, few state transitions)
+#: and the end is seen at most ``min_poll_seconds`` late when progress is steady.
+POLL_FRACTION = 0.5
+#: Once the estimated end is less than two minimum polls away, the next poll is this long after it.
+END_MARGIN_SECONDS = 5
+
+
 def _next_wait(stage: dict[str, Any], status: StageStatus, waited: int, settings: dict[str, Any]) -> int:
-    """Poll often when the stage is about to end, rarely while it has far to go: a quarter of
-    the estimated time left, within [min_poll_seconds, max_poll_seconds]."""
+    """Poll often when the stage is about to end, rarely while it has far to go: half the estimated
+    time left, within [min_poll_seconds, max_poll_seconds], and once the end is near, just after it
+    (a stage that is not done then is polled again the same way). The estimate is the jobs' progress rate
+    since they started running (time spent waiting for a compute node does not count)."""
     lo = int(settings.get("min_poll_seconds", 60))
     hi = int(settings.get("max_poll_seconds", 1800))
     jobs = status.jobs
     progress = sum(j.progress for j in jobs) / len(jobs) if jobs else 0.0
-    if 0.02 < progress < 1.0 and waited > 0:
-        remaining = waited * (1.0 - progress) / progress
-    else:
-        remaining = float(stage.get("expected_seconds") or 0) - waited
-    return int(max(lo, min(hi, remaining / 4)))
+    started = [j.started_at for j in jobs if j.started_at]
+    running = clock.now() - min(started) if started else 0.0
+    if 0.02 < progress < 1.0 and running > 0:
+        remaining = running * (1.0 - progress) / progress
+        # close to the end: poll just after the estimated end instead of up to a whole poll late
+        wait = remaining + END_MARGIN_SECONDS if remaining <= 2 * lo else remaining * POLL_FRACTION
+        return int(max(END_MARGIN_SECONDS, min(hi, wait)))
+    remaining = float(stage.get("expected_seconds") or 0) - waited
+    return int(max(lo, min(hi, remaining * POLL_FRACTION)))
 
 
 #: GPUs per node of each queue's instance type come from the catalogue; the queue picks the type.
@@ -101,6 +115,8 @@ def _queue_instance_type(run: dict[str, Any], lane: str) -> str | None:
     settings = get_settings()
     if lane == "gpu8":
         return str(run.get("gpu8_instance_type") or settings.gpu8_instance_type)
+    if lane == "gpu4":
+        return settings.gpu4_instance_type
     if lane == "gpu1":
         return settings.gpu1_instance_type
     return None
@@ -195,8 +211,10 @@ def submit(run_id: str, index: int) -> StageStep:
     plan: list[dict[str, Any]] = run["plan"]
     if not 0 <= index < len(plan):
         raise AgentError(f"run {run_id} has no stage #{index}")
-    check_limits(run, index)
     stage = plan[index]
+    # a failure from here on (the limits, the head node, SSM) is this stage's, not the one before
+    runs.update_run(run_id, current_step=f"stage:{stage['id']}")
+    check_limits(run, index)
     spec = base64.b64encode(json.dumps(stage).encode()).decode()
     result = agent_for(run).call(["submit", "--project", run_id, "--spec-b64", spec], SubmitResult)
     rec = _stage_record(result.stage)
@@ -236,6 +254,8 @@ def poll(run_id: str, step: StageStep) -> StageStep:
     if status is None:
         raise AgentError(f"agent status did not report stage {stage['id']}")
     rec = _stage_record(status)
+    rec["polls"] = step.polls + 1
+    rec["last_wait_seconds"] = step.wait_seconds  # the poll interval that led to this poll
     cost = stage_cost(run, stage, rec)
     if cost is not None:
         rec["cost_usd"] = cost

@@ -1,0 +1,364 @@
+"""``make bench``: the white paper's three datasets through the real state machine, on both layouts.
+
+Each (profile, layout) pair is one run of the local stack on a :class:`VirtualClock` (so every figure
+is exact and repeatable): the dataset is dropped into the input bucket, the state machine creates the
+cluster through the ParallelCluster stand-in, drives the cryoSPARC stand-in stage by stage, exports
+and deletes the cluster. Stage durations are Table 1's (``data/profiles.yaml``), divided by the speed
+of the GPU of the node each job ran on (the catalogue's factors); compute nodes launch, idle and
+terminate as Slurm's would (``cryopilot_sim.slurm``), and each is billed for the time it was up.
+
+Nothing here is an estimate: every figure is read back from what the simulated run did (the jobs'
+timestamps, the nodes' bill, the execution history, the Lambda invocation counts).
+
+Layouts: ``whitepaper`` is a manifest with ``pipeline: {layout: whitepaper}`` (every GPU stage on
+gpu8, one node held for the run); ``cryopilot`` is the preset's placement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cryopilot_sim.clock import VirtualClock
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "build" / "bench" / "results.json"
+PROFILES = ("cgrp", "glp1r", "spike")
+LAYOUTS = ("whitepaper", "cryopilot")
+
+#: Targets of the issue, checked on the figures (never on wall time).
+TABLE1_TOLERANCE = 0.01
+MIN_UTILISATION = 0.85
+MAX_COST_RATIO = 0.30
+MAX_TIME_RATIO = 1.05
+MAX_DELETE_LAG_S = 60.0
+MAX_TRANSITIONS_36H = 1000
+
+
+def _manifest(profile: str, layout: str) -> tuple[str, str, dict[str, bytes]]:
+    from cryopilot_sim.demo import sample_dataset
+
+    folder, text, files = sample_dataset(profile)
+    doc = yaml.safe_load(text)
+    doc.setdefault("pipeline", {})["layout"] = layout
+    return folder, yaml.safe_dump(doc, sort_keys=False), files
+
+
+def _when(value: Any) -> float | None:
+    from cryopilot.report import _when as when
+
+    parsed = when(value)
+    return parsed.timestamp() if parsed is not None else None
+
+
+def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, Any]:
+    """One run; its figures (see the module docstring)."""
+    from cryopilot.costing import Catalogue
+
+    from cryopilot_sim.harness import LocalCloud
+
+    cat = Catalogue.from_env()
+    create = cat.timings.cluster_create_seconds.value
+    delete = cat.timings.cluster_delete_seconds.value
+    clock = VirtualClock()
+    cloud = LocalCloud(
+        clock=clock,
+        profile=profile,
+        pcluster_options={"create_seconds": create, "delete_seconds": delete},
+    )
+    wall0 = time.monotonic()
+    from cryopilot.observability import logger as lambda_logger  # sets the Lambdas' level first
+
+    quiet = logging.getLogger(lambda_logger.name)
+    level = quiet.level
+    with cloud, contextlib.ExitStack() as restore:
+        restore.callback(quiet.setLevel, level)  # the process goes on logging as before
+        quiet.setLevel(logging.WARNING)  # the Lambdas' INFO lines
+        folder, text, files = _manifest(profile, layout)
+        cloud.drop_dataset(folder, text, files)
+        deadline = time.monotonic() + 30
+        while not cloud.executions():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the upload started no execution")
+            time.sleep(0.05)
+        arn = cloud.executions()[0]["executionArn"]
+        desc = cloud.wait_for_execution(arn, timeout=timeout)
+        cloud.drain_events()
+        run_id = arn.rsplit(":", 1)[1]
+        record = cloud.run_record(run_id) or {}
+        history = cloud.history(arn)
+        invocations = sum(fn.invocations for fn in cloud.functions.values())
+        cluster = str(record.get("cluster_name") or "")
+        cs = cloud.cryosparc_by_cluster.get(cluster)
+        nodes = cloud.compute_nodes.get(cluster)
+        created = cloud.pcluster.history.get(cluster, {})
+        delete_requests = cloud.pcluster.delete_requests.get(cluster, [])
+    wall = time.monotonic() - wall0
+    if desc["status"] != "SUCCEEDED" or cs is None or nodes is None:
+        raise RuntimeError(f"{profile}/{layout}: run ended {desc['status']}: {record.get('error')}")
+
+    jobs = [j for p in cs.projects.values() for j in p.jobs.values() if j.completed_at is not None]
+    by_uid = {j.uid: j for j in jobs}
+    gpu_jobs = [j for j in jobs if j.lane is not None]
+    busy = sum(int(j.params.get("compute_num_gpus", 1)) * (j.completed_at - j.started_at) for j in gpu_jobs)
+    stage_of_job = {
+        uid: sid for sid, st in (record.get("stages") or {}).items() for uid in (st.get("jobs") or [])
+    }
+    interval_of_stage = {
+        sid: float(st.get("last_wait_seconds") or 0) for sid, st in (record.get("stages") or {}).items()
+    }
+    gaps, controller_gaps, node_waits, late = [], [], [], []
+    timeline = []
+    for j in sorted(jobs, key=lambda j: j.num):
+        parents = [by_uid[c.job_uid] for c in j.connections if c.job_uid in by_uid]
+        entry = {
+            "job": j.uid,
+            "type": j.type,
+            "lane": j.lane,
+            "queued_at": j.queued_at,
+            "started_at": j.started_at,
+            "completed_at": j.completed_at,
+        }
+        timeline.append(entry)
+        if not parents or j.started_at is None:
+            continue
+        ready = max(p.completed_at for p in parents if p.completed_at is not None)
+        gaps.append(j.started_at - ready)
+        entry["gap_s"] = j.started_at - ready
+        if j.queued_at is not None:
+            controller_gaps.append(max(0.0, j.queued_at - ready))
+            node_waits.append(max(0.0, j.started_at - max(j.queued_at, ready)))
+            entry["controller_gap_s"] = controller_gaps[-1]
+            # the end of the last parent is seen by a poll: its interval bounds the controller's gap
+            last = max(parents, key=lambda p: p.completed_at or 0.0)
+            interval = interval_of_stage.get(stage_of_job.get(last.uid, ""), 0.0)
+            entry["poll_interval_s"] = interval
+            if controller_gaps[-1] > max(interval, 60.0) + 1.0:
+                late.append(entry)
+    from cryopilot.costing import load_profiles
+
+    from cryopilot_sim.cryosparc_standin import STAGE_OF_TYPE
+
+    in_table1 = set(load_profiles()[profile].minutes) - {"import", "select2d"}
+    not_in_table1 = sum(
+        j.completed_at - j.started_at
+        for j in jobs
+        if j.started_at is not None and (j.stage_key or STAGE_OF_TYPE.get(j.type, "")) not in in_table1
+    )
+    first_start = min(j.started_at for j in jobs if j.started_at is not None)
+    last_end = max(j.completed_at for j in jobs if j.completed_at is not None)
+
+    bill = nodes.bill()
+    paid_gpu_h = sum(line["gpu_hours"] for line in bill)
+    compute_cost = sum(line["cost_usd"] for line in bill)
+    started = float(record.get("started_epoch") or created.get("created_at") or 0.0)
+    finished = float(record.get("finished_epoch") or clock.now())
+    head_type = str(created and yaml.safe_load(created["config"])["HeadNode"]["InstanceType"])
+    cluster_life_h = max(0.0, finished - float(created.get("created_at", started))) / 3600
+    head_cost = cluster_life_h * cat.price(head_type)
+    export_end = _when(record.get("export_finished_at"))
+    delete_lag = (delete_requests[0] - export_end) if delete_requests and export_end is not None else None
+    transitions = sum(1 for ev in history if ev["type"].endswith("StateEntered"))
+    polls = sum(
+        int((record.get("stages") or {}).get(s, {}).get("polls") or 0) for s in record.get("stages") or {}
+    )
+    return {
+        "profile": profile,
+        "layout": layout,
+        "status": desc["status"],
+        "resolution_A": record.get("resolution_A"),
+        "time_to_structure_h": (finished - started) / 3600,
+        "pipeline_h": (last_end - first_start) / 3600,
+        "table1_stages_h": (last_end - first_start - not_in_table1) / 3600,
+        "cluster_create_h": (float(created.get("ready_at", 0)) - float(created.get("created_at", 0))) / 3600,
+        "gpu_hours_paid": paid_gpu_h,
+        "gpu_hours_busy": busy / 3600,
+        "gpu_utilization": (busy / 3600) / paid_gpu_h if paid_gpu_h else 0.0,
+        "idle_gpu_hours": paid_gpu_h - busy / 3600,
+        "cost_usd": compute_cost + head_cost,
+        "compute_cost_usd": compute_cost,
+        "head_node_cost_usd": head_cost,
+        "max_gap_s": max(gaps, default=0.0),
+        "mean_gap_s": statistics.fmean(gaps) if gaps else 0.0,
+        "max_controller_gap_s": max(controller_gaps, default=0.0),
+        "gaps_longer_than_their_poll": len(late),
+        "max_node_wait_s": max(node_waits, default=0.0),
+        "delete_lag_s": delete_lag,
+        "transitions": transitions,
+        "lambda_invocations": invocations,
+        "stage_polls": polls,
+        "min_poll_seconds": int((record.get("settings") or {}).get("min_poll_seconds") or 60),
+        "nodes": [
+            {k: line[k] for k in ("queue", "instance_type", "gpus", "static", "hours", "cost_usd")}
+            for line in bill
+        ],
+        "queues": sorted({j.lane for j in gpu_jobs if j.lane}),
+        "jobs": timeline,
+        "wall_seconds": wall,
+    }
+
+
+def _targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
+    from cryopilot.costing import load_profiles
+
+    table1 = {name: p.table1_total_minutes / 60 for name, p in load_profiles().items()}
+    checks: list[tuple[str, bool, str]] = []
+    for profile in PROFILES:
+        wp, cp = results.get(f"{profile}/whitepaper"), results.get(f"{profile}/cryopilot")
+        if wp:
+            err = wp["table1_stages_h"] / table1[profile] - 1
+            checks.append(
+                (
+                    f"{profile}: white-paper layout reproduces Table 1 ({table1[profile]:.2f} h) within 1 %",
+                    abs(err) <= TABLE1_TOLERANCE,
+                    f"Table 1 stages {wp['table1_stages_h']:.2f} h ({err:+.2%}); with create and delete"
+                    f" {wp['time_to_structure_h']:.2f} h",
+                )
+            )
+        if wp and cp and profile in ("cgrp", "glp1r"):
+            util, ratio = cp["gpu_utilization"], cp["cost_usd"] / wp["cost_usd"]
+            tratio = cp["time_to_structure_h"] / wp["time_to_structure_h"]
+            checks += [
+                (
+                    f"{profile}: cryopilot >= 85 % of paid GPU-hours busy",
+                    util >= MIN_UTILISATION,
+                    f"{util:.1%}",
+                ),
+                (
+                    f"{profile}: cryopilot cost <= 30 % of the white paper's",
+                    ratio <= MAX_COST_RATIO,
+                    f"{ratio:.1%}",
+                ),
+                (f"{profile}: cryopilot time within 5 %", tratio <= MAX_TIME_RATIO, f"{tratio - 1:+.1%}"),
+            ]
+    for key, r in results.items():
+        lag = r["delete_lag_s"]
+        checks.append(
+            (f"{key}: delete within 60 s of export", lag is not None and lag <= MAX_DELETE_LAG_S, f"{lag} s")
+        )
+        checks.append(
+            (
+                f"{key}: no gap between dependent jobs longer than one poll interval",
+                r["gaps_longer_than_their_poll"] == 0,
+                f"{r['gaps_longer_than_their_poll']} longer; longest {r['max_controller_gap_s']:.0f} s from a"
+                f" job's end to the next job's submission; node launches add up to"
+                f" {r['max_node_wait_s']:.0f} s",
+            )
+        )
+        if r["profile"] in ("cgrp", "glp1r"):  # the 36-hour datasets
+            checks.append(
+                (
+                    f"{key}: <= 1,000 state transitions",
+                    r["transitions"] <= MAX_TRANSITIONS_36H,
+                    str(r["transitions"]),
+                )
+            )
+    return checks
+
+
+def _table(results: dict[str, dict[str, Any]]) -> str:
+    cols = [
+        ("run", lambda r: f"{r['profile']}/{r['layout']}"),
+        ("time h", lambda r: f"{r['time_to_structure_h']:.2f}"),
+        ("pipeline h", lambda r: f"{r['pipeline_h']:.2f}"),
+        ("GPU-h paid", lambda r: f"{r['gpu_hours_paid']:.1f}"),
+        ("busy", lambda r: f"{r['gpu_hours_busy']:.1f}"),
+        ("util", lambda r: f"{r['gpu_utilization']:.1%}"),
+        ("idle GPU-h", lambda r: f"{r['idle_gpu_hours']:.1f}"),
+        ("cost $", lambda r: f"{r['cost_usd']:.2f}"),
+        ("max gap s", lambda r: f"{r['max_gap_s']:.0f}"),
+        ("mean gap s", lambda r: f"{r['mean_gap_s']:.0f}"),
+        ("ctl gap s", lambda r: f"{r['max_controller_gap_s']:.0f}"),
+        ("delete lag s", lambda r: f"{r['delete_lag_s']}"),
+        ("transitions", lambda r: str(r["transitions"])),
+        ("lambdas", lambda r: str(r["lambda_invocations"])),
+    ]
+    rows = [[c[0] for c in cols]] + [[f(r) for _, f in cols] for r in results.values()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+    lines = [
+        "  ".join(
+            cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _stdout_to(path: Path | None) -> Iterator[None]:
+    """Send file descriptor 1 (where the Lambdas' loggers write) to ``path`` for a while."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with path.open("ab") as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cryopilot-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", default=",".join(PROFILES), help="comma-separated (default: all three)")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated (default: both)")
+    parser.add_argument(
+        "--out", type=Path, default=OUT, help=f"results file (default: {OUT.relative_to(ROOT)})"
+    )
+    parser.add_argument(
+        "--log", type=Path, default=None, help="write the simulated Lambdas' log lines here, not to stdout"
+    )
+    args = parser.parse_args(argv)
+    profiles = [p for p in args.profiles.split(",") if p]
+    layouts = [x for x in args.layouts.split(",") if x]
+    bad = sorted(set(profiles) - set(PROFILES)) + sorted(set(layouts) - set(LAYOUTS))
+    if bad:
+        parser.error(f"unknown {bad}; profiles {PROFILES}, layouts {LAYOUTS}")
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
+    results: dict[str, dict[str, Any]] = {}
+    with _stdout_to(args.log):
+        for profile in profiles:
+            for layout in layouts:
+                print(f"==> {profile}/{layout} ...", file=sys.stderr, flush=True)
+                r = run_one(profile, layout)
+                results[f"{profile}/{layout}"] = r
+                print(f"    done in {r['wall_seconds']:.1f} s of wall time", file=sys.stderr, flush=True)
+    checks = _targets(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {"results": results, "targets": [{"check": c, "met": ok, "figure": f} for c, ok, f in checks]},
+            indent=2,
+            default=str,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    print(_table(results))
+    print()
+    for check, ok, figure in checks:
+        print(f"  [{'met' if ok else 'MISSED'}] {check}: {figure}")
+    print(f"\nwritten: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""`make bench` on the smallest profile: both layouts through the real state machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryopilot.costing import Catalogue
+from cryopilot_sim import bench
+
+pytestmark = pytest.mark.xdist_group("bench")
+
+REQUIRED = {
+    "time_to_structure_h",
+    "gpu_hours_paid",
+    "gpu_hours_busy",
+    "gpu_utilization",
+    "idle_gpu_hours",
+    "cost_usd",
+    "max_gap_s",
+    "mean_gap_s",
+    "delete_lag_s",
+    "transitions",
+    "lambda_invocations",
+}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    assert bench.main(["--profiles", "spike", "--out", str(out)]) == 0
+    return json.loads(Path(out).read_text())
+
+
+def test_results_file_has_every_figure_per_profile_and_layout(results: dict) -> None:
+    assert set(results["results"]) == {"spike/whitepaper", "spike/cryopilot"}
+    for r in results["results"].values():
+        assert set(r) >= REQUIRED, REQUIRED - set(r)
+        assert r["status"] == "SUCCEEDED"
+        assert r["transitions"] > 0
+        assert r["lambda_invocations"] > 0
+        assert r["gpu_hours_paid"] == pytest.approx(sum(n["hours"] * n["gpus"] for n in r["nodes"]))
+        assert r["gpu_utilization"] == pytest.approx(r["gpu_hours_busy"] / r["gpu_hours_paid"])
+        assert r["idle_gpu_hours"] == pytest.approx(r["gpu_hours_paid"] - r["gpu_hours_busy"])
+        assert 0 <= r["delete_lag_s"] <= 60
+        assert r["max_gap_s"] >= r["mean_gap_s"] >= 0
+    assert {t["check"].split(":")[0] for t in results["targets"]} >= {"spike", "spike/cryopilot"}
+
+
+def test_whitepaper_layout_holds_one_p4d_for_the_run(results: dict) -> None:
+    wp = results["results"]["spike/whitepaper"]
+    assert wp["queues"] == ["gpu8"]
+    assert [(n["instance_type"], n["static"]) for n in wp["nodes"]] == [("p4d.24xlarge", True)]
+    # a node held for the run is paid while the master-only stages and the polls go on
+    assert wp["gpu_utilization"] < 0.5
+    # the Table 1 stages' time is reproduced up to the node's launch and the polls' reaction time
+    table1_h = 341 / 60
+    assert wp["table1_stages_h"] == pytest.approx(table1_h, rel=0.03)
+
+
+def test_cryopilot_layout_uses_the_placed_queues_and_costs_less(results: dict) -> None:
+    wp, cp = results["results"]["spike/whitepaper"], results["results"]["spike/cryopilot"]
+    assert set(cp["queues"]) == {"gpu8", "gpu4", "gpu1"}
+    assert not any(n["static"] for n in cp["nodes"])
+    cat = Catalogue.load()
+    for node in cp["nodes"]:
+        assert node["cost_usd"] == pytest.approx(node["hours"] * cat.price(node["instance_type"]))
+    assert cp["cost_usd"] < wp["cost_usd"]
+    assert cp["gpu_utilization"] > wp["gpu_utilization"]
