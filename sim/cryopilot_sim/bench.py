@@ -285,16 +285,10 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
         ("transitions", lambda r: str(r["transitions"])),
         ("lambdas", lambda r: str(r["lambda_invocations"])),
     ]
-    rows = [[c[0] for c in cols]] + [[f(r) for _, f in cols] for r in results.values()]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
-    lines = [
-        "  ".join(
-            cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    from cryopilot.costing import text_table  # the estimate's own table layout
+
+    rows = [[f(r) for _, f in cols] for r in results.values()]
+    return "\n".join(text_table([name for name, _ in cols], rows, right=set(range(1, len(cols)))))
 
 
 @contextlib.contextmanager

@@ -74,18 +74,22 @@ class SlurmNodes:
         self._lock = threading.Lock()
         for q in queues:
             for _ in range(q.min_count):  # static nodes start with the cluster
-                self.nodes.append(
-                    Node(
-                        q.name,
-                        q.instance_type,
-                        q.gpus,
-                        q.usd_per_hour,
-                        static=True,
-                        launched_at=ready_at,
-                        ready_at=ready_at + self.launch,
-                        idle_from=ready_at,
-                    )
-                )
+                self._launch(q, ready_at, static=True)
+
+    def _launch(self, q: QueueSpec, t: float, *, static: bool) -> Node:
+        """A node of ``q`` launched at ``t`` (ready one launch time later)."""
+        node = Node(
+            q.name,
+            q.instance_type,
+            q.gpus,
+            q.usd_per_hour,
+            static=static,
+            launched_at=t,
+            ready_at=t + self.launch,
+            idle_from=t,
+        )
+        self.nodes.append(node)
+        return node
 
     # -- building from a cluster configuration ----------------------------------------------------
 
@@ -150,17 +154,7 @@ class SlurmNodes:
             if free:
                 node = min(free, key=lambda n: n.ready_at)
             else:
-                q = self.queues[queue]
-                node = Node(
-                    queue,
-                    q.instance_type,
-                    q.gpus,
-                    q.usd_per_hour,
-                    static=False,
-                    launched_at=t,
-                    ready_at=t + self.launch,
-                )
-                self.nodes.append(node)
+                node = self._launch(self.queues[queue], t, static=False)
             node.busy += 1
             node.jobs.append(job)
             return max(t, node.ready_at)

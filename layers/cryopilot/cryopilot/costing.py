@@ -74,6 +74,7 @@ __all__ = [
     "plan_for_profile",
     "plan_from_stages",
     "render_comparison",
+    "text_table",
 ]
 
 #: Region whose prices the catalogue holds and estimates use unless told otherwise.
@@ -729,17 +730,19 @@ def estimate(
         for name, itype in layout.queues.items()
     }
 
+    def speed_on(q: _Queue, stage: PlanStage) -> float:
+        """Divisor of the stage's reference wall time on ``q`` (1.0 when it is not GPU-bound)."""
+        return cat.speed(q.instance_type) / ref_speed if stage.kind in gpu_bound else 1.0
+
+    def able(stage: PlanStage) -> list[_Queue]:
+        """The layout's candidate queues whose nodes have the stage's GPUs."""
+        return [queues[n] for n in layout.candidates(stage.kind, stage.gpus) if queues[n].gpus >= stage.gpus]
+
     def fastest(stage: PlanStage) -> float:
         """The stage's shortest wall time on any queue that can run it (no launch wait)."""
         if stage.gpus == 0:
             return stage.minutes * 60.0
-        walls = [
-            stage.minutes * 60.0 / (cat.speed(queues[n].instance_type) / ref_speed)
-            if stage.kind in gpu_bound
-            else stage.minutes * 60.0
-            for n in layout.candidates(stage.kind, stage.gpus)
-            if queues[n].gpus >= stage.gpus
-        ]
+        walls = [stage.minutes * 60.0 / speed_on(q, stage) for q in able(stage)]
         return min(walls, default=stage.minutes * 60.0)
 
     rest_fastest = [0.0] * (len(plan.stages) + 1)
@@ -776,11 +779,8 @@ def estimate(
             continue
 
         options = []
-        for name in layout.candidates(stage.kind, stage.gpus):
-            q = queues[name]
-            if q.gpus < stage.gpus:
-                continue
-            speed = cat.speed(q.instance_type) / ref_speed if stage.kind in gpu_bound else 1.0
+        for q in able(stage):
+            speed = speed_on(q, stage)
             wall = ref_seconds / speed
             wait = 0.0 if layout.hold_for_run or q.is_up(t, idle) else launch
             options.append(_Option(q, wait, wall, speed, t + wait + wall, (wait + wall) / 3600 * q.price))
@@ -961,7 +961,8 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f} %"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]], right: set[int]) -> list[str]:
+def text_table(header: Sequence[str], rows: Iterable[Sequence[str]], right: set[int]) -> list[str]:
+    """Lines of a plain-text table: the header, a rule, the rows; columns in ``right`` right-aligned."""
     body = [list(header), *[list(r) for r in rows]]
     widths = [max(len(r[i]) for r in body) for i in range(len(header))]
 
@@ -996,7 +997,7 @@ def render_comparison(whitepaper: Estimate, cryopilot: Estimate) -> str:
                 f"{cr.cost_usd:,.2f}" if cr and cr.queue != HEAD_QUEUE else "",
             ]
         )
-    out += _table(
+    out += text_table(
         ["stage", "GPUs", "white paper", "wall", "cryopilot", "launch", "wall", "start", "cost"],
         stage_rows,
         right={1, 3, 5, 6, 7, 8},
@@ -1058,7 +1059,7 @@ def render_comparison(whitepaper: Estimate, cryopilot: Estimate) -> str:
             "",
         ],
     ]
-    out += _table(["", "white paper", "cryopilot", "cryopilot vs white paper"], totals, right={1, 2, 3})
+    out += text_table(["", "white paper", "cryopilot", "cryopilot vs white paper"], totals, right={1, 2, 3})
     out.append("")
 
     out.append("Assumptions")

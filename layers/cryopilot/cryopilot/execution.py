@@ -153,12 +153,11 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
         data_uri = f"s3://{location.bucket}/{manifest_prefix(location.key)}"
         location_doc = location.model_dump()
 
-    queue_types = {
-        clusterconfig.GPU8_QUEUE: settings.gpu8_instance_type,
-        clusterconfig.GPU4_QUEUE: settings.gpu4_instance_type,
-        clusterconfig.GPU1_QUEUE: settings.gpu1_instance_type,
-    }
-    stages = presets.plan(manifest, data_dir=f"{clusterconfig.FSX_MOUNT_DIR}/data/", queue_types=queue_types)
+    stages = presets.plan(
+        manifest,
+        data_dir=f"{clusterconfig.FSX_MOUNT_DIR}/data/",
+        queue_types=settings.queue_instance_types(),
+    )
     cluster_name = clusterconfig.cluster_name_for(run_id)
     titles = " → ".join(s.title for s in stages)
     runs.put_plan(run_id, [s.model_dump(mode="json") for s in stages])

@@ -4,6 +4,8 @@ machine may delete the cluster. A run stopped by a limit exports what it has so 
 
 from __future__ import annotations
 
+from typing import Any
+
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
@@ -32,31 +34,25 @@ class ExportStep(BaseModel):
     resolution_A: float | None
 
 
+def _agent_export(run: dict[str, Any], stage: str, prefix: str, *, partial: bool = False) -> ExportResult:
+    """The head-node agent copies ``stage``'s results to ``s3://<results bucket>/<prefix>``."""
+    argv = ["export", "--project", run["run_id"], "--stage", stage]
+    argv += ["--bucket", get_settings().results_bucket, "--prefix", prefix]
+    try:
+        return agent_for(run).call([*argv, "--partial"] if partial else argv, ExportResult)
+    except AgentError as exc:
+        what = "partial export" if partial else "export"
+        raise ExportError(f"{what} of stage {stage} failed: {exc}") from None
+
+
 def export(run_id: str) -> ExportStep:
-    settings = get_settings()
     run = runs.get_run(run_id)
     if run is None:
         raise ExportError(f"run {run_id} has no record")
     final_stage = runs.get_plan(run_id)[-1]["id"]
     prefix = f"runs/{run_id}/results/"
     runs.update_run(run_id, current_step="export", export_started_at=clock.now())
-    try:
-        result = agent_for(run).call(
-            [
-                "export",
-                "--project",
-                run_id,
-                "--stage",
-                final_stage,
-                "--bucket",
-                settings.results_bucket,
-                "--prefix",
-                prefix,
-            ],
-            ExportResult,
-        )
-    except AgentError as exc:
-        raise ExportError(f"export of stage {final_stage} failed: {exc}") from None
+    result = _agent_export(run, final_stage, prefix)
     verify(result)
     resolution = result.resolution_A if result.resolution_A is not None else run.get("resolution_A")
     uri = f"s3://{result.bucket}/{result.prefix}"
@@ -74,7 +70,6 @@ def export_partial(run_id: str) -> PartialExportStep:
     """The maps of the last completed stage that makes maps, and its particles, to
     ``runs/<run>/results/partial/``: a run stopped by a limit keeps what it paid for. A run stopped
     before any such stage exports nothing (and says so on its record)."""
-    settings = get_settings()
     run = runs.get_run(run_id)
     if run is None:
         raise ExportError(f"run {run_id} has no record")
@@ -89,24 +84,7 @@ def export_partial(run_id: str) -> PartialExportStep:
         return PartialExportStep(results_uri=None, file_count=0, stage=None)
     stage = done[-1]
     prefix = f"runs/{run_id}/results/partial/"
-    try:
-        result = agent_for(run).call(
-            [
-                "export",
-                "--project",
-                run_id,
-                "--stage",
-                stage,
-                "--bucket",
-                settings.results_bucket,
-                "--prefix",
-                prefix,
-                "--partial",
-            ],
-            ExportResult,
-        )
-    except AgentError as exc:
-        raise ExportError(f"partial export of stage {stage} failed: {exc}") from None
+    result = _agent_export(run, stage, prefix, partial=True)
     verify(result, required=())
     uri = f"s3://{result.bucket}/{result.prefix}"
     runs.update_run(

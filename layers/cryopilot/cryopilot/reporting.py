@@ -51,9 +51,8 @@ def _price_lookup() -> Callable[[str], float | None] | None:
 
 def instance_types(run: dict[str, Any]) -> dict[str, str]:
     """Instance type per queue: the placement's gpu8 type when the run recorded one."""
-    settings = get_settings()
-    gpu8 = run.get("gpu8_instance_type") or settings.gpu8_instance_type
-    return {"gpu8": str(gpu8), "gpu4": settings.gpu4_instance_type, "gpu1": settings.gpu1_instance_type}
+    gpu8 = run.get("gpu8_instance_type")
+    return get_settings().queue_instance_types(str(gpu8) if gpu8 else None)
 
 
 def write(run_id: str) -> ReportStep:

@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     )
     agent_timeout_seconds: int = 120
 
+    def queue_instance_types(self, gpu8: str | None = None) -> dict[str, str]:
+        """Instance type of each GPU queue; ``gpu8``: the type a run's capacity fallback chose."""
+        return {
+            "gpu8": gpu8 or self.gpu8_instance_type,
+            "gpu4": self.gpu4_instance_type,
+            "gpu1": self.gpu1_instance_type,
+        }
+
     @property
     def fallback_gpu8_types(self) -> list[str]:
         return [s.strip() for s in self.fallback_gpu8_instance_types.split(",") if s.strip()]

@@ -112,14 +112,8 @@ def _next_wait(stage: dict[str, Any], status: StageStatus, waited: int, settings
 
 #: GPUs per node of each queue's instance type come from the catalogue; the queue picks the type.
 def _queue_instance_type(run: dict[str, Any], lane: str) -> str | None:
-    settings = get_settings()
-    if lane == "gpu8":
-        return str(run.get("gpu8_instance_type") or settings.gpu8_instance_type)
-    if lane == "gpu4":
-        return settings.gpu4_instance_type
-    if lane == "gpu1":
-        return settings.gpu1_instance_type
-    return None
+    gpu8 = run.get("gpu8_instance_type")
+    return get_settings().queue_instance_types(str(gpu8) if gpu8 else None).get(lane)
 
 
 @lru_cache(maxsize=1)
@@ -170,7 +164,7 @@ def _remaining_cost(run: dict[str, Any], stages_left: list[dict[str, Any]]) -> f
         try:
             cat = _catalogue()
             price, per_node = cat.price(itype, get_settings().region), max(1, cat.gpus(itype))
-            speed = cat.speed(itype) if kind not in ("extract", "reextract") else 1.0
+            speed = cat.speed(itype) if kind in cat.speed_table.gpu_bound_stages else 1.0
         except CostingError:
             continue
         nodes = max(1, math.ceil(int(stage.get("gpus") or 1) / per_node))
