@@ -7,9 +7,9 @@ that runs inside the development venv can see. `make test` builds before it runs
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,29 @@ def _handler(logical: str) -> tuple[str, str]:
     return module, name
 
 
+def _make_runtime_venv() -> None:
+    """Make the venv in a child process, then move it into place.
+
+    The venv is made by `python -m venv` (symlinks, no binary copied) in its own process: a
+    binary being written in this multi-threaded worker could be inherited open by a child that
+    another test's thread forks at that moment, and running it would then fail with ETXTBSY.
+    A half-made venv never sits at RUNTIME: it is built beside it and renamed once complete.
+    """
+    import boto3
+
+    staging = RUNTIME.with_name(RUNTIME.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(RUNTIME, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", "--symlinks", str(staging)], check=True)
+    subprocess.run(
+        [str(staging / "bin" / "python"), "-m", "pip", "install", "-q", f"boto3=={boto3.__version__}"],
+        check=True,
+    )
+    (staging / "ready").write_text(boto3.__version__)
+    staging.rename(RUNTIME)
+
+
 @pytest.fixture(scope="module")
 def runtime_python() -> Path:
     """A bare venv holding what the Lambda runtime holds: boto3 (same version as pinned)."""
@@ -43,13 +66,12 @@ def runtime_python() -> Path:
         if os.environ.get("CI"):
             pytest.fail("no sam build output: make test runs `make build` first")
         pytest.skip("run `make build` first")
-    python = RUNTIME / "bin" / "python"
-    if not python.exists():
-        venv.EnvBuilder(with_pip=True, clear=True).create(RUNTIME)
-        import boto3
+    import boto3
 
-        subprocess.run([str(python), "-m", "pip", "install", "-q", f"boto3=={boto3.__version__}"], check=True)
-    return python
+    ready = RUNTIME / "ready"
+    if not ready.exists() or ready.read_text() != boto3.__version__:
+        _make_runtime_venv()
+    return RUNTIME / "bin" / "python"
 
 
 @pytest.mark.parametrize("logical", FUNCTIONS)
