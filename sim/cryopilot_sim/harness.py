@@ -974,6 +974,7 @@ class LocalCloud:
             runs_table=str(self.ref("RunsTable")),
             state_machine_arn=self.state_machine_arn,
             cluster_function=str(self.ref("ClusterFunction")),
+            start_function=str(self.ref("StartRunFunction")),
         )
 
     def run_record(self, run_id: str) -> dict[str, Any] | None:

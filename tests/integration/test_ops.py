@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -117,6 +118,57 @@ def test_cancel_stops_the_run_and_leaves_no_cluster(cloud: LocalCloud) -> None:
     again = ops.cancel(stack, done.run_id, sleep=cloud.clock.sleep, emit=said.append)
     assert again["deleted"] is True
     assert said[-2] == f"execution {done.run_id} is ABORTED; nothing to stop"
+
+
+def test_submitted_runs_wait_for_a_slot_and_cancel_takes_them_out_of_the_queue(tmp_path: Path) -> None:
+    """``cryopilot submit`` goes through admission like an upload: with MaxConcurrentRuns 1 and
+    one run going, the next waits in the queue; cancelling it takes it out; ``--now`` bypasses."""
+    with LocalCloud(clock=VirtualClock(), profile="cgrp", parameters={"MaxConcurrentRuns": 1}) as cloud:
+        stack = cloud.operator_stack()
+        _upload_data(cloud)
+        first = ops.submit(stack, str(MANIFEST))
+        assert (first.already, first.queued) == (False, False)
+        manifests = {}
+        for name in ("second", "third"):
+            doc = yaml.safe_load(MANIFEST.read_text())
+            doc["dataset"] = f"CGRP-{name}"
+            manifests[name] = tmp_path / f"{name}.yaml"
+            manifests[name].write_text(yaml.safe_dump(doc))
+        second = ops.submit(stack, str(manifests["second"]))
+        assert (second.already, second.queued, second.queue_position) == (False, True, 1)
+        assert ops.execution_status(stack, second.run_id) is None
+        record = ops.get_run(stack, second.run_id)
+        assert record["status"] == "QUEUED"
+        assert record["trigger"] == "operator"
+        again = ops.submit(stack, str(manifests["second"]))
+        assert (again.run_id, again.already, again.queued, again.queue_position) == (
+            second.run_id,
+            True,
+            True,
+            1,
+        )
+
+        said: list[str] = []
+        step = ops.cancel(stack, second.run_id, sleep=cloud.clock.sleep, emit=said.append)
+        assert said[0] == f"run {second.run_id} was waiting for a slot (place 1); taken out of the queue"
+        assert step["deleted"] is True
+        assert ops.get_run(stack, second.run_id)["status"] == "CANCELLED"
+        assert ops.execution_status(stack, second.run_id) is None
+        from cryopilot import admission
+
+        state = admission.read()
+        assert state.queue == []
+        assert state.holders == {first.run_id}
+
+        third = ops.submit(stack, str(manifests["third"]), now=True)
+        assert (third.already, third.queued) == (False, False)
+        assert ops.execution_status(stack, third.run_id) == "RUNNING"
+        assert admission.read().holders == {first.run_id}  # --now takes no slot
+
+        for run_id in (first.run_id, third.run_id):
+            ops.cancel(stack, run_id, interval=600, sleep=cloud.clock.sleep, emit=lambda _: None)
+        assert cloud.pcluster.clusters() == {}
+        assert len(cloud.executions()) == 2  # the cancelled waiting run never started
 
 
 def test_clear_errors_for_unknown_runs_bad_manifests_and_missing_stacks(

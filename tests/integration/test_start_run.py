@@ -219,6 +219,56 @@ def test_bad_manual_input_fails_at_validate(cloud: LocalCloud, doc: dict, expect
     assert "CreateCluster" not in cloud.states_entered(arn)
 
 
+def test_operator_start_starts_one_run_with_the_operators_input(cloud: LocalCloud) -> None:
+    """What ``cryopilot submit`` sends StartRun (events/operator-start.json)."""
+    _put_manifest(cloud)
+    cloud.drain_events()
+    assert len(cloud.executions()) == 1  # the upload's own run
+    event = json.loads((EVENTS / "operator-start.json").read_text())
+    request = event["operator_start"]
+    request["input"]["manifest_s3_uri"] = f"s3://{cloud.input_bucket}/datasets/SPIKE-FAB-07/cryopilot.yaml"
+    ok, result = cloud.invoke(_start_fn(cloud), event)
+    assert ok
+    assert [o["status"] for o in result["outcomes"]] == ["started"]
+    ok, again = cloud.invoke(_start_fn(cloud), event)
+    assert [o["status"] for o in again["outcomes"]] == ["duplicate"]
+    arns = [e["executionArn"] for e in cloud.executions() if e["name"] == request["run_id"]]
+    assert len(arns) == 1
+    doc = json.loads(cloud.client("stepfunctions").describe_execution(executionArn=arns[0])["input"])
+    assert doc == request["input"]
+    record = _wait_for_record(cloud, request["run_id"], "cluster_name")
+    assert record["trigger"] == "operator"
+    assert record["dataset"] == "SPIKE-FAB-07"
+
+
+@pytest.mark.parametrize(
+    ("request_doc", "reason"),
+    [
+        ({"run_id": "a/b", "dataset": "x", "input": {"manifest_s3_uri": "s3://b/k"}}, "run_id"),
+        ({"run_id": "r" * 81, "dataset": "x", "input": {"manifest_s3_uri": "s3://b/k"}}, "run_id"),
+        ({"run_id": "op-1", "dataset": "x", "input": {}}, "give exactly one of"),
+        ({"run_id": "op-1", "input": {"manifest_s3_uri": "s3://b/k"}}, "dataset: required field"),
+        (
+            {"run_id": "op-1", "dataset": "x", "input": {"manifest_s3_uri": "s3://b/k"}, "now": True},
+            "now: unknown field",
+        ),
+        ({"run_id": "op-1", "dataset": "x", "input": {"manifest_inline": {}}}, "needs data_s3_uri"),
+        ("op-1", "operator start"),
+    ],
+)
+def test_bad_operator_starts_are_refused_before_they_queue(
+    cloud: LocalCloud, request_doc: object, reason: str
+) -> None:
+    ok, result = cloud.invoke(_start_fn(cloud), {"operator_start": request_doc})
+    assert ok, "a bad operator start must not crash StartRun"
+    (outcome,) = result["outcomes"]
+    assert outcome["status"] == "ignored"
+    assert outcome["reason"].startswith("operator start: ")
+    assert reason in outcome["reason"]
+    assert cloud.executions() == []
+    assert cloud.run_record("op-1") is None
+
+
 def _wait_for_record(cloud: LocalCloud, run_id: str, field: str) -> dict:
     import time
 

@@ -240,6 +240,39 @@ def test_a_run_cancelled_while_waiting_is_dropped_not_started(sfn_arn: str) -> N
     assert admission.read().queue == []
 
 
+def test_withdraw_takes_a_cancelled_run_out_of_the_queue_even_as_the_queue_moves(sfn_arn: str) -> None:
+    assert admission.admit("a", 1) == "admitted"
+    for run_id in ("w1", "w2", "w3"):
+        admission.enqueue(run_id)
+
+    class MovingTable:
+        """The run table, where another invocation takes the queue's head right after the first
+        read: the index that read chose no longer holds the run, and the condition refuses it."""
+
+        def __init__(self) -> None:
+            self.real = runs.table()
+            self.reads = 0
+
+        def get_item(self, **kwargs: Any) -> Any:
+            item = self.real.get_item(**kwargs)
+            self.reads += 1
+            if self.reads == 1:
+                assert admission.release("a")
+                assert admission.take_next(1) == "w1"
+            return item
+
+        def update_item(self, **kwargs: Any) -> Any:
+            return self.real.update_item(**kwargs)
+
+    table = MovingTable()
+    assert admission.withdraw("w3", table) == 2, "its place once the queue moved"
+    assert table.reads == 2
+    assert admission.read().queue == ["w2"]
+    assert admission.withdraw("w3") is None, "withdrawing twice changes nothing"
+    assert admission.withdraw("w1") is None, "a run holding a slot is not in the queue"
+    assert admission.read() == admission.AdmissionState(holders={"w1"}, queue=["w2"])
+
+
 def test_janitor_releases_lost_ends_restarts_lost_starts_and_drains_the_queue(
     sfn_arn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,8 +21,11 @@ Who calls what:
   that never arrived), starts a run that holds a slot but whose start was lost, and starts waiting
   runs while slots are free.
 
-Runs started by hand (``cryopilot submit``, StartExecution) do not go through admission: they
-neither take nor wait for a slot.
+* ``cryopilot submit`` goes through StartRun (a direct invocation), so an operator's run takes or
+  waits for a slot like any other; ``cryopilot cancel`` of a waiting run :func:`withdraw` s it.
+
+Only a run started with ``cryopilot submit --now`` or a bare StartExecution bypasses admission: it
+neither takes nor waits for a slot.
 """
 
 from __future__ import annotations
@@ -196,6 +199,33 @@ def requeue(run_id: str) -> bool:
         {"#h": "holders", "#q": "queue"},
         {":me": {run_id}, ":me_first": [run_id], ":empty": [], ":id": run_id},
     )
+
+
+def withdraw(run_id: str, table: Any | None = None) -> int | None:
+    """Take a waiting run out of the queue (it was cancelled): the place it had (1 = next), or
+    None when it was not waiting. ``table``: the run table, for callers outside the stack's
+    functions (the operator's command line)."""
+    table = table if table is not None else runs.table()
+    for _ in range(MAX_ATTEMPTS):
+        item = table.get_item(Key=KEY, ConsistentRead=True).get("Item") or {}
+        queue = list(item.get("queue") or ())
+        if run_id not in queue:
+            return None
+        index = queue.index(run_id)
+        try:
+            table.update_item(
+                Key=KEY,
+                UpdateExpression=f"REMOVE #q[{index}]",
+                ConditionExpression=f"#q[{index}] = :id",
+                ExpressionAttributeNames={"#q": "queue"},
+                ExpressionAttributeValues={":id": run_id},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            continue  # the queue moved under us: look again
+        return index + 1
+    raise AdmissionContentionError(f"could not take {run_id} out of the queue in {MAX_ATTEMPTS} attempts")
 
 
 # ------------------------------------------------------------------ executions

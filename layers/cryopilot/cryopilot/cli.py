@@ -254,8 +254,15 @@ def _operator(command: Callable[[argparse.Namespace], int]) -> Callable[[argpars
 def _submit(args: argparse.Namespace) -> int:
     from cryopilot import ops
 
-    done = ops.submit(_stack(args), args.manifest, data_s3_uri=args.data)
-    print(f"{'already submitted' if done.already else 'started'}: run {done.run_id}")
+    done = ops.submit(_stack(args), args.manifest, data_s3_uri=args.data, now=args.now)
+    if done.queued:
+        said = "already waiting" if done.already else "queued"
+        print(
+            f"{said}: run {done.run_id} waits for a free slot (MaxConcurrentRuns reached), "
+            f"place {done.queue_position} in the queue; it starts by itself"
+        )
+    else:
+        print(f"{'already submitted' if done.already else 'started'}: run {done.run_id}")
     print(f"  follow it with: cryopilot watch {done.run_id} --stack {args.stack}")
     return 0
 
@@ -437,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         metavar="S3_FOLDER",
         help="with a local manifest: the S3 folder of the data (default: s3://<input>/datasets/<dataset>/)",
+    )
+    submit.add_argument(
+        "--now",
+        action="store_true",
+        help="start at once even when MaxConcurrentRuns runs are going (the run takes no slot)",
     )
     _add_stack_flags(submit)
     submit.set_defaults(func=_submit)

@@ -19,6 +19,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cryopilot import runs
+from cryopilot.admission import withdraw
 from cryopilot.errors import ManifestError
 from cryopilot.manifest import Manifest, parse_manifest
 
@@ -46,13 +47,20 @@ class Stack:
     runs_table: str
     state_machine_arn: str
     cluster_function: str
+    #: StartRun: ``cryopilot submit`` goes through it, so an operator's run takes a slot like any
+    start_function: str
 
     @classmethod
     def from_cloudformation(cls, name: str, region: str) -> Stack:
         cfn = boto3.client("cloudformation", region_name=region)
         try:
             stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
-            cluster_fn = cfn.describe_stack_resource(StackName=name, LogicalResourceId="ClusterFunction")
+            functions = {
+                logical: cfn.describe_stack_resource(StackName=name, LogicalResourceId=logical)[
+                    "StackResourceDetail"
+                ]["PhysicalResourceId"]
+                for logical in ("ClusterFunction", "StartRunFunction")
+            }
         except ClientError as exc:
             message = exc.response["Error"].get("Message", "")
             if "does not exist" in message:
@@ -74,7 +82,8 @@ class Stack:
             results_bucket=outputs["ResultsBucketName"],
             runs_table=outputs["RunsTableName"],
             state_machine_arn=outputs["RunStateMachineArn"],
-            cluster_function=cluster_fn["StackResourceDetail"]["PhysicalResourceId"],
+            cluster_function=functions["ClusterFunction"],
+            start_function=functions["StartRunFunction"],
         )
 
     def client(self, service: str) -> Any:
@@ -86,9 +95,13 @@ class Stack:
 
 
 # ------------------------------------------------------------------ reading runs
+def _table(stack: Stack) -> Any:
+    return boto3.resource("dynamodb", region_name=stack.region).Table(stack.runs_table)
+
+
 def get_run(stack: Stack, run_id: str) -> dict[str, Any]:
     """The run record with its plan (``plan``); :class:`OperatorError` when there is none."""
-    table = boto3.resource("dynamodb", region_name=stack.region).Table(stack.runs_table)
+    table = _table(stack)
     item = table.get_item(Key={"pk": f"run#{run_id}"}, ConsistentRead=True).get("Item")
     if item is None:
         raise OperatorError(f"no run {run_id} in stack {stack.name}", EXIT_NOT_FOUND)
@@ -102,7 +115,7 @@ def get_run(stack: Stack, run_id: str) -> dict[str, Any]:
 
 def list_runs(stack: Stack, limit: int = 20) -> list[dict[str, Any]]:
     """The most recent runs, newest first; a run waiting for a slot has its ``queue_position``."""
-    table = boto3.resource("dynamodb", region_name=stack.region).Table(stack.runs_table)
+    table = _table(stack)
     resp = table.query(
         IndexName="ByCreated",
         KeyConditionExpression="kind = :k",
@@ -121,7 +134,7 @@ def _with_queue_positions(stack: Stack, found: list[dict[str, Any]]) -> None:
     a slot (``MaxConcurrentRuns``), from the stack's admission item."""
     from cryopilot.admission import KEY
 
-    table = boto3.resource("dynamodb", region_name=stack.region).Table(stack.runs_table)
+    table = _table(stack)
     item = table.get_item(Key=KEY, ConsistentRead=True).get("Item") or {}
     queue = list(item.get("queue") or [])
     for run in found:
@@ -235,6 +248,10 @@ class Submitted:
     run_id: str
     execution_arn: str
     already: bool
+    #: waiting for a slot (``MaxConcurrentRuns``): its place in the queue, 1 = next
+    queue_position: int | None = None
+    #: it waits for a slot rather than running
+    queued: bool = False
 
 
 def _read_local(path: str) -> bytes:
@@ -252,9 +269,13 @@ def submit(
     *,
     data_s3_uri: str | None = None,
     settings: dict[str, Any] | None = None,
+    now: bool = False,
 ) -> Submitted:
     """Start a run from a local manifest file (its data already in S3) or an ``s3://`` manifest.
-    A local manifest is checked here first, so a bad one fails before anything starts."""
+    A local manifest is checked here first, so a bad one fails before anything starts.
+
+    The run goes through the stack's StartRun function: beyond ``MaxConcurrentRuns`` it waits
+    for a slot (``queued``). ``now`` starts it at once, outside the limit."""
     execution_input: dict[str, Any] = {"trigger": "operator"}
     if settings:
         execution_input["settings"] = settings
@@ -280,12 +301,30 @@ def submit(
     digest = hashlib.sha256(body + json.dumps(execution_input, sort_keys=True).encode()).hexdigest()
     run_id = f"{parsed.dataset[:48]}-op{digest[:10]}"
     arn = stack.execution_arn(run_id)
-    sfn = stack.client("stepfunctions")
+    if now:
+        return _start_now(stack, run_id, execution_input)
+    outcome = _invoke(
+        stack,
+        stack.start_function,
+        {"operator_start": {"run_id": run_id, "dataset": parsed.dataset, "input": execution_input}},
+    )["outcomes"][0]
+    status = outcome.get("status")
+    if status == "ignored":
+        raise OperatorError(f"refused: {outcome.get('reason')}", EXIT_USAGE)
+    position = outcome.get("queue_position")
+    waiting = status == "queued" or (status == "duplicate" and position is not None)
+    return Submitted(run_id, arn, already=status == "duplicate", queue_position=position, queued=waiting)
+
+
+def _start_now(stack: Stack, run_id: str, execution_input: dict[str, Any]) -> Submitted:
+    """Start the execution at once, without a slot (``--now``): it does not count against
+    ``MaxConcurrentRuns`` and is not held back by it."""
+    arn = stack.execution_arn(run_id)
     if execution_status(stack, run_id) is not None:
         # (StartExecution itself answers a repeat with the running execution, silently.)
         return Submitted(run_id, arn, already=True)
     try:
-        sfn.start_execution(
+        stack.client("stepfunctions").start_execution(
             stateMachineArn=stack.state_machine_arn, name=run_id, input=json.dumps(execution_input)
         )
     except ClientError as exc:
@@ -304,14 +343,20 @@ def _parse(body: bytes, source: str) -> Manifest:
 
 # ------------------------------------------------------------------ cancel
 def _invoke_cluster(stack: Stack, payload: dict[str, Any]) -> dict[str, Any]:
-    resp = stack.client("lambda").invoke(
-        FunctionName=stack.cluster_function, Payload=json.dumps(payload).encode()
-    )
+    return _invoke(stack, stack.cluster_function, payload)
+
+
+def _invoke(stack: Stack, function: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Invoke one of the stack's functions and wait for its answer."""
+    try:
+        resp = stack.client("lambda").invoke(FunctionName=function, Payload=json.dumps(payload).encode())
+    except ClientError as exc:
+        message = exc.response["Error"]["Message"]
+        raise OperatorError(f"cannot invoke {function}: {message}", EXIT_AWS) from None
     body = json.loads(resp["Payload"].read() or b"null")
     if resp.get("FunctionError"):
-        raise OperatorError(
-            f"cluster function failed: {body.get('errorType')}: {body.get('errorMessage')}", EXIT_AWS
-        )
+        error = f"{body.get('errorType')}: {body.get('errorMessage')}"
+        raise OperatorError(f"{function} failed: {error}", EXIT_AWS)
     return dict(body)
 
 
@@ -329,6 +374,13 @@ def cancel(
     (with ``wait``) wait until the cluster is gone. Safe to repeat."""
     run = get_run(stack, run_id)
     status = execution_status(stack, run_id)
+    if status is None and run.get("status") == "QUEUED":
+        # Cancelled first: a run taken from the queue meanwhile is then dropped, not started.
+        _mark_cancelled(stack, run_id, run)
+        place = withdraw(run_id, _table(stack))
+        if place is not None:
+            emit(f"run {run_id} was waiting for a slot (place {place}); taken out of the queue")
+        status = execution_status(stack, run_id)  # unless it was started just before
     if status == "RUNNING":
         stack.client("stepfunctions").stop_execution(
             executionArn=stack.execution_arn(run_id),
@@ -366,7 +418,7 @@ def cancel(
 def _mark_cancelled(stack: Stack, run_id: str, run: dict[str, Any]) -> None:
     if run.get("status") in ("SUCCEEDED", "FAILED", "CANCELLED"):
         return
-    table = boto3.resource("dynamodb", region_name=stack.region).Table(stack.runs_table)
+    table = _table(stack)
     # the step it was at stays, for the cleanup function's mail; the error is the one that function
     # records for a stopped execution, whichever of the two gets there first
     step = str(run.get("current_step") or "unknown")

@@ -1,5 +1,8 @@
 """StartRun: turn a trigger into exactly one Step Functions execution per manifest version, started
-at once or, beyond ``MaxConcurrentRuns``, queued until a slot frees."""
+at once or, beyond ``MaxConcurrentRuns``, queued until a slot frees.
+
+Operators' runs (``cryopilot submit``) come here too, as a direct invocation, so that they take
+and wait for slots like the runs that S3 starts."""
 
 from __future__ import annotations
 
@@ -7,16 +10,29 @@ import json
 from typing import Any, Literal
 
 from botocore.exceptions import ClientError
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cryopilot import admission, aws, runs
 from cryopilot.errors import EventError
-from cryopilot.manifest import MANIFEST_NAMES
+from cryopilot.execution import ExecutionInput
+from cryopilot.manifest import MANIFEST_NAMES, validation_message
 from cryopilot.observability import logger
 from cryopilot.settings import get_settings
 from cryopilot.triggers import ManifestLocation, Trigger, check_key, parse_triggers
 
 StartStatus = Literal["started", "queued", "duplicate", "ignored"]
+
+
+class OperatorStart(BaseModel):
+    """A direct invocation by ``cryopilot submit``: ``{"operator_start": {...}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: the execution's name (Step Functions allows at most 80 of these characters)
+    run_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,80}$")
+    dataset: str = Field(min_length=1, max_length=256)
+    #: the execution input, checked here so that a bad one is refused before it waits in a queue
+    input: ExecutionInput
 
 
 class StartOutcome(BaseModel):
@@ -32,6 +48,14 @@ class StartOutcome(BaseModel):
 def handle_event(event: Any) -> list[StartOutcome]:
     """Start a run for each manifest the event names. Never raises for a bad event: it is
     ignored with a reason (a Lambda that raised would be retried by its caller for nothing)."""
+    if isinstance(event, dict) and "operator_start" in event:
+        try:
+            request = OperatorStart.model_validate(event["operator_start"])
+        except ValidationError as exc:
+            reason = f"operator start: {validation_message(exc)}"
+            logger.warning("ignoring event", extra={"reason": reason})
+            return [StartOutcome(status="ignored", reason=reason)]
+        return [start_operator_run(request)]
     try:
         triggers = parse_triggers(event)
     except EventError as exc:
@@ -111,7 +135,6 @@ def start_for_manifest(location: ManifestLocation, *, trigger: str) -> StartOutc
 
     A run beyond ``MaxConcurrentRuns`` is not failed: it waits in the queue (status QUEUED) and
     starts, oldest first, when a slot frees (:mod:`cryopilot.admission`)."""
-    settings = get_settings()
     run_id, claimed = runs.claim_manifest(location.digest(), location.run_id(), location.model_dump())
     sfn = aws.client("stepfunctions")
     arn = admission.execution_arn(run_id)
@@ -132,36 +155,72 @@ def start_for_manifest(location: ManifestLocation, *, trigger: str) -> StartOutc
         execution_arn=arn,
         start_input=json.dumps(execution_input),
     )
-    decision: str = admission.admit(run_id, settings.max_concurrent_runs)
+    status, position = _admit_and_start(run_id, execution_input)
+    if status == "started":
+        logger.info("run started", extra={"run_id": run_id, "manifest": location.uri})
+    return outcome(status, **_why(status, position))
+
+
+def start_operator_run(request: OperatorStart) -> StartOutcome:
+    """A run an operator submitted (``cryopilot submit``): it takes a slot like any other run, or
+    waits for one. Idempotent on the run id (the CLI derives it from the manifest and input)."""
+    run_id = request.run_id
+    arn = admission.execution_arn(run_id)
+    if _execution_exists(aws.client("stepfunctions"), arn):
+        return StartOutcome(status="duplicate", run_id=run_id, execution_arn=arn)
+    execution_input = request.input.model_dump(mode="json", exclude_none=True, exclude_unset=True)
+    runs.create_run(
+        run_id,
+        dataset=request.dataset,
+        trigger="operator",
+        current_step="queued",
+        execution_arn=arn,
+        start_input=json.dumps(execution_input),
+    )
+    status, position = _admit_and_start(run_id, execution_input)
+    logger.info("operator run", extra={"run_id": run_id, "status": status, "queue_position": position})
+    return StartOutcome(status=status, run_id=run_id, execution_arn=arn, **_why(status, position))
+
+
+def _why(status: StartStatus, position: int | None) -> dict[str, Any]:
+    if status == "queued":
+        limit = get_settings().max_concurrent_runs
+        return {"reason": f"waits for a free slot (MaxConcurrentRuns {limit})", "queue_position": position}
+    if status == "duplicate" and position is not None:
+        return {"reason": "the run waits for a free slot", "queue_position": position}
+    return {}
+
+
+def _admit_and_start(run_id: str, execution_input: dict[str, Any]) -> tuple[StartStatus, int | None]:
+    """Take a slot and start the run's execution, or queue the run: (what happened, its place in
+    the queue when it waits). The run record must exist, holding ``start_input``."""
+    limit = get_settings().max_concurrent_runs
+    decision: str = admission.admit(run_id, limit)
     if decision == "refused":
         admission.mark_waiting(run_id)
         decision = admission.enqueue(run_id)
     if decision == "already_queued":
-        logger.info("duplicate event for a run waiting for a slot", extra={"run_id": run_id})
-        return outcome("duplicate", reason="the run waits for a free slot", queue_position=_position(run_id))
+        logger.info("duplicate start for a run waiting for a slot", extra={"run_id": run_id})
+        return "duplicate", _position(run_id)
     if decision == "queued":
         # A slot may have freed between the refusal and the queueing: its release saw no one waiting.
-        if run_id not in admission.start_queued(settings.max_concurrent_runs):
-            position = _position(run_id)
-            logger.info("run queued", extra={"run_id": run_id, "queue_position": position})
-            return outcome(
-                "queued",
-                reason=f"waits for a free slot (MaxConcurrentRuns {settings.max_concurrent_runs})",
-                queue_position=position,
-            )
-    else:  # admitted by this call, or by a concurrent delivery of the same event
-        admission.mark_admitted(run_id)
-        try:
-            started = admission.start_execution(run_id, execution_input)
-        except Exception:
-            if decision == "admitted":
-                admission.give_back(run_id)  # the event's retry takes a slot again
-            raise
-        if not started:
-            logger.info("duplicate event raced a start", extra={"run_id": run_id})
-            return outcome("duplicate")
-    logger.info("run started", extra={"run_id": run_id, "manifest": location.uri})
-    return outcome("started")
+        if run_id in admission.start_queued(limit):
+            return "started", None
+        position = _position(run_id)
+        logger.info("run queued", extra={"run_id": run_id, "queue_position": position})
+        return "queued", position
+    # admitted by this call, or by a concurrent delivery of the same event
+    admission.mark_admitted(run_id)
+    try:
+        started = admission.start_execution(run_id, execution_input)
+    except Exception:
+        if decision == "admitted":
+            admission.give_back(run_id)  # the event's retry takes a slot again
+        raise
+    if not started:
+        logger.info("duplicate start raced another", extra={"run_id": run_id})
+        return "duplicate", None
+    return "started", None
 
 
 def _position(run_id: str) -> int | None:
