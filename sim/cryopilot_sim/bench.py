@@ -190,6 +190,11 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
         "cost_usd": compute_cost + head_cost,
         "compute_cost_usd": compute_cost,
         "head_node_cost_usd": head_cost,
+        # what the controller itself told (run record, report, mail): its estimate of the same bill
+        "record_cost_usd": record.get("cost_usd"),
+        "record_cost_basis": record.get("cost_basis"),
+        "record_stage_cost_usd": record.get("stage_cost_usd"),
+        "record_gpu_hours_paid": record.get("gpu_hours_paid"),
         "max_gap_s": max(gaps, default=0.0),
         "mean_gap_s": statistics.fmean(gaps) if gaps else 0.0,
         "max_controller_gap_s": max(controller_gaps, default=0.0),
@@ -268,6 +273,10 @@ def _targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
     return checks
 
 
+def _money(value: Any) -> str:
+    return f"{float(value):.2f}" if value is not None else "-"
+
+
 def _table(results: dict[str, dict[str, Any]]) -> str:
     cols = [
         ("run", lambda r: f"{r['profile']}/{r['layout']}"),
@@ -278,6 +287,8 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
         ("util", lambda r: f"{r['gpu_utilization']:.1%}"),
         ("idle GPU-h", lambda r: f"{r['idle_gpu_hours']:.1f}"),
         ("cost $", lambda r: f"{r['cost_usd']:.2f}"),
+        ("nodes $", lambda r: f"{r['compute_cost_usd']:.2f}"),
+        ("record $", lambda r: _money(r.get("record_cost_usd"))),
         ("max gap s", lambda r: f"{r['max_gap_s']:.0f}"),
         ("mean gap s", lambda r: f"{r['mean_gap_s']:.0f}"),
         ("ctl gap s", lambda r: f"{r['max_controller_gap_s']:.0f}"),

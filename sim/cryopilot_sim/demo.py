@@ -738,6 +738,7 @@ def _run_summary(
         "resolution_A": record.get("resolution_A"),
         "time_to_structure_h": round((float(end) - float(start)) / 3600, 3) if start and end else None,
         "cost_usd": record.get("cost_usd"),
+        "cost_basis": record.get("cost_basis"),
         "gpu_hours_paid": record.get("gpu_hours_paid"),
         "gpu_hours_busy": record.get("gpu_hours_busy"),
         "placement": record.get("placement"),
@@ -819,10 +820,12 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
     if s.get("gpu_hours_paid") is not None:
         console.print(
             f"  GPU-hours            {float(s['gpu_hours_busy'] or 0):,.1f} used of "
-            f"{float(s['gpu_hours_paid']):,.1f} paid (the stages' nodes)"
+            f"{float(s['gpu_hours_paid']):,.1f} paid (the GPU nodes, launch and idle included)"
         )
     if s.get("cost_usd") is not None:
-        console.print(f"  cost                 ${float(s['cost_usd']):,.2f} (compute nodes, on-demand)")
+        from cryopilot.report import cost_text
+
+        console.print(f"  cost                 {cost_text(float(s['cost_usd']), s.get('cost_basis'))}")
     if s.get("placement"):
         console.print(f"  placement            {s['placement']}")
     if s.get("runs"):

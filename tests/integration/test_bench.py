@@ -68,3 +68,14 @@ def test_cryopilot_layout_uses_the_placed_queues_and_costs_less(results: dict) -
         assert node["cost_usd"] == pytest.approx(node["hours"] * cat.price(node["instance_type"]))
     assert cp["cost_usd"] < wp["cost_usd"]
     assert cp["gpu_utilization"] > wp["gpu_utilization"]
+
+
+def test_the_run_records_estimate_of_the_node_bill_matches_the_simulated_bill(results: dict) -> None:
+    """The controller sees no node lifetimes: it estimates the bill from the stage times. The
+    simulated Slurm nodes are billed from their own launches and idle timeouts."""
+    for key, r in results["results"].items():
+        assert r["record_cost_basis"] == "nodes billed", key
+        assert r["record_cost_usd"] == pytest.approx(r["compute_cost_usd"], rel=0.03), key
+        assert r["record_gpu_hours_paid"] == pytest.approx(r["gpu_hours_paid"], rel=0.03), key
+        # the stages' own run time leaves launch and idle out
+        assert r["record_stage_cost_usd"] < r["record_cost_usd"], key

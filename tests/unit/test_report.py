@@ -12,7 +12,9 @@ from cryopilot import clusterconfig
 from cryopilot.report import (
     GPUS_PER_NODE,
     ReportData,
+    cost_text,
     fmt_duration,
+    node_bill,
     render_all,
     render_gantt_png,
     render_html,
@@ -214,6 +216,60 @@ def test_cost_and_gpu_hour_arithmetic() -> None:
     assert data.cost_usd == pytest.approx(6000 / 3600 * 32 + 64 + 6 + 8)
     assert data.gpu_hours_busy == pytest.approx(8 * 6000 / 3600 + 8 + 3 + 4)
     assert data.gpu_hours_paid == pytest.approx(8 * 6000 / 3600 + 16 + 3 + 4)
+
+
+IDLE = 600  # Slurm's ScaledownIdletime in these tests (10 min)
+
+
+def test_node_bill_keeps_a_queues_node_up_between_close_jobs_and_stops_it_at_the_runs_end() -> None:
+    data = _data(idle_seconds=IDLE)
+    # gpu8: motion (1140-7140) and class2d (7200-14400) share one node, up until 14400 + idle
+    gpu8_s = 14400 + IDLE - 1140
+    # gpu1: ab-initio and NU-refine share one node; its idle time is cut by the export's end
+    gpu1_s = 39900 - 14400
+    assert data.billed_usd == pytest.approx(gpu8_s / 3600 * 32.0 + gpu1_s / 3600 * 2.0)
+    assert data.billed_gpu_hours == pytest.approx(gpu8_s / 3600 * 8 + gpu1_s / 3600 * 1)
+    assert data.billed_usd > data.cost_usd  # the stages' own time leaves launch and idle out
+
+
+def test_node_bill_launches_again_after_the_idle_time_and_counts_the_launch_wait() -> None:
+    run = _run()
+    # class2d goes to Slurm 601 s after motion's end: motion's node is gone, a new one launches
+    run["stages"]["class2d"] = _stage("gpu8", 4, "2D classification", 7741, 14400)
+    # ab-initio waits 420 s for its node: the node is paid from the job's submission
+    run["stages"]["abinit"] = _stage("gpu1", 1, "Ab-initio", 14400, 25200, submitted_at=T0 + 13980)
+    data = _data(run, idle_seconds=IDLE)
+    gpu8_s = (7140 + IDLE - 1140) + (14400 + IDLE - 7741)
+    gpu1_s = 39900 - 13980
+    assert data.billed_usd == pytest.approx(gpu8_s / 3600 * 32.0 + gpu1_s / 3600 * 2.0)
+
+
+def test_node_bill_of_the_white_paper_layout_holds_the_gpu8_node_from_cluster_ready() -> None:
+    run = {**_run(), "layout": "whitepaper"}
+    data = _data(run, idle_seconds=IDLE)
+    gpu8_s = 39900 - 900  # cluster ready (00:15) to the export's end
+    gpu1_s = 39900 - 14400
+    assert data.billed_usd == pytest.approx(gpu8_s / 3600 * 32.0 + gpu1_s / 3600 * 2.0)
+
+
+def test_no_node_bill_without_an_end_a_price_or_the_idle_time() -> None:
+    assert _data(_failed_run(), idle_seconds=IDLE).billed_usd is None  # 2D classification never ended
+    assert _data(idle_seconds=IDLE, instance_types={"gpu1": "x9.unknown"}).billed_usd is None
+    assert _data().billed_usd is None  # no idle time given: no estimate
+    assert node_bill([], prices=PRICES.get, idle_seconds=IDLE) == (0.0, 0.0)
+
+
+def test_the_summary_and_the_cost_text_say_what_the_cost_counts() -> None:
+    md = render_markdown(_data(idle_seconds=IDLE))
+    assert "**GPU nodes billed:** about $137.37 for 37.9 GPU-hours" in md
+    assert cost_text(273.384, "nodes billed") == (
+        "about $273.38 (GPU nodes on demand, launch and idle included, estimated from stage times)"
+    )
+    assert (
+        cost_text(244.2, "stage time", digits=0)
+        == "at least $244 (GPU nodes on demand: the stages' run time only)"
+    )
+    assert cost_text(244.2, None).startswith("at least $244.20")
 
 
 def test_nodes_are_whole_nodes_of_the_queue() -> None:

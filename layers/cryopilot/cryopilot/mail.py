@@ -157,6 +157,15 @@ def _cost(run: dict[str, Any]) -> str | None:
     return f"${float(cost):,.0f}" if isinstance(cost, int | float) else None
 
 
+def _cost_line(run: dict[str, Any]) -> str:
+    from cryopilot.report import cost_text
+
+    cost = run.get("cost_usd")
+    if not isinstance(cost, int | float):
+        return "not known"
+    return cost_text(float(cost), run.get("cost_basis"), digits=0)
+
+
 def _remember(run_id: str, mail: Mail, kind: str) -> Mail:
     runs.append_to(run_id, "mails", {"kind": kind, "subject": mail.subject, "at": clock.now_iso()})
     return mail
@@ -175,7 +184,7 @@ def success_mail(run_id: str) -> Mail:
         "",
         f"Final resolution: {res_txt} (gold-standard FSC 0.143)",
         f"Time to structure: {elapsed}",
-        f"Cost (compute nodes, on-demand): {_cost(run) or 'not known'}",
+        f"Cost: {_cost_line(run)}",
         f"Results: {results.get('uri', '(not exported)')}",
     ]
     for f in results.get("files") or []:
@@ -237,7 +246,7 @@ def failure_mail(run_id: str) -> Mail:
         *_report_lines(run),
     ]
     if _cost(run):
-        lines.append(f"Cost so far (compute nodes, on-demand): {_cost(run)}")
+        lines.append(f"Cost so far: {_cost_line(run)}")
     partial = run.get("partial_export") or {}
     if partial.get("uri"):
         lines += [

@@ -22,6 +22,7 @@ from cryopilot import runs
 from cryopilot.admission import withdraw
 from cryopilot.errors import ManifestError
 from cryopilot.manifest import Manifest, parse_manifest
+from cryopilot.report import cost_text
 
 #: Exit codes of the operator commands.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_AWS = 0, 1, 2, 3, 4
@@ -199,9 +200,9 @@ def render_status(run: dict[str, Any], execution: str | None, now: float | None 
         lines.append(f"resolution {float(run['resolution_A']):.2f} Å")
     stage_costs = [float(s["cost_usd"]) for s in stages.values() if s.get("cost_usd") is not None]
     if run.get("cost_usd") is not None:
-        lines.append(f"cost ${float(run['cost_usd']):,.2f} (compute nodes, on-demand)")
+        lines.append(f"cost {cost_text(float(run['cost_usd']), run.get('cost_basis'))}")
     elif stage_costs:
-        lines.append(f"cost so far ${sum(stage_costs):,.2f} (compute nodes, on-demand)")
+        lines.append(f"cost so far {cost_text(sum(stage_costs), None)}")
     if run.get("error"):
         err = run["error"]
         lines.append(f"failed at {err.get('step')}: {err.get('type')}: {err.get('message')}")

@@ -25,9 +25,12 @@ from pydantic import BaseModel, Field
 __all__ = [
     "GPUS_PER_NODE",
     "MASTER_QUEUE",
+    "NODES_BILLED",
     "ReportData",
     "StageRow",
+    "cost_text",
     "fmt_duration",
+    "node_bill",
     "render_all",
     "render_gantt_png",
     "render_html",
@@ -60,6 +63,9 @@ class StageRow(BaseModel):
     gpus: int = 0
     nodes: int | None = Field(default=None, description="nodes the stage's GPUs need (compute queues)")
     state: str = "pending"
+    submitted_at: datetime | None = Field(
+        default=None, description="when its job(s) went to Slurm: its nodes, if new, launch from here"
+    )
     started_at: datetime | None = None
     completed_at: datetime | None = None
     wall_seconds: float | None = None
@@ -94,6 +100,12 @@ class ReportData(BaseModel):
     cost_usd: float | None = None
     gpu_hours_paid: float | None = Field(default=None, description="GPUs of the nodes × wall hours")
     gpu_hours_busy: float | None = Field(default=None, description="GPUs used × wall hours")
+    billed_usd: float | None = Field(
+        default=None,
+        description="the GPU nodes' bill, estimated from the stage times: launch and Slurm's idle "
+        "time included (see :func:`node_bill`)",
+    )
+    billed_gpu_hours: float | None = Field(default=None, description="GPUs of the nodes × hours billed")
     lower_bounds: bool = Field(
         default=False,
         description="a compute stage started but has no end time: cost and GPU-hours count the others only",
@@ -188,6 +200,7 @@ def _row(
     per_node = GPUS_PER_NODE.get(queue)
     nodes = max(1, math.ceil(gpus / per_node)) if per_node else None
     instance = instance_types.get(queue) if queue != MASTER_QUEUE else None
+    submitted = _when(rec.get("submitted_at"))
     started = _when(rec.get("started_at"))
     completed = _when(rec.get("completed_at"))
     wall = _seconds(started, completed)
@@ -204,6 +217,7 @@ def _row(
         gpus=gpus,
         nodes=nodes,
         state=str(rec.get("state") or "pending"),
+        submitted_at=submitted,
         started_at=started,
         completed_at=completed,
         wall_seconds=wall,
@@ -222,6 +236,7 @@ def report_data_from_run(
     prices: Callable[[str], float | None] | None = None,
     results: Sequence[tuple[str, str]] = (),
     instance_types: Mapping[str, str] | None = None,
+    idle_seconds: float | None = None,
 ) -> ReportData:
     """The report of ``run`` (a run record) following ``plan`` (its planned stages, in order).
 
@@ -229,6 +244,8 @@ def report_data_from_run(
     it no cost is shown. ``results`` are (label, URI) links; without them the record's exported
     results are listed. ``instance_types`` (queue → type, e.g. the stack's configured types) fills
     in the queues whose type the record does not say; the record's placement wins for gpu8.
+    ``idle_seconds`` (Slurm's ScaledownIdletime) enables the estimate of the nodes' bill
+    (:func:`node_bill`).
     """
     label, gpu8_type, subnet = _placement(run)
     types: dict[str, str] = {str(k): str(v) for k, v in (instance_types or {}).items() if v}
@@ -273,6 +290,22 @@ def report_data_from_run(
         else None
     )
 
+    # a compute stage that went to Slurm and has no end: its nodes' time is not known
+    unended = any(
+        r.nodes is not None and (r.started_at or r.submitted_at) and r.completed_at is None for r in rows
+    )
+    billed: tuple[float, float] | None = None
+    if prices is not None and idle_seconds is not None and compute and not unended:
+        held = frozenset({"gpu8"}) if run.get("layout") == "whitepaper" else frozenset()
+        billed = node_bill(
+            compute,
+            prices=prices,
+            idle_seconds=idle_seconds,
+            held=held,
+            held_from=_when(run.get("cluster_ready_at")),
+            until=structure_end if status == "SUCCEEDED" else finished,
+        )
+
     error_doc = run.get("error")
     error: str | None = None
     failed_at: str | None = None
@@ -314,6 +347,8 @@ def report_data_from_run(
         cost_usd=cost,
         gpu_hours_paid=paid,
         gpu_hours_busy=busy,
+        billed_usd=billed[0] if billed else None,
+        billed_gpu_hours=billed[1] if billed else None,
         lower_bounds=any(
             r.nodes is not None and r.started_at is not None and r.wall_seconds is None for r in rows
         ),
@@ -321,6 +356,59 @@ def report_data_from_run(
         failed_at=failed_at,
         results=list(results) or _default_results(run),
     )
+
+
+def node_bill(
+    rows: Sequence[StageRow],
+    *,
+    prices: Callable[[str], float | None],
+    idle_seconds: float,
+    held: frozenset[str] = frozenset(),
+    held_from: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[float, float] | None:
+    """(USD, GPU-hours) the compute stages' nodes are billed, estimated from the stage times the
+    way Slurm's power saving runs them: a queue's nodes launch when a job goes to Slurm and no
+    node is up (from ``submitted_at``), serve the jobs that come while they are up, and stop
+    ``idle_seconds`` after their last job (or at ``until``, the run's end). A ``held`` queue's
+    node is up from ``held_from`` (the cluster ready) to ``until``. None when a stage has no end,
+    no instance type or no price.
+
+    Nodes are counted per queue as the most any of its stages needs: the stages of a run go one
+    after the other.
+    """
+    end = until.timestamp() if until else None
+    cost = gpu_hours = 0.0
+    for queue in sorted({r.queue for r in rows}):
+        on_queue = [r for r in rows if r.queue == queue]
+        instance = on_queue[0].instance_type
+        price = prices(instance) if instance else None
+        if price is None or any(r.completed_at is None or r.nodes is None for r in on_queue):
+            return None
+        node_gpus = GPUS_PER_NODE.get(queue, 0)
+        spans: list[tuple[float, float, int]] = []  # (up from, up to, nodes)
+        if queue in held and held_from is not None and end is not None:
+            spans.append((held_from.timestamp(), end, max(r.nodes or 1 for r in on_queue)))
+        else:
+            jobs = sorted(
+                ((r.submitted_at or r.started_at or r.completed_at), r.completed_at, r.nodes or 1)
+                for r in on_queue
+                if r.completed_at is not None
+            )
+            for went, done, nodes in ((a.timestamp(), b.timestamp(), n) for a, b, n in jobs if a and b):
+                if spans and went <= spans[-1][1] + idle_seconds:
+                    up_from, last_end, most = spans[-1]
+                    spans[-1] = (up_from, max(last_end, done), max(most, nodes))
+                else:
+                    spans.append((went, done, nodes))
+            spans = [
+                (a, b + idle_seconds if end is None else min(b + idle_seconds, max(b, end)), n)
+                for a, b, n in spans
+            ]
+        node_hours = sum(n * max(0.0, b - a) for a, b, n in spans) / 3600
+        cost += node_hours * price
+        gpu_hours += node_hours * node_gpus
+    return cost, gpu_hours
 
 
 # --- formatting ------------------------------------------------------------------------------------
@@ -341,6 +429,18 @@ def fmt_duration(seconds: float | None) -> str:
 
 def _money(value: float | None) -> str:
     return f"${value:,.2f}" if value is not None else "—"
+
+
+#: ``cost_basis`` of a run record whose ``cost_usd`` is :func:`node_bill`'s estimate
+NODES_BILLED = "nodes billed"
+
+
+def cost_text(cost: float, basis: str | None, digits: int = 2) -> str:
+    """A run's cost with what it counts (the run record's ``cost_usd`` and ``cost_basis``)."""
+    money = f"${cost:,.{digits}f}"
+    if basis == NODES_BILLED:
+        return f"about {money} (GPU nodes on demand, launch and idle included, estimated from stage times)"
+    return f"at least {money} (GPU nodes on demand: the stages' run time only)"
 
 
 def _total_money(data: ReportData) -> str:
@@ -419,6 +519,14 @@ def _summary_lines(data: ReportData) -> list[tuple[str, str]]:
     if data.resolution_A is not None:
         lines.append(("Resolution", f"{_resolution(data.resolution_A)} (gold-standard FSC 0.143)"))
     cost = _total_money(data) if data.cost_usd is not None else "unknown"
+    if data.billed_usd is not None:
+        lines.append(
+            (
+                "GPU nodes billed",
+                f"about {_money(data.billed_usd)} for {_hours(data.billed_gpu_hours)} GPU-hours (estimated "
+                "from the stage times: node launch and Slurm's idle time included; head node not included)",
+            )
+        )
     lines.append(("Compute cost", f"{cost} (stage wall time × nodes × hourly price; head node not included)"))
     lines.append(
         (

@@ -3,7 +3,9 @@
 The rendering is :mod:`cryopilot.report`; this module gathers what it needs (the run record, its
 plan, the instance types of the queues and their prices), stores the three files under
 ``runs/<run id>/report/`` in the results bucket and records their locations and the run's cost on
-the run record, which the final mail then links and quotes.
+the run record, which the final mail then links and quotes: ``cost_usd`` is the GPU nodes'
+estimated bill (node launch and Slurm's idle time included, :func:`cryopilot.report.node_bill`),
+``stage_cost_usd`` what the stages' own run time costs.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ def _price_lookup() -> Callable[[str], float | None] | None:
     return price
 
 
+def _round(value: float | None) -> float | None:
+    return round(value, 2) if value is not None else None
+
+
 def instance_types(run: dict[str, Any]) -> dict[str, str]:
     """Instance type per queue: the placement's gpu8 type when the run recorded one."""
     gpu8 = run.get("gpu8_instance_type")
@@ -63,7 +69,15 @@ def write(run_id: str) -> ReportStep:
     if run.get("status") == "RUNNING" and run.get("export_finished_at"):
         # the success path writes the report between the export and the final mail
         run = {**run, "status": "SUCCEEDED"}
-    data = report.report_data_from_run(run, plan, prices=_price_lookup(), instance_types=instance_types(run))
+    from cryopilot.costing import SCALEDOWN_IDLE_SECONDS
+
+    data = report.report_data_from_run(
+        run,
+        plan,
+        prices=_price_lookup(),
+        instance_types=instance_types(run),
+        idle_seconds=SCALEDOWN_IDLE_SECONDS,
+    )
     files = report.render_all(data)
     bucket = get_settings().results_bucket
     prefix = f"runs/{run_id}/report/"
@@ -79,15 +93,21 @@ def write(run_id: str) -> ReportStep:
         html_uri=f"s3://{bucket}/{prefix}report.html",
         markdown_uri=f"s3://{bucket}/{prefix}report.md",
         png_uri=f"s3://{bucket}/{prefix}timeline.png",
-        cost_usd=round(data.cost_usd, 2) if data.cost_usd is not None else None,
+        cost_usd=_round(data.billed_usd if data.billed_usd is not None else data.cost_usd),
     )
     fields: dict[str, Any] = {
         "report": {"html": step.html_uri, "markdown": step.markdown_uri, "png": step.png_uri}
     }
+    # The run's cost is the nodes' estimated bill (launch and idle included) when every compute
+    # stage has an end; otherwise what the stages' own times cost (a lower bound).
     if step.cost_usd is not None:
         fields["cost_usd"] = step.cost_usd
-    if data.gpu_hours_paid is not None:
-        fields["gpu_hours_paid"] = round(data.gpu_hours_paid, 2)
+        fields["cost_basis"] = report.NODES_BILLED if data.billed_usd is not None else "stage time"
+    if data.cost_usd is not None:
+        fields["stage_cost_usd"] = _round(data.cost_usd)
+    paid = data.billed_gpu_hours if data.billed_gpu_hours is not None else data.gpu_hours_paid
+    if paid is not None:
+        fields["gpu_hours_paid"] = round(paid, 2)
     if data.gpu_hours_busy is not None:
         fields["gpu_hours_busy"] = round(data.gpu_hours_busy, 2)
     runs.update_run(run_id, **fields)
