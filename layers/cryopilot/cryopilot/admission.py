@@ -107,8 +107,11 @@ class ReconcileReport(BaseModel):
 
 
 # ------------------------------------------------------------------ the admission item
-def read() -> AdmissionState:
-    item = runs.table().get_item(Key=KEY, ConsistentRead=True).get("Item") or {}
+def read(table: Any | None = None) -> AdmissionState:
+    """The slots and the queue. ``table``: the run table, for callers outside the stack's
+    functions (the operator's command line)."""
+    table = table if table is not None else runs.table()
+    item = table.get_item(Key=KEY, ConsistentRead=True).get("Item") or {}
     return AdmissionState(holders=set(item.get("holders") or ()), queue=list(item.get("queue") or ()))
 
 
@@ -207,8 +210,7 @@ def withdraw(run_id: str, table: Any | None = None) -> int | None:
     functions (the operator's command line)."""
     table = table if table is not None else runs.table()
     for _ in range(MAX_ATTEMPTS):
-        item = table.get_item(Key=KEY, ConsistentRead=True).get("Item") or {}
-        queue = list(item.get("queue") or ())
+        queue = read(table).queue
         if run_id not in queue:
             return None
         index = queue.index(run_id)
@@ -258,50 +260,24 @@ def start_execution(run_id: str, execution_input: dict[str, Any] | str) -> bool:
     return True
 
 
-def _set_run(run_id: str, condition: str | None, **fields: Any) -> None:
-    """Set fields of an existing run record (never creates one); with ``condition``, only if it
-    holds."""
-    names = {f"#f{i}": k for i, k in enumerate(fields)}
-    values: dict[str, Any] = {f":v{i}": v for i, v in enumerate(fields.values())}
-    check = "attribute_exists(pk)" + (f" AND {condition}" if condition else "")
-    try:
-        runs.table().update_item(
-            Key=runs.run_key(run_id),
-            UpdateExpression="SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields))),
-            ConditionExpression=check,
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=runs.to_ddb(values),
-        )
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-            raise
-
-
 def mark_admitted(run_id: str) -> None:
-    now = clock.now()
-    _set_run(
-        run_id,
-        None,
-        admitted_at=clock.now_iso(),
-        admitted_epoch=now,
-        current_step=STARTING_STEP,
-        updated_at=clock.now_iso(),
+    runs.update_existing_run(
+        run_id, admitted_at=clock.now_iso(), admitted_epoch=clock.now(), current_step=STARTING_STEP
     )
 
 
 def mark_waiting(run_id: str) -> None:
     """The record says the run waits for a slot (unless a racing duplicate already admitted it)."""
-    _set_run(
+    runs.update_existing_run(
         run_id,
-        "attribute_not_exists(admitted_at)",
+        only_if="attribute_not_exists(admitted_at)",
         queued_at=clock.now_iso(),
         current_step=WAITING_STEP,
-        updated_at=clock.now_iso(),
     )
 
 
 def _released(run_id: str) -> None:
-    _set_run(run_id, None, slot_released_at=clock.now_iso())
+    runs.update_existing_run(run_id, slot_released_at=clock.now_iso())
 
 
 def _not_admitted(run_id: str, step: str) -> None:

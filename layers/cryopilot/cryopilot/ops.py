@@ -18,8 +18,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cryopilot import runs
-from cryopilot.admission import withdraw
+from cryopilot import admission, runs
 from cryopilot.errors import ManifestError
 from cryopilot.manifest import Manifest, parse_manifest
 from cryopilot.report import cost_text
@@ -133,15 +132,12 @@ def list_runs(stack: Stack, limit: int = 20) -> list[dict[str, Any]]:
 def _with_queue_positions(stack: Stack, found: list[dict[str, Any]]) -> None:
     """Set ``queue_position`` (1: the next to start) and ``active_runs`` on the runs that wait for
     a slot (``MaxConcurrentRuns``), from the stack's admission item."""
-    from cryopilot.admission import KEY
-
-    table = _table(stack)
-    item = table.get_item(Key=KEY, ConsistentRead=True).get("Item") or {}
-    queue = list(item.get("queue") or [])
+    state = admission.read(_table(stack))
     for run in found:
-        if run["run_id"] in queue:
-            run["queue_position"] = queue.index(run["run_id"]) + 1
-            run["active_runs"] = len(item.get("holders") or ())
+        position = state.position(run["run_id"])
+        if position is not None:
+            run["queue_position"] = position
+            run["active_runs"] = state.active
 
 
 def execution_status(stack: Stack, run_id: str) -> str | None:
@@ -378,7 +374,7 @@ def cancel(
     if status is None and run.get("status") == "QUEUED":
         # Cancelled first: a run taken from the queue meanwhile is then dropped, not started.
         _mark_cancelled(stack, run_id, run)
-        place = withdraw(run_id, _table(stack))
+        place = admission.withdraw(run_id, _table(stack))
         if place is not None:
             emit(f"run {run_id} was waiting for a slot (place {place}); taken out of the queue")
         status = execution_status(stack, run_id)  # unless it was started just before

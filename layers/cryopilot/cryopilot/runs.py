@@ -60,11 +60,6 @@ def table() -> Any:
     return _resource_table()
 
 
-def to_ddb(value: Any) -> Any:
-    """``value`` ready for DynamoDB (floats as Decimal)."""
-    return _to_ddb(value)
-
-
 def run_key(run_id: str) -> dict[str, str]:
     return {"pk": f"run#{run_id}"}
 
@@ -165,15 +160,33 @@ def get_context(run_id: str) -> dict[str, Any] | None:
 
 def update_run(run_id: str, **fields: Any) -> None:
     """Set top-level fields (creating the record if a manual start skipped StartRun)."""
-    fields["updated_at"] = clock.now_iso()
+    _set_fields(run_id, fields)
+
+
+def update_existing_run(run_id: str, *, only_if: str | None = None, **fields: Any) -> bool:
+    """Set top-level fields of a record that exists (never creates one); with ``only_if`` (a
+    DynamoDB condition expression), only when that holds too. False when nothing was set."""
+    condition = "attribute_exists(pk)" + (f" AND {only_if}" if only_if else "")
+    try:
+        _set_fields(run_id, fields, condition=condition)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+            raise
+        return False
+    return True
+
+
+def _set_fields(run_id: str, fields: dict[str, Any], condition: str | None = None) -> None:
+    fields = {**fields, "updated_at": clock.now_iso()}
     names = {f"#f{i}": k for i, k in enumerate(fields)}
     values = {f":v{i}": v for i, v in enumerate(fields.values())}
-    expr = "SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields)))
+    extra = {"ConditionExpression": condition} if condition else {}
     _resource_table().update_item(
         Key=run_key(run_id),
-        UpdateExpression=expr,
+        UpdateExpression="SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields))),
         ExpressionAttributeNames=names,
         ExpressionAttributeValues=_to_ddb(values),
+        **extra,
     )
 
 

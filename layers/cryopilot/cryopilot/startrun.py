@@ -136,13 +136,12 @@ def start_for_manifest(location: ManifestLocation, *, trigger: str) -> StartOutc
     A run beyond ``MaxConcurrentRuns`` is not failed: it waits in the queue (status QUEUED) and
     starts, oldest first, when a slot frees (:mod:`cryopilot.admission`)."""
     run_id, claimed = runs.claim_manifest(location.digest(), location.run_id(), location.model_dump())
-    sfn = aws.client("stepfunctions")
     arn = admission.execution_arn(run_id)
 
     def outcome(status: StartStatus, **extra: Any) -> StartOutcome:
         return StartOutcome(status=status, run_id=run_id, execution_arn=arn, manifest=location.uri, **extra)
 
-    if not claimed and _execution_exists(sfn, arn):
+    if not claimed and admission.execution_status(run_id) is not None:
         logger.info("duplicate event for a manifest version already seen", extra={"run_id": run_id})
         return outcome("duplicate")
     execution_input = {"manifest": location.model_dump(exclude_none=True), "trigger": trigger}
@@ -166,7 +165,7 @@ def start_operator_run(request: OperatorStart) -> StartOutcome:
     waits for one. Idempotent on the run id (the CLI derives it from the manifest and input)."""
     run_id = request.run_id
     arn = admission.execution_arn(run_id)
-    if _execution_exists(aws.client("stepfunctions"), arn):
+    if admission.execution_status(run_id) is not None:
         return StartOutcome(status="duplicate", run_id=run_id, execution_arn=arn)
     execution_input = request.input.model_dump(mode="json", exclude_none=True, exclude_unset=True)
     runs.create_run(
@@ -225,13 +224,3 @@ def _admit_and_start(run_id: str, execution_input: dict[str, Any]) -> tuple[Star
 
 def _position(run_id: str) -> int | None:
     return admission.read().position(run_id)
-
-
-def _execution_exists(sfn: Any, arn: str) -> bool:
-    try:
-        sfn.describe_execution(executionArn=arn)
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] == "ExecutionDoesNotExist":
-            return False
-        raise
-    return True
