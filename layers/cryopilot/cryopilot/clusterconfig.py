@@ -68,6 +68,8 @@ GPU4_QUEUE = "gpu4"
 GPU1_QUEUE = "gpu1"
 #: Every GPU queue, in the order the cluster lists them.
 GPU_QUEUES = (GPU8_QUEUE, GPU4_QUEUE, GPU1_QUEUE)
+#: GPUs per node each queue is meant for (its default type's); :func:`queue_gpus` has the real ones.
+NOMINAL_QUEUE_GPUS = {GPU8_QUEUE: 8, GPU4_QUEUE: 4, GPU1_QUEUE: 1}
 
 #: Mount points on every node.
 SHARED_MOUNT_DIR = "/shared"
@@ -730,9 +732,8 @@ def queue_gpus(params: ClusterParams) -> dict[str, int]:
     from cryopilot.costing import Catalogue  # costing imports this module
 
     catalogue = Catalogue.load()
-    nominal = {GPU8_QUEUE: 8, GPU4_QUEUE: 4, GPU1_QUEUE: 1}
     return {
-        q: catalogue.instances[t].gpus if t in catalogue.instances else nominal[q]
+        q: catalogue.instances[t].gpus if t in catalogue.instances else NOMINAL_QUEUE_GPUS[q]
         for q, t in queue_instance_types(params).items()
     }
 

@@ -345,7 +345,7 @@ def _place(
     else:
         if preset.placement is None:
             raise ManifestError(f"preset {preset.name}: GPU stages without a lane and no placement")
-        est = _placement_estimate(planned, preset, queue_types)
+        est = _placement_estimate(planned, preset.name, preset.placement, queue_types)
         lanes = {r.stage: r.queue for r in est.rows if r.queue != costing.HEAD_QUEUE}
     expected = {r.stage: round(r.wait_seconds + r.wall_seconds) for r in est.rows}
     return [
@@ -355,15 +355,12 @@ def _place(
 
 
 def _placement_estimate(
-    planned: list[PlannedStage], preset: Preset, queue_types: dict[str, str] | None
+    planned: list[PlannedStage], preset_name: str, rule: PlacementDef, queue_types: dict[str, str] | None
 ) -> Any:
-    """The preset's placement rule applied to ``planned`` (a :class:`cryopilot.costing.Estimate`)."""
+    """The preset's placement ``rule`` applied to ``planned`` (a :class:`cryopilot.costing.Estimate`)."""
     from cryopilot import costing
     from cryopilot.clusterconfig import GPU_QUEUES
 
-    rule = preset.placement
-    if rule is None:
-        raise ManifestError(f"preset {preset.name} has no placement")
     types = dict(queue_types or {})
     defaults = costing.Layout.cryopilot().queues
     queues = {q: types.get(q) or defaults[q] for q in rule.queues if q in GPU_QUEUES}
@@ -374,7 +371,7 @@ def _placement_estimate(
         queues=queues,
         by_stage=pins,
     )
-    profile = costing.PROFILE_FOR_PRESET.get(preset.name, "cgrp")
+    profile = costing.PROFILE_FOR_PRESET.get(preset_name, "cgrp")
     return costing.place(
         costing.plan_from_stages(planned, profile), layout, tolerance_percent=rule.tolerance_percent
     )

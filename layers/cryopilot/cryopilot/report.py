@@ -22,6 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from cryopilot.clusterconfig import NOMINAL_QUEUE_GPUS
+
 __all__ = [
     "GPUS_PER_NODE",
     "MASTER_QUEUE",
@@ -38,8 +40,8 @@ __all__ = [
     "report_data_from_run",
 ]
 
-#: GPUs of one node of each compute queue (the queue names of :mod:`cryopilot.clusterconfig`).
-GPUS_PER_NODE: dict[str, int] = {"gpu8": 8, "gpu4": 4, "gpu1": 1}
+#: GPUs of one node of each compute queue.
+GPUS_PER_NODE: dict[str, int] = dict(NOMINAL_QUEUE_GPUS)
 
 #: The "queue" of the stages that run on the cryoSPARC master (plan ``lane`` is null).
 MASTER_QUEUE = "master"
@@ -390,12 +392,17 @@ def node_bill(
         if queue in held and held_from is not None and end is not None:
             spans.append((held_from.timestamp(), end, max(r.nodes or 1 for r in on_queue)))
         else:
+            # every stage here has an end and nodes (checked above); its nodes went up at its submission
             jobs = sorted(
-                ((r.submitted_at or r.started_at or r.completed_at), r.completed_at, r.nodes or 1)
+                (
+                    (r.submitted_at or r.started_at or r.completed_at).timestamp(),
+                    r.completed_at.timestamp(),
+                    r.nodes,
+                )
                 for r in on_queue
-                if r.completed_at is not None
+                if r.completed_at is not None and r.nodes is not None
             )
-            for went, done, nodes in ((a.timestamp(), b.timestamp(), n) for a, b, n in jobs if a and b):
+            for went, done, nodes in jobs:
                 if spans and went <= spans[-1][1] + idle_seconds:
                     up_from, last_end, most = spans[-1]
                     spans[-1] = (up_from, max(last_end, done), max(most, nodes))
