@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,22 @@ os.environ.update(
         "SAM_CLI_TELEMETRY": "0",
     }
 )
+
+
+def make_cluster_request(run_id: str = "cgrp-20260101T000000-1a2b", **overrides: Any) -> Any:
+    """A ``ClusterRequest`` for one run of the ``cgrp`` dataset; ``overrides`` replace its fields."""
+    from cryopilot.clusterconfig import ClusterRequest, cluster_name_for
+
+    values: dict[str, Any] = {
+        "run_id": run_id,
+        "dataset": "cgrp",
+        "cluster_name": cluster_name_for(run_id),
+        "data_s3_uri": "s3://cryopilot-input-123456789012/datasets/cgrp/",
+        "results_s3_uri": f"s3://cryopilot-results-123456789012/runs/{run_id}/",
+        "stack_name": "cryopilot-prod",
+    }
+    values.update(overrides)
+    return ClusterRequest(**values)
 
 
 @pytest.fixture

@@ -13,15 +13,15 @@ import yaml
 from botocore.credentials import Credentials
 from cryopilot.clusterconfig import (
     ClusterParams,
-    ClusterRequest,
     build_cluster_config,
-    cluster_name_for,
     render_yaml,
 )
 from cryopilot.errors import CryopilotError
 from cryopilot.pcluster import ClusterInfo, PClusterClient
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.pcluster_standin import FaultKind, PClusterStandIn, RecordedRequest
+
+from tests.conftest import make_cluster_request
 
 pcluster = pytest.importorskip("pcluster")
 openapi_schema_validator = pytest.importorskip("openapi_schema_validator")
@@ -63,14 +63,7 @@ def spec() -> dict[str, Any]:
 
 
 def config_for(run_id: str) -> tuple[str, str]:
-    request = ClusterRequest(
-        run_id=run_id,
-        dataset="cgrp",
-        cluster_name=cluster_name_for(run_id),
-        data_s3_uri="s3://cryopilot-input/datasets/cgrp/",
-        results_s3_uri=f"s3://cryopilot-results/runs/{run_id}/",
-        stack_name="cryopilot",
-    )
+    request = make_cluster_request(run_id)
     return request.cluster_name, render_yaml(build_cluster_config(request, PARAMS))
 
 

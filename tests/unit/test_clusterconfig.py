@@ -23,6 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from tests.conftest import make_cluster_request
+
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 marshmallow = pytest.importorskip("marshmallow")
@@ -45,19 +47,6 @@ def make_params(**overrides: Any) -> ClusterParams:
     }
     values.update(overrides)
     return ClusterParams(**values)
-
-
-def make_request(run_id: str = "cgrp-20260101T000000-1a2b", **overrides: Any) -> ClusterRequest:
-    values: dict[str, Any] = {
-        "run_id": run_id,
-        "dataset": "cgrp",
-        "cluster_name": cluster_name_for(run_id),
-        "data_s3_uri": "s3://cryopilot-input-123456789012/datasets/cgrp/",
-        "results_s3_uri": f"s3://cryopilot-results-123456789012/runs/{run_id}/",
-        "stack_name": "cryopilot-prod",
-    }
-    values.update(overrides)
-    return ClusterRequest(**values)
 
 
 def schema_load(text: str, cluster_name: str) -> Any:
@@ -146,7 +135,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 def test_every_variant_loads_with_the_parallelcluster_schema(variant: str) -> None:
     param_overrides, request_overrides = VARIANTS[variant]
     params = make_params(**param_overrides)
-    config, document = check(make_request(**request_overrides), params)
+    config, document = check(make_cluster_request(**request_overrides), params)
     assert document["Region"] == "us-east-1"
     assert config.to_dict() == document
 
@@ -154,7 +143,7 @@ def test_every_variant_loads_with_the_parallelcluster_schema(variant: str) -> No
 @pytest.mark.parametrize("index", range(len(capacity_fallbacks(make_params()))))
 def test_every_capacity_fallback_loads_with_the_parallelcluster_schema(index: int) -> None:
     plan = capacity_fallbacks(make_params())[index]
-    config, _document = check(make_request(), plan.params)
+    config, _document = check(make_cluster_request(), plan.params)
     gpu8 = config.queue(cc.GPU8_QUEUE)
     assert gpu8.compute_resources[0].instance_type == plan.params.gpu8_instance_type
     assert gpu8.networking.subnet_ids == [plan.params.compute_subnet_ids[0]]
@@ -186,7 +175,7 @@ def test_variant_helpers() -> None:
 
 
 def test_content_of_the_default_cluster() -> None:
-    request = make_request()
+    request = make_cluster_request()
     _, doc = check(request, make_params())
 
     head = doc["HeadNode"]
@@ -263,7 +252,7 @@ def test_content_of_the_default_cluster() -> None:
 
 
 def test_rendered_yaml_has_pascal_case_keys_and_no_nulls() -> None:
-    text = render_yaml(build_cluster_config(make_request(), make_params()))
+    text = render_yaml(build_cluster_config(make_cluster_request(), make_params()))
     assert "null" not in text
     keys: list[str] = []
 
@@ -283,7 +272,7 @@ def test_rendered_yaml_has_pascal_case_keys_and_no_nulls() -> None:
 
 def test_extra_tags_and_optional_settings_are_rendered() -> None:
     overrides, request_overrides = VARIANTS["all-optional-settings"]
-    _, doc = check(make_request(**request_overrides), make_params(**overrides))
+    _, doc = check(make_cluster_request(**request_overrides), make_params(**overrides))
     tags = {t["Key"]: t["Value"] for t in doc["Tags"]}
     assert tags["project"] == "glp1r"
     assert doc["Image"] == {"Os": "ubuntu2204", "CustomAmi": "ami-0123456789abcdef0"}
@@ -299,7 +288,7 @@ def test_extra_tags_and_optional_settings_are_rendered() -> None:
 
 
 def test_a_broken_configuration_fails_with_the_schema_message() -> None:
-    document: dict[str, Any] = build_cluster_config(make_request(), make_params()).to_dict()
+    document: dict[str, Any] = build_cluster_config(make_cluster_request(), make_params()).to_dict()
     document["Image"] = {"Os": "alinux2"}  # dropped in 3.x
     document["HeadNode"]["ElasticIpp"] = True
     with pytest.raises(marshmallow.ValidationError) as caught:
@@ -366,7 +355,7 @@ def test_invalid_params_are_refused(field: str, value: Any, message: str) -> Non
 )
 def test_invalid_requests_are_refused(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
-        make_request(**overrides)
+        make_cluster_request(**overrides)
 
 
 @pytest.mark.parametrize(
@@ -447,7 +436,7 @@ def test_generated_configurations_always_load(
         os=os_name,
         compute_subnet_ids=SUBNETS[:subnets],
     )
-    request = make_request(run_id=run_id, dataset_size_gib=dataset_gib)
+    request = make_cluster_request(run_id=run_id, dataset_size_gib=dataset_gib)
     plans = capacity_fallbacks(params)
     for plan in {id(p): p for p in (plans[0], plans[-1])}.values():
         check(request, plan.params)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from cryopilot_sim.template import load_template, resources_of_type
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_cluster_request
 
 TPL = load_template()
 RESOURCES: dict[str, dict[str, Any]] = TPL["Resources"]
@@ -448,13 +448,7 @@ def _deployed_cluster_configs() -> list[dict[str, Any]]:
     """The configurations the stack's cluster function sends: built from the Lambda settings as
     ``cryopilot.cluster`` builds them, for every placement of the capacity fallback."""
     from cryopilot.cluster import cluster_params
-    from cryopilot.clusterconfig import (
-        ClusterRequest,
-        build_cluster_config,
-        capacity_fallbacks,
-        cluster_name_for,
-        render_yaml,
-    )
+    from cryopilot.clusterconfig import build_cluster_config, capacity_fallbacks, render_yaml
     from cryopilot.settings import Settings
 
     settings = Settings(
@@ -464,15 +458,7 @@ def _deployed_cluster_configs() -> list[dict[str, Any]]:
         head_node_policy_arns="arn:aws:iam::123456789012:policy/parallelcluster/cryopilot-head",
         fallback_gpu8_instance_types="g6e.48xlarge",
     )
-    run_id = "cgrp-20260101T000000-1a2b"
-    request = ClusterRequest(
-        run_id=run_id,
-        dataset="cgrp",
-        cluster_name=cluster_name_for(run_id),
-        data_s3_uri="s3://cryopilot-input/datasets/cgrp/",
-        results_s3_uri=f"s3://cryopilot-results/runs/{run_id}/",
-        stack_name="cryopilot",
-    )
+    request = make_cluster_request()
     return [
         yaml.safe_load(render_yaml(build_cluster_config(request, plan.params)))
         for plan in capacity_fallbacks(cluster_params(settings))
