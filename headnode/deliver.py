@@ -1,15 +1,15 @@
 """HeadNodeBootstrap custom resource: upload this folder's bootstrap scripts and agent to S3.
 
 This file is the handler of the delivery function, whose code is the ``headnode/`` folder itself
-(``cryopilot_agent/`` and ``bootstrap/``); the work is in ``cryopilot.delivery`` (the layer).
+(``cryopilot_agent/`` and ``bootstrap/``); the work is in ``cryopilot.steps.deliver`` (the layer).
 """
 
 from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cryopilot import delivery
-from cryopilot.observability import logger
+from cryopilot.adapters.observability import logger
+from cryopilot.steps import deliver as delivery
 
 ROOT = Path(__file__).resolve().parent
 

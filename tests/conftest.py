@@ -28,7 +28,7 @@ os.environ.update(
 
 def make_cluster_request(run_id: str = "cgrp-20260101T000000-1a2b", **overrides: Any) -> Any:
     """A ``ClusterRequest`` for one run of the ``cgrp`` dataset; ``overrides`` replace its fields."""
-    from cryopilot.clusterconfig import ClusterRequest, cluster_name_for
+    from cryopilot.domain.clusterconfig import ClusterRequest, cluster_name_for
 
     values: dict[str, Any] = {
         "run_id": run_id,
@@ -49,8 +49,8 @@ def manifest_text() -> str:
 
 @pytest.fixture(autouse=True)
 def _fresh_settings() -> Iterator[None]:
-    from cryopilot import aws
-    from cryopilot.settings import get_settings
+    from cryopilot.adapters import aws
+    from cryopilot.adapters.settings import get_settings
 
     get_settings.cache_clear()
     aws.reset()

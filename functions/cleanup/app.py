@@ -5,8 +5,8 @@ an execution (SUCCEEDED too) also frees the run's slot and starts the oldest wai
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cryopilot import cleanup
-from cryopilot.observability import logger, metrics, tracer
+from cryopilot.adapters.observability import logger, metrics, tracer
+from cryopilot.steps import cleanup
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -4,8 +4,8 @@ stopped by a limit (``action: export_partial``), the maps made so far."""
 from typing import Any, Literal
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cryopilot.export import export, export_partial
-from cryopilot.observability import logger, metrics, tracer
+from cryopilot.adapters.observability import logger, metrics, tracer
+from cryopilot.steps.export import export, export_partial
 from pydantic import BaseModel
 
 

@@ -3,8 +3,8 @@
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cryopilot import mail
-from cryopilot.observability import logger, metrics, tracer
+from cryopilot.adapters.observability import logger, metrics, tracer
+from cryopilot.steps import notify as mail
 from pydantic import BaseModel, Field, TypeAdapter
 
 

@@ -3,8 +3,8 @@
 from typing import Any, Literal
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cryopilot import reporting
-from cryopilot.observability import logger, metrics, tracer
+from cryopilot.adapters.observability import logger, metrics, tracer
+from cryopilot.steps import report as reporting
 from pydantic import BaseModel
 
 

@@ -3,8 +3,8 @@
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cryopilot.observability import logger, metrics, tracer
-from cryopilot.startrun import handle_event
+from cryopilot.adapters.observability import logger, metrics, tracer
+from cryopilot.steps.start_run import handle_event
 
 
 @logger.inject_lambda_context(clear_state=True)

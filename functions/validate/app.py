@@ -3,8 +3,8 @@
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cryopilot.execution import validate
-from cryopilot.observability import logger, metrics, tracer
+from cryopilot.adapters.observability import logger, metrics, tracer
+from cryopilot.steps.validate import validate
 from pydantic import BaseModel
 
 

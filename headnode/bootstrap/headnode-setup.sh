@@ -592,7 +592,7 @@ install_agent() {
     else
         python3 -m zipfile -e "${work_dir}/${AGENT_ZIP}" "${staging}" 2>&1 | redact_to_log
     fi
-    [[ -f "${staging}/cryopilot_agent/__main__.py" && -f "${staging}/cryopilot/agent_protocol.py" ]] ||
+    [[ -f "${staging}/cryopilot_agent/__main__.py" && -f "${staging}/cryopilot/protocol/agent.py" ]] ||
         fail "${AGENT_ZIP} must hold cryopilot_agent/ and cryopilot/ at its root"
     if [[ -d "${agent_dir}" ]]; then
         mv -- "${agent_dir}" "${agent_home}/agent.old"

@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from cryopilot.agent_protocol import AgentFailure
-from cryopilot.presets import PlannedStage
+from cryopilot.protocol.agent import AgentFailure
+from cryopilot.protocol.stage import PlannedStage
 from pydantic import BaseModel, ValidationError
 
 DEFAULT_BASE_URL = "http://localhost:39000"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cryopilot.agent_protocol import Decision
+from cryopilot.protocol.agent import Decision
 
 
 def select_2d_classes(

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from cryopilot.agent_protocol import (
+from cryopilot.protocol.agent import (
     Decision,
     ExportedFile,
     ExportResult,
@@ -29,7 +29,7 @@ from cryopilot.agent_protocol import (
     StatusResult,
     SubmitResult,
 )
-from cryopilot.presets import JOB_TITLE_PREFIX, PlannedStage, job_title
+from cryopilot.protocol.stage import JOB_TITLE_PREFIX, PlannedStage, job_title
 from cryosparc.controllers.job import JobController
 from cryosparc.controllers.project import ProjectController
 from cryosparc.models.job import Job

@@ -57,7 +57,7 @@ def _manifest(profile: str, layout: str) -> tuple[str, str, dict[str, bytes]]:
 
 
 def _when(value: Any) -> float | None:
-    from cryopilot.report import _when as when
+    from cryopilot.domain.report import _when as when
 
     parsed = when(value)
     return parsed.timestamp() if parsed is not None else None
@@ -65,7 +65,7 @@ def _when(value: Any) -> float | None:
 
 def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, Any]:
     """One run; its figures (see the module docstring)."""
-    from cryopilot.costing import Catalogue
+    from cryopilot.domain.costing import Catalogue
 
     from cryopilot_sim.harness import LocalCloud
 
@@ -79,7 +79,7 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
         pcluster_options={"create_seconds": create, "delete_seconds": delete},
     )
     wall0 = time.monotonic()
-    from cryopilot.observability import logger as lambda_logger  # sets the Lambdas' level first
+    from cryopilot.adapters.observability import logger as lambda_logger  # sets the Lambdas' level first
 
     quiet = logging.getLogger(lambda_logger.name)
     level = quiet.level
@@ -147,7 +147,7 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
             entry["poll_interval_s"] = interval
             if controller_gaps[-1] > max(interval, 60.0) + 1.0:
                 late.append(entry)
-    from cryopilot.costing import load_profiles
+    from cryopilot.domain.costing import load_profiles
 
     from cryopilot_sim.cryosparc_standin import STAGE_OF_TYPE
 
@@ -216,7 +216,7 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
 
 
 def _targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
-    from cryopilot.costing import load_profiles
+    from cryopilot.domain.costing import load_profiles
 
     table1 = {name: p.table1_total_minutes / 60 for name, p in load_profiles().items()}
     checks: list[tuple[str, bool, str]] = []
@@ -296,7 +296,7 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
         ("transitions", lambda r: str(r["transitions"])),
         ("lambdas", lambda r: str(r["lambda_invocations"])),
     ]
-    from cryopilot.costing import text_table  # the estimate's own table layout
+    from cryopilot.domain.costing import text_table  # the estimate's own table layout
 
     rows = [[f(r) for _, f in cols] for r in results.values()]
     return "\n".join(text_table([name for name, _ in cols], rows, right=set(range(1, len(cols)))))

@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 import yaml
-from cryopilot.presets import JobTypeSpec, job_types
+from cryopilot.domain.presets import JobTypeSpec, job_types
 from cryosparc.dataset import Dataset
 
 from cryopilot_sim.clock import Clock
@@ -83,7 +83,7 @@ def _oid(n: int) -> str:
 
 
 def load_profiles() -> dict[str, Any]:
-    text = resources.files("cryopilot").joinpath("data", "profiles.yaml").read_text(encoding="utf-8")
+    text = resources.files("cryopilot.domain").joinpath("data", "profiles.yaml").read_text(encoding="utf-8")
     doc: dict[str, Any] = yaml.safe_load(text)
     return doc
 

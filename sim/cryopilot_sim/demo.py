@@ -320,7 +320,7 @@ def _act_during(cloud: LocalCloud, kind: str, arns: dict[str, str], pending: set
             )
             emit(f"[red]execution {rid} stopped by hand (StopExecution)[/red]")
         elif kind == "cancel":
-            from cryopilot import ops
+            from cryopilot_ops import ops
 
             emit(f"[red]$ cryopilot cancel {rid}[/red]")
             ops.cancel(cloud.operator_stack(), rid, interval=300, sleep=cloud.clock.sleep, emit=emit)
@@ -642,7 +642,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         arns = _dropped_runs(cloud, len(folders))
         sfn = cloud.client("stepfunctions")
         peak = _PeakClusters(cloud)
-        from cryopilot import runs
+        from cryopilot.adapters import runs
 
         statuses: dict[str, str] = {}
         plan_sizes: dict[str, int] = {}
@@ -753,7 +753,7 @@ def _send_lambda_logs_to(path: Path) -> None:
     import logging
     import warnings
 
-    from cryopilot.observability import logger as lambda_logger
+    from cryopilot.adapters.observability import logger as lambda_logger
 
     stream = path.open("w", encoding="utf-8")
     for handler in logging.getLogger(lambda_logger.name).handlers:
@@ -823,7 +823,7 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
             f"{float(s['gpu_hours_paid']):,.1f} paid (the GPU nodes, launch and idle included)"
         )
     if s.get("cost_usd") is not None:
-        from cryopilot.report import cost_text
+        from cryopilot.domain.report import cost_text
 
         console.print(f"  cost                 {cost_text(float(s['cost_usd']), s.get('cost_basis'))}")
     if s.get("placement"):

@@ -154,8 +154,9 @@ class LocalCloud:
         self.stop()
 
     def start(self) -> None:
-        from cryopilot import aws, clock
-        from cryopilot.settings import get_settings
+        from cryopilot.adapters import aws
+        from cryopilot.adapters.settings import get_settings
+        from cryopilot.core import clock
         from moto import mock_aws
 
         from cryopilot_sim.pcluster_standin import PClusterStandIn
@@ -963,8 +964,8 @@ class LocalCloud:
         return out
 
     def operator_stack(self) -> Any:
-        """The local stack as the operator commands (``cryopilot.ops``) see a deployed one."""
-        from cryopilot.ops import Stack
+        """The local stack as the operator commands (``cryopilot_ops.ops``) see a deployed one."""
+        from cryopilot_ops.ops import Stack
 
         return Stack(
             name=self.stack_name,
@@ -978,7 +979,7 @@ class LocalCloud:
         )
 
     def run_record(self, run_id: str) -> dict[str, Any] | None:
-        from cryopilot import runs
+        from cryopilot.adapters import runs
 
         return runs.get_run(run_id)
 

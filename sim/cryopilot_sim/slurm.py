@@ -8,7 +8,7 @@ for one cluster, from the cluster configuration the controller sent, so the cryo
 start each job when its node is ready, scale its duration by the node's GPU speed, and the benchmark
 can bill every node for the time it was up (as EC2 does, per second).
 
-Prices and GPU speeds come from the controller's own instance catalogue (``cryopilot.costing``), so a
+Prices and GPU speeds come from the controller's own instance catalogue (``cryopilot.domain.costing``), so a
 figure the benchmark prints is the figure an estimate would print for the same timeline.
 """
 
@@ -98,7 +98,7 @@ class SlurmNodes:
         cls, config_text: str, *, ready_at: float, region: str = "us-east-1"
     ) -> SlurmNodes:
         """Nodes of the cluster ``config_text`` (the YAML sent to createCluster) describes."""
-        from cryopilot.costing import Catalogue
+        from cryopilot.domain.costing import Catalogue
 
         catalogue = Catalogue.from_env()
         doc = yaml.safe_load(config_text)

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import yaml
 from botocore.credentials import Credentials
-from cryopilot.clusterconfig import (
+from cryopilot.adapters.pcluster import ClusterInfo, PClusterClient
+from cryopilot.core.errors import CryopilotError
+from cryopilot.domain.clusterconfig import (
     ClusterParams,
     build_cluster_config,
     render_yaml,
 )
-from cryopilot.errors import CryopilotError
-from cryopilot.pcluster import ClusterInfo, PClusterClient
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.pcluster_standin import FaultKind, PClusterStandIn, RecordedRequest
 

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 from botocore.exceptions import ClientError
-from cryopilot.manifest import MAX_MANIFEST_BYTES
+from cryopilot.domain.manifest import MAX_MANIFEST_BYTES
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.harness import LocalCloud
 

@@ -99,7 +99,7 @@ def _start_run_outcomes(cloud: LocalCloud, key: str) -> list[dict[str, Any]]:
 
 
 def _all_ended(cloud: LocalCloud) -> bool:
-    from cryopilot import admission
+    from cryopilot.adapters import admission
 
     executions = cloud.executions()
     state = admission.read()
@@ -151,7 +151,7 @@ def batch() -> Iterator[Batch]:
         assert ok, direct
         repeats = _start_run_outcomes(cloud, key)[1:] + direct["outcomes"]
 
-        from cryopilot import ops
+        from cryopilot_ops import ops
 
         stack = cloud.operator_stack()
         listed = ops.list_runs(stack, limit=50)
@@ -248,7 +248,7 @@ def test_a_repeated_event_for_a_queued_dataset_starts_nothing_more(batch: Batch)
 
 
 def test_nothing_is_left_for_the_janitor(batch: Batch) -> None:
-    from cryopilot import admission
+    from cryopilot.adapters import admission
 
     state = admission.read()
     assert (state.holders, state.queue) == (set(), [])

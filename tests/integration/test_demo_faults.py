@@ -199,7 +199,7 @@ def test_the_verdict_names_every_way_a_rehearsal_went_wrong() -> None:
 def test_cli_exits_0_only_when_the_rehearsal_ends_as_expected(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cryopilot.cli import main
+    from cryopilot_ops.cli import main
 
     real = demo.run_demo
     monkeypatch.setattr(

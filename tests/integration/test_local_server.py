@@ -33,7 +33,7 @@ def _cli(server: LocalServer, *args: str) -> subprocess.CompletedProcess[str]:
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     return subprocess.run(
-        [sys.executable, "-m", "cryopilot.cli", *args, "--local"],
+        [sys.executable, "-m", "cryopilot_ops.cli", *args, "--local"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryopilot import ops
-from cryopilot.ops import OperatorError
+from cryopilot_ops import ops
+from cryopilot_ops.ops import OperatorError
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.harness import LocalCloud
 
@@ -154,7 +154,7 @@ def test_submitted_runs_wait_for_a_slot_and_cancel_takes_them_out_of_the_queue(t
         assert step["deleted"] is True
         assert ops.get_run(stack, second.run_id)["status"] == "CANCELLED"
         assert ops.execution_status(stack, second.run_id) is None
-        from cryopilot import admission
+        from cryopilot.adapters import admission
 
         state = admission.read()
         assert state.queue == []
@@ -200,7 +200,7 @@ def test_clear_errors_for_unknown_runs_bad_manifests_and_missing_stacks(
 
 
 def test_cli_maps_errors_to_exit_codes(cloud: LocalCloud, capsys: pytest.CaptureFixture[str]) -> None:
-    from cryopilot.cli import main
+    from cryopilot_ops.cli import main
 
     assert main(["status", "some-run", "--stack", "absent"]) == ops.EXIT_NOT_FOUND
     err = capsys.readouterr().err

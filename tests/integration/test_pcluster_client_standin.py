@@ -10,15 +10,13 @@ from typing import Any
 
 import pytest
 from botocore.credentials import Credentials
-from cryopilot.clusterconfig import (
-    ClusterParams,
-    ClusterRequest,
-    build_cluster_config,
-    capacity_fallbacks,
-    cluster_name_for,
-    render_yaml,
+from cryopilot.adapters.pcluster import (
+    ClusterInfo,
+    PClusterClient,
+    cluster_is_ours,
+    raise_for_cluster_failure,
 )
-from cryopilot.errors import (
+from cryopilot.core.errors import (
     CapacityError,
     ClusterAlreadyExistsError,
     ClusterConfigError,
@@ -30,7 +28,14 @@ from cryopilot.errors import (
     ThrottledError,
     TransientError,
 )
-from cryopilot.pcluster import ClusterInfo, PClusterClient, cluster_is_ours, raise_for_cluster_failure
+from cryopilot.domain.clusterconfig import (
+    ClusterParams,
+    ClusterRequest,
+    build_cluster_config,
+    capacity_fallbacks,
+    cluster_name_for,
+    render_yaml,
+)
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.pcluster_standin import PClusterStandIn
 

@@ -50,7 +50,7 @@ def _everything_stored(cloud: LocalCloud, arn: str) -> dict[str, str]:
 @pytest.fixture
 def lambda_log() -> Iterator[io.StringIO]:
     """The Lambdas' log lines, formatted as CloudWatch receives them (Powertools' JSON)."""
-    from cryopilot.observability import logger
+    from cryopilot.adapters.observability import logger
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -88,7 +88,7 @@ def test_successful_run(cloud: LocalCloud) -> None:
     assert record["cluster_deleted"] is True
     assert record["cluster_state"] == "DELETED"
     assert record["resolution_A"] == pytest.approx(2.8, abs=0.3)
-    from cryopilot import runs
+    from cryopilot.adapters import runs
 
     planned = [s["id"] for s in runs.get_plan(run_id)]
     assert planned[0] == "import"
@@ -99,7 +99,7 @@ def test_successful_run(cloud: LocalCloud) -> None:
         assert stage["jobs"], stage_id
     assert {f["kind"] for f in record["results"]["files"]} >= {"map", "half_map_a", "half_map_b", "fsc"}
     # the cost of each stage's nodes is kept on the record as the stage runs (catalogue prices)
-    from cryopilot.costing import Catalogue
+    from cryopilot.domain.costing import Catalogue
 
     motion, pick = record["stages"]["motion"], record["stages"]["pick"]
     p4d, gpu1 = Catalogue.load().price("p4d.24xlarge"), Catalogue.load().price("p5.4xlarge")
@@ -300,7 +300,7 @@ def test_killed_job_fails_the_run_and_names_the_stage(cloud: LocalCloud) -> None
 
 
 def test_stuck_job_is_killed_once_its_stage_time_limit_passes(cloud: LocalCloud) -> None:
-    from cryopilot import runs
+    from cryopilot.adapters import runs
 
     cloud.cryosparc_setup.append(lambda cs: cs.inject("stuck", "patch_ctf_estimation_multi"))
     cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)

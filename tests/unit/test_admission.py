@@ -14,7 +14,7 @@ from typing import Any
 
 import boto3
 import pytest
-from cryopilot import admission, runs
+from cryopilot.adapters import admission, runs
 from cryopilot_sim.template import function_environment, load_template
 from moto import mock_aws
 
@@ -24,8 +24,8 @@ TABLE = "runs-admission-test"
 
 @pytest.fixture
 def sfn_arn(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    from cryopilot import aws
-    from cryopilot.settings import get_settings
+    from cryopilot.adapters import aws
+    from cryopilot.adapters.settings import get_settings
 
     with mock_aws():
         ddb = boto3.client("dynamodb", region_name=REGION)
@@ -52,7 +52,7 @@ def sfn_arn(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 def _set_limit(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
-    from cryopilot.settings import get_settings
+    from cryopilot.adapters.settings import get_settings
 
     monkeypatch.setenv("CRYOPILOT_MAX_CONCURRENT_RUNS", str(limit))
     get_settings.cache_clear()
@@ -159,8 +159,8 @@ def test_a_slot_freed_while_start_run_queues_its_run_is_not_lost(
 ) -> None:
     """StartRun is refused (no slot), then, before it queues the run, the only active run ends and
     its release finds nobody waiting: StartRun itself must start the run it just queued."""
-    from cryopilot import startrun
-    from cryopilot.triggers import ManifestLocation
+    from cryopilot.adapters.events import ManifestLocation
+    from cryopilot.steps import start_run as startrun
 
     _set_limit(monkeypatch, 1)
     assert admission.admit("a", 1) == "admitted"
@@ -179,8 +179,8 @@ def test_a_slot_freed_while_start_run_queues_its_run_is_not_lost(
 
 
 def test_a_repeated_event_for_a_waiting_run_queues_nothing_more(sfn_arn: str) -> None:
-    from cryopilot import startrun
-    from cryopilot.triggers import ManifestLocation
+    from cryopilot.adapters.events import ManifestLocation
+    from cryopilot.steps import start_run as startrun
 
     assert admission.admit("a", 2) == "admitted"
     assert admission.admit("b", 2) == "admitted"
@@ -342,8 +342,8 @@ def test_a_start_that_fails_gives_the_slot_back_and_the_retry_starts_the_run(
     sfn_arn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from botocore.exceptions import ClientError
-    from cryopilot import startrun
-    from cryopilot.triggers import ManifestLocation
+    from cryopilot.adapters.events import ManifestLocation
+    from cryopilot.steps import start_run as startrun
 
     location = ManifestLocation(bucket="in", key="datasets/X/cryopilot.yaml", version_id="v1")
     with monkeypatch.context() as m:

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 import pytest
-from cryopilot import errors
+from cryopilot.core import errors
 from cryopilot_sim.harness import substitute_definition
 from cryopilot_sim.template import load_template, resources_of_type
 
@@ -113,7 +113,7 @@ def test_started_mail_subject_fits_sns_for_the_longest_dataset_name() -> None:
     """SNS refuses a subject of 100 characters or more; dataset names may have 48."""
     import re
 
-    from cryopilot.manifest import DATASET_RE
+    from cryopilot.domain.manifest import DATASET_RE
 
     states = json.loads((ROOT / "statemachines" / "run.asl.json").read_text())["States"]
     fmt = states["NotifyStarted"]["Parameters"]["Subject.$"]

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 import yaml
-from cryopilot import cli
-from cryopilot.clusterconfig import cluster_name_for
+from cryopilot.domain.clusterconfig import cluster_name_for
+from cryopilot_ops import cli
 
 cluster_schema = pytest.importorskip("pcluster.schemas.cluster_schema")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cryopilot.cli import main
+from cryopilot_ops.cli import main
 
 from tests.conftest import EVENTS
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cryopilot import cli, ops
+from cryopilot_ops import cli, ops
 
 #: what the stubbed ops.submit answers next (each test sets it)
 ANSWERS: list[ops.Submitted] = []

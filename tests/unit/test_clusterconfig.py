@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
-from cryopilot import clusterconfig as cc
-from cryopilot.clusterconfig import (
+from cryopilot.domain import clusterconfig as cc
+from cryopilot.domain.clusterconfig import (
     ClusterConfig,
     ClusterParams,
     ClusterRequest,

@@ -6,8 +6,8 @@ import math
 from datetime import date
 
 import pytest
-from cryopilot.clusterconfig import ClusterParams
-from cryopilot.costing import (
+from cryopilot.domain.clusterconfig import ClusterParams
+from cryopilot.domain.costing import (
     PRICE_OVERRIDES_ENV,
     SCALEDOWN_IDLE_SECONDS,
     Catalogue,
@@ -27,8 +27,8 @@ from cryopilot.costing import (
     plan_from_stages,
     render_comparison,
 )
-from cryopilot.manifest import manifest_from_dict
-from cryopilot.presets import plan as preset_plan
+from cryopilot.domain.manifest import manifest_from_dict
+from cryopilot.domain.presets import plan as preset_plan
 from pydantic import ValidationError
 
 REQUIRED_TYPES = {

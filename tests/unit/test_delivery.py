@@ -14,7 +14,7 @@ from typing import Any
 
 import boto3
 import pytest
-from cryopilot import delivery
+from cryopilot.steps import deliver as delivery
 from moto import mock_aws
 
 from tests.conftest import ROOT
@@ -72,10 +72,14 @@ def test_agent_zip_is_reproducible_and_holds_only_the_package_sources() -> None:
     names = zipfile.ZipFile(io.BytesIO(first)).namelist()
     assert "cryopilot_agent/__init__.py" in names
     assert "cryopilot_agent/cli.py" in names
-    # the shared package the agent imports, with its data files
-    assert "cryopilot/agent_protocol.py" in names
-    assert "cryopilot/presets/job_types.yaml" in names
-    assert "cryopilot/data/profiles.yaml" in names
+    # of the shared package, the protocol only: the agent needs nothing else
+    shared = sorted(n for n in names if n.startswith("cryopilot/"))
+    assert shared == [
+        "cryopilot/__init__.py",
+        "cryopilot/protocol/__init__.py",
+        "cryopilot/protocol/agent.py",
+        "cryopilot/protocol/stage.py",
+    ]
     assert all(n.startswith(("cryopilot_agent/", "cryopilot/")) for n in names)
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
 
@@ -87,10 +91,9 @@ def test_unzipped_agent_runs_as_the_wrapper_runs_it(tmp_path: Path) -> None:
     zipfile.ZipFile(io.BytesIO(body)).extractall(tmp_path)
     script = (
         "import cryopilot_agent.cli, cryopilot_agent.driver, cryopilot_agent.decisions, sys; "
-        "import cryopilot.agent_protocol, cryopilot.presets; "
-        "cryopilot.presets.load_preset('movies'); "
+        "import cryopilot.protocol.agent, cryopilot.protocol.stage; "
         "assert cryopilot_agent.cli.__file__.startswith(sys.argv[1]); "
-        "assert cryopilot.presets.__file__.startswith(sys.argv[1]); "
+        "assert cryopilot.protocol.stage.__file__.startswith(sys.argv[1]); "
         "sys.exit(cryopilot_agent.cli.main([]))"
     )
     proc = subprocess.run(

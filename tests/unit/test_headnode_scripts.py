@@ -18,13 +18,18 @@ import stat
 import subprocess
 import sys
 import tarfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cryopilot.clusterconfig import ClusterParams, ClusterRequest, cluster_name_for, headnode_setup_args
+from cryopilot.domain.clusterconfig import (
+    ClusterParams,
+    ClusterRequest,
+    cluster_name_for,
+    headnode_setup_args,
+)
+from cryopilot.steps import deliver
 
 from tests.conftest import ROOT
 
@@ -173,16 +178,9 @@ def _tarball(path: Path, top: str, files: dict[str, str]) -> None:
 
 
 def _agent_zip(path: Path) -> None:
-    """The layout the stack uploads: cryopilot_agent/ and cryopilot/ at the root of the zip."""
-    sources = {
-        "cryopilot_agent": ROOT / "headnode" / "cryopilot_agent",
-        "cryopilot": ROOT / "layers" / "cryopilot" / "cryopilot",
-    }
-    with zipfile.ZipFile(path, "w") as zf:
-        for top, src in sources.items():
-            for file in sorted(src.rglob("*")):
-                if file.is_file() and "__pycache__" not in file.parts and file.suffix in {".py", ".yaml"}:
-                    zf.write(file, f"{top}/{file.relative_to(src).as_posix()}")
+    """The zip the stack uploads, built by the delivery function's own code."""
+    (agent_zip,) = [f for f in deliver.bundle(ROOT / "headnode") if f.name == deliver.AGENT_ZIP]
+    path.write_bytes(agent_zip.body)
 
 
 # --- the simulated head node ---------------------------------------------------------------------
@@ -479,7 +477,8 @@ def test_the_agent_is_installed_behind_a_wrapper(first_run: FirstRun) -> None:
         calls
     )
     assert (agent_dir / "cryopilot_agent" / "cli.py").is_file()
-    assert (agent_dir / "cryopilot" / "presets" / "micrographs.yaml").is_file()
+    assert (agent_dir / "cryopilot" / "protocol" / "stage.py").is_file()
+    assert not (agent_dir / "cryopilot" / "domain").exists()  # the head node gets the protocol only
 
     assert node.wrapper.is_file()
     assert os.access(node.wrapper, os.X_OK)

@@ -4,8 +4,8 @@ import json
 
 import pytest
 import yaml
-from cryopilot.errors import ManifestError
-from cryopilot.manifest import (
+from cryopilot.core.errors import ManifestError
+from cryopilot.domain.manifest import (
     MAX_MANIFEST_BYTES,
     Manifest,
     is_manifest_key,

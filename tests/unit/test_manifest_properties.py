@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
-from cryopilot.errors import ManifestError
-from cryopilot.manifest import (
+from cryopilot.core.errors import ManifestError
+from cryopilot.domain.manifest import (
     DATASET_RE,
     MAX_EXCERPT_CHARS,
     MAX_MESSAGE_CHARS,

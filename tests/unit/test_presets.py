@@ -6,9 +6,9 @@ import re
 from typing import Any
 
 import pytest
-from cryopilot.errors import ManifestError
-from cryopilot.manifest import Manifest, manifest_from_dict
-from cryopilot.presets import job_types, load_preset, plan, preset_names
+from cryopilot.core.errors import ManifestError
+from cryopilot.domain.manifest import Manifest, manifest_from_dict
+from cryopilot.domain.presets import job_types, load_preset, plan, preset_names
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.cryosparc_standin import STAGE_OF_TYPE, CryoSparcStandIn, load_profiles
 

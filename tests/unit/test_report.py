@@ -8,8 +8,8 @@ import struct
 from typing import Any
 
 import pytest
-from cryopilot import clusterconfig
-from cryopilot.report import (
+from cryopilot.domain import clusterconfig
+from cryopilot.domain.report import (
     GPUS_PER_NODE,
     ReportData,
     cost_text,

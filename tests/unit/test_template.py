@@ -90,7 +90,7 @@ def test_functions_use_the_layer_and_python312() -> None:
 
 
 def test_environment_matches_the_settings_model() -> None:
-    from cryopilot.settings import Settings
+    from cryopilot.adapters.settings import Settings
 
     env = function_environment(TPL)
     fields = {f"CRYOPILOT_{name.upper()}" for name in Settings.model_fields}

@@ -446,10 +446,10 @@ def test_no_security_group_in_the_template_admits_the_internet() -> None:
 
 def _deployed_cluster_configs() -> list[dict[str, Any]]:
     """The configurations the stack's cluster function sends: built from the Lambda settings as
-    ``cryopilot.cluster`` builds them, for every placement of the capacity fallback."""
-    from cryopilot.cluster import cluster_params
-    from cryopilot.clusterconfig import build_cluster_config, capacity_fallbacks, render_yaml
-    from cryopilot.settings import Settings
+    ``cryopilot.steps.cluster`` builds them, for every placement of the capacity fallback."""
+    from cryopilot.adapters.settings import Settings
+    from cryopilot.domain.clusterconfig import build_cluster_config, capacity_fallbacks, render_yaml
+    from cryopilot.steps.cluster import cluster_params
 
     settings = Settings(
         head_node_subnet_id="subnet-0123456789abcdef0",
@@ -480,7 +480,7 @@ def test_every_deployed_cluster_has_a_private_head_node_without_open_ssh() -> No
 
 
 def test_the_configuration_model_cannot_give_the_head_node_a_public_address() -> None:
-    from cryopilot.clusterconfig import HeadNodeNetworking
+    from cryopilot.domain.clusterconfig import HeadNodeNetworking
     from pydantic import ValidationError
 
     assert set(HeadNodeNetworking.model_fields) == {"subnet_id", "additional_security_groups"}

@@ -3,8 +3,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from cryopilot.errors import EventError
-from cryopilot.triggers import ManifestLocation, check_key, parse_triggers
+from cryopilot.adapters.events import ManifestLocation, check_key, parse_triggers
+from cryopilot.core.errors import EventError
 
 from tests.conftest import EVENTS
 

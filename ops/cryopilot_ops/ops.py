@@ -17,11 +17,10 @@ from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
-
-from cryopilot import admission, runs
-from cryopilot.errors import ManifestError
-from cryopilot.manifest import Manifest, parse_manifest
-from cryopilot.report import cost_text
+from cryopilot.adapters import admission, runs
+from cryopilot.core.errors import ManifestError
+from cryopilot.domain.manifest import Manifest, parse_manifest
+from cryopilot.domain.report import cost_text
 
 #: Exit codes of the operator commands.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_AWS = 0, 1, 2, 3, 4

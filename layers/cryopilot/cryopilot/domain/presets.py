@@ -5,7 +5,7 @@ parameters (which may reference the manifest), input connections, the automatic 
 would otherwise make, and a time limit. :func:`plan` turns a preset and a :class:`Manifest` into
 the :class:`PlannedStage` list the state machine submits one by one through the head-node agent.
 A preset's ``placement`` says how each GPU stage's queue (lane) is chosen: :func:`plan` applies it
-with :func:`cryopilot.costing.place` unless a stage pins its ``lane``.
+with :func:`cryopilot.domain.costing.place` unless a stage pins its ``lane``.
 
 ``presets/job_types.yaml`` is the register of cryoSPARC job types (parameters, inputs, outputs) the
 presets use; an override naming a parameter its job type does not have is a :class:`ManifestError`.
@@ -22,14 +22,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cryopilot.errors import ManifestError
-from cryopilot.manifest import Manifest
-
-Lane = Literal["gpu8", "gpu4", "gpu1"]
-DecisionKind = Literal["select_2d_classes", "choose_hetero_class"]
-
-#: Tag put in the title of every job cryopilot creates: ``cryopilot:<stage id>``.
-JOB_TITLE_PREFIX = "cryopilot:"
+from cryopilot.core.errors import ManifestError
+from cryopilot.domain.manifest import Manifest
+from cryopilot.protocol.stage import (
+    DecisionDef,
+    InputConnection,
+    Lane,
+    PlannedStage,
+)
 
 #: Name of the repeated stage and of its "rounds" pseudo-parameter.
 REPEATED_STAGE = "hetero"
@@ -51,11 +51,6 @@ class OutputRef(_Model):
 
     stage: str
     output: str
-
-
-class DecisionDef(_Model):
-    kind: DecisionKind
-    params: dict[str, float | int] = Field(default_factory=dict)
 
 
 class StageDef(_Model):
@@ -88,33 +83,6 @@ class Preset(_Model):
     stages: list[StageDef]
 
 
-class InputConnection(_Model):
-    """Connect input ``input`` of the job to output ``output`` of stage ``stage``'s job."""
-
-    input: str
-    stage: str
-    output: str
-
-
-class PlannedStage(_Model):
-    """One stage, ready for ``cryopilot-agent submit`` (final parameter values)."""
-
-    id: str
-    title: str
-    job_type: str
-    lane: Lane | None
-    gpus: int
-    params: dict[str, Any]
-    inputs: list[InputConnection]
-    decision: DecisionDef | None = None
-    time_limit_seconds: int
-    expected_seconds: int | None = Field(
-        default=None,
-        description="the placement's estimate of the stage's node wait plus wall time: the first poll"
-        " waits half of it",
-    )
-
-
 class JobTypeSpec(_Model):
     """A register entry (see ``presets/job_types.yaml``)."""
 
@@ -139,11 +107,11 @@ class JobTypeSpec(_Model):
 
 
 def _read(name: str) -> str:
-    return resources.files("cryopilot").joinpath("presets", name).read_text(encoding="utf-8")
+    return resources.files("cryopilot.domain").joinpath("presets", name).read_text(encoding="utf-8")
 
 
 def preset_names() -> list[str]:
-    folder = resources.files("cryopilot").joinpath("presets")
+    folder = resources.files("cryopilot.domain").joinpath("presets")
     return sorted(
         p.name[: -len(".yaml")]
         for p in folder.iterdir()
@@ -329,8 +297,8 @@ def _place(
     planned: list[PlannedStage], preset: Preset, manifest: Manifest, queue_types: dict[str, str] | None
 ) -> list[PlannedStage]:
     """Give every GPU stage without a pinned lane the queue the preset's placement picks."""
-    from cryopilot import costing
-    from cryopilot.clusterconfig import GPU8_QUEUE
+    from cryopilot.domain import costing
+    from cryopilot.domain.clusterconfig import GPU8_QUEUE
 
     unplaced = [s for s in planned if s.gpus > 0 and s.lane is None]
     if not unplaced:
@@ -357,9 +325,9 @@ def _place(
 def _placement_estimate(
     planned: list[PlannedStage], preset_name: str, rule: PlacementDef, queue_types: dict[str, str] | None
 ) -> Any:
-    """The preset's placement ``rule`` applied to ``planned`` (a :class:`cryopilot.costing.Estimate`)."""
-    from cryopilot import costing
-    from cryopilot.clusterconfig import GPU_QUEUES
+    """The preset's placement ``rule`` applied to ``planned`` (a ``domain.costing.Estimate``)."""
+    from cryopilot.domain import costing
+    from cryopilot.domain.clusterconfig import GPU_QUEUES
 
     types = dict(queue_types or {})
     defaults = costing.Layout.cryopilot().queues
@@ -375,11 +343,6 @@ def _placement_estimate(
     return costing.place(
         costing.plan_from_stages(planned, profile), layout, tolerance_percent=rule.tolerance_percent
     )
-
-
-def job_title(stage_id: str) -> str:
-    """The title cryopilot gives the job of ``stage_id`` (how a re-submit finds it)."""
-    return f"{JOB_TITLE_PREFIX}{stage_id}"
 
 
 def profile_stage_id(stage_id: str) -> str:

@@ -1,10 +1,10 @@
 """Write a run's report next to its results and remember where it is (the Report step).
 
-The rendering is :mod:`cryopilot.report`; this module gathers what it needs (the run record, its
+The rendering is :mod:`cryopilot.domain.report`; this module gathers what it needs (the run record, its
 plan, the instance types of the queues and their prices), stores the three files under
 ``runs/<run id>/report/`` in the results bucket and records their locations and the run's cost on
 the run record, which the final mail then links and quotes: ``cost_usd`` is the GPU nodes'
-estimated bill (node launch and Slurm's idle time included, :func:`cryopilot.report.node_bill`),
+estimated bill (node launch and Slurm's idle time included, :func:`cryopilot.domain.report.node_bill`),
 ``stage_cost_usd`` what the stages' own run time costs.
 """
 
@@ -15,10 +15,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from cryopilot import aws, report, runs
-from cryopilot.errors import ReportError
-from cryopilot.observability import logger
-from cryopilot.settings import get_settings
+from cryopilot.adapters import aws, runs
+from cryopilot.adapters.observability import logger
+from cryopilot.adapters.settings import get_settings
+from cryopilot.core.errors import ReportError
+from cryopilot.domain import report
 
 CONTENT_TYPES = {
     "report.md": "text/markdown; charset=utf-8",
@@ -37,7 +38,7 @@ class ReportStep(BaseModel):
 def _price_lookup() -> Callable[[str], float | None] | None:
     """Hourly prices from the instance catalogue (with the deployment's overrides)."""
     try:
-        from cryopilot.costing import Catalogue, UnknownInstanceType
+        from cryopilot.domain.costing import Catalogue, UnknownInstanceType
     except ImportError:  # pragma: no cover - the catalogue ships with the layer
         return None
     catalogue = Catalogue.from_env()
@@ -69,7 +70,7 @@ def write(run_id: str) -> ReportStep:
     if run.get("status") == "RUNNING" and run.get("export_finished_at"):
         # the success path writes the report between the export and the final mail
         run = {**run, "status": "SUCCEEDED"}
-    from cryopilot.costing import SCALEDOWN_IDLE_SECONDS
+    from cryopilot.domain.costing import SCALEDOWN_IDLE_SECONDS
 
     data = report.report_data_from_run(
         run,

@@ -2,7 +2,7 @@
 
 A manifest lives at ``datasets/<dataset>/cryopilot.yaml`` (or ``.yml``/``.json``) in the input
 bucket. :func:`parse_manifest` turns its bytes into a :class:`Manifest` or raises one
-:class:`~cryopilot.errors.ManifestError` whose message names every field at fault (on one line, at
+:class:`~cryopilot.core.errors.ManifestError` whose message names every field at fault (on one line, at
 most :data:`MAX_MESSAGE_CHARS` long: past that the rest are counted, not listed).
 """
 
@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from cryopilot.errors import ManifestError
+from cryopilot.core.errors import ManifestError
 
 #: Largest manifest accepted, in bytes.
 MAX_MANIFEST_BYTES = 1024 * 1024

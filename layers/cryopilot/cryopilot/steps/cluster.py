@@ -6,14 +6,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from cryopilot import aws, clock, runs
-from cryopilot.errors import (
+from cryopilot.adapters import aws, runs
+from cryopilot.adapters.observability import logger
+from cryopilot.adapters.settings import Settings, get_settings
+from cryopilot.core import clock
+from cryopilot.core.errors import (
     CapacityError,
     ClusterNotFoundError,
     ClusterTimeoutError,
 )
-from cryopilot.observability import logger
-from cryopilot.settings import Settings, get_settings
 
 
 class ClusterStep(BaseModel):
@@ -28,14 +29,14 @@ class ClusterStep(BaseModel):
 @aws.cached_factory
 def api() -> Any:
     """The ParallelCluster API client (built once per Lambda container)."""
-    from cryopilot.pcluster import PClusterClient
+    from cryopilot.adapters.pcluster import PClusterClient
 
     settings = get_settings()
     return PClusterClient(settings.pcluster_api_url, settings.region)
 
 
 def cluster_params(settings: Settings) -> Any:
-    from cryopilot.clusterconfig import ClusterParams
+    from cryopilot.domain.clusterconfig import ClusterParams
 
     subnets = settings.compute_subnets or [settings.head_node_subnet_id]
     return ClusterParams(
@@ -56,7 +57,7 @@ def cluster_params(settings: Settings) -> Any:
 
 def placements(settings: Settings) -> list[Any]:
     """Where the cluster may go, in order: the configured placement, then the capacity fallbacks."""
-    from cryopilot.clusterconfig import capacity_fallbacks
+    from cryopilot.domain.clusterconfig import capacity_fallbacks
 
     return list(capacity_fallbacks(cluster_params(settings)))
 
@@ -81,7 +82,7 @@ def _require_run(run_id: str) -> dict[str, Any]:
 
 def config_yaml_for(run: dict[str, Any], settings: Settings) -> str:
     """The configuration for the run's current placement (``placement_attempt``, 0 = as configured)."""
-    from cryopilot.clusterconfig import ClusterRequest, build_cluster_config, render_yaml
+    from cryopilot.domain.clusterconfig import ClusterRequest, build_cluster_config, render_yaml
 
     request = ClusterRequest(
         run_id=run["run_id"],
@@ -116,8 +117,8 @@ def create(run_id: str) -> ClusterStep:
 def fallback(run_id: str, error: Any = None) -> ClusterStep:
     """After a capacity failure: abandon (delete) the failed cluster and move the run to the next
     placement, or raise :class:`CapacityError` when every placement has been tried."""
-    from cryopilot.clusterconfig import cluster_name_for
-    from cryopilot.mail import parse_error
+    from cryopilot.domain.clusterconfig import cluster_name_for
+    from cryopilot.steps.notify import parse_error
 
     settings = get_settings()
     run = _require_run(run_id)
@@ -149,7 +150,7 @@ def fallback(run_id: str, error: Any = None) -> ClusterStep:
 
 
 def check(run_id: str, polls: int, max_polls: int) -> ClusterStep:
-    from cryopilot.pcluster import raise_for_cluster_failure
+    from cryopilot.adapters.pcluster import raise_for_cluster_failure
 
     run = _require_run(run_id)
     name = run["cluster_name"]
@@ -211,7 +212,7 @@ def delete(run_id: str) -> ClusterStep:
 
 
 def check_deleted(run_id: str, polls: int, max_polls: int) -> ClusterStep:
-    from cryopilot.pcluster import raise_for_cluster_failure
+    from cryopilot.adapters.pcluster import raise_for_cluster_failure
 
     run = runs.get_run(run_id, _CLUSTER_FIELDS) or {}
     name = run.get("cluster_name")

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from cryopilot.clusterconfig import NOMINAL_QUEUE_GPUS
+from cryopilot.domain.clusterconfig import NOMINAL_QUEUE_GPUS
 
 __all__ = [
     "GPUS_PER_NODE",

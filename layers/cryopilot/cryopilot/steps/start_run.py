@@ -12,13 +12,13 @@ from typing import Any, Literal
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cryopilot import admission, aws, runs
-from cryopilot.errors import EventError
-from cryopilot.execution import ExecutionInput
-from cryopilot.manifest import MANIFEST_NAMES, validation_message
-from cryopilot.observability import logger
-from cryopilot.settings import get_settings
-from cryopilot.triggers import ManifestLocation, Trigger, check_key, parse_triggers
+from cryopilot.adapters import admission, aws, runs
+from cryopilot.adapters.events import ManifestLocation, Trigger, check_key, parse_triggers
+from cryopilot.adapters.observability import logger
+from cryopilot.adapters.settings import get_settings
+from cryopilot.core.errors import EventError
+from cryopilot.domain.manifest import MANIFEST_NAMES, validation_message
+from cryopilot.steps.validate import ExecutionInput
 
 StartStatus = Literal["started", "queued", "duplicate", "ignored"]
 
@@ -134,7 +134,7 @@ def start_for_manifest(location: ManifestLocation, *, trigger: str) -> StartOutc
     is created only if absent and Step Functions refuses a second execution of the same name.
 
     A run beyond ``MaxConcurrentRuns`` is not failed: it waits in the queue (status QUEUED) and
-    starts, oldest first, when a slot frees (:mod:`cryopilot.admission`)."""
+    starts, oldest first, when a slot frees (:mod:`cryopilot.adapters.admission`)."""
     run_id, claimed = runs.claim_manifest(location.digest(), location.run_id(), location.model_dump())
     arn = admission.execution_arn(run_id)
 

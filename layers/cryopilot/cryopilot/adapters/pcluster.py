@@ -6,7 +6,7 @@ Runs inside Lambda, so it needs only the standard library, botocore and pydantic
 from a Step Functions Wait loop.
 
 Every failure goes through :func:`api_error`, the one place that maps the API's answers to the typed
-errors in :mod:`cryopilot.errors`:
+errors in :mod:`cryopilot.core.errors`:
 
 =========================================================  =====================================
 answer                                                     error
@@ -53,7 +53,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cryopilot.errors import (
+from cryopilot.core.errors import (
     CapacityError,
     ClusterAlreadyExistsError,
     ClusterConfigError,
@@ -67,7 +67,7 @@ from cryopilot.errors import (
 
 LOGGER = logging.getLogger(__name__)
 
-#: Tag keys cryopilot puts on its clusters (also in :mod:`cryopilot.clusterconfig`).
+#: Tag keys cryopilot puts on its clusters (also in :mod:`cryopilot.domain.clusterconfig`).
 TAG_RUN_ID = "cryopilot:run-id"
 TAG_DATASET = "cryopilot:dataset"
 TAG_STACK = "cryopilot:stack"

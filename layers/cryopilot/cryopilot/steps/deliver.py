@@ -6,8 +6,8 @@ same prefix. The stack uploads them itself (no manual step): the delivery functi
 ``headnode/`` folder, and on every create or update of the custom resource it uploads
 
 - ``headnode-setup.sh`` and ``cryosparc-cluster-script.sh`` (from ``headnode/bootstrap/``);
-- ``cryopilot-agent.zip``: the ``cryopilot_agent`` package and the ``cryopilot`` package it
-  imports (protocol, presets, job-type register), zipped reproducibly;
+- ``cryopilot-agent.zip``: the ``cryopilot_agent`` package and the part of ``cryopilot`` it
+  imports (``cryopilot/protocol/``), zipped reproducibly;
 - ``bundle.json``: each file's SHA-256 and size, so an operator can see what a cluster got.
 
 The resource's properties carry the function's published version, so a change of the code is an
@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryopilot import aws
-from cryopilot.observability import logger
+from cryopilot import protocol
+from cryopilot.adapters import aws
+from cryopilot.adapters.observability import logger
 
 BOOTSTRAP_DIR = "bootstrap"
 AGENT_PACKAGE = "cryopilot_agent"
@@ -54,27 +55,33 @@ class BundleFile:
         return hashlib.sha256(self.body).hexdigest()
 
 
-def _agent_zip(*package_dirs: Path) -> bytes:
-    """One zip holding each package directory at its root (sources and data files only)."""
+def _agent_zip(agent_dir: Path, shared: list[tuple[Path, str]]) -> bytes:
+    """One zip: the agent package, plus the shared files given as (file, name in the zip).
+
+    Sources and data files only, in a fixed order with a fixed date, so identical sources give a
+    byte-identical zip."""
+    entries = [
+        (path, str(path.relative_to(agent_dir.parent)))
+        for path in sorted(agent_dir.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    ]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for package_dir in package_dirs:
-            for path in sorted(package_dir.rglob("*")):
-                if not path.is_file() or "__pycache__" in path.parts or path.suffix == ".pyc":
-                    continue
-                info = zipfile.ZipInfo(str(path.relative_to(package_dir.parent)), date_time=_ZIP_DATE)
-                info.external_attr = 0o644 << 16
-                info.compress_type = zipfile.ZIP_DEFLATED
-                zf.writestr(info, path.read_bytes())
+        for path, name in [*entries, *shared]:
+            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, path.read_bytes())
     return buf.getvalue()
 
 
-def _shared_package() -> Path:
-    """The ``cryopilot`` package itself (in Lambda: the layer's copy). The agent imports its
-    protocol, presets and job-type register from it, so both sides speak the same version."""
-    import cryopilot
-
-    return Path(cryopilot.__file__).resolve().parent
+def _protocol_files() -> list[tuple[Path, str]]:
+    """What the agent imports of the ``cryopilot`` package: its ``__init__`` and ``protocol/``
+    (the agent's request and answer models and the planned stage), so both sides speak the same
+    version. Nothing else of the package goes to the head node."""
+    package = Path(protocol.__file__).resolve().parent.parent
+    files = [package / "__init__.py", *sorted((package / "protocol").glob("*.py"))]
+    return [(path, str(path.relative_to(package.parent))) for path in files]
 
 
 def bundle(root: Path) -> list[BundleFile]:
@@ -88,7 +95,7 @@ def bundle(root: Path) -> list[BundleFile]:
     package = root / AGENT_PACKAGE
     if not (package / "__init__.py").is_file():
         raise BundleError(f"the {AGENT_PACKAGE} package is missing from the delivery function's code")
-    files.append(BundleFile(AGENT_ZIP, _agent_zip(package, _shared_package()), "application/zip"))
+    files.append(BundleFile(AGENT_ZIP, _agent_zip(package, _protocol_files()), "application/zip"))
     manifest = {f.name: {"sha256": f.sha256, "bytes": len(f.body)} for f in files}
     files.append(
         BundleFile(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode(), "application/json")

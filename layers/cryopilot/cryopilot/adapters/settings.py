@@ -33,10 +33,10 @@ class Settings(BaseSettings):
     gpu1_instance_type: str = "p5.4xlarge"
     fallback_gpu8_instance_types: str = Field(default="", description="comma-separated")
     max_run_hours: float = 72.0
-    #: Runs holding a cluster at once; the others wait in the queue (cryopilot.admission).
+    #: Runs holding a cluster at once; the others wait in the queue (cryopilot.adapters.admission).
     max_concurrent_runs: int = Field(default=10, ge=1, le=1000)
     price_overrides: str = Field(
-        default="", description="JSON {instance type: USD per hour}, read by cryopilot.costing"
+        default="", description="JSON {instance type: USD per hour}, read by cryopilot.domain.costing"
     )
     agent_timeout_seconds: int = 120
 

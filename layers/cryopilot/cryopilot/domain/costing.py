@@ -46,9 +46,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cryopilot.clusterconfig import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE, ClusterParams
-from cryopilot.errors import CryopilotError
-from cryopilot.presets import REPEATED_STAGE, PlannedStage, load_preset, profile_stage_id
+from cryopilot.core.errors import CryopilotError
+from cryopilot.domain.clusterconfig import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE, ClusterParams
+from cryopilot.domain.presets import REPEATED_STAGE, PlannedStage, load_preset, profile_stage_id
 
 __all__ = [
     "DEFAULT_REGION",
@@ -333,7 +333,9 @@ def parse_price_overrides(text: str | None) -> dict[str, float]:
 
 
 def _read_data(name: str) -> Any:
-    return yaml.safe_load(resources.files("cryopilot").joinpath("data", name).read_text(encoding="utf-8"))
+    return yaml.safe_load(
+        resources.files("cryopilot.domain").joinpath("data", name).read_text(encoding="utf-8")
+    )
 
 
 @cache
@@ -434,7 +436,7 @@ def plan_for_profile(name: str) -> Plan:
 
 
 def plan_from_stages(planned: Sequence[PlannedStage], profile: str) -> Plan:
-    """A plan for the stages :func:`cryopilot.presets.plan` made, timed with profile ``profile``.
+    """A plan for the stages :func:`cryopilot.domain.presets.plan` made, timed with profile ``profile``.
 
     Each hetero round takes the profile's hetero time divided by its Table 1 round count; a stage the
     profile has no time for takes none. GPU counts are Table 1's, whatever the stage asks for.
@@ -529,7 +531,7 @@ class Layout(_Model):
         """cryopilot's cluster: queues ``gpu8``, ``gpu4`` and ``gpu1`` (and ``extra_queues``), all
         scaling to zero. Every GPU stage may go to any queue whose nodes have enough GPUs; the rule of
         this class (with :func:`place`, the run's time budget) picks one. ``by_stage`` pins stages
-        (kind → queues). Defaults are :class:`~cryopilot.clusterconfig.ClusterParams`'s.
+        (kind → queues). Defaults are :class:`~cryopilot.domain.clusterconfig.ClusterParams`'s.
         """
         queues = {
             GPU8_QUEUE: gpu8 or str(_cluster_default("gpu8_instance_type")),

@@ -68,13 +68,12 @@ def _read_manifest_bytes(where: str, region: str) -> bytes:
 
 
 def _cluster_config(args: argparse.Namespace) -> int:
+    from cryopilot.adapters.settings import Settings
+    from cryopilot.core.errors import ManifestError
+    from cryopilot.domain.clusterconfig import cluster_name_for
+    from cryopilot.domain.manifest import manifest_prefix, parse_manifest, validation_message
+    from cryopilot.steps.cluster import config_yaml_for
     from pydantic import ValidationError
-
-    from cryopilot.cluster import config_yaml_for
-    from cryopilot.clusterconfig import cluster_name_for
-    from cryopilot.errors import ManifestError
-    from cryopilot.manifest import manifest_prefix, parse_manifest, validation_message
-    from cryopilot.settings import Settings
 
     flags = {
         "AWS_REGION": args.region,  # Settings reads its region under this alias
@@ -142,8 +141,8 @@ def _cluster_config(args: argparse.Namespace) -> int:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from cryopilot import costing
-    from cryopilot.errors import ManifestError
+    from cryopilot.core.errors import ManifestError
+    from cryopilot.domain import costing
 
     kwargs: dict[str, Any] = {"region": args.region}
     try:
@@ -151,8 +150,8 @@ def _estimate(args: argparse.Namespace) -> int:
         if args.price:
             catalogue = catalogue.with_overrides(costing.parse_price_overrides(args.price))
         if args.manifest:
-            from cryopilot.manifest import parse_manifest
-            from cryopilot.presets import plan
+            from cryopilot.domain.manifest import parse_manifest
+            from cryopilot.domain.presets import plan
 
             data = _read_manifest_bytes(args.manifest, args.region)
             manifest = parse_manifest(data, source=args.manifest)
@@ -184,7 +183,7 @@ LOCAL_STACK_FILE = ".cryopilot/local/stack.json"
 
 
 def _stack(args: argparse.Namespace) -> Any:
-    from cryopilot.ops import Stack
+    from cryopilot_ops.ops import Stack
 
     if getattr(args, "local", False):
         return _local_stack()
@@ -197,7 +196,7 @@ def _local_stack() -> Any:
     import os
     from pathlib import Path
 
-    from cryopilot.ops import EXIT_NOT_FOUND, OperatorError, Stack
+    from cryopilot_ops.ops import EXIT_NOT_FOUND, OperatorError, Stack
 
     path = Path(os.environ.get("CRYOPILOT_LOCAL_STACK_FILE", LOCAL_STACK_FILE))
     if not path.is_file():
@@ -229,7 +228,7 @@ def _operator(command: Callable[[argparse.Namespace], int]) -> Callable[[argpars
     def run(args: argparse.Namespace) -> int:
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-        from cryopilot.ops import EXIT_AWS, OperatorError
+        from cryopilot_ops.ops import EXIT_AWS, OperatorError
 
         try:
             return command(args)
@@ -252,7 +251,7 @@ def _operator(command: Callable[[argparse.Namespace], int]) -> Callable[[argpars
 
 @_operator
 def _submit(args: argparse.Namespace) -> int:
-    from cryopilot import ops
+    from cryopilot_ops import ops
 
     done = ops.submit(_stack(args), args.manifest, data_s3_uri=args.data, now=args.now)
     if done.queued:
@@ -269,7 +268,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 @_operator
 def _status(args: argparse.Namespace) -> int:
-    from cryopilot import ops
+    from cryopilot_ops import ops
 
     stack = _stack(args)
     if not args.run_id:
@@ -285,7 +284,7 @@ def _status(args: argparse.Namespace) -> int:
 
 @_operator
 def _watch(args: argparse.Namespace) -> int:
-    from cryopilot import ops
+    from cryopilot_ops import ops
 
     final = ops.watch(_stack(args), args.run_id, interval=args.interval, emit=lambda t: print(t + "\n"))
     return 0 if final == "SUCCEEDED" else 1
@@ -293,7 +292,7 @@ def _watch(args: argparse.Namespace) -> int:
 
 @_operator
 def _cancel(args: argparse.Namespace) -> int:
-    from cryopilot import ops
+    from cryopilot_ops import ops
 
     step = ops.cancel(_stack(args), args.run_id, wait=not args.no_wait, interval=args.interval)
     return 0 if step.get("deleted") or args.no_wait else 1
@@ -303,7 +302,7 @@ def _cancel(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cryopilot import ops
+    from cryopilot_ops import ops
 
     out = Path(args.output or f".cryopilot/reports/{args.run_id}")
     out.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,12 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
-from cryopilot import aws, clock, runs
-from cryopilot.agent_protocol import ExportResult
-from cryopilot.errors import AgentError, ExportError
-from cryopilot.settings import get_settings
-from cryopilot.stages import agent_for
+from cryopilot.adapters import aws, runs
+from cryopilot.adapters.settings import get_settings
+from cryopilot.core import clock
+from cryopilot.core.errors import AgentError, ExportError
+from cryopilot.protocol.agent import ExportResult
+from cryopilot.steps.stage import agent_for
 
 #: what a result set must hold
 REQUIRED_KINDS = ("map", "half_map_a", "half_map_b", "fsc")

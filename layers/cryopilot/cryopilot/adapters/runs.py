@@ -3,7 +3,7 @@
 Step Functions is the source of truth for *what happens*; the record is the readable account of
 it (status, current step, cluster, stage times, job ids, decisions, resolution, cost, error).
 Items: ``pk = "run#<run id>"`` for runs; ``pk = "manifest#<digest>"`` for idempotency records;
-``pk = "admission"`` for the slots and the queue of waiting runs (:mod:`cryopilot.admission`).
+``pk = "admission"`` for the slots and the queue of waiting runs (:mod:`cryopilot.adapters.admission`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from cryopilot import aws, clock
-from cryopilot.settings import get_settings
+from cryopilot.adapters import aws
+from cryopilot.adapters.settings import get_settings
+from cryopilot.core import clock
 
 RUN_STATUSES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 

@@ -11,7 +11,7 @@ The state machine deletes the cluster on every path it controls. These two cover
   stopped first). A delete that keeps failing is retried on every pass and reported loudly once it
   failed :data:`LOUD_AFTER` times. Each pass that did something mails what it did.
 
-Both also keep admission going (:mod:`cryopilot.admission`): every end of an execution, SUCCEEDED
+Both also keep admission going (:mod:`cryopilot.adapters.admission`): every end of an execution, SUCCEEDED
 included, releases the run's slot and starts the oldest waiting runs (:func:`handle_execution_end`);
 each janitor pass reconciles the slots and the queue (:func:`handle_schedule`).
 """
@@ -25,11 +25,12 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
-from cryopilot import aws, clock, runs
-from cryopilot.errors import ClusterNotFoundError, CryopilotError
-from cryopilot.observability import logger
-from cryopilot.pcluster import TAG_RUN_ID, TAG_STACK
-from cryopilot.settings import get_settings
+from cryopilot.adapters import aws, runs
+from cryopilot.adapters.observability import logger
+from cryopilot.adapters.pcluster import TAG_RUN_ID, TAG_STACK
+from cryopilot.adapters.settings import get_settings
+from cryopilot.core import clock
+from cryopilot.core.errors import ClusterNotFoundError, CryopilotError
 
 ENDED = ("FAILED", "TIMED_OUT", "ABORTED")
 RUN_FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -67,7 +68,7 @@ class JanitorReport(BaseModel):
 
 
 def _api() -> Any:
-    from cryopilot.cluster import api
+    from cryopilot.steps.cluster import api
 
     return api()
 
@@ -113,7 +114,7 @@ def on_execution_end(detail: dict[str, Any]) -> CleanupResult:
     if run.get("cluster_deleted") or not name or run.get("cluster_state") in (None, "NOT_CREATED"):
         action = "already_deleted" if run.get("cluster_deleted") else "no_cluster"
     else:
-        from cryopilot.cluster import delete
+        from cryopilot.steps.cluster import delete
 
         try:
             step = delete(run_id)
@@ -195,7 +196,7 @@ def janitor(now: float | None = None) -> JanitorReport:
     settings = get_settings()
     now = clock.now() if now is None else now
     report = JanitorReport()
-    from cryopilot.clusterconfig import CLUSTER_NAME_PREFIX
+    from cryopilot.domain.clusterconfig import CLUSTER_NAME_PREFIX
 
     listed: set[str] = set()
     for summary in _api().list_clusters():
@@ -327,7 +328,7 @@ def _mail_janitor(report: JanitorReport) -> bool:
 def handle_execution_end(detail: dict[str, Any]) -> dict[str, Any]:
     """The cleanup of an ended execution (nothing for SUCCEEDED), then its slot released and the
     waiting runs started: the function's answer."""
-    from cryopilot import admission
+    from cryopilot.adapters import admission
 
     result = on_execution_end(detail).model_dump(mode="json")
     return {**result, **admission.finish(detail).model_dump(mode="json")}
@@ -335,7 +336,7 @@ def handle_execution_end(detail: dict[str, Any]) -> dict[str, Any]:
 
 def handle_schedule() -> dict[str, Any]:
     """The janitor's pass, then admission reconciled (``queue`` in the answer when it acted)."""
-    from cryopilot import admission
+    from cryopilot.adapters import admission
 
     answer = janitor().model_dump(mode="json")
     queue = admission.reconcile()

@@ -36,10 +36,11 @@ from typing import Any, Literal
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
-from cryopilot import aws, clock, runs
-from cryopilot.errors import CryopilotError, TransientError
-from cryopilot.observability import logger
-from cryopilot.settings import get_settings
+from cryopilot.adapters import aws, runs
+from cryopilot.adapters.observability import logger
+from cryopilot.adapters.settings import get_settings
+from cryopilot.core import clock
+from cryopilot.core.errors import CryopilotError, TransientError
 
 KEY = {"pk": "admission"}
 #: Attempts of a conditional update that other invocations keep beating, before giving up.

@@ -11,10 +11,10 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ValidationError
 
-from cryopilot import aws
-from cryopilot.agent_protocol import AgentFailure
-from cryopilot.errors import AgentError, AgentTimeoutError, HeadNodeUnreachableError
-from cryopilot.observability import logger
+from cryopilot.adapters import aws
+from cryopilot.adapters.observability import logger
+from cryopilot.core.errors import AgentError, AgentTimeoutError, HeadNodeUnreachableError
+from cryopilot.protocol.agent import AgentFailure
 
 #: SSM returns at most this many characters of stdout inline.
 SSM_INLINE_LIMIT = 24_000

@@ -7,9 +7,13 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cryopilot import aws, clock, runs
-from cryopilot.errors import EventError, ManifestError
-from cryopilot.manifest import (
+from cryopilot.adapters import aws, runs
+from cryopilot.adapters.events import ManifestLocation, check_key
+from cryopilot.adapters.observability import logger
+from cryopilot.adapters.settings import get_settings
+from cryopilot.core import clock
+from cryopilot.core.errors import EventError, ManifestError
+from cryopilot.domain.manifest import (
     MAX_MANIFEST_BYTES,
     Manifest,
     manifest_from_dict,
@@ -17,9 +21,6 @@ from cryopilot.manifest import (
     parse_manifest,
     validation_message,
 )
-from cryopilot.observability import logger
-from cryopilot.settings import get_settings
-from cryopilot.triggers import ManifestLocation, check_key
 
 
 class RunSettings(BaseModel):
@@ -122,7 +123,7 @@ def load_manifest(location: ManifestLocation) -> tuple[Manifest, ManifestLocatio
 
 def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunContext:
     """Read and check the manifest, plan the stages, write the run record."""
-    from cryopilot import clusterconfig, presets
+    from cryopilot.domain import clusterconfig, presets
 
     settings = get_settings()
     run_id = execution_name
@@ -206,8 +207,8 @@ def _check_cost_ceiling(run_id: str, manifest: Manifest, plan: list[dict[str, An
     cluster exists (:class:`RunLimitError`); later stages are checked as the run goes."""
     if manifest.limits.max_cost_usd is None:
         return
-    from cryopilot.errors import RunLimitError
-    from cryopilot.stages import check_limits
+    from cryopilot.core.errors import RunLimitError
+    from cryopilot.steps.stage import check_limits
 
     run = {"limits": {"max_cost_usd": manifest.limits.max_cost_usd}, "plan": plan, "costs": {}}
     try:

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
-from cryopilot.errors import EventError
-from cryopilot.manifest import MANIFEST_NAMES, is_manifest_key
+from cryopilot.core.errors import EventError
+from cryopilot.domain.manifest import MANIFEST_NAMES, is_manifest_key
 
 
 class ManifestLocation(BaseModel):

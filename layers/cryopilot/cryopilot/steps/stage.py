@@ -10,12 +10,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from cryopilot import aws, clock, runs
-from cryopilot.agent_client import AgentClient
-from cryopilot.agent_protocol import KillResult, StageStatus, StatusResult, SubmitResult
-from cryopilot.errors import AgentError, JobFailedError, JobKilledError, JobStuckError, RunLimitError
-from cryopilot.observability import logger
-from cryopilot.settings import get_settings
+from cryopilot.adapters import aws, runs
+from cryopilot.adapters.agent_client import AgentClient
+from cryopilot.adapters.observability import logger
+from cryopilot.adapters.settings import get_settings
+from cryopilot.core import clock
+from cryopilot.core.errors import AgentError, JobFailedError, JobKilledError, JobStuckError, RunLimitError
+from cryopilot.protocol.agent import KillResult, StageStatus, StatusResult, SubmitResult
 
 
 class StageStep(BaseModel):
@@ -118,7 +119,7 @@ def _queue_instance_type(run: dict[str, Any], lane: str) -> str | None:
 
 @lru_cache(maxsize=1)
 def _catalogue() -> Any:
-    from cryopilot.costing import Catalogue
+    from cryopilot.domain.costing import Catalogue
 
     return Catalogue.from_env()
 
@@ -129,7 +130,7 @@ aws.on_reset(_catalogue.cache_clear)
 def stage_cost(run: dict[str, Any], stage: dict[str, Any], rec: dict[str, Any]) -> float | None:
     """What the stage's nodes cost so far (on-demand; whole nodes, from the stage's first job's
     start to its end or now). None for the head node's stages, or a type without a price."""
-    from cryopilot.costing import CostingError
+    from cryopilot.domain.costing import CostingError
 
     lane = stage.get("lane")
     started = rec.get("started_at")
@@ -149,8 +150,8 @@ def stage_cost(run: dict[str, Any], stage: dict[str, Any], rec: dict[str, Any]) 
 def _remaining_cost(run: dict[str, Any], stages_left: list[dict[str, Any]]) -> float:
     """Estimated cost of ``stages_left``: Table 1 minutes of the preset's white-paper dataset on
     the queues' instance types (whole nodes; the catalogue's speed factors)."""
-    from cryopilot.costing import PROFILE_FOR_PRESET, CostingError, load_profiles
-    from cryopilot.presets import REPEATED_STAGE, profile_stage_id
+    from cryopilot.domain.costing import PROFILE_FOR_PRESET, CostingError, load_profiles
+    from cryopilot.domain.presets import REPEATED_STAGE, profile_stage_id
 
     profile = load_profiles().get(PROFILE_FOR_PRESET.get(str(run.get("preset")), "cgrp"))
     total = 0.0

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_pascal
 
 # Tag keys cryopilot puts on every cluster resource (the janitor and cost reports read them).
-from cryopilot.pcluster import TAG_DATASET, TAG_RUN_ID, TAG_STACK
+from cryopilot.adapters.pcluster import TAG_DATASET, TAG_RUN_ID, TAG_STACK
 
 __all__ = [
     "TAG_DATASET",
@@ -729,7 +729,7 @@ def queue_instance_types(params: ClusterParams) -> dict[str, str]:
 def queue_gpus(params: ClusterParams) -> dict[str, int]:
     """GPUs per node of each GPU queue: the cryoSPARC lanes' sizes. From the instance catalogue; a
     type it does not list is taken to have the queue's nominal count (8, 4 or 1)."""
-    from cryopilot.costing import Catalogue  # costing imports this module
+    from cryopilot.domain.costing import Catalogue  # costing imports this module
 
     catalogue = Catalogue.load()
     return {

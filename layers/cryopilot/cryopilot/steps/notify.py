@@ -8,8 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from cryopilot import clock, runs
-from cryopilot.settings import get_settings
+from cryopilot.adapters import runs
+from cryopilot.adapters.settings import get_settings
+from cryopilot.core import clock
 
 SUBJECT_MAX = 100  # SNS subject limit
 
@@ -158,7 +159,7 @@ def _cost(run: dict[str, Any]) -> str | None:
 
 
 def _cost_line(run: dict[str, Any]) -> str:
-    from cryopilot.report import cost_text
+    from cryopilot.domain.report import cost_text
 
     cost = run.get("cost_usd")
     if not isinstance(cost, int | float):
