@@ -70,7 +70,7 @@ def _read_manifest_bytes(where: str, region: str) -> bytes:
 def _cluster_config(args: argparse.Namespace) -> int:
     from cryopilot.adapters.settings import Settings
     from cryopilot.core.errors import ManifestError
-    from cryopilot.domain.clusterconfig import cluster_name_for
+    from cryopilot.core.naming import cluster_name_for
     from cryopilot.domain.manifest import manifest_prefix, parse_manifest, validation_message
     from cryopilot.steps.cluster import config_yaml_for
     from pydantic import ValidationError

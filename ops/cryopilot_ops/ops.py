@@ -19,12 +19,13 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from cryopilot.adapters import admission, runs
 from cryopilot.core.errors import ManifestError
+from cryopilot.core.formatting import fmt_duration
+from cryopilot.core.status import EXECUTION_OVER, RUN_OVER
 from cryopilot.domain.manifest import Manifest, parse_manifest
 from cryopilot.domain.report import cost_text
 
 #: Exit codes of the operator commands.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_AWS = 0, 1, 2, 3, 4
-TERMINAL = ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
 
 
 class OperatorError(Exception):
@@ -150,11 +151,6 @@ def execution_status(stack: Stack, run_id: str) -> str | None:
 
 
 # ------------------------------------------------------------------ rendering
-def fmt_duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
-
-
 def _bar(fraction: float, width: int = 20) -> str:
     filled = max(0, min(width, round(fraction * width)))
     return "█" * filled + "░" * (width - filled)
@@ -231,7 +227,9 @@ def watch(
             emit(text)
             shown = text
         updates += 1
-        if execution in TERMINAL or (execution is None and run.get("status") in ("SUCCEEDED", "FAILED")):
+        if execution in EXECUTION_OVER or (
+            execution is None and run.get("status") in ("SUCCEEDED", "FAILED")
+        ):
             return str(execution or run.get("status"))
         if max_updates is not None and updates >= max_updates:
             return str(execution or run.get("status"))
@@ -412,7 +410,7 @@ def cancel(
 
 
 def _mark_cancelled(stack: Stack, run_id: str, run: dict[str, Any]) -> None:
-    if run.get("status") in ("SUCCEEDED", "FAILED", "CANCELLED"):
+    if run.get("status") in RUN_OVER:
         return
     table = _table(stack)
     # the step it was at stays, for the cleanup function's mail; the error is the one that function

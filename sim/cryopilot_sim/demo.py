@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from cryopilot.core.formatting import fmt_duration
+from cryopilot.core.status import EXECUTION_UNFINISHED, RUN_STATUS_FOR_EXECUTION
 
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.template import ROOT, load_template
@@ -194,15 +196,10 @@ def sample_dataset(profile: str) -> tuple[str, str, dict[str, bytes]]:
     return folder, yaml.safe_dump(doc, sort_keys=False), files
 
 
-def _fmt_h(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return f"{minutes // 60:d} h {minutes % 60:02d} min"
-
-
 def _render(record: dict[str, Any] | None, plan: list[dict[str, Any]], start: float, now: float) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"cryopilot demo — simulated time {_fmt_h(now - start)}", expand=False)
+    table = Table(title=f"cryopilot demo — simulated time {fmt_duration(now - start)}", expand=False)
     table.add_column("stage")
     table.add_column("queue")
     table.add_column("GPUs", justify="right")
@@ -227,7 +224,7 @@ def _render(record: dict[str, Any] | None, plan: list[dict[str, Any]], start: fl
         elapsed = ""
         if rec.get("started_at"):
             end = rec.get("completed_at") or now
-            elapsed = _fmt_h(float(end) - float(rec["started_at"]))
+            elapsed = fmt_duration(float(end) - float(rec["started_at"]))
         table.add_row(
             planned["title"],
             planned.get("lane") or "master",
@@ -286,7 +283,6 @@ def _inject(cloud: LocalCloud, fail: str, runs: int = 1) -> None:
 #: The janitor's schedule in the template (``rate(30 minutes)``), and the passes the demo waits for.
 JANITOR_EVERY_SECONDS = 1800
 JANITOR_PASSES = 4
-_ENDED = ("FAILED", "TIMED_OUT", "ABORTED")  # the ends the cleanup function handles
 
 
 def _record(cloud: LocalCloud, run_id: str) -> dict[str, Any] | None:
@@ -333,7 +329,7 @@ def _act_during(cloud: LocalCloud, kind: str, arns: dict[str, str], pending: set
 def _await_cleanups(cloud: LocalCloud, statuses: dict[str, str], timeout: float = 30.0) -> dict[str, Any]:
     """The cleanup function's answer for each execution that ended FAILED, TIMED_OUT or ABORTED
     (Step Functions' status-change event reaches it after the execution ended), by run id."""
-    ended = {rid for rid, st in statuses.items() if st in _ENDED}
+    ended = {rid for rid, st in statuses.items() if st in EXECUTION_UNFINISHED}
     deadline = time.monotonic() + timeout
     while True:
         answers = {
@@ -386,9 +382,6 @@ def _failed_tasks(cloud: LocalCloud, arn: str) -> list[str]:
     return out
 
 
-_RECORD_STATUS = {"SUCCEEDED": "SUCCEEDED", "FAILED": "FAILED", "ABORTED": "CANCELLED"}
-
-
 def _verdict(
     cloud: LocalCloud,
     fail: str,
@@ -417,11 +410,13 @@ def _verdict(
         error = (rec.get("error") or {}).get("type")
         if status != r.status:
             problems.append(f"{rid} ended {status}, not {r.status}" + (f" ({error})" if error else ""))
-        if rec.get("status") != _RECORD_STATUS.get(r.status):
-            problems.append(f"{rid}'s record says {rec.get('status')}, not {_RECORD_STATUS.get(r.status)}")
+        if rec.get("status") != RUN_STATUS_FOR_EXECUTION.get(r.status):
+            problems.append(
+                f"{rid}'s record says {rec.get('status')}, not {RUN_STATUS_FOR_EXECUTION.get(r.status)}"
+            )
         if r.error is not None and error != r.error:
             problems.append(f"{rid} failed with {error}, not {r.error}")
-        if status in _ENDED and rid not in cleanups:
+        if status in EXECUTION_UNFINISHED and rid not in cleanups:
             problems.append(f"the cleanup function never handled {rid}'s end ({status})")
         mine = [m for m in mails if m["attributes"].get("dataset") in (None, dataset)]
         for want in r.mails:
@@ -512,7 +507,7 @@ def _render_many(
 ) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"cryopilot demo — {len(records)} runs — simulated time {_fmt_h(now - start)}")
+    table = Table(title=f"cryopilot demo — {len(records)} runs — simulated time {fmt_duration(now - start)}")
     for col in ("run", "status", "step", "stages done", "cluster"):
         table.add_column(col)
     for rec in records:
@@ -813,7 +808,7 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
         console.print(f"  resolution           {s['resolution_A']:.2f} Å")
     if s["time_to_structure_h"] is not None:
         label = "time to structure" if ok else "ran for"
-        console.print(f"  {label:<20} {_fmt_h(s['time_to_structure_h'] * 3600)} (simulated)")
+        console.print(f"  {label:<20} {fmt_duration(s['time_to_structure_h'] * 3600)} (simulated)")
     if s["error"]:
         console.print(f"  failed at            {s['error'].get('step')}: {s['error'].get('type')}")
     console.print(f"  cluster deleted      {'yes' if s['cluster_deleted'] else 'NO'}")
@@ -832,7 +827,7 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
         done = sum(1 for r in s["runs"] if r["status"] == "SUCCEEDED")
         console.print(f"  runs                 {done} of {len(s['runs'])} succeeded")
         for r in s["runs"]:
-            took = _fmt_h(r["time_to_structure_h"] * 3600) if r["time_to_structure_h"] else "-"
+            took = fmt_duration(r["time_to_structure_h"] * 3600) if r["time_to_structure_h"] else "-"
             deleted = "cluster deleted" if r["cluster_deleted"] else "cluster NOT deleted"
             console.print(f"    {r['status']:<10} {r['run_id']}  {took}  {deleted}")
     if s.get("concurrency"):

@@ -28,12 +28,12 @@ from cryopilot.core.errors import (
     ThrottledError,
     TransientError,
 )
+from cryopilot.core.naming import cluster_name_for
 from cryopilot.domain.clusterconfig import (
     ClusterParams,
     ClusterRequest,
     build_cluster_config,
     capacity_fallbacks,
-    cluster_name_for,
     render_yaml,
 )
 from cryopilot_sim.clock import VirtualClock

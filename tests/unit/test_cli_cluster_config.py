@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cryopilot.domain.clusterconfig import cluster_name_for
+from cryopilot.core.naming import cluster_name_for
 from cryopilot_ops import cli
 
 cluster_schema = pytest.importorskip("pcluster.schemas.cluster_schema")

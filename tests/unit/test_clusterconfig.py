@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
+from cryopilot.core.naming import cluster_name_for
+from cryopilot.core.queues import GPU8_QUEUE
 from cryopilot.domain import clusterconfig as cc
 from cryopilot.domain.clusterconfig import (
     ClusterConfig,
@@ -15,7 +17,6 @@ from cryopilot.domain.clusterconfig import (
     ClusterRequest,
     build_cluster_config,
     capacity_fallbacks,
-    cluster_name_for,
     fsx_capacity_gib,
     render_yaml,
 )
@@ -144,7 +145,7 @@ def test_every_variant_loads_with_the_parallelcluster_schema(variant: str) -> No
 def test_every_capacity_fallback_loads_with_the_parallelcluster_schema(index: int) -> None:
     plan = capacity_fallbacks(make_params())[index]
     config, _document = check(make_cluster_request(), plan.params)
-    gpu8 = config.queue(cc.GPU8_QUEUE)
+    gpu8 = config.queue(GPU8_QUEUE)
     assert gpu8.compute_resources[0].instance_type == plan.params.gpu8_instance_type
     assert gpu8.networking.subnet_ids == [plan.params.compute_subnet_ids[0]]
     assert plan.params.gpu8_instance_type in plan.label

@@ -6,6 +6,7 @@ import math
 from datetime import date
 
 import pytest
+from cryopilot.core.formatting import fmt_duration
 from cryopilot.domain.clusterconfig import ClusterParams
 from cryopilot.domain.costing import (
     PRICE_OVERRIDES_ENV,
@@ -19,7 +20,6 @@ from cryopilot.domain.costing import (
     UnknownInstanceType,
     compare,
     estimate,
-    fmt_hours,
     load_profiles,
     parse_price_overrides,
     place,
@@ -175,10 +175,10 @@ def test_whitepaper_layout_reproduces_table1(cat: Catalogue, profile: str) -> No
 
 def test_whitepaper_table1_figures(cat: Catalogue) -> None:
     totals = {p: estimate(p, Layout.whitepaper(), cat) for p in ("cgrp", "glp1r", "spike")}
-    assert [fmt_hours(sum(r.wall_seconds for r in e.rows if r.gpus)) for e in totals.values()] == [
-        "36 h 02",
-        "38 h 00",
-        "5 h 41",
+    assert [fmt_duration(sum(r.wall_seconds for r in e.rows if r.gpus)) for e in totals.values()] == [
+        "36 h 02 min",
+        "38 h",
+        "5 h 41 min",
     ]
     cgrp = totals["cgrp"]
     assert cgrp.cost_usd == pytest.approx(807.16, abs=0.01)
@@ -449,15 +449,18 @@ def test_render_comparison_lists_figures_and_assumptions(cat: Catalogue) -> None
         "m6i.2xlarge        0.3840  no date          NOT verified",
         "L40S        0.56  NOT verified",
         "A100        1.00  reference",
-        "ScaledownIdletime 0 h 05 (clusterconfig)",
-        "GPU node launch 0 h 07 (assumption)",
+        "ScaledownIdletime 5 min (clusterconfig)",
+        "GPU node launch 7 min (assumption)",
         "807.16",
         "273.75",
     ):
         assert needed in text, needed
 
 
-def test_fmt_hours() -> None:
-    assert fmt_hours(36 * HOUR + 2 * 60) == "36 h 02"
-    assert fmt_hours(0) == "0 h 00"
-    assert fmt_hours(5 * HOUR + 41 * 60 + 20) == "5 h 41"
+def test_fmt_duration() -> None:
+    assert fmt_duration(36 * HOUR + 2 * 60) == "36 h 02 min"
+    assert fmt_duration(0) == "0 min"
+    assert fmt_duration(5 * HOUR + 41 * 60 + 20) == "5 h 41 min"
+    assert fmt_duration(2 * HOUR) == "2 h"
+    assert fmt_duration(10) == "< 1 min"
+    assert fmt_duration(None) == ""

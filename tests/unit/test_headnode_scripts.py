@@ -23,12 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cryopilot.domain.clusterconfig import (
-    ClusterParams,
-    ClusterRequest,
-    cluster_name_for,
-    headnode_setup_args,
-)
+from cryopilot.core.naming import cluster_name_for
+from cryopilot.domain.clusterconfig import ClusterParams, ClusterRequest, headnode_setup_args
 from cryopilot.steps import deliver
 
 from tests.conftest import ROOT

@@ -238,3 +238,14 @@ def test_register_entries_cite_sources_and_match_profiles() -> None:
     for stage in plan(manifest(), data_dir=DATA_DIR):
         base = stage.id.rstrip("0123456789")
         assert stage.gpus == gpus[base], stage.id
+
+
+def test_the_lanes_the_agent_speaks_are_the_queue_registry() -> None:
+    """protocol.stage.Lane (what the head node accepts) names the same queues as core.queues."""
+    from typing import get_args
+
+    from cryopilot.core.queues import GPU_QUEUES, NOMINAL_QUEUE_GPUS
+    from cryopilot.protocol.stage import Lane
+
+    assert get_args(Lane) == GPU_QUEUES
+    assert tuple(NOMINAL_QUEUE_GPUS) == GPU_QUEUES

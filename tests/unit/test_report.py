@@ -8,12 +8,12 @@ import struct
 from typing import Any
 
 import pytest
-from cryopilot.domain import clusterconfig
+from cryopilot.core.formatting import fmt_duration
+from cryopilot.core.queues import GPU_QUEUES
 from cryopilot.domain.report import (
     GPUS_PER_NODE,
     ReportData,
     cost_text,
-    fmt_duration,
     node_bill,
     render_all,
     render_gantt_png,
@@ -322,7 +322,7 @@ def test_iso_stage_times_are_read_like_epoch_seconds() -> None:
 
 
 def test_gpus_per_node_names_the_cluster_queues() -> None:
-    assert set(GPUS_PER_NODE) == set(clusterconfig.GPU_QUEUES)
+    assert set(GPUS_PER_NODE) == set(GPU_QUEUES)
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,7 @@ from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import CryopilotError, TransientError
+from cryopilot.core.status import EXECUTION_OVER, RUN_OVER
 
 KEY = {"pk": "admission"}
 #: Attempts of a conditional update that other invocations keep beating, before giving up.
@@ -51,8 +52,6 @@ START_GRACE_SECONDS = 300
 #: The run's step while it waits for a slot, and once it has one but its execution has not begun.
 WAITING_STEP = "waiting for a slot"
 STARTING_STEP = "starting"
-RUN_OVER = ("SUCCEEDED", "FAILED", "CANCELLED")
-EXECUTION_OVER = ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
 
 Admitted = Literal["admitted", "already_admitted", "refused", "already_queued"]
 Queued = Literal["queued", "already_queued", "already_admitted"]

@@ -64,16 +64,9 @@ from cryopilot.core.errors import (
     PClusterApiError,
     ThrottledError,
 )
+from cryopilot.core.naming import TAG_RUN_ID, is_cluster_name
 
 LOGGER = logging.getLogger(__name__)
-
-#: Tag keys cryopilot puts on its clusters (also in :mod:`cryopilot.domain.clusterconfig`).
-TAG_RUN_ID = "cryopilot:run-id"
-TAG_DATASET = "cryopilot:dataset"
-TAG_STACK = "cryopilot:stack"
-
-#: The spec's pattern for ``clusterName`` (the 60-character limit is checked by the API's validators).
-CLUSTER_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]+$")
 
 #: EC2 error codes that mean "no capacity for this instance type here" (ParallelCluster's fast
 #: insufficient-capacity fail-over list, plus the codes EC2 uses for the same condition elsewhere).
@@ -558,5 +551,5 @@ def _object(payload: Mapping[str, Any], key: str, operation: str, name: str) -> 
 
 def _check_name(name: str) -> None:
     # The spec's pattern, and the 5..60 length its generated models enforce on answers.
-    if not CLUSTER_NAME_RE.match(name) or not 5 <= len(name) <= 60:
+    if not is_cluster_name(name):
         raise ValueError(f"invalid ParallelCluster name {name!r}")

@@ -19,8 +19,6 @@ from cryopilot.adapters import aws
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 
-RUN_STATUSES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
-
 
 def _to_ddb(value: Any) -> Any:
     """Python → DynamoDB-ready value (floats as Decimal)."""

@@ -32,7 +32,6 @@ CloudFormation stack, a process list or a log line.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import math
 import re
@@ -43,7 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_pascal
 
 # Tag keys cryopilot puts on every cluster resource (the janitor and cost reports read them).
-from cryopilot.adapters.pcluster import TAG_DATASET, TAG_RUN_ID, TAG_STACK
+from cryopilot.core.naming import CLUSTER_NAME_MAX_LENGTH, CLUSTER_NAME_RE, TAG_DATASET, TAG_RUN_ID, TAG_STACK
+from cryopilot.core.queues import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE, NOMINAL_QUEUE_GPUS
 
 __all__ = [
     "TAG_DATASET",
@@ -54,22 +54,12 @@ __all__ = [
     "ClusterRequest",
     "build_cluster_config",
     "capacity_fallbacks",
-    "cluster_name_for",
     "render_yaml",
 ]
 
 #: The ParallelCluster version the configuration targets (and the API the stack deploys).
 PCLUSTER_VERSION = "3.16.1"
 
-
-#: Queue names: cryoSPARC registers one lane per queue, with the same name.
-GPU8_QUEUE = "gpu8"
-GPU4_QUEUE = "gpu4"
-GPU1_QUEUE = "gpu1"
-#: Every GPU queue, in the order the cluster lists them.
-GPU_QUEUES = (GPU8_QUEUE, GPU4_QUEUE, GPU1_QUEUE)
-#: GPUs per node each queue is meant for (its default type's); :func:`queue_gpus` has the real ones.
-NOMINAL_QUEUE_GPUS = {GPU8_QUEUE: 8, GPU4_QUEUE: 4, GPU1_QUEUE: 1}
 
 #: Mount points on every node.
 SHARED_MOUNT_DIR = "/shared"
@@ -86,9 +76,7 @@ HEADNODE_SETUP_SCRIPT = "headnode-setup.sh"
 
 SSM_CORE_POLICY_ARN = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 
-CLUSTER_NAME_MAX_LENGTH = 60
 #: The API's generated models also refuse names shorter than 5 characters (``ClusterInfoSummary``).
-CLUSTER_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{4,59}$")
 _QUEUE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,24}$")
 _SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8}(?:[0-9a-f]{9})?$")
 _SG_RE = re.compile(r"^sg-[0-9a-f]{8}(?:[0-9a-f]{9})?$")
@@ -418,27 +406,6 @@ class ClusterRequest(_Input):
         if a.startswith(b) or b.startswith(a):
             raise ValueError("data_s3_uri and results_s3_uri must not contain one another")
         return self
-
-
-#: Every cluster cryopilot names starts with this (the janitor lists only those).
-CLUSTER_NAME_PREFIX = "cryopilot"
-
-
-def cluster_name_for(run_id: str) -> str:
-    """A valid, deterministic ParallelCluster name for a run.
-
-    ``cryopilot-`` followed by the run id reduced to letters, digits and hyphens; when that would be
-    longer than 60 characters (or changed the id), a short hash of the full id keeps names distinct.
-    """
-    if not run_id:
-        raise ValueError("run_id is empty")
-    cleaned = re.sub(r"[^A-Za-z0-9]+", "-", run_id).strip("-").lower()
-    name = f"{CLUSTER_NAME_PREFIX}-{cleaned}" if cleaned else CLUSTER_NAME_PREFIX
-    digest = hashlib.sha256(run_id.encode()).hexdigest()[:8]
-    if cleaned != run_id or len(name) > CLUSTER_NAME_MAX_LENGTH:
-        name = f"{name[: CLUSTER_NAME_MAX_LENGTH - 9].rstrip('-')}-{digest}"
-    assert CLUSTER_NAME_RE.match(name), name
-    return name
 
 
 def fsx_capacity_gib(params: ClusterParams, dataset_size_gib: int | None) -> int:

@@ -47,7 +47,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cryopilot.core.errors import CryopilotError
-from cryopilot.domain.clusterconfig import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE, ClusterParams
+from cryopilot.core.formatting import fmt_duration
+from cryopilot.core.queues import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE
+from cryopilot.domain.clusterconfig import ClusterParams
 from cryopilot.domain.presets import REPEATED_STAGE, PlannedStage, load_preset, profile_stage_id
 
 __all__ = [
@@ -67,7 +69,6 @@ __all__ = [
     "UnknownInstanceType",
     "compare",
     "estimate",
-    "fmt_hours",
     "load_profiles",
     "parse_price_overrides",
     "place",
@@ -953,12 +954,6 @@ def compare(profile: str, catalogue: Catalogue | None = None, **kwargs: Any) -> 
 # --- rendering -----------------------------------------------------------------------------------
 
 
-def fmt_hours(seconds: float) -> str:
-    """``129720`` → ``"36 h 02"`` (rounded to the minute)."""
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d}"
-
-
 def _pct(value: float) -> str:
     return f"{100 * value:.1f} %"
 
@@ -991,11 +986,11 @@ def render_comparison(whitepaper: Estimate, cryopilot: Estimate) -> str:
                 wr.stage,
                 str(wr.gpus),
                 wr.instance_type,
-                fmt_hours(wr.wall_seconds),
+                fmt_duration(wr.wall_seconds),
                 f"{cr.queue} {cr.instance_type}" if cr else "-",
-                fmt_hours(cr.wait_seconds) if cr and cr.wait_seconds else "",
-                fmt_hours(cr.wall_seconds) if cr else "-",
-                fmt_hours(cr.start_seconds) if cr else "-",
+                fmt_duration(cr.wait_seconds) if cr and cr.wait_seconds else "",
+                fmt_duration(cr.wall_seconds) if cr else "-",
+                fmt_duration(cr.start_seconds) if cr else "-",
                 f"{cr.cost_usd:,.2f}" if cr and cr.queue != HEAD_QUEUE else "",
             ]
         )
@@ -1016,20 +1011,20 @@ def render_comparison(whitepaper: Estimate, cryopilot: Estimate) -> str:
     totals = [
         [
             "time to structure",
-            fmt_hours(w.time_to_structure_seconds),
-            fmt_hours(c.time_to_structure_seconds),
+            fmt_duration(w.time_to_structure_seconds),
+            fmt_duration(c.time_to_structure_seconds),
             delta(w.time_to_structure_seconds, c.time_to_structure_seconds),
         ],
         [
             "  pipeline run",
-            fmt_hours(w.run_seconds),
-            fmt_hours(c.run_seconds),
+            fmt_duration(w.run_seconds),
+            fmt_duration(c.run_seconds),
             delta(w.run_seconds, c.run_seconds),
         ],
         [
             "  cluster create + delete",
-            fmt_hours(w.cluster_create_seconds + w.cluster_delete_seconds),
-            fmt_hours(c.cluster_create_seconds + c.cluster_delete_seconds),
+            fmt_duration(w.cluster_create_seconds + w.cluster_delete_seconds),
+            fmt_duration(c.cluster_create_seconds + c.cluster_delete_seconds),
             "",
         ],
         ["cost", f"{w.cost_usd:,.2f}", f"{c.cost_usd:,.2f}", ratio(w.cost_usd, c.cost_usd)],
@@ -1070,7 +1065,7 @@ def render_comparison(whitepaper: Estimate, cryopilot: Estimate) -> str:
     if c.time_budget_seconds is not None:
         out.append(
             "  cryopilot placement: each GPU stage on the cheapest queue that keeps the pipeline within"
-            f" {fmt_hours(c.time_budget_seconds)} (the white paper's layout)"
+            f" {fmt_duration(c.time_budget_seconds)} (the white paper's layout)"
         )
     prices = {p.instance_type: p for p in [*w.prices, *c.prices]}
     out.append(f"  On-Demand Linux prices, {w.region}, USD per hour:")
@@ -1093,13 +1088,14 @@ def render_comparison(whitepaper: Estimate, cryopilot: Estimate) -> str:
             flag = "verified" if s.verified else "NOT verified (lower of vendor FP32 and bandwidth ratios)"
         out.append(f"    {s.gpu_model:<10} {s.factor:>5.2f}  {flag}")
     out.append(
-        f"  GPU node launch {fmt_hours(c.node_launch_seconds)} (assumption); Slurm ScaledownIdletime "
-        f"{fmt_hours(c.scaledown_idle_seconds)} (clusterconfig); a node is paid until that idle time"
+        f"  GPU node launch {fmt_duration(c.node_launch_seconds)} (assumption); Slurm ScaledownIdletime "
+        f"{fmt_duration(c.scaledown_idle_seconds)} (clusterconfig); a node is paid until that idle time"
         " after its last job"
     )
     out.append(
-        f"  cluster create {fmt_hours(c.cluster_create_seconds)}, delete "
-        f"{fmt_hours(c.cluster_delete_seconds)} (assumptions); head node paid for the whole time to structure"
+        f"  cluster create {fmt_duration(c.cluster_create_seconds)}, delete "
+        f"{fmt_duration(c.cluster_delete_seconds)} (assumptions);"
+        " head node paid for the whole time to structure"
     )
     out.append(
         f"  wall times: white paper Table 1 ({w.reference_instance_type});"

@@ -297,8 +297,8 @@ def _place(
     planned: list[PlannedStage], preset: Preset, manifest: Manifest, queue_types: dict[str, str] | None
 ) -> list[PlannedStage]:
     """Give every GPU stage without a pinned lane the queue the preset's placement picks."""
+    from cryopilot.core.queues import GPU8_QUEUE
     from cryopilot.domain import costing
-    from cryopilot.domain.clusterconfig import GPU8_QUEUE
 
     unplaced = [s for s in planned if s.gpus > 0 and s.lane is None]
     if not unplaced:
@@ -326,8 +326,8 @@ def _placement_estimate(
     planned: list[PlannedStage], preset_name: str, rule: PlacementDef, queue_types: dict[str, str] | None
 ) -> Any:
     """The preset's placement ``rule`` applied to ``planned`` (a ``domain.costing.Estimate``)."""
+    from cryopilot.core.queues import GPU_QUEUES
     from cryopilot.domain import costing
-    from cryopilot.domain.clusterconfig import GPU_QUEUES
 
     types = dict(queue_types or {})
     defaults = costing.Layout.cryopilot().queues

@@ -22,7 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from cryopilot.domain.clusterconfig import NOMINAL_QUEUE_GPUS
+from cryopilot.core.formatting import fmt_duration
+from cryopilot.core.queues import NOMINAL_QUEUE_GPUS
 
 __all__ = [
     "GPUS_PER_NODE",
@@ -31,7 +32,6 @@ __all__ = [
     "ReportData",
     "StageRow",
     "cost_text",
-    "fmt_duration",
     "node_bill",
     "render_all",
     "render_gantt_png",
@@ -419,19 +419,6 @@ def node_bill(
 
 
 # --- formatting ------------------------------------------------------------------------------------
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """``36 h 27 min``, ``2 h``, ``14 min``, ``< 1 min``; empty for None."""
-    if seconds is None:
-        return ""
-    if 0 < seconds < 30:
-        return "< 1 min"
-    minutes = round(max(0.0, seconds) / 60)
-    h, m = divmod(minutes, 60)
-    if h and m:
-        return f"{h} h {m:02d} min"
-    return f"{h} h" if h else f"{m} min"
 
 
 def _money(value: float | None) -> str:

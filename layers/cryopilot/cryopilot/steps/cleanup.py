@@ -27,17 +27,15 @@ from pydantic import BaseModel, Field
 
 from cryopilot.adapters import aws, runs
 from cryopilot.adapters.observability import logger
-from cryopilot.adapters.pcluster import TAG_RUN_ID, TAG_STACK
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import ClusterNotFoundError, CryopilotError
+from cryopilot.core.naming import TAG_RUN_ID, TAG_STACK
+from cryopilot.core.status import EXECUTION_UNFINISHED, RUN_OVER, RUN_STATUS_FOR_EXECUTION
 
-ENDED = ("FAILED", "TIMED_OUT", "ABORTED")
-RUN_FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 GONE_OR_GOING = ("DELETE_IN_PROGRESS",)
 #: Failed delete attempts after which the janitor's mail says ACTION NEEDED.
 LOUD_AFTER = 3
-_RUN_STATUS = {"ABORTED": "CANCELLED", "TIMED_OUT": "FAILED", "FAILED": "FAILED"}
 _VERB = {"ABORTED": "was stopped", "TIMED_OUT": "timed out", "FAILED": "failed"}
 
 
@@ -90,15 +88,19 @@ def on_execution_end(detail: dict[str, Any]) -> CleanupResult:
     status = str(detail.get("status") or "")
     run_id = str(detail.get("name") or "")
     settings = get_settings()
-    if detail.get("stateMachineArn") != settings.state_machine_arn or status not in ENDED or not run_id:
+    if (
+        detail.get("stateMachineArn") != settings.state_machine_arn
+        or status not in EXECUTION_UNFINISHED
+        or not run_id
+    ):
         return CleanupResult(run_id=run_id, execution_status=status, action="ignored")
     run = runs.get_run(run_id)
     if run is None:  # it ended before Validate wrote a record: no cluster can exist
         return CleanupResult(run_id=run_id, execution_status=status, action="no_record")
 
-    if run.get("status") not in RUN_FINAL:
+    if run.get("status") not in RUN_OVER:
         fields: dict[str, Any] = {
-            "status": _RUN_STATUS[status],
+            "status": RUN_STATUS_FOR_EXECUTION[status],
             "finished_at": clock.now_iso(),
             "finished_epoch": clock.now(),
         }
@@ -185,7 +187,7 @@ def _why_delete(run: dict[str, Any] | None, execution: str | None, age_h: float 
         return "no run record for its run id"
     if age_h is not None and age_h > limit:
         return f"older than the maximum run time ({age_h:.1f} h > {limit:g} h)"
-    if run.get("status") in RUN_FINAL:
+    if run.get("status") in RUN_OVER:
         return f"its run is over ({run.get('status')})"
     if execution is not None and execution != "RUNNING":
         return f"its execution is over ({execution})"
@@ -196,7 +198,7 @@ def janitor(now: float | None = None) -> JanitorReport:
     settings = get_settings()
     now = clock.now() if now is None else now
     report = JanitorReport()
-    from cryopilot.domain.clusterconfig import CLUSTER_NAME_PREFIX
+    from cryopilot.core.naming import CLUSTER_NAME_PREFIX
 
     listed: set[str] = set()
     for summary in _api().list_clusters():

@@ -117,7 +117,7 @@ def create(run_id: str) -> ClusterStep:
 def fallback(run_id: str, error: Any = None) -> ClusterStep:
     """After a capacity failure: abandon (delete) the failed cluster and move the run to the next
     placement, or raise :class:`CapacityError` when every placement has been tried."""
-    from cryopilot.domain.clusterconfig import cluster_name_for
+    from cryopilot.core.naming import cluster_name_for
     from cryopilot.steps.notify import parse_error
 
     settings = get_settings()

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from cryopilot.adapters import runs
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
+from cryopilot.core.formatting import fmt_duration
 
 SUBJECT_MAX = 100  # SNS subject limit
 
@@ -26,14 +27,6 @@ class FailureRecord(BaseModel):
     reason: str
     delete_poll_seconds: int = 30
     max_delete_polls: int = 120
-
-
-def fmt_duration(seconds: float) -> str:
-    minutes = round(max(0.0, seconds) / 60)
-    h, m = divmod(minutes, 60)
-    if h and m:
-        return f"{h} h {m:02d} min"
-    return f"{h} h" if h else f"{m} min"
 
 
 def _subject(text: str) -> str:

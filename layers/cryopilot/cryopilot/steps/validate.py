@@ -13,6 +13,7 @@ from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import EventError, ManifestError
+from cryopilot.core.naming import cluster_name_for
 from cryopilot.domain.manifest import (
     MAX_MANIFEST_BYTES,
     Manifest,
@@ -159,7 +160,7 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
         data_dir=f"{clusterconfig.FSX_MOUNT_DIR}/data/",
         queue_types=settings.queue_instance_types(),
     )
-    cluster_name = clusterconfig.cluster_name_for(run_id)
+    cluster_name = cluster_name_for(run_id)
     titles = " → ".join(s.title for s in stages)
     runs.put_plan(run_id, [s.model_dump(mode="json") for s in stages])
     runs.update_run(
