@@ -1,0 +1,141 @@
+"""The run record: the readable account of one run, as the run table keeps it.
+
+Step Functions is the source of truth for *what happens*; the record says what happened (status,
+current step, cluster, stage times, job ids, decisions, resolution, cost, error) for the mails, the
+report, the janitor and the operator's CLI. These models are its schema: every field a step writes
+is declared here, so a reader sees the whole record in one place. ``adapters.runs.RunStore`` reads
+and writes them; nothing else touches the table's items.
+
+Three items make a run, so that a stage poll reads a few hundred bytes rather than the whole record:
+
+* :class:`RunRecord` (``run#<run id>``): everything, growing with every stage and decision;
+* :class:`RunContext` (``ctx#<run id>``): the few values every stage poll needs;
+* the plan (``plan#<run id>``): the planned stages (``protocol.stage.PlannedStage``), written once.
+
+Times are ISO-8601 text (``*_at``) or seconds since the epoch (``*_epoch`` and a stage's times).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cryopilot.core.status import RUN_OVER
+
+RunStatus = Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
+
+
+class _Item(BaseModel):
+    # Reading an item must never fail on a field a newer version added: unknown fields are ignored.
+    model_config = ConfigDict(extra="ignore")
+
+
+class StageRecord(_Item):
+    """``stages.<stage id>``: one planned stage, as its jobs went."""
+
+    title: str = ""
+    lane: str | None = None
+    gpus: int | None = None
+    state: str = "planned"
+    jobs: list[str] = Field(default_factory=list)
+    job_types: list[str] = Field(default_factory=list)
+    progress: float | None = None
+    submitted_at: float | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+    polls: int | None = None
+    last_wait_seconds: int | None = None
+    cost_usd: float | None = None
+    num_micrographs: int | None = None
+    num_particles: int | None = None
+    resolution_A: float | None = None
+    killed_for_time: bool | None = None
+    error: str | None = None
+
+    @property
+    def wall_seconds(self) -> float | None:
+        if self.started_at is None or self.completed_at is None:
+            return None
+        return max(0.0, self.completed_at - self.started_at)
+
+
+class RunRecord(_Item):
+    """``run#<run id>``."""
+
+    run_id: str
+    status: RunStatus = "QUEUED"
+    created_at: str | None = None
+    updated_at: str | None = None
+    # how it started
+    dataset: str | None = None
+    trigger: str | None = None
+    execution_arn: str | None = None
+    manifest: dict[str, Any] | None = None
+    manifest_doc: dict[str, Any] | None = None
+    start_input: str | None = None
+    data_s3_uri: str | None = None
+    notify: list[str] = Field(default_factory=list)
+    # admission (adapters.admission)
+    queued_at: str | None = None
+    admitted_at: str | None = None
+    admitted_epoch: float | None = None
+    slot_released_at: str | None = None
+    # the plan
+    preset: str | None = None
+    layout: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    started_at: str | None = None
+    started_epoch: float | None = None
+    current_step: str | None = None
+    current_stage: str | None = None
+    # the cluster
+    cluster_name: str | None = None
+    cluster_state: str | None = None
+    cluster_requested_at: str | None = None
+    cluster_ready_at: str | None = None
+    head_node_instance_id: str | None = None
+    placement: str | None = None
+    placement_attempt: int | None = None
+    placements_tried: list[str] = Field(default_factory=list)
+    abandoned_clusters: list[str] = Field(default_factory=list)
+    delete_requested_at: str | None = None
+    cluster_deleted: bool = False
+    cluster_deleted_at: str | None = None
+    # the work
+    cryosparc_project: str | None = None
+    stages: dict[str, StageRecord] = Field(default_factory=dict)
+    decisions: list[dict[str, Any]] = Field(default_factory=list)
+    resolution_A: float | None = None
+    # the end
+    export_started_at: float | None = None
+    export_finished_at: float | None = None
+    results: dict[str, Any] | None = None
+    partial_export: dict[str, Any] | None = None
+    report: dict[str, Any] | None = None
+    cost_usd: float | None = None
+    cost_basis: str | None = None
+    stage_cost_usd: float | None = None
+    gpu_hours_paid: float | None = None
+    gpu_hours_busy: float | None = None
+    error: dict[str, Any] | None = None
+    finished_at: str | None = None
+    finished_epoch: float | None = None
+    mails: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def is_over(self) -> bool:
+        return self.status in RUN_OVER
+
+
+class RunContext(_Item):
+    """``ctx#<run id>``: what every stage poll reads (Validate and the cluster step write it)."""
+
+    run_id: str
+    preset: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    limits: dict[str, Any] = Field(default_factory=dict)
+    started_epoch: float | None = None
+    costs: dict[str, float] = Field(default_factory=dict)
+    head_node_instance_id: str | None = None
+    gpu8_instance_type: str | None = None
