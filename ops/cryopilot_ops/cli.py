@@ -141,40 +141,53 @@ def _cluster_config(args: argparse.Namespace) -> int:
 
 
 def _estimate(args: argparse.Namespace) -> int:
+    import os
+
     from cryopilot.core.errors import ManifestError
-    from cryopilot.domain import costing
+    from cryopilot.domain.catalogue import (
+        PRICE_OVERRIDES_ENV,
+        PROFILE_FOR_PRESET,
+        Catalogue,
+        CostingError,
+        parse_price_overrides,
+    )
+    from cryopilot.domain.estimate import Layout, estimate, plan_from_stages
+    from cryopilot.domain.placement import compare, place
+
+    from cryopilot_ops.estimate_view import render_comparison
 
     kwargs: dict[str, Any] = {"region": args.region}
     try:
-        catalogue = costing.Catalogue.from_env()
+        # the deployment's overrides (as the Lambdas get them), then --price
+        catalogue = Catalogue.for_deployment(os.environ.get(PRICE_OVERRIDES_ENV))
         if args.price:
-            catalogue = catalogue.with_overrides(costing.parse_price_overrides(args.price))
+            catalogue = catalogue.with_overrides(parse_price_overrides(args.price))
         if args.manifest:
             from cryopilot.domain.manifest import parse_manifest
-            from cryopilot.domain.presets import plan
+            from cryopilot.domain.placement import plan
 
             data = _read_manifest_bytes(args.manifest, args.region)
             manifest = parse_manifest(data, source=args.manifest)
-            profile = args.profile or costing.PROFILE_FOR_PRESET[manifest.preset_name]
-            the_plan = costing.plan_from_stages(plan(manifest, data_dir="/fsx/data"), profile)
+            profile = args.profile or PROFILE_FOR_PRESET[manifest.preset_name]
+            the_plan = plan_from_stages(plan(manifest, data_dir="/fsx/data", catalogue=catalogue), profile)
             print(
                 f"{manifest.dataset}: preset {manifest.preset_name}, stage times of the white paper's"
                 f" {profile} dataset (Table 1)\n"
             )
-            wp = costing.estimate(the_plan, costing.Layout.whitepaper(), catalogue, **kwargs)
-            cp = costing.place(the_plan, costing.Layout.cryopilot(), catalogue, **kwargs)
+            wp = estimate(the_plan, Layout.whitepaper(), catalogue, **kwargs)
+            cp = place(the_plan, Layout.cryopilot(), catalogue, **kwargs)
         else:
-            wp, cp = costing.compare(args.profile or "cgrp", catalogue, **kwargs)
+            wp, cp = compare(args.profile or "cgrp", catalogue, **kwargs)
     except ManifestError as exc:
         print(str(exc), file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"cryopilot estimate: {exc}", file=sys.stderr)
         return 2
-    except costing.CostingError as exc:
+    except CostingError as exc:
         print(f"cryopilot estimate: {exc}", file=sys.stderr)
         return 2
-    print(costing.render_comparison(wp, cp))
+    print(render_comparison(wp, cp))
     return 0
 
 

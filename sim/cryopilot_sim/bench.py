@@ -65,11 +65,11 @@ def _when(value: Any) -> float | None:
 
 def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, Any]:
     """One run; its figures (see the module docstring)."""
-    from cryopilot.domain.costing import Catalogue
+    from cryopilot.domain.catalogue import PRICE_OVERRIDES_ENV, Catalogue
 
     from cryopilot_sim.harness import LocalCloud
 
-    cat = Catalogue.from_env()
+    cat = Catalogue.for_deployment(os.environ.get(PRICE_OVERRIDES_ENV))
     create = cat.timings.cluster_create_seconds.value
     delete = cat.timings.cluster_delete_seconds.value
     clock = VirtualClock()
@@ -147,7 +147,7 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
             entry["poll_interval_s"] = interval
             if controller_gaps[-1] > max(interval, 60.0) + 1.0:
                 late.append(entry)
-    from cryopilot.domain.costing import load_profiles
+    from cryopilot.domain.catalogue import load_profiles
 
     from cryopilot_sim.cryosparc_standin import STAGE_OF_TYPE
 
@@ -216,7 +216,7 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
 
 
 def _targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
-    from cryopilot.domain.costing import load_profiles
+    from cryopilot.domain.catalogue import load_profiles
 
     table1 = {name: p.table1_total_minutes / 60 for name, p in load_profiles().items()}
     checks: list[tuple[str, bool, str]] = []
@@ -296,7 +296,7 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
         ("transitions", lambda r: str(r["transitions"])),
         ("lambdas", lambda r: str(r["lambda_invocations"])),
     ]
-    from cryopilot.domain.costing import text_table  # the estimate's own table layout
+    from cryopilot_ops.estimate_view import text_table  # the estimate's own table layout
 
     rows = [[f(r) for _, f in cols] for r in results.values()]
     return "\n".join(text_table([name for name, _ in cols], rows, right=set(range(1, len(cols)))))

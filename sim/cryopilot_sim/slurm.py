@@ -8,12 +8,13 @@ for one cluster, from the cluster configuration the controller sent, so the cryo
 start each job when its node is ready, scale its duration by the node's GPU speed, and the benchmark
 can bill every node for the time it was up (as EC2 does, per second).
 
-Prices and GPU speeds come from the controller's own instance catalogue (``cryopilot.domain.costing``), so a
+Prices and GPU speeds come from the controller's own instance catalogue (``cryopilot.domain.catalogue``), so a
 figure the benchmark prints is the figure an estimate would print for the same timeline.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,9 +99,9 @@ class SlurmNodes:
         cls, config_text: str, *, ready_at: float, region: str = "us-east-1"
     ) -> SlurmNodes:
         """Nodes of the cluster ``config_text`` (the YAML sent to createCluster) describes."""
-        from cryopilot.domain.costing import Catalogue
+        from cryopilot.domain.catalogue import PRICE_OVERRIDES_ENV, Catalogue
 
-        catalogue = Catalogue.from_env()
+        catalogue = Catalogue.for_deployment(os.environ.get(PRICE_OVERRIDES_ENV))
         doc = yaml.safe_load(config_text)
         scheduling = doc.get("Scheduling") or {}
         settings = scheduling.get("SlurmSettings") or {}

@@ -11,8 +11,9 @@ from typing import Any
 import boto3
 import pytest
 from cryopilot.domain.manifest import Manifest, manifest_from_dict
-from cryopilot.domain.presets import PlannedStage, plan
+from cryopilot.domain.placement import plan
 from cryopilot.protocol.agent import AgentFailure, ExportResult, KillResult, StatusResult, SubmitResult
+from cryopilot.protocol.stage import PlannedStage
 from cryopilot_agent.cli import encode_spec, main
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.cryosparc_standin import CryoSparcStandIn

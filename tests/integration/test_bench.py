@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cryopilot.domain.costing import Catalogue
+from cryopilot.domain.catalogue import Catalogue
 from cryopilot_sim import bench
 
 pytestmark = pytest.mark.xdist_group("bench")

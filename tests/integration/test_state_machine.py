@@ -99,7 +99,7 @@ def test_successful_run(cloud: LocalCloud) -> None:
         assert stage["jobs"], stage_id
     assert {f["kind"] for f in record["results"]["files"]} >= {"map", "half_map_a", "half_map_b", "fsc"}
     # the cost of each stage's nodes is kept on the record as the stage runs (catalogue prices)
-    from cryopilot.domain.costing import Catalogue
+    from cryopilot.domain.catalogue import Catalogue
 
     motion, pick = record["stages"]["motion"], record["stages"]["pick"]
     p4d, gpu1 = Catalogue.load().price("p4d.24xlarge"), Catalogue.load().price("p5.4xlarge")

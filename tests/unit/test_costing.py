@@ -7,28 +7,29 @@ from datetime import date
 
 import pytest
 from cryopilot.core.formatting import fmt_duration
-from cryopilot.domain.clusterconfig import ClusterParams
-from cryopilot.domain.costing import (
+from cryopilot.domain.catalogue import (
     PRICE_OVERRIDES_ENV,
-    SCALEDOWN_IDLE_SECONDS,
     Catalogue,
     CostingError,
+    PriceOverrideError,
+    UnknownInstanceType,
+    load_profiles,
+    parse_price_overrides,
+)
+from cryopilot.domain.clusterconfig import ClusterParams
+from cryopilot.domain.estimate import (
+    SCALEDOWN_IDLE_SECONDS,
     Layout,
     Plan,
     PlanStage,
-    PriceOverrideError,
-    UnknownInstanceType,
-    compare,
     estimate,
-    load_profiles,
-    parse_price_overrides,
-    place,
     plan_for_profile,
     plan_from_stages,
-    render_comparison,
 )
 from cryopilot.domain.manifest import manifest_from_dict
-from cryopilot.domain.presets import plan as preset_plan
+from cryopilot.domain.placement import compare, place
+from cryopilot.domain.placement import plan as preset_plan
+from cryopilot_ops.estimate_view import render_comparison
 from pydantic import ValidationError
 
 REQUIRED_TYPES = {
@@ -414,19 +415,25 @@ def test_unknown_instance_type_names_the_known_ones(cat: Catalogue) -> None:
 )
 def test_env_override_errors(value: str, message: str) -> None:
     with pytest.raises(PriceOverrideError, match=message) as info:
-        Catalogue.from_env({PRICE_OVERRIDES_ENV: value})
+        Catalogue.for_deployment(value)
     assert PRICE_OVERRIDES_ENV in str(info.value)
 
 
-def test_env_overrides(cat: Catalogue) -> None:
+def test_deployment_overrides(cat: Catalogue) -> None:
     assert parse_price_overrides(None) == {}
     assert parse_price_overrides("  ") == {}
-    assert Catalogue.from_env({}) is cat
-    env = {PRICE_OVERRIDES_ENV: '{"p4d.24xlarge": 21.96, "g6e.2xlarge": 2}'}
-    applied = Catalogue.from_env(env)
+    assert Catalogue.for_deployment(None) is cat
+    assert Catalogue.for_deployment("") is cat
+    applied = Catalogue.for_deployment('{"p4d.24xlarge": 21.96, "g6e.2xlarge": 2}')
     assert (applied.price("p4d.24xlarge"), applied.price("g6e.2xlarge")) == (21.96, 2.0)
     with pytest.raises(UnknownInstanceType, match=f"{PRICE_OVERRIDES_ENV}: unknown instance type 'x.large'"):
-        Catalogue.from_env({PRICE_OVERRIDES_ENV: '{"x.large": 1}'})
+        Catalogue.for_deployment('{"x.large": 1}')
+
+
+def test_the_catalogue_does_not_read_the_environment(cat: Catalogue, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PRICE_OVERRIDES_ENV, '{"p4d.24xlarge": 1.0}')
+    assert Catalogue.load() is cat
+    assert estimate("spike", Layout.whitepaper()).prices == estimate("spike", Layout.whitepaper(), cat).prices
 
 
 def test_speed_override_errors(cat: Catalogue) -> None:

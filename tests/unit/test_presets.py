@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from cryopilot.core.errors import ManifestError
 from cryopilot.domain.manifest import Manifest, manifest_from_dict
-from cryopilot.domain.presets import job_types, load_preset, plan, preset_names
+from cryopilot.domain.placement import plan
+from cryopilot.domain.presets import job_types, load_preset, preset_names
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.cryosparc_standin import STAGE_OF_TYPE, CryoSparcStandIn, load_profiles
 

@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     #: Runs holding a cluster at once; the others wait in the queue (cryopilot.adapters.admission).
     max_concurrent_runs: int = Field(default=10, ge=1, le=1000)
     price_overrides: str = Field(
-        default="", description="JSON {instance type: USD per hour}, read by cryopilot.domain.costing"
+        default="", description="JSON {instance type: USD per hour}, passed to cryopilot.domain.catalogue"
     )
     agent_timeout_seconds: int = 120
 

@@ -44,6 +44,7 @@ from pydantic.alias_generators import to_pascal
 # Tag keys cryopilot puts on every cluster resource (the janitor and cost reports read them).
 from cryopilot.core.naming import CLUSTER_NAME_MAX_LENGTH, CLUSTER_NAME_RE, TAG_DATASET, TAG_RUN_ID, TAG_STACK
 from cryopilot.core.queues import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE, NOMINAL_QUEUE_GPUS
+from cryopilot.domain.catalogue import Catalogue
 
 __all__ = [
     "TAG_DATASET",
@@ -696,8 +697,6 @@ def queue_instance_types(params: ClusterParams) -> dict[str, str]:
 def queue_gpus(params: ClusterParams) -> dict[str, int]:
     """GPUs per node of each GPU queue: the cryoSPARC lanes' sizes. From the instance catalogue; a
     type it does not list is taken to have the queue's nominal count (8, 4 or 1)."""
-    from cryopilot.domain.costing import Catalogue  # costing imports this module
-
     catalogue = Catalogue.load()
     return {
         q: catalogue.instances[t].gpus if t in catalogue.instances else NOMINAL_QUEUE_GPUS[q]

@@ -2,10 +2,10 @@
 
 A preset (``presets/<name>.yaml``) lists the cryoSPARC stages of a pipeline: job type, GPUs,
 parameters (which may reference the manifest), input connections, the automatic decision a person
-would otherwise make, and a time limit. :func:`plan` turns a preset and a :class:`Manifest` into
+would otherwise make, and a time limit. :func:`expand` turns a preset and a :class:`Manifest` into
 the :class:`PlannedStage` list the state machine submits one by one through the head-node agent.
-A preset's ``placement`` says how each GPU stage's queue (lane) is chosen: :func:`plan` applies it
-with :func:`cryopilot.domain.costing.place` unless a stage pins its ``lane``.
+A preset's ``placement`` says how each GPU stage's queue (lane) is chosen: unless a stage pins its
+``lane``, :func:`cryopilot.domain.placement.plan` applies it to what :func:`expand` makes.
 
 ``presets/job_types.yaml`` is the register of cryoSPARC job types (parameters, inputs, outputs) the
 presets use; an override naming a parameter its job type does not have is a :class:`ManifestError`.
@@ -232,13 +232,12 @@ def _connections(
     return out
 
 
-def plan(
-    manifest: Manifest, *, data_dir: str, queue_types: dict[str, str] | None = None
-) -> list[PlannedStage]:
-    """The stages of the manifest's preset with final parameter values, in submission order.
+def expand(manifest: Manifest, *, data_dir: str) -> list[PlannedStage]:
+    """The stages of the manifest's preset with final parameter values, in submission order; a GPU
+    stage has a lane only if the preset pins one (:func:`cryopilot.domain.placement.plan` places
+    the others).
 
-    ``data_dir`` is where the dataset folder is mounted on the cluster. ``queue_types`` (queue →
-    instance type; default: the cluster's defaults) is what the placement weighs. Parameters are the preset's
+    ``data_dir`` is where the dataset folder is mounted on the cluster. Parameters are the preset's
     defaults, then manifest references resolved, then ``manifest.pipeline.overrides`` (by stage id;
     ``hetero`` applies to every round, ``hetero3`` to one; ``{hetero: {rounds: N}}`` sets N).
     """
@@ -290,59 +289,7 @@ def plan(
                     time_limit_seconds=round(stage.time_limit_hours * 3600),
                 )
             )
-    return _place(planned, preset, manifest, queue_types)
-
-
-def _place(
-    planned: list[PlannedStage], preset: Preset, manifest: Manifest, queue_types: dict[str, str] | None
-) -> list[PlannedStage]:
-    """Give every GPU stage without a pinned lane the queue the preset's placement picks."""
-    from cryopilot.core.queues import GPU8_QUEUE
-    from cryopilot.domain import costing
-
-    unplaced = [s for s in planned if s.gpus > 0 and s.lane is None]
-    if not unplaced:
-        return planned
-    lanes: dict[str, str]
-    if manifest.pipeline.layout == "whitepaper":
-        lanes = {s.id: GPU8_QUEUE for s in unplaced}
-        est = costing.estimate(
-            costing.plan_from_stages(planned, costing.PROFILE_FOR_PRESET.get(preset.name, "cgrp")),
-            costing.Layout.whitepaper(),
-        )
-    else:
-        if preset.placement is None:
-            raise ManifestError(f"preset {preset.name}: GPU stages without a lane and no placement")
-        est = _placement_estimate(planned, preset.name, preset.placement, queue_types)
-        lanes = {r.stage: r.queue for r in est.rows if r.queue != costing.HEAD_QUEUE}
-    expected = {r.stage: round(r.wait_seconds + r.wall_seconds) for r in est.rows}
-    return [
-        s.model_copy(update={"lane": lanes.get(s.id, s.lane), "expected_seconds": expected.get(s.id)})
-        for s in planned
-    ]
-
-
-def _placement_estimate(
-    planned: list[PlannedStage], preset_name: str, rule: PlacementDef, queue_types: dict[str, str] | None
-) -> Any:
-    """The preset's placement ``rule`` applied to ``planned`` (a ``domain.costing.Estimate``)."""
-    from cryopilot.core.queues import GPU_QUEUES
-    from cryopilot.domain import costing
-
-    types = dict(queue_types or {})
-    defaults = costing.Layout.cryopilot().queues
-    queues = {q: types.get(q) or defaults[q] for q in rule.queues if q in GPU_QUEUES}
-    pins = {profile_stage_id(s.id): (s.lane,) for s in planned if s.lane is not None}
-    layout = costing.Layout(
-        name="cryopilot",
-        description="the preset's placement",
-        queues=queues,
-        by_stage=pins,
-    )
-    profile = costing.PROFILE_FOR_PRESET.get(preset_name, "cgrp")
-    return costing.place(
-        costing.plan_from_stages(planned, profile), layout, tolerance_percent=rule.tolerance_percent
-    )
+    return planned
 
 
 def profile_stage_id(stage_id: str) -> str:

@@ -4,7 +4,7 @@ The rendering is :mod:`cryopilot.domain.report`; this module gathers what it nee
 plan, the instance types of the queues and their prices), stores the three files under
 ``runs/<run id>/report/`` in the results bucket and records their locations and the run's cost on
 the run record, which the final mail then links and quotes: ``cost_usd`` is the GPU nodes'
-estimated bill (node launch and Slurm's idle time included, :func:`cryopilot.domain.report.node_bill`),
+estimated bill (node launch and Slurm's idle time included, :func:`cryopilot.domain.billing.node_bill`),
 ``stage_cost_usd`` what the stages' own run time costs.
 """
 
@@ -19,7 +19,9 @@ from cryopilot.adapters import aws, runs
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core.errors import ReportError
-from cryopilot.domain import report
+from cryopilot.domain import billing, report
+from cryopilot.domain.catalogue import Catalogue, UnknownInstanceType
+from cryopilot.domain.estimate import SCALEDOWN_IDLE_SECONDS
 
 CONTENT_TYPES = {
     "report.md": "text/markdown; charset=utf-8",
@@ -37,11 +39,7 @@ class ReportStep(BaseModel):
 
 def _price_lookup() -> Callable[[str], float | None] | None:
     """Hourly prices from the instance catalogue (with the deployment's overrides)."""
-    try:
-        from cryopilot.domain.costing import Catalogue, UnknownInstanceType
-    except ImportError:  # pragma: no cover - the catalogue ships with the layer
-        return None
-    catalogue = Catalogue.from_env()
+    catalogue = Catalogue.for_deployment(get_settings().price_overrides)
 
     def price(instance_type: str) -> float | None:
         try:
@@ -70,8 +68,6 @@ def write(run_id: str) -> ReportStep:
     if run.get("status") == "RUNNING" and run.get("export_finished_at"):
         # the success path writes the report between the export and the final mail
         run = {**run, "status": "SUCCEEDED"}
-    from cryopilot.domain.costing import SCALEDOWN_IDLE_SECONDS
-
     data = report.report_data_from_run(
         run,
         plan,
@@ -103,7 +99,7 @@ def write(run_id: str) -> ReportStep:
     # stage has an end; otherwise what the stages' own times cost (a lower bound).
     if step.cost_usd is not None:
         fields["cost_usd"] = step.cost_usd
-        fields["cost_basis"] = report.NODES_BILLED if data.billed_usd is not None else "stage time"
+        fields["cost_basis"] = billing.NODES_BILLED if data.billed_usd is not None else billing.STAGE_TIME
     if data.cost_usd is not None:
         fields["stage_cost_usd"] = _round(data.cost_usd)
     paid = data.billed_gpu_hours if data.billed_gpu_hours is not None else data.gpu_hours_paid

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
-import math
-from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel
 
-from cryopilot.adapters import aws, runs
+from cryopilot.adapters import runs
 from cryopilot.adapters.agent_client import AgentClient
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import AgentError, JobFailedError, JobKilledError, JobStuckError, RunLimitError
+from cryopilot.domain import billing
+from cryopilot.domain.catalogue import PROFILE_FOR_PRESET, Catalogue, CostingError, load_profiles
+from cryopilot.domain.estimate import REFERENCE_INSTANCE_TYPE, PlanStage, wall_seconds
+from cryopilot.domain.presets import REPEATED_STAGE, profile_stage_id
 from cryopilot.protocol.agent import KillResult, StageStatus, StatusResult, SubmitResult
 
 
@@ -111,65 +113,60 @@ def _next_wait(stage: dict[str, Any], status: StageStatus, waited: int, settings
     return int(max(lo, min(hi, remaining * POLL_FRACTION)))
 
 
-#: GPUs per node of each queue's instance type come from the catalogue; the queue picks the type.
-def _queue_instance_type(run: dict[str, Any], lane: str) -> str | None:
+def _node_type(run: dict[str, Any], lane: str | None) -> billing.NodeType | None:
+    """The node of the run's queue ``lane`` (the placement's gpu8 type when the run recorded one),
+    priced from the deployment's catalogue; None for the head node or a type without a price."""
+    settings = get_settings()
     gpu8 = run.get("gpu8_instance_type")
-    return get_settings().queue_instance_types(str(gpu8) if gpu8 else None).get(lane)
-
-
-@lru_cache(maxsize=1)
-def _catalogue() -> Any:
-    from cryopilot.domain.costing import Catalogue
-
-    return Catalogue.from_env()
-
-
-aws.on_reset(_catalogue.cache_clear)
+    itype = settings.queue_instance_types(str(gpu8) if gpu8 else None).get(lane) if lane else None
+    if itype is None:
+        return None
+    try:
+        return billing.node_type(Catalogue.for_deployment(settings.price_overrides), itype, settings.region)
+    except CostingError:
+        return None
 
 
 def stage_cost(run: dict[str, Any], stage: dict[str, Any], rec: dict[str, Any]) -> float | None:
     """What the stage's nodes cost so far (on-demand; whole nodes, from the stage's first job's
     start to its end or now). None for the head node's stages, or a type without a price."""
-    from cryopilot.domain.costing import CostingError
-
-    lane = stage.get("lane")
     started = rec.get("started_at")
-    itype = _queue_instance_type(run, lane) if lane else None
-    if itype is None or not started:
+    node = _node_type(run, stage.get("lane"))
+    if node is None or not started:
         return None
-    try:
-        price = _catalogue().price(itype, get_settings().region)
-        per_node = max(1, _catalogue().gpus(itype))
-    except CostingError:
-        return None
-    nodes = max(1, math.ceil(int(stage.get("gpus") or 1) / per_node))
-    hours = max(0.0, float(rec.get("completed_at") or clock.now()) - float(started)) / 3600
-    return round(nodes * hours * price, 4)
+    job = billing.Job(
+        went=float(started),
+        start=float(started),
+        end=float(rec.get("completed_at") or clock.now()),
+        nodes=node.nodes_for(int(stage.get("gpus") or 1)),
+    )
+    return round(billing.run_time_cost(node, job), 4)
 
 
 def _remaining_cost(run: dict[str, Any], stages_left: list[dict[str, Any]]) -> float:
     """Estimated cost of ``stages_left``: Table 1 minutes of the preset's white-paper dataset on
     the queues' instance types (whole nodes; the catalogue's speed factors)."""
-    from cryopilot.domain.costing import PROFILE_FOR_PRESET, CostingError, load_profiles
-    from cryopilot.domain.presets import REPEATED_STAGE, profile_stage_id
-
     profile = load_profiles().get(PROFILE_FOR_PRESET.get(str(run.get("preset")), "cgrp"))
+    try:
+        catalogue = Catalogue.for_deployment(get_settings().price_overrides)
+    except CostingError:  # malformed overrides: no stage has a price
+        return 0.0
+    if profile is None:
+        return 0.0
     total = 0.0
     for stage in stages_left:
-        lane = stage.get("lane")
-        itype = _queue_instance_type(run, lane) if lane else None
+        node = _node_type(run, stage.get("lane"))
         kind = profile_stage_id(stage["id"])
-        if itype is None or profile is None or kind not in profile.minutes:
+        if node is None or kind not in profile.minutes:
             continue
         minutes = profile.minutes[kind] / (profile.hetero_rounds if kind == REPEATED_STAGE else 1)
+        timed = PlanStage(id=stage["id"], kind=kind, gpus=int(stage.get("gpus") or 1), minutes=minutes)
         try:
-            cat = _catalogue()
-            price, per_node = cat.price(itype, get_settings().region), max(1, cat.gpus(itype))
-            speed = cat.speed(itype) if kind in cat.speed_table.gpu_bound_stages else 1.0
+            seconds = wall_seconds(catalogue, timed, node.instance_type, REFERENCE_INSTANCE_TYPE)
         except CostingError:
             continue
-        nodes = max(1, math.ceil(int(stage.get("gpus") or 1) / per_node))
-        total += nodes * price * minutes / 60 / max(speed, 0.01)
+        job = billing.Job(went=0.0, start=0.0, end=seconds, nodes=node.nodes_for(timed.gpus))
+        total += billing.run_time_cost(node, job)
     return total
 
 

@@ -124,7 +124,8 @@ def load_manifest(location: ManifestLocation) -> tuple[Manifest, ManifestLocatio
 
 def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunContext:
     """Read and check the manifest, plan the stages, write the run record."""
-    from cryopilot.domain import clusterconfig, presets
+    from cryopilot.domain import clusterconfig, placement
+    from cryopilot.domain.catalogue import Catalogue
 
     settings = get_settings()
     run_id = execution_name
@@ -155,10 +156,11 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
         data_uri = f"s3://{location.bucket}/{manifest_prefix(location.key)}"
         location_doc = location.model_dump()
 
-    stages = presets.plan(
+    stages = placement.plan(
         manifest,
         data_dir=f"{clusterconfig.FSX_MOUNT_DIR}/data/",
         queue_types=settings.queue_instance_types(),
+        catalogue=Catalogue.for_deployment(settings.price_overrides),
     )
     cluster_name = cluster_name_for(run_id)
     titles = " → ".join(s.title for s in stages)

@@ -1,0 +1,137 @@
+"""Which queue each GPU stage runs on: the preset's placement rule, weighed with the estimate.
+
+:func:`place` is cryopilot's rule on a layout (the cheapest queue per stage that keeps the pipeline
+within the white paper's time), :func:`compare` sets it beside the white paper's layout, and
+:func:`plan` makes a manifest's stages (:func:`cryopilot.domain.presets.expand`) and gives each GPU
+stage without a pinned lane the queue its preset's placement picks, with the stage's expected time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryopilot.core.errors import ManifestError
+from cryopilot.core.queues import GPU8_QUEUE, GPU_QUEUES
+from cryopilot.domain.catalogue import PROFILE_FOR_PRESET, Catalogue
+from cryopilot.domain.estimate import (
+    HEAD_QUEUE,
+    Estimate,
+    Layout,
+    Plan,
+    estimate,
+    plan_for_profile,
+    plan_from_stages,
+)
+from cryopilot.domain.manifest import Manifest
+from cryopilot.domain.presets import PlacementDef, Preset, expand, load_preset, profile_stage_id
+from cryopilot.protocol.stage import PlannedStage
+
+__all__ = ["compare", "place", "place_stages", "plan"]
+
+
+def place(
+    profile_or_plan: str | Plan,
+    layout: Layout,
+    catalogue: Catalogue | None = None,
+    *,
+    tolerance_percent: float = 0.0,
+    **kwargs: Any,
+) -> Estimate:
+    """cryopilot's placement: ``layout``'s queues with the run's time budget set to the plan's
+    pipeline time on the white paper's layout (every stage on one reference instance held for the
+    run) plus ``tolerance_percent``. The estimate's rows say which queue each stage gets.
+
+    ``catalogue`` defaults to the shipped one; ``kwargs`` go to :func:`estimate` (region,
+    create/delete/launch/idle durations).
+    """
+    cat = catalogue if catalogue is not None else Catalogue.load()
+    plan = plan_for_profile(profile_or_plan) if isinstance(profile_or_plan, str) else profile_or_plan
+    reference = estimate(plan, Layout.whitepaper(plan.reference_instance_type), cat, **kwargs)
+    budget = reference.run_seconds * (1.0 + tolerance_percent / 100.0)
+    return estimate(plan, layout.model_copy(update={"time_budget_seconds": budget}), cat, **kwargs)
+
+
+def compare(profile: str, catalogue: Catalogue | None = None, **kwargs: Any) -> tuple[Estimate, Estimate]:
+    """(white-paper layout, cryopilot layout) estimates of a Table 1 profile, the second placed
+    by :func:`place` on the default cluster's queues.
+
+    ``kwargs`` go to :func:`estimate` (region, create/delete/launch/idle durations).
+    """
+    cat = catalogue if catalogue is not None else Catalogue.load()
+    return (
+        estimate(profile, Layout.whitepaper(), cat, **kwargs),
+        place(profile, Layout.cryopilot(), cat, **kwargs),
+    )
+
+
+def plan(
+    manifest: Manifest,
+    *,
+    data_dir: str,
+    queue_types: dict[str, str] | None = None,
+    catalogue: Catalogue | None = None,
+) -> list[PlannedStage]:
+    """The manifest's stages (:func:`cryopilot.domain.presets.expand`), placed (:func:`place_stages`).
+
+    ``queue_types`` (queue → instance type; default: the cluster's defaults) and ``catalogue``
+    (prices and speeds; default: the shipped one) are what the placement weighs.
+    """
+    preset = load_preset(manifest.preset_name)
+    return place_stages(expand(manifest, data_dir=data_dir), preset, manifest, queue_types, catalogue)
+
+
+def place_stages(
+    planned: list[PlannedStage],
+    preset: Preset,
+    manifest: Manifest,
+    queue_types: dict[str, str] | None,
+    catalogue: Catalogue | None = None,
+) -> list[PlannedStage]:
+    """Give every GPU stage without a pinned lane the queue the preset's placement picks, and every
+    stage its expected time (launch wait included)."""
+    unplaced = [s for s in planned if s.gpus > 0 and s.lane is None]
+    if not unplaced:
+        return planned
+    cat = catalogue if catalogue is not None else Catalogue.load()
+    lanes: dict[str, str]
+    if manifest.pipeline.layout == "whitepaper":
+        lanes = {s.id: GPU8_QUEUE for s in unplaced}
+        est = estimate(
+            plan_from_stages(planned, PROFILE_FOR_PRESET.get(preset.name, "cgrp")),
+            Layout.whitepaper(),
+            cat,
+        )
+    else:
+        if preset.placement is None:
+            raise ManifestError(f"preset {preset.name}: GPU stages without a lane and no placement")
+        est = _placement_estimate(planned, preset.name, preset.placement, queue_types, cat)
+        lanes = {r.stage: r.queue for r in est.rows if r.queue != HEAD_QUEUE}
+    expected = {r.stage: round(r.wait_seconds + r.wall_seconds) for r in est.rows}
+    return [
+        s.model_copy(update={"lane": lanes.get(s.id, s.lane), "expected_seconds": expected.get(s.id)})
+        for s in planned
+    ]
+
+
+def _placement_estimate(
+    planned: list[PlannedStage],
+    preset_name: str,
+    rule: PlacementDef,
+    queue_types: dict[str, str] | None,
+    catalogue: Catalogue,
+) -> Estimate:
+    """The preset's placement ``rule`` applied to ``planned``."""
+    types = dict(queue_types or {})
+    defaults = Layout.cryopilot().queues
+    queues = {q: types.get(q) or defaults[q] for q in rule.queues if q in GPU_QUEUES}
+    pins = {profile_stage_id(s.id): (s.lane,) for s in planned if s.lane is not None}
+    layout = Layout(
+        name="cryopilot",
+        description="the preset's placement",
+        queues=queues,
+        by_stage=pins,
+    )
+    profile = PROFILE_FOR_PRESET.get(preset_name, "cgrp")
+    return place(
+        plan_from_stages(planned, profile), layout, catalogue, tolerance_percent=rule.tolerance_percent
+    )
