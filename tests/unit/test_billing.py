@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from cryopilot.adapters.settings import get_settings
 from cryopilot.domain.billing import (
     Job,
     NodeType,
@@ -236,3 +237,16 @@ def test_the_limit_checks_estimate_of_the_stages_left_is_the_estimates_run_time(
     assert stage_step.stage_cost({"run_id": "r"}, stage, rec) == pytest.approx(
         first.wall_seconds / 3600 * cat.price(first.instance_type), abs=1e-4
     )
+
+
+def test_the_cost_so_far_uses_the_deployments_price_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Lambdas get ``PriceOverrides`` as ``CRYOPILOT_PRICE_OVERRIDES`` (Settings.price_overrides)."""
+    stage = {"id": "pick", "lane": "gpu1", "gpus": 1}
+    rec = {"started_at": T0, "completed_at": T0 + 1800}
+    shipped = stage_step.stage_cost({"run_id": "r"}, stage, rec)
+    monkeypatch.setenv("CRYOPILOT_PRICE_OVERRIDES", '{"p5.4xlarge": 4.0}')
+    get_settings.cache_clear()
+    assert get_settings().price_overrides == '{"p5.4xlarge": 4.0}'
+    assert stage_step.stage_cost({"run_id": "r"}, stage, rec) == 2.0
+    assert shipped is not None
+    assert shipped != 2.0
