@@ -7,7 +7,7 @@ from datetime import date
 
 import pytest
 from cryopilot.core.formatting import fmt_duration
-from cryopilot.domain.clusterconfig import ClusterParams
+from cryopilot.domain.clusterconfig.params import ClusterParams
 from cryopilot.domain.costing import (
     PRICE_OVERRIDES_ENV,
     SCALEDOWN_IDLE_SECONDS,

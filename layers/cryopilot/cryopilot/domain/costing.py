@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cryopilot.core.errors import CryopilotError
 from cryopilot.core.formatting import fmt_duration
 from cryopilot.core.queues import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE
-from cryopilot.domain.clusterconfig import ClusterParams
+from cryopilot.domain.clusterconfig.params import ClusterParams
 from cryopilot.domain.presets import REPEATED_STAGE, PlannedStage, load_preset, profile_stage_id
 
 __all__ = [

@@ -124,7 +124,8 @@ def load_manifest(location: ManifestLocation) -> tuple[Manifest, ManifestLocatio
 
 def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunContext:
     """Read and check the manifest, plan the stages, write the run record."""
-    from cryopilot.domain import clusterconfig, presets
+    from cryopilot.domain import presets
+    from cryopilot.domain.clusterconfig.build import FSX_MOUNT_DIR
 
     settings = get_settings()
     run_id = execution_name
@@ -157,7 +158,7 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
 
     stages = presets.plan(
         manifest,
-        data_dir=f"{clusterconfig.FSX_MOUNT_DIR}/data/",
+        data_dir=f"{FSX_MOUNT_DIR}/data/",
         queue_types=settings.queue_instance_types(),
     )
     cluster_name = cluster_name_for(run_id)
