@@ -4,7 +4,7 @@ The rendering is :mod:`cryopilot.domain.report`; this module gathers what it nee
 plan, the instance types of the queues and their prices), stores the three files under
 ``runs/<run id>/report/`` in the results bucket and records their locations and the run's cost on
 the run record, which the final mail then links and quotes: ``cost_usd`` is the GPU nodes'
-estimated bill (node launch and Slurm's idle time included, :func:`cryopilot.domain.report.node_bill`),
+estimated bill (node launch and Slurm's idle time included, :func:`cryopilot.domain.report.bill.node_bill`),
 ``stage_cost_usd`` what the stages' own run time costs.
 """
 
@@ -19,7 +19,9 @@ from cryopilot.adapters import aws, runs
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core.errors import ReportError
-from cryopilot.domain import report
+from cryopilot.domain.report.bill import NODES_BILLED
+from cryopilot.domain.report.data import report_data_from_run
+from cryopilot.domain.report.render import render_all
 
 CONTENT_TYPES = {
     "report.md": "text/markdown; charset=utf-8",
@@ -72,14 +74,14 @@ def write(run_id: str) -> ReportStep:
         run = {**run, "status": "SUCCEEDED"}
     from cryopilot.domain.costing import SCALEDOWN_IDLE_SECONDS
 
-    data = report.report_data_from_run(
+    data = report_data_from_run(
         run,
         plan,
         prices=_price_lookup(),
         instance_types=instance_types(run),
         idle_seconds=SCALEDOWN_IDLE_SECONDS,
     )
-    files = report.render_all(data)
+    files = render_all(data)
     bucket = get_settings().results_bucket
     prefix = f"runs/{run_id}/report/"
     s3 = aws.client("s3")
@@ -103,7 +105,7 @@ def write(run_id: str) -> ReportStep:
     # stage has an end; otherwise what the stages' own times cost (a lower bound).
     if step.cost_usd is not None:
         fields["cost_usd"] = step.cost_usd
-        fields["cost_basis"] = report.NODES_BILLED if data.billed_usd is not None else "stage time"
+        fields["cost_basis"] = NODES_BILLED if data.billed_usd is not None else "stage time"
     if data.cost_usd is not None:
         fields["stage_cost_usd"] = _round(data.cost_usd)
     paid = data.billed_gpu_hours if data.billed_gpu_hours is not None else data.gpu_hours_paid
