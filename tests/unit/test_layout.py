@@ -9,8 +9,8 @@ The layer package ``cryopilot`` is in rooms whose arrows point one way::
   imports no other step;
 * no import cycle among cryopilot modules (function-local imports count: they only move the cycle to
   run time);
-* the deployed code (the layer and ``functions/*/app.py``) imports none of ``cryopilot_sim``,
-  ``cryopilot_ops`` or ``cryopilot_agent``, and a handler no step but its own;
+* the deployed code (the layer, ``functions/*/app.py`` and ``headnode/deliver.py``) imports none of
+  ``cryopilot_sim``, ``cryopilot_ops`` or ``cryopilot_agent``, and a handler no step but its own;
 * the head-node agent imports only ``cryopilot.protocol`` of cryopilot (what the head node needs);
 * the operator library imports no simulation: only the CLI front-end ``cryopilot_ops.cli`` may
   (``demo``, ``local``);
@@ -42,8 +42,10 @@ PACKAGES = {
 LAYER = "cryopilot"
 #: Packages that are no part of the deployed code.
 TOOLS = ("cryopilot_sim", "cryopilot_ops", "cryopilot_agent")
-#: The Lambda handlers, ``functions/<name>/app.py``, are the modules ``functions.<name>.app``.
+#: The Lambda handlers, ``functions/<name>/app.py``, are the modules ``functions.<name>.app``; the
+#: head-node files' delivery function has its handler next to the files it uploads.
 HANDLERS = "functions"
+OTHER_HANDLERS = {"headnode.deliver": ROOT / "headnode" / "deliver.py"}
 #: The operator CLI's front-end, the one module of cryopilot_ops that may import the simulation.
 OPS_FRONT_END = "cryopilot_ops.cli"
 
@@ -201,6 +203,8 @@ def tree_sources() -> tuple[dict[str, str], set[str]]:
             sources[".".join(parts)] = path.read_text(encoding="utf-8")
     for app in sorted((ROOT / HANDLERS).glob("*/app.py")):
         sources[f"{HANDLERS}.{app.parent.name}.app"] = app.read_text(encoding="utf-8")
+    for name, path in OTHER_HANDLERS.items():
+        sources[name] = path.read_text(encoding="utf-8")
     return sources, packages
 
 
@@ -306,13 +310,14 @@ def deployed_imports_tools(graph: Graph) -> list[Violation]:
     importing a step other than its own."""
     found = []
     for module, imports in graph.items():
-        if _top(module) not in (LAYER, HANDLERS):
+        handler = _top(module) == HANDLERS or module in OTHER_HANDLERS
+        if _top(module) != LAYER and not handler:
             continue
         for imp in imports:
             if _top(imp.target) in TOOLS:
                 found.append(Violation(f"deployed module {module} imports {imp.target}", str(imp)))
-            elif _top(module) == HANDLERS and _in(imp.target, f"{LAYER}.steps"):
-                own = f"{LAYER}.steps.{module.split('.')[1]}"
+            elif handler and _in(imp.target, f"{LAYER}.steps"):
+                own = f"{LAYER}.steps.{module.split('.')[1]}"  # functions.<step>.app, headnode.deliver
                 if imp.target != own and not _in(imp.target, own):
                     found.append(Violation(f"handler {module} imports {imp.target}, not its step", str(imp)))
     return found
@@ -387,6 +392,7 @@ def test_the_tree_is_read() -> None:
         "cryopilot_sim.demo",
         "cryopilot_agent.driver",
         "functions.report.app",
+        "headnode.deliver",
     ):
         assert expected in sources
 
@@ -433,6 +439,8 @@ CLEAN = {
     "cryopilot.steps.s": "from cryopilot.adapters import x\nfrom cryopilot.domain.report import png\n",
     "cryopilot.steps.t": "from cryopilot.domain.e import E\n",
     "functions.s.app": "from cryopilot.adapters.y import logger\nfrom cryopilot.steps import s\n",
+    "cryopilot.steps.deliver": "from cryopilot.protocol import p\n",
+    "headnode.deliver": "from cryopilot.steps import deliver\n",
     "cryopilot_agent.cli": "from cryopilot.protocol.p import P\nfrom cryopilot_agent import driver\n",
     "cryopilot_agent.driver": "from cryopilot.protocol import p\n",
     "cryopilot_ops.ops": "from cryopilot.steps import s\nfrom cryopilot.domain.d import D\n",
@@ -526,6 +534,12 @@ BROKEN: list[tuple[str, dict[str, str], str, str]] = [
         _with(functions__s__app="from cryopilot.steps import t\n"),
         "functions.s.app",
         "cryopilot.steps.t",
+    ),
+    (
+        "deployed",
+        _with(headnode__deliver="from cryopilot.steps.s import x\n"),
+        "headnode.deliver",
+        "cryopilot.steps.s",
     ),
     (
         "agent",
