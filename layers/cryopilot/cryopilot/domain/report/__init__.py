@@ -1,8 +1,9 @@
 """A report per run: Markdown, a self-contained HTML page and a PNG timeline (Gantt chart).
 
-Pure rendering: :func:`report_data_from_run` turns a run record and its plan (as ``runs.get_run``
-and ``runs.get_plan`` return them) into a :class:`ReportData`, and the ``render_*`` functions turn
-that into bytes. Nothing here reads AWS or the clock; the caller stores the files wherever it likes.
+Pure rendering: :func:`~.data.report_data_from_run` turns a run record and its plan (as
+``runs.get_run`` and ``runs.get_plan`` return them) into a :class:`~.data.ReportData`, and the
+``render_*`` functions turn that into bytes. Nothing here reads AWS or the clock; the caller stores
+the files wherever it likes.
 
 The stage table has the shape of the white paper's Table 1 (stage, queue, instance, GPUs, wall
 time) with a cost column: a stage's wall hours × the nodes its GPUs need × the hourly price of the

@@ -17,17 +17,17 @@ from cryopilot.domain.report.rows import MASTER_QUEUE, StageRow
 LINK_SCHEMES = ("https://", "http://")
 
 
-def money(value: float | None) -> str:
+def _money(value: float | None) -> str:
     return f"${value:,.2f}" if value is not None else "—"
 
 
 def total_money(data: ReportData) -> str:
     if data.cost_usd is None:
         return "—"
-    return ("at least " if data.lower_bounds else "") + money(data.cost_usd)
+    return ("at least " if data.lower_bounds else "") + _money(data.cost_usd)
 
 
-def hours(value: float | None) -> str:
+def _hours(value: float | None) -> str:
     return f"{value:,.1f}" if value is not None else "—"
 
 
@@ -35,11 +35,11 @@ def resolution_text(value: float | None) -> str:
     return f"{value:.2f} Å" if value is not None else "resolution unknown"
 
 
-def time_text(value: datetime | None) -> str:
+def _time(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if value is not None else "—"
 
 
-def scalar_text(value: Any) -> str:
+def _scalar(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
@@ -58,7 +58,7 @@ def decision_parts(decision: Mapping[str, Any]) -> tuple[str, str, str, str]:
     figures = ""
     if isinstance(numbers, Mapping):
         figures = ", ".join(
-            f"{str(k).replace('_', ' ')}: {scalar_text(v)}"
+            f"{str(k).replace('_', ' ')}: {_scalar(v)}"
             for k, v in numbers.items()
             if isinstance(v, str | int | float | bool)
         )
@@ -78,7 +78,7 @@ def instance_cell(row: StageRow) -> str:
 
 
 def cost_cell(row: StageRow) -> str:
-    return money(row.cost_usd) if row.cost_usd is not None else "—"
+    return _money(row.cost_usd) if row.cost_usd is not None else "—"
 
 
 def total_wall(data: ReportData) -> float | None:
@@ -101,7 +101,7 @@ def summary_lines(data: ReportData) -> list[tuple[str, str]]:
         lines.append(
             (
                 "GPU nodes billed",
-                f"about {money(data.billed_usd)} for {hours(data.billed_gpu_hours)} GPU-hours (estimated "
+                f"about {_money(data.billed_usd)} for {_hours(data.billed_gpu_hours)} GPU-hours (estimated "
                 "from the stage times: node launch and Slurm's idle time included; head node not included)",
             )
         )
@@ -109,15 +109,15 @@ def summary_lines(data: ReportData) -> list[tuple[str, str]]:
     lines.append(
         (
             "GPU-hours",
-            f"{at_least}{hours(data.gpu_hours_busy)} used, {at_least}{hours(data.gpu_hours_paid)} paid "
+            f"{at_least}{_hours(data.gpu_hours_busy)} used, {at_least}{_hours(data.gpu_hours_paid)} paid "
             "(whole nodes)",
         )
     )
     if data.preset:
         lines.append(("Preset", data.preset))
     lines.append(("Run", data.run_id))
-    lines.append(("Started", time_text(data.started_at)))
-    lines.append(("Finished", time_text(data.finished_at)))
+    lines.append(("Started", _time(data.started_at)))
+    lines.append(("Finished", _time(data.finished_at)))
     if data.cluster_name:
         lines.append(("Cluster", data.cluster_name))
     if data.placement:
