@@ -29,7 +29,7 @@ os.environ.update(
 def make_cluster_request(run_id: str = "cgrp-20260101T000000-1a2b", **overrides: Any) -> Any:
     """A ``ClusterRequest`` for one run of the ``cgrp`` dataset; ``overrides`` replace its fields."""
     from cryopilot.core.naming import cluster_name_for
-    from cryopilot.domain.clusterconfig import ClusterRequest
+    from cryopilot.domain.clusterconfig.params import ClusterRequest
 
     values: dict[str, Any] = {
         "run_id": run_id,

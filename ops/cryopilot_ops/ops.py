@@ -21,8 +21,8 @@ from cryopilot.adapters import admission, runs
 from cryopilot.core.errors import ManifestError
 from cryopilot.core.formatting import fmt_duration
 from cryopilot.core.status import EXECUTION_OVER, RUN_OVER
+from cryopilot.domain.billing import cost_text
 from cryopilot.domain.manifest import Manifest, parse_manifest
-from cryopilot.domain.report import cost_text
 
 #: Exit codes of the operator commands.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_AWS = 0, 1, 2, 3, 4

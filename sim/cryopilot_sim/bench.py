@@ -57,7 +57,7 @@ def _manifest(profile: str, layout: str) -> tuple[str, str, dict[str, bytes]]:
 
 
 def _when(value: Any) -> float | None:
-    from cryopilot.domain.report import _when as when
+    from cryopilot.domain.report.data import _when as when
 
     parsed = when(value)
     return parsed.timestamp() if parsed is not None else None

@@ -818,7 +818,7 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
             f"{float(s['gpu_hours_paid']):,.1f} paid (the GPU nodes, launch and idle included)"
         )
     if s.get("cost_usd") is not None:
-        from cryopilot.domain.report import cost_text
+        from cryopilot.domain.billing import cost_text
 
         console.print(f"  cost                 {cost_text(float(s['cost_usd']), s.get('cost_basis'))}")
     if s.get("placement"):

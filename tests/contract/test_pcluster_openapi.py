@@ -13,7 +13,8 @@ import yaml
 from botocore.credentials import Credentials
 from cryopilot.adapters.pcluster import ClusterInfo, PClusterClient
 from cryopilot.core.errors import CryopilotError
-from cryopilot.domain.clusterconfig import ClusterParams, build_cluster_config, render_yaml
+from cryopilot.domain.clusterconfig.build import build_cluster_config, render_yaml
+from cryopilot.domain.clusterconfig.params import ClusterParams
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.pcluster_standin import FaultKind, PClusterStandIn, RecordedRequest
 

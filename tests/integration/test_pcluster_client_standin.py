@@ -29,13 +29,8 @@ from cryopilot.core.errors import (
     TransientError,
 )
 from cryopilot.core.naming import cluster_name_for
-from cryopilot.domain.clusterconfig import (
-    ClusterParams,
-    ClusterRequest,
-    build_cluster_config,
-    capacity_fallbacks,
-    render_yaml,
-)
+from cryopilot.domain.clusterconfig.build import build_cluster_config, render_yaml
+from cryopilot.domain.clusterconfig.params import ClusterParams, ClusterRequest, capacity_fallbacks
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.pcluster_standin import PClusterStandIn
 

@@ -29,7 +29,8 @@ from cryopilot.domain.estimate import (
 )
 from cryopilot.domain.manifest import manifest_from_dict
 from cryopilot.domain.placement import compare, place, plan
-from cryopilot.domain.report import StageRow, report_data_from_run
+from cryopilot.domain.report.data import report_data_from_run
+from cryopilot.domain.report.rows import StageRow
 from cryopilot.steps import stage as stage_step
 
 T0 = 1767225600.0  # 2026-01-01T00:00:00Z

@@ -10,16 +10,14 @@ import pytest
 import yaml
 from cryopilot.core.naming import cluster_name_for
 from cryopilot.core.queues import GPU8_QUEUE
-from cryopilot.domain import clusterconfig as cc
-from cryopilot.domain.clusterconfig import (
-    ClusterConfig,
-    ClusterParams,
-    ClusterRequest,
+from cryopilot.domain.clusterconfig.build import (
+    SSM_CORE_POLICY_ARN,
     build_cluster_config,
-    capacity_fallbacks,
     fsx_capacity_gib,
     render_yaml,
 )
+from cryopilot.domain.clusterconfig.models import ClusterConfig, DataRepositoryAssociation, FsxLustreSettings
+from cryopilot.domain.clusterconfig.params import ClusterParams, ClusterRequest, capacity_fallbacks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -282,7 +280,7 @@ def test_extra_tags_and_optional_settings_are_rendered() -> None:
         "sg-01234567",
     ]
     policies = [p["Policy"] for p in doc["HeadNode"]["Iam"]["AdditionalIamPolicies"]]
-    assert policies == [cc.SSM_CORE_POLICY_ARN, "arn:aws:iam::123456789012:policy/cryopilot-headnode"]
+    assert policies == [SSM_CORE_POLICY_ARN, "arn:aws:iam::123456789012:policy/cryopilot-headnode"]
     fsx = doc["SharedStorage"][1]["FsxLustreSettings"]
     assert fsx["StorageCapacity"] == 4800  # 1900 GiB x 1.5 rounds up to 4800
     assert fsx["PerUnitStorageThroughput"] == 1000
@@ -302,13 +300,11 @@ def test_a_broken_configuration_fails_with_the_schema_message() -> None:
 
 def test_a_dra_on_a_scratch_file_system_is_refused_by_the_model_and_by_parallelcluster() -> None:
     with pytest.raises(ValidationError, match="PERSISTENT_2"):
-        cc.FsxLustreSettings(
+        FsxLustreSettings(
             storage_capacity=1200,
             deployment_type="SCRATCH_2",
             data_repository_associations=[
-                cc.DataRepositoryAssociation(
-                    name="d", data_repository_path="s3://b/p/", file_system_path="/d"
-                )
+                DataRepositoryAssociation(name="d", data_repository_path="s3://b/p/", file_system_path="/d")
             ],
         )
     # ParallelCluster's own validator refuses DRAs next to ImportPath, which the models cannot express.

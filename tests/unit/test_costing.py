@@ -16,7 +16,7 @@ from cryopilot.domain.catalogue import (
     load_profiles,
     parse_price_overrides,
 )
-from cryopilot.domain.clusterconfig import ClusterParams
+from cryopilot.domain.clusterconfig.params import ClusterParams
 from cryopilot.domain.estimate import (
     SCALEDOWN_IDLE_SECONDS,
     Layout,

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 from cryopilot.core.naming import cluster_name_for
-from cryopilot.domain.clusterconfig import ClusterParams, ClusterRequest, headnode_setup_args
+from cryopilot.domain.clusterconfig.build import headnode_setup_args
+from cryopilot.domain.clusterconfig.params import ClusterParams, ClusterRequest
 from cryopilot.steps import deliver
 
 from tests.conftest import ROOT

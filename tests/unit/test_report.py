@@ -10,17 +10,13 @@ from typing import Any
 import pytest
 from cryopilot.core.formatting import fmt_duration
 from cryopilot.core.queues import GPU_QUEUES
-from cryopilot.domain.report import (
-    GPUS_PER_NODE,
-    ReportData,
-    cost_text,
-    node_bill,
-    render_all,
-    render_gantt_png,
-    render_html,
-    render_markdown,
-    report_data_from_run,
-)
+from cryopilot.domain.billing import cost_text, node_bill
+from cryopilot.domain.report.data import ReportData, report_data_from_run
+from cryopilot.domain.report.html import render_html
+from cryopilot.domain.report.markdown import render_markdown
+from cryopilot.domain.report.png import render_gantt_png
+from cryopilot.domain.report.render import render_all
+from cryopilot.domain.report.rows import GPUS_PER_NODE
 
 T0 = 1767225600  # 2026-01-01T00:00:00Z
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -448,7 +448,8 @@ def _deployed_cluster_configs() -> list[dict[str, Any]]:
     """The configurations the stack's cluster function sends: built from the Lambda settings as
     ``cryopilot.steps.cluster`` builds them, for every placement of the capacity fallback."""
     from cryopilot.adapters.settings import Settings
-    from cryopilot.domain.clusterconfig import build_cluster_config, capacity_fallbacks, render_yaml
+    from cryopilot.domain.clusterconfig.build import build_cluster_config, render_yaml
+    from cryopilot.domain.clusterconfig.params import capacity_fallbacks
     from cryopilot.steps.cluster import cluster_params
 
     settings = Settings(
@@ -480,7 +481,7 @@ def test_every_deployed_cluster_has_a_private_head_node_without_open_ssh() -> No
 
 
 def test_the_configuration_model_cannot_give_the_head_node_a_public_address() -> None:
-    from cryopilot.domain.clusterconfig import HeadNodeNetworking
+    from cryopilot.domain.clusterconfig.models import HeadNodeNetworking
     from pydantic import ValidationError
 
     assert set(HeadNodeNetworking.model_fields) == {"subnet_id", "additional_security_groups"}

@@ -151,11 +151,6 @@ class ExportError(TransientError):
     label = "export failed"
 
 
-def error_name(exc: BaseException) -> str:
-    """The name ASL sees for ``exc`` (Lambda's ``errorType``)."""
-    return type(exc).__name__
-
-
 class RunLimitError(CryopilotError):
     """The run reached a limit of its manifest (``limits.max_hours``, ``limits.max_cost_usd``)."""
 

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cryopilot.core.queues import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE
 from cryopilot.domain import billing
 from cryopilot.domain.catalogue import DEFAULT_REGION, Catalogue, CostingError, get_profile
-from cryopilot.domain.clusterconfig import ClusterParams
+from cryopilot.domain.clusterconfig.params import ClusterParams
 from cryopilot.domain.presets import REPEATED_STAGE, load_preset, profile_stage_id
 from cryopilot.protocol.stage import PlannedStage
 

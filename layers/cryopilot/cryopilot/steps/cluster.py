@@ -36,7 +36,7 @@ def api() -> Any:
 
 
 def cluster_params(settings: Settings) -> Any:
-    from cryopilot.domain.clusterconfig import ClusterParams
+    from cryopilot.domain.clusterconfig.params import ClusterParams
 
     subnets = settings.compute_subnets or [settings.head_node_subnet_id]
     return ClusterParams(
@@ -57,7 +57,7 @@ def cluster_params(settings: Settings) -> Any:
 
 def placements(settings: Settings) -> list[Any]:
     """Where the cluster may go, in order: the configured placement, then the capacity fallbacks."""
-    from cryopilot.domain.clusterconfig import capacity_fallbacks
+    from cryopilot.domain.clusterconfig.params import capacity_fallbacks
 
     return list(capacity_fallbacks(cluster_params(settings)))
 
@@ -82,7 +82,8 @@ def _require_run(run_id: str) -> dict[str, Any]:
 
 def config_yaml_for(run: dict[str, Any], settings: Settings) -> str:
     """The configuration for the run's current placement (``placement_attempt``, 0 = as configured)."""
-    from cryopilot.domain.clusterconfig import ClusterRequest, build_cluster_config, render_yaml
+    from cryopilot.domain.clusterconfig.build import build_cluster_config, render_yaml
+    from cryopilot.domain.clusterconfig.params import ClusterRequest
 
     request = ClusterRequest(
         run_id=run["run_id"],

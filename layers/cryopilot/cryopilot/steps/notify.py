@@ -152,7 +152,7 @@ def _cost(run: dict[str, Any]) -> str | None:
 
 
 def _cost_line(run: dict[str, Any]) -> str:
-    from cryopilot.domain.report import cost_text
+    from cryopilot.domain.billing import cost_text
 
     cost = run.get("cost_usd")
     if not isinstance(cost, int | float):

@@ -19,9 +19,11 @@ from cryopilot.adapters import aws, runs
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core.errors import ReportError
-from cryopilot.domain import billing, report
+from cryopilot.domain import billing
 from cryopilot.domain.catalogue import Catalogue, UnknownInstanceType
 from cryopilot.domain.estimate import SCALEDOWN_IDLE_SECONDS
+from cryopilot.domain.report.data import report_data_from_run
+from cryopilot.domain.report.render import render_all
 
 CONTENT_TYPES = {
     "report.md": "text/markdown; charset=utf-8",
@@ -68,14 +70,14 @@ def write(run_id: str) -> ReportStep:
     if run.get("status") == "RUNNING" and run.get("export_finished_at"):
         # the success path writes the report between the export and the final mail
         run = {**run, "status": "SUCCEEDED"}
-    data = report.report_data_from_run(
+    data = report_data_from_run(
         run,
         plan,
         prices=_price_lookup(),
         instance_types=instance_types(run),
         idle_seconds=SCALEDOWN_IDLE_SECONDS,
     )
-    files = report.render_all(data)
+    files = render_all(data)
     bucket = get_settings().results_bucket
     prefix = f"runs/{run_id}/report/"
     s3 = aws.client("s3")

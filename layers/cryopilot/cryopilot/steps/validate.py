@@ -14,6 +14,8 @@ from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import EventError, ManifestError
 from cryopilot.core.naming import cluster_name_for
+from cryopilot.domain import placement
+from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.manifest import (
     MAX_MANIFEST_BYTES,
     Manifest,
@@ -124,8 +126,7 @@ def load_manifest(location: ManifestLocation) -> tuple[Manifest, ManifestLocatio
 
 def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunContext:
     """Read and check the manifest, plan the stages, write the run record."""
-    from cryopilot.domain import clusterconfig, placement
-    from cryopilot.domain.catalogue import Catalogue
+    from cryopilot.domain.clusterconfig.build import FSX_MOUNT_DIR
 
     settings = get_settings()
     run_id = execution_name
@@ -158,7 +159,7 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
 
     stages = placement.plan(
         manifest,
-        data_dir=f"{clusterconfig.FSX_MOUNT_DIR}/data/",
+        data_dir=f"{FSX_MOUNT_DIR}/data/",
         queue_types=settings.queue_instance_types(),
         catalogue=Catalogue.for_deployment(settings.price_overrides),
     )

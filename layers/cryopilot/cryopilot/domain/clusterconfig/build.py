@@ -1,0 +1,309 @@
+"""The cluster for one run: :func:`build_cluster_config` and :func:`render_yaml`.
+
+Slurm, a private head node, the gpu8, gpu4 and gpu1 queues, an EBS ``/shared`` volume and an FSx for
+Lustre ``/fsx`` file system linked to the run's data and results prefixes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import yaml
+
+# Tag keys cryopilot puts on every cluster resource (the janitor and cost reports read them).
+from cryopilot.core.naming import TAG_DATASET, TAG_RUN_ID, TAG_STACK
+from cryopilot.core.queues import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE, NOMINAL_QUEUE_GPUS
+from cryopilot.domain.catalogue import Catalogue
+from cryopilot.domain.clusterconfig.models import (
+    AdditionalIamPolicy,
+    CloudWatchLogs,
+    ClusterConfig,
+    ComputeResource,
+    ComputeSettings,
+    CustomAction,
+    CustomActions,
+    DataRepositoryAssociation,
+    DevSettings,
+    EbsSettings,
+    Efa,
+    EphemeralVolume,
+    FsxLustreSettings,
+    HeadNode,
+    HeadNodeImds,
+    HeadNodeLocalStorage,
+    HeadNodeNetworking,
+    HeadNodeSsh,
+    Iam,
+    Image,
+    Logs,
+    Monitoring,
+    PlacementGroup,
+    QueueLocalStorage,
+    QueueNetworking,
+    RootVolume,
+    S3Access,
+    Scheduling,
+    SharedStorage,
+    SlurmQueue,
+    SlurmSettings,
+    Tag,
+    Timeouts,
+    TopLevelImds,
+)
+from cryopilot.domain.clusterconfig.params import ClusterParams, ClusterRequest, split_s3_uri
+
+#: Mount points on every node.
+SHARED_MOUNT_DIR = "/shared"
+FSX_MOUNT_DIR = "/fsx"
+#: Where the dataset and the results appear inside the FSx file system (under :data:`FSX_MOUNT_DIR`).
+FSX_DATA_PATH = "/data"
+FSX_RESULTS_PATH = "/results"
+#: Instance-store NVMe of compute nodes, mounted (RAID 0 when several) by ParallelCluster;
+#: the cryoSPARC lanes use it as the particle cache (``--ssdpath``).
+SCRATCH_MOUNT_DIR = "/scratch"
+
+#: Name of the head-node setup script inside the bootstrap prefix.
+HEADNODE_SETUP_SCRIPT = "headnode-setup.sh"
+
+SSM_CORE_POLICY_ARN = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+
+#: Multi-GPU instance types known to support EFA (an EFA flag on any other type is left out).
+EFA_INSTANCE_TYPES = frozenset(
+    {
+        "p3dn.24xlarge",
+        "p4d.24xlarge",
+        "p4de.24xlarge",
+        "p5.48xlarge",
+        "p5e.48xlarge",
+        "p5en.48xlarge",
+        "g5.48xlarge",
+        "g6.48xlarge",
+        "g6e.48xlarge",
+    }
+)
+
+
+def fsx_capacity_gib(params: ClusterParams, dataset_size_gib: int | None) -> int:
+    """FSx capacity: the stack's size, grown to hold the dataset plus half again for the work.
+
+    Lazy loading from S3 fills the file system as files are read, so the whole dataset plus the
+    particle stacks and results must fit. PERSISTENT_2 sizes are 1200 GiB or multiples of 2400 GiB.
+    """
+    need = params.fsx_storage_gib
+    if dataset_size_gib:
+        need = max(need, math.ceil(dataset_size_gib * 1.5))
+    if need <= 1200:
+        return 1200
+    return math.ceil(need / 2400) * 2400
+
+
+def _resource_name(instance_type: str) -> str:
+    """``p4d.24xlarge`` → ``p4d-24xlarge`` (a valid compute-resource name)."""
+    name = re.sub(r"[^a-z0-9-]", "-", instance_type.lower())[:25].rstrip("-")
+    return name if name[:1].isalpha() else f"c{name}"[:25]
+
+
+def _s3_access(uri: str, *, write: bool) -> S3Access:
+    bucket, prefix = split_s3_uri(uri)
+    return S3Access(bucket_name=bucket, key_name=f"{prefix}*" if prefix else None, enable_write_access=write)
+
+
+def queue_instance_types(params: ClusterParams) -> dict[str, str]:
+    """Instance type of each GPU queue."""
+    return {
+        GPU8_QUEUE: params.gpu8_instance_type,
+        GPU4_QUEUE: params.gpu4_instance_type,
+        GPU1_QUEUE: params.gpu1_instance_type,
+    }
+
+
+def queue_gpus(params: ClusterParams) -> dict[str, int]:
+    """GPUs per node of each GPU queue: the cryoSPARC lanes' sizes. From the instance catalogue; a
+    type it does not list is taken to have the queue's nominal count (8, 4 or 1)."""
+    catalogue = Catalogue.load()
+    return {
+        q: catalogue.instances[t].gpus if t in catalogue.instances else NOMINAL_QUEUE_GPUS[q]
+        for q, t in queue_instance_types(params).items()
+    }
+
+
+def headnode_setup_args(request: ClusterRequest, params: ClusterParams) -> list[str]:
+    """Arguments of ``headnode-setup.sh``: non-secret values only (the secret's ARN, not the licence)."""
+    lanes = ",".join(f"{q}:{n}" for q, n in queue_gpus(params).items())
+    return [
+        "--region",
+        params.region,
+        "--licence-secret-arn",
+        params.licence_secret_arn,
+        "--cryosparc-version",
+        params.cryosparc_version,
+        "--bootstrap-uri",
+        params.bootstrap_s3_uri,
+        "--results-uri",
+        request.results_s3_uri,
+        "--run-id",
+        request.run_id,
+        "--lanes",
+        lanes,
+        "--shared-dir",
+        SHARED_MOUNT_DIR,
+        "--data-dir",
+        FSX_MOUNT_DIR + FSX_DATA_PATH,
+        "--results-dir",
+        FSX_MOUNT_DIR + FSX_RESULTS_PATH,
+        "--cache-dir",
+        SCRATCH_MOUNT_DIR,
+    ]
+
+
+def _tags(request: ClusterRequest) -> list[Tag]:
+    tags = {
+        TAG_RUN_ID: request.run_id,
+        TAG_DATASET: request.dataset,
+        TAG_STACK: request.stack_name,
+        **request.tags,
+    }
+    return [Tag(key=k, value=v) for k, v in tags.items()]
+
+
+def build_cluster_config(request: ClusterRequest, params: ClusterParams) -> ClusterConfig:
+    """The cluster for one run: Slurm, a private head node, gpu8, gpu4 and gpu1 queues, /shared and /fsx."""
+    subnet = params.compute_subnet_ids[0]
+    extra_sgs = params.additional_security_group_ids
+    head_policies = [SSM_CORE_POLICY_ARN, *params.head_node_policy_arns]
+
+    head_node = HeadNode(
+        instance_type=params.head_node_instance_type,
+        networking=HeadNodeNetworking(
+            subnet_id=params.head_node_subnet_id, additional_security_groups=extra_sgs
+        ),
+        ssh=HeadNodeSsh(allowed_ips=params.ssh_allowed_cidr),
+        local_storage=HeadNodeLocalStorage(
+            root_volume=RootVolume(size=80, encrypted=True, volume_type="gp3")
+        ),
+        custom_actions=CustomActions(
+            on_node_configured=CustomAction(
+                script=params.bootstrap_s3_uri + HEADNODE_SETUP_SCRIPT,
+                args=headnode_setup_args(request, params),
+            )
+        ),
+        iam=Iam(
+            additional_iam_policies=[AdditionalIamPolicy(policy=p) for p in dict.fromkeys(head_policies)],
+            s3_access=[
+                _s3_access(params.bootstrap_s3_uri, write=False),
+                _s3_access(request.data_s3_uri, write=False),
+                _s3_access(request.results_s3_uri, write=True),
+            ],
+        ),
+        imds=HeadNodeImds(secured=True),
+    )
+
+    gpu8_efa = params.gpu8_efa_placement_group and params.gpu8_instance_type in EFA_INSTANCE_TYPES
+    scratch = ComputeSettings(
+        local_storage=QueueLocalStorage(
+            root_volume=RootVolume(encrypted=True, volume_type="gp3"),
+            ephemeral_volume=EphemeralVolume(mount_dir=SCRATCH_MOUNT_DIR),
+        )
+    )
+    gpu8 = SlurmQueue(
+        name=GPU8_QUEUE,
+        compute_resources=[
+            ComputeResource(
+                name=_resource_name(params.gpu8_instance_type),
+                instance_type=params.gpu8_instance_type,
+                min_count=request.gpu8_static_nodes,
+                max_count=params.max_gpu8_nodes,
+                efa=Efa(enabled=True) if gpu8_efa else None,
+            )
+        ],
+        networking=QueueNetworking(
+            subnet_ids=[subnet],
+            placement_group=PlacementGroup(enabled=True) if gpu8_efa else None,
+            additional_security_groups=extra_sgs,
+        ),
+        compute_settings=scratch,
+    )
+
+    def plain_queue(name: str, instance_type: str, max_nodes: int) -> SlurmQueue:
+        """A queue of one instance type scaling from zero, without EFA or placement group."""
+        return SlurmQueue(
+            name=name,
+            compute_resources=[
+                ComputeResource(
+                    name=_resource_name(instance_type),
+                    instance_type=instance_type,
+                    min_count=0,
+                    max_count=max_nodes,
+                )
+            ],
+            networking=QueueNetworking(subnet_ids=[subnet], additional_security_groups=extra_sgs),
+            compute_settings=scratch,
+        )
+
+    gpu4 = plain_queue(GPU4_QUEUE, params.gpu4_instance_type, params.max_gpu4_nodes)
+    gpu1 = plain_queue(GPU1_QUEUE, params.gpu1_instance_type, params.max_gpu1_nodes)
+
+    shared = SharedStorage(
+        name="shared",
+        storage_type="Ebs",
+        mount_dir=SHARED_MOUNT_DIR,
+        ebs_settings=EbsSettings(
+            volume_type="gp3", size=params.shared_volume_size_gib, encrypted=True, deletion_policy="Snapshot"
+        ),
+    )
+    fsx = SharedStorage(
+        name="fsx",
+        storage_type="FsxLustre",
+        mount_dir=FSX_MOUNT_DIR,
+        fsx_lustre_settings=FsxLustreSettings(
+            storage_capacity=fsx_capacity_gib(params, request.dataset_size_gib),
+            deployment_type="PERSISTENT_2",
+            per_unit_storage_throughput=params.fsx_throughput_mb_per_tib,
+            data_compression_type="LZ4",
+            deletion_policy="Delete",
+            data_repository_associations=[
+                DataRepositoryAssociation(
+                    name="data",
+                    data_repository_path=request.data_s3_uri,
+                    file_system_path=FSX_DATA_PATH,
+                    batch_import_meta_data_on_create=True,
+                    auto_import_policy=["NEW", "CHANGED", "DELETED"],
+                ),
+                DataRepositoryAssociation(
+                    name="results",
+                    data_repository_path=request.results_s3_uri,
+                    file_system_path=FSX_RESULTS_PATH,
+                    auto_export_policy=["NEW", "CHANGED"],
+                ),
+            ],
+        ),
+    )
+
+    return ClusterConfig(
+        region=params.region,
+        image=Image(os=params.os, custom_ami=params.custom_ami),
+        imds=TopLevelImds(imds_support="v2.0"),
+        head_node=head_node,
+        scheduling=Scheduling(
+            slurm_settings=SlurmSettings(scaledown_idletime=params.scaledown_idletime_minutes),
+            slurm_queues=[gpu8, gpu4, gpu1],
+        ),
+        shared_storage=[shared, fsx],
+        monitoring=Monitoring(
+            logs=Logs(
+                cloud_watch=CloudWatchLogs(
+                    enabled=True, retention_in_days=params.log_retention_days, deletion_policy="Retain"
+                )
+            )
+        ),
+        tags=_tags(request),
+        dev_settings=DevSettings(
+            timeouts=Timeouts(head_node_bootstrap_timeout=params.head_node_bootstrap_timeout_seconds)
+        ),
+    )
+
+
+def render_yaml(config: ClusterConfig) -> str:
+    """The YAML text sent as ``clusterConfiguration``."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False, width=1000)

@@ -1,0 +1,300 @@
+"""What a report shows: :class:`ReportData`, taken from a run record and its plan by
+:func:`report_data_from_run`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from cryopilot.domain.billing import node_bill
+from cryopilot.domain.report.rows import GPUS_PER_NODE, MASTER_QUEUE, StageRow
+
+_PLACEMENT_RE = re.compile(r"^\s*(?P<type>\S+)\s+in\s+(?P<subnet>subnet-[0-9a-zA-Z]+)\s*$")
+
+
+class ReportData(BaseModel):
+    """Everything a report shows, taken from one run record and its plan."""
+
+    run_id: str
+    dataset: str
+    status: str
+    preset: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    cluster_ready_at: datetime | None = None
+    finished_at: datetime | None = None
+    time_to_structure_seconds: float | None = None
+    elapsed_seconds: float | None = Field(default=None, description="run start to finish, any status")
+    resolution_A: float | None = None
+    cluster_name: str | None = None
+    placement: str | None = Field(default=None, description="where the cluster went, as recorded")
+    subnet_id: str | None = None
+    instance_types: dict[str, str] = Field(default_factory=dict, description="queue → instance type")
+    placements_tried: list[str] = Field(default_factory=list, description="placements with no capacity")
+    rows: list[StageRow] = Field(default_factory=list)
+    decisions: list[dict[str, Any]] = Field(default_factory=list)
+    cost_usd: float | None = None
+    gpu_hours_paid: float | None = Field(default=None, description="GPUs of the nodes × wall hours")
+    gpu_hours_busy: float | None = Field(default=None, description="GPUs used × wall hours")
+    billed_usd: float | None = Field(
+        default=None,
+        description="the GPU nodes' bill, estimated from the stage times: launch and Slurm's idle "
+        "time included (see :func:`node_bill`)",
+    )
+    billed_gpu_hours: float | None = Field(default=None, description="GPUs of the nodes × hours billed")
+    lower_bounds: bool = Field(
+        default=False,
+        description="a compute stage started but has no end time: cost and GPU-hours count the others only",
+    )
+    error: str | None = None
+    failed_at: str | None = None
+    results: list[tuple[str, str]] = Field(default_factory=list)
+
+
+# --- building --------------------------------------------------------------------------------------
+
+
+def _when(value: Any) -> datetime | None:
+    """A UTC datetime from epoch seconds or an ISO string; None for anything else."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(float(value), tz=UTC)
+        if isinstance(value, str) and value.strip():
+            text = value.strip()
+            try:
+                return datetime.fromtimestamp(float(text), tz=UTC)
+            except ValueError:
+                pass
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return None
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max(0.0, (end - start).total_seconds())
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _int(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None else None
+
+
+def _placement(run: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(label, gpu8 instance type, subnet) from the record's ``placement`` ("<type> in <subnet>")."""
+    label = run.get("placement")
+    if not isinstance(label, str) or not label.strip():
+        return None, None, None
+    m = _PLACEMENT_RE.match(label)
+    if not m:
+        return label, None, None
+    return label, m.group("type"), m.group("subnet")
+
+
+def _default_results(run: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Links to the exported results recorded by the Export step (``results.uri``, ``results.files``)."""
+    results = run.get("results")
+    if not isinstance(results, Mapping) or not isinstance(results.get("uri"), str):
+        return []
+    uri: str = results["uri"]
+    links = [("Results folder", uri)]
+    bucket = uri[len("s3://") :].split("/", 1)[0] if uri.startswith("s3://") else None
+    for f in results.get("files") or []:
+        if not isinstance(f, Mapping) or not f.get("key") or bucket is None:
+            continue
+        size = _int(f.get("size"))
+        kind = str(f.get("kind") or "file").replace("_", " ")
+        label = kind + (f" ({size:,} bytes)" if size is not None else "")
+        links.append((label, f"s3://{bucket}/{f['key']}"))
+    return links
+
+
+def _row(
+    planned: Mapping[str, Any],
+    rec: Mapping[str, Any],
+    instance_types: Mapping[str, str],
+    prices: Callable[[str], float | None] | None,
+) -> StageRow:
+    stage_id = str(planned.get("id") or rec.get("id") or "?")
+    title = planned.get("title") or planned.get("name") or rec.get("title") or stage_id
+    lane = planned.get("queue") or planned.get("lane") or rec.get("lane")
+    queue = str(lane) if lane else MASTER_QUEUE
+    gpus = _int(planned.get("gpus"))
+    if gpus is None:
+        gpus = _int(rec.get("gpus")) or 0
+    per_node = GPUS_PER_NODE.get(queue)
+    nodes = max(1, math.ceil(gpus / per_node)) if per_node else None
+    instance = instance_types.get(queue) if queue != MASTER_QUEUE else None
+    submitted = _when(rec.get("submitted_at"))
+    started = _when(rec.get("started_at"))
+    completed = _when(rec.get("completed_at"))
+    wall = _seconds(started, completed)
+    cost: float | None = None
+    if wall is not None and prices is not None and instance and nodes is not None:
+        price = _number(prices(instance))
+        if price is not None:
+            cost = wall / 3600 * nodes * price
+    return StageRow(
+        stage_id=stage_id,
+        title=str(title),
+        queue=queue,
+        instance_type=instance,
+        gpus=gpus,
+        nodes=nodes,
+        state=str(rec.get("state") or "pending"),
+        submitted_at=submitted,
+        started_at=started,
+        completed_at=completed,
+        wall_seconds=wall,
+        cost_usd=cost,
+        gpu_hours=wall / 3600 * gpus if wall is not None else None,
+        num_particles=_int(rec.get("num_particles")),
+        num_micrographs=_int(rec.get("num_micrographs")),
+        resolution_A=_number(rec.get("resolution_A")),
+    )
+
+
+def report_data_from_run(
+    run: dict[str, Any],
+    plan: list[dict[str, Any]],
+    *,
+    prices: Callable[[str], float | None] | None = None,
+    results: Sequence[tuple[str, str]] = (),
+    instance_types: Mapping[str, str] | None = None,
+    idle_seconds: float | None = None,
+) -> ReportData:
+    """The report of ``run`` (a run record) following ``plan`` (its planned stages, in order).
+
+    ``prices`` gives the hourly on-demand price of an instance type (None when unknown); without
+    it no cost is shown. ``results`` are (label, URI) links; without them the record's exported
+    results are listed. ``instance_types`` (queue → type, e.g. the stack's configured types) fills
+    in the queues whose type the record does not say; the record's placement wins for gpu8.
+    ``idle_seconds`` (Slurm's ScaledownIdletime) enables the estimate of the nodes' bill
+    (:func:`node_bill`).
+    """
+    label, gpu8_type, subnet = _placement(run)
+    types: dict[str, str] = {str(k): str(v) for k, v in (instance_types or {}).items() if v}
+    if gpu8_type:
+        types["gpu8"] = gpu8_type
+
+    stages = run.get("stages")
+    records: Mapping[str, Any] = stages if isinstance(stages, Mapping) else {}
+    planned = [p for p in plan if isinstance(p, Mapping) and p.get("id")]
+    seen = {str(p["id"]) for p in planned}
+    # stages recorded but not planned (e.g. a record without its plan) follow the plan's
+    planned += [{"id": sid} for sid in records if sid not in seen]
+    rows = []
+    for p in planned:
+        rec = records.get(str(p["id"]))
+        rows.append(_row(p, rec if isinstance(rec, Mapping) else {}, types, prices))
+
+    created = _when(run.get("created_at"))
+    started = _when(run.get("started_epoch")) or _when(run.get("started_at")) or created
+    finished = _when(run.get("finished_epoch")) or _when(run.get("finished_at"))
+    status = str(run.get("status") or "UNKNOWN")
+    structure_end = _when(run.get("export_finished_at")) or finished
+    time_to_structure = _seconds(started, structure_end) if status == "SUCCEEDED" else None
+
+    resolution = _number(run.get("resolution_A"))
+    if resolution is None:
+        resolution = next((r.resolution_A for r in reversed(rows) if r.resolution_A is not None), None)
+
+    timed = [r for r in rows if r.wall_seconds is not None]
+    compute = [r for r in timed if r.nodes is not None]
+    busy = sum(r.gpu_hours or 0.0 for r in timed) if timed else None
+    paid = (
+        sum((r.wall_seconds or 0.0) / 3600 * (r.nodes or 0) * GPUS_PER_NODE[r.queue] for r in compute)
+        if compute
+        else None
+    )
+    # no total unless every timed compute stage has a cost (a stage that started without an end
+    # makes the total a lower bound: ReportData.lower_bounds)
+    cost = (
+        sum(r.cost_usd or 0.0 for r in compute)
+        if prices is not None and compute and all(r.cost_usd is not None for r in compute)
+        else None
+    )
+
+    # a compute stage that went to Slurm and has no end: its nodes' time is not known
+    unended = any(
+        r.nodes is not None and (r.started_at or r.submitted_at) and r.completed_at is None for r in rows
+    )
+    billed: tuple[float, float] | None = None
+    if prices is not None and idle_seconds is not None and compute and not unended:
+        held = frozenset({"gpu8"}) if run.get("layout") == "whitepaper" else frozenset()
+        billed = node_bill(
+            compute,
+            prices=prices,
+            idle_seconds=idle_seconds,
+            held=held,
+            held_from=_when(run.get("cluster_ready_at")),
+            until=structure_end if status == "SUCCEEDED" else finished,
+        )
+
+    error_doc = run.get("error")
+    error: str | None = None
+    failed_at: str | None = None
+    if isinstance(error_doc, Mapping):
+        etype = str(error_doc.get("type") or "Error")
+        error = f"{etype}: {error_doc.get('message') or 'unknown reason'}"
+        step = str(error_doc.get("step") or "")
+        if step:
+            where = step.removeprefix("stage:")
+            failed_at = next((r.title for r in rows if r.stage_id == where), where)
+    elif error_doc:
+        error = str(error_doc)
+
+    decisions = [dict(d) for d in run.get("decisions") or [] if isinstance(d, Mapping)]
+    tried = [
+        str(t.get("label"))
+        for t in run.get("placements_tried") or []
+        if isinstance(t, Mapping) and t.get("label")
+    ]
+    return ReportData(
+        run_id=str(run.get("run_id") or "?"),
+        dataset=str(run.get("dataset") or run.get("run_id") or "?"),
+        status=status,
+        preset=str(run["preset"]) if run.get("preset") else None,
+        created_at=created,
+        started_at=started,
+        cluster_ready_at=_when(run.get("cluster_ready_at")),
+        finished_at=finished,
+        time_to_structure_seconds=time_to_structure,
+        elapsed_seconds=_seconds(started, finished),
+        resolution_A=resolution,
+        cluster_name=str(run["cluster_name"]) if run.get("cluster_name") else None,
+        placement=label,
+        subnet_id=subnet,
+        instance_types=types,
+        placements_tried=tried,
+        rows=rows,
+        decisions=decisions,
+        cost_usd=cost,
+        gpu_hours_paid=paid,
+        gpu_hours_busy=busy,
+        billed_usd=billed[0] if billed else None,
+        billed_gpu_hours=billed[1] if billed else None,
+        lower_bounds=any(
+            r.nodes is not None and r.started_at is not None and r.wall_seconds is None for r in rows
+        ),
+        error=error,
+        failed_at=failed_at,
+        results=list(results) or _default_results(run),
+    )

@@ -1,0 +1,129 @@
+"""Plain-text pieces the renderers share: money, hours, times, the table's cells, the summary lines.
+
+The Markdown and HTML renderers escape what these return, each for its own format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from cryopilot.core.formatting import fmt_duration
+from cryopilot.domain.report.data import ReportData
+from cryopilot.domain.report.rows import MASTER_QUEUE, StageRow
+
+#: Link targets the renderers make clickable; any other URI (``s3://``) is shown as text.
+LINK_SCHEMES = ("https://", "http://")
+
+
+def _money(value: float | None) -> str:
+    return f"${value:,.2f}" if value is not None else "—"
+
+
+def total_money(data: ReportData) -> str:
+    if data.cost_usd is None:
+        return "—"
+    return ("at least " if data.lower_bounds else "") + _money(data.cost_usd)
+
+
+def _hours(value: float | None) -> str:
+    return f"{value:,.1f}" if value is not None else "—"
+
+
+def resolution_text(value: float | None) -> str:
+    return f"{value:.2f} Å" if value is not None else "resolution unknown"
+
+
+def _time(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if value is not None else "—"
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return str(value)
+
+
+def decision_parts(decision: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """(stage id, kind, summary, the decision's scalar numbers) as plain text."""
+    stage = str(decision.get("stage_id") or "?")
+    kind = str(decision.get("kind") or "decision").replace("_", " ")
+    summary = str(decision.get("summary") or "")
+    numbers = decision.get("numbers")
+    figures = ""
+    if isinstance(numbers, Mapping):
+        figures = ", ".join(
+            f"{str(k).replace('_', ' ')}: {_scalar(v)}"
+            for k, v in numbers.items()
+            if isinstance(v, str | int | float | bool)
+        )
+    return stage, kind, summary, figures
+
+
+def wall_cell(row: StageRow) -> str:
+    if row.wall_seconds is not None:
+        return fmt_duration(row.wall_seconds)
+    return row.state
+
+
+def instance_cell(row: StageRow) -> str:
+    if row.queue == MASTER_QUEUE:
+        return "head node"
+    return row.instance_type or "—"
+
+
+def cost_cell(row: StageRow) -> str:
+    return _money(row.cost_usd) if row.cost_usd is not None else "—"
+
+
+def total_wall(data: ReportData) -> float | None:
+    walls = [r.wall_seconds for r in data.rows if r.wall_seconds is not None]
+    return sum(walls) if walls else None
+
+
+def summary_lines(data: ReportData) -> list[tuple[str, str]]:
+    """(label, value) pairs of the summary, as plain text."""
+    lines: list[tuple[str, str]] = []
+    at_least = "at least " if data.lower_bounds else ""
+    if data.time_to_structure_seconds is not None:
+        lines.append(("Time to structure", fmt_duration(data.time_to_structure_seconds)))
+    elif data.elapsed_seconds is not None:
+        lines.append(("Elapsed", fmt_duration(data.elapsed_seconds)))
+    if data.resolution_A is not None:
+        lines.append(("Resolution", f"{resolution_text(data.resolution_A)} (gold-standard FSC 0.143)"))
+    cost = total_money(data) if data.cost_usd is not None else "unknown"
+    if data.billed_usd is not None:
+        lines.append(
+            (
+                "GPU nodes billed",
+                f"about {_money(data.billed_usd)} for {_hours(data.billed_gpu_hours)} GPU-hours (estimated "
+                "from the stage times: node launch and Slurm's idle time included; head node not included)",
+            )
+        )
+    lines.append(("Compute cost", f"{cost} (stage wall time × nodes × hourly price; head node not included)"))
+    lines.append(
+        (
+            "GPU-hours",
+            f"{at_least}{_hours(data.gpu_hours_busy)} used, {at_least}{_hours(data.gpu_hours_paid)} paid "
+            "(whole nodes)",
+        )
+    )
+    if data.preset:
+        lines.append(("Preset", data.preset))
+    lines.append(("Run", data.run_id))
+    lines.append(("Started", _time(data.started_at)))
+    lines.append(("Finished", _time(data.finished_at)))
+    if data.cluster_name:
+        lines.append(("Cluster", data.cluster_name))
+    if data.placement:
+        lines.append(("Placement", data.placement))
+    if data.instance_types:
+        lines.append(("Instances", ", ".join(f"{q}: {t}" for q, t in sorted(data.instance_types.items()))))
+    if data.placements_tried:
+        lines.append(("No capacity for", "; ".join(data.placements_tried)))
+    return lines
