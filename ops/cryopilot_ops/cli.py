@@ -273,9 +273,9 @@ def _status(args: argparse.Namespace) -> int:
     stack = _stack(args)
     if not args.run_id:
         for run in ops.list_runs(stack, args.limit):
-            res = f"{float(run['resolution_A']):.2f} Å" if run.get("resolution_A") is not None else ""
-            step = run.get("current_step") or ""
-            print(f"{run['run_id']:<48} {run.get('status', '?'):<10} {step:<16} {res}")
+            res = f"{run.resolution_A:.2f} Å" if run.resolution_A is not None else ""
+            step = run.current_step or ""
+            print(f"{run.run_id:<48} {run.status:<10} {step:<16} {res}")
         return 0
     run = ops.get_run(stack, args.run_id)
     print(ops.render_status(run, ops.execution_status(stack, args.run_id)))
