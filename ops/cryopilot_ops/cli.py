@@ -72,6 +72,7 @@ def _cluster_config(args: argparse.Namespace) -> int:
     from cryopilot.core.errors import ManifestError
     from cryopilot.core.naming import cluster_name_for
     from cryopilot.domain.manifest import manifest_prefix, parse_manifest, validation_message
+    from cryopilot.domain.record import RunRecord
     from cryopilot.steps.cluster import config_yaml_for
     from pydantic import ValidationError
 
@@ -121,12 +122,12 @@ def _cluster_config(args: argparse.Namespace) -> int:
         else:
             data_s3_uri = f"s3://{settings.input_bucket}/datasets/{manifest.dataset}/"
     try:
-        run = {
-            "run_id": run_id,
-            "dataset": manifest.dataset,
-            "cluster_name": cluster_name_for(run_id),
-            "data_s3_uri": data_s3_uri,
-        }
+        run = RunRecord(
+            run_id=run_id,
+            dataset=manifest.dataset,
+            cluster_name=cluster_name_for(run_id),
+            data_s3_uri=data_s3_uri,
+        )
         text = config_yaml_for(run, settings)
     except ValidationError as exc:
         print(f"cryopilot cluster-config: {validation_message(exc)}", file=sys.stderr)

@@ -409,17 +409,17 @@ def _verdict(
         problems.append("the janitor was expected to delete the cluster, and had nothing to do")
     if janitor_acted and not r.janitor:
         problems.append(f"the janitor had to delete {len(janitor_acted)} cluster(s) the run left behind")
+    typed = {rid: RunRecord.model_validate({"run_id": rid, **item}) for rid, item in records.items() if item}
     for rid, arn in arns.items():
-        rec = records.get(rid) or {}
-        dataset = str(rec.get("dataset") or rid)
+        rec = typed.get(rid) or RunRecord(run_id=rid)
+        dataset = str(rec.dataset or rid)
         status = statuses[rid]
-        error = (rec.get("error") or {}).get("type")
+        error = (rec.error or {}).get("type")
         if status != r.status:
             problems.append(f"{rid} ended {status}, not {r.status}" + (f" ({error})" if error else ""))
-        if rec.get("status") != RUN_STATUS_FOR_EXECUTION.get(r.status):
-            problems.append(
-                f"{rid}'s record says {rec.get('status')}, not {RUN_STATUS_FOR_EXECUTION.get(r.status)}"
-            )
+        recorded = rec.status if rid in typed else None
+        if recorded != RUN_STATUS_FOR_EXECUTION.get(r.status):
+            problems.append(f"{rid}'s record says {recorded}, not {RUN_STATUS_FOR_EXECUTION.get(r.status)}")
         if r.error is not None and error != r.error:
             problems.append(f"{rid} failed with {error}, not {r.error}")
         if status in EXECUTION_UNFINISHED and rid not in cleanups:
@@ -436,12 +436,8 @@ def _verdict(
                     + (f" and {', '.join(repr(b) for b in want.body)} in its text" if want.body else "")
                 )
         problems += [f"{rid}: {p}" for p in _scenario_checks(cloud, fail, arn, rec, mails, cleanups.get(rid))]
-    errors = sorted(
-        {str((rec.get("error") or {}).get("type")) for rec in records.values() if rec.get("error")}
-    )
-    steps = sorted(
-        {str((rec.get("error") or {}).get("step")) for rec in records.values() if rec.get("error")}
-    )
+    errors = sorted({str(rec.error.get("type")) for rec in typed.values() if rec.error})
+    steps = sorted({str(rec.error.get("step")) for rec in typed.values() if rec.error})
     ended = sorted(set(statuses.values()))
     outcome = "/".join(ended)
     if errors:
@@ -469,7 +465,7 @@ def _scenario_checks(
     cloud: LocalCloud,
     fail: str,
     arn: str,
-    rec: dict[str, Any],
+    rec: RunRecord,
     mails: list[dict[str, Any]],
     cleanup: dict[str, Any] | None,
 ) -> list[str]:
@@ -486,20 +482,20 @@ def _scenario_checks(
         error = "AgentTimeoutError" if fail == "ssm-timeout-always" else "ExportError"
         if tried.count(error) != 4:
             problems.append(f"expected the first try and 3 retries of {error}: {tried}")
-    elif fail == "capacity" and len(rec.get("placements_tried") or []) != 1:
-        problems.append(f"expected one placement without capacity: {rec.get('placements_tried')}")
-    elif fail == "capacity-exhausted" and len(rec.get("placements_tried") or []) < 2:
-        problems.append(f"expected every placement tried: {rec.get('placements_tried')}")
+    elif fail == "capacity" and len(rec.placements_tried) != 1:
+        problems.append(f"expected one placement without capacity: {rec.placements_tried}")
+    elif fail == "capacity-exhausted" and len(rec.placements_tried) < 2:
+        problems.append(f"expected every placement tried: {rec.placements_tried}")
     elif fail == "job-stuck":
-        stage = (rec.get("error") or {}).get("step", "").removeprefix("stage:")
-        if not (rec.get("stages") or {}).get(stage, {}).get("killed_for_time"):
+        stage = (rec.error or {}).get("step", "").removeprefix("stage:")
+        if stage not in rec.stages or not rec.stages[stage].killed_for_time:
             problems.append(f"stage {stage} was not killed for its time limit")
     elif fail == "job-killed":
-        stage = (rec.get("error") or {}).get("step", "").removeprefix("stage:")
-        if (rec.get("stages") or {}).get(stage, {}).get("state") != "killed":
+        stage = (rec.error or {}).get("step", "").removeprefix("stage:")
+        if stage not in rec.stages or rec.stages[stage].state != "killed":
             problems.append(f"stage {stage} is not marked killed")
     elif fail in ("stopped", "cancel"):
-        dataset = rec.get("dataset")
+        dataset = rec.dataset
         stopped = [m for m in mails if m["subject"] == f"[cryopilot] {dataset} was stopped"]
         if len(stopped) != 1:
             problems.append(f"expected one 'was stopped' mail, got {len(stopped)}")
