@@ -115,6 +115,24 @@ def test_every_field_the_code_writes_is_declared_on_the_record() -> None:
     assert undeclared == []
 
 
+def test_every_list_the_code_appends_to_is_a_list_field_of_the_record() -> None:
+    appended = set()
+    for path in SOURCES:
+        for call in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute)
+                and call.func.attr == "append_to"
+                and len(call.args) > 1
+                and isinstance(call.args[1], ast.Constant)
+            ):
+                appended.add(str(call.args[1].value))
+    assert appended >= {"decisions", "mails", "placements_tried"}
+    for name in appended:
+        default = RunRecord.model_fields[name].default_factory
+        assert default is list, f"RunRecord.{name} is no list field"
+
+
 # ------------------------------------------------------------------ the store on moto
 @pytest.fixture
 def table() -> Iterator[Any]:
