@@ -72,6 +72,7 @@ def _cluster_config(args: argparse.Namespace) -> int:
     from cryopilot.core.errors import ManifestError
     from cryopilot.core.naming import cluster_name_for
     from cryopilot.domain.manifest import manifest_prefix, parse_manifest, validation_message
+    from cryopilot.domain.record import RunRecord
     from cryopilot.steps.cluster import config_yaml_for
     from pydantic import ValidationError
 
@@ -121,12 +122,12 @@ def _cluster_config(args: argparse.Namespace) -> int:
         else:
             data_s3_uri = f"s3://{settings.input_bucket}/datasets/{manifest.dataset}/"
     try:
-        run = {
-            "run_id": run_id,
-            "dataset": manifest.dataset,
-            "cluster_name": cluster_name_for(run_id),
-            "data_s3_uri": data_s3_uri,
-        }
+        run = RunRecord(
+            run_id=run_id,
+            dataset=manifest.dataset,
+            cluster_name=cluster_name_for(run_id),
+            data_s3_uri=data_s3_uri,
+        )
         text = config_yaml_for(run, settings)
     except ValidationError as exc:
         print(f"cryopilot cluster-config: {validation_message(exc)}", file=sys.stderr)
@@ -286,9 +287,9 @@ def _status(args: argparse.Namespace) -> int:
     stack = _stack(args)
     if not args.run_id:
         for run in ops.list_runs(stack, args.limit):
-            res = f"{float(run['resolution_A']):.2f} Å" if run.get("resolution_A") is not None else ""
-            step = run.get("current_step") or ""
-            print(f"{run['run_id']:<48} {run.get('status', '?'):<10} {step:<16} {res}")
+            res = f"{run.resolution_A:.2f} Å" if run.resolution_A is not None else ""
+            step = run.current_step or ""
+            print(f"{run.run_id:<48} {run.status:<10} {step:<16} {res}")
         return 0
     run = ops.get_run(stack, args.run_id)
     print(ops.render_status(run, ops.execution_status(stack, args.run_id)))

@@ -17,12 +17,16 @@ from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
-from cryopilot.adapters import admission, runs
+from cryopilot.adapters import admission
+from cryopilot.adapters.runs import RunStore
 from cryopilot.core.errors import ManifestError
 from cryopilot.core.formatting import fmt_duration
-from cryopilot.core.status import EXECUTION_OVER, RUN_OVER
+from cryopilot.core.status import EXECUTION_OVER
 from cryopilot.domain.billing import cost_text
 from cryopilot.domain.manifest import Manifest, parse_manifest
+from cryopilot.domain.record import RunRecord, StageRecord
+from cryopilot.protocol.stage import PlannedStage
+from pydantic import Field
 
 #: Exit codes of the operator commands.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_AWS = 0, 1, 2, 3, 4
@@ -95,49 +99,54 @@ class Stack:
 
 
 # ------------------------------------------------------------------ reading runs
+class RunView(RunRecord):
+    """A run as the operator's commands show it: its record, its plan and, while it waits for a
+    slot (``MaxConcurrentRuns``), its place in the queue (1: the next to start) and how many runs
+    hold a slot."""
+
+    plan: list[PlannedStage] = Field(default_factory=list)
+    queue_position: int | None = None
+    active_runs: int | None = None
+
+
 def _table(stack: Stack) -> Any:
     return boto3.resource("dynamodb", region_name=stack.region).Table(stack.runs_table)
 
 
-def get_run(stack: Stack, run_id: str) -> dict[str, Any]:
-    """The run record with its plan (``plan``); :class:`OperatorError` when there is none."""
-    table = _table(stack)
-    item = table.get_item(Key={"pk": f"run#{run_id}"}, ConsistentRead=True).get("Item")
-    if item is None:
+def _store(stack: Stack) -> RunStore:
+    return RunStore(_table(stack))
+
+
+def get_run(stack: Stack, run_id: str) -> RunView:
+    """The run record with its plan; :class:`OperatorError` when there is none."""
+    store = _store(stack)
+    record = store.get_run(run_id)
+    if record is None:
         raise OperatorError(f"no run {run_id} in stack {stack.name}", EXIT_NOT_FOUND)
-    run = runs.decode(item)
-    plan = table.get_item(Key={"pk": f"plan#{run_id}"}, ConsistentRead=True).get("Item")
-    run["plan"] = runs.decode(plan)["plan"] if plan else []
-    if run.get("status") == "QUEUED":
-        _with_queue_positions(stack, [run])
-    return dict(run)
+    run = RunView.model_validate({**record.model_dump(), "plan": store.get_plan(run_id)})
+    if run.status == "QUEUED":
+        _with_queue_positions(store, [run])
+    return run
 
 
-def list_runs(stack: Stack, limit: int = 20) -> list[dict[str, Any]]:
+def list_runs(stack: Stack, limit: int = 20) -> list[RunView]:
     """The most recent runs, newest first; a run waiting for a slot has its ``queue_position``."""
-    table = _table(stack)
-    resp = table.query(
-        IndexName="ByCreated",
-        KeyConditionExpression="kind = :k",
-        ExpressionAttributeValues={":k": "run"},
-        ScanIndexForward=False,
-        Limit=limit,
-    )
-    found = [runs.decode(i) for i in resp.get("Items", [])]
-    if any(r.get("status") == "QUEUED" for r in found):
-        _with_queue_positions(stack, found)
+    store = _store(stack)
+    found = [RunView.model_validate(r.model_dump()) for r in store.list_runs(limit)]
+    if any(r.status == "QUEUED" for r in found):
+        _with_queue_positions(store, found)
     return found
 
 
-def _with_queue_positions(stack: Stack, found: list[dict[str, Any]]) -> None:
-    """Set ``queue_position`` (1: the next to start) and ``active_runs`` on the runs that wait for
-    a slot (``MaxConcurrentRuns``), from the stack's admission item."""
-    state = admission.read(_table(stack))
+def _with_queue_positions(store: RunStore, found: list[RunView]) -> None:
+    """Set ``queue_position`` and ``active_runs`` on the runs that wait for a slot, from the
+    stack's admission item."""
+    state = admission.read(store.table)
     for run in found:
-        position = state.position(run["run_id"])
+        position = state.position(run.run_id)
         if position is not None:
-            run["queue_position"] = position
-            run["active_runs"] = state.active
+            run.queue_position = position
+            run.active_runs = state.active
 
 
 def execution_status(stack: Stack, run_id: str) -> str | None:
@@ -156,49 +165,49 @@ def _bar(fraction: float, width: int = 20) -> str:
     return "█" * filled + "░" * (width - filled)
 
 
-def render_status(run: dict[str, Any], execution: str | None, now: float | None = None) -> str:
+def render_status(run: RunView, execution: str | None, now: float | None = None) -> str:
     """A run as text: header, cluster, one line per stage with a progress bar, and the outcome."""
     now = time.time() if now is None else now
+    dataset = run.dataset if run.dataset is not None else "?"
     lines = [
-        f"run {run['run_id']}  dataset {run.get('dataset', '?')}  status {run.get('status', '?')}"
+        f"run {run.run_id}  dataset {dataset}  status {run.status}"
         + (f"  (execution {execution})" if execution else ""),
-        f"cluster {run.get('cluster_name') or '-'}: {run.get('cluster_state') or 'not requested'}"
-        + (f" · {run['placement']}" if run.get("placement") else "")
-        + f" · step {run.get('current_step') or '-'}",
+        f"cluster {run.cluster_name or '-'}: {run.cluster_state or 'not requested'}"
+        + (f" · {run.placement}" if run.placement else "")
+        + f" · step {run.current_step or '-'}",
     ]
-    if run.get("queue_position"):
+    if run.queue_position:
+        active = run.active_runs if run.active_runs is not None else "?"
         lines.append(
-            f"waiting for a free slot: #{run['queue_position']} in the queue, "
-            f"{run.get('active_runs', '?')} run(s) active (MaxConcurrentRuns); starts when one ends"
+            f"waiting for a free slot: #{run.queue_position} in the queue, "
+            f"{active} run(s) active (MaxConcurrentRuns); starts when one ends"
         )
-    stages = run.get("stages") or {}
-    plan = run.get("plan") or []
-    width = max([len(str(p.get("title", p.get("id", "")))) for p in plan] + [5])
-    for planned in plan:
-        rec = stages.get(planned["id"], {})
-        state = rec.get("state", "pending")
-        progress = 1.0 if state == "completed" else float(rec.get("progress") or 0.0)
+    width = max([len(p.title) for p in run.plan] + [5])
+    for planned in run.plan:
+        rec = run.stages.get(planned.id) or StageRecord()
+        state = rec.state
+        progress = 1.0 if state == "completed" else float(rec.progress or 0.0)
         elapsed = ""
-        if rec.get("started_at"):
-            end = rec.get("completed_at") or now
-            elapsed = fmt_duration(float(end) - float(rec["started_at"]))
-        lane = planned.get("lane") or "-"
+        if rec.started_at:
+            end = rec.completed_at or now
+            elapsed = fmt_duration(float(end) - float(rec.started_at))
+        lane = planned.lane or "-"
         lines.append(
-            f"  {planned.get('title', planned['id'])!s:<{width}}  {lane:<5} {planned.get('gpus', 0):>2} GPU"
+            f"  {planned.title:<{width}}  {lane:<5} {planned.gpus:>2} GPU"
             f"  {_bar(progress)} {progress * 100:5.1f}%  {state:<9} {elapsed}"
         )
-    if run.get("resolution_A") is not None:
-        lines.append(f"resolution {float(run['resolution_A']):.2f} Å")
-    stage_costs = [float(s["cost_usd"]) for s in stages.values() if s.get("cost_usd") is not None]
-    if run.get("cost_usd") is not None:
-        lines.append(f"cost {cost_text(float(run['cost_usd']), run.get('cost_basis'))}")
+    if run.resolution_A is not None:
+        lines.append(f"resolution {float(run.resolution_A):.2f} Å")
+    stage_costs = [float(s.cost_usd) for s in run.stages.values() if s.cost_usd is not None]
+    if run.cost_usd is not None:
+        lines.append(f"cost {cost_text(float(run.cost_usd), run.cost_basis)}")
     elif stage_costs:
         lines.append(f"cost so far {cost_text(sum(stage_costs), None)}")
-    if run.get("error"):
-        err = run["error"]
+    if run.error:
+        err = run.error
         lines.append(f"failed at {err.get('step')}: {err.get('type')}: {err.get('message')}")
-    if run.get("report"):
-        lines.append(f"report {run['report'].get('html') or run['report']}")
+    if run.report:
+        lines.append(f"report {run.report.get('html') or run.report}")
     return "\n".join(lines)
 
 
@@ -221,18 +230,17 @@ def watch(
         except OperatorError:
             if execution is None:
                 raise
-            run = {"run_id": run_id, "status": "STARTING"}  # Validate has not written it yet
+            # Validate has not written it yet (STARTING is no status a record has)
+            run = RunView.model_construct(run_id=run_id, status="STARTING")  # type: ignore[arg-type]
         text = render_status(run, execution)
         if text != shown:
             emit(text)
             shown = text
         updates += 1
-        if execution in EXECUTION_OVER or (
-            execution is None and run.get("status") in ("SUCCEEDED", "FAILED")
-        ):
-            return str(execution or run.get("status"))
+        if execution in EXECUTION_OVER or (execution is None and run.status in ("SUCCEEDED", "FAILED")):
+            return str(execution or run.status)
         if max_updates is not None and updates >= max_updates:
-            return str(execution or run.get("status"))
+            return str(execution or run.status)
         sleep(interval)
 
 
@@ -367,11 +375,12 @@ def cancel(
     """Stop the run's execution, delete its cluster through the stack's cluster function, and
     (with ``wait``) wait until the cluster is gone. Safe to repeat."""
     run = get_run(stack, run_id)
+    store = _store(stack)
     status = execution_status(stack, run_id)
-    if status is None and run.get("status") == "QUEUED":
+    if status is None and run.status == "QUEUED":
         # Cancelled first: a run taken from the queue meanwhile is then dropped, not started.
-        _mark_cancelled(stack, run_id, run)
-        place = admission.withdraw(run_id, _table(stack))
+        _mark_cancelled(store, run)
+        place = admission.withdraw(run_id, store.table)
         if place is not None:
             emit(f"run {run_id} was waiting for a slot (place {place}); taken out of the queue")
         status = execution_status(stack, run_id)  # unless it was started just before
@@ -389,7 +398,7 @@ def cancel(
             time.sleep(0.2)
     else:
         emit(f"execution {run_id} is {status or 'not found'}; nothing to stop")
-    _mark_cancelled(stack, run_id, run)
+    _mark_cancelled(store, run)
     step = _invoke_cluster(stack, {"action": "delete", "run_id": run_id})
     emit(f"cluster {step.get('name') or '-'}: {step.get('status')}")
     polls = 0
@@ -409,23 +418,19 @@ def cancel(
     return step
 
 
-def _mark_cancelled(stack: Stack, run_id: str, run: dict[str, Any]) -> None:
-    if run.get("status") in RUN_OVER:
+def _mark_cancelled(store: RunStore, run: RunRecord) -> None:
+    if run.is_over:
         return
-    table = _table(stack)
     # the step it was at stays, for the cleanup function's mail; the error is the one that function
     # records for a stopped execution, whichever of the two gets there first
-    step = str(run.get("current_step") or "unknown")
-    error = {
-        "type": "ExecutionAborted",
-        "message": f"cancelled by the operator (cryopilot cancel) at {step}",
-        "step": step,
-    }
-    table.update_item(
-        Key={"pk": f"run#{run_id}"},
-        UpdateExpression="SET #s = :s, #e = if_not_exists(#e, :e)",
-        ExpressionAttributeNames={"#s": "status", "#e": "error"},
-        ExpressionAttributeValues={":s": "CANCELLED", ":e": error},
+    step = run.current_step or "unknown"
+    store.mark_cancelled(
+        run.run_id,
+        {
+            "type": "ExecutionAborted",
+            "message": f"cancelled by the operator (cryopilot cancel) at {step}",
+            "step": step,
+        },
     )
 
 

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from cryopilot.core.formatting import fmt_duration
 from cryopilot.core.status import EXECUTION_UNFINISHED, RUN_STATUS_FOR_EXECUTION
+from cryopilot.domain.record import RunRecord, StageRecord
+from cryopilot.protocol.stage import PlannedStage
 
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.template import ROOT, load_template
@@ -196,7 +198,7 @@ def sample_dataset(profile: str) -> tuple[str, str, dict[str, bytes]]:
     return folder, yaml.safe_dump(doc, sort_keys=False), files
 
 
-def _render(record: dict[str, Any] | None, plan: list[dict[str, Any]], start: float, now: float) -> Any:
+def _render(record: RunRecord | None, plan: list[PlannedStage], start: float, now: float) -> Any:
     from rich.table import Table
 
     table = Table(title=f"cryopilot demo — simulated time {fmt_duration(now - start)}", expand=False)
@@ -210,25 +212,24 @@ def _render(record: dict[str, Any] | None, plan: list[dict[str, Any]], start: fl
         table.add_row("(waiting for the run to start)", "", "", "", "", "")
         return table
     table.caption = (
-        f"run {record.get('run_id')} · cluster {record.get('cluster_name') or '-'}: "
-        f"{record.get('cluster_state') or 'not requested'} · step {record.get('current_step')}"
+        f"run {record.run_id} · cluster {record.cluster_name or '-'}: "
+        f"{record.cluster_state or 'not requested'} · step {record.current_step}"
     )
-    stages = record.get("stages") or {}
     for planned in plan:
-        rec = stages.get(planned["id"], {})
-        progress = float(rec.get("progress") or 0.0)
-        state = rec.get("state", "pending")
+        rec = record.stages.get(planned.id) or StageRecord()
+        progress = float(rec.progress or 0.0)
+        state = rec.state
         if state == "completed":
             progress = 1.0
         bar = "█" * int(progress * 20) + "░" * (20 - int(progress * 20))
         elapsed = ""
-        if rec.get("started_at"):
-            end = rec.get("completed_at") or now
-            elapsed = fmt_duration(float(end) - float(rec["started_at"]))
+        if rec.started_at:
+            end = rec.completed_at or now
+            elapsed = fmt_duration(float(end) - float(rec.started_at))
         table.add_row(
-            planned["title"],
-            planned.get("lane") or "master",
-            str(planned.get("gpus", 0)),
+            planned.title,
+            planned.lane or "master",
+            str(planned.gpus),
             f"{bar} {progress * 100:5.1f}%",
             state,
             elapsed,
@@ -285,31 +286,36 @@ JANITOR_EVERY_SECONDS = 1800
 JANITOR_PASSES = 4
 
 
-def _record(cloud: LocalCloud, run_id: str) -> dict[str, Any] | None:
+def _record(cloud: LocalCloud, run_id: str) -> RunRecord | None:
     """The run record, read while the handlers write it: moto's tables take no lock, so a read
     that races a write of the same item can fail ("dictionary changed size during iteration");
     read again then."""
     for _ in range(20):
         try:
-            return cloud.run_record(run_id)
+            item = cloud.run_record(run_id)
+            break
         except RuntimeError:
             time.sleep(0.01)
-    return cloud.run_record(run_id)
+    else:
+        item = cloud.run_record(run_id)
+    return RunRecord.model_validate(item) if item is not None else None
 
 
 def _act_during(cloud: LocalCloud, kind: str, arns: dict[str, str], pending: set[str], emit: Any) -> set[str]:
     """Do the mid-run fault to each pending run whose second stage has started; the runs done."""
     done: set[str] = set()
     for rid in sorted(pending):
-        record = _record(cloud, rid) or {}
-        if sum(1 for st in (record.get("stages") or {}).values() if st.get("started_at")) < 2:
+        record = _record(cloud, rid)
+        if record is None or sum(1 for st in record.stages.values() if st.started_at) < 2:
             continue
         if kind == "lose-head-node":
+            if record.cluster_name is None:
+                continue
             try:
-                instance = cloud.lose_head_node(str(record["cluster_name"]))
+                instance = cloud.lose_head_node(record.cluster_name)
             except KeyError:
                 continue  # no head node (yet, or any more)
-            emit(f"[red]the head node {instance} of {record['cluster_name']} disappeared[/red]")
+            emit(f"[red]the head node {instance} of {record.cluster_name} disappeared[/red]")
         elif kind == "stop":
             cloud.client("stepfunctions").stop_execution(
                 executionArn=arns[rid], error="StoppedByHand", cause="stopped from the console"
@@ -403,17 +409,17 @@ def _verdict(
         problems.append("the janitor was expected to delete the cluster, and had nothing to do")
     if janitor_acted and not r.janitor:
         problems.append(f"the janitor had to delete {len(janitor_acted)} cluster(s) the run left behind")
+    typed = {rid: RunRecord.model_validate({"run_id": rid, **item}) for rid, item in records.items() if item}
     for rid, arn in arns.items():
-        rec = records.get(rid) or {}
-        dataset = str(rec.get("dataset") or rid)
+        rec = typed.get(rid) or RunRecord(run_id=rid)
+        dataset = str(rec.dataset or rid)
         status = statuses[rid]
-        error = (rec.get("error") or {}).get("type")
+        error = (rec.error or {}).get("type")
         if status != r.status:
             problems.append(f"{rid} ended {status}, not {r.status}" + (f" ({error})" if error else ""))
-        if rec.get("status") != RUN_STATUS_FOR_EXECUTION.get(r.status):
-            problems.append(
-                f"{rid}'s record says {rec.get('status')}, not {RUN_STATUS_FOR_EXECUTION.get(r.status)}"
-            )
+        recorded = rec.status if rid in typed else None
+        if recorded != RUN_STATUS_FOR_EXECUTION.get(r.status):
+            problems.append(f"{rid}'s record says {recorded}, not {RUN_STATUS_FOR_EXECUTION.get(r.status)}")
         if r.error is not None and error != r.error:
             problems.append(f"{rid} failed with {error}, not {r.error}")
         if status in EXECUTION_UNFINISHED and rid not in cleanups:
@@ -430,12 +436,8 @@ def _verdict(
                     + (f" and {', '.join(repr(b) for b in want.body)} in its text" if want.body else "")
                 )
         problems += [f"{rid}: {p}" for p in _scenario_checks(cloud, fail, arn, rec, mails, cleanups.get(rid))]
-    errors = sorted(
-        {str((rec.get("error") or {}).get("type")) for rec in records.values() if rec.get("error")}
-    )
-    steps = sorted(
-        {str((rec.get("error") or {}).get("step")) for rec in records.values() if rec.get("error")}
-    )
+    errors = sorted({str(rec.error.get("type")) for rec in typed.values() if rec.error})
+    steps = sorted({str(rec.error.get("step")) for rec in typed.values() if rec.error})
     ended = sorted(set(statuses.values()))
     outcome = "/".join(ended)
     if errors:
@@ -463,7 +465,7 @@ def _scenario_checks(
     cloud: LocalCloud,
     fail: str,
     arn: str,
-    rec: dict[str, Any],
+    rec: RunRecord,
     mails: list[dict[str, Any]],
     cleanup: dict[str, Any] | None,
 ) -> list[str]:
@@ -480,20 +482,20 @@ def _scenario_checks(
         error = "AgentTimeoutError" if fail == "ssm-timeout-always" else "ExportError"
         if tried.count(error) != 4:
             problems.append(f"expected the first try and 3 retries of {error}: {tried}")
-    elif fail == "capacity" and len(rec.get("placements_tried") or []) != 1:
-        problems.append(f"expected one placement without capacity: {rec.get('placements_tried')}")
-    elif fail == "capacity-exhausted" and len(rec.get("placements_tried") or []) < 2:
-        problems.append(f"expected every placement tried: {rec.get('placements_tried')}")
+    elif fail == "capacity" and len(rec.placements_tried) != 1:
+        problems.append(f"expected one placement without capacity: {rec.placements_tried}")
+    elif fail == "capacity-exhausted" and len(rec.placements_tried) < 2:
+        problems.append(f"expected every placement tried: {rec.placements_tried}")
     elif fail == "job-stuck":
-        stage = (rec.get("error") or {}).get("step", "").removeprefix("stage:")
-        if not (rec.get("stages") or {}).get(stage, {}).get("killed_for_time"):
+        stage = (rec.error or {}).get("step", "").removeprefix("stage:")
+        if stage not in rec.stages or not rec.stages[stage].killed_for_time:
             problems.append(f"stage {stage} was not killed for its time limit")
     elif fail == "job-killed":
-        stage = (rec.get("error") or {}).get("step", "").removeprefix("stage:")
-        if (rec.get("stages") or {}).get(stage, {}).get("state") != "killed":
+        stage = (rec.error or {}).get("step", "").removeprefix("stage:")
+        if stage not in rec.stages or rec.stages[stage].state != "killed":
             problems.append(f"stage {stage} is not marked killed")
     elif fail in ("stopped", "cancel"):
-        dataset = rec.get("dataset")
+        dataset = rec.dataset
         stopped = [m for m in mails if m["subject"] == f"[cryopilot] {dataset} was stopped"]
         if len(stopped) != 1:
             problems.append(f"expected one 'was stopped' mail, got {len(stopped)}")
@@ -502,9 +504,7 @@ def _scenario_checks(
     return problems
 
 
-def _render_many(
-    records: list[dict[str, Any] | None], plans: dict[str, int], start: float, now: float
-) -> Any:
+def _render_many(records: list[RunRecord | None], plans: dict[str, int], start: float, now: float) -> Any:
     from rich.table import Table
 
     table = Table(title=f"cryopilot demo — {len(records)} runs — simulated time {fmt_duration(now - start)}")
@@ -513,14 +513,13 @@ def _render_many(
     for rec in records:
         if not rec:
             continue
-        stages = rec.get("stages") or {}
-        done = sum(1 for st in stages.values() if st.get("state") == "completed")
+        done = sum(1 for st in rec.stages.values() if st.state == "completed")
         table.add_row(
-            str(rec.get("run_id")),
-            str(rec.get("status")),
-            str(rec.get("current_step") or ""),
-            f"{done}/{plans.get(str(rec.get('run_id')), len(stages))}",
-            str(rec.get("cluster_state") or "-"),
+            rec.run_id,
+            rec.status,
+            rec.current_step or "",
+            f"{done}/{plans.get(rec.run_id, len(rec.stages))}",
+            rec.cluster_state or "-",
         )
     return table
 
@@ -655,12 +654,12 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
                     if len(arns) == 1:
                         (rid,) = arns
                         record = records[0]
-                        plan = runs.get_plan(rid) if record and record.get("preset") else []
+                        plan = runs.store().get_plan(rid) if record and record.preset else []
                         live.update(_render(record, plan, clock.start, clock.now()))
                     else:
                         for rec in records:
-                            if rec and rec.get("preset") and rec["run_id"] not in plan_sizes:
-                                plan_sizes[rec["run_id"]] = len(runs.get_plan(rec["run_id"]))
+                            if rec and rec.preset and rec.run_id not in plan_sizes:
+                                plan_sizes[rec.run_id] = len(runs.store().get_plan(rec.run_id))
                         live.update(_render_many(records, plan_sizes, clock.start, clock.now()))
                 if done:
                     break
@@ -679,9 +678,9 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         summaries = []
         final: dict[str, dict[str, Any]] = {}
         for rid in arns:
-            record = final[rid] = cloud.run_record(rid) or {}
+            final[rid] = cloud.run_record(rid) or {}
             report = _fetch_report(cloud, rid, options.state_dir / "reports" / rid)
-            summaries.append(_run_summary(record, statuses[rid], report, clusters_left))
+            summaries.append(_run_summary(final[rid], statuses[rid], report, clusters_left))
         verdict = _verdict(
             cloud, options.fail, arns, statuses, final, mails, clusters_left, cleanups, janitor
         )

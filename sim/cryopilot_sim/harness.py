@@ -981,7 +981,7 @@ class LocalCloud:
     def run_record(self, run_id: str) -> dict[str, Any] | None:
         from cryopilot.adapters import runs
 
-        return runs.get_run(run_id)
+        return runs.store().get_run_item(run_id)
 
 
 def _aws_env() -> dict[str, str]:

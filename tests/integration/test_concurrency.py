@@ -39,7 +39,7 @@ class Batch:
     repeats: list[dict[str, Any]]
     #: the most clusters the ParallelCluster stand-in held at any sample
     #: ``cryopilot status`` right after the uploads: the runs listed, and the last run's page
-    listed: list[dict[str, Any]] = field(default_factory=list)
+    listed: list[Any] = field(default_factory=list)
     status_page: str = ""
     sampled_peak: int = 0
     cluster_names: set[str] = field(default_factory=set)
@@ -256,15 +256,13 @@ def test_nothing_is_left_for_the_janitor(batch: Batch) -> None:
 
 
 def test_status_shows_the_waiting_runs_and_their_place_in_the_queue(batch: Batch) -> None:
-    by_id = {r["run_id"]: r for r in batch.listed}
+    by_id = {r.run_id: r for r in batch.listed}
     run_ids = [o["run_id"] for o in batch.outcomes]
     assert set(by_id) == set(run_ids)
-    waiting = [
-        rid for rid in run_ids if by_id[rid]["status"] == "QUEUED" and by_id[rid].get("queue_position")
-    ]
+    waiting = [rid for rid in run_ids if by_id[rid].status == "QUEUED" and by_id[rid].queue_position]
     assert waiting == run_ids[LIMIT:], "the queued runs, none started yet"
-    assert [by_id[rid]["queue_position"] for rid in waiting] == list(range(1, len(waiting) + 1))
-    assert all(by_id[rid]["current_step"] == "waiting for a slot" for rid in waiting)
+    assert [by_id[rid].queue_position for rid in waiting] == list(range(1, len(waiting) + 1))
+    assert all(by_id[rid].current_step == "waiting for a slot" for rid in waiting)
     assert f"run {run_ids[-1]}" in batch.status_page
     assert "status QUEUED" in batch.status_page
     assert (

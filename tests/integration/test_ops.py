@@ -27,7 +27,7 @@ def cloud(request: pytest.FixtureRequest) -> Iterator[LocalCloud]:
         yield c
 
 
-def _wait_for_record(stack: ops.Stack, run_id: str, until: str = "stage") -> dict:
+def _wait_for_record(stack: ops.Stack, run_id: str, until: str = "stage") -> ops.RunView:
     """The run record once a stage started (``stage``) or once it exists (``record``)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -35,7 +35,7 @@ def _wait_for_record(stack: ops.Stack, run_id: str, until: str = "stage") -> dic
             run = ops.get_run(stack, run_id)
         except OperatorError:
             run = None
-        if run and (until == "record" or any(s.get("started_at") for s in run["stages"].values())):
+        if run and (until == "record" or any(s.started_at for s in run.stages.values())):
             return run
         time.sleep(0.05)
     raise AssertionError(f"run {run_id} did not get to {until}")
@@ -73,7 +73,7 @@ def test_submit_a_local_manifest_then_watch_it_to_the_end(cloud: LocalCloud) -> 
     assert cloud.pcluster.clusters() == {}  # nothing left behind
 
     listed = ops.list_runs(stack)
-    assert [r["run_id"] for r in listed] == [done.run_id]
+    assert [r.run_id for r in listed] == [done.run_id]
 
 
 def test_status_shows_stages_with_progress_bars_while_running(cloud: LocalCloud) -> None:
@@ -86,7 +86,7 @@ def test_status_shows_stages_with_progress_bars_while_running(cloud: LocalCloud)
     assert lines[0].startswith(f"run {done.run_id}")
     assert "(execution RUNNING)" in lines[0]
     stage_lines = [ln for ln in lines if " GPU " in ln]
-    assert len(stage_lines) == len(run["plan"]) >= 9
+    assert len(stage_lines) == len(run.plan) >= 9
     assert any("gpu8" in ln and " 8 GPU" in ln for ln in stage_lines)
     assert any("pending" in ln for ln in stage_lines)
     ops.cancel(stack, done.run_id, interval=600, sleep=cloud.clock.sleep, emit=lambda _: None)
@@ -111,8 +111,8 @@ def test_cancel_stops_the_run_and_leaves_no_cluster(cloud: LocalCloud) -> None:
     assert cloud.pcluster.clusters() == {}
     assert ops.execution_status(stack, done.run_id) == "ABORTED"
     run = ops.get_run(stack, done.run_id)
-    assert run["status"] == "CANCELLED"
-    assert run["cluster_deleted"] is True
+    assert run.status == "CANCELLED"
+    assert run.cluster_deleted is True
 
     # a second cancel is harmless
     again = ops.cancel(stack, done.run_id, sleep=cloud.clock.sleep, emit=said.append)
@@ -138,8 +138,8 @@ def test_submitted_runs_wait_for_a_slot_and_cancel_takes_them_out_of_the_queue(t
         assert (second.already, second.queued, second.queue_position) == (False, True, 1)
         assert ops.execution_status(stack, second.run_id) is None
         record = ops.get_run(stack, second.run_id)
-        assert record["status"] == "QUEUED"
-        assert record["trigger"] == "operator"
+        assert record.status == "QUEUED"
+        assert record.trigger == "operator"
         again = ops.submit(stack, str(manifests["second"]))
         assert (again.run_id, again.already, again.queued, again.queue_position) == (
             second.run_id,
@@ -152,7 +152,7 @@ def test_submitted_runs_wait_for_a_slot_and_cancel_takes_them_out_of_the_queue(t
         step = ops.cancel(stack, second.run_id, sleep=cloud.clock.sleep, emit=said.append)
         assert said[0] == f"run {second.run_id} was waiting for a slot (place 1); taken out of the queue"
         assert step["deleted"] is True
-        assert ops.get_run(stack, second.run_id)["status"] == "CANCELLED"
+        assert ops.get_run(stack, second.run_id).status == "CANCELLED"
         assert ops.execution_status(stack, second.run_id) is None
         from cryopilot.adapters import admission
 

@@ -90,7 +90,7 @@ def test_successful_run(cloud: LocalCloud) -> None:
     assert record["resolution_A"] == pytest.approx(2.8, abs=0.3)
     from cryopilot.adapters import runs
 
-    planned = [s["id"] for s in runs.get_plan(run_id)]
+    planned = [s.id for s in runs.store().get_plan(run_id)]
     assert planned[0] == "import"
     assert planned[-1] == "nurefine"
     for stage_id in planned:
@@ -314,7 +314,7 @@ def test_stuck_job_is_killed_once_its_stage_time_limit_passes(cloud: LocalCloud)
     ctf = record["stages"]["ctf"]
     assert ctf["state"] == "killed"
     assert ctf["killed_for_time"] is True
-    limit = next(s for s in runs.get_plan(run_id) if s["id"] == "ctf")["time_limit_seconds"]
+    limit = next(s for s in runs.store().get_plan(run_id) if s.id == "ctf").time_limit_seconds
     assert f"limit of {limit / 3600:.1f} h" in record["error"]["message"]
     # killed once its limit passed, and no later than one longest poll interval after it
     ran_for = record["finished_epoch"] - ctf["submitted_at"]

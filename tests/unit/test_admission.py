@@ -60,7 +60,7 @@ def _set_limit(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
 
 def _queued_run(run_id: str, **fields: Any) -> None:
     """A run record as StartRun leaves it for a run that waits."""
-    runs.create_run(run_id, start_input=json.dumps({"manifest": {"key": run_id}}), **fields)
+    runs.store().create_run(run_id, start_input=json.dumps({"manifest": {"key": run_id}}), **fields)
     admission.mark_waiting(run_id)
     assert admission.enqueue(run_id) == "queued"
 
@@ -193,11 +193,12 @@ def test_a_repeated_event_for_a_waiting_run_queues_nothing_more(sfn_arn: str) ->
     assert again.run_id == first.run_id
     assert admission.read().queue == [first.run_id]
     assert _executions(sfn_arn) == {}
-    record = runs.get_run(str(first.run_id))
+    record = runs.store().get_run(str(first.run_id))
     assert record is not None
-    assert record["status"] == "QUEUED"
-    assert record["current_step"] == admission.WAITING_STEP
-    assert json.loads(record["start_input"])["manifest"]["version_id"] == "v1"
+    assert record.status == "QUEUED"
+    assert record.current_step == admission.WAITING_STEP
+    assert record.start_input is not None
+    assert json.loads(record.start_input)["manifest"]["version_id"] == "v1"
 
 
 # ------------------------------------------------------------------ ends of executions, the janitor
@@ -223,10 +224,10 @@ def test_every_end_releases_once_and_starts_the_oldest_waiting_run(sfn_arn: str)
     state = admission.read()
     assert state.holders == {"w1", "w2"}
     assert state.queue == ["w3"]
-    record = runs.get_run("w1")
+    record = runs.store().get_run("w1")
     assert record is not None
-    assert record["current_step"] == admission.STARTING_STEP
-    assert record["admitted_at"]
+    assert record.current_step == admission.STARTING_STEP
+    assert record.admitted_at
 
 
 def test_a_run_cancelled_while_waiting_is_dropped_not_started(sfn_arn: str) -> None:
@@ -234,7 +235,7 @@ def test_a_run_cancelled_while_waiting_is_dropped_not_started(sfn_arn: str) -> N
     assert admission.admit("b", 2) == "admitted"
     _queued_run("cancelled")
     _queued_run("next")
-    runs.update_run("cancelled", status="CANCELLED")
+    runs.store().update_run("cancelled", status="CANCELLED")
     assert admission.finish(_end(sfn_arn, "a")).started == ["next"]
     assert "cancelled" not in _executions(sfn_arn)
     assert admission.read().queue == []
@@ -282,10 +283,10 @@ def test_janitor_releases_lost_ends_restarts_lost_starts_and_drains_the_queue(
     # "over": its end event never came; "lost": admitted long ago, its start never happened;
     # "fresh": admitted a moment ago, its starter is still at work; "running": left alone
     for run_id in ("over", "lost", "fresh", "running"):
-        runs.create_run(run_id, start_input=json.dumps({"manifest": {"key": run_id}}))
+        runs.store().create_run(run_id, start_input=json.dumps({"manifest": {"key": run_id}}))
         assert admission.admit(run_id, 4) == "admitted"
-    runs.update_run("lost", admitted_epoch=now - 3600)
-    runs.update_run("fresh", admitted_epoch=now - 10)
+    runs.store().update_run("lost", admitted_epoch=now - 3600)
+    runs.store().update_run("fresh", admitted_epoch=now - 10)
     for run_id in ("over", "running"):
         admission.start_execution(run_id, {"manifest": {"key": run_id}})
     sfn.stop_execution(executionArn=admission.execution_arn("over"))
@@ -351,9 +352,9 @@ def test_a_start_that_fails_gives_the_slot_back_and_the_retry_starts_the_run(
         with pytest.raises(ClientError):
             startrun.start_for_manifest(location, trigger="eventbridge-s3")
     assert admission.read().holders == set(), "no slot held by a run that did not start"
-    record = runs.get_run(location.run_id())
+    record = runs.store().get_run(location.run_id())
     assert record is not None
-    assert "admitted_at" not in record
+    assert (record.admitted_at, record.admitted_epoch, record.current_step) == (None, None, "queued")
     # EventBridge retries the event
     assert startrun.start_for_manifest(location, trigger="eventbridge-s3").status == "started"
     assert admission.read().holders == {location.run_id()}
@@ -374,8 +375,8 @@ def test_a_waiting_run_whose_start_fails_keeps_its_turn(
             admission.finish(_end(sfn_arn, "a"))
     state = admission.read()
     assert (state.holders, state.queue) == ({"b"}, ["w1", "w2"])
-    record = runs.get_run("w1")
+    record = runs.store().get_run("w1")
     assert record is not None
-    assert record["current_step"] == admission.WAITING_STEP
+    assert record.current_step == admission.WAITING_STEP
     # the next pass (the janitor's, or the next end's) starts it first
     assert admission.start_queued() == ["w1"]

@@ -85,7 +85,6 @@ KNOWN_VIOLATIONS: dict[str, str] = {
     "function-local import in cryopilot.steps.cluster of cryopilot.domain.clusterconfig.build": _LOCAL,
     "function-local import in cryopilot.steps.cluster of cryopilot.core.naming": _LOCAL,
     "function-local import in cryopilot.steps.cluster of cryopilot.steps.notify": _STEPS,
-    "function-local import in cryopilot.steps.notify of cryopilot.domain.billing": _LOCAL,
     "function-local import in cryopilot.steps.validate of cryopilot.domain.clusterconfig.build": _LOCAL,
     "function-local import in cryopilot.steps.validate of cryopilot.core.errors": _LOCAL,
     "function-local import in cryopilot.steps.validate of cryopilot.steps.stage": _STEPS,

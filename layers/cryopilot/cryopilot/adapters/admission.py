@@ -41,7 +41,7 @@ from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import CryopilotError, TransientError
-from cryopilot.core.status import EXECUTION_OVER, RUN_OVER
+from cryopilot.core.status import EXECUTION_OVER
 
 KEY = {"pk": "admission"}
 #: Attempts of a conditional update that other invocations keep beating, before giving up.
@@ -261,14 +261,14 @@ def start_execution(run_id: str, execution_input: dict[str, Any] | str) -> bool:
 
 
 def mark_admitted(run_id: str) -> None:
-    runs.update_existing_run(
+    runs.store().update_existing_run(
         run_id, admitted_at=clock.now_iso(), admitted_epoch=clock.now(), current_step=STARTING_STEP
     )
 
 
 def mark_waiting(run_id: str) -> None:
     """The record says the run waits for a slot (unless a racing duplicate already admitted it)."""
-    runs.update_existing_run(
+    runs.store().update_existing_run(
         run_id,
         only_if="attribute_not_exists(admitted_at)",
         queued_at=clock.now_iso(),
@@ -277,25 +277,16 @@ def mark_waiting(run_id: str) -> None:
 
 
 def _released(run_id: str) -> None:
-    runs.update_existing_run(run_id, slot_released_at=clock.now_iso())
+    runs.store().update_existing_run(run_id, slot_released_at=clock.now_iso())
 
 
 def _not_admitted(run_id: str, step: str) -> None:
     """The record forgets an admission whose start failed (the run waits again, or the event's
     retry decides again)."""
-    try:
-        runs.table().update_item(
-            Key=runs.run_key(run_id),
-            UpdateExpression="REMOVE admitted_at, admitted_epoch SET current_step = :step",
-            ConditionExpression="attribute_exists(pk)",
-            ExpressionAttributeValues={":step": step},
-        )
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-            raise
+    runs.store().forget_admission(run_id, step)
 
 
-def give_back(run_id: str) -> None:
+def release_failed_start(run_id: str) -> None:
     """Release the slot :func:`admit` gave a run whose start then failed."""
     if release(run_id):
         _not_admitted(run_id, "queued")
@@ -308,17 +299,17 @@ def start_queued(limit: int | None = None) -> list[str]:
     limit = get_settings().max_concurrent_runs if limit is None else limit
     started: list[str] = []
     while (run_id := take_next(limit)) is not None:
-        run = runs.get_run(run_id, ["status", "start_input"])
-        if run is None or run.get("status") in RUN_OVER or not run.get("start_input"):
+        run = runs.store().get_run(run_id, ["status", "start_input"])
+        if run is None or run.is_over or not run.start_input:
             release(run_id)
             logger.warning(
                 "dropped a waiting run that cannot start",
-                extra={"run_id": run_id, "status": (run or {}).get("status")},
+                extra={"run_id": run_id, "status": run.status if run is not None else None},
             )
             continue
         mark_admitted(run_id)
         try:
-            start_execution(run_id, str(run["start_input"]))
+            start_execution(run_id, run.start_input)
         except Exception:
             if requeue(run_id):
                 _not_admitted(run_id, WAITING_STEP)
@@ -354,11 +345,11 @@ def reconcile(now: float | None = None) -> ReconcileReport:
     for run_id in sorted(read().holders):
         status = execution_status(run_id)
         if status is None:
-            run = runs.get_run(run_id, ["status", "start_input", "admitted_epoch"])
-            if run is not None and run.get("start_input") and run.get("status") not in RUN_OVER:
-                if now - float(run.get("admitted_epoch") or 0) < START_GRACE_SECONDS:
+            run = runs.store().get_run(run_id, ["status", "start_input", "admitted_epoch"])
+            if run is not None and run.start_input and not run.is_over:
+                if now - float(run.admitted_epoch or 0) < START_GRACE_SECONDS:
                     continue  # whoever admitted it is starting it now
-                start_execution(run_id, str(run["start_input"]))
+                start_execution(run_id, run.start_input)
                 report.restarted.append(run_id)
                 continue
         elif status not in EXECUTION_OVER:

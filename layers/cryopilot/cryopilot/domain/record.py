@@ -37,7 +37,7 @@ class StageRecord(_Item):
     title: str = ""
     lane: str | None = None
     gpus: int | None = None
-    state: str = "planned"
+    state: str = "pending"
     jobs: list[str] = Field(default_factory=list)
     job_types: list[str] = Field(default_factory=list)
     progress: float | None = None
@@ -97,11 +97,13 @@ class RunRecord(_Item):
     head_node_instance_id: str | None = None
     placement: str | None = None
     placement_attempt: int | None = None
-    placements_tried: list[str] = Field(default_factory=list)
+    #: ``{"label", "cluster", "reason"}`` of each placement that had no capacity
+    placements_tried: list[dict[str, Any]] = Field(default_factory=list)
     abandoned_clusters: list[str] = Field(default_factory=list)
     delete_requested_at: str | None = None
     cluster_deleted: bool = False
     cluster_deleted_at: str | None = None
+    janitor_delete_attempts: int | None = None
     # the work
     cryosparc_project: str | None = None
     stages: dict[str, StageRecord] = Field(default_factory=dict)

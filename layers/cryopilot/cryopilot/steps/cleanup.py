@@ -31,12 +31,13 @@ from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import ClusterNotFoundError, CryopilotError
 from cryopilot.core.naming import TAG_RUN_ID, TAG_STACK
-from cryopilot.core.status import EXECUTION_UNFINISHED, RUN_OVER, RUN_STATUS_FOR_EXECUTION
+from cryopilot.core.status import EXECUTION_UNFINISHED, RUN_STATUS_FOR_EXECUTION
+from cryopilot.domain import mails
+from cryopilot.domain.record import RunRecord
 
 GONE_OR_GOING = ("DELETE_IN_PROGRESS",)
 #: Failed delete attempts after which the janitor's mail says ACTION NEEDED.
 LOUD_AFTER = 3
-_VERB = {"ABORTED": "was stopped", "TIMED_OUT": "timed out", "FAILED": "failed"}
 
 
 class CleanupResult(BaseModel):
@@ -71,15 +72,12 @@ def _api() -> Any:
     return api()
 
 
-def _publish(subject: str, message: str, *, dataset: str = "", event: str) -> None:
-    attributes = {"event": {"DataType": "String", "StringValue": event}}
-    if dataset:
-        attributes["dataset"] = {"DataType": "String", "StringValue": dataset}
+def _publish(mail: mails.Mail) -> None:
     aws.client("sns").publish(
         TopicArn=get_settings().topic_arn,
-        Subject=subject[:100],
-        Message=message,
-        MessageAttributes=attributes,
+        Subject=mail.subject[:100],
+        Message=mail.body,
+        MessageAttributes={k: {"DataType": "String", "StringValue": v} for k, v in mail.attributes.items()},
     )
 
 
@@ -94,27 +92,28 @@ def on_execution_end(detail: dict[str, Any]) -> CleanupResult:
         or not run_id
     ):
         return CleanupResult(run_id=run_id, execution_status=status, action="ignored")
-    run = runs.get_run(run_id)
+    store = runs.store()
+    run = store.get_run(run_id)
     if run is None:  # it ended before Validate wrote a record: no cluster can exist
         return CleanupResult(run_id=run_id, execution_status=status, action="no_record")
 
-    if run.get("status") not in RUN_OVER:
+    if not run.is_over:
         fields: dict[str, Any] = {
             "status": RUN_STATUS_FOR_EXECUTION[status],
             "finished_at": clock.now_iso(),
             "finished_epoch": clock.now(),
         }
-        if not run.get("error"):
+        if not run.error:
             fields["error"] = {
                 "type": f"Execution{status.title().replace('_', '')}",
-                "message": f"the execution ended {status} at {run.get('current_step') or 'an unknown step'}",
-                "step": run.get("current_step") or "unknown",
+                "message": f"the execution ended {status} at {run.current_step or 'an unknown step'}",
+                "step": run.current_step or "unknown",
             }
-        runs.update_run(run_id, **fields)
+        store.update_run(run_id, **fields)
 
-    name = run.get("cluster_name")
-    if run.get("cluster_deleted") or not name or run.get("cluster_state") in (None, "NOT_CREATED"):
-        action = "already_deleted" if run.get("cluster_deleted") else "no_cluster"
+    name = run.cluster_name
+    if run.cluster_deleted or not name or run.cluster_state in (None, "NOT_CREATED"):
+        action = "already_deleted" if run.cluster_deleted else "no_cluster"
     else:
         from cryopilot.steps.cluster import delete
 
@@ -125,7 +124,7 @@ def on_execution_end(detail: dict[str, Any]) -> CleanupResult:
             logger.error("cleanup could not delete the cluster", extra={"run_id": run_id, "error": str(exc)})
             action = "delete_failed"
 
-    already_told = any(m.get("kind") in ("failed", "cleanup") for m in run.get("mails") or [])
+    already_told = any(m.get("kind") in ("failed", "cleanup") for m in run.mails)
     mailed = False
     if action in ("delete_requested", "delete_failed") or not already_told:
         mailed = _mail_end(run, status, action)
@@ -133,36 +132,18 @@ def on_execution_end(detail: dict[str, Any]) -> CleanupResult:
     return CleanupResult(run_id=run_id, execution_status=status, cluster=name, action=action, mailed=mailed)
 
 
-def _mail_end(run: dict[str, Any], status: str, action: str) -> bool:
-    dataset = str(run.get("dataset") or run["run_id"])
-    name = run.get("cluster_name")
-    cluster_line = {
-        "delete_requested": f"Its cluster {name} is being deleted now; the janitor confirms it is gone.",
-        "delete_failed": f"ACTION NEEDED: its cluster {name} could NOT be deleted; the janitor retries.",
-        "already_deleted": f"Its cluster {name} was already deleted; nothing is left running.",
-        "no_cluster": "No cluster was created.",
-    }[action]
-    subject = f"[cryopilot] {dataset} {_VERB[status]}" + (
-        " - cluster NOT deleted" if action == "delete_failed" else ""
+def _mail_end(run: RunRecord, status: str, action: str) -> bool:
+    mail = mails.execution_ended(run, status, action)
+    _publish(mail)
+    runs.store().append_to(
+        run.run_id, "mails", {"kind": mail.kind, "subject": mail.subject, "at": clock.now_iso()}
     )
-    message = "\n".join(
-        [
-            f"cryopilot run {run['run_id']} for dataset {dataset} {_VERB[status]} "
-            f"(execution {status}) at step {run.get('current_step') or 'unknown'}.",
-            "",
-            cluster_line,
-            "Results exported before this point stay in the results bucket; the cluster's /shared "
-            "volume is kept as a snapshot when the cluster is deleted.",
-        ]
-    )
-    _publish(subject, message, dataset=dataset, event="cleanup")
-    runs.append_to(run["run_id"], "mails", {"kind": "cleanup", "subject": subject, "at": clock.now_iso()})
     return True
 
 
 # ------------------------------------------------------------------ the janitor
-def _execution_status(run: dict[str, Any]) -> str | None:
-    arn = run.get("execution_arn")
+def _execution_status(run: RunRecord) -> str | None:
+    arn = run.execution_arn
     if not arn:
         return None
     try:
@@ -181,14 +162,15 @@ def _age_hours(created: datetime | None, now: float) -> float | None:
     return (now - created.timestamp()) / 3600
 
 
-def _why_delete(run: dict[str, Any] | None, execution: str | None, age_h: float | None) -> str | None:
+def _reason_to_delete(run: RunRecord | None, execution: str | None, age_h: float | None) -> str | None:
+    """Why the janitor deletes a cluster of this stack, or None when its run may keep it."""
     limit = get_settings().max_run_hours
     if run is None:
         return "no run record for its run id"
     if age_h is not None and age_h > limit:
         return f"older than the maximum run time ({age_h:.1f} h > {limit:g} h)"
-    if run.get("status") in RUN_OVER:
-        return f"its run is over ({run.get('status')})"
+    if run.is_over:
+        return f"its run is over ({run.status})"
     if execution is not None and execution != "RUNNING":
         return f"its execution is over ({execution})"
     return None
@@ -213,9 +195,9 @@ def janitor(now: float | None = None) -> JanitorReport:
             continue  # another stack's cluster, or nobody's: never ours to delete
         report.checked += 1
         run_id = info.tags.get(TAG_RUN_ID)
-        run = runs.get_run(run_id) if run_id else None
+        run = runs.store().get_run(run_id) if run_id else None
         execution = _execution_status(run) if run else None
-        reason = _why_delete(run, execution, _age_hours(info.creation_time, now))
+        reason = _reason_to_delete(run, execution, _age_hours(info.creation_time, now))
         if reason is None:
             continue
         if info.status in GONE_OR_GOING:
@@ -226,7 +208,7 @@ def janitor(now: float | None = None) -> JanitorReport:
         action = "delete_requested"
         if run is not None and execution == "RUNNING":
             aws.client("stepfunctions").stop_execution(
-                executionArn=run["execution_arn"],
+                executionArn=run.execution_arn,
                 error="MaxRunHoursExceeded",
                 cause=f"stopped by the janitor: {reason}",
             )
@@ -250,28 +232,27 @@ def _close_deleted_records(listed: set[str]) -> list[str]:
     """Runs whose cluster the janitor (or a failed delete) left deleting, and which ParallelCluster
     no longer lists: the deletion finished, so the record says so (nobody else will)."""
     closed = []
-    for run in runs.list_runs(limit=RECENT_RUNS):
-        name = run.get("cluster_name")
-        if run.get("cluster_deleted") or not name or name in listed:
+    store = runs.store()
+    for run in store.list_runs(limit=RECENT_RUNS):
+        name = run.cluster_name
+        if run.cluster_deleted or not name or name in listed:
             continue
-        if run.get("cluster_state") not in ("DELETE_IN_PROGRESS", "DELETE_FAILED"):
+        if run.cluster_state not in ("DELETE_IN_PROGRESS", "DELETE_FAILED"):
             continue
-        runs.update_run(
-            str(run["run_id"]),
+        store.update_run(
+            run.run_id,
             cluster_deleted=True,
             cluster_state="DELETED",
             cluster_deleted_at=clock.now_iso(),
         )
-        closed.append(str(run["run_id"]))
+        closed.append(run.run_id)
     return closed
 
 
-def _delete(
-    info: Any, run_id: str | None, run: dict[str, Any] | None, reason: str, action: str
-) -> JanitorAction:
+def _delete(info: Any, run_id: str | None, run: RunRecord | None, reason: str, action: str) -> JanitorAction:
     """Request the deletion (again, when it failed before); count the janitor's attempts on the
     run record, and be loud once a cluster failed to delete :data:`LOUD_AFTER` times."""
-    attempts = int((run or {}).get("janitor_delete_attempts") or 0) + 1
+    attempts = int((run.janitor_delete_attempts if run is not None else None) or 0) + 1
     failed_before = info.status == "DELETE_FAILED"
     detail = ""
     try:
@@ -284,7 +265,7 @@ def _delete(
         fields: dict[str, Any] = {"janitor_delete_attempts": attempts}
         if action != "delete_failed":
             fields.update(cluster_state="DELETE_IN_PROGRESS", delete_requested_at=clock.now_iso())
-        runs.update_run(run_id, **fields)
+        runs.store().update_run(run_id, **fields)
     loud = (failed_before or action == "delete_failed") and attempts >= LOUD_AFTER
     return JanitorAction(
         cluster=info.name,
@@ -301,29 +282,7 @@ def _mail_janitor(report: JanitorReport) -> bool:
     acted = [a for a in report.actions if a.action != "deleting"]
     if not acted:
         return False
-    loud = [a for a in acted if a.loud]
-    subject = (
-        f"[cryopilot] ACTION NEEDED: {len(loud)} cluster(s) cannot be deleted"
-        if loud
-        else f"[cryopilot] janitor: {len(acted)} cluster(s) cleaned up"
-    )
-    lines = [
-        f"The cryopilot janitor checked {report.checked} cluster(s) of this stack and acted on {len(acted)}:",
-        "",
-    ]
-    for a in acted:
-        lines.append(
-            f"- {a.cluster} (run {a.run_id or 'unknown'}): {a.action}, attempt {a.attempts} - {a.reason}"
-            + (f" ({a.detail})" if a.detail else "")
-        )
-    if loud:
-        lines += [
-            "",
-            f"These clusters failed to delete {LOUD_AFTER} times or more and still cost money. Delete "
-            "them by hand (pcluster delete-cluster, or their CloudFormation stacks) and check the "
-            "stack events for what blocks the deletion.",
-        ]
-    _publish(subject, "\n".join(lines), event="janitor")
+    _publish(mails.janitor(report.checked, acted, LOUD_AFTER))
     return True
 
 

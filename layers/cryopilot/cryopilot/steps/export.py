@@ -4,8 +4,6 @@ machine may delete the cluster. A run stopped by a limit exports what it has so 
 
 from __future__ import annotations
 
-from typing import Any
-
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
@@ -13,6 +11,7 @@ from cryopilot.adapters import aws, runs
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import AgentError, ExportError
+from cryopilot.domain.record import RunRecord
 from cryopilot.protocol.agent import ExportResult
 from cryopilot.steps.stage import agent_for
 
@@ -35,29 +34,32 @@ class ExportStep(BaseModel):
     resolution_A: float | None
 
 
-def _agent_export(run: dict[str, Any], stage: str, prefix: str, *, partial: bool = False) -> ExportResult:
+def _agent_export(run: RunRecord, stage: str, prefix: str, *, partial: bool = False) -> ExportResult:
     """The head-node agent copies ``stage``'s results to ``s3://<results bucket>/<prefix>``."""
-    argv = ["export", "--project", run["run_id"], "--stage", stage]
+    argv = ["export", "--project", run.run_id, "--stage", stage]
     argv += ["--bucket", get_settings().results_bucket, "--prefix", prefix]
     try:
-        return agent_for(run).call([*argv, "--partial"] if partial else argv, ExportResult)
+        return agent_for(run.run_id, run.head_node_instance_id).call(
+            [*argv, "--partial"] if partial else argv, ExportResult
+        )
     except AgentError as exc:
         what = "partial export" if partial else "export"
         raise ExportError(f"{what} of stage {stage} failed: {exc}") from None
 
 
 def export(run_id: str) -> ExportStep:
-    run = runs.get_run(run_id)
+    store = runs.store()
+    run = store.get_run(run_id)
     if run is None:
         raise ExportError(f"run {run_id} has no record")
-    final_stage = runs.get_plan(run_id)[-1]["id"]
+    final_stage = store.get_plan(run_id)[-1].id
     prefix = f"runs/{run_id}/results/"
-    runs.update_run(run_id, current_step="export", export_started_at=clock.now())
+    store.update_run(run_id, current_step="export", export_started_at=clock.now())
     result = _agent_export(run, final_stage, prefix)
     verify(result)
-    resolution = result.resolution_A if result.resolution_A is not None else run.get("resolution_A")
+    resolution = result.resolution_A if result.resolution_A is not None else run.resolution_A
     uri = f"s3://{result.bucket}/{result.prefix}"
-    runs.update_run(
+    store.update_run(
         run_id,
         results={"uri": uri, "files": [f.model_dump() for f in result.files]},
         resolution_A=resolution,
@@ -71,24 +73,24 @@ def export_partial(run_id: str) -> PartialExportStep:
     """The maps of the last completed stage that makes maps, and its particles, to
     ``runs/<run>/results/partial/``: a run stopped by a limit keeps what it paid for. A run stopped
     before any such stage exports nothing (and says so on its record)."""
-    run = runs.get_run(run_id)
+    store = runs.store()
+    run = store.get_run(run_id)
     if run is None:
         raise ExportError(f"run {run_id} has no record")
-    stages = run.get("stages") or {}
     done = [
-        p["id"]
-        for p in runs.get_plan(run_id)
-        if p.get("job_type") in MAP_JOB_TYPES and (stages.get(p["id"]) or {}).get("state") == "completed"
+        p.id
+        for p in store.get_plan(run_id)
+        if p.job_type in MAP_JOB_TYPES and p.id in run.stages and run.stages[p.id].state == "completed"
     ]
     if not done:
-        runs.update_run(run_id, partial_export={"files": 0, "reason": "no stage had made a map yet"})
+        store.update_run(run_id, partial_export={"files": 0, "reason": "no stage had made a map yet"})
         return PartialExportStep(results_uri=None, file_count=0, stage=None)
     stage = done[-1]
     prefix = f"runs/{run_id}/results/partial/"
     result = _agent_export(run, stage, prefix, partial=True)
     verify(result, required=())
     uri = f"s3://{result.bucket}/{result.prefix}"
-    runs.update_run(
+    store.update_run(
         run_id,
         results={
             "uri": uri,

@@ -22,6 +22,7 @@ from cryopilot.core.errors import ReportError
 from cryopilot.domain import billing
 from cryopilot.domain.catalogue import Catalogue, UnknownInstanceType
 from cryopilot.domain.estimate import SCALEDOWN_IDLE_SECONDS
+from cryopilot.domain.record import RunRecord
 from cryopilot.domain.report.data import report_data_from_run
 from cryopilot.domain.report.render import render_all
 
@@ -56,25 +57,28 @@ def _round(value: float | None) -> float | None:
     return round(value, 2) if value is not None else None
 
 
-def instance_types(run: dict[str, Any]) -> dict[str, str]:
+def instance_types(gpu8_instance_type: str | None) -> dict[str, str]:
     """Instance type per queue: the placement's gpu8 type when the run recorded one."""
-    gpu8 = run.get("gpu8_instance_type")
-    return get_settings().queue_instance_types(str(gpu8) if gpu8 else None)
+    return get_settings().queue_instance_types(gpu8_instance_type or None)
 
 
 def write(run_id: str) -> ReportStep:
-    run = runs.get_run(run_id)
-    if run is None:
+    store = runs.store()
+    item = store.get_run_item(run_id)
+    if item is None:
         raise ReportError(f"run {run_id} has no record; nothing to report")
-    plan = runs.get_plan(run_id)
-    if run.get("status") == "RUNNING" and run.get("export_finished_at"):
+    run = RunRecord.model_validate(item)
+    plan = store.get_plan(run_id)
+    if run.status == "RUNNING" and run.export_finished_at:
         # the success path writes the report between the export and the final mail
-        run = {**run, "status": "SUCCEEDED"}
+        item = {**item, "status": "SUCCEEDED"}
+    # the renderer takes the record and the plan as they are stored
     data = report_data_from_run(
-        run,
-        plan,
+        item,
+        [p.model_dump(mode="json") for p in plan],
         prices=_price_lookup(),
-        instance_types=instance_types(run),
+        # the placement's gpu8 type is on the step context, not the record: the configured types
+        instance_types=instance_types(None),
         idle_seconds=SCALEDOWN_IDLE_SECONDS,
     )
     files = render_all(data)
@@ -109,6 +113,6 @@ def write(run_id: str) -> ReportStep:
         fields["gpu_hours_paid"] = round(paid, 2)
     if data.gpu_hours_busy is not None:
         fields["gpu_hours_busy"] = round(data.gpu_hours_busy, 2)
-    runs.update_run(run_id, **fields)
+    store.update_run(run_id, **fields)
     logger.info("report written", extra={"uri": step.html_uri, "cost_usd": step.cost_usd})
     return step

@@ -18,7 +18,9 @@ from cryopilot.domain import billing
 from cryopilot.domain.catalogue import PROFILE_FOR_PRESET, Catalogue, CostingError, load_profiles
 from cryopilot.domain.estimate import REFERENCE_INSTANCE_TYPE, PlanStage, wall_seconds
 from cryopilot.domain.presets import REPEATED_STAGE, profile_stage_id
+from cryopilot.domain.record import RunContext
 from cryopilot.protocol.agent import KillResult, StageStatus, StatusResult, SubmitResult
+from cryopilot.protocol.stage import PlannedStage
 
 
 class StageStep(BaseModel):
@@ -36,27 +38,32 @@ class StageStep(BaseModel):
     next_index: int
 
 
-def agent_for(run: dict[str, Any]) -> AgentClient:
+def agent_for(run_id: str, head_node_instance_id: str | None) -> AgentClient:
+    """The agent on the run's head node."""
     settings = get_settings()
-    instance_id = run.get("head_node_instance_id")
-    if not instance_id:
-        raise AgentError(f"run {run['run_id']} has no head node yet")
+    if not head_node_instance_id:
+        raise AgentError(f"run {run_id} has no head node yet")
     return AgentClient(
-        instance_id,
+        head_node_instance_id,
         output_bucket=settings.artifacts_bucket,
-        output_prefix=f"ssm-output/{run['run_id']}",
+        output_prefix=f"ssm-output/{run_id}",
         timeout_seconds=settings.agent_timeout_seconds,
     )
 
 
-def _run(run_id: str) -> dict[str, Any]:
+def _run(run_id: str) -> tuple[RunContext, list[PlannedStage]]:
     """What a stage step reads: the run's small step context (head node, waits) and its plan
-    (read once per container: runs.get_plan), never the whole record."""
-    run = runs.get_context(run_id)
-    if run is None:
+    (read once per container: the store caches it), never the whole record."""
+    store = runs.store()
+    ctx = store.get_context(run_id)
+    if ctx is None:
         raise AgentError(f"run {run_id} has no record")
-    run["plan"] = runs.get_plan(run_id)
-    return run
+    return ctx, store.get_plan(run_id)
+
+
+def _limits_view(ctx: RunContext, plan: list[PlannedStage]) -> dict[str, Any]:
+    """The step context and plan as the limit and cost checks take them."""
+    return {**ctx.model_dump(), "plan": [p.model_dump(mode="json") for p in plan]}
 
 
 def _stage_record(status: StageStatus) -> dict[str, Any]:
@@ -93,7 +100,7 @@ POLL_FRACTION = 0.5
 END_MARGIN_SECONDS = 5
 
 
-def _next_wait(stage: dict[str, Any], status: StageStatus, waited: int, settings: dict[str, Any]) -> int:
+def _next_wait(stage: PlannedStage, status: StageStatus, waited: int, settings: dict[str, Any]) -> int:
     """Poll often when the stage is about to end, rarely while it has far to go: half the estimated
     time left, within [min_poll_seconds, max_poll_seconds], and once the end is near, just after it
     (a stage that is not done then is polled again the same way). The estimate is the jobs' progress rate
@@ -109,7 +116,7 @@ def _next_wait(stage: dict[str, Any], status: StageStatus, waited: int, settings
         # close to the end: poll just after the estimated end instead of up to a whole poll late
         wait = remaining + END_MARGIN_SECONDS if remaining <= 2 * lo else remaining * POLL_FRACTION
         return int(max(END_MARGIN_SECONDS, min(hi, wait)))
-    remaining = float(stage.get("expected_seconds") or 0) - waited
+    remaining = float(stage.expected_seconds or 0) - waited
     return int(max(lo, min(hi, remaining * POLL_FRACTION)))
 
 
@@ -199,36 +206,36 @@ def check_limits(run: dict[str, Any], index: int) -> None:
 
 
 def submit(run_id: str, index: int) -> StageStep:
-    run = _run(run_id)
-    plan: list[dict[str, Any]] = run["plan"]
+    store = runs.store()
+    ctx, plan = _run(run_id)
     if not 0 <= index < len(plan):
         raise AgentError(f"run {run_id} has no stage #{index}")
     stage = plan[index]
     # a failure from here on (the limits, the head node, SSM) is this stage's, not the one before
-    runs.update_run(run_id, current_step=f"stage:{stage['id']}")
-    check_limits(run, index)
-    spec = base64.b64encode(json.dumps(stage).encode()).decode()
-    result = agent_for(run).call(["submit", "--project", run_id, "--spec-b64", spec], SubmitResult)
+    store.update_run(run_id, current_step=f"stage:{stage.id}")
+    check_limits(_limits_view(ctx, plan), index)
+    spec = base64.b64encode(json.dumps(stage.model_dump(mode="json")).encode()).decode()
+    agent = agent_for(run_id, ctx.head_node_instance_id)
+    result = agent.call(["submit", "--project", run_id, "--spec-b64", spec], SubmitResult)
     rec = _stage_record(result.stage)
     rec["submitted_at"] = clock.now()
-    runs.update_stage(run_id, stage["id"], **rec)
-    runs.update_run(
+    store.update_stage(run_id, stage.id, **rec)
+    store.update_run(
         run_id,
-        current_step=f"stage:{stage['id']}",
-        current_stage=stage["id"],
+        current_step=f"stage:{stage.id}",
+        current_stage=stage.id,
         cryosparc_project=result.project_uid,
     )
     if result.stage.decisions and not result.already_submitted:
-        runs.append_to(run_id, "decisions", *[d.model_dump() for d in result.stage.decisions])
-    logger.info("stage submitted", extra={"run_id": run_id, "stage": stage["id"], "jobs": rec["jobs"]})
+        store.append_to(run_id, "decisions", *[d.model_dump() for d in result.stage.decisions])
+    logger.info("stage submitted", extra={"run_id": run_id, "stage": stage.id, "jobs": rec["jobs"]})
     done = result.stage.state == "completed"
-    settings = run.get("settings") or {}
     return StageStep(
         index=index,
-        id=stage["id"],
-        title=stage["title"],
+        id=stage.id,
+        title=stage.title,
         state=result.stage.state,
-        wait_seconds=_next_wait(stage, result.stage, 0, settings),
+        wait_seconds=_next_wait(stage, result.stage, 0, ctx.settings),
         done=done,
         last=index == len(plan) - 1,
         next_index=index + 1,
@@ -236,57 +243,57 @@ def submit(run_id: str, index: int) -> StageStep:
 
 
 def poll(run_id: str, step: StageStep) -> StageStep:
-    run = _run(run_id)
-    plan: list[dict[str, Any]] = run["plan"]
+    store = runs.store()
+    ctx, plan = _run(run_id)
+    run = _limits_view(ctx, plan)
     stage = plan[step.index]
     waited = step.waited_seconds + step.wait_seconds
-    agent = agent_for(run)
-    result = agent.call(["status", "--project", run_id, "--stage", stage["id"]], StatusResult)
-    status = next((s for s in result.stages if s.stage_id == stage["id"]), None)
+    agent = agent_for(run_id, ctx.head_node_instance_id)
+    result = agent.call(["status", "--project", run_id, "--stage", stage.id], StatusResult)
+    status = next((s for s in result.stages if s.stage_id == stage.id), None)
     if status is None:
-        raise AgentError(f"agent status did not report stage {stage['id']}")
+        raise AgentError(f"agent status did not report stage {stage.id}")
     rec = _stage_record(status)
     rec["polls"] = step.polls + 1
     rec["last_wait_seconds"] = step.wait_seconds  # the poll interval that led to this poll
-    cost = stage_cost(run, stage, rec)
+    cost = stage_cost(run, stage.model_dump(mode="json"), rec)
     if cost is not None:
         rec["cost_usd"] = cost
-    runs.update_stage(run_id, stage["id"], **rec)
-    if cost is not None and (run.get("limits") or {}).get("max_cost_usd"):
-        runs.put_context_cost(run_id, stage["id"], cost)
+    store.update_stage(run_id, stage.id, **rec)
+    if cost is not None and ctx.limits.get("max_cost_usd"):
+        store.put_context_cost(run_id, stage.id, cost)
     if status.state == "failed":
         failed = [j for j in status.jobs if j.status == "failed"]
         detail = "; ".join(
             f"job {j.uid} ({j.job_type}) failed" + (f": {j.error}" if j.error else "") for j in failed
         )
-        raise JobFailedError(f"stage '{stage['title']}': {detail or 'a job failed'}", stage=stage["id"])
+        raise JobFailedError(f"stage '{stage.title}': {detail or 'a job failed'}", stage=stage.id)
     if status.state == "killed":
         killed = ", ".join(j.uid for j in status.jobs if j.status == "killed")
-        raise JobKilledError(f"stage '{stage['title']}': job {killed or '?'} was killed", stage=stage["id"])
+        raise JobKilledError(f"stage '{stage.title}': job {killed or '?'} was killed", stage=stage.id)
     if status.state == "completed":
         if status.decisions:
-            runs.append_to(run_id, "decisions", *[d.model_dump() for d in status.decisions])
+            store.append_to(run_id, "decisions", *[d.model_dump() for d in status.decisions])
         if status.resolution_A is not None:
-            runs.update_run(run_id, resolution_A=status.resolution_A)
+            store.update_run(run_id, resolution_A=status.resolution_A)
         return step.model_copy(
             update={"state": "completed", "polls": step.polls + 1, "waited_seconds": waited, "done": True}
         )
     _check_hours(run)
-    limit = int(stage.get("time_limit_seconds") or 0)
+    limit = stage.time_limit_seconds
     if limit and waited >= limit:
-        kill = agent.call(["kill", "--project", run_id, "--stage", stage["id"]], KillResult)
-        runs.update_stage(run_id, stage["id"], state="killed", killed_for_time=True)
+        kill = agent.call(["kill", "--project", run_id, "--stage", stage.id], KillResult)
+        store.update_stage(run_id, stage.id, state="killed", killed_for_time=True)
         raise JobStuckError(
-            f"stage '{stage['title']}' ran past its limit of {limit / 3600:.1f} h; "
+            f"stage '{stage.title}' ran past its limit of {limit / 3600:.1f} h; "
             f"killed job(s) {', '.join(kill.killed) or '(none running)'}",
-            stage=stage["id"],
+            stage=stage.id,
         )
-    settings = run.get("settings") or {}
     return step.model_copy(
         update={
             "state": status.state,
             "polls": step.polls + 1,
             "waited_seconds": waited,
-            "wait_seconds": _next_wait(stage, status, waited, settings),
+            "wait_seconds": _next_wait(stage, status, waited, ctx.settings),
         }
     )

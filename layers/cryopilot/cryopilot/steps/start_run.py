@@ -62,13 +62,13 @@ def handle_event(event: Any) -> list[StartOutcome]:
         logger.warning("ignoring event", extra={"reason": str(exc)})
         return [StartOutcome(status="ignored", reason=str(exc))]
     if not triggers:
-        reason = _nothing_new(event)
+        reason = _why_nothing_started(event)
         logger.info("ignoring event", extra={"reason": reason})
         return [StartOutcome(status="ignored", reason=reason)]
     return [_handle_trigger(t) for t in triggers]
 
 
-def _nothing_new(event: dict[str, Any]) -> str:
+def _why_nothing_started(event: dict[str, Any]) -> str:
     """Why a well-formed event started nothing (a removal, an unfinished DataSync transfer)."""
     if "Records" in event:
         names = sorted({str(r.get("eventName"))[:60] for r in event["Records"] if isinstance(r, dict)})
@@ -135,7 +135,8 @@ def start_for_manifest(location: ManifestLocation, *, trigger: str) -> StartOutc
 
     A run beyond ``MaxConcurrentRuns`` is not failed: it waits in the queue (status QUEUED) and
     starts, oldest first, when a slot frees (:mod:`cryopilot.adapters.admission`)."""
-    run_id, claimed = runs.claim_manifest(location.digest(), location.run_id(), location.model_dump())
+    store = runs.store()
+    run_id, claimed = store.claim_manifest(location.digest(), location.run_id(), location.model_dump())
     arn = admission.execution_arn(run_id)
 
     def outcome(status: StartStatus, **extra: Any) -> StartOutcome:
@@ -145,7 +146,7 @@ def start_for_manifest(location: ManifestLocation, *, trigger: str) -> StartOutc
         logger.info("duplicate event for a manifest version already seen", extra={"run_id": run_id})
         return outcome("duplicate")
     execution_input = {"manifest": location.model_dump(exclude_none=True), "trigger": trigger}
-    runs.create_run(
+    store.create_run(
         run_id,
         dataset=location.dataset_folder,
         manifest=location.model_dump(),
@@ -157,7 +158,7 @@ def start_for_manifest(location: ManifestLocation, *, trigger: str) -> StartOutc
     status, position = _admit_and_start(run_id, execution_input)
     if status == "started":
         logger.info("run started", extra={"run_id": run_id, "manifest": location.uri})
-    return outcome(status, **_why(status, position))
+    return outcome(status, **_queue_details(status, position))
 
 
 def start_operator_run(request: OperatorStart) -> StartOutcome:
@@ -168,7 +169,7 @@ def start_operator_run(request: OperatorStart) -> StartOutcome:
     if admission.execution_status(run_id) is not None:
         return StartOutcome(status="duplicate", run_id=run_id, execution_arn=arn)
     execution_input = request.input.model_dump(mode="json", exclude_none=True, exclude_unset=True)
-    runs.create_run(
+    runs.store().create_run(
         run_id,
         dataset=request.dataset,
         trigger="operator",
@@ -178,10 +179,11 @@ def start_operator_run(request: OperatorStart) -> StartOutcome:
     )
     status, position = _admit_and_start(run_id, execution_input)
     logger.info("operator run", extra={"run_id": run_id, "status": status, "queue_position": position})
-    return StartOutcome(status=status, run_id=run_id, execution_arn=arn, **_why(status, position))
+    return StartOutcome(status=status, run_id=run_id, execution_arn=arn, **_queue_details(status, position))
 
 
-def _why(status: StartStatus, position: int | None) -> dict[str, Any]:
+def _queue_details(status: StartStatus, position: int | None) -> dict[str, Any]:
+    """The outcome's reason and queue position for a run that waits for a slot (nothing else)."""
     if status == "queued":
         limit = get_settings().max_concurrent_runs
         return {"reason": f"waits for a free slot (MaxConcurrentRuns {limit})", "queue_position": position}
@@ -214,7 +216,7 @@ def _admit_and_start(run_id: str, execution_input: dict[str, Any]) -> tuple[Star
         started = admission.start_execution(run_id, execution_input)
     except Exception:
         if decision == "admitted":
-            admission.give_back(run_id)  # the event's retry takes a slot again
+            admission.release_failed_start(run_id)  # the event's retry takes a slot again
         raise
     if not started:
         logger.info("duplicate start raced another", extra={"run_id": run_id})

@@ -130,8 +130,9 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
 
     settings = get_settings()
     run_id = execution_name
-    runs.create_run(run_id, execution_arn=execution_arn, current_step="validate", trigger="manual")
-    runs.update_run(
+    store = runs.store()
+    store.create_run(run_id, execution_arn=execution_arn, current_step="validate", trigger="manual")
+    store.update_run(
         run_id,
         status="RUNNING",
         current_step="validate",
@@ -165,8 +166,8 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
     )
     cluster_name = cluster_name_for(run_id)
     titles = " → ".join(s.title for s in stages)
-    runs.put_plan(run_id, [s.model_dump(mode="json") for s in stages])
-    runs.update_run(
+    store.put_plan(run_id, stages)
+    store.update_run(
         run_id,
         dataset=manifest.dataset,
         manifest=location_doc,
@@ -182,7 +183,7 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
         current_step="validated",
     )
     _check_cost_ceiling(run_id, manifest, [s.model_dump(mode="json") for s in stages])
-    runs.put_context(
+    store.put_context(
         run_id,
         settings=exec_input.settings.model_dump(),
         limits=manifest.limits.model_dump(exclude_none=True),
@@ -218,7 +219,7 @@ def _check_cost_ceiling(run_id: str, manifest: Manifest, plan: list[dict[str, An
     try:
         check_limits({**run, "preset": manifest.preset_name}, 0)
     except RunLimitError:
-        runs.update_run(run_id, current_step="validate")
+        runs.store().update_run(run_id, current_step="validate")
         raise
 
 

@@ -1,0 +1,289 @@
+"""Every mail a run sends, as text: pure functions from the run record (and what else they need)
+to a :class:`Mail`. The steps read the record, call these, publish to SNS and note the mail on
+the record (``mails``).
+
+* :func:`succeeded` and :func:`failed`: the end of a run (the state machine publishes them);
+* :func:`execution_ended`: an execution that ended outside the state machine's own catches;
+* :func:`janitor`: what a janitor pass did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cryopilot.core.formatting import fmt_duration
+from cryopilot.domain.billing import cost_text
+from cryopilot.domain.record import RunRecord
+from cryopilot.protocol.stage import PlannedStage
+
+SUBJECT_MAX = 100  # SNS subject limit
+
+#: How the execution ended, in the cleanup mail's words.
+ENDED = {"ABORTED": "was stopped", "TIMED_OUT": "timed out", "FAILED": "failed"}
+
+
+class Mail(BaseModel):
+    """One mail: ``kind`` is what the run record's ``mails`` entry calls it; ``attributes`` are
+    the SNS message attributes (subscriptions filter on ``dataset``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    subject: str
+    body: str
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
+def _subject(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= SUBJECT_MAX else text[: SUBJECT_MAX - 1] + "…"
+
+
+def _console_link(run: RunRecord, region: str) -> str:
+    arn = run.execution_arn or ""
+    return f"https://{region}.console.aws.amazon.com/states/home?region={region}#/v2/executions/details/{arn}"
+
+
+def _stage_table(run: RunRecord, plan: Sequence[PlannedStage]) -> list[str]:
+    rows = [f"{'stage':<40} GPUs  queue  state       wall time"]
+    for planned in plan:
+        rec = run.stages.get(planned.id)
+        wall = ""
+        if rec is not None and rec.started_at and rec.completed_at:
+            wall = fmt_duration(float(rec.completed_at) - float(rec.started_at))
+        state = rec.state if rec is not None else "pending"
+        rows.append(
+            f"{planned.title[:40]:<40} {planned.gpus:>4}  {planned.lane or 'master':<6} {state:<11} {wall}"
+        )
+    return rows
+
+
+def _decisions(run: RunRecord) -> list[str]:
+    return [f"- {d.get('stage_id')}: {d.get('summary')}" for d in run.decisions]
+
+
+def _placement(run: RunRecord, status: str) -> list[str]:
+    """Where the cluster ran, and the placements that had no capacity before it."""
+    lines = []
+    if run.placements_tried:
+        lines.append("No capacity for: " + "; ".join(t["label"] for t in run.placements_tried))
+    if run.placement:
+        verb = "ran in" if status == "SUCCEEDED" else "was placed in"
+        lines.append(f"The cluster {verb}: {run.placement}")
+    return lines
+
+
+def _elapsed(run: RunRecord, now: float) -> float:
+    start = run.started_epoch
+    end = run.export_finished_at or run.finished_epoch or now
+    return float(end) - float(start) if start else 0.0
+
+
+def _report_lines(run: RunRecord, region: str) -> list[str]:
+    """Where the run's report is: its S3 location and a console link to open it."""
+    uri = (run.report or {}).get("html")
+    if not uri:
+        return []
+    bucket, _, key = str(uri).removeprefix("s3://").partition("/")
+    console = f"https://{region}.console.aws.amazon.com/s3/object/{bucket}?region={region}&prefix={key}"
+    return [f"Report (timeline, stage table, decisions): {uri}", f"  open in the console: {console}"]
+
+
+def _where_the_data_is(run: RunRecord) -> list[str]:
+    """After a late failure: what was not exported, and where the work is kept."""
+    exported = (run.results or {}).get("files") or []
+    return [
+        "The results were NOT exported." if not exported else "Some results were exported (below).",
+        "Nothing is lost: the cluster's /shared volume (cryoSPARC's database and project "
+        f"{run.cryosparc_project or ''}, every job's output) is kept as an EBS snapshot when the "
+        f"cluster {run.cluster_name} is deleted (EC2 console, Snapshots: the snapshot of its "
+        "shared volume). Restore it to a volume, or start a run on it, to export by hand.",
+    ]
+
+
+def _cost(run: RunRecord) -> str | None:
+    return f"${float(run.cost_usd):,.0f}" if run.cost_usd is not None else None
+
+
+def _cost_line(run: RunRecord) -> str:
+    if run.cost_usd is None:
+        return "not known"
+    return cost_text(float(run.cost_usd), run.cost_basis, digits=0)
+
+
+def succeeded(
+    run: RunRecord, plan: Sequence[PlannedStage], *, region: str, results_bucket: str, now: float
+) -> Mail:
+    """The mail of a run that made its map: resolution, time, cost, results, stages, decisions."""
+    run_id = run.run_id
+    dataset = run.dataset if run.dataset is not None else run_id
+    res = run.resolution_A
+    res_txt = f"{res:.2f} Å" if res is not None else "resolution unknown"
+    elapsed = fmt_duration(_elapsed(run, now))
+    results = run.results or {}
+    lines = [
+        f"cryopilot finished run {run_id} for dataset {dataset}.",
+        "",
+        f"Final resolution: {res_txt} (gold-standard FSC 0.143)",
+        f"Time to structure: {elapsed}",
+        f"Cost: {_cost_line(run)}",
+        f"Results: {results.get('uri', '(not exported)')}",
+    ]
+    for f in results.get("files") or []:
+        lines.append(f"  - {f['kind']}: s3://{results_bucket}/{f['key']} ({f['size']:,} bytes)")
+    lines += _report_lines(run, region)
+    lines += _placement(run, "SUCCEEDED")
+    lines += ["", "Stages:", *_stage_table(run, plan)]
+    decisions = _decisions(run)
+    if decisions:
+        lines += ["", "Automatic decisions:", *decisions]
+    lines += [
+        "",
+        f"The cluster {run.cluster_name} is being deleted now.",
+        f"Execution: {_console_link(run, region)}",
+    ]
+    cost = _cost(run)
+    return Mail(
+        kind="succeeded",
+        subject=_subject(
+            f"[cryopilot] {dataset} done: {res_txt} in {elapsed}" + (f", {cost}" if cost else "")
+        ),
+        body="\n".join(lines),
+        attributes={"dataset": dataset},
+    )
+
+
+def failed(run: RunRecord, plan: Sequence[PlannedStage], *, region: str, stack_name: str) -> Mail:
+    """The mail of a run that failed: where, why, what became of its cluster and its data."""
+    run_id = run.run_id
+    dataset = run.dataset or run_id
+    error = run.error or {}
+    step = error.get("step", "unknown")
+    where = step.removeprefix("stage:")
+    stage = run.stages.get(where)
+    stage_title = stage.title if stage is not None else None
+    if stage_title is None and step.startswith("stage:"):  # it failed before it was submitted
+        stage_title = next((p.title for p in plan if p.id == where), None)
+    stage_title = stage_title or where
+    reason = error.get("message", "unknown reason")
+    if run.cluster_deleted:
+        cluster_line = f"The cluster {run.cluster_name} has been deleted; nothing is left running."
+    elif not run.cluster_name or run.cluster_state in (None, "NOT_CREATED"):
+        cluster_line = "No cluster was created."
+    else:
+        cluster_line = (
+            f"WARNING: the cluster {run.cluster_name} could NOT be confirmed deleted "
+            f"(state {run.cluster_state}); the janitor will retry. Check it."
+        )
+    lines = [
+        f"cryopilot run {run_id} for dataset {dataset} failed.",
+        "",
+        f"Failed at: {stage_title}",
+        f"Reason: {error.get('type', 'error')}: {reason}",
+        "",
+        cluster_line,
+        *_placement(run, run.status),
+        "",
+        f"Execution and logs: {_console_link(run, region)}",
+        f"Lambda logs: CloudWatch log groups /aws/lambda/{stack_name}-*",
+        *_report_lines(run, region),
+    ]
+    if _cost(run):
+        lines.append(f"Cost so far: {_cost_line(run)}")
+    partial = run.partial_export or {}
+    if partial.get("uri"):
+        lines += [
+            "",
+            f"The run was stopped early: the maps made so far (stage {partial.get('stage')}) and their"
+            f" particles were exported to {partial['uri']}",
+        ]
+    elif partial:
+        lines += ["", f"The run was stopped early; nothing was exported: {partial.get('reason')}."]
+    if step == "export" or (step.startswith("stage:") and run.resolution_A is not None):
+        lines += ["", *_where_the_data_is(run)]
+    if run.stages and step.startswith("stage:"):
+        lines += ["", "Stages:", *_stage_table(run, plan)]
+    subject = f"[cryopilot] {dataset} failed at {stage_title}: {error.get('type', 'error')}"
+    return Mail(
+        kind="failed", subject=_subject(subject), body="\n".join(lines), attributes={"dataset": str(dataset)}
+    )
+
+
+def execution_ended(run: RunRecord, status: str, action: str) -> Mail:
+    """The cleanup function's mail for an execution that ended ``status`` (FAILED, TIMED_OUT,
+    ABORTED) outside the state machine's catches, after it did ``action`` to the cluster."""
+    dataset = str(run.dataset or run.run_id)
+    name = run.cluster_name
+    cluster_line = {
+        "delete_requested": f"Its cluster {name} is being deleted now; the janitor confirms it is gone.",
+        "delete_failed": f"ACTION NEEDED: its cluster {name} could NOT be deleted; the janitor retries.",
+        "already_deleted": f"Its cluster {name} was already deleted; nothing is left running.",
+        "no_cluster": "No cluster was created.",
+    }[action]
+    subject = f"[cryopilot] {dataset} {ENDED[status]}" + (
+        " - cluster NOT deleted" if action == "delete_failed" else ""
+    )
+    body = "\n".join(
+        [
+            f"cryopilot run {run.run_id} for dataset {dataset} {ENDED[status]} "
+            f"(execution {status}) at step {run.current_step or 'unknown'}.",
+            "",
+            cluster_line,
+            "Results exported before this point stay in the results bucket; the cluster's /shared "
+            "volume is kept as a snapshot when the cluster is deleted.",
+        ]
+    )
+    attributes = {"event": "cleanup"}
+    if dataset:
+        attributes["dataset"] = dataset
+    return Mail(kind="cleanup", subject=subject, body=body, attributes=attributes)
+
+
+class JanitorDeed(Protocol):
+    """What the janitor did to one cluster (``steps.cleanup.JanitorAction``)."""
+
+    @property
+    def cluster(self) -> str: ...
+    @property
+    def run_id(self) -> str | None: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def loud(self) -> bool: ...
+    @property
+    def detail(self) -> str: ...
+
+
+def janitor(checked: int, acted: Sequence[JanitorDeed], loud_after: int) -> Mail:
+    """A janitor pass that acted on the clusters ``acted`` (of ``checked``); loud when one of them
+    failed to delete ``loud_after`` times or more."""
+    loud = [a for a in acted if a.loud]
+    subject = (
+        f"[cryopilot] ACTION NEEDED: {len(loud)} cluster(s) cannot be deleted"
+        if loud
+        else f"[cryopilot] janitor: {len(acted)} cluster(s) cleaned up"
+    )
+    lines = [
+        f"The cryopilot janitor checked {checked} cluster(s) of this stack and acted on {len(acted)}:",
+        "",
+    ]
+    for a in acted:
+        lines.append(
+            f"- {a.cluster} (run {a.run_id or 'unknown'}): {a.action}, attempt {a.attempts} - {a.reason}"
+            + (f" ({a.detail})" if a.detail else "")
+        )
+    if loud:
+        lines += [
+            "",
+            f"These clusters failed to delete {loud_after} times or more and still cost money. Delete "
+            "them by hand (pcluster delete-cluster, or their CloudFormation stacks) and check the "
+            "stack events for what blocks the deletion.",
+        ]
+    return Mail(kind="janitor", subject=subject, body="\n".join(lines), attributes={"event": "janitor"})
