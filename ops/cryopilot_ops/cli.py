@@ -68,12 +68,12 @@ def _read_manifest_bytes(where: str, region: str) -> bytes:
 
 
 def _cluster_config(args: argparse.Namespace) -> int:
+    from cryopilot.adapters.clusters import config_yaml_for
     from cryopilot.adapters.settings import Settings
     from cryopilot.core.errors import ManifestError
     from cryopilot.core.naming import cluster_name_for
     from cryopilot.domain.manifest import manifest_prefix, parse_manifest, validation_message
     from cryopilot.domain.record import RunRecord
-    from cryopilot.steps.cluster import config_yaml_for
     from pydantic import ValidationError
 
     flags = {

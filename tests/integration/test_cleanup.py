@@ -164,8 +164,8 @@ def test_janitor_stops_a_run_past_the_maximum_run_hours_and_deletes_its_cluster(
 
 def test_janitor_never_touches_another_stacks_or_a_running_runs_cluster(cloud: LocalCloud) -> None:
     import yaml
+    from cryopilot.adapters.clusters import api, config_yaml_for
     from cryopilot.adapters.settings import get_settings
-    from cryopilot.steps.cluster import api, config_yaml_for
 
     other = {
         "run_id": "OTHER-1",

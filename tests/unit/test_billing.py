@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from cryopilot.adapters.clusters import queue_nodes
 from cryopilot.adapters.settings import get_settings
+from cryopilot.domain import limits
 from cryopilot.domain.billing import (
     Job,
     NodeType,
@@ -29,8 +31,10 @@ from cryopilot.domain.estimate import (
 )
 from cryopilot.domain.manifest import manifest_from_dict
 from cryopilot.domain.placement import compare, place, plan
+from cryopilot.domain.record import RunContext
 from cryopilot.domain.report.data import report_data_from_run
 from cryopilot.domain.report.rows import StageRow
+from cryopilot.protocol.stage import PlannedStage
 from cryopilot.steps import stage as stage_step
 
 T0 = 1767225600.0  # 2026-01-01T00:00:00Z
@@ -227,27 +231,36 @@ def test_the_limit_checks_estimate_of_the_stages_left_is_the_estimates_run_time(
     gpu_rows = [r for r in est.rows if r.queue != HEAD_QUEUE]
     assert {r.stage: r.queue for r in gpu_rows} == lanes
     run_time = sum(r.wall_seconds / 3600 * cat.price(r.instance_type) for r in gpu_rows)
-    stages = [s.model_dump(mode="json") for s in planned]
-    assert stage_step._remaining_cost({"run_id": "r", "preset": "movies"}, stages) == pytest.approx(
-        run_time, rel=1e-9
+    left = limits.remaining_cost(
+        planned, preset="movies", nodes=queue_nodes(get_settings()), catalogue=Catalogue.for_deployment(None)
     )
+    assert left == pytest.approx(run_time, rel=1e-9)
     # and what a stage has cost so far is the same arithmetic on its recorded times
     first = next(r for r in gpu_rows)
     rec = {"started_at": T0 + first.start_seconds, "completed_at": T0 + first.end_seconds}
-    stage = next(s for s in stages if s["id"] == first.stage)
-    assert stage_step.stage_cost({"run_id": "r"}, stage, rec) == pytest.approx(
+    stage = next(s for s in planned if s.id == first.stage)
+    assert stage_step.stage_cost(RunContext(run_id="r"), stage, rec) == pytest.approx(
         first.wall_seconds / 3600 * cat.price(first.instance_type), abs=1e-4
     )
 
 
 def test_the_cost_so_far_uses_the_deployments_price_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     """The Lambdas get ``PriceOverrides`` as ``CRYOPILOT_PRICE_OVERRIDES`` (Settings.price_overrides)."""
-    stage = {"id": "pick", "lane": "gpu1", "gpus": 1}
+    stage = PlannedStage(
+        id="pick",
+        title="Blob picker",
+        job_type="blob_picker_gpu",
+        lane="gpu1",
+        gpus=1,
+        params={},
+        inputs=[],
+        time_limit_seconds=3600,
+    )
     rec = {"started_at": T0, "completed_at": T0 + 1800}
-    shipped = stage_step.stage_cost({"run_id": "r"}, stage, rec)
+    shipped = stage_step.stage_cost(RunContext(run_id="r"), stage, rec)
     monkeypatch.setenv("CRYOPILOT_PRICE_OVERRIDES", '{"p5.4xlarge": 4.0}')
     get_settings.cache_clear()
     assert get_settings().price_overrides == '{"p5.4xlarge": 4.0}'
-    assert stage_step.stage_cost({"run_id": "r"}, stage, rec) == 2.0
+    assert stage_step.stage_cost(RunContext(run_id="r"), stage, rec) == 2.0
     assert shipped is not None
     assert shipped != 2.0

@@ -66,31 +66,6 @@ ALLOWED_LOCAL_IMPORTS: dict[tuple[str, str], str] = {
     ),
 }
 
-_STEPS = "a helper one step shares with another: it belongs in adapters/ or domain/"
-_LOCAL = "to import at module level (or to list in ALLOWED_LOCAL_IMPORTS, with the reason)"
-
-#: Violations the tree has today → what ends them; each entry goes with the change that ends it. The
-#: tests fail on a violation not listed here, and on an entry that no longer occurs.
-KNOWN_VIOLATIONS: dict[str, str] = {
-    "step cryopilot.steps.cleanup imports another step, cryopilot.steps.cluster": _STEPS,
-    "step cryopilot.steps.cluster imports another step, cryopilot.steps.notify": _STEPS,
-    "step cryopilot.steps.export imports another step, cryopilot.steps.stage": _STEPS,
-    "step cryopilot.steps.start_run imports another step, cryopilot.steps.validate": _STEPS,
-    "step cryopilot.steps.validate imports another step, cryopilot.steps.stage": _STEPS,
-    "function-local import in cryopilot.steps.cleanup of cryopilot.steps.cluster": _STEPS,
-    "function-local import in cryopilot.steps.cleanup of cryopilot.core.naming": _LOCAL,
-    "function-local import in cryopilot.steps.cleanup of cryopilot.adapters.admission": _LOCAL,
-    "function-local import in cryopilot.steps.cluster of cryopilot.adapters.pcluster": _LOCAL,
-    "function-local import in cryopilot.steps.cluster of cryopilot.domain.clusterconfig.params": _LOCAL,
-    "function-local import in cryopilot.steps.cluster of cryopilot.domain.clusterconfig.build": _LOCAL,
-    "function-local import in cryopilot.steps.cluster of cryopilot.core.naming": _LOCAL,
-    "function-local import in cryopilot.steps.cluster of cryopilot.steps.notify": _STEPS,
-    "function-local import in cryopilot.steps.validate of cryopilot.domain.clusterconfig.build": _LOCAL,
-    "function-local import in cryopilot.steps.validate of cryopilot.core.errors": _LOCAL,
-    "function-local import in cryopilot.steps.validate of cryopilot.steps.stage": _STEPS,
-    "function-local import in cryopilot.steps.validate of json": _LOCAL,
-}
-
 
 @dataclass(frozen=True)
 class Import:
@@ -109,7 +84,7 @@ class Import:
 
 @dataclass(frozen=True)
 class Violation:
-    key: str  # what is wrong, without line numbers (the key of KNOWN_VIOLATIONS)
+    key: str  # what is wrong, without line numbers
     where: str  # the import statement(s), with line numbers
 
     def __str__(self) -> str:
@@ -389,15 +364,8 @@ def test_the_tree_is_read() -> None:
 
 @pytest.mark.parametrize("rule", CHECKS)
 def test_the_tree_keeps_the_rule(tree: Graph, rule: str) -> None:
-    new = [v for v in CHECKS[rule](tree) if v.key not in KNOWN_VIOLATIONS]
-    assert not new, f"{rule}:\n" + "\n".join(map(str, new))
-
-
-def test_known_violations_still_occur(tree: Graph) -> None:
-    """An entry of KNOWN_VIOLATIONS whose violation is gone must go too."""
-    now = {v.key for check in CHECKS.values() for v in check(tree)}
-    gone = sorted(set(KNOWN_VIOLATIONS) - now)
-    assert not gone, "no longer violated, remove from KNOWN_VIOLATIONS:\n" + "\n".join(gone)
+    found = CHECKS[rule](tree)
+    assert not found, f"{rule}:\n" + "\n".join(map(str, found))
 
 
 def test_every_allowed_local_import_is_still_there(tree: Graph) -> None:

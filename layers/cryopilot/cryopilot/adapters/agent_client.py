@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from cryopilot.adapters import aws
 from cryopilot.adapters.observability import logger
+from cryopilot.adapters.settings import get_settings
 from cryopilot.core.errors import AgentError, AgentTimeoutError, HeadNodeUnreachableError
 from cryopilot.protocol.agent import AgentFailure
 
@@ -139,3 +140,16 @@ class AgentClient:
         if not isinstance(doc, dict):
             raise AgentError(f"agent {verb} printed JSON that is not an object")
         return doc
+
+
+def agent_for(run_id: str, head_node_instance_id: str | None) -> AgentClient:
+    """The agent on the run's head node."""
+    settings = get_settings()
+    if not head_node_instance_id:
+        raise AgentError(f"run {run_id} has no head node yet")
+    return AgentClient(
+        head_node_instance_id,
+        output_bucket=settings.artifacts_bucket,
+        output_prefix=f"ssm-output/{run_id}",
+        timeout_seconds=settings.agent_timeout_seconds,
+    )

@@ -10,6 +10,7 @@ else is final for the run.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -159,3 +160,23 @@ class RunLimitError(CryopilotError):
 
 class ReportError(CryopilotError):
     """The run's report cannot be written (never fails the run: the state machine goes on)."""
+
+
+def parse_error(error: Any) -> tuple[str, str]:
+    """(error type, message) from a Catch's ``$.error`` (``Error`` and ``Cause``)."""
+    if not isinstance(error, dict):
+        return "UnknownError", str(error)
+    etype = str(error.get("Error") or "UnknownError")
+    cause = error.get("Cause")
+    message = str(cause or "")
+    if isinstance(cause, str):
+        try:
+            doc = json.loads(cause)
+        except json.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict):
+            message = str(doc.get("errorMessage") or doc.get("Message") or message)
+            etype = str(doc.get("errorType") or etype)
+    if etype == "States.Timeout" and not message:
+        message = "a step took longer than its timeout"
+    return etype, message[:2000]

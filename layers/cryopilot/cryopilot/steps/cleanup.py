@@ -25,12 +25,12 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
-from cryopilot.adapters import aws, runs
+from cryopilot.adapters import admission, aws, clusters, runs
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import ClusterNotFoundError, CryopilotError
-from cryopilot.core.naming import TAG_RUN_ID, TAG_STACK
+from cryopilot.core.naming import CLUSTER_NAME_PREFIX, TAG_RUN_ID, TAG_STACK
 from cryopilot.core.status import EXECUTION_UNFINISHED, RUN_STATUS_FOR_EXECUTION
 from cryopilot.domain import mails
 from cryopilot.domain.record import RunRecord
@@ -64,12 +64,6 @@ class JanitorReport(BaseModel):
     checked: int = 0
     actions: list[JanitorAction] = Field(default_factory=list)
     mailed: bool = False
-
-
-def _api() -> Any:
-    from cryopilot.steps.cluster import api
-
-    return api()
 
 
 def _publish(mail: mails.Mail) -> None:
@@ -115,10 +109,8 @@ def on_execution_end(detail: dict[str, Any]) -> CleanupResult:
     if run.cluster_deleted or not name or run.cluster_state in (None, "NOT_CREATED"):
         action = "already_deleted" if run.cluster_deleted else "no_cluster"
     else:
-        from cryopilot.steps.cluster import delete
-
         try:
-            step = delete(run_id)
+            step = clusters.request_deletion(run_id)
             action = "already_deleted" if step.deleted else "delete_requested"
         except CryopilotError as exc:
             logger.error("cleanup could not delete the cluster", extra={"run_id": run_id, "error": str(exc)})
@@ -180,15 +172,13 @@ def janitor(now: float | None = None) -> JanitorReport:
     settings = get_settings()
     now = clock.now() if now is None else now
     report = JanitorReport()
-    from cryopilot.core.naming import CLUSTER_NAME_PREFIX
-
     listed: set[str] = set()
-    for summary in _api().list_clusters():
+    for summary in clusters.api().list_clusters():
         listed.add(summary.name)
         if not summary.name.startswith(CLUSTER_NAME_PREFIX):
             continue
         try:
-            info = _api().describe_cluster(summary.name)
+            info = clusters.api().describe_cluster(summary.name)
         except ClusterNotFoundError:
             continue
         if info.tags.get(TAG_STACK) != settings.stack_name:
@@ -256,7 +246,7 @@ def _delete(info: Any, run_id: str | None, run: RunRecord | None, reason: str, a
     failed_before = info.status == "DELETE_FAILED"
     detail = ""
     try:
-        _api().delete_cluster(info.name, missing_ok=True)
+        clusters.api().delete_cluster(info.name, missing_ok=True)
         if failed_before:
             action = "delete_retried"
     except CryopilotError as exc:
@@ -289,16 +279,12 @@ def _mail_janitor(report: JanitorReport) -> bool:
 def handle_execution_end(detail: dict[str, Any]) -> dict[str, Any]:
     """The cleanup of an ended execution (nothing for SUCCEEDED), then its slot released and the
     waiting runs started: the function's answer."""
-    from cryopilot.adapters import admission
-
     result = on_execution_end(detail).model_dump(mode="json")
     return {**result, **admission.finish(detail).model_dump(mode="json")}
 
 
 def handle_schedule() -> dict[str, Any]:
     """The janitor's pass, then admission reconciled (``queue`` in the answer when it acted)."""
-    from cryopilot.adapters import admission
-
     answer = janitor().model_dump(mode="json")
     queue = admission.reconcile()
     if queue.acted:

@@ -8,12 +8,12 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from cryopilot.adapters import aws, runs
+from cryopilot.adapters.agent_client import agent_for
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import AgentError, ExportError
 from cryopilot.domain.record import RunRecord
 from cryopilot.protocol.agent import ExportResult
-from cryopilot.steps.stage import agent_for
 
 #: what a result set must hold
 REQUIRED_KINDS = ("map", "half_map_a", "half_map_b", "fsc")

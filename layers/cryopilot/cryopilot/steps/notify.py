@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import BaseModel
@@ -11,6 +10,7 @@ from pydantic import BaseModel
 from cryopilot.adapters import runs
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
+from cryopilot.core.errors import parse_error
 from cryopilot.domain import mails
 from cryopilot.domain.record import RunRecord
 
@@ -28,26 +28,6 @@ class FailureRecord(BaseModel):
     reason: str
     delete_poll_seconds: int = 30
     max_delete_polls: int = 120
-
-
-def parse_error(error: Any) -> tuple[str, str]:
-    """(error type, message) from a Catch's ``$.error`` (``Error`` and ``Cause``)."""
-    if not isinstance(error, dict):
-        return "UnknownError", str(error)
-    etype = str(error.get("Error") or "UnknownError")
-    cause = error.get("Cause")
-    message = str(cause or "")
-    if isinstance(cause, str):
-        try:
-            doc = json.loads(cause)
-        except json.JSONDecodeError:
-            doc = None
-        if isinstance(doc, dict):
-            message = str(doc.get("errorMessage") or doc.get("Message") or message)
-            etype = str(doc.get("errorType") or etype)
-    if etype == "States.Timeout" and not message:
-        message = "a step took longer than its timeout"
-    return etype, message[:2000]
 
 
 def record_failure(run_id: str, error: Any) -> FailureRecord:

@@ -9,15 +9,14 @@ from typing import Any
 from pydantic import BaseModel
 
 from cryopilot.adapters import runs
-from cryopilot.adapters.agent_client import AgentClient
+from cryopilot.adapters.agent_client import agent_for
+from cryopilot.adapters.clusters import queue_nodes
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
-from cryopilot.core.errors import AgentError, JobFailedError, JobKilledError, JobStuckError, RunLimitError
-from cryopilot.domain import billing
-from cryopilot.domain.catalogue import PROFILE_FOR_PRESET, Catalogue, CostingError, load_profiles
-from cryopilot.domain.estimate import REFERENCE_INSTANCE_TYPE, PlanStage, wall_seconds
-from cryopilot.domain.presets import REPEATED_STAGE, profile_stage_id
+from cryopilot.core.errors import AgentError, JobFailedError, JobKilledError, JobStuckError
+from cryopilot.domain import billing, limits
+from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.record import RunContext
 from cryopilot.protocol.agent import KillResult, StageStatus, StatusResult, SubmitResult
 from cryopilot.protocol.stage import PlannedStage
@@ -38,19 +37,6 @@ class StageStep(BaseModel):
     next_index: int
 
 
-def agent_for(run_id: str, head_node_instance_id: str | None) -> AgentClient:
-    """The agent on the run's head node."""
-    settings = get_settings()
-    if not head_node_instance_id:
-        raise AgentError(f"run {run_id} has no head node yet")
-    return AgentClient(
-        head_node_instance_id,
-        output_bucket=settings.artifacts_bucket,
-        output_prefix=f"ssm-output/{run_id}",
-        timeout_seconds=settings.agent_timeout_seconds,
-    )
-
-
 def _run(run_id: str) -> tuple[RunContext, list[PlannedStage]]:
     """What a stage step reads: the run's small step context (head node, waits) and its plan
     (read once per container: the store caches it), never the whole record."""
@@ -59,11 +45,6 @@ def _run(run_id: str) -> tuple[RunContext, list[PlannedStage]]:
     if ctx is None:
         raise AgentError(f"run {run_id} has no record")
     return ctx, store.get_plan(run_id)
-
-
-def _limits_view(ctx: RunContext, plan: list[PlannedStage]) -> dict[str, Any]:
-    """The step context and plan as the limit and cost checks take them."""
-    return {**ctx.model_dump(), "plan": [p.model_dump(mode="json") for p in plan]}
 
 
 def _stage_record(status: StageStatus) -> dict[str, Any]:
@@ -120,89 +101,35 @@ def _next_wait(stage: PlannedStage, status: StageStatus, waited: int, settings: 
     return int(max(lo, min(hi, remaining * POLL_FRACTION)))
 
 
-def _node_type(run: dict[str, Any], lane: str | None) -> billing.NodeType | None:
-    """The node of the run's queue ``lane`` (the placement's gpu8 type when the run recorded one),
-    priced from the deployment's catalogue; None for the head node or a type without a price."""
-    settings = get_settings()
-    gpu8 = run.get("gpu8_instance_type")
-    itype = settings.queue_instance_types(str(gpu8) if gpu8 else None).get(lane) if lane else None
-    if itype is None:
-        return None
-    try:
-        return billing.node_type(Catalogue.for_deployment(settings.price_overrides), itype, settings.region)
-    except CostingError:
-        return None
-
-
-def stage_cost(run: dict[str, Any], stage: dict[str, Any], rec: dict[str, Any]) -> float | None:
+def stage_cost(ctx: RunContext, stage: PlannedStage, rec: dict[str, Any]) -> float | None:
     """What the stage's nodes cost so far (on-demand; whole nodes, from the stage's first job's
     start to its end or now). None for the head node's stages, or a type without a price."""
     started = rec.get("started_at")
-    node = _node_type(run, stage.get("lane"))
+    node = queue_nodes(get_settings(), ctx.gpu8_instance_type).get(stage.lane) if stage.lane else None
     if node is None or not started:
         return None
     job = billing.Job(
         went=float(started),
         start=float(started),
         end=float(rec.get("completed_at") or clock.now()),
-        nodes=node.nodes_for(int(stage.get("gpus") or 1)),
+        nodes=node.nodes_for(int(stage.gpus or 1)),
     )
     return round(billing.run_time_cost(node, job), 4)
 
 
-def _remaining_cost(run: dict[str, Any], stages_left: list[dict[str, Any]]) -> float:
-    """Estimated cost of ``stages_left``: Table 1 minutes of the preset's white-paper dataset on
-    the queues' instance types (whole nodes; the catalogue's speed factors)."""
-    profile = load_profiles().get(PROFILE_FOR_PRESET.get(str(run.get("preset")), "cgrp"))
-    try:
-        catalogue = Catalogue.for_deployment(get_settings().price_overrides)
-    except CostingError:  # malformed overrides: no stage has a price
-        return 0.0
-    if profile is None:
-        return 0.0
-    total = 0.0
-    for stage in stages_left:
-        node = _node_type(run, stage.get("lane"))
-        kind = profile_stage_id(stage["id"])
-        if node is None or kind not in profile.minutes:
-            continue
-        minutes = profile.minutes[kind] / (profile.hetero_rounds if kind == REPEATED_STAGE else 1)
-        timed = PlanStage(id=stage["id"], kind=kind, gpus=int(stage.get("gpus") or 1), minutes=minutes)
-        try:
-            seconds = wall_seconds(catalogue, timed, node.instance_type, REFERENCE_INSTANCE_TYPE)
-        except CostingError:
-            continue
-        job = billing.Job(went=0.0, start=0.0, end=seconds, nodes=node.nodes_for(timed.gpus))
-        total += billing.run_time_cost(node, job)
-    return total
-
-
-def _check_hours(run: dict[str, Any]) -> None:
-    """:class:`RunLimitError` once the run has run longer than ``limits.max_hours``."""
-    max_hours = (run.get("limits") or {}).get("max_hours")
-    started = run.get("started_epoch")
-    if max_hours and started:
-        hours = (clock.now() - float(started)) / 3600
-        if hours > float(max_hours):
-            raise RunLimitError(
-                f"the run has run {hours:.1f} h, past its limit of {max_hours:g} h (limits.max_hours)"
-            )
-
-
-def check_limits(run: dict[str, Any], index: int) -> None:
+def check_limits(ctx: RunContext, plan: list[PlannedStage], index: int) -> None:
     """Stop the run (:class:`RunLimitError`) past ``limits.max_hours``, or when the cost so far
     plus the estimate for the stages left would exceed ``limits.max_cost_usd``."""
-    _check_hours(run)
-    max_cost = (run.get("limits") or {}).get("max_cost_usd")
-    if max_cost:
-        so_far = sum(float(v) for v in (run.get("costs") or {}).values())
-        left = _remaining_cost(run, run["plan"][index:])
-        if so_far + left > float(max_cost):
-            stages_left = len(run["plan"]) - index
-            raise RunLimitError(
-                f"the estimated cost ${so_far + left:,.0f} (${so_far:,.0f} so far, ${left:,.0f} for the "
-                f"{stages_left} stages left) would exceed limits.max_cost_usd ${float(max_cost):,.0f}"
-            )
+    limits.check_hours(ctx.limits, ctx.started_epoch, clock.now())
+    settings = get_settings()
+    limits.check_cost(
+        ctx.limits,
+        ctx.costs,
+        plan[index:],
+        preset=ctx.preset,
+        nodes=queue_nodes(settings, ctx.gpu8_instance_type),
+        catalogue=Catalogue.for_deployment(settings.price_overrides),
+    )
 
 
 def submit(run_id: str, index: int) -> StageStep:
@@ -213,7 +140,7 @@ def submit(run_id: str, index: int) -> StageStep:
     stage = plan[index]
     # a failure from here on (the limits, the head node, SSM) is this stage's, not the one before
     store.update_run(run_id, current_step=f"stage:{stage.id}")
-    check_limits(_limits_view(ctx, plan), index)
+    check_limits(ctx, plan, index)
     spec = base64.b64encode(json.dumps(stage.model_dump(mode="json")).encode()).decode()
     agent = agent_for(run_id, ctx.head_node_instance_id)
     result = agent.call(["submit", "--project", run_id, "--spec-b64", spec], SubmitResult)
@@ -245,7 +172,6 @@ def submit(run_id: str, index: int) -> StageStep:
 def poll(run_id: str, step: StageStep) -> StageStep:
     store = runs.store()
     ctx, plan = _run(run_id)
-    run = _limits_view(ctx, plan)
     stage = plan[step.index]
     waited = step.waited_seconds + step.wait_seconds
     agent = agent_for(run_id, ctx.head_node_instance_id)
@@ -256,7 +182,7 @@ def poll(run_id: str, step: StageStep) -> StageStep:
     rec = _stage_record(status)
     rec["polls"] = step.polls + 1
     rec["last_wait_seconds"] = step.wait_seconds  # the poll interval that led to this poll
-    cost = stage_cost(run, stage.model_dump(mode="json"), rec)
+    cost = stage_cost(ctx, stage, rec)
     if cost is not None:
         rec["cost_usd"] = cost
     store.update_stage(run_id, stage.id, **rec)
@@ -279,7 +205,7 @@ def poll(run_id: str, step: StageStep) -> StageStep:
         return step.model_copy(
             update={"state": "completed", "polls": step.polls + 1, "waited_seconds": waited, "done": True}
         )
-    _check_hours(run)
+    limits.check_hours(ctx.limits, ctx.started_epoch, clock.now())
     limit = stage.time_limit_seconds
     if limit and waited >= limit:
         kill = agent.call(["kill", "--project", run_id, "--stage", stage.id], KillResult)

@@ -14,11 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cryopilot.adapters import admission, aws, runs
 from cryopilot.adapters.events import ManifestLocation, Trigger, check_key, parse_triggers
+from cryopilot.adapters.execution_input import ExecutionInput
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core.errors import EventError
 from cryopilot.domain.manifest import MANIFEST_NAMES, validation_message
-from cryopilot.steps.validate import ExecutionInput
 
 StartStatus = Literal["started", "queued", "duplicate", "ignored"]
 

@@ -1,21 +1,25 @@
-"""The execution's input (documented for manual starts) and the Validate step."""
+"""The Validate step: read and check the manifest, plan the stages, write the run record."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError
 
 from cryopilot.adapters import aws, runs
+from cryopilot.adapters.clusters import queue_nodes
 from cryopilot.adapters.events import ManifestLocation, check_key
+from cryopilot.adapters.execution_input import ExecutionInput, RunSettings
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
-from cryopilot.core.errors import EventError, ManifestError
+from cryopilot.core.errors import EventError, ManifestError, RunLimitError
 from cryopilot.core.naming import cluster_name_for
-from cryopilot.domain import placement
+from cryopilot.domain import limits, placement
 from cryopilot.domain.catalogue import Catalogue
+from cryopilot.domain.clusterconfig.build import FSX_MOUNT_DIR
 from cryopilot.domain.manifest import (
     MAX_MANIFEST_BYTES,
     Manifest,
@@ -24,58 +28,7 @@ from cryopilot.domain.manifest import (
     parse_manifest,
     validation_message,
 )
-
-
-class RunSettings(BaseModel):
-    """Waits and bounds of the run's polling loops. Defaults suit AWS; tests and the local run
-    pass their own in the execution input (``settings``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    cluster_poll_seconds: int = Field(default=60, ge=0, le=3600)
-    max_cluster_polls: int = Field(default=90, ge=1, le=10_000)
-    min_poll_seconds: int = Field(default=60, ge=0, le=3600)
-    max_poll_seconds: int = Field(default=1800, ge=0, le=86_400)
-    delete_poll_seconds: int = Field(default=30, ge=0, le=3600)
-    max_delete_polls: int = Field(default=120, ge=1, le=10_000)
-
-    @model_validator(mode="after")
-    def _order(self) -> RunSettings:
-        if self.max_poll_seconds < self.min_poll_seconds:
-            raise ValueError("max_poll_seconds must be at least min_poll_seconds")
-        return self
-
-
-class ExecutionInput(BaseModel):
-    """What a state machine execution takes. Give exactly one of ``manifest`` (what StartRun
-    sends), ``manifest_s3_uri`` or ``manifest_inline`` (manual starts)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    manifest: ManifestLocation | None = None
-    manifest_s3_uri: str | None = Field(default=None, pattern=r"^s3://[^/]+/.+")
-    manifest_inline: dict[str, Any] | None = None
-    data_s3_uri: str | None = Field(
-        default=None,
-        pattern=r"^s3://[^/]+/.*/$",
-        description="with manifest_inline: the S3 folder holding the data (ends with /)",
-    )
-    trigger: str = "manual"
-    settings: RunSettings = Field(default_factory=RunSettings)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ExecutionInput:
-        given = [
-            n for n in ("manifest", "manifest_s3_uri", "manifest_inline") if getattr(self, n) is not None
-        ]
-        if len(given) != 1:
-            raise ValueError(
-                "give exactly one of manifest, manifest_s3_uri, manifest_inline"
-                + (f" (got {', '.join(given)})" if given else "")
-            )
-        if self.manifest_inline is not None and self.data_s3_uri is None:
-            raise ValueError("manifest_inline needs data_s3_uri: the S3 folder that holds the data")
-        return self
+from cryopilot.protocol.stage import PlannedStage
 
 
 class RunContext(BaseModel):
@@ -126,8 +79,6 @@ def load_manifest(location: ManifestLocation) -> tuple[Manifest, ManifestLocatio
 
 def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunContext:
     """Read and check the manifest, plan the stages, write the run record."""
-    from cryopilot.domain.clusterconfig.build import FSX_MOUNT_DIR
-
     settings = get_settings()
     run_id = execution_name
     store = runs.store()
@@ -182,7 +133,7 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
         settings=exec_input.settings.model_dump(),
         current_step="validated",
     )
-    _check_cost_ceiling(run_id, manifest, [s.model_dump(mode="json") for s in stages])
+    _check_cost_ceiling(run_id, manifest, stages)
     store.put_context(
         run_id,
         settings=exec_input.settings.model_dump(),
@@ -207,17 +158,21 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
     )
 
 
-def _check_cost_ceiling(run_id: str, manifest: Manifest, plan: list[dict[str, Any]]) -> None:
+def _check_cost_ceiling(run_id: str, manifest: Manifest, plan: list[PlannedStage]) -> None:
     """A manifest whose cost ceiling is below the whole run's estimate fails here, before any
     cluster exists (:class:`RunLimitError`); later stages are checked as the run goes."""
     if manifest.limits.max_cost_usd is None:
         return
-    from cryopilot.core.errors import RunLimitError
-    from cryopilot.steps.stage import check_limits
-
-    run = {"limits": {"max_cost_usd": manifest.limits.max_cost_usd}, "plan": plan, "costs": {}}
+    settings = get_settings()
     try:
-        check_limits({**run, "preset": manifest.preset_name}, 0)
+        limits.check_cost(
+            {"max_cost_usd": manifest.limits.max_cost_usd},
+            {},
+            plan,
+            preset=manifest.preset_name,
+            nodes=queue_nodes(settings),
+            catalogue=Catalogue.for_deployment(settings.price_overrides),
+        )
     except RunLimitError:
         runs.store().update_run(run_id, current_step="validate")
         raise
@@ -228,8 +183,6 @@ def _subscribe(manifest: Manifest) -> None:
     ``dataset`` attribute). SNS asks each new address to confirm once."""
     if not manifest.notify:
         return
-    import json
-
     sns = aws.client("sns")
     topic = get_settings().topic_arn
     existing = set()
