@@ -31,8 +31,8 @@ import threading
 import time
 import traceback
 import zipfile
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -138,6 +138,8 @@ class LocalCloud:
         self._lock = threading.Lock()
         self._ssm_lock = threading.RLock()
         self._invoke_lock = threading.RLock()
+        #: Held by every request moto serves (see :class:`RequestLock`).
+        self.requests = RequestLock()
         self.resolver: Resolver | None = None
         #: Each cluster's compute nodes (``cryopilot_sim.slurm.SlurmNodes``), kept after deletion:
         #: the simulated EC2 bill of its GPU nodes.
@@ -493,6 +495,31 @@ class LocalCloud:
         harness = self
         st = self._stack
 
+        # Each AWS API request is atomic: a read never sees a write half done. moto's in-memory
+        # backends have no locks, and here several threads call them at once (the caller, moto's
+        # execution threads running the state machine, the EventBridge worker, the stand-ins'
+        # servers), so every request moto serves, in-process or through its HTTP server, holds
+        # one lock. The seams that run code of ours inside a request (a Lambda handler, the
+        # head-node agent) let it go meanwhile: that code makes requests of its own, from other
+        # threads too (the stand-ins' servers).
+        from moto.core.botocore_stubber import BotocoreStubber
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+        requests = self.requests
+        real_process_request = BotocoreStubber.process_request
+        real_serve = DomainDispatcherApplication.__call__
+
+        def process_request(stubber: Any, request: Any) -> Any:
+            with requests:
+                return real_process_request(stubber, request)
+
+        def serve(app: Any, environ: Any, start_response: Any) -> Any:
+            with requests:
+                return real_serve(app, environ, start_response)
+
+        st.enter_context(mock.patch.object(BotocoreStubber, "process_request", process_request))
+        st.enter_context(mock.patch.object(DomainDispatcherApplication, "__call__", serve))
+
         # The agent builds a new cryosparc-tools client per command, as its process would on a
         # head node; each builds an httpx transport whose SSL context loads the CA bundle (tens
         # of milliseconds). The stand-ins speak plain http, so one default context serves all.
@@ -586,7 +613,8 @@ class LocalCloud:
         ) -> bytes:
             name = function_name.split(":function:")[-1].split(":")[0]
             event = json.loads(body) if body else {}
-            ok, payload = harness.invoke(name, event)
+            with requests.released():
+                ok, payload = harness.invoke(name, event)
             if not ok:
                 response_headers["x-amz-function-error"] = "Unhandled"
             return json.dumps(payload).encode()
@@ -627,16 +655,19 @@ class LocalCloud:
         def send_command(backend: Any, **kwargs: Any) -> Any:
             from moto.ssm.exceptions import SSMException
 
-            with harness._ssm_lock:  # a head node is lost between commands, never during one
-                missing = [i for i in kwargs.get("instance_ids") or [] if i not in harness.head_nodes]
-                if missing:
-                    raise SSMException(
-                        "InvalidInstanceId", f"Instances {missing} not in a valid state for account"
-                    )
-                command = original_send_command(backend, **kwargs)
+            # A head node is lost between commands, never during one. The head-node lock is
+            # taken before the request lock, never after, and the agent runs without the latter.
+            with requests.released(), harness._ssm_lock:
+                with requests:
+                    missing = [i for i in kwargs.get("instance_ids") or [] if i not in harness.head_nodes]
+                    if missing:
+                        raise SSMException(
+                            "InvalidInstanceId", f"Instances {missing} not in a valid state for account"
+                        )
+                    command = original_send_command(backend, **kwargs)
                 for inv in command.invocations:
                     harness._run_on_head_node(command, inv)
-                return command
+            return command
 
         st.enter_context(mock.patch.object(SimpleSystemManagerBackend, "send_command", send_command))
 
@@ -957,8 +988,10 @@ class LocalCloud:
         from moto.sns.models import sns_backends
 
         topic = sns_backends[ACCOUNT_ID][REGION].topics[self.topic_arn]
+        with self.requests:
+            sent = list(topic.sent_notifications)
         out = []
-        for message_id, message, subject, attributes, _group in topic.sent_notifications:
+        for message_id, message, subject, attributes, _group in sent:
             attrs = {k: v.get("Value", v.get("StringValue")) for k, v in (attributes or {}).items()}
             out.append({"id": message_id, "subject": subject, "message": message, "attributes": attrs})
         return out
@@ -982,6 +1015,35 @@ class LocalCloud:
         from cryopilot.adapters import runs
 
         return runs.get_run(run_id)
+
+
+class RequestLock:
+    """A re-entrant lock that a thread can let go of for a while, however deep it holds it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._held = threading.local()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self._held.depth = getattr(self._held, "depth", 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._held.depth -= 1
+        self._lock.release()
+
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        depth = getattr(self._held, "depth", 0)
+        for _ in range(depth):
+            self._lock.release()
+        self._held.depth = 0
+        try:
+            yield
+        finally:
+            for _ in range(depth):
+                self._lock.acquire()
+            self._held.depth = depth
 
 
 def _aws_env() -> dict[str, str]:
