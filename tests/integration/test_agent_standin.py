@@ -122,6 +122,7 @@ def run_pipeline(agent: Agent, run: str, stages: list[PlannedStage]) -> dict[str
     return results
 
 
+@pytest.mark.slow
 def test_movies_preset_runs_to_final_resolution_and_exports(clock: VirtualClock) -> None:
     stages = plan(
         movies_manifest(overrides={"hetero": {"rounds": 2}}), data_dir="/fsx/datasets/CGRP-2026-11/"
@@ -225,6 +226,7 @@ def test_movies_preset_runs_to_final_resolution_and_exports(clock: VirtualClock)
             assert exported.resolution_A == final.resolution_A
 
 
+@pytest.mark.slow
 def test_micrographs_preset_runs_with_symmetry(clock: VirtualClock) -> None:
     stages = plan(spike_manifest(), data_dir="/fsx/datasets/spike-fab/")
     assert [s.id for s in stages][:2] == ["import", "ctf"]
