@@ -52,15 +52,8 @@ class RequestLock:
 
 
 def install(harness: LocalCloud, st: ExitStack) -> None:
+    """Apply every seam to ``harness``'s moto until ``st`` closes."""
     from moto.awslambda_simple.models import LambdaSimpleBackend
-
-    # Each AWS API request is atomic: a read never sees a write half done. moto's in-memory
-    # backends have no locks, and here several threads call them at once (the caller, moto's
-    # execution threads running the state machine, the EventBridge worker, the stand-ins'
-    # servers), so every request moto serves, in-process or through its HTTP server, holds
-    # one lock. The seams that run code of ours inside a request (a Lambda handler, the
-    # head-node agent) let it go meanwhile: that code makes requests of its own, from other
-    # threads too (the stand-ins' servers).
     from moto.core.botocore_stubber import BotocoreStubber
     from moto.events.models import Rule
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
@@ -70,6 +63,13 @@ def install(harness: LocalCloud, st: ExitStack) -> None:
         WaitFunction,
     )
 
+    # Each AWS API request is atomic: a read never sees a write half done. moto's in-memory
+    # backends have no locks, and here several threads call them at once (the caller, moto's
+    # execution threads running the state machine, the EventBridge worker, the stand-ins'
+    # servers), so every request moto serves, in-process or through its HTTP server, holds
+    # one lock. The seams that run code of ours inside a request (a Lambda handler, the
+    # head-node agent) let it go meanwhile: that code makes requests of its own, from other
+    # threads too (the stand-ins' servers).
     requests = harness.requests
     real_process_request = BotocoreStubber.process_request
     real_serve = DomainDispatcherApplication.__call__
