@@ -222,7 +222,7 @@ def test_operator_reads_while_a_run_writes_the_table_never_race(cloud: LocalClou
     def walk(value: object) -> None:
         if isinstance(value, dict):
             for nested in value.values():
-                time.sleep(0.0002)  # let another thread run mid-iteration
+                time.sleep(0.0005)  # let another thread run mid-iteration
                 walk(getattr(nested, "value", None))
 
     def slow_to_json(item: Item, *args: object, **kwargs: object) -> dict:
@@ -240,8 +240,8 @@ def test_operator_reads_while_a_run_writes_the_table_never_race(cloud: LocalClou
 
         def read() -> None:
             nonlocal reads_while_running
-            deadline = time.monotonic() + 15
-            for _ in range(300):
+            deadline = time.monotonic() + 20
+            for _ in range(1000):
                 if time.monotonic() > deadline:
                     return
                 try:
@@ -255,10 +255,12 @@ def test_operator_reads_while_a_run_writes_the_table_never_race(cloud: LocalClou
                     errors.append(exc)
                     return
 
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        reader.join(timeout=60)
+        readers = [threading.Thread(target=read, daemon=True) for _ in range(2)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(timeout=60)
         ops.cancel(stack, done.run_id, interval=600, sleep=cloud.clock.sleep, emit=lambda _: None)
-    assert not reader.is_alive()
+    assert not any(reader.is_alive() for reader in readers)
     assert not errors, repr(errors[0])
     assert reads_while_running > 0, "no read overlapped the running execution"
