@@ -71,6 +71,10 @@ PYTEST_WORKERS ?= 2
 pytest: $(VENV)/.installed ## the test suite with coverage, in PYTEST_WORKERS processes
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup --cov --cov-report=term-missing:skip-covered
 
+.PHONY: test-fast
+test-fast: $(VENV)/.installed ## the tests not marked slow, while editing (under a minute)
+	$(VENV)/bin/pytest -m "not slow" -n 2 --dist loadgroup
+
 .PHONY: test
 test: lint validate security build pytest ## everything CI runs
 

@@ -60,6 +60,18 @@ def _fresh_settings() -> Iterator[None]:
     aws.reset()
 
 
+#: Modules each of whose tests starts a local stack (or runs the benchmark): seconds per test. They
+#: are marked ``slow`` here, with the modules that say so themselves (``pytestmark``); the fast tier
+#: (``make test-fast``: ``-m "not slow"``) leaves them out.
+SLOW_MODULES = {"test_bench.py", "test_bad_input.py", "test_start_run.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Refuse to run a grouped test outside its group.
 

@@ -12,59 +12,49 @@ It enforces the register of job types in ``cryopilot/presets/job_types.yaml`` (a
 parameter, input or output name is a 422 the client raises as ``APIError``), runs queued jobs once
 their inputs are complete for the minutes of ``profiles.yaml`` on a simulated clock, produces outputs
 with plausible statistics and small real files, and injects faults (:meth:`CryoSparcStandIn.inject`).
+
+This module is the REST/RPC surface (the OpenAPI document, routes, handlers and the documents they
+answer); the job model and its timing are in :mod:`cryopilot_sim.cryosparc_jobs`, what finished jobs
+produce in :mod:`cryopilot_sim.cryosparc_outputs`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import random
 import re
 import secrets
 import socket
-import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
-import yaml
 from cryopilot.domain.presets import JobTypeSpec, job_types
 from cryosparc.dataset import Dataset
 
 from cryopilot_sim.clock import Clock
-
-FaultKind = Literal["fail", "kill", "stuck"]
-DurationFn = Callable[[str, "SimJob"], float]
+from cryopilot_sim.cryosparc_jobs import (
+    STAGE_OF_TYPE as STAGE_OF_TYPE,  # the stand-in's register, as its users import it
+)
+from cryopilot_sim.cryosparc_jobs import (
+    Connection,
+    DurationFn,
+    FaultKind,
+    JobTiming,
+    SimJob,
+    SimProject,
+    load_profiles,
+)
+from cryopilot_sim.cryosparc_outputs import JobOutputs
 
 API_PREFIX = "/api/cmd"
 VERSION = "v5.0.3"
 LANES = {"gpu8": 8, "gpu4": 4, "gpu1": 1}
-
-#: profiles.yaml stage id per job type (extract_micrographs_multi is "extract" the first time in a
-#: project and "reextract" after that).
-STAGE_OF_TYPE = {
-    "import_movies": "import",
-    "import_micrographs": "import",
-    "patch_motion_correction_multi": "motion",
-    "patch_ctf_estimation_multi": "ctf",
-    "blob_picker_gpu": "pick",
-    "extract_micrographs_multi": "extract",
-    "class_2D_new": "class2d",
-    "select_2D": "select2d",
-    "homo_abinit": "abinit",
-    "hetero_refine": "hetero",
-    "nonuniform_refine_new": "nurefine",
-}
-
-#: Minutes for a stage a profile does not list (e.g. the spike's short ab-initio).
-FALLBACK_MINUTES = 30.0
 
 
 class ApiError(Exception):
@@ -80,80 +70,6 @@ def _iso(t: float | None) -> str | None:
 
 def _oid(n: int) -> str:
     return f"{n:024x}"
-
-
-def load_profiles() -> dict[str, Any]:
-    text = resources.files("cryopilot.domain").joinpath("data", "profiles.yaml").read_text(encoding="utf-8")
-    doc: dict[str, Any] = yaml.safe_load(text)
-    return doc
-
-
-def _mrc_bytes(n: int, psize: float, seed: int) -> bytes:
-    """A small, valid MRC2014 volume (mode 2, float32)."""
-    rng = np.random.default_rng(seed)
-    grid = np.indices((n, n, n)).astype(np.float32) - (n - 1) / 2
-    data = np.exp(-(grid**2).sum(axis=0) / (2 * (n / 5) ** 2)) + 0.05 * rng.standard_normal((n, n, n))
-    data = data.astype(np.float32)
-    header = bytearray(1024)
-    struct.pack_into("<3i", header, 0, n, n, n)
-    struct.pack_into("<i", header, 12, 2)
-    struct.pack_into("<3i", header, 28, n, n, n)
-    struct.pack_into("<3f", header, 40, n * psize, n * psize, n * psize)
-    struct.pack_into("<3f", header, 52, 90.0, 90.0, 90.0)
-    struct.pack_into("<3i", header, 64, 1, 2, 3)
-    struct.pack_into("<3f", header, 76, float(data.min()), float(data.max()), float(data.mean()))
-    header[208:212] = b"MAP "
-    header[212:216] = bytes([0x44, 0x44, 0, 0])
-    return bytes(header) + data.tobytes()
-
-
-@dataclass
-class Connection:
-    input: str
-    job_uid: str
-    output: str
-
-
-@dataclass
-class SimJob:
-    uid: str
-    num: int
-    project_uid: str
-    workspace_uid: str
-    type: str
-    title: str
-    description: str
-    params: dict[str, Any]
-    created_at: float
-    connections: list[Connection] = field(default_factory=list)
-    status: str = "building"
-    lane: str | None = None
-    queued_at: float | None = None
-    started_at: float | None = None
-    waiting_at: float | None = None
-    completed_at: float | None = None
-    killed_at: float | None = None
-    failed_at: float | None = None
-    end_at: float | None = None
-    fault: FaultKind | None = None
-    error: str | None = None
-    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    class_info: list[dict[str, Any]] = field(default_factory=list)
-    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    stage_key: str = ""
-
-
-@dataclass
-class SimProject:
-    uid: str
-    num: int
-    title: str
-    description: str
-    project_dir: str
-    created_at: float
-    workspaces: dict[str, dict[str, Any]] = field(default_factory=dict)
-    jobs: dict[str, SimJob] = field(default_factory=dict)
-    files: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -216,7 +132,7 @@ _JOB_FIND_QUERY = [
 ]
 
 
-class CryoSparcStandIn:
+class CryoSparcStandIn(JobTiming, JobOutputs):
     """A cryoSPARC 5 instance in a thread: ``with CryoSparcStandIn(clock) as cs: url = cs.base_url``."""
 
     def __init__(
@@ -1149,308 +1065,6 @@ class CryoSparcStandIn:
             self._complete(job, self.clock.now())
             return True
         raise ApiError(404, f"Unknown interactive endpoint {endpoint!r} for select_2D")
-
-    # ---------------------------------------------------------------- simulation
-
-    def _duration(self, job: SimJob) -> float:
-        if self.duration_fn is not None:
-            return float(self.duration_fn(job.type, job))
-        minutes: dict[str, float] = self.profile["minutes"]
-        stage = job.stage_key or STAGE_OF_TYPE.get(job.type, "")
-        value = float(minutes.get(stage, FALLBACK_MINUTES))
-        if stage == "hetero":
-            value /= max(1, int(self.profile.get("hetero_rounds", 1)))
-        return value * 60.0
-
-    def _take_fault(self, job: SimJob) -> FaultKind | None:
-        n = self._launch_counts.get(job.type, 0) + 1
-        self._launch_counts[job.type] = n
-        for f in self._faults:
-            if f["job_type"] == job.type and f["occurrence"] == n:
-                self._faults.remove(f)
-                kind: FaultKind = f["kind"]
-                return kind
-        return None
-
-    def _tick(self) -> None:
-        """Bring every job up to the simulated now (parents always have lower uids)."""
-        now = self.clock.now()
-        for p in self.projects.values():
-            for job in sorted(p.jobs.values(), key=lambda j: j.num):
-                if job.status == "queued":
-                    parents = [p.jobs.get(c.job_uid) for c in job.connections]
-                    if any(par is None or par.status != "completed" for par in parents):
-                        continue
-                    start = max([job.queued_at or now] + [par.completed_at or now for par in parents if par])
-                    if start > now:
-                        continue
-                    self._launch(p, job, start)
-                if job.status == "launched" and job.started_at is not None and now >= job.started_at:
-                    job.status = "running"
-                if job.status == "running" and job.end_at is not None and now >= job.end_at:
-                    if job.fault == "fail":
-                        job.error = f"Simulated failure of {job.type} (injected fault)"
-                        self._finish(job, "failed", job.end_at)
-                    elif job.fault == "kill":
-                        job.error = "Job killed by an external signal (injected fault)"
-                        self._finish(job, "killed", job.end_at)
-                    else:
-                        self._complete(job, job.end_at)
-
-    def _launch(self, p: SimProject, job: SimJob, start: float) -> None:
-        spec = self._spec(job.type)
-        job.started_at = start
-        if job.type == "extract_micrographs_multi":
-            earlier = [j for j in p.jobs.values() if j.type == job.type and j.num < job.num]
-            job.stage_key = "reextract" if earlier else "extract"
-        if spec.interactive:
-            job.status = "waiting"
-            job.waiting_at = start
-            self._prepare_select(p, job)
-            return
-        job.status = "running"
-        job.fault = self._take_fault(job)
-        duration = self._duration(job)
-        if self.slurm is not None and job.lane is not None:
-            kind = job.stage_key or STAGE_OF_TYPE.get(job.type, "")
-            duration /= self.slurm.speed(job.lane, kind)
-            ready = self.slurm.acquire(job.lane, start, job.uid)
-            if ready > start:  # waiting for its node: Slurm has it, cryoSPARC says "launched"
-                job.status = "launched"
-            start = job.started_at = ready
-        if job.fault == "stuck":
-            job.end_at = None
-        elif job.fault in ("fail", "kill"):
-            job.end_at = start + duration / 2
-        else:
-            job.end_at = start + duration
-
-    def _release_node(self, job: SimJob, at: float) -> None:
-        if self.slurm is not None and job.lane is not None:
-            self.slurm.release(job.lane, at, job.uid)
-
-    def _finish(self, job: SimJob, status: str, at: float) -> None:
-        self._release_node(job, at)
-        job.status = status
-        if status == "killed":
-            job.killed_at = at
-        elif status == "failed":
-            job.failed_at = at
-        job.end_at = None
-
-    # ---------------------------------------------------------------- outputs
-
-    def _rng(self, job: SimJob) -> random.Random:
-        return random.Random(f"{self.seed}:{self.profile_name}:{job.project_uid}:{job.uid}:{job.type}")
-
-    def _input_count(self, job: SimJob, input_name: str, p: SimProject | None = None) -> int:
-        p = p or self._project(job.project_uid)
-        total = 0
-        for c in job.connections:
-            if c.input == input_name:
-                src = p.jobs.get(c.job_uid)
-                if src is not None:
-                    total += int(src.outputs.get(c.output, {}).get("num_items", 0))
-        return total
-
-    def _put_output(
-        self,
-        job: SimJob,
-        name: str,
-        num_items: int,
-        *,
-        stats: dict[str, Any] | None = None,
-        dataset: dict[str, Any] | None = None,
-        metafile: str | None = None,
-    ) -> None:
-        otype = self._output_names(job)[name]
-        if dataset is not None:
-            job.datasets[name] = dataset
-        result_name = {
-            "particle": "blob",
-            "exposure": "micrograph_blob",
-            "volume": "map",
-            "mask": "mask",
-        }.get(otype, "blob")
-        meta = metafile or f"{job.uid}/{job.uid}_{name}.cs"
-        job.outputs[name] = {
-            "type": otype,
-            "title": name.replace("_", " ").capitalize(),
-            "results": [
-                {
-                    "name": result_name,
-                    "dtype": result_name,
-                    "versions": [0],
-                    "metafiles": [meta],
-                    "num_items": [num_items],
-                }
-            ],
-            "num_items": num_items,
-            "summary": {},
-            "latest_summary_stats": stats or {},
-        }
-
-    def _prepare_select(self, p: SimProject, job: SimJob) -> None:
-        src = next((p.jobs[c.job_uid] for c in job.connections if c.input == "templates"), None)
-        job.class_info = [dict(c, selected=False) for c in (src.class_info if src else [])]
-
-    def _class2d_info(self, job: SimJob, particles: int) -> list[dict[str, Any]]:
-        rng = self._rng(job)
-        k = int(job.params.get("class2D_K", 50))
-        weights = []
-        for i in range(k):
-            good = rng.random() < 0.45
-            weights.append((i, good, rng.uniform(1.0, 3.0) if good else rng.uniform(0.2, 1.5)))
-        total_w = sum(w for _, _, w in weights)
-        info = []
-        for i, good, w in weights:
-            res = rng.uniform(4.2, 9.5) if good else rng.uniform(13.0, 32.0)
-            info.append(
-                {"class_idx": i, "res_A": round(res, 2), "num_particles_total": int(particles * w / total_w)}
-            )
-        return info
-
-    def _complete(self, job: SimJob, at: float) -> None:
-        self._release_node(job, at)
-        p = self._project(job.project_uid)
-        prof = self.profile
-        n_mics = int(prof["movies"])
-        psize = 1.0
-        t = job.type
-        if t == "import_movies":
-            self._put_output(job, "imported_movies", n_mics)
-        elif t == "import_micrographs":
-            self._put_output(job, "imported_micrographs", n_mics)
-        elif t == "patch_motion_correction_multi":
-            self._put_output(job, "micrographs", self._input_count(job, "movies", p))
-        elif t == "patch_ctf_estimation_multi":
-            self._put_output(job, "exposures", self._input_count(job, "exposures", p))
-        elif t == "blob_picker_gpu":
-            mics = self._input_count(job, "micrographs", p)
-            self._put_output(job, "micrographs", mics)
-            self._put_output(job, "particles", int(prof["particles"] * 1.6))
-        elif t == "extract_micrographs_multi":
-            self._put_output(job, "micrographs", self._input_count(job, "micrographs", p))
-            self._put_output(job, "particles", int(self._input_count(job, "particles", p) * 0.985))
-        elif t == "class_2D_new":
-            n = self._input_count(job, "particles", p)
-            job.class_info = self._class2d_info(job, n)
-            self._put_output(job, "particles", n)
-            self._put_output(job, "class_averages", len(job.class_info))
-        elif t == "select_2D":
-            chosen = [c for c in job.class_info if c.get("selected")]
-            if not chosen:
-                job.error = "No classes selected"
-                self._finish(job, "failed", at)
-                return
-            self._put_output(job, "particles_selected", sum(c["num_particles_total"] for c in chosen))
-            self._put_output(job, "templates_selected", len(chosen))
-        elif t in ("homo_abinit", "hetero_refine"):
-            self._complete_classes(job, p)
-        elif t == "nonuniform_refine_new":
-            self._complete_refinement(job, p, psize)
-        job.status = "completed"
-        job.completed_at = at
-        job.end_at = None
-
-    def _complete_classes(self, job: SimJob, p: SimProject) -> None:
-        rng = self._rng(job)
-        k = self._num_classes(job)
-        n = self._input_count(job, "particles", p)
-        good = rng.randrange(k)
-        shares = [rng.uniform(0.1, 0.3) for _ in range(k)]
-        shares[good] = rng.uniform(0.9, 1.6)
-        total = sum(shares)
-        final = float(self.profile["resolution_A"])
-        for i in range(k):
-            count = int(n * shares[i] / total)
-            res = final * rng.uniform(1.25, 1.6) if i == good else rng.uniform(6.5, 14.0)
-            stats: dict[str, Any] = {}
-            if job.type == "hetero_refine":
-                stats = {"fsc_info_best": {"radwn_final_A": round(res, 3)}, "version": 0}
-            self._put_output(job, f"particles_class_{i}", count)
-            # each class volume is a map on disk, as cryoSPARC writes it (what a partial export takes)
-            path = f"{job.uid}/{job.uid}_class_{i:02d}_final_volume.mrc"
-            p.files[path] = _mrc_bytes(16, 1.0, seed=job.num * 100 + i)
-            dataset = {"map/path": path, "map/shape": [16, 16, 16], "map/psize_A": 1.0}
-            self._put_output(job, f"volume_class_{i}", 1, stats=stats, dataset=dataset)
-        if "particles_all_classes" in self._output_names(job):
-            meta = f"{job.uid}/{job.uid}_particles_all_classes.cs"
-            sample = min(n, 200)
-            rows = Dataset(
-                [
-                    ("uid", np.arange(1, sample + 1, dtype=np.uint64)),
-                    ("alignments_class_3D/class", np.zeros(sample, dtype=np.uint32)),
-                ]
-            )
-            buf = io.BytesIO()
-            rows.save(buf)
-            p.files[meta] = buf.getvalue()
-            self._put_output(job, "particles_all_classes", n, metafile=meta)
-        if "volumes_all_classes" in self._output_names(job):
-            self._put_output(job, "volumes_all_classes", k)
-
-    def _complete_refinement(self, job: SimJob, p: SimProject, psize: float) -> None:
-        rng = self._rng(job)
-        n = self._input_count(job, "particles", p)
-        res = round(float(self.profile["resolution_A"]) + rng.uniform(-0.04, 0.04), 3)
-        box = 32
-        radwns = list(range(box // 2))
-        nyq = 2 * psize * (box / 2) / (box / 2)
-        fsc = [round(1.0 / (1.0 + (r / (box / 2 * nyq / res)) ** 8), 4) for r in radwns]
-        fsc_info = {
-            "N": box,
-            "psize": psize,
-            "radwns": radwns,
-            "fsc_nomask": [round(v * 0.93, 4) for v in fsc],
-            "fsc_tightmask": fsc,
-            "radwn_final_A": res,
-            "radwn_nomask_A": round(res * 1.18, 3),
-        }
-        stats = {
-            "fsc_info": dict(fsc_info),
-            "fsc_info_best": fsc_info,
-            "extent": 0.95,
-            "cfar": 0.78,
-            "guinier_bfactor": -85.0,
-            "processed_fraction": 1.0,
-            "version": 8,
-        }
-        pre = f"{job.uid}/{job.uid}_008"
-        maps = {
-            "map": f"{pre}_volume_map.mrc",
-            "map_sharp": f"{pre}_volume_map_sharp.mrc",
-            "map_half_A": f"{pre}_volume_map_half_A.mrc",
-            "map_half_B": f"{pre}_volume_map_half_B.mrc",
-            "mask_refine": f"{pre}_volume_mask_refine.mrc",
-            "mask_fsc": f"{pre}_volume_mask_fsc.mrc",
-            "mask_fsc_auto": f"{pre}_volume_mask_fsc_auto.mrc",
-        }
-        dataset: dict[str, Any] = {}
-        for i, (slot, path) in enumerate(maps.items()):
-            p.files[path] = _mrc_bytes(16, psize, seed=job.num * 10 + i)
-            dataset[f"{slot}/path"] = path
-            dataset[f"{slot}/shape"] = [16, 16, 16]
-            dataset[f"{slot}/psize_A"] = psize
-        particles_cs = f"{pre}_particles.cs"
-        sample = min(n, 200)
-        ds = Dataset(
-            [
-                ("uid", np.arange(1, sample + 1, dtype=np.uint64)),
-                ("blob/path", np.array([f"{job.uid}/extract/particles.mrc"] * sample, dtype=object)),
-                ("blob/idx", np.arange(sample, dtype=np.uint32)),
-                ("alignments3D/shift", np.zeros((sample, 2), dtype=np.float32)),
-            ]
-        )
-        buf = io.BytesIO()
-        ds.save(buf)
-        p.files[particles_cs] = buf.getvalue()
-        self._put_output(job, "particles", n, metafile=particles_cs)
-        self._put_output(job, "particles_rejected", 0)
-        self._put_output(job, "volume", 1, stats=stats, dataset=dataset, metafile=f"{pre}_volume.cs")
-        self._put_output(job, "mask", 1)
-        self._put_output(job, "mask_fsc", 1)
-        self._put_output(job, "mask_fsc_auto", 1)
 
     # ---------------------------------------------------------------- inspection (tests, harness)
 

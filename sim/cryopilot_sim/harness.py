@@ -3,7 +3,7 @@
 * AWS is moto (``mock_aws``) with its real ASL interpreter executing ``statemachines/*.asl.json``.
 * Every resource is created from ``template.yaml`` (names, environment, event patterns,
   ``DefinitionSubstitutions``), never hand-copied.
-* Seams, each the smallest patch of moto that makes it behave like AWS here:
+* Seams (``cryopilot_sim.seams``), each the smallest patch of moto that makes it behave like AWS here:
   - Lambda: moto's Docker-less backend runs the real handler of ``functions/<name>/app.py``
     in-process (errors reported as Lambda reports them: ``errorType``/``errorMessage``);
   - EventBridge: rules whose target is a Lambda deliver to it (moto delivers to SQS/logs only),
@@ -15,12 +15,12 @@
 * The ParallelCluster API is the local stand-in (HTTP, SigV4), cryoSPARC is a stand-in per head
   node (HTTP, spoken to by the real cryosparc-tools client).
 
-The moto internals patched here are those of moto 5.2.5 (pinned in requirements/dev.txt).
+The moto internals patched (in ``cryopilot_sim.seams``) are those of moto 5.2.5 (pinned in
+requirements/dev.txt).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import io
 import json
@@ -35,13 +35,14 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import Any
 from unittest import mock
 
 import boto3
 
 from cryopilot_sim.clock import Clock, VirtualClock
+from cryopilot_sim.seams import RequestLock
 from cryopilot_sim.template import ROOT, Resolver, function_environment, load_template, resources_of_type
 
 REGION = "us-east-1"
@@ -138,6 +139,8 @@ class LocalCloud:
         self._lock = threading.Lock()
         self._ssm_lock = threading.RLock()
         self._invoke_lock = threading.RLock()
+        #: Held by every request moto serves (see :class:`RequestLock`).
+        self.requests = RequestLock()
         self.resolver: Resolver | None = None
         #: Each cluster's compute nodes (``cryopilot_sim.slurm.SlurmNodes``), kept after deletion:
         #: the simulated EC2 bill of its GPU nodes.
@@ -482,163 +485,9 @@ class LocalCloud:
 
     # ---------------------------------------------------------------- seams
     def _install_seams(self) -> None:
-        from moto.awslambda_simple.models import LambdaSimpleBackend
-        from moto.events.models import Rule
-        from moto.ssm.models import SimpleSystemManagerBackend
-        from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
-        from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import (
-            WaitFunction,
-        )
+        from cryopilot_sim import seams
 
-        harness = self
-        st = self._stack
-
-        # The agent builds a new cryosparc-tools client per command, as its process would on a
-        # head node; each builds an httpx transport whose SSL context loads the CA bundle (tens
-        # of milliseconds). The stand-ins speak plain http, so one default context serves all.
-        import httpx._transports.default as httpx_transport
-
-        real_ssl_context = httpx_transport.create_ssl_context
-        shared: dict[tuple[Any, ...], Any] = {}
-
-        def ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
-            if verify is not True or cert is not None:
-                return real_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
-            key = (trust_env,)
-            if key not in shared:
-                shared[key] = real_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
-            return shared[key]
-
-        st.enter_context(mock.patch.object(httpx_transport, "create_ssl_context", ssl_context))
-
-        # StopExecution is final on AWS: the execution is ABORTED whatever the step in flight
-        # does next. moto lets that step's failure turn it into FAILED; this seam keeps ABORTED.
-        from moto.stepfunctions.parser.api import ExecutionStatus
-        from moto.stepfunctions.parser.backend import execution as sfn_execution
-
-        real_stop = sfn_execution.Execution.stop
-        real_reflect = sfn_execution.BaseExecutionWorkerCommunication._reflect_execution_status
-
-        def stop(execution: Any, stop_date: Any, error: Any, cause: Any) -> None:
-            execution.stopped_by_request = True
-            real_stop(execution, stop_date, error, cause)
-
-        def reflect(communication: Any) -> None:
-            real_reflect(communication)
-            if getattr(communication.execution, "stopped_by_request", False):
-                communication.execution.exec_status = ExecutionStatus.ABORTED
-
-        st.enter_context(mock.patch.object(sfn_execution.Execution, "stop", stop))
-        st.enter_context(
-            mock.patch.object(
-                sfn_execution.BaseExecutionWorkerCommunication, "_reflect_execution_status", reflect
-            )
-        )
-
-        # moto parses the state machine's definition with its ANTLR parser for every execution
-        # (about a third of a second each). The parse tree depends only on the text, so it is kept;
-        # the evaluation components are still built fresh from it for every execution.
-        from moto.stepfunctions.parser.asl.parse import asl_parser
-        from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
-
-        real_parse = asl_parser.AmazonStateLanguageParser.parse
-        trees: dict[str, Any] = {}
-
-        def parse(definition: str) -> tuple[Any, Any]:
-            tree = trees.get(definition)
-            if tree is None:
-                _, tree = real_parse(definition)
-                trees[definition] = tree
-            return Preprocessor().visit(tree), tree
-
-        st.enter_context(
-            mock.patch.object(asl_parser.AmazonStateLanguageParser, "parse", staticmethod(parse))
-        )
-
-        # Two more per-state costs of moto's interpreter that depend on nothing that changes: it
-        # builds a new boto3 Lambda client for every Task (milliseconds each) and parses every
-        # JSONPath again at each evaluation (a parser built per call). Kept, they cost a sixth less
-        # CPU per run, which counts when many runs go at once (tests/integration/test_concurrency.py).
-        from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
-        from moto.stepfunctions.parser.asl.utils import json_path
-
-        real_client_for = lambda_eval_utils.boto_client_for
-        lambda_clients: dict[tuple[str, str], Any] = {}
-
-        def client_for(region: str, service: str, state_credentials: Any = None) -> Any:
-            key = (region, service)  # moto signs every such client with the same fixed keys
-            if key not in lambda_clients:
-                lambda_clients[key] = real_client_for(region=region, service=service)
-            return lambda_clients[key]
-
-        st.enter_context(mock.patch.object(lambda_eval_utils, "boto_client_for", client_for))
-        st.enter_context(
-            mock.patch.object(json_path, "parse", functools.lru_cache(maxsize=1024)(json_path.parse))
-        )
-
-        def invoke(
-            backend: Any,
-            function_name: str,
-            qualifier: Any,
-            body: Any,
-            headers: Any,
-            response_headers: dict[str, str],
-        ) -> bytes:
-            name = function_name.split(":function:")[-1].split(":")[0]
-            event = json.loads(body) if body else {}
-            ok, payload = harness.invoke(name, event)
-            if not ok:
-                response_headers["x-amz-function-error"] = "Unhandled"
-            return json.dumps(payload).encode()
-
-        st.enter_context(mock.patch.object(LambdaSimpleBackend, "invoke", invoke))
-
-        original_send = Rule.send_to_targets
-
-        def send_to_targets(rule: Any, event: dict[str, Any], transform_input: bool = True) -> None:
-            if rule.state != "ENABLED":  # EventBridge delivers nothing for a disabled rule
-                return
-            lambda_targets = [t for t in rule.targets if ":lambda:" in t["Arn"]]
-            others = [t for t in rule.targets if ":lambda:" not in t["Arn"]]
-            if others:
-                saved = rule.targets
-                rule.targets = others
-                try:
-                    original_send(rule, event, transform_input)  # type: ignore[arg-type]
-                finally:
-                    rule.targets = saved
-            if lambda_targets and rule.event_pattern.matches_event(event):
-                aws_event = _as_aws_event(event)
-                for t in lambda_targets:
-                    harness._enqueue(rule.name, t["Arn"].split(":function:")[-1], aws_event)
-
-        st.enter_context(mock.patch.object(Rule, "send_to_targets", send_to_targets))
-
-        def wait_interval(wf: Any, env: Any, wait_seconds: int) -> None:
-            if wait_seconds > 0 and env.is_running():
-                harness.clock.sleep(wait_seconds)
-
-        st.enter_context(mock.patch.object(WaitFunction, "_wait_interval", wait_interval))
-        # Retry intervals (IntervalSeconds, BackoffRate) pass on the simulated clock too.
-        st.enter_context(mock.patch.object(retrier_decl, "time", SimpleNamespace(sleep=harness.clock.sleep)))
-
-        original_send_command = SimpleSystemManagerBackend.send_command
-
-        def send_command(backend: Any, **kwargs: Any) -> Any:
-            from moto.ssm.exceptions import SSMException
-
-            with harness._ssm_lock:  # a head node is lost between commands, never during one
-                missing = [i for i in kwargs.get("instance_ids") or [] if i not in harness.head_nodes]
-                if missing:
-                    raise SSMException(
-                        "InvalidInstanceId", f"Instances {missing} not in a valid state for account"
-                    )
-                command = original_send_command(backend, **kwargs)
-                for inv in command.invocations:
-                    harness._run_on_head_node(command, inv)
-                return command
-
-        st.enter_context(mock.patch.object(SimpleSystemManagerBackend, "send_command", send_command))
+        seams.install(self, self._stack)
 
     # ---------------------------------------------------------------- Lambda
     def _module(self, fn: LocalFunction) -> ModuleType:
@@ -835,9 +684,6 @@ class LocalCloud:
                 return instance_id
         raise KeyError(f"no head node for {cluster_name}")
 
-    def head_node_for(self, cluster_name: str) -> HeadNode | None:
-        return next((n for n in self.head_nodes.values() if n.cluster_name == cluster_name), None)
-
     def _run_on_head_node(self, command: Any, inv: dict[str, Any]) -> None:
         from cryopilot_agent import cli as agent_cli
 
@@ -957,8 +803,10 @@ class LocalCloud:
         from moto.sns.models import sns_backends
 
         topic = sns_backends[ACCOUNT_ID][REGION].topics[self.topic_arn]
+        with self.requests:
+            sent = list(topic.sent_notifications)
         out = []
-        for message_id, message, subject, attributes, _group in topic.sent_notifications:
+        for message_id, message, subject, attributes, _group in sent:
             attrs = {k: v.get("Value", v.get("StringValue")) for k, v in (attributes or {}).items()}
             out.append({"id": message_id, "subject": subject, "message": message, "attributes": attrs})
         return out
@@ -1015,15 +863,6 @@ class _ResponseServer:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-
-def _as_aws_event(event: dict[str, Any]) -> dict[str, Any]:
-    """moto's S3→EventBridge event, spelled as AWS spells it (``etag``, not ``eTag``)."""
-    out = json.loads(json.dumps(event, default=str))
-    obj = out.get("detail", {}).get("object") if isinstance(out.get("detail"), dict) else None
-    if isinstance(obj, dict) and "eTag" in obj:
-        obj["etag"] = obj.pop("eTag")
-    return out
 
 
 def substitute_definition(definition: str, substitutions: dict[str, str]) -> str:

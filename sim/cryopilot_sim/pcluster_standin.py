@@ -272,10 +272,6 @@ class PClusterStandIn:
         with self._lock:
             self._faults.append(_Fault(kind, count, cluster, operation, instance_type, subnet_id))
 
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
     def pending_faults(self) -> int:
         with self._lock:
             return sum(f.remaining for f in self._faults)
@@ -293,10 +289,6 @@ class PClusterStandIn:
                 if cluster.name == name:
                     return cluster.config_text
         raise KeyError(name)
-
-    def tick(self) -> None:
-        """Advance every cluster to the clock's time (fires the callbacks)."""
-        self._fire(self._advance())
 
     # -- lifecycle --------------------------------------------------------------------------------
 

@@ -43,60 +43,9 @@ def _assert_clean_end(summary: dict[str, Any], status: str, error: str | None) -
     assert summary["cluster_deleted"] is True
 
 
-# scenario, end status, error type, the last mail's subject (after "[cryopilot] SPIKE-FAB-07 "), a
-# line of its text
-FAILING = [
-    (
-        "config-error",
-        "FAILED",
-        "ClusterConfigError",
-        "failed at create_cluster: ClusterConfigError",
-        "is not supported in the Availability Zone",
-    ),
-    (
-        "capacity-exhausted",
-        "FAILED",
-        "CapacityError",
-        "failed at create_cluster: CapacityError",
-        "no capacity in any placement tried",
-    ),
-    (
-        "ssm-timeout-always",
-        "FAILED",
-        "AgentTimeoutError",
-        "failed at Import micrographs: AgentTimeoutError",
-        "has been deleted; nothing is left running",
-    ),
-    (
-        "job-killed",
-        "FAILED",
-        "JobKilledError",
-        "failed at Blob picker: JobKilledError",
-        "was killed",
-    ),
-    (
-        "job-stuck",
-        "FAILED",
-        "JobStuckError",
-        "failed at Patch CTF estimation: JobStuckError",
-        "ran past its limit of 2.0 h",
-    ),
-]
-
-
-@pytest.mark.parametrize(("fail", "status", "error", "subject", "line"), FAILING, ids=[c[0] for c in FAILING])
-def test_fault_ends_failed_with_its_error_named_in_the_mail_and_no_cluster(
-    tmp_path: Path, fail: str, status: str, error: str, subject: str, line: str
-) -> None:
-    summary = _rehearse(tmp_path, fail)
-    _assert_clean_end(summary, status, error)
-    mails = _outbox(tmp_path)
-    assert [s for s, _ in mails] == [
-        f"[cryopilot] {DATASET} started: 10 stages",
-        f"[cryopilot] {DATASET} {subject}",
-    ]
-    assert line in mails[-1][1]
-    assert f"Reason: {error}: " in mails[-1][1]
+# The failing scenarios config-error, capacity-exhausted, ssm-timeout-always, job-killed and
+# job-stuck run end to end, with their mails, in tests/integration/test_faults.py and
+# test_state_machine.py.
 
 
 def test_head_node_lost_mid_run_fails_at_the_stage_it_was_running(tmp_path: Path) -> None:

@@ -64,9 +64,13 @@ def _assert_failed_cleanly(cloud: LocalCloud, arn: str, error_type: str) -> tupl
     assert record["error"]["type"] == error_type
     assert record["cluster_deleted"] is True
     assert cloud.pcluster.clusters() == {}
-    failure = cloud.mails()[-1]
+    mails = cloud.mails()
+    assert len(mails) == 2, [m["subject"] for m in mails]  # started, then failed: one mail each
+    assert mails[0]["subject"].startswith(f"[cryopilot] {DATASET} started: ")
+    failure = mails[-1]
     assert failure["subject"].startswith(f"[cryopilot] {DATASET} failed at")
-    assert error_type in failure["message"]
+    assert failure["subject"].endswith(f": {error_type}")
+    assert f"Reason: {error_type}: " in failure["message"]
     assert "has been deleted; nothing is left running" in failure["message"]
     return record, failure
 

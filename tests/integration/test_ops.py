@@ -205,3 +205,62 @@ def test_cli_maps_errors_to_exit_codes(cloud: LocalCloud, capsys: pytest.Capture
     assert main(["status", "some-run", "--stack", "absent"]) == ops.EXIT_NOT_FOUND
     err = capsys.readouterr().err
     assert err.strip() == "cryopilot status: stack absent not found in us-east-1"
+
+
+def test_operator_reads_while_a_run_writes_the_table_never_race(cloud: LocalCloud) -> None:
+    """An operator reading runs (the caller's thread) while the state machine's handlers write the
+    run record (moto's execution thread): each request is atomic, as on AWS, so no read ever sees
+    moto's in-memory table half-changed. Reading an item here yields the interpreter between its
+    attributes, which widens the window a read and a write would have to share."""
+    import threading
+    from unittest import mock
+
+    from moto.dynamodb.models.dynamo_type import Item
+
+    real_to_json = Item.to_json
+
+    def walk(value: object) -> None:
+        if isinstance(value, dict):
+            for nested in value.values():
+                time.sleep(0.0005)  # let another thread run mid-iteration
+                walk(getattr(nested, "value", None))
+
+    def slow_to_json(item: Item, *args: object, **kwargs: object) -> dict:
+        walk(item.attrs)
+        return real_to_json(item, *args, **kwargs)  # type: ignore[arg-type]
+
+    stack = cloud.operator_stack()
+    _upload_data(cloud)
+    errors: list[BaseException] = []
+    reads_while_running = 0
+    with mock.patch.object(Item, "to_json", slow_to_json):
+        done = ops.submit(stack, str(MANIFEST))
+        _wait_for_record(stack, done.run_id, until="record")
+        table = ops._table(stack)
+
+        def read() -> None:
+            nonlocal reads_while_running
+            deadline = time.monotonic() + 20
+            for _ in range(1000):
+                if time.monotonic() > deadline:
+                    return
+                try:
+                    ops.get_run(stack, done.run_id)
+                    ops.list_runs(stack)
+                    table.scan()
+                    if ops.execution_status(stack, done.run_id) != "RUNNING":
+                        return
+                    reads_while_running += 1
+                except Exception as exc:  # any failure is the finding
+                    errors.append(exc)
+                    return
+
+        readers = [threading.Thread(target=read, daemon=True) for _ in range(2)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(timeout=60)
+        ops.cancel(stack, done.run_id, interval=600, sleep=cloud.clock.sleep, emit=lambda _: None)
+    assert not any(reader.is_alive() for reader in readers)
+    assert not errors, repr(errors[0])
+    assert reads_while_running > 0, "no read overlapped the running execution"

@@ -295,6 +295,11 @@ def test_killed_job_fails_the_run_and_names_the_stage(cloud: LocalCloud) -> None
     assert record["cluster_deleted"] is True
     failure = cloud.mails()[-1]
     assert record["stages"]["pick"]["title"] in failure["subject"]
+    pick = record["stages"]["pick"]["title"]
+    assert failure["subject"] == f"[cryopilot] CGRP-2026-11 failed at {pick}: JobKilledError"
+    assert "Reason: JobKilledError: " in failure["message"]
+    assert "was killed" in failure["message"]
+    assert len(cloud.mails()) == 2  # started, then failed
     assert "has been deleted" in failure["message"]
     assert cloud.pcluster.clusters() == {}
 
@@ -322,6 +327,11 @@ def test_stuck_job_is_killed_once_its_stage_time_limit_passes(cloud: LocalCloud)
     assert record["cluster_deleted"] is True
     failure = cloud.mails()[-1]
     assert "JobStuckError" in failure["message"]
+    assert failure["subject"] == f"[cryopilot] CGRP-2026-11 failed at {ctf['title']}: JobStuckError"
+    assert "Reason: JobStuckError: " in failure["message"]
+    assert f"ran past its limit of {limit / 3600:.1f} h" in failure["message"]
+    assert "has been deleted; nothing is left running" in failure["message"]
+    assert len(cloud.mails()) == 2  # started, then failed
     assert cloud.pcluster.clusters() == {}
 
 
@@ -363,6 +373,10 @@ def test_no_capacity_anywhere_fails_cleanly(cloud: LocalCloud) -> None:
     assert len(record["placements_tried"]) == 2  # both compute subnets (no fallback instance types set)
     failure = cloud.mails()[-1]
     assert "CapacityError" in failure["message"]
+    assert failure["subject"] == "[cryopilot] CGRP-2026-11 failed at create_cluster: CapacityError"
+    assert "Reason: CapacityError: " in failure["message"]
+    assert "no capacity in any placement tried" in failure["message"]
+    assert len(cloud.mails()) == 2  # started, then failed
     assert "No capacity for:" in failure["message"]
     assert cloud.pcluster.clusters() == {}
     assert "SubmitStage" not in cloud.states_entered(desc["executionArn"])

@@ -97,16 +97,33 @@ def test_waits_read_their_time_from_the_input(path) -> None:
 
 @pytest.mark.parametrize("path", ASL_FILES, ids=lambda p: p.name)
 def test_every_poll_loop_is_bounded(path) -> None:
-    """Each loop back to a Wait passes a Task that gets a poll counter and its bound."""
+    """Each loop back to a Wait passes a Task that gets a counter it returns to the loop, and its
+    bound: a poll counter and ``max_polls`` (cluster creation and deletion), or the stage step
+    itself (``$.stage``: its polls and waited seconds), which the poll handler holds to the stage's
+    time limit."""
     asl = json.loads(path.read_text())
     states = _states(asl)
+    loops = 0
     for name, st in states.items():
         if st["Type"] != "Wait":
             continue
+        loops += 1
         checker = states[st["Next"]]
+        assert checker["Type"] == "Task", f"the loop through {name} checks nothing"
         payload = checker["Parameters"]["Payload"]
-        bounded = any(k.startswith(("max_polls", "stage")) for k in payload)
-        assert bounded, f"the loop through {name} has no bound"
+        result_path = checker["ResultPath"]
+        if "max_polls.$" in payload:
+            assert payload.get("polls.$") == f"{result_path}.polls", (
+                f"the loop through {name} does not count its polls where the check puts them"
+            )
+            assert payload["max_polls.$"].startswith("$."), f"the loop through {name} has no bound"
+        else:
+            assert payload.get("stage.$") == result_path == "$.stage", f"the loop through {name} has no bound"
+            carried = checker["ResultSelector"]
+            assert {"polls.$", "waited_seconds.$"} <= set(carried), (
+                f"the loop through {name} drops its counters"
+            )
+    assert loops
 
 
 def test_started_mail_subject_fits_sns_for_the_longest_dataset_name() -> None:

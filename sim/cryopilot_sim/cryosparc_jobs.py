@@ -1,0 +1,203 @@
+"""The cryoSPARC stand-in's job model and its timing.
+
+Projects hold jobs (:class:`SimJob`); a queued job starts once its inputs are complete (and, with
+the cluster's Slurm nodes, once a node of its lane is up) and runs for the minutes that
+``profiles.yaml`` gives its stage, on the simulated clock, unless a fault is injected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from cryopilot.domain.presets import JobTypeSpec
+
+from cryopilot_sim.clock import Clock
+
+FaultKind = Literal["fail", "kill", "stuck"]
+DurationFn = Callable[[str, "SimJob"], float]
+
+#: profiles.yaml stage id per job type (extract_micrographs_multi is "extract" the first time in a
+#: project and "reextract" after that).
+STAGE_OF_TYPE = {
+    "import_movies": "import",
+    "import_micrographs": "import",
+    "patch_motion_correction_multi": "motion",
+    "patch_ctf_estimation_multi": "ctf",
+    "blob_picker_gpu": "pick",
+    "extract_micrographs_multi": "extract",
+    "class_2D_new": "class2d",
+    "select_2D": "select2d",
+    "homo_abinit": "abinit",
+    "hetero_refine": "hetero",
+    "nonuniform_refine_new": "nurefine",
+}
+
+#: Minutes for a stage a profile does not list (e.g. the spike's short ab-initio).
+FALLBACK_MINUTES = 30.0
+
+
+def load_profiles() -> dict[str, Any]:
+    text = resources.files("cryopilot.domain").joinpath("data", "profiles.yaml").read_text(encoding="utf-8")
+    doc: dict[str, Any] = yaml.safe_load(text)
+    return doc
+
+
+@dataclass
+class Connection:
+    input: str
+    job_uid: str
+    output: str
+
+
+@dataclass
+class SimJob:
+    uid: str
+    num: int
+    project_uid: str
+    workspace_uid: str
+    type: str
+    title: str
+    description: str
+    params: dict[str, Any]
+    created_at: float
+    connections: list[Connection] = field(default_factory=list)
+    status: str = "building"
+    lane: str | None = None
+    queued_at: float | None = None
+    started_at: float | None = None
+    waiting_at: float | None = None
+    completed_at: float | None = None
+    killed_at: float | None = None
+    failed_at: float | None = None
+    end_at: float | None = None
+    fault: FaultKind | None = None
+    error: str | None = None
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    class_info: list[dict[str, Any]] = field(default_factory=list)
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stage_key: str = ""
+
+
+@dataclass
+class SimProject:
+    uid: str
+    num: int
+    title: str
+    description: str
+    project_dir: str
+    created_at: float
+    workspaces: dict[str, dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[str, SimJob] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+class JobTiming:
+    """When jobs start and end (a mixin of :class:`~cryopilot_sim.cryosparc_standin.CryoSparcStandIn`)."""
+
+    clock: Clock
+    profile: dict[str, Any]
+    duration_fn: DurationFn | None
+    projects: dict[str, SimProject]
+    slurm: Any
+    _faults: list[dict[str, Any]]
+    _launch_counts: dict[str, int]
+
+    if TYPE_CHECKING:
+
+        def _spec(self, job_type: str) -> JobTypeSpec: ...
+
+        def _complete(self, job: SimJob, at: float) -> None: ...
+
+        def _prepare_select(self, p: SimProject, job: SimJob) -> None: ...
+
+    # ---------------------------------------------------------------- simulation
+
+    def _duration(self, job: SimJob) -> float:
+        if self.duration_fn is not None:
+            return float(self.duration_fn(job.type, job))
+        minutes: dict[str, float] = self.profile["minutes"]
+        stage = job.stage_key or STAGE_OF_TYPE.get(job.type, "")
+        value = float(minutes.get(stage, FALLBACK_MINUTES))
+        if stage == "hetero":
+            value /= max(1, int(self.profile.get("hetero_rounds", 1)))
+        return value * 60.0
+
+    def _take_fault(self, job: SimJob) -> FaultKind | None:
+        n = self._launch_counts.get(job.type, 0) + 1
+        self._launch_counts[job.type] = n
+        for f in self._faults:
+            if f["job_type"] == job.type and f["occurrence"] == n:
+                self._faults.remove(f)
+                kind: FaultKind = f["kind"]
+                return kind
+        return None
+
+    def _tick(self) -> None:
+        """Bring every job up to the simulated now (parents always have lower uids)."""
+        now = self.clock.now()
+        for p in self.projects.values():
+            for job in sorted(p.jobs.values(), key=lambda j: j.num):
+                if job.status == "queued":
+                    parents = [p.jobs.get(c.job_uid) for c in job.connections]
+                    if any(par is None or par.status != "completed" for par in parents):
+                        continue
+                    start = max([job.queued_at or now] + [par.completed_at or now for par in parents if par])
+                    if start > now:
+                        continue
+                    self._launch(p, job, start)
+                if job.status == "launched" and job.started_at is not None and now >= job.started_at:
+                    job.status = "running"
+                if job.status == "running" and job.end_at is not None and now >= job.end_at:
+                    if job.fault == "fail":
+                        job.error = f"Simulated failure of {job.type} (injected fault)"
+                        self._finish(job, "failed", job.end_at)
+                    elif job.fault == "kill":
+                        job.error = "Job killed by an external signal (injected fault)"
+                        self._finish(job, "killed", job.end_at)
+                    else:
+                        self._complete(job, job.end_at)
+
+    def _launch(self, p: SimProject, job: SimJob, start: float) -> None:
+        spec = self._spec(job.type)
+        job.started_at = start
+        if job.type == "extract_micrographs_multi":
+            earlier = [j for j in p.jobs.values() if j.type == job.type and j.num < job.num]
+            job.stage_key = "reextract" if earlier else "extract"
+        if spec.interactive:
+            job.status = "waiting"
+            job.waiting_at = start
+            self._prepare_select(p, job)
+            return
+        job.status = "running"
+        job.fault = self._take_fault(job)
+        duration = self._duration(job)
+        if self.slurm is not None and job.lane is not None:
+            kind = job.stage_key or STAGE_OF_TYPE.get(job.type, "")
+            duration /= self.slurm.speed(job.lane, kind)
+            ready = self.slurm.acquire(job.lane, start, job.uid)
+            if ready > start:  # waiting for its node: Slurm has it, cryoSPARC says "launched"
+                job.status = "launched"
+            start = job.started_at = ready
+        if job.fault == "stuck":
+            job.end_at = None
+        elif job.fault in ("fail", "kill"):
+            job.end_at = start + duration / 2
+        else:
+            job.end_at = start + duration
+
+    def _release_node(self, job: SimJob, at: float) -> None:
+        if self.slurm is not None and job.lane is not None:
+            self.slurm.release(job.lane, at, job.uid)
+
+    def _finish(self, job: SimJob, status: str, at: float) -> None:
+        self._release_node(job, at)
+        job.status = status
+        if status == "killed":
+            job.killed_at = at
+        elif status == "failed":
+            job.failed_at = at
+        job.end_at = None

@@ -1,0 +1,268 @@
+"""The cryoSPARC stand-in's outputs: what a finished job produces (counts, statistics, datasets
+and small real files), as plausible and as repeatable (seeded) as the tests need.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from cryosparc.dataset import Dataset
+
+from cryopilot_sim.cryosparc_jobs import SimJob, SimProject
+
+
+def _mrc_bytes(n: int, psize: float, seed: int) -> bytes:
+    """A small, valid MRC2014 volume (mode 2, float32)."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices((n, n, n)).astype(np.float32) - (n - 1) / 2
+    data = np.exp(-(grid**2).sum(axis=0) / (2 * (n / 5) ** 2)) + 0.05 * rng.standard_normal((n, n, n))
+    data = data.astype(np.float32)
+    header = bytearray(1024)
+    struct.pack_into("<3i", header, 0, n, n, n)
+    struct.pack_into("<i", header, 12, 2)
+    struct.pack_into("<3i", header, 28, n, n, n)
+    struct.pack_into("<3f", header, 40, n * psize, n * psize, n * psize)
+    struct.pack_into("<3f", header, 52, 90.0, 90.0, 90.0)
+    struct.pack_into("<3i", header, 64, 1, 2, 3)
+    struct.pack_into("<3f", header, 76, float(data.min()), float(data.max()), float(data.mean()))
+    header[208:212] = b"MAP "
+    header[212:216] = bytes([0x44, 0x44, 0, 0])
+    return bytes(header) + data.tobytes()
+
+
+class JobOutputs:
+    """What finished jobs produce (a mixin of :class:`~cryopilot_sim.cryosparc_standin.CryoSparcStandIn`)."""
+
+    profile: dict[str, Any]
+    profile_name: str
+    seed: int
+
+    if TYPE_CHECKING:
+
+        def _project(self, project_uid: str) -> SimProject: ...
+
+        def _num_classes(self, job: SimJob) -> int: ...
+
+        def _output_names(self, job: SimJob) -> dict[str, str]: ...
+
+        def _finish(self, job: SimJob, status: str, at: float) -> None: ...
+
+        def _release_node(self, job: SimJob, at: float) -> None: ...
+
+    # ---------------------------------------------------------------- outputs
+
+    def _rng(self, job: SimJob) -> random.Random:
+        return random.Random(f"{self.seed}:{self.profile_name}:{job.project_uid}:{job.uid}:{job.type}")
+
+    def _input_count(self, job: SimJob, input_name: str, p: SimProject | None = None) -> int:
+        p = p or self._project(job.project_uid)
+        total = 0
+        for c in job.connections:
+            if c.input == input_name:
+                src = p.jobs.get(c.job_uid)
+                if src is not None:
+                    total += int(src.outputs.get(c.output, {}).get("num_items", 0))
+        return total
+
+    def _put_output(
+        self,
+        job: SimJob,
+        name: str,
+        num_items: int,
+        *,
+        stats: dict[str, Any] | None = None,
+        dataset: dict[str, Any] | None = None,
+        metafile: str | None = None,
+    ) -> None:
+        otype = self._output_names(job)[name]
+        if dataset is not None:
+            job.datasets[name] = dataset
+        result_name = {
+            "particle": "blob",
+            "exposure": "micrograph_blob",
+            "volume": "map",
+            "mask": "mask",
+        }.get(otype, "blob")
+        meta = metafile or f"{job.uid}/{job.uid}_{name}.cs"
+        job.outputs[name] = {
+            "type": otype,
+            "title": name.replace("_", " ").capitalize(),
+            "results": [
+                {
+                    "name": result_name,
+                    "dtype": result_name,
+                    "versions": [0],
+                    "metafiles": [meta],
+                    "num_items": [num_items],
+                }
+            ],
+            "num_items": num_items,
+            "summary": {},
+            "latest_summary_stats": stats or {},
+        }
+
+    def _prepare_select(self, p: SimProject, job: SimJob) -> None:
+        src = next((p.jobs[c.job_uid] for c in job.connections if c.input == "templates"), None)
+        job.class_info = [dict(c, selected=False) for c in (src.class_info if src else [])]
+
+    def _class2d_info(self, job: SimJob, particles: int) -> list[dict[str, Any]]:
+        rng = self._rng(job)
+        k = int(job.params.get("class2D_K", 50))
+        weights = []
+        for i in range(k):
+            good = rng.random() < 0.45
+            weights.append((i, good, rng.uniform(1.0, 3.0) if good else rng.uniform(0.2, 1.5)))
+        total_w = sum(w for _, _, w in weights)
+        info = []
+        for i, good, w in weights:
+            res = rng.uniform(4.2, 9.5) if good else rng.uniform(13.0, 32.0)
+            info.append(
+                {"class_idx": i, "res_A": round(res, 2), "num_particles_total": int(particles * w / total_w)}
+            )
+        return info
+
+    def _complete(self, job: SimJob, at: float) -> None:
+        self._release_node(job, at)
+        p = self._project(job.project_uid)
+        prof = self.profile
+        n_mics = int(prof["movies"])
+        psize = 1.0
+        t = job.type
+        if t == "import_movies":
+            self._put_output(job, "imported_movies", n_mics)
+        elif t == "import_micrographs":
+            self._put_output(job, "imported_micrographs", n_mics)
+        elif t == "patch_motion_correction_multi":
+            self._put_output(job, "micrographs", self._input_count(job, "movies", p))
+        elif t == "patch_ctf_estimation_multi":
+            self._put_output(job, "exposures", self._input_count(job, "exposures", p))
+        elif t == "blob_picker_gpu":
+            mics = self._input_count(job, "micrographs", p)
+            self._put_output(job, "micrographs", mics)
+            self._put_output(job, "particles", int(prof["particles"] * 1.6))
+        elif t == "extract_micrographs_multi":
+            self._put_output(job, "micrographs", self._input_count(job, "micrographs", p))
+            self._put_output(job, "particles", int(self._input_count(job, "particles", p) * 0.985))
+        elif t == "class_2D_new":
+            n = self._input_count(job, "particles", p)
+            job.class_info = self._class2d_info(job, n)
+            self._put_output(job, "particles", n)
+            self._put_output(job, "class_averages", len(job.class_info))
+        elif t == "select_2D":
+            chosen = [c for c in job.class_info if c.get("selected")]
+            if not chosen:
+                job.error = "No classes selected"
+                self._finish(job, "failed", at)
+                return
+            self._put_output(job, "particles_selected", sum(c["num_particles_total"] for c in chosen))
+            self._put_output(job, "templates_selected", len(chosen))
+        elif t in ("homo_abinit", "hetero_refine"):
+            self._complete_classes(job, p)
+        elif t == "nonuniform_refine_new":
+            self._complete_refinement(job, p, psize)
+        job.status = "completed"
+        job.completed_at = at
+        job.end_at = None
+
+    def _complete_classes(self, job: SimJob, p: SimProject) -> None:
+        rng = self._rng(job)
+        k = self._num_classes(job)
+        n = self._input_count(job, "particles", p)
+        good = rng.randrange(k)
+        shares = [rng.uniform(0.1, 0.3) for _ in range(k)]
+        shares[good] = rng.uniform(0.9, 1.6)
+        total = sum(shares)
+        final = float(self.profile["resolution_A"])
+        for i in range(k):
+            count = int(n * shares[i] / total)
+            res = final * rng.uniform(1.25, 1.6) if i == good else rng.uniform(6.5, 14.0)
+            stats: dict[str, Any] = {}
+            if job.type == "hetero_refine":
+                stats = {"fsc_info_best": {"radwn_final_A": round(res, 3)}, "version": 0}
+            self._put_output(job, f"particles_class_{i}", count)
+            # each class volume is a map on disk, as cryoSPARC writes it (what a partial export takes)
+            path = f"{job.uid}/{job.uid}_class_{i:02d}_final_volume.mrc"
+            p.files[path] = _mrc_bytes(16, 1.0, seed=job.num * 100 + i)
+            dataset = {"map/path": path, "map/shape": [16, 16, 16], "map/psize_A": 1.0}
+            self._put_output(job, f"volume_class_{i}", 1, stats=stats, dataset=dataset)
+        if "particles_all_classes" in self._output_names(job):
+            meta = f"{job.uid}/{job.uid}_particles_all_classes.cs"
+            sample = min(n, 200)
+            rows = Dataset(
+                [
+                    ("uid", np.arange(1, sample + 1, dtype=np.uint64)),
+                    ("alignments_class_3D/class", np.zeros(sample, dtype=np.uint32)),
+                ]
+            )
+            buf = io.BytesIO()
+            rows.save(buf)
+            p.files[meta] = buf.getvalue()
+            self._put_output(job, "particles_all_classes", n, metafile=meta)
+        if "volumes_all_classes" in self._output_names(job):
+            self._put_output(job, "volumes_all_classes", k)
+
+    def _complete_refinement(self, job: SimJob, p: SimProject, psize: float) -> None:
+        rng = self._rng(job)
+        n = self._input_count(job, "particles", p)
+        res = round(float(self.profile["resolution_A"]) + rng.uniform(-0.04, 0.04), 3)
+        box = 32
+        radwns = list(range(box // 2))
+        nyq = 2 * psize * (box / 2) / (box / 2)
+        fsc = [round(1.0 / (1.0 + (r / (box / 2 * nyq / res)) ** 8), 4) for r in radwns]
+        fsc_info = {
+            "N": box,
+            "psize": psize,
+            "radwns": radwns,
+            "fsc_nomask": [round(v * 0.93, 4) for v in fsc],
+            "fsc_tightmask": fsc,
+            "radwn_final_A": res,
+            "radwn_nomask_A": round(res * 1.18, 3),
+        }
+        stats = {
+            "fsc_info": dict(fsc_info),
+            "fsc_info_best": fsc_info,
+            "extent": 0.95,
+            "cfar": 0.78,
+            "guinier_bfactor": -85.0,
+            "processed_fraction": 1.0,
+            "version": 8,
+        }
+        pre = f"{job.uid}/{job.uid}_008"
+        maps = {
+            "map": f"{pre}_volume_map.mrc",
+            "map_sharp": f"{pre}_volume_map_sharp.mrc",
+            "map_half_A": f"{pre}_volume_map_half_A.mrc",
+            "map_half_B": f"{pre}_volume_map_half_B.mrc",
+            "mask_refine": f"{pre}_volume_mask_refine.mrc",
+            "mask_fsc": f"{pre}_volume_mask_fsc.mrc",
+            "mask_fsc_auto": f"{pre}_volume_mask_fsc_auto.mrc",
+        }
+        dataset: dict[str, Any] = {}
+        for i, (slot, path) in enumerate(maps.items()):
+            p.files[path] = _mrc_bytes(16, psize, seed=job.num * 10 + i)
+            dataset[f"{slot}/path"] = path
+            dataset[f"{slot}/shape"] = [16, 16, 16]
+            dataset[f"{slot}/psize_A"] = psize
+        particles_cs = f"{pre}_particles.cs"
+        sample = min(n, 200)
+        ds = Dataset(
+            [
+                ("uid", np.arange(1, sample + 1, dtype=np.uint64)),
+                ("blob/path", np.array([f"{job.uid}/extract/particles.mrc"] * sample, dtype=object)),
+                ("blob/idx", np.arange(sample, dtype=np.uint32)),
+                ("alignments3D/shift", np.zeros((sample, 2), dtype=np.float32)),
+            ]
+        )
+        buf = io.BytesIO()
+        ds.save(buf)
+        p.files[particles_cs] = buf.getvalue()
+        self._put_output(job, "particles", n, metafile=particles_cs)
+        self._put_output(job, "particles_rejected", 0)
+        self._put_output(job, "volume", 1, stats=stats, dataset=dataset, metafile=f"{pre}_volume.cs")
+        self._put_output(job, "mask", 1)
+        self._put_output(job, "mask_fsc", 1)
+        self._put_output(job, "mask_fsc_auto", 1)

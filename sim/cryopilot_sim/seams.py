@@ -1,0 +1,255 @@
+"""The seams: the patches of moto's internals that make the local stack behave as AWS does here.
+
+Each patch is the smallest change of moto that stands in for one behaviour of the real service;
+the comment above it names that behaviour. :func:`install` applies them all for the life of a
+:class:`~cryopilot_sim.harness.LocalCloud` (undone when its exit stack closes).
+
+The moto internals patched here are those of moto 5.2.5 (pinned in requirements/dev.txt).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+from unittest import mock
+
+if TYPE_CHECKING:
+    from cryopilot_sim.harness import LocalCloud
+
+
+class RequestLock:
+    """A re-entrant lock that a thread can let go of for a while, however deep it holds it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._held = threading.local()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self._held.depth = getattr(self._held, "depth", 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._held.depth -= 1
+        self._lock.release()
+
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        depth = getattr(self._held, "depth", 0)
+        for _ in range(depth):
+            self._lock.release()
+        self._held.depth = 0
+        try:
+            yield
+        finally:
+            for _ in range(depth):
+                self._lock.acquire()
+            self._held.depth = depth
+
+
+def install(harness: LocalCloud, st: ExitStack) -> None:
+    """Apply every seam to ``harness``'s moto until ``st`` closes."""
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+    from moto.core.botocore_stubber import BotocoreStubber
+    from moto.events.models import Rule
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+    from moto.ssm.models import SimpleSystemManagerBackend
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+    from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import (
+        WaitFunction,
+    )
+
+    # Each AWS API request is atomic: a read never sees a write half done. moto's in-memory
+    # backends have no locks, and here several threads call them at once (the caller, moto's
+    # execution threads running the state machine, the EventBridge worker, the stand-ins'
+    # servers), so every request moto serves, in-process or through its HTTP server, holds
+    # one lock. The seams that run code of ours inside a request (a Lambda handler, the
+    # head-node agent) let it go meanwhile: that code makes requests of its own, from other
+    # threads too (the stand-ins' servers).
+    requests = harness.requests
+    real_process_request = BotocoreStubber.process_request
+    real_serve = DomainDispatcherApplication.__call__
+
+    def process_request(stubber: Any, request: Any) -> Any:
+        with requests:
+            return real_process_request(stubber, request)
+
+    def serve(app: Any, environ: Any, start_response: Any) -> Any:
+        with requests:
+            return real_serve(app, environ, start_response)
+
+    st.enter_context(mock.patch.object(BotocoreStubber, "process_request", process_request))
+    st.enter_context(mock.patch.object(DomainDispatcherApplication, "__call__", serve))
+
+    # The agent builds a new cryosparc-tools client per command, as its process would on a
+    # head node; each builds an httpx transport whose SSL context loads the CA bundle (tens
+    # of milliseconds). The stand-ins speak plain http, so one default context serves all.
+    import httpx._transports.default as httpx_transport
+
+    real_ssl_context = httpx_transport.create_ssl_context
+    shared: dict[tuple[Any, ...], Any] = {}
+
+    def ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is not True or cert is not None:
+            return real_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        key = (trust_env,)
+        if key not in shared:
+            shared[key] = real_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        return shared[key]
+
+    st.enter_context(mock.patch.object(httpx_transport, "create_ssl_context", ssl_context))
+
+    # StopExecution is final on AWS: the execution is ABORTED whatever the step in flight
+    # does next. moto lets that step's failure turn it into FAILED; this seam keeps ABORTED.
+    from moto.stepfunctions.parser.api import ExecutionStatus
+    from moto.stepfunctions.parser.backend import execution as sfn_execution
+
+    real_stop = sfn_execution.Execution.stop
+    real_reflect = sfn_execution.BaseExecutionWorkerCommunication._reflect_execution_status
+
+    def stop(execution: Any, stop_date: Any, error: Any, cause: Any) -> None:
+        execution.stopped_by_request = True
+        real_stop(execution, stop_date, error, cause)
+
+    def reflect(communication: Any) -> None:
+        real_reflect(communication)
+        if getattr(communication.execution, "stopped_by_request", False):
+            communication.execution.exec_status = ExecutionStatus.ABORTED
+
+    st.enter_context(mock.patch.object(sfn_execution.Execution, "stop", stop))
+    st.enter_context(
+        mock.patch.object(
+            sfn_execution.BaseExecutionWorkerCommunication, "_reflect_execution_status", reflect
+        )
+    )
+
+    # moto parses the state machine's definition with its ANTLR parser for every execution
+    # (about a third of a second each). The parse tree depends only on the text, so it is kept;
+    # the evaluation components are still built fresh from it for every execution.
+    from moto.stepfunctions.parser.asl.parse import asl_parser
+    from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
+
+    real_parse = asl_parser.AmazonStateLanguageParser.parse
+    trees: dict[str, Any] = {}
+
+    def parse(definition: str) -> tuple[Any, Any]:
+        tree = trees.get(definition)
+        if tree is None:
+            _, tree = real_parse(definition)
+            trees[definition] = tree
+        return Preprocessor().visit(tree), tree
+
+    st.enter_context(mock.patch.object(asl_parser.AmazonStateLanguageParser, "parse", staticmethod(parse)))
+
+    # Two more per-state costs of moto's interpreter that depend on nothing that changes: it
+    # builds a new boto3 Lambda client for every Task (milliseconds each) and parses every
+    # JSONPath again at each evaluation (a parser built per call). Kept, they cost a sixth less
+    # CPU per run, which counts when many runs go at once (tests/integration/test_concurrency.py).
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+    from moto.stepfunctions.parser.asl.utils import json_path
+
+    real_client_for = lambda_eval_utils.boto_client_for
+    lambda_clients: dict[tuple[str, str], Any] = {}
+
+    def client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+        key = (region, service)  # moto signs every such client with the same fixed keys
+        if key not in lambda_clients:
+            lambda_clients[key] = real_client_for(region=region, service=service)
+        return lambda_clients[key]
+
+    st.enter_context(mock.patch.object(lambda_eval_utils, "boto_client_for", client_for))
+    st.enter_context(
+        mock.patch.object(json_path, "parse", functools.lru_cache(maxsize=1024)(json_path.parse))
+    )
+
+    # Lambda runs each function's real handler (``functions/<name>/app.py``) and reports an
+    # unhandled error with ``X-Amz-Function-Error`` and ``errorType``/``errorMessage``; moto's
+    # Docker-less backend only echoes. The handler runs in-process, without the request lock.
+    def invoke(
+        backend: Any,
+        function_name: str,
+        qualifier: Any,
+        body: Any,
+        headers: Any,
+        response_headers: dict[str, str],
+    ) -> bytes:
+        name = function_name.split(":function:")[-1].split(":")[0]
+        event = json.loads(body) if body else {}
+        with requests.released():
+            ok, payload = harness.invoke(name, event)
+        if not ok:
+            response_headers["x-amz-function-error"] = "Unhandled"
+        return json.dumps(payload).encode()
+
+    st.enter_context(mock.patch.object(LambdaSimpleBackend, "invoke", invoke))
+
+    # EventBridge delivers a matching event to a rule's Lambda targets, asynchronously (moto
+    # delivers to SQS and logs targets only), and skips disabled rules; S3's events spell the
+    # object's ``etag`` as AWS spells it.
+    original_send = Rule.send_to_targets
+
+    def send_to_targets(rule: Any, event: dict[str, Any], transform_input: bool = True) -> None:
+        if rule.state != "ENABLED":  # EventBridge delivers nothing for a disabled rule
+            return
+        lambda_targets = [t for t in rule.targets if ":lambda:" in t["Arn"]]
+        others = [t for t in rule.targets if ":lambda:" not in t["Arn"]]
+        if others:
+            saved = rule.targets
+            rule.targets = others
+            try:
+                original_send(rule, event, transform_input)  # type: ignore[arg-type]
+            finally:
+                rule.targets = saved
+        if lambda_targets and rule.event_pattern.matches_event(event):
+            aws_event = _as_aws_event(event)
+            for t in lambda_targets:
+                harness._enqueue(rule.name, t["Arn"].split(":function:")[-1], aws_event)
+
+    st.enter_context(mock.patch.object(Rule, "send_to_targets", send_to_targets))
+
+    # A Wait state waits its time on the Step Functions clock: here the simulated clock, so a
+    # 36-hour run takes no wall time (moto sleeps on the wall clock).
+    def wait_interval(wf: Any, env: Any, wait_seconds: int) -> None:
+        if wait_seconds > 0 and env.is_running():
+            harness.clock.sleep(wait_seconds)
+
+    st.enter_context(mock.patch.object(WaitFunction, "_wait_interval", wait_interval))
+    # Retry intervals (IntervalSeconds, BackoffRate) pass on the simulated clock too.
+    st.enter_context(mock.patch.object(retrier_decl, "time", SimpleNamespace(sleep=harness.clock.sleep)))
+
+    # SSM Run Command runs the command on the instance (here ``cryopilot-agent`` in-process, with
+    # the simulated head node's cryoSPARC stand-in), writes its output to the S3 bucket given and
+    # refuses an instance it does not manage (``InvalidInstanceId``); moto records the command only.
+    original_send_command = SimpleSystemManagerBackend.send_command
+
+    def send_command(backend: Any, **kwargs: Any) -> Any:
+        from moto.ssm.exceptions import SSMException
+
+        # A head node is lost between commands, never during one. The head-node lock is
+        # taken before the request lock, never after, and the agent runs without the latter.
+        with requests.released(), harness._ssm_lock:
+            with requests:
+                missing = [i for i in kwargs.get("instance_ids") or [] if i not in harness.head_nodes]
+                if missing:
+                    raise SSMException(
+                        "InvalidInstanceId", f"Instances {missing} not in a valid state for account"
+                    )
+                command = original_send_command(backend, **kwargs)
+            for inv in command.invocations:
+                harness._run_on_head_node(command, inv)
+        return command
+
+    st.enter_context(mock.patch.object(SimpleSystemManagerBackend, "send_command", send_command))
+
+
+def _as_aws_event(event: dict[str, Any]) -> dict[str, Any]:
+    """moto's S3→EventBridge event, spelled as AWS spells it (``etag``, not ``eTag``)."""
+    out = json.loads(json.dumps(event, default=str))
+    obj = out.get("detail", {}).get("object") if isinstance(out.get("detail"), dict) else None
+    if isinstance(obj, dict) and "eTag" in obj:
+        obj["etag"] = obj.pop("eTag")
+    return out
