@@ -1,5 +1,8 @@
 """The events that start a run, parsed into one shape: a manifest location.
 
+Each event is parsed with Powertools' parser model of its kind (:mod:`cryopilot.adapters.event_models`)
+and refused with a named reason (:class:`EventError`) when it is not one StartRun can use.
+
 StartRun accepts three kinds of event:
 
 * EventBridge ``Object Created`` from S3 (the stack's own rule);
@@ -15,7 +18,7 @@ import re
 import urllib.parse
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cryopilot.core.errors import EventError
 from cryopilot.domain.manifest import MANIFEST_NAMES, is_manifest_key
@@ -58,65 +61,6 @@ class Trigger(BaseModel):
     execution_arn: str | None = None
 
 
-# --- event shapes ---------------------------------------------------------------------------------
-
-
-class _EbObject(BaseModel):
-    key: str
-    size: int | None = None
-    # AWS says "etag"; moto says "eTag"; accept both.
-    etag: str | None = Field(default=None, validation_alias=AliasChoices("etag", "eTag"))
-    version_id: str | None = Field(default=None, validation_alias=AliasChoices("version-id", "versionId"))
-
-
-class _EbBucket(BaseModel):
-    name: str
-
-
-class _EbDetail(BaseModel):
-    bucket: _EbBucket
-    object: _EbObject
-
-
-class _EbS3Event(BaseModel):
-    source: Literal["aws.s3"]
-    detail_type: Literal["Object Created"] = Field(validation_alias="detail-type")
-    detail: _EbDetail
-
-
-class _S3NotifObject(BaseModel):
-    key: str
-    size: int | None = None
-    eTag: str | None = None
-    versionId: str | None = None
-
-
-class _S3NotifEntity(BaseModel):
-    bucket: _EbBucket
-    object: _S3NotifObject
-
-
-class _S3Record(BaseModel):
-    eventSource: Literal["aws:s3"]
-    eventName: str
-    s3: _S3NotifEntity
-
-
-class _S3Notification(BaseModel):
-    Records: list[_S3Record]
-
-
-class _DataSyncDetail(BaseModel):
-    State: str
-
-
-class _DataSyncEvent(BaseModel):
-    source: Literal["aws.datasync"]
-    detail_type: Literal["DataSync Task Execution State Change"] = Field(validation_alias="detail-type")
-    resources: list[str] = Field(min_length=1)
-    detail: _DataSyncDetail
-
-
 def check_key(key: str) -> None:
     """Reject keys no manifest can have, before anything else looks at them."""
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
@@ -136,23 +80,29 @@ def parse_triggers(event: Any) -> list[Trigger]:
     if not isinstance(event, dict):
         raise EventError(f"event must be a JSON object, not {type(event).__name__}")
     if "Records" in event:
+        # Powertools' models are imported when an event is parsed, not with this module: Validate
+        # imports it for the location and the key check only.
+        from aws_lambda_powertools.utilities.parser.models import S3Model
+
         try:
-            notif = _S3Notification.model_validate(event)
+            notif = S3Model.model_validate(event)
         except ValidationError as exc:
             raise EventError(f"not an S3 event notification: {exc.errors()[0]['msg']}") from None
+        except (AttributeError, TypeError):  # Powertools' record check reads a record's "s3" first
+            raise EventError("not an S3 event notification: a record has no s3 object") from None
         out = []
         for rec in notif.Records:
-            if not rec.eventName.startswith("ObjectCreated:"):
+            s3obj = rec.s3.object
+            if not rec.eventName.startswith("ObjectCreated:") or s3obj is None:
                 continue
-            key = urllib.parse.unquote_plus(rec.s3.object.key)
             out.append(
                 Trigger(
                     kind="s3-notification",
                     location=ManifestLocation(
                         bucket=rec.s3.bucket.name,
-                        key=key,
-                        version_id=rec.s3.object.versionId,
-                        etag=rec.s3.object.eTag,
+                        key=urllib.parse.unquote_plus(s3obj.key),
+                        version_id=s3obj.versionId,
+                        etag=s3obj.eTag,
                     ),
                 )
             )
@@ -163,20 +113,25 @@ def parse_triggers(event: Any) -> list[Trigger]:
         raise EventError(
             f"aws.s3 event {str(detail_type)[:60]!r} announces no new manifest; only 'Object Created' does"
         )
+    from cryopilot.adapters.event_models import DataSyncEvent, S3ObjectCreatedEvent
+
     try:
         if source == "aws.s3":
-            eb = _EbS3Event.model_validate(event)
+            eb = S3ObjectCreatedEvent.model_validate(event)
             obj = eb.detail.object
             return [
                 Trigger(
                     kind="eventbridge-s3",
                     location=ManifestLocation(
-                        bucket=eb.detail.bucket.name, key=obj.key, version_id=obj.version_id, etag=obj.etag
+                        bucket=eb.detail.bucket.name,
+                        key=obj.key,
+                        version_id=obj.version_id,
+                        etag=obj.etag or None,
                     ),
                 )
             ]
         if source == "aws.datasync":
-            ds = _DataSyncEvent.model_validate(event)
+            ds = DataSyncEvent.model_validate(event)
             if ds.detail.State != "SUCCESS":
                 return []
             return [Trigger(kind="datasync", execution_arn=ds.resources[0])]
