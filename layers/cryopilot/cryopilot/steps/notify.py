@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from cryopilot.adapters import runs
+from cryopilot.adapters.observability import MetricUnit, metrics
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.formatting import fmt_duration
@@ -66,6 +67,7 @@ def record_failure(run_id: str, error: Any) -> FailureRecord:
         finished_at=clock.now_iso(),
         finished_epoch=clock.now(),
     )
+    metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)
     has_cluster = bool(run.get("cluster_name")) and run.get("cluster_state") not in (
         None,
         "NOT_CREATED",
@@ -168,6 +170,10 @@ def _remember(run_id: str, mail: Mail, kind: str) -> Mail:
 def success_mail(run_id: str) -> Mail:
     run = runs.get_run(run_id) or {"run_id": run_id}
     runs.update_run(run_id, status="SUCCEEDED", finished_at=clock.now_iso(), finished_epoch=clock.now())
+    metrics.add_metric(name="RunsSucceeded", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="TimeToStructure", unit=MetricUnit.Seconds, value=_elapsed(run))
+    if isinstance(run.get("cost_usd"), int | float):
+        metrics.add_metric(name="RunCost", unit=MetricUnit.NoUnit, value=float(run["cost_usd"]))
     dataset = run.get("dataset", run_id)
     res = run.get("resolution_A")
     res_txt = f"{res:.2f} Å" if isinstance(res, int | float) else "resolution unknown"

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from cryopilot.adapters import aws, runs
 from cryopilot.adapters.agent_client import AgentClient
-from cryopilot.adapters.observability import logger
+from cryopilot.adapters.observability import MetricUnit, logger, metrics
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import AgentError, JobFailedError, JobKilledError, JobStuckError, RunLimitError
@@ -201,6 +201,14 @@ def check_limits(run: dict[str, Any], index: int) -> None:
             )
 
 
+def _count_duration(stage_id: str, rec: dict[str, Any]) -> None:
+    """The ``StageDuration`` metric of a completed stage: its jobs' first start to last end."""
+    if rec.get("started_at") and rec.get("completed_at"):
+        metrics.add_dimension(name="stage", value=stage_id)
+        seconds = max(0.0, float(rec["completed_at"]) - float(rec["started_at"]))
+        metrics.add_metric(name="StageDuration", unit=MetricUnit.Seconds, value=seconds)
+
+
 def submit(run_id: str, index: int) -> StageStep:
     run = _run(run_id)
     plan: list[dict[str, Any]] = run["plan"]
@@ -225,6 +233,8 @@ def submit(run_id: str, index: int) -> StageStep:
         runs.append_to(run_id, "decisions", *[d.model_dump() for d in result.stage.decisions])
     logger.info("stage submitted", extra={"run_id": run_id, "stage": stage["id"], "jobs": rec["jobs"]})
     done = result.stage.state == "completed"
+    if done:
+        _count_duration(stage["id"], rec)
     settings = run.get("settings") or {}
     return StageStep(
         index=index,
@@ -267,6 +277,7 @@ def poll(run_id: str, step: StageStep) -> StageStep:
         killed = ", ".join(j.uid for j in status.jobs if j.status == "killed")
         raise JobKilledError(f"stage '{stage['title']}': job {killed or '?'} was killed", stage=stage["id"])
     if status.state == "completed":
+        _count_duration(stage["id"], rec)
         if status.decisions:
             runs.append_to(run_id, "decisions", *[d.model_dump() for d in status.decisions])
         if status.resolution_A is not None:
