@@ -13,7 +13,6 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -258,6 +257,8 @@ def parse_manifest(data: bytes, *, source: str = "manifest") -> Manifest:
     Raises :class:`ManifestError` with a message that starts with ``source``. A leading UTF-8
     byte order mark (as some Windows editors write) is skipped, in YAML and in JSON alike.
     """
+    import yaml  # here, not at the top: StartRun imports this module and never parses a manifest
+
     if len(data) > MAX_MANIFEST_BYTES:
         raise _error(source, f"is {len(data):,} bytes; a manifest may be at most 1 MB")
     try:
