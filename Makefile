@@ -86,6 +86,8 @@ demo: $(VENV)/.installed ## one whole run, locally (DEMO_ARGS="--profile spike -
 bench: $(VENV)/.installed ## the white paper's 3 datasets x 2 layouts through the state machine; writes build/bench/results.json
 	@mkdir -p build/bench
 	$(PY) -m cryopilot_sim.bench --log build/bench/bench.log $(BENCH_ARGS)
+	@if [ -d .aws-sam/build ]; then $(PY) -m cryopilot_sim.coldstart; \
+	else echo "cold start: no .aws-sam/build; run \`make build\` first to measure the handlers' import times"; fi
 
 .PHONY: clean
 clean: ## remove build output and local state

@@ -5,13 +5,13 @@ an execution (SUCCEEDED too) also frees the run's slot and starts the oldest wai
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cryopilot.adapters.observability import logger, metrics, tracer
+from cryopilot.adapters.observability import log_metrics, logger, tracer
 from cryopilot.steps import cleanup
 
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
-@metrics.log_metrics
+@log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     kind, detail = cleanup.parse_event(event)
     logger.append_keys(trigger=kind)

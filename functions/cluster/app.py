@@ -3,7 +3,7 @@
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cryopilot.adapters.observability import logger, metrics, tracer
+from cryopilot.adapters.observability import logger, tracer
 from cryopilot.steps import cluster
 from pydantic import BaseModel, Field, TypeAdapter
 
@@ -36,7 +36,6 @@ Request = TypeAdapter(Annotated[Create | Check | Delete | Fallback, Field(discri
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
-@metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     req = Request.validate_python(event)
     logger.append_keys(run_id=req.run_id, action=req.action)

@@ -4,7 +4,7 @@ stopped by a limit (``action: export_partial``), the maps made so far."""
 from typing import Any, Literal
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cryopilot.adapters.observability import logger, metrics, tracer
+from cryopilot.adapters.observability import logger, tracer
 from cryopilot.steps.export import export, export_partial
 from pydantic import BaseModel
 
@@ -16,7 +16,6 @@ class ExportRequest(BaseModel):
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
-@metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     req = ExportRequest.model_validate(event)
     logger.append_keys(run_id=req.run_id)

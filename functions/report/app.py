@@ -3,7 +3,7 @@
 from typing import Any, Literal
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cryopilot.adapters.observability import logger, metrics, tracer
+from cryopilot.adapters.observability import logger, tracer
 from cryopilot.steps import report as reporting
 from pydantic import BaseModel
 
@@ -15,7 +15,6 @@ class Write(BaseModel):
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
-@metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     req = Write.model_validate(event)
     logger.append_keys(run_id=req.run_id, action=req.action)

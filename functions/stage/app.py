@@ -3,7 +3,7 @@
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cryopilot.adapters.observability import logger, metrics, tracer
+from cryopilot.adapters.observability import log_metrics, logger, tracer
 from cryopilot.steps import stage as stages
 from pydantic import BaseModel, Field, TypeAdapter
 
@@ -25,7 +25,7 @@ Request = TypeAdapter(Annotated[Submit | Poll, Field(discriminator="action")])
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
-@metrics.log_metrics
+@log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     req = Request.validate_python(event)
     logger.append_keys(run_id=req.run_id, action=req.action)

@@ -3,7 +3,7 @@
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cryopilot.adapters.observability import logger, metrics, tracer
+from cryopilot.adapters.observability import logger, tracer
 from cryopilot.steps.validate import validate
 from pydantic import BaseModel
 
@@ -16,7 +16,6 @@ class ValidateRequest(BaseModel):
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
-@metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     req = ValidateRequest.model_validate(event)
     logger.append_keys(run_id=req.execution_name)

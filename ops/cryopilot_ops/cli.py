@@ -72,7 +72,8 @@ def _cluster_config(args: argparse.Namespace) -> int:
     from cryopilot.adapters.settings import Settings
     from cryopilot.core.errors import ManifestError
     from cryopilot.core.naming import cluster_name_for
-    from cryopilot.domain.manifest import manifest_prefix, parse_manifest, validation_message
+    from cryopilot.domain.location import manifest_prefix
+    from cryopilot.domain.manifest import parse_manifest, validation_message
     from cryopilot.domain.record import RunRecord
     from pydantic import ValidationError
 

@@ -6,6 +6,7 @@ that runs inside the development venv can see. `make test` builds before it runs
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -74,8 +75,9 @@ def runtime_python() -> Path:
     return RUNTIME / "bin" / "python"
 
 
-@pytest.mark.parametrize("logical", FUNCTIONS)
-def test_built_function_imports_with_only_boto3_and_the_layer(runtime_python: Path, logical: str) -> None:
+def _import_built(runtime_python: Path, logical: str, **env_extra: str) -> dict[str, list[str]]:
+    """Import the built function's handler with only boto3 and the layer on the path; the
+    modules it loaded (cryopilot's, and the heavy ones a handler should load only when used)."""
     code = BUILD / logical
     layer = BUILD / "CryopilotLayer" / "python"
     module, name = _handler(logical)
@@ -84,17 +86,46 @@ def test_built_function_imports_with_only_boto3_and_the_layer(runtime_python: Pa
         "PATH": os.environ.get("PATH", ""),
         "PYTHONPATH": f"{code}{os.pathsep}{layer}",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "POWERTOOLS_TRACE_DISABLED": "true",
         "PYTHONNOUSERSITE": "1",
+        **env_extra,
     }
     script = (
-        f"import {module} as m, sys; assert callable(m.{name}); "
-        "print(sorted(m for m in sys.modules if m.startswith('cryopilot')))"
+        f"import {module} as m, sys, json; assert callable(m.{name}); "
+        "print(json.dumps({'cryopilot': sorted(m for m in sys.modules if m.startswith('cryopilot')), "
+        f"'heavy': sorted(m for m in {sorted(HEAVY)!r} if m in sys.modules)}}))"
     )
     proc = subprocess.run(
         [str(runtime_python), "-c", script], cwd=code, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "cryopilot_sim" not in proc.stdout
-    assert "cryopilot_agent" not in proc.stdout  # the delivery function ships the agent, never runs it
+    loaded: dict[str, list[str]] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return loaded
+
+
+#: Modules that cost a cold start tens of milliseconds each: the X-Ray SDK (only when tracing is
+#: on), pydantic-settings (no longer used), Powertools' parser models and PyYAML (only in the
+#: functions that parse events or manifests).
+HEAVY = {
+    "aws_xray_sdk.core",
+    "pydantic_settings",
+    "aws_lambda_powertools.utilities.parser.models.s3",
+    "yaml",
+}
+
+
+@pytest.mark.parametrize("logical", FUNCTIONS)
+def test_built_function_imports_with_only_boto3_and_the_layer(runtime_python: Path, logical: str) -> None:
+    loaded = _import_built(runtime_python, logical, POWERTOOLS_TRACE_DISABLED="true")
+    assert not any(m.startswith("cryopilot_sim") for m in loaded["cryopilot"])
+    # the delivery function ships the agent, never runs it
+    assert not any(m.startswith("cryopilot_agent") for m in loaded["cryopilot"])
+    # tracing off: the X-Ray SDK is not even imported; nothing imports what it does not call
+    assert loaded["heavy"] == [], loaded["heavy"]
     assert sys.version_info[:2] == (3, 12)
+
+
+@pytest.mark.parametrize("logical", ["StartRunFunction", "HeadNodeBootstrapFunction"])
+def test_built_function_imports_with_tracing_on_as_in_lambda(runtime_python: Path, logical: str) -> None:
+    """With ``Tracing: Active`` in Lambda, Powertools' Tracer loads the X-Ray SDK from the layer."""
+    loaded = _import_built(runtime_python, logical, LAMBDA_TASK_ROOT=str(BUILD / logical))
+    assert "aws_xray_sdk.core" in loaded["heavy"]

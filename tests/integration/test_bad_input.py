@@ -374,6 +374,8 @@ def _object_created(bucket: str, key: str, version: str, etag: str) -> dict[str,
             "version": "0",
             "bucket": {"name": bucket},
             "object": {"key": key, "size": 1, "etag": etag.strip('"'), "version-id": version},
+            "request-id": "N4N7GDK58NMKJ12R",
+            "requester": "123456789012",
             "reason": "PutObject",
         },
     }

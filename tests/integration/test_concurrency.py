@@ -69,20 +69,38 @@ def _object_created(bucket: str, key: str, head: dict[str, Any]) -> dict[str, An
         "detail-type": "Object Created",
         "resources": [f"arn:aws:s3:::{bucket}"],
         "detail": {
+            "version": "0",
             "bucket": {"name": bucket},
             "object": {"key": key, "etag": head["ETag"].strip('"'), "version-id": head["VersionId"]},
+            "request-id": "N4N7GDK58NMKJ12R",
+            "requester": "123456789012",
         },
     }
 
 
 def _s3_notification(bucket: str, key: str, head: dict[str, Any]) -> dict[str, Any]:
-    obj = {"key": key, "eTag": head["ETag"].strip('"'), "versionId": head["VersionId"]}
+    obj = {"key": key, "size": 1, "eTag": head["ETag"].strip('"'), "versionId": head["VersionId"]}
     return {
         "Records": [
             {
+                "eventVersion": "2.1",
                 "eventSource": "aws:s3",
+                "awsRegion": "us-east-1",
+                "eventTime": "2026-11-23T12:00:00.000Z",
                 "eventName": "ObjectCreated:Put",
-                "s3": {"bucket": {"name": bucket}, "object": obj},
+                "userIdentity": {"principalId": "EXAMPLE"},
+                "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+                "responseElements": {"x-amz-request-id": "EXAMPLE", "x-amz-id-2": "EXAMPLE"},
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "configurationId": "manifests",
+                    "bucket": {
+                        "name": bucket,
+                        "ownerIdentity": {"principalId": "EXAMPLE"},
+                        "arn": f"arn:aws:s3:::{bucket}",
+                    },
+                    "object": obj,
+                },
             }
         ]
     }

@@ -159,7 +159,7 @@ def test_a_slot_freed_while_start_run_queues_its_run_is_not_lost(
 ) -> None:
     """StartRun is refused (no slot), then, before it queues the run, the only active run ends and
     its release finds nobody waiting: StartRun itself must start the run it just queued."""
-    from cryopilot.adapters.events import ManifestLocation
+    from cryopilot.domain.location import ManifestLocation
     from cryopilot.steps import start_run as startrun
 
     _set_limit(monkeypatch, 1)
@@ -179,7 +179,7 @@ def test_a_slot_freed_while_start_run_queues_its_run_is_not_lost(
 
 
 def test_a_repeated_event_for_a_waiting_run_queues_nothing_more(sfn_arn: str) -> None:
-    from cryopilot.adapters.events import ManifestLocation
+    from cryopilot.domain.location import ManifestLocation
     from cryopilot.steps import start_run as startrun
 
     assert admission.admit("a", 2) == "admitted"
@@ -343,7 +343,7 @@ def test_a_start_that_fails_gives_the_slot_back_and_the_retry_starts_the_run(
     sfn_arn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from botocore.exceptions import ClientError
-    from cryopilot.adapters.events import ManifestLocation
+    from cryopilot.domain.location import ManifestLocation
     from cryopilot.steps import start_run as startrun
 
     location = ManifestLocation(bucket="in", key="datasets/X/cryopilot.yaml", version_id="v1")

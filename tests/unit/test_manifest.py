@@ -5,13 +5,8 @@ import json
 import pytest
 import yaml
 from cryopilot.core.errors import ManifestError
-from cryopilot.domain.manifest import (
-    MAX_MANIFEST_BYTES,
-    Manifest,
-    is_manifest_key,
-    manifest_prefix,
-    parse_manifest,
-)
+from cryopilot.domain.location import is_manifest_key, manifest_prefix
+from cryopilot.domain.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 
 from tests.conftest import EVENTS
 

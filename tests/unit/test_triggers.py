@@ -3,8 +3,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from cryopilot.adapters.events import ManifestLocation, check_key, parse_triggers
+from cryopilot.adapters.events import parse_triggers
 from cryopilot.core.errors import EventError
+from cryopilot.domain.location import ManifestLocation, check_key
 
 from tests.conftest import EVENTS
 
@@ -105,3 +106,100 @@ def test_etag_identifies_version_when_bucket_is_unversioned() -> None:
     a = ManifestLocation(bucket="b", key="datasets/x/cryopilot.yaml", etag='"abc"')
     b = ManifestLocation(bucket="b", key="datasets/x/cryopilot.yaml", etag="abc")
     assert a.digest() == b.digest()
+
+
+def test_eventbridge_s3_event_is_parsed_with_powertools_model() -> None:
+    from aws_lambda_powertools.utilities.parser.models import (
+        EventBridgeModel,
+        S3EventNotificationEventBridgeModel,
+    )
+    from cryopilot.adapters.event_models import DataSyncEvent, S3ObjectCreatedEvent
+
+    assert issubclass(S3ObjectCreatedEvent, S3EventNotificationEventBridgeModel)
+    assert issubclass(DataSyncEvent, EventBridgeModel)
+    ev = S3ObjectCreatedEvent.model_validate(_event("eventbridge-s3-object-created.json"))
+    assert ev.detail.object.etag == "b1946ac92492d2347c6235b4d2611184"
+
+
+def test_eventbridge_s3_event_without_etag_has_none() -> None:
+    ev = _event("eventbridge-s3-object-created.json")
+    del ev["detail"]["object"]["etag"]
+    (t,) = parse_triggers(ev)
+    assert t.location is not None
+    assert t.location.etag is None
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda ev: ev["detail"].pop("request-id"), r"aws.s3 event is malformed: detail.request-id"),
+        (lambda ev: ev.pop("time"), r"aws.s3 event is malformed: time"),
+        (lambda ev: ev.update({"detail-type": "Object Deleted"}), "only 'Object Created' does"),
+    ],
+)
+def test_eventbridge_s3_event_must_have_the_real_shape(mutate: object, expected: str) -> None:
+    ev = _event("eventbridge-s3-object-created.json")
+    mutate(ev)  # type: ignore[operator]
+    with pytest.raises(EventError, match=expected):
+        parse_triggers(ev)
+
+
+def test_s3_notification_must_have_the_real_shape() -> None:
+    ev = _event("s3-put.json")
+    del ev["Records"][0]["eventTime"]
+    with pytest.raises(EventError, match="not an S3 event notification: Field required"):
+        parse_triggers(ev)
+
+
+def test_datasync_event_without_state_is_malformed() -> None:
+    ev = _event("datasync-success.json")
+    ev["detail"] = {}
+    with pytest.raises(EventError, match=r"aws.datasync event is malformed: detail.State"):
+        parse_triggers(ev)
+
+
+def _status_change(**detail: object) -> dict:
+    return {
+        "version": "0",
+        "id": "e1",
+        "detail-type": "Step Functions Execution Status Change",
+        "source": "aws.states",
+        "account": "123456789012",
+        "time": "2026-11-23T12:00:00Z",
+        "region": "us-east-1",
+        "resources": ["arn:aws:states:us-east-1:123456789012:execution:sm:run-1"],
+        "detail": {
+            "executionArn": "arn:aws:states:us-east-1:123456789012:execution:sm:run-1",
+            "stateMachineArn": "arn:aws:states:us-east-1:123456789012:stateMachine:sm",
+            "name": "run-1",
+            "status": "ABORTED",
+            "startDate": 1,
+            "stopDate": 2,
+            **detail,
+        },
+    }
+
+
+def test_cleanup_parses_an_execution_status_change() -> None:
+    from cryopilot.steps.cleanup import parse_event
+
+    kind, detail = parse_event(_status_change())
+    assert kind == "execution_end"
+    assert detail["name"] == "run-1"
+    assert detail["status"] == "ABORTED"
+    assert detail["stopDate"] == 2  # fields the cleanup does not read are kept
+    ev = _status_change()
+    ev["detail"] = json.dumps(ev["detail"])
+    assert parse_event(ev)[1]["name"] == "run-1"
+
+
+def test_cleanup_refuses_what_it_does_not_handle() -> None:
+    from cryopilot.steps.cleanup import parse_event
+
+    ev = _status_change()
+    del ev["detail"]["status"]
+    with pytest.raises(ValueError, match=r"malformed execution status change: detail.status"):
+        parse_event(ev)
+    with pytest.raises(ValueError, match="not an event the cleanup function handles"):
+        parse_event({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2"})
+    assert parse_event({"detail-type": "Scheduled Event", "source": "aws.events"}) == ("schedule", {})

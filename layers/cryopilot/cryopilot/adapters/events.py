@@ -1,5 +1,8 @@
 """The events that start a run, parsed into one shape: a manifest location.
 
+Each event is parsed with Powertools' parser model of its kind (:mod:`cryopilot.adapters.event_models`)
+and refused with a named reason (:class:`EventError`) when it is not one StartRun can use.
+
 StartRun accepts three kinds of event:
 
 * EventBridge ``Object Created`` from S3 (the stack's own rule);
@@ -10,45 +13,15 @@ StartRun accepts three kinds of event:
 
 from __future__ import annotations
 
-import hashlib
-import re
 import urllib.parse
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from aws_lambda_powertools.utilities.parser.models import S3Model
+from pydantic import BaseModel, ValidationError
 
+from cryopilot.adapters.event_models import DataSyncEvent, S3ObjectCreatedEvent
 from cryopilot.core.errors import EventError
-from cryopilot.domain.manifest import MANIFEST_NAMES, is_manifest_key
-
-
-class ManifestLocation(BaseModel):
-    """One version of one manifest object."""
-
-    model_config = ConfigDict(frozen=True)
-
-    bucket: str
-    key: str
-    version_id: str | None = None
-    etag: str | None = None
-
-    @property
-    def dataset_folder(self) -> str:
-        return self.key.split("/")[1]
-
-    @property
-    def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
-
-    def digest(self) -> str:
-        """Identity of this manifest *version*: the idempotency key of a run."""
-        version = self.version_id or f"etag:{(self.etag or '').strip(chr(34))}"
-        raw = f"{self.bucket}\n{self.key}\n{version}".encode()
-        return hashlib.sha256(raw).hexdigest()
-
-    def run_id(self) -> str:
-        """Deterministic run id, also the execution name (≤ 80 chars of [A-Za-z0-9-_])."""
-        name = re.sub(r"[^A-Za-z0-9-]+", "-", self.dataset_folder).strip("-")[:48] or "dataset"
-        return f"{name}-{self.digest()[:12]}"
+from cryopilot.domain.location import ManifestLocation
 
 
 class Trigger(BaseModel):
@@ -58,101 +31,30 @@ class Trigger(BaseModel):
     execution_arn: str | None = None
 
 
-# --- event shapes ---------------------------------------------------------------------------------
-
-
-class _EbObject(BaseModel):
-    key: str
-    size: int | None = None
-    # AWS says "etag"; moto says "eTag"; accept both.
-    etag: str | None = Field(default=None, validation_alias=AliasChoices("etag", "eTag"))
-    version_id: str | None = Field(default=None, validation_alias=AliasChoices("version-id", "versionId"))
-
-
-class _EbBucket(BaseModel):
-    name: str
-
-
-class _EbDetail(BaseModel):
-    bucket: _EbBucket
-    object: _EbObject
-
-
-class _EbS3Event(BaseModel):
-    source: Literal["aws.s3"]
-    detail_type: Literal["Object Created"] = Field(validation_alias="detail-type")
-    detail: _EbDetail
-
-
-class _S3NotifObject(BaseModel):
-    key: str
-    size: int | None = None
-    eTag: str | None = None
-    versionId: str | None = None
-
-
-class _S3NotifEntity(BaseModel):
-    bucket: _EbBucket
-    object: _S3NotifObject
-
-
-class _S3Record(BaseModel):
-    eventSource: Literal["aws:s3"]
-    eventName: str
-    s3: _S3NotifEntity
-
-
-class _S3Notification(BaseModel):
-    Records: list[_S3Record]
-
-
-class _DataSyncDetail(BaseModel):
-    State: str
-
-
-class _DataSyncEvent(BaseModel):
-    source: Literal["aws.datasync"]
-    detail_type: Literal["DataSync Task Execution State Change"] = Field(validation_alias="detail-type")
-    resources: list[str] = Field(min_length=1)
-    detail: _DataSyncDetail
-
-
-def check_key(key: str) -> None:
-    """Reject keys no manifest can have, before anything else looks at them."""
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
-        raise EventError(f"object key {key!r} contains control characters")
-    if ".." in key.split("/"):
-        raise EventError(f"object key {key!r} contains '..'")
-    if "." in key.split("/"):
-        raise EventError(f"object key {key!r} contains a '.' folder")
-    if not is_manifest_key(key):
-        raise EventError(
-            f"object key {key!r} is not a manifest (expected datasets/<dataset>/{'|'.join(MANIFEST_NAMES)})"
-        )
-
-
 def parse_triggers(event: Any) -> list[Trigger]:
     """Parse ``event`` into triggers. Raises :class:`EventError` for an event of no known kind."""
     if not isinstance(event, dict):
         raise EventError(f"event must be a JSON object, not {type(event).__name__}")
     if "Records" in event:
         try:
-            notif = _S3Notification.model_validate(event)
+            notif = S3Model.model_validate(event)
         except ValidationError as exc:
             raise EventError(f"not an S3 event notification: {exc.errors()[0]['msg']}") from None
+        except (AttributeError, TypeError):  # Powertools' record check reads a record's "s3" first
+            raise EventError("not an S3 event notification: a record has no s3 object") from None
         out = []
         for rec in notif.Records:
-            if not rec.eventName.startswith("ObjectCreated:"):
+            s3obj = rec.s3.object
+            if not rec.eventName.startswith("ObjectCreated:") or s3obj is None:
                 continue
-            key = urllib.parse.unquote_plus(rec.s3.object.key)
             out.append(
                 Trigger(
                     kind="s3-notification",
                     location=ManifestLocation(
                         bucket=rec.s3.bucket.name,
-                        key=key,
-                        version_id=rec.s3.object.versionId,
-                        etag=rec.s3.object.eTag,
+                        key=urllib.parse.unquote_plus(s3obj.key),
+                        version_id=s3obj.versionId,
+                        etag=s3obj.eTag,
                     ),
                 )
             )
@@ -165,18 +67,21 @@ def parse_triggers(event: Any) -> list[Trigger]:
         )
     try:
         if source == "aws.s3":
-            eb = _EbS3Event.model_validate(event)
+            eb = S3ObjectCreatedEvent.model_validate(event)
             obj = eb.detail.object
             return [
                 Trigger(
                     kind="eventbridge-s3",
                     location=ManifestLocation(
-                        bucket=eb.detail.bucket.name, key=obj.key, version_id=obj.version_id, etag=obj.etag
+                        bucket=eb.detail.bucket.name,
+                        key=obj.key,
+                        version_id=obj.version_id,
+                        etag=obj.etag or None,
                     ),
                 )
             ]
         if source == "aws.datasync":
-            ds = _DataSyncEvent.model_validate(event)
+            ds = DataSyncEvent.model_validate(event)
             if ds.detail.State != "SUCCESS":
                 return []
             return [Trigger(kind="datasync", execution_arn=ds.resources[0])]

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cryopilot.adapters.events import ManifestLocation
+from cryopilot.domain.location import ManifestLocation
 
 
 class RunSettings(BaseModel):

@@ -76,7 +76,8 @@ def _placement(run: RunRecord, status: str) -> list[str]:
     return lines
 
 
-def _elapsed(run: RunRecord, now: float) -> float:
+def elapsed_seconds(run: RunRecord, now: float) -> float:
+    """From the run's start to its export (or its end, or now)."""
     start = run.started_epoch
     end = run.export_finished_at or run.finished_epoch or now
     return float(end) - float(start) if start else 0.0
@@ -122,7 +123,7 @@ def succeeded(
     dataset = run.dataset if run.dataset is not None else run_id
     res = run.resolution_A
     res_txt = f"{res:.2f} Å" if res is not None else "resolution unknown"
-    elapsed = fmt_duration(_elapsed(run, now))
+    elapsed = fmt_duration(elapsed_seconds(run, now))
     results = run.results or {}
     lines = [
         f"cryopilot finished run {run_id} for dataset {dataset}.",

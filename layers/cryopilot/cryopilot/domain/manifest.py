@@ -35,7 +35,6 @@ MAX_MESSAGE_CHARS = 2000
 MAX_EXCERPT_CHARS = 60
 
 #: File names StartRun treats as a manifest.
-MANIFEST_NAMES = ("cryopilot.yaml", "cryopilot.yml", "cryopilot.json")
 
 DATASET_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$"
 SYMMETRY_RE = r"^(C[1-9][0-9]*|D[2-9][0-9]*|T|O|I)$"
@@ -301,14 +300,3 @@ def manifest_from_dict(doc: Any, *, source: str = "manifest") -> Manifest:
         return Manifest.model_validate(doc)
     except ValidationError as exc:
         raise _error(source, validation_message(exc)) from None
-
-
-def is_manifest_key(key: str) -> bool:
-    """True for ``datasets/<dataset>/cryopilot.{yaml,yml,json}``."""
-    parts = key.split("/")
-    return len(parts) == 3 and parts[0] == "datasets" and bool(parts[1]) and parts[2] in MANIFEST_NAMES
-
-
-def manifest_prefix(key: str) -> str:
-    """The folder a manifest's relative paths resolve against (``datasets/<dataset>/``)."""
-    return key.rsplit("/", 1)[0] + "/"

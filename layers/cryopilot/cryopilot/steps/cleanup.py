@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cryopilot.adapters import admission, aws, clusters, runs
-from cryopilot.adapters.observability import logger
+from cryopilot.adapters.observability import MetricUnit, logger, metrics
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import ClusterNotFoundError, CryopilotError
@@ -104,6 +105,7 @@ def on_execution_end(detail: dict[str, Any]) -> CleanupResult:
                 "step": run.current_step or "unknown",
             }
         store.update_run(run_id, **fields)
+        metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)
 
     name = run.cluster_name
     if run.cluster_deleted or not name or run.cluster_state in (None, "NOT_CREATED"):
@@ -206,6 +208,7 @@ def janitor(now: float | None = None) -> JanitorReport:
         report.actions.append(_delete(info, run_id, run, reason, action))
 
     closed = _close_deleted_records(listed)
+    metrics.add_metric(name="ClustersAlive", unit=MetricUnit.Count, value=report.checked)
     report.mailed = _mail_janitor(report)
     logger.info(
         "janitor pass",
@@ -292,13 +295,42 @@ def handle_schedule() -> dict[str, Any]:
     return answer
 
 
+class ExecutionEnd(BaseModel):
+    """The detail of a "Step Functions Execution Status Change" event (the fields read here; the
+    others are kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    executionArn: str
+    stateMachineArn: str
+    name: str
+    status: str
+
+
+class ExecutionStatusChange(EventBridgeModel):
+    """The EventBridge event of an execution's end (Powertools' EventBridge model)."""
+
+    detail_type: Literal["Step Functions Execution Status Change"] = Field(alias="detail-type")
+    detail: ExecutionEnd
+
+    @field_validator("detail", mode="before")
+    @classmethod
+    def _decoded(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+
 def parse_event(event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """("execution_end", detail) or ("schedule", {}) for the function's two triggers."""
+    """("execution_end", detail) or ("schedule", {}) for the function's two triggers. An execution
+    status change is parsed with Powertools' EventBridge model (and this detail model); the
+    schedule's event carries nothing to read."""
     if event.get("detail-type") == "Step Functions Execution Status Change":
-        detail = event.get("detail")
-        if isinstance(detail, str):
-            detail = json.loads(detail)
-        return "execution_end", dict(detail or {})
+        try:
+            change = ExecutionStatusChange.model_validate(event)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"malformed execution status change: {where}: {first['msg']}") from None
+        return "execution_end", change.detail.model_dump()
     if event.get("detail-type") == "Scheduled Event" or event.get("source") == "aws.events":
         return "schedule", {}
     raise ValueError(f"not an event the cleanup function handles: {event.get('detail-type')!r}")

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from cryopilot.adapters import runs
+from cryopilot.adapters.observability import MetricUnit, metrics
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import parse_error
@@ -43,6 +44,7 @@ def record_failure(run_id: str, error: Any) -> FailureRecord:
         finished_at=clock.now_iso(),
         finished_epoch=clock.now(),
     )
+    metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)
     has_cluster = bool(run.cluster_name) and run.cluster_state not in (None, "NOT_CREATED", "DELETED")
     settings = run.settings
     return FailureRecord(
@@ -65,6 +67,12 @@ def success_mail(run_id: str) -> Mail:
     store = runs.store()
     run = store.get_run(run_id) or RunRecord(run_id=run_id)
     store.update_run(run_id, status="SUCCEEDED", finished_at=clock.now_iso(), finished_epoch=clock.now())
+    metrics.add_metric(name="RunsSucceeded", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(
+        name="TimeToStructure", unit=MetricUnit.Seconds, value=mails.elapsed_seconds(run, clock.now())
+    )
+    if run.cost_usd is not None:
+        metrics.add_metric(name="RunCost", unit=MetricUnit.NoUnit, value=float(run.cost_usd))
     settings = get_settings()
     mail = mails.succeeded(
         run,

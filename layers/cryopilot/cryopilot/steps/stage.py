@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from cryopilot.adapters import runs
 from cryopilot.adapters.agent_client import agent_for
 from cryopilot.adapters.clusters import queue_nodes
-from cryopilot.adapters.observability import logger
+from cryopilot.adapters.observability import MetricUnit, logger, metrics
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import AgentError, JobFailedError, JobKilledError, JobStuckError
@@ -132,6 +132,14 @@ def check_limits(ctx: RunContext, plan: list[PlannedStage], index: int) -> None:
     )
 
 
+def _count_duration(stage_id: str, rec: dict[str, Any]) -> None:
+    """The ``StageDuration`` metric of a completed stage: its jobs' first start to last end."""
+    if rec.get("started_at") and rec.get("completed_at"):
+        metrics.add_dimension(name="stage", value=stage_id)
+        seconds = max(0.0, float(rec["completed_at"]) - float(rec["started_at"]))
+        metrics.add_metric(name="StageDuration", unit=MetricUnit.Seconds, value=seconds)
+
+
 def submit(run_id: str, index: int) -> StageStep:
     store = runs.store()
     ctx, plan = _run(run_id)
@@ -157,6 +165,8 @@ def submit(run_id: str, index: int) -> StageStep:
         store.append_to(run_id, "decisions", *[d.model_dump() for d in result.stage.decisions])
     logger.info("stage submitted", extra={"run_id": run_id, "stage": stage.id, "jobs": rec["jobs"]})
     done = result.stage.state == "completed"
+    if done:
+        _count_duration(stage.id, rec)
     return StageStep(
         index=index,
         id=stage.id,
@@ -198,6 +208,7 @@ def poll(run_id: str, step: StageStep) -> StageStep:
         killed = ", ".join(j.uid for j in status.jobs if j.status == "killed")
         raise JobKilledError(f"stage '{stage.title}': job {killed or '?'} was killed", stage=stage.id)
     if status.state == "completed":
+        _count_duration(stage.id, rec)
         if status.decisions:
             store.append_to(run_id, "decisions", *[d.model_dump() for d in status.decisions])
         if status.resolution_A is not None:

@@ -13,12 +13,13 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cryopilot.adapters import admission, aws, runs
-from cryopilot.adapters.events import ManifestLocation, Trigger, check_key, parse_triggers
+from cryopilot.adapters.events import Trigger, parse_triggers
 from cryopilot.adapters.execution_input import ExecutionInput
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core.errors import EventError
-from cryopilot.domain.manifest import MANIFEST_NAMES, validation_message
+from cryopilot.domain.location import MANIFEST_NAMES, ManifestLocation, check_key
+from cryopilot.domain.manifest import validation_message
 
 StartStatus = Literal["started", "queued", "duplicate", "ignored"]
 

@@ -10,7 +10,6 @@ from pydantic import BaseModel, ValidationError
 
 from cryopilot.adapters import aws, runs
 from cryopilot.adapters.clusters import queue_nodes
-from cryopilot.adapters.events import ManifestLocation, check_key
 from cryopilot.adapters.execution_input import ExecutionInput, RunSettings
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
@@ -20,11 +19,11 @@ from cryopilot.core.naming import cluster_name_for
 from cryopilot.domain import limits, placement
 from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.clusterconfig.build import FSX_MOUNT_DIR
+from cryopilot.domain.location import ManifestLocation, check_key, manifest_prefix
 from cryopilot.domain.manifest import (
     MAX_MANIFEST_BYTES,
     Manifest,
     manifest_from_dict,
-    manifest_prefix,
     parse_manifest,
     validation_message,
 )

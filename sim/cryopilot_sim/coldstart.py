@@ -1,0 +1,207 @@
+"""How long each built Lambda function takes to import its handler: the part of a cold start the
+code decides.
+
+    python -m cryopilot_sim.coldstart [--build .aws-sam/build] [--runs 7] [--traced]
+
+Each function of ``sam build``'s output is imported as Lambda imports it: a fresh Python 3.12
+process whose path holds the function's code, the built layer and the runtime's boto3 only (a
+bare venv under ``build/``, made once, holding the boto3 version the layer pins). One unmeasured
+import first writes the bytecode caches (under ``build/``, never into the build output), then
+``--runs`` imports are timed, each in a new process, with ``time.perf_counter`` around the
+import. Tracing is off, as anywhere outside Lambda; ``--traced`` also times each import as Lambda
+does it with ``Tracing: Active`` (Powertools' Tracer loads the X-Ray SDK and patches botocore).
+
+The table gives the median and the slowest wall time and the median CPU time of the process
+(less sensitive to a busy machine than wall time), and whether the median meets the target. A
+missed target is reported, not an error: the exit status is non-zero only when something could
+not be measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryopilot_sim.template import ROOT, load_template, resources_of_type
+
+TARGET_MS = 300.0
+RUNTIME = ROOT / "build" / "coldstart-runtime"
+PYCACHE = ROOT / "build" / "coldstart-pycache"
+LAYER_REQUIREMENTS = ROOT / "layers" / "cryopilot" / "requirements.txt"
+LAYER = "CryopilotLayer"
+
+_PROBE = """
+import json, sys, time
+t0, c0 = time.perf_counter(), time.process_time()
+import {module} as m
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+assert callable(getattr(m, {name!r}))
+print(json.dumps({{"wall_ms": wall * 1000, "cpu_ms": cpu * 1000}}))
+"""
+
+
+class ColdStartError(Exception):
+    """Something could not be measured."""
+
+
+@dataclass
+class Timing:
+    function: str
+    wall_ms: list[float]
+    cpu_ms: list[float]
+    traced_ms: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.wall_ms)
+
+
+def pinned_boto3(requirements: Path = LAYER_REQUIREMENTS) -> str:
+    """The boto3 version the layer pins (what the Lambda runtime is assumed to hold)."""
+    for line in requirements.read_text().splitlines():
+        match = re.match(r"^\s*boto3\s*==\s*([0-9][^\s;#]*)", line)
+        if match:
+            return match.group(1)
+    raise ColdStartError(f"{requirements} pins no boto3 version")
+
+
+def runtime_python(venv: Path = RUNTIME) -> Path:
+    """A bare Python 3.12 venv holding only the pinned boto3; made once, then reused."""
+    if sys.version_info[:2] != (3, 12):
+        raise ColdStartError(f"Lambda's runtime is Python 3.12; this is {sys.version.split()[0]}")
+    version = pinned_boto3()
+    ready = venv / "ready"
+    python = venv / "bin" / "python"
+    if ready.is_file() and ready.read_text() == version and python.exists():
+        return python
+    print(f"==> making a bare runtime venv with boto3=={version} in {venv}", file=sys.stderr)
+    staging = venv.with_name(venv.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(venv, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", "--symlinks", str(staging)], check=True)
+    subprocess.run(
+        [str(staging / "bin" / "python"), "-m", "pip", "install", "-q", f"boto3=={version}"], check=True
+    )
+    (staging / "ready").write_text(version)
+    staging.rename(venv)
+    return python
+
+
+def functions(build: Path) -> dict[str, tuple[str, str]]:
+    """{logical id: (handler module, handler function)} of every function in the built template."""
+    template = load_template(build / "template.yaml")
+    default = template.get("Globals", {}).get("Function", {}).get("Handler", "app.lambda_handler")
+    out = {}
+    for logical, resource in sorted(resources_of_type(template, "AWS::Serverless::Function").items()):
+        module, _, name = str(resource["Properties"].get("Handler") or default).rpartition(".")
+        out[logical] = (module, name)
+    return out
+
+
+def _import_once(
+    python: Path, build: Path, logical: str, handler: tuple[str, str], traced: bool
+) -> dict[str, Any]:
+    code = build / logical
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": f"{code}{os.pathsep}{build / LAYER / 'python'}",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONPYCACHEPREFIX": str(PYCACHE),
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }
+    if traced:  # what Lambda sets: Powertools' Tracer turns X-Ray on inside Lambda only
+        env["LAMBDA_TASK_ROOT"] = str(code)
+    module, name = handler
+    proc = subprocess.run(
+        [str(python), "-c", _PROBE.format(module=module, name=name)],
+        cwd=code,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        raise ColdStartError(f"{logical}: importing {module} failed:\n{proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def measure(build: Path, runs: int = 7, traced: bool = False, python: Path | None = None) -> list[Timing]:
+    if not (build / LAYER / "python").is_dir() or not (build / "template.yaml").is_file():
+        raise ColdStartError(f"no sam build output in {build}: run `make build` first")
+    python = python or runtime_python()
+    timings = []
+    for logical, handler in functions(build).items():
+        _import_once(python, build, logical, handler, traced=False)  # writes the bytecode caches
+        samples = [_import_once(python, build, logical, handler, traced=False) for _ in range(runs)]
+        traced_ms = []
+        if traced:
+            _import_once(python, build, logical, handler, traced=True)
+            traced_ms = [
+                _import_once(python, build, logical, handler, traced=True)["wall_ms"] for _ in range(runs)
+            ]
+        timings.append(
+            Timing(
+                function=logical,
+                wall_ms=[s["wall_ms"] for s in samples],
+                cpu_ms=[s["cpu_ms"] for s in samples],
+                traced_ms=traced_ms,
+            )
+        )
+    return timings
+
+
+def table(timings: list[Timing], target_ms: float = TARGET_MS) -> str:
+    traced = any(t.traced_ms for t in timings)
+    head = f"{'function':<28} {'median':>8} {'max':>8} {'cpu med':>8}"
+    head += f" {'traced':>8}" if traced else ""
+    lines = [head + f"  target {target_ms:.0f} ms (median)", "-" * (len(head) + 26)]
+    for t in timings:
+        row = f"{t.function:<28} {t.median:>8.0f} {max(t.wall_ms):>8.0f} {statistics.median(t.cpu_ms):>8.0f}"
+        if traced:
+            row += f" {statistics.median(t.traced_ms):>8.0f}" if t.traced_ms else f" {'':>8}"
+        row += "  met" if t.median < target_ms else f"  MISSED by {t.median - target_ms:.0f} ms"
+        lines.append(row)
+    met = sum(t.median < target_ms for t in timings)
+    lines.append(
+        f"{met} of {len(timings)} functions import in under {target_ms:.0f} ms (ms, wall unless cpu)"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cryopilot_sim.coldstart", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--build", type=Path, default=ROOT / ".aws-sam" / "build", help="sam build's output")
+    parser.add_argument("--runs", type=int, default=7, help="timed imports per function (fresh processes)")
+    parser.add_argument("--target-ms", type=float, default=TARGET_MS)
+    parser.add_argument("--traced", action="store_true", help="also time imports with X-Ray tracing on")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    try:
+        timings = measure(args.build, runs=args.runs, traced=args.traced)
+    except (ColdStartError, subprocess.SubprocessError, OSError) as exc:
+        print(f"coldstart: {exc}", file=sys.stderr)
+        return 2
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"Handler import times, {args.runs} fresh processes each "
+        f"(load average {load:.1f}, {os.cpu_count()} CPUs)"
+    )
+    print(table(timings, args.target_ms))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
