@@ -20,7 +20,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[LocalServer]:
-    with LocalServer(profile="spike", speed=20000.0, stack_file=tmp_path / "stack.json") as s:
+    # 200× the wall clock: the spike run's 7 simulated hours take about 2 minutes, so the run is
+    # still going when the test's commands (a few seconds each on a loaded machine) cancel it,
+    # while the cluster's creation (15 simulated minutes) is ready in seconds.
+    with LocalServer(profile="spike", speed=200.0, stack_file=tmp_path / "stack.json") as s:
         yield s
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from cryopilot.adapters.clusters import queue_nodes
+from cryopilot.adapters.pricing import queue_nodes
 from cryopilot.adapters.settings import get_settings
 from cryopilot.domain import limits
 from cryopilot.domain.billing import (

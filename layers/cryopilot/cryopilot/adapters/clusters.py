@@ -17,8 +17,6 @@ from cryopilot.adapters.pcluster import PClusterClient
 from cryopilot.adapters.settings import Settings, get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import ClusterNotFoundError
-from cryopilot.domain import billing
-from cryopilot.domain.catalogue import Catalogue, CostingError
 from cryopilot.domain.clusterconfig.build import build_cluster_config, render_yaml
 from cryopilot.domain.clusterconfig.params import (
     CapacityFallback,
@@ -121,20 +119,3 @@ def request_deletion(run_id: str) -> Deletion:
     store.update_run(run_id, **fields)
     logger.info("cluster deletion requested", extra={"run_id": run_id, "cluster": name})
     return Deletion(name=name, status=status)
-
-
-def queue_nodes(settings: Settings, gpu8_instance_type: str | None = None) -> dict[str, billing.NodeType]:
-    """Each GPU queue's node, priced from the deployment's catalogue (``PriceOverrides`` applied);
-    ``gpu8_instance_type``: the type the run's placement chose. A queue whose type has no price is
-    left out, and so is every queue when the overrides are malformed (then nothing has a price)."""
-    try:
-        catalogue = Catalogue.for_deployment(settings.price_overrides)
-    except CostingError:
-        return {}
-    nodes = {}
-    for queue, instance_type in settings.queue_instance_types(gpu8_instance_type).items():
-        try:
-            nodes[queue] = billing.node_type(catalogue, instance_type, settings.region)
-        except CostingError:
-            continue
-    return nodes

@@ -10,8 +10,8 @@ from pydantic import BaseModel
 
 from cryopilot.adapters import runs
 from cryopilot.adapters.agent_client import agent_for
-from cryopilot.adapters.clusters import queue_nodes
 from cryopilot.adapters.observability import MetricUnit, logger, metrics
+from cryopilot.adapters.pricing import queue_nodes
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import AgentError, JobFailedError, JobKilledError, JobStuckError

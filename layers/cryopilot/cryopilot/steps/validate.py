@@ -9,9 +9,9 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ValidationError
 
 from cryopilot.adapters import aws, runs
-from cryopilot.adapters.clusters import queue_nodes
 from cryopilot.adapters.execution_input import ExecutionInput, RunSettings
 from cryopilot.adapters.observability import logger
+from cryopilot.adapters.pricing import queue_nodes
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import EventError, ManifestError, RunLimitError

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from cryopilot.domain import billing
 from cryopilot.domain.billing import node_bill
 from cryopilot.domain.report.rows import GPUS_PER_NODE, MASTER_QUEUE, StageRow
 
@@ -147,10 +148,15 @@ def _row(
     completed = _when(rec.get("completed_at"))
     wall = _seconds(started, completed)
     cost: float | None = None
-    if wall is not None and prices is not None and instance and nodes is not None:
+    if started is not None and completed is not None and prices is not None and instance and nodes:
         price = _number(prices(instance))
         if price is not None:
-            cost = wall / 3600 * nodes * price
+            # the stage's own run time, priced by the one billing model (no launch, no idle)
+            node = billing.NodeType(instance, per_node or 0, price)
+            job = billing.Job(
+                went=started.timestamp(), start=started.timestamp(), end=completed.timestamp(), nodes=nodes
+            )
+            cost = billing.run_time_cost(node, job)
     return StageRow(
         stage_id=stage_id,
         title=str(title),
