@@ -20,10 +20,9 @@ from typing import Any
 import pytest
 import yaml
 from cryopilot.core.errors import ManifestError
+from cryopilot.core.validation import MAX_EXCERPT_CHARS, MAX_MESSAGE_CHARS
 from cryopilot.domain.manifest import (
     DATASET_RE,
-    MAX_EXCERPT_CHARS,
-    MAX_MESSAGE_CHARS,
     SYMMETRY_RE,
     Manifest,
     manifest_from_dict,

@@ -25,16 +25,17 @@ from pydantic import (
 )
 
 from cryopilot.core.errors import ManifestError
+from cryopilot.core.validation import (
+    MAX_MESSAGE_CHARS,
+    clip,
+    excerpt,
+    printable,
+    validation_message,
+)
 
 #: Largest manifest accepted, in bytes.
 MAX_MANIFEST_BYTES = 1024 * 1024
 
-#: Longest message of a :class:`ManifestError` raised here (it goes to the run record and a mail).
-MAX_MESSAGE_CHARS = 2000
-#: Longest excerpt of the manifest (a value, a key) a message quotes.
-MAX_EXCERPT_CHARS = 60
-
-#: File names StartRun treats as a manifest.
 
 DATASET_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$"
 SYMMETRY_RE = r"^(C[1-9][0-9]*|D[2-9][0-9]*|T|O|I)$"
@@ -179,7 +180,7 @@ class Manifest(_Strict):
     def _emails(cls, value: list[str]) -> list[str]:
         bad = [v for v in value if not EMAIL_RE.match(v)]
         if bad:
-            raise ValueError(f"not an email address: {', '.join(_excerpt(v) for v in bad[:3])}")
+            raise ValueError(f"not an email address: {', '.join(excerpt(v) for v in bad[:3])}")
         return value
 
     @model_validator(mode="after")
@@ -193,62 +194,8 @@ class Manifest(_Strict):
         return self.pipeline.preset or self.input.kind
 
 
-def _printable(text: str) -> str:
-    """``text`` on one line: characters that are not printable (newlines, controls) escaped."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _excerpt(value: Any) -> str:
-    """A short quote of a value from the manifest."""
-    try:
-        shown = repr(value)
-    except ValueError:  # an integer too long to print
-        shown = f"a {type(value).__name__} too long to show"
-    return _clip(_printable(shown), MAX_EXCERPT_CHARS)
-
-
-def _describe(err: Any) -> str:
-    where = ".".join(_clip(_printable(str(p)), MAX_EXCERPT_CHARS) for p in err["loc"]) or "(top level)"
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown field"
-    elif err["type"] == "missing":
-        msg = "required field is missing"
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    msg = _clip(_printable(msg), 300)
-    if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict | list):
-        msg = f"{msg} (got {_excerpt(err['input'])})"
-    return f"{where}: {msg}"
-
-
-def validation_message(exc: ValidationError) -> str:
-    """One message naming the fields at fault, e.g. ``acquisition.voltage_kV: Input should be …``.
-
-    On one line and at most :data:`MAX_MESSAGE_CHARS` long: past that, the rest is counted, not listed.
-    """
-    problems = [_describe(e) for e in exc.errors()]
-    budget = MAX_MESSAGE_CHARS - 400  # room for the source in front and the count behind
-    shown: list[str] = []
-    used = 0
-    for problem in problems:
-        if shown and used + len(problem) + 2 > budget:
-            break
-        shown.append(problem)
-        used += len(problem) + 2
-    rest = len(problems) - len(shown)
-    text = "; ".join(shown) + (f"; and {rest} more problem{'s' if rest > 1 else ''}" if rest else "")
-    return _clip(text, MAX_MESSAGE_CHARS - 200)
-
-
 def _error(source: str, detail: str) -> ManifestError:
-    return ManifestError(_clip(_printable(f"{source}: {detail}"), MAX_MESSAGE_CHARS))
+    return ManifestError(clip(printable(f"{source}: {detail}"), MAX_MESSAGE_CHARS))
 
 
 def parse_manifest(data: bytes, *, source: str = "manifest") -> Manifest:
@@ -278,13 +225,13 @@ def parse_manifest(data: bytes, *, source: str = "manifest") -> Manifest:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = _clip(str(getattr(exc, "problem", None) or "syntax error"), 100)
+        problem = clip(str(getattr(exc, "problem", None) or "syntax error"), 100)
         raise _error(source, f"is not valid YAML: {problem}{where}") from None
     except RecursionError:
         raise _error(source, f"is not valid {fmt}: it is nested too deeply") from None
     except ValueError as exc:  # a value the parser cannot convert (a 5,000-digit number, 2026-13-45)
         reason = "a number has too many digits" if "integer string conversion" in str(exc) else str(exc)
-        reason = _clip(reason, 100)
+        reason = clip(reason, 100)
         raise _error(source, f"is not valid {fmt}: {reason}") from None
     return manifest_from_dict(doc, source=source)
 

@@ -18,8 +18,8 @@ from cryopilot.adapters.execution_input import ExecutionInput
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core.errors import EventError
+from cryopilot.core.validation import validation_message
 from cryopilot.domain.location import MANIFEST_NAMES, ManifestLocation, check_key
-from cryopilot.domain.manifest import validation_message
 
 StartStatus = Literal["started", "queued", "duplicate", "ignored"]
 
