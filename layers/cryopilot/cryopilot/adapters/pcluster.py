@@ -95,7 +95,7 @@ Operation = Literal["create_cluster", "describe_cluster", "delete_cluster", "lis
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
 
 class Failure(_Model):

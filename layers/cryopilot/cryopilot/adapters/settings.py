@@ -19,7 +19,7 @@ ENV_PREFIX = "CRYOPILOT_"
 class Settings(BaseModel):
     """Environment of every cryopilot Lambda (set in template.yaml's Globals)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True, defer_build=True)
 
     @model_validator(mode="before")
     @classmethod

@@ -72,7 +72,7 @@ class PriceOverrideError(CostingError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class PriceRecord(_Model):

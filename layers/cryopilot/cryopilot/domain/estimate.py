@@ -80,7 +80,7 @@ HEAD_QUEUE = "head"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 # --- plans ---------------------------------------------------------------------------------------

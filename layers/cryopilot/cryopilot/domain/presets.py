@@ -39,7 +39,7 @@ _REF = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class OutputRef(_Model):

@@ -28,7 +28,7 @@ RunStatus = Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
 
 class _Item(BaseModel):
     # Reading an item must never fail on a field a newer version added: unknown fields are ignored.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
 
 class StageRecord(_Item):

@@ -20,7 +20,7 @@ StageState = Literal["not_submitted", "queued", "running", "completed", "failed"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
 
 class JobInfo(_Model):

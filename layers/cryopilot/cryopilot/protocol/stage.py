@@ -18,7 +18,7 @@ JOB_TITLE_PREFIX = "cryopilot:"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class DecisionDef(_Model):

@@ -20,7 +20,9 @@ _QUEUE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,24}$")
 
 
 class _Cfg(BaseModel):
-    model_config = ConfigDict(alias_generator=to_pascal, populate_by_name=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        alias_generator=to_pascal, populate_by_name=True, extra="forbid", frozen=True, defer_build=True
+    )
 
 
 class Tag(_Cfg):

@@ -44,7 +44,7 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 
 class _Input(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class ClusterParams(_Input):
