@@ -30,7 +30,7 @@ from cryopilot.domain.manifest import (
 from cryopilot.protocol.stage import PlannedStage
 
 
-class RunContext(BaseModel):
+class ValidatedRun(BaseModel):
     """What Validate hands to the rest of the state machine (``$.run``)."""
 
     run_id: str
@@ -76,7 +76,7 @@ def load_manifest(location: ManifestLocation) -> tuple[Manifest, ManifestLocatio
     return parse_manifest(body, source=source), pinned
 
 
-def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunContext:
+def validate(execution_name: str, execution_arn: str, raw_input: Any) -> ValidatedRun:
     """Read and check the manifest, plan the stages, write the run record."""
     settings = get_settings()
     run_id = execution_name
@@ -145,7 +145,7 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> RunCont
     logger.info(
         "manifest valid", extra={"run_id": run_id, "dataset": manifest.dataset, "stages": len(stages)}
     )
-    return RunContext(
+    return ValidatedRun(
         run_id=run_id,
         dataset=manifest.dataset,
         preset=manifest.preset_name,
