@@ -68,7 +68,7 @@ def _read_manifest_bytes(where: str, region: str) -> bytes:
 
 
 def _cluster_config(args: argparse.Namespace) -> int:
-    from cryopilot.adapters.clusters import config_yaml_for
+    from cryopilot.adapters.cluster_config import config_yaml_for
     from cryopilot.adapters.settings import Settings
     from cryopilot.core.errors import ManifestError
     from cryopilot.core.naming import cluster_name_for

@@ -164,7 +164,8 @@ def test_janitor_stops_a_run_past_the_maximum_run_hours_and_deletes_its_cluster(
 
 def test_janitor_never_touches_another_stacks_or_a_running_runs_cluster(cloud: LocalCloud) -> None:
     import yaml
-    from cryopilot.adapters.clusters import api, config_yaml_for
+    from cryopilot.adapters.cluster_config import config_yaml_for
+    from cryopilot.adapters.clusters import api
     from cryopilot.adapters.settings import get_settings
 
     other = {

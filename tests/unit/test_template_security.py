@@ -447,7 +447,7 @@ def test_no_security_group_in_the_template_admits_the_internet() -> None:
 def _deployed_cluster_configs() -> list[dict[str, Any]]:
     """The configurations the stack's cluster function sends: built from the Lambda settings as
     ``cryopilot.steps.cluster`` builds them, for every placement of the capacity fallback."""
-    from cryopilot.adapters.clusters import cluster_params
+    from cryopilot.adapters.cluster_config import cluster_params
     from cryopilot.adapters.settings import Settings
     from cryopilot.domain.clusterconfig.build import build_cluster_config, render_yaml
     from cryopilot.domain.clusterconfig.params import capacity_fallbacks

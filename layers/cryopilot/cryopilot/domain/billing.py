@@ -29,10 +29,12 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryopilot.core.queues import NOMINAL_QUEUE_GPUS
-from cryopilot.domain.catalogue import DEFAULT_REGION, Catalogue
+
+if TYPE_CHECKING:  # only a type here: a function that formats costs need not load the catalogue
+    from cryopilot.domain.catalogue import Catalogue
 
 __all__ = [
     "NODES_BILLED",
@@ -69,7 +71,7 @@ class NodeType:
         return max(1, math.ceil(gpus / max(1, self.gpus)))
 
 
-def node_type(catalogue: Catalogue, instance_type: str, region: str = DEFAULT_REGION) -> NodeType:
+def node_type(catalogue: Catalogue, instance_type: str, region: str) -> NodeType:
     """The catalogue's node of ``instance_type`` at its ``region`` price."""
     return NodeType(instance_type, catalogue.gpus(instance_type), catalogue.price(instance_type, region))
 

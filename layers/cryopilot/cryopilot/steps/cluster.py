@@ -7,7 +7,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from cryopilot.adapters import runs
-from cryopilot.adapters.clusters import CLUSTER_FIELDS, api, config_yaml_for, placements, request_deletion
+from cryopilot.adapters.cluster_config import config_yaml_for, placements
+from cryopilot.adapters.clusters import CLUSTER_FIELDS, api, request_deletion
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.pcluster import raise_for_cluster_failure
 from cryopilot.adapters.settings import get_settings

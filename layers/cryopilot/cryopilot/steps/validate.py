@@ -18,7 +18,7 @@ from cryopilot.core.errors import EventError, ManifestError, RunLimitError
 from cryopilot.core.naming import cluster_name_for
 from cryopilot.domain import limits, placement
 from cryopilot.domain.catalogue import Catalogue
-from cryopilot.domain.clusterconfig.build import FSX_MOUNT_DIR
+from cryopilot.domain.clusterconfig.mounts import FSX_DATA_DIR
 from cryopilot.domain.location import ManifestLocation, check_key, manifest_prefix
 from cryopilot.domain.manifest import (
     MAX_MANIFEST_BYTES,
@@ -110,7 +110,7 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
 
     stages = placement.plan(
         manifest,
-        data_dir=f"{FSX_MOUNT_DIR}/data/",
+        data_dir=f"{FSX_DATA_DIR}/",
         queue_types=settings.queue_instance_types(),
         catalogue=Catalogue.for_deployment(settings.price_overrides),
     )

@@ -14,14 +14,15 @@ and every configuration this package can produce is loaded with ``aws-parallelcl
 
 The modules (import a name from the module that defines it; this file exports nothing):
 
-* :mod:`.models` — the configuration's schema, ``ClusterConfig`` and its sections, and
-  :data:`~.models.PCLUSTER_VERSION`;
+* :mod:`.version` — :data:`~.version.PCLUSTER_VERSION`, the ParallelCluster version targeted;
+* :mod:`.mounts` — where the shared volume, FSx and the scratch disks appear on the nodes;
+* :mod:`.models` — the configuration's schema, ``ClusterConfig`` and its sections;
 * :mod:`.params` — the inputs, their validation and the capacity fallbacks (the placements the
   cluster step tries in turn);
 * :mod:`.build` — the builder, the YAML text, the head-node setup arguments, the FSx size and the
   mount points.
 
-Targets ParallelCluster :data:`~.models.PCLUSTER_VERSION`. Facts checked against its schema and
+Targets ParallelCluster :data:`~.version.PCLUSTER_VERSION`. Facts checked against its schema and
 validators:
 
 * cluster names: a letter, then letters, digits and hyphens, 5 to 60 characters

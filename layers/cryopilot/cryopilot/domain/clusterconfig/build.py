@@ -51,17 +51,14 @@ from cryopilot.domain.clusterconfig.models import (
     Timeouts,
     TopLevelImds,
 )
+from cryopilot.domain.clusterconfig.mounts import (
+    FSX_DATA_PATH,
+    FSX_MOUNT_DIR,
+    FSX_RESULTS_PATH,
+    SCRATCH_MOUNT_DIR,
+    SHARED_MOUNT_DIR,
+)
 from cryopilot.domain.clusterconfig.params import ClusterParams, ClusterRequest, split_s3_uri
-
-#: Mount points on every node.
-SHARED_MOUNT_DIR = "/shared"
-FSX_MOUNT_DIR = "/fsx"
-#: Where the dataset and the results appear inside the FSx file system (under :data:`FSX_MOUNT_DIR`).
-FSX_DATA_PATH = "/data"
-FSX_RESULTS_PATH = "/results"
-#: Instance-store NVMe of compute nodes, mounted (RAID 0 when several) by ParallelCluster;
-#: the cryoSPARC lanes use it as the particle cache (``--ssdpath``).
-SCRATCH_MOUNT_DIR = "/scratch"
 
 #: Name of the head-node setup script inside the bootstrap prefix.
 HEADNODE_SETUP_SCRIPT = "headnode-setup.sh"

@@ -12,9 +12,6 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_pascal
 
-#: The ParallelCluster version the configuration targets (and the API the stack deploys).
-PCLUSTER_VERSION = "3.16.1"
-
 #: The API's generated models also refuse names shorter than 5 characters (``ClusterInfoSummary``).
 _QUEUE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,24}$")
 

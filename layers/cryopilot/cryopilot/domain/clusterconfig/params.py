@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cryopilot.core.naming import CLUSTER_NAME_MAX_LENGTH, CLUSTER_NAME_RE
-from cryopilot.domain.clusterconfig.models import PCLUSTER_VERSION
+from cryopilot.domain.clusterconfig.version import PCLUSTER_VERSION
 
 _SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8}(?:[0-9a-f]{9})?$")
 _SG_RE = re.compile(r"^sg-[0-9a-f]{8}(?:[0-9a-f]{9})?$")

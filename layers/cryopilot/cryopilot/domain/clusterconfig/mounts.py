@@ -1,0 +1,15 @@
+"""Where the cluster's storage appears on every node. A module of its own because the plan of a run
+(Validate) names these paths without needing the configuration's schema."""
+
+#: The head node's EBS volume, exported to every node.
+SHARED_MOUNT_DIR = "/shared"
+#: The FSx for Lustre file system.
+FSX_MOUNT_DIR = "/fsx"
+#: Where the dataset and the results appear inside the FSx file system (under :data:`FSX_MOUNT_DIR`).
+FSX_DATA_PATH = "/data"
+FSX_RESULTS_PATH = "/results"
+#: The dataset as the jobs read it: the data repository association's lazily imported S3 prefix.
+FSX_DATA_DIR = FSX_MOUNT_DIR + FSX_DATA_PATH
+#: Instance-store NVMe of compute nodes, mounted (RAID 0 when several) by ParallelCluster;
+#: the cryoSPARC lanes use it as the particle cache (``--ssdpath``).
+SCRATCH_MOUNT_DIR = "/scratch"
