@@ -28,8 +28,6 @@ Only a run started with ``cryopilot submit --now`` or a bare StartExecution bypa
 neither takes nor waits for a slot.
 """
 
-from __future__ import annotations
-
 import json
 from typing import Any, Literal
 

@@ -1,8 +1,6 @@
 """Talking to the head-node agent: SSM Run Command on the head node, answer read from the
 command's output (from S3 when SSM truncated it inline)."""
 
-from __future__ import annotations
-
 import json
 import shlex
 import time

@@ -5,8 +5,6 @@ What a cluster is built from (its configuration, its placements) is in :mod:`.cl
 only the cluster step and the operator CLI load.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from pydantic import BaseModel

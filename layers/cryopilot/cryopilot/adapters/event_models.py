@@ -6,8 +6,6 @@ Powertools' :class:`EventBridgeModel` with a detail model of ours. (S3's own not
 ``Records[]``, is Powertools' ``S3Model`` as it is.)
 """
 
-from __future__ import annotations
-
 from typing import Any, Literal
 
 from aws_lambda_powertools.utilities.parser.models import (

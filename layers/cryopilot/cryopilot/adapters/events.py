@@ -11,8 +11,6 @@ StartRun accepts three kinds of event:
   DataSync: the manifest sits at the transfer's destination prefix).
 """
 
-from __future__ import annotations
-
 import urllib.parse
 from typing import Any, Literal
 

@@ -4,9 +4,7 @@ StartRun builds it from an upload or an operator's start, Validate reads it; bot
 this one model.
 """
 
-from __future__ import annotations
-
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,7 +25,7 @@ class RunSettings(BaseModel):
     max_delete_polls: int = Field(default=120, ge=1, le=10_000)
 
     @model_validator(mode="after")
-    def _order(self) -> RunSettings:
+    def _order(self) -> Self:
         if self.max_poll_seconds < self.min_poll_seconds:
             raise ValueError("max_poll_seconds must be at least min_poll_seconds")
         return self
@@ -51,7 +49,7 @@ class ExecutionInput(BaseModel):
     settings: RunSettings = Field(default_factory=RunSettings)
 
     @model_validator(mode="after")
-    def _one_source(self) -> ExecutionInput:
+    def _one_source(self) -> Self:
         given = [
             n for n in ("manifest", "manifest_s3_uri", "manifest_inline") if getattr(self, n) is not None
         ]

@@ -35,8 +35,6 @@ the list ParallelCluster's fast capacity fail-over uses) or their messages in a 
 Credentials and the ``Authorization`` header never appear in an error, a log line or ``repr``.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 import re
@@ -45,7 +43,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import botocore.session
 from botocore.auth import SigV4Auth
@@ -143,7 +141,7 @@ class ClusterInfo(_Model):
     raw: dict[str, Any] = Field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_api(cls, data: Mapping[str, Any], *, validation_messages: Sequence[Any] = ()) -> ClusterInfo:
+    def from_api(cls, data: Mapping[str, Any], *, validation_messages: Sequence[Any] = ()) -> Self:
         """Parse a cluster object of an answer; an unparseable one raises :class:`PClusterApiError`."""
         try:
             return cls._from_api(data, validation_messages)
@@ -155,7 +153,7 @@ class ClusterInfo(_Model):
             ) from exc
 
     @classmethod
-    def _from_api(cls, data: Mapping[str, Any], validation_messages: Sequence[Any]) -> ClusterInfo:
+    def _from_api(cls, data: Mapping[str, Any], validation_messages: Sequence[Any]) -> Self:
         head = data.get("headNode") or {}
         return cls(
             name=str(data.get("clusterName") or ""),

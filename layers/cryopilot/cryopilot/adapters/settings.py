@@ -5,8 +5,6 @@ A plain pydantic model reads the environment itself (``CRYOPILOT_<FIELD>`` in an
 pydantic-settings (its CLI, cloud and dotenv sources, asyncio) cost every cold start about 80 ms.
 """
 
-from __future__ import annotations
-
 import os
 from functools import lru_cache
 from typing import Any

@@ -9,15 +9,13 @@
   three datasets with their Table 1 wall minutes on one p4d.24xlarge and the GPUs each job used.
 """
 
-from __future__ import annotations
-
 import json
 import math
 from collections.abc import Mapping
 from datetime import date
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -95,7 +93,7 @@ class InstanceSpec(_Model):
     prices: dict[str, PriceRecord]
 
     @model_validator(mode="after")
-    def _gpu_model_iff_gpus(self) -> InstanceSpec:
+    def _gpu_model_iff_gpus(self) -> Self:
         if (self.gpus > 0) != (self.gpu_model is not None):
             raise ValueError("gpu_model must be set exactly when gpus > 0")
         return self
@@ -118,7 +116,7 @@ class SpeedTable(_Model):
     models: dict[str, GpuSpeed]
 
     @model_validator(mode="after")
-    def _reference_is_one(self) -> SpeedTable:
+    def _reference_is_one(self) -> Self:
         ref = self.models.get(self.reference_gpu)
         if ref is None or ref.relative_throughput != 1.0:
             raise ValueError(f"the reference GPU {self.reference_gpu} must be listed with speed 1.0")
@@ -149,7 +147,7 @@ class Catalogue(_Model):
     speed_overrides: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _gpu_models_have_speed(self) -> Catalogue:
+    def _gpu_models_have_speed(self) -> Self:
         missing = sorted(
             {s.gpu_model for s in self.instances.values() if s.gpu_model} - set(self.speed_table.models)
         )
@@ -160,12 +158,12 @@ class Catalogue(_Model):
     # -- loading ---------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls) -> Catalogue:
+    def load(cls) -> "Catalogue":
         """The catalogue shipped in ``data/instances.yaml`` (read once, then cached)."""
         return _shipped_catalogue()
 
     @classmethod
-    def for_deployment(cls, price_overrides: str | None) -> Catalogue:
+    def for_deployment(cls, price_overrides: str | None) -> "Catalogue":
         """The shipped catalogue with a deployment's price overrides (the JSON object of its
         ``PriceOverrides`` parameter, e.g. ``Settings.price_overrides``); empty or None: none.
         Cached per value."""
@@ -173,7 +171,7 @@ class Catalogue(_Model):
 
     def with_overrides(
         self, prices: Mapping[str, float] | None = None, *, speeds: Mapping[str, float] | None = None
-    ) -> Catalogue:
+    ) -> Self:
         """A copy with per-deployment prices (type → USD/hour) and/or speeds (GPU model → factor)."""
         out = self._with_price_overrides(prices or {}, where="price override")
         if speeds:
@@ -185,7 +183,7 @@ class Catalogue(_Model):
             out = out.model_copy(update={"speed_overrides": {**out.speed_overrides, **checked}})
         return out
 
-    def _with_price_overrides(self, prices: Mapping[str, float], *, where: str) -> Catalogue:
+    def _with_price_overrides(self, prices: Mapping[str, float], *, where: str) -> Self:
         for name in prices:
             self.instance(name, where=where)
         checked = {name: _positive_number(v, f"{where} {name}") for name, v in prices.items()}

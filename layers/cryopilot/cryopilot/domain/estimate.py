@@ -29,12 +29,10 @@ Billing model (:mod:`cryopilot.domain.billing`, the same as the run's cost so fa
   is invented.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -189,7 +187,7 @@ class Layout(_Model):
     )
 
     @model_validator(mode="after")
-    def _queues_exist(self) -> Layout:
+    def _queues_exist(self) -> Self:
         named = {q for qs in (*self.by_gpus.values(), *self.by_stage.values()) for q in qs}
         unknown = sorted(named - set(self.queues))
         if unknown:
@@ -204,7 +202,7 @@ class Layout(_Model):
         return self.by_gpus.get(gpus, tuple(self.queues))
 
     @classmethod
-    def whitepaper(cls, instance_type: str = REFERENCE_INSTANCE_TYPE, head_node: str | None = None) -> Layout:
+    def whitepaper(cls, instance_type: str = REFERENCE_INSTANCE_TYPE, head_node: str | None = None) -> Self:
         """The white paper's setup: every stage on one ``instance_type`` node held for the whole run."""
         return cls(
             name="whitepaper",
@@ -224,7 +222,7 @@ class Layout(_Model):
         extra_queues: Mapping[str, str] | None = None,
         head_node: str | None = None,
         by_stage: Mapping[str, Sequence[str]] | None = None,
-    ) -> Layout:
+    ) -> Self:
         """cryopilot's cluster: queues ``gpu8``, ``gpu4`` and ``gpu1`` (and ``extra_queues``), all
         scaling to zero. Every GPU stage may go to any queue whose nodes have enough GPUs; the rule of
         this class (with :func:`place`, the run's time budget) picks one. ``by_stage`` pins stages

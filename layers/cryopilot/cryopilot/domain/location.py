@@ -4,8 +4,6 @@ StartRun and Validate share these; they are kept apart from the manifest's schem
 function that only locates manifests does not load them.
 """
 
-from __future__ import annotations
-
 import hashlib
 import re
 

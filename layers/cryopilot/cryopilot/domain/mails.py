@@ -7,8 +7,6 @@ the record (``mails``).
 * :func:`janitor`: what a janitor pass did.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Protocol
 

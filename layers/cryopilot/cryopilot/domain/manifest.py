@@ -6,12 +6,10 @@ bucket. :func:`parse_manifest` turns its bytes into a :class:`Manifest` or raise
 most :data:`MAX_MESSAGE_CHARS` long: past that the rest are counted, not listed).
 """
 
-from __future__ import annotations
-
 import json
 import math
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -186,7 +184,7 @@ class Manifest(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _preset_matches_input(self) -> Manifest:
+    def _preset_matches_input(self) -> Self:
         if self.input.kind == "micrographs" and self.acquisition.gain_reference:
             raise ValueError("gain_reference applies to raw movies only, not to micrographs")
         return self

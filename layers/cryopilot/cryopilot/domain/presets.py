@@ -11,8 +11,6 @@ A preset's ``placement`` says how each GPU stage's queue (lane) is chosen: unles
 presets use; an override naming a parameter its job type does not have is a :class:`ManifestError`.
 """
 
-from __future__ import annotations
-
 import math
 import re
 from functools import cache

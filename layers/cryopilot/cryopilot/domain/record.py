@@ -15,8 +15,6 @@ Three items make a run, so that a stage poll reads a few hundred bytes rather th
 Times are ISO-8601 text (``*_at``) or seconds since the epoch (``*_epoch`` and a stage's times).
 """
 
-from __future__ import annotations
-
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field

@@ -4,8 +4,6 @@ Shared by ``cryopilot-agent`` (which prints these) and the Lambdas (which parse 
 command's output). Every answer carries ``ok``; a failed verb prints an :class:`AgentFailure`.
 """
 
-from __future__ import annotations
-
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field

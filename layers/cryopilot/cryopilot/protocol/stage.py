@@ -4,8 +4,6 @@ Shared by the Lambdas (which plan it from a preset) and the agent (which submits
 bundle carries this module and ``protocol.agent`` only.
 """
 
-from __future__ import annotations
-
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field

@@ -16,8 +16,6 @@ included, releases the run's slot and starts the oldest waiting runs (:func:`han
 each janitor pass reconciles the slots and the queue (:func:`handle_schedule`).
 """
 
-from __future__ import annotations
-
 import json
 from datetime import UTC, datetime
 from typing import Any, Literal

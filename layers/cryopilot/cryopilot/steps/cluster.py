@@ -1,7 +1,5 @@
 """The cluster steps of a run: create, wait until ready, delete, wait until gone."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from pydantic import BaseModel

@@ -2,8 +2,6 @@
 machine may delete the cluster. A run stopped by a limit exports what it has so far
 (:func:`export_partial`)."""
 
-from __future__ import annotations
-
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 

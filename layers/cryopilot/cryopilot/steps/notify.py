@@ -1,8 +1,6 @@
 """What the run tells people: the failure record and the end-of-run mails (their text is
 :mod:`cryopilot.domain.mails`; the state machine's ``sns:publish`` states send them)."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from pydantic import BaseModel

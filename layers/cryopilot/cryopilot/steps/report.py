@@ -8,8 +8,6 @@ estimated bill (node launch and Slurm's idle time included, :func:`cryopilot.dom
 ``stage_cost_usd`` what the stages' own run time costs.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from typing import Any
 

@@ -1,7 +1,5 @@
 """The cryoSPARC stage steps: submit a stage through the agent, poll it, bound it in time."""
 
-from __future__ import annotations
-
 import base64
 import json
 from typing import Any

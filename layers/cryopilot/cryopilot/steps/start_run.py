@@ -4,8 +4,6 @@ at once or, beyond ``MaxConcurrentRuns``, queued until a slot frees.
 Operators' runs (``cryopilot submit``) come here too, as a direct invocation, so that they take
 and wait for slots like the runs that S3 starts."""
 
-from __future__ import annotations
-
 import json
 from typing import Any, Literal
 

@@ -1,7 +1,5 @@
 """The Validate step: read and check the manifest, plan the stages, write the run record."""
 
-from __future__ import annotations
-
 import json
 from typing import Any
 

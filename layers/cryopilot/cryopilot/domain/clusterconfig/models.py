@@ -4,10 +4,8 @@ Field names are snake_case and dump as PascalCase (:meth:`ClusterConfig.to_dict`
 refused, as ParallelCluster refuses them.
 """
 
-from __future__ import annotations
-
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_pascal
@@ -191,7 +189,7 @@ class FsxLustreSettings(_Cfg):
     data_repository_associations: list[DataRepositoryAssociation] | None = None
 
     @model_validator(mode="after")
-    def _dra_needs_persistent_2(self) -> FsxLustreSettings:
+    def _dra_needs_persistent_2(self) -> Self:
         if self.data_repository_associations and self.deployment_type != "PERSISTENT_2":
             raise ValueError("data repository associations need DeploymentType PERSISTENT_2")
         return self
@@ -205,7 +203,7 @@ class SharedStorage(_Cfg):
     fsx_lustre_settings: FsxLustreSettings | None = None
 
     @model_validator(mode="after")
-    def _settings_match_type(self) -> SharedStorage:
+    def _settings_match_type(self) -> Self:
         if (self.storage_type == "Ebs") != (self.ebs_settings is not None) or (
             self.storage_type == "FsxLustre"
         ) != (self.fsx_lustre_settings is not None):

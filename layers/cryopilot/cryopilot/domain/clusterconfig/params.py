@@ -5,11 +5,9 @@ both are validated here, before anything is sent. :func:`capacity_fallbacks` lis
 the cluster step tries in turn when EC2 has no capacity.
 """
 
-from __future__ import annotations
-
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -212,11 +210,11 @@ class ClusterParams(_Input):
 
     # -- variants used by the capacity fallback --------------------------------------------------
 
-    def with_gpu8_instance_type(self, instance_type: str) -> ClusterParams:
+    def with_gpu8_instance_type(self, instance_type: str) -> Self:
         """The same settings with another multi-GPU instance type."""
         return self.model_validate({**self.model_dump(), "gpu8_instance_type": instance_type})
 
-    def with_primary_subnet(self, subnet_id: str) -> ClusterParams:
+    def with_primary_subnet(self, subnet_id: str) -> Self:
         """The same settings with ``subnet_id`` (one of the compute subnets) tried first."""
         if subnet_id not in self.compute_subnet_ids:
             raise ValueError(f"{subnet_id} is not one of the compute subnets")
@@ -320,7 +318,7 @@ class ClusterRequest(_Input):
         return value
 
     @model_validator(mode="after")
-    def _no_overlap(self) -> ClusterRequest:
+    def _no_overlap(self) -> Self:
         # Two data repository associations of one file system must not have nested S3 paths.
         a, b = self.data_s3_uri, self.results_s3_uri
         if a.startswith(b) or b.startswith(a):

@@ -2,8 +2,6 @@
 :func:`report_data_from_run`.
 """
 
-from __future__ import annotations
-
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence

@@ -1,7 +1,5 @@
 """One planned stage as it ran (a row of the report's stage table) and the queues it may run on."""
 
-from __future__ import annotations
-
 from datetime import datetime
 
 from pydantic import BaseModel, Field
