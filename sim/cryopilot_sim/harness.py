@@ -133,6 +133,7 @@ class LocalCloud:
         #: invocation ends TimedOut, the agent never runs) and ``undeliverable``.
         self.ssm_faults: list[list[Any]] = []
         self._stack = ExitStack()
+        self._clients: dict[str, Any] = {}
         self._events: queue.Queue[tuple[str, str, dict[str, Any]] | None] = queue.Queue()
         self._pending = 0
         self._pending_lock = threading.Condition()
@@ -251,7 +252,11 @@ class LocalCloud:
         return self.resolver.refs[logical_id]
 
     def client(self, service: str) -> Any:
-        return boto3.client(service, region_name=REGION)
+        """A boto3 client of the local stack (one per service, kept: building one takes ~0.1 s)."""
+        made = self._clients.get(service)
+        if made is None:
+            made = self._clients[service] = boto3.client(service, region_name=REGION)
+        return made
 
     @property
     def input_bucket(self) -> str:
@@ -854,7 +859,10 @@ class _ResponseServer:
                 return
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # shutdown() waits up to one poll interval (0.5 s by default) for the loop to notice
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def __enter__(self) -> str:
         self._thread.start()

@@ -21,6 +21,9 @@ from unittest import mock
 if TYPE_CHECKING:
     from cryopilot_sim.harness import LocalCloud
 
+#: ASL definition text → moto's parse tree (see :func:`install`).
+_ASL_TREES: dict[str, Any] = {}
+
 
 class RequestLock:
     """A re-entrant lock that a thread can let go of for a while, however deep it holds it."""
@@ -127,20 +130,20 @@ def install(harness: LocalCloud, st: ExitStack) -> None:
         )
     )
 
-    # moto parses the state machine's definition with its ANTLR parser for every execution
-    # (about a third of a second each). The parse tree depends only on the text, so it is kept;
-    # the evaluation components are still built fresh from it for every execution.
+    # moto parses the state machine's definition with its ANTLR parser at CreateStateMachine and
+    # for every execution (a third of a second to seconds each). The parse tree depends only on the
+    # text, so it is kept for the whole process (every local stack of a test run has the same
+    # definition); the evaluation components are still built fresh from it for every execution.
     from moto.stepfunctions.parser.asl.parse import asl_parser
     from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
 
     real_parse = asl_parser.AmazonStateLanguageParser.parse
-    trees: dict[str, Any] = {}
 
     def parse(definition: str) -> tuple[Any, Any]:
-        tree = trees.get(definition)
+        tree = _ASL_TREES.get(definition)
         if tree is None:
             _, tree = real_parse(definition)
-            trees[definition] = tree
+            _ASL_TREES[definition] = tree  # two threads may both parse a new text: same tree
         return Preprocessor().visit(tree), tree
 
     st.enter_context(mock.patch.object(asl_parser.AmazonStateLanguageParser, "parse", staticmethod(parse)))
