@@ -15,11 +15,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cryopilot.adapters import admission, aws, runs
 from cryopilot.adapters.events import Trigger, parse_triggers
 from cryopilot.adapters.execution_input import ExecutionInput
+from cryopilot.adapters.manifests import head_version
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core.errors import EventError
-from cryopilot.core.validation import validation_message
-from cryopilot.domain.location import MANIFEST_NAMES, ManifestLocation, check_key
+from cryopilot.core.validation import excerpt, validation_message
+from cryopilot.domain.location import (
+    MANIFEST_NAMES,
+    NAME_PATTERN,
+    RUN_ID_PATTERN,
+    ManifestLocation,
+    check_key,
+    check_version,
+)
 
 StartStatus = Literal["started", "queued", "duplicate", "ignored"]
 
@@ -29,9 +37,10 @@ class OperatorStart(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    #: the execution's name (Step Functions allows at most 80 of these characters)
-    run_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,80}$")
-    dataset: str = Field(min_length=1, max_length=256)
+    #: the execution's name, as :func:`cryopilot.domain.location.run_id_for` derives it
+    run_id: str = Field(pattern=RUN_ID_PATTERN)
+    #: the manifest's dataset name (recorded before Validate reads the manifest)
+    dataset: str = Field(pattern=NAME_PATTERN)
     #: the execution input, checked here so that a bad one is refused before it waits in a queue
     input: ExecutionInput
 
@@ -54,6 +63,11 @@ def handle_event(event: Any) -> list[StartOutcome]:
             request = OperatorStart.model_validate(event["operator_start"])
         except ValidationError as exc:
             reason = f"operator start: {validation_message(exc)}"
+            logger.warning("ignoring event", extra={"reason": reason})
+            return [StartOutcome(status="ignored", reason=reason)]
+        foreign = request.input.bucket_problem(get_settings().input_bucket)
+        if foreign:
+            reason = f"operator start: input.{foreign}"
             logger.warning("ignoring event", extra={"reason": reason})
             return [StartOutcome(status="ignored", reason=reason)]
         return [start_operator_run(request)]
@@ -93,10 +107,19 @@ def _handle_trigger(trigger: Trigger) -> StartOutcome:
 
 
 def _check_location(location: ManifestLocation) -> None:
+    """Refuse a location no run can come from: another bucket, a key no manifest can have, a
+    version id S3 cannot have issued, a version that does not exist (a forged or stale event).
+    Nothing is claimed, queued or mailed for it."""
     settings = get_settings()
     if location.bucket != settings.input_bucket:
         raise EventError(f"bucket {location.bucket!r} is not this stack's input bucket")
     check_key(location.key)
+    check_version(location)
+    try:
+        head_version(location)
+    except EventError as exc:
+        version = f" version {excerpt(location.version_id)}" if location.version_id else ""
+        raise EventError(f"{location.uri}{version}: {exc}") from None
 
 
 def _datasync_manifest(execution_arn: str) -> ManifestLocation:
