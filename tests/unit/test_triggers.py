@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from cryopilot.adapters.events import parse_triggers
 from cryopilot.core.errors import EventError
-from cryopilot.domain.location import ManifestLocation, check_key
+from cryopilot.domain.location import NAME_PATTERN, RUN_ID_PATTERN, ManifestLocation, check_key
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import EVENTS
 
@@ -203,3 +206,20 @@ def test_cleanup_refuses_what_it_does_not_handle() -> None:
     with pytest.raises(ValueError, match="not an event the cleanup function handles"):
         parse_event({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2"})
     assert parse_event({"detail-type": "Scheduled Event", "source": "aws.events"}) == ("schedule", {})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_every_name_is_accepted_by_the_rule_or_refused_on_one_visible_line(name: str) -> None:
+    """A dataset folder: accepted exactly when it matches the manifest's ``dataset`` pattern,
+    otherwise refused with one line of printable text (no format or bidi character gets through
+    into the reason)."""
+    key = f"datasets/{name}/cryopilot.yaml"
+    if re.fullmatch(NAME_PATTERN[1:-1], name) is None:
+        with pytest.raises(EventError) as refused:
+            check_key(key)
+        assert str(refused.value).isprintable()
+        return
+    check_key(key)
+    # ... and whatever is accepted makes a run id StartRun takes
+    assert re.fullmatch(RUN_ID_PATTERN[1:-1], ManifestLocation(bucket="b", key=key).run_id())
