@@ -340,6 +340,7 @@ class Batch:
     cloud: LocalCloud
     start_fn: str
     gone_version: str = ""
+    marker_version: str = ""
     direct: dict[str, tuple[bool, Any]] = field(default_factory=dict)
     finished: dict[str, dict[str, Any]] = field(default_factory=dict)
     mails: list[dict[str, Any]] = field(default_factory=list)
@@ -480,12 +481,14 @@ def batch() -> Iterator[Batch]:
             first = cloud.drop_dataset(GONE, _yaml(_manifest()))
             cloud.drop_dataset(GONE, _yaml(_manifest(symmetry="C1")))
             forged = cloud.drop_dataset(FORGED, _yaml(_manifest()))
+            marker = s3.delete_object(Bucket=bucket, Key=f"datasets/{FORGED}/cryopilot.yaml")
             s3.delete_object(
                 Bucket=bucket, Key=f"datasets/{GONE}/cryopilot.yaml", VersionId=first["VersionId"]
             )
         finally:
             events.enable_rule(Name=rule)
         b.gone_version = first["VersionId"]
+        b.marker_version = marker["VersionId"]
 
         for case in UPLOADS + BOM_UPLOADS:
             cloud.drop_dataset(case.folder, case.body, manifest_name=case.name)
@@ -505,7 +508,7 @@ def batch() -> Iterator[Batch]:
             _object_created(bucket, f"datasets/{GONE}/cryopilot.yaml", b.gone_version, first["ETag"])
         )
         # forged or malformed version ids of an existing manifest
-        for version in FORGED_VERSIONS:
+        for version in [*FORGED_VERSIONS, b.marker_version]:
             cloud.put_event(
                 _object_created(bucket, f"datasets/{FORGED}/cryopilot.yaml", version, forged["ETag"])
             )
@@ -677,6 +680,21 @@ def test_filtered_events_never_reach_start_run(batch: Batch) -> None:
     # another bucket: the rules' patterns do not match, so StartRun is not even invoked
     assert batch.deliveries_for(FILTERED) == []
     assert [d for d in batch.cloud.deliveries if d.event.get("source") == "aws.datasync"] == []
+
+
+def test_an_event_naming_a_delete_marker_is_ignored(batch: Batch) -> None:
+    key = f"datasets/{FORGED}/cryopilot.yaml"
+    version = batch.marker_version
+    (delivery,) = [
+        d for d in batch.deliveries_for(key) if d.event["detail"]["object"]["version-id"] == version
+    ]
+    assert delivery.error is None, "a delete marker must not crash StartRun (it would be retried for nothing)"
+    (outcome,) = delivery.result["outcomes"]
+    assert outcome == {
+        "status": "ignored",
+        "reason": f"s3://{batch.cloud.input_bucket}/{key} version {version!r}: the version is a delete"
+        " marker, not a manifest",
+    }
 
 
 def test_every_execution_is_accounted_for(batch: Batch) -> None:

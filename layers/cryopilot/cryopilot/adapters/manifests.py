@@ -21,6 +21,8 @@ _MISSING = ("404", "NoSuchKey", "NoSuchVersion", "NotFound")
 #: have issued (HEAD: a bare 400).
 _MALFORMED = ("400", "InvalidArgument", "BadRequest")
 _DENIED = ("403", "AccessDenied", "Forbidden")
+#: HeadObject of a delete marker's version id: 405 Method Not Allowed.
+_DELETE_MARKER = ("405", "MethodNotAllowed")
 
 
 def head_version(location: ManifestLocation) -> dict[str, Any]:
@@ -38,5 +40,7 @@ def head_version(location: ManifestLocation) -> dict[str, Any]:
             raise EventError("S3 refuses the version id as malformed (400)") from None
         if code in _DENIED:
             raise EventError("access denied") from None
+        if code in _DELETE_MARKER:
+            raise EventError("the version is a delete marker, not a manifest") from None
         raise
     return head
