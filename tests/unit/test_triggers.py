@@ -6,7 +6,15 @@ import re
 import pytest
 from cryopilot.adapters.events import parse_triggers
 from cryopilot.core.errors import EventError
-from cryopilot.domain.location import NAME_PATTERN, RUN_ID_PATTERN, ManifestLocation, check_key
+from cryopilot.domain.location import (
+    NAME_PATTERN,
+    RUN_ID_PATTERN,
+    S3_FOLDER_RE,
+    ManifestLocation,
+    bucket_problem,
+    check_key,
+    data_uri_problem,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -223,3 +231,33 @@ def test_every_name_is_accepted_by_the_rule_or_refused_on_one_visible_line(name:
     check_key(key)
     # ... and whatever is accepted makes a run id StartRun takes
     assert re.fullmatch(RUN_ID_PATTERN[1:-1], ManifestLocation(bucket="b", key=key).run_id())
+
+
+@pytest.mark.parametrize(
+    ("bucket", "valid"),
+    [
+        # S3's general purpose bucket naming rules, one case per rule
+        ("cryopilot-input-123456789012", True),
+        ("a.b.c", True),
+        ("192.168.5.x", True),
+        ("ab", False),  # 3 to 63 characters
+        ("a" * 64, False),
+        ("Bad_Bucket", False),  # lowercase letters, digits, '.' and '-'
+        ("-ab", False),  # begins and ends with a letter or digit
+        ("ab-", False),
+        ("a..b", False),  # no two adjacent periods
+        ("192.168.5.4", False),  # not formatted as an IP address
+        ("xn--abc", False),  # reserved prefixes
+        ("sthree-abc", False),
+        ("amzn-s3-demo-abc", False),
+        ("abc-s3alias", False),  # reserved suffixes
+        ("abc--ol-s3", False),
+        ("abc.mrap", False),
+        ("abc--x-s3", False),
+        ("abc--table-s3", False),
+    ],
+)
+def test_bucket_names_follow_s3s_rules_alone_and_in_a_folder_uri(bucket: str, valid: bool) -> None:
+    assert (bucket_problem(bucket) is None) is valid
+    assert (S3_FOLDER_RE.fullmatch(f"s3://{bucket}/datasets/x/") is not None) is valid
+    assert (data_uri_problem(f"s3://{bucket}/datasets/x/") is None) is valid

@@ -39,9 +39,11 @@ SEGMENT_RULE = "ASCII letters, digits, '.', '_' and '-'"
 #: lowercase letters, digits, '.' and '-', beginning and ending with a letter or digit, no two
 #: adjacent periods, not formatted as an IP address, none of the reserved prefixes (xn--, sthree-,
 #: amzn-s3-demo-) and suffixes (-s3alias, --ol-s3, .mrap, --x-s3, --table-s3).
+#: (The look-aheads stop at the bucket's end, '/' or the end of the text, so the pattern holds
+#: inside :data:`S3_FOLDER_RE` too.)
 BUCKET_RE = re.compile(
-    r"(?!xn--|sthree-|amzn-s3-demo-)(?!\d+\.\d+\.\d+\.\d+\Z)(?!.*\.\.)"
-    r"(?!.*(?:-s3alias|--ol-s3|\.mrap|--x-s3|--table-s3)\Z)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+    r"(?!xn--|sthree-|amzn-s3-demo-)(?!\d+\.\d+\.\d+\.\d+(?:/|\Z))(?![^/]*\.\.)"
+    r"(?![^/]*(?:-s3alias|--ol-s3|\.mrap|--x-s3|--table-s3)(?:/|\Z))[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
 )
 BUCKET_RULE = "an S3 bucket name (3-63 lowercase letters, digits, '.' and '-'; S3's bucket naming rules)"
 
