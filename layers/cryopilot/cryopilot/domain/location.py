@@ -190,13 +190,6 @@ def check_key(key: str) -> None:
         )
 
 
-def check_version(location: ManifestLocation) -> None:
-    """Reject a version id S3 cannot have issued (a forged or mangled event)."""
-    problem = version_id_problem(location.version_id) if location.version_id is not None else None
-    if problem:
-        raise EventError(f"{location.uri}: {problem}")
-
-
 class ManifestLocation(BaseModel):
     """One version of one manifest object."""
 
@@ -224,3 +217,10 @@ class ManifestLocation(BaseModel):
     def run_id(self) -> str:
         """Deterministic run id, also the execution name (:func:`run_id_for`)."""
         return run_id_for(self.dataset_folder, self.digest()[:12])
+
+
+def check_version(location: ManifestLocation) -> None:
+    """Reject a version id S3 cannot have issued (a forged or mangled event)."""
+    problem = version_id_problem(location.version_id) if location.version_id is not None else None
+    if problem:
+        raise EventError(f"{location.uri}: {problem}")
