@@ -305,6 +305,15 @@ def test_operator_start_starts_one_run_with_the_operators_input(cloud: LocalClou
             "input.manifest_s3_uri: s3://someone-elses-bucket/datasets/x/cryopilot.yaml: is not in this"
             " stack's input bucket",
         ),
+        (
+            {
+                "run_id": "op-1",
+                "dataset": "x",
+                "input": {"manifest_s3_uri": "s3://{bucket}/datasets/My Data/cryopilot.yaml"},
+            },
+            "input.manifest_s3_uri: object key 'datasets/My Data/cryopilot.yaml' has a dataset folder that"
+            " contains whitespace",
+        ),
         # the dataset name goes on the record before Validate: the same rule as the manifest's
         (
             {"run_id": "op-1", "dataset": "SPIKE\u202eFAB", "input": {"manifest_s3_uri": "s3://b/k"}},
@@ -315,6 +324,7 @@ def test_operator_start_starts_one_run_with_the_operators_input(cloud: LocalClou
 def test_bad_operator_starts_are_refused_before_they_queue(
     cloud: LocalCloud, request_doc: object, reason: str
 ) -> None:
+    request_doc = json.loads(json.dumps(request_doc).replace("{bucket}", cloud.input_bucket))
     ok, result = cloud.invoke(_start_fn(cloud), {"operator_start": request_doc})
     assert ok, "a bad operator start must not crash StartRun"
     (outcome,) = result["outcomes"]

@@ -65,9 +65,9 @@ def handle_event(event: Any) -> list[StartOutcome]:
             reason = f"operator start: {validation_message(exc)}"
             logger.warning("ignoring event", extra={"reason": reason})
             return [StartOutcome(status="ignored", reason=reason)]
-        foreign = request.input.bucket_problem(get_settings().input_bucket)
-        if foreign:
-            reason = f"operator start: input.{foreign}"
+        problem = _operator_input_problem(request.input)
+        if problem:
+            reason = f"operator start: input.{problem}"
             logger.warning("ignoring event", extra={"reason": reason})
             return [StartOutcome(status="ignored", reason=reason)]
         return [start_operator_run(request)]
@@ -81,6 +81,27 @@ def handle_event(event: Any) -> list[StartOutcome]:
         logger.info("ignoring event", extra={"reason": reason})
         return [StartOutcome(status="ignored", reason=reason)]
     return [_handle_trigger(t) for t in triggers]
+
+
+def _operator_input_problem(execution_input: ExecutionInput) -> str | None:
+    """What Validate would refuse in an operator's input before reading any manifest (a bucket
+    the stack does not read, a key no manifest can have): ``field: reason``, or None."""
+    foreign = execution_input.bucket_problem(get_settings().input_bucket)
+    if foreign:
+        return foreign
+    for field, key in (
+        ("manifest", execution_input.manifest.key if execution_input.manifest else None),
+        (
+            "manifest_s3_uri",
+            (execution_input.manifest_s3_uri or "s3://").partition("//")[2].partition("/")[2],
+        ),
+    ):
+        if key:
+            try:
+                check_key(key)
+            except EventError as exc:
+                return f"{field}: {exc}"
+    return None
 
 
 def _why_nothing_started(event: dict[str, Any]) -> str:
