@@ -23,6 +23,7 @@ from cryopilot.core.errors import ManifestError
 from cryopilot.core.formatting import fmt_duration
 from cryopilot.core.status import EXECUTION_OVER
 from cryopilot.domain.billing import cost_text
+from cryopilot.domain.location import data_uri_problem, foreign_bucket, run_id_for
 from cryopilot.domain.manifest import Manifest, parse_manifest
 from cryopilot.domain.record import RunRecord, StageRecord
 from cryopilot.protocol.stage import PlannedStage
@@ -296,12 +297,16 @@ def submit(
         body = _read_local(manifest)
         parsed = _parse(body, manifest)
         folder = data_s3_uri or f"s3://{stack.input_bucket}/datasets/{parsed.dataset}/"
-        if not folder.startswith("s3://") or not folder.endswith("/"):
-            raise OperatorError(f"--data {folder}: must be an s3:// folder ending in '/'", EXIT_USAGE)
+        problem = data_uri_problem(folder)
+        if problem:
+            raise OperatorError(f"--data {folder}: {problem}", EXIT_USAGE)
+        foreign = foreign_bucket(folder, stack.input_bucket)
+        if foreign:
+            raise OperatorError(f"--data {foreign}", EXIT_USAGE)
         execution_input["manifest_inline"] = parsed.model_dump(mode="json", exclude_none=True)
         execution_input["data_s3_uri"] = folder
     digest = hashlib.sha256(body + json.dumps(execution_input, sort_keys=True).encode()).hexdigest()
-    run_id = f"{parsed.dataset[:48]}-op{digest[:10]}"
+    run_id = run_id_for(parsed.dataset, f"op{digest[:10]}")
     arn = stack.execution_arn(run_id)
     if now:
         return _start_now(stack, run_id, execution_input)

@@ -76,7 +76,11 @@ REHEARSALS: dict[str, Rehearsal] = {
         "FAILED",
         "the ParallelCluster API rejects the cluster's configuration: fails fast, never retried",
         "ClusterConfigError",
-        (_failed_mail("ClusterConfigError", "is not supported in the Availability Zone"),),
+        (
+            _failed_mail(
+                "ClusterConfigError", "is not supported in the Availability Zone", "No cluster was created."
+            ),
+        ),
     ),
     "capacity": Rehearsal(
         "SUCCEEDED",
@@ -718,11 +722,14 @@ def _run_summary(
     record: dict[str, Any], status: str, report: str | None, clusters_left: list[str] | None = None
 ) -> dict[str, Any]:
     """(``cluster_deleted``: as the record says, or, when the janitor finished the deletion after
-    the run's record was closed, as the ParallelCluster API says: the cluster is gone.)"""
+    the run's record was closed, as the ParallelCluster API says: the cluster is gone; true too
+    when no cluster was ever created: nothing is left.)"""
     start = record.get("started_epoch")
     name = record.get("cluster_name")
-    deleted = bool(record.get("cluster_deleted")) or (
-        clusters_left is not None and bool(name) and name not in clusters_left
+    deleted = (
+        bool(record.get("cluster_deleted"))
+        or record.get("cluster_state") in (None, "NOT_CREATED")
+        or (clusters_left is not None and bool(name) and name not in clusters_left)
     )
     end = record.get("export_finished_at") or record.get("finished_epoch")
     return {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from types import SimpleNamespace
@@ -247,6 +248,35 @@ def install(harness: LocalCloud, st: ExitStack) -> None:
         return command
 
     st.enter_context(mock.patch.object(SimpleSystemManagerBackend, "send_command", send_command))
+
+    # S3 answers a request naming a version id it could not have issued with 400 InvalidArgument,
+    # "Invalid version id specified" (a HeadObject: a bare 400), and a well-formed id of no
+    # version with 404 (S3 API reference, GetObject and HeadObject errors; ``null`` is the id of
+    # an object stored while versioning was off). moto answers 404 to both. The ids moto issues
+    # are UUIDs, so an id of another form is one this S3 could not have issued.
+    from moto.s3.exceptions import InvalidVersion
+    from moto.s3.models import S3Backend
+
+    original_get_object = S3Backend.get_object
+
+    def get_object(
+        backend: Any, bucket_name: str, key_name: str, version_id: Any = None, *a: Any, **kw: Any
+    ) -> Any:
+        if version_id is not None and not _issued_version_id(str(version_id)):
+            raise InvalidVersion(str(version_id))
+        return original_get_object(backend, bucket_name, key_name, version_id, *a, **kw)
+
+    st.enter_context(mock.patch.object(S3Backend, "get_object", get_object))
+
+
+def _issued_version_id(version_id: str) -> bool:
+    """Whether moto's S3 could have issued ``version_id``: ``null`` or a UUID."""
+    if version_id == "null":
+        return True
+    try:
+        return str(uuid.UUID(version_id)) == version_id
+    except ValueError:
+        return False
 
 
 def _as_aws_event(event: dict[str, Any]) -> dict[str, Any]:

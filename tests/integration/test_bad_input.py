@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 from botocore.exceptions import ClientError
+from cryopilot.domain.location import ManifestLocation
 from cryopilot.domain.manifest import MAX_MANIFEST_BYTES
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.harness import LocalCloud
@@ -256,6 +257,48 @@ MANUALS = [
         {"manifest": {"bucket": "someone-elses-bucket", "key": "datasets/SPIKE-FAB-07/cryopilot.yaml"}},
         ("someone-elses-bucket/datasets/SPIKE-FAB-07/cryopilot.yaml: is not in this stack's input bucket",),
     ),
+    # the data folder of an inline manifest: one rule for buckets, folders and keys (README), and
+    # the stack's input bucket only; refused at Validate, never at CreateCluster
+    Manual(
+        "inline-data-bucket-bad-name",
+        {**_inline(_manifest()), "data_s3_uri": "s3://Bad_Bucket/x/"},
+        ("execution input: data_s3_uri: 'Bad_Bucket' is not an S3 bucket name",),
+    ),
+    Manual(
+        "inline-data-folder-space",
+        {**_inline(_manifest()), "data_s3_uri": "s3://{bucket}/datasets/Our Data/"},
+        ("execution input: data_s3_uri: folder 'Our Data' contains whitespace U+0020 (SPACE)",),
+    ),
+    Manual(
+        "inline-data-folder-bidi",
+        {**_inline(_manifest()), "data_s3_uri": "s3://{bucket}/datasets/SPIKE\u202eFAB/"},
+        ("data_s3_uri: folder 'SPIKE\\u202eFAB' contains the invisible formatting character U+202E",),
+    ),
+    Manual(
+        "inline-data-other-bucket",
+        {**_inline(_manifest()), "data_s3_uri": "s3://someone-elses-bucket/datasets/SPIKE-FAB-07/"},
+        (
+            "execution input: data_s3_uri: s3://someone-elses-bucket/datasets/SPIKE-FAB-07/: is not in"
+            " this stack's input bucket",
+        ),
+    ),
+    # a version id S3 could not have issued: S3 answers 400, which names the fault
+    Manual(
+        "manifest-version-forged",
+        {"manifest": {"bucket": "{bucket}", "key": "datasets/GONE/cryopilot.yaml", "version_id": "forged-1"}},
+        ("datasets/GONE/cryopilot.yaml: S3 refuses the version id as malformed (400)",),
+    ),
+    Manual(
+        "manifest-version-not-an-id",
+        {"manifest": {"bucket": "{bucket}", "key": "datasets/GONE/cryopilot.yaml", "version_id": "v 1"}},
+        ("datasets/GONE/cryopilot.yaml: version id 'v 1' (3 characters) is not an S3 version id",),
+    ),
+    # the execution's name is the run id: it goes into S3 keys, tags and the cluster's name
+    Manual(
+        "name+plus",
+        _inline(_manifest()),
+        ("execution name: 'manual-name+plus' is not a run id (ASCII letters, digits, '_' and '-'",),
+    ),
     Manual(
         "settings-wrong-type",
         {**_inline(_manifest()), "settings": {"cluster_poll_seconds": "every minute"}},
@@ -264,9 +307,31 @@ MANUALS = [
 ]
 
 # Uploads whose key no manifest can have: the rule's wildcard lets them through, StartRun ignores them.
+NAME_RULE = "a dataset name is ASCII letters, digits, '.', '_' and '-', starting with a letter or digit"
 BAD_KEYS = {
     "key-control-character": ("datasets/SPIKE\x1bFAB/cryopilot.yaml", "contains control characters"),
+    "key-c1-control-character": ("datasets/SPIKE\x85FAB/cryopilot.yaml", "contains control characters"),
     "key-dot-folder": ("datasets/./cryopilot.yaml", "contains a '.' folder"),
+    # dataset folder names follow the manifest's dataset rule: refused, never normalised (README)
+    "key-space": (
+        "datasets/My Data/cryopilot.yaml",
+        f"has a dataset folder that contains whitespace U+0020 (SPACE); {NAME_RULE}",
+    ),
+    "key-right-to-left-override": (
+        "datasets/SPIKE\u202eFAB/cryopilot.yaml",
+        "has a dataset folder that contains the invisible formatting character U+202E (RIGHT-TO-LEFT"
+        f" OVERRIDE); {NAME_RULE}",
+    ),
+    "key-zero-width-space": (
+        "datasets/SPIKE\u200bFAB/cryopilot.yaml",
+        "has a dataset folder that contains the invisible formatting character U+200B (ZERO WIDTH"
+        f" SPACE); {NAME_RULE}",
+    ),
+    "key-fullwidth-letters": (
+        "datasets/\uff33\uff30\uff29\uff2b\uff25/cryopilot.yaml",
+        "has a dataset folder that contains U+FF33 (FULLWIDTH LATIN CAPITAL LETTER S), a look-alike"
+        f" of 'S'; {NAME_RULE}",
+    ),
 }
 
 
@@ -275,6 +340,7 @@ class Batch:
     cloud: LocalCloud
     start_fn: str
     gone_version: str = ""
+    marker_version: str = ""
     direct: dict[str, tuple[bool, Any]] = field(default_factory=dict)
     finished: dict[str, dict[str, Any]] = field(default_factory=dict)
     mails: list[dict[str, Any]] = field(default_factory=list)
@@ -383,6 +449,18 @@ def _object_created(bucket: str, key: str, version: str, etag: str) -> dict[str,
 
 REPEATED = "REPEATED"
 GONE = "GONE"
+FORGED = "FORGED"
+#: Object Created events for datasets/FORGED/cryopilot.yaml (which exists) naming versions that do
+#: not: each is ignored by StartRun with its reason, takes no slot, starts and mails nothing.
+FORGED_VERSIONS = {
+    "forged-version-1": "S3 refuses the version id as malformed (400)",
+    "../../x": "S3 refuses the version id as malformed (400)",
+    "A" * 1024: "S3 refuses the version id as malformed (400)",
+    "null": "no such object (or version)",  # S3's id of a version stored unversioned: none here
+    "00000000-0000-4000-8000-000000000000": "no such object (or version)",
+    "A" * 1025: "(1025 characters) is not an S3 version id",
+    "v 1": "version id 'v 1' (3 characters) is not an S3 version id",
+}
 FILTERED = "datasets/FILTERED/cryopilot.yaml"
 
 
@@ -402,12 +480,15 @@ def batch() -> Iterator[Batch]:
         try:
             first = cloud.drop_dataset(GONE, _yaml(_manifest()))
             cloud.drop_dataset(GONE, _yaml(_manifest(symmetry="C1")))
+            forged = cloud.drop_dataset(FORGED, _yaml(_manifest()))
+            marker = s3.delete_object(Bucket=bucket, Key=f"datasets/{FORGED}/cryopilot.yaml")
             s3.delete_object(
                 Bucket=bucket, Key=f"datasets/{GONE}/cryopilot.yaml", VersionId=first["VersionId"]
             )
         finally:
             events.enable_rule(Name=rule)
         b.gone_version = first["VersionId"]
+        b.marker_version = marker["VersionId"]
 
         for case in UPLOADS + BOM_UPLOADS:
             cloud.drop_dataset(case.folder, case.body, manifest_name=case.name)
@@ -426,6 +507,11 @@ def batch() -> Iterator[Batch]:
         cloud.put_event(
             _object_created(bucket, f"datasets/{GONE}/cryopilot.yaml", b.gone_version, first["ETag"])
         )
+        # forged or malformed version ids of an existing manifest
+        for version in [*FORGED_VERSIONS, b.marker_version]:
+            cloud.put_event(
+                _object_created(bucket, f"datasets/{FORGED}/cryopilot.yaml", version, forged["ETag"])
+            )
         # events the rules filter out: a deletion, an unfinished transfer, another bucket's upload
         deleted = _object_created(bucket, FILTERED, "v1", "e1")
         deleted["detail-type"] = "Object Deleted"
@@ -509,12 +595,42 @@ def test_a_byte_order_mark_is_skipped(batch: Batch, case: Upload) -> None:
     assert message == f"s3://{batch.cloud.input_bucket}/{key}: {VOLTAGE_MESSAGE}"
 
 
-def test_a_version_that_no_longer_exists_fails_at_validate(batch: Batch) -> None:
+def test_a_version_that_no_longer_exists_is_ignored(batch: Batch) -> None:
     key = f"datasets/{GONE}/cryopilot.yaml"
     (delivery,) = batch.deliveries_for(key)  # the two uploads went in with the rule off
     assert delivery.event["detail"]["object"]["version-id"] == batch.gone_version
-    run_id, _ = batch.started_run(key)
-    _assert_rejected_at_validate(batch, run_id, (f"{key}: no such object (or version)",))
+    assert delivery.error is None
+    (outcome,) = delivery.result["outcomes"]
+    assert outcome == {
+        "status": "ignored",
+        "reason": f"s3://{batch.cloud.input_bucket}/{key} version {batch.gone_version!r}: "
+        "no such object (or version)",
+    }
+    location = ManifestLocation(bucket=batch.cloud.input_bucket, key=key, version_id=batch.gone_version)
+    assert batch.cloud.run_record(location.run_id()) is None
+
+
+@pytest.mark.parametrize(
+    "version", list(FORGED_VERSIONS), ids=lambda v: v if len(v) < 20 else f"{len(v)}-chars"
+)
+def test_an_event_naming_a_forged_version_is_ignored(batch: Batch, version: str) -> None:
+    key = f"datasets/{FORGED}/cryopilot.yaml"
+    (delivery,) = [
+        d for d in batch.deliveries_for(key) if d.event["detail"]["object"]["version-id"] == version
+    ]
+    assert delivery.error is None, "a forged event must not crash StartRun"
+    (outcome,) = delivery.result["outcomes"]
+    assert outcome["status"] == "ignored"
+    assert outcome["reason"].startswith(f"s3://{batch.cloud.input_bucket}/{key}")
+    assert FORGED_VERSIONS[version] in outcome["reason"]
+    assert "\n" not in outcome["reason"]
+    assert len(outcome["reason"]) < 400
+    assert set(outcome) == {"status", "reason"}, "nothing may have started"
+    # no record (so no slot: a run takes one only through its record), no execution, no mail
+    location = ManifestLocation(bucket=batch.cloud.input_bucket, key=key, version_id=version)
+    assert batch.cloud.run_record(location.run_id()) is None
+    assert not [name for name in batch.finished if name.startswith(f"{FORGED}-")]
+    assert not [m for m in batch.mails if FORGED in m["subject"] or FORGED in m["message"]]
 
 
 def test_a_repeated_event_starts_one_run(batch: Batch) -> None:
@@ -539,8 +655,13 @@ def test_upload_with_an_impossible_key_is_ignored(batch: Batch, case_id: str) ->
     assert delivery.error is None, "a bad key must not crash StartRun"
     (outcome,) = delivery.result["outcomes"]
     assert outcome["status"] == "ignored"
-    assert outcome["reason"] == f"object key {key!r} {reason}"
+    assert outcome["reason"].startswith(f"object key {key!r} {reason}")
+    assert outcome["reason"].isprintable(), "the reason is one line of visible characters"
     assert "run_id" not in outcome, "nothing may have started"
+    # the name reached no record, no mail subject and so no `cryopilot status`
+    folder = key.split("/")[1]
+    if len(folder) > 1:
+        assert not [m for m in batch.mails if folder in m["subject"] or folder in m["message"]]
 
 
 @pytest.mark.parametrize("case_id", list(DIRECT_EVENTS))
@@ -561,9 +682,25 @@ def test_filtered_events_never_reach_start_run(batch: Batch) -> None:
     assert [d for d in batch.cloud.deliveries if d.event.get("source") == "aws.datasync"] == []
 
 
+def test_an_event_naming_a_delete_marker_is_ignored(batch: Batch) -> None:
+    key = f"datasets/{FORGED}/cryopilot.yaml"
+    version = batch.marker_version
+    (delivery,) = [
+        d for d in batch.deliveries_for(key) if d.event["detail"]["object"]["version-id"] == version
+    ]
+    assert delivery.error is None, "a delete marker must not crash StartRun (it would be retried for nothing)"
+    (outcome,) = delivery.result["outcomes"]
+    assert outcome == {
+        "status": "ignored",
+        "reason": f"s3://{batch.cloud.input_bucket}/{key} version {version!r}: the version is a delete"
+        " marker, not a manifest",
+    }
+
+
 def test_every_execution_is_accounted_for(batch: Batch) -> None:
-    # uploads + the repeated and the late event (one run each) + manual starts + the list input
-    expected = len(UPLOADS) + len(BOM_UPLOADS) + 2 + len(MANUALS) + 1
+    # uploads + the repeated event (one run) + manual starts + the list input; the late event of
+    # a deleted version and the forged versions start nothing
+    expected = len(UPLOADS) + len(BOM_UPLOADS) + 1 + len(MANUALS) + 1
     assert len(batch.finished) == expected, sorted(batch.finished)
     assert all(d.error is None for d in batch.cloud.deliveries), "no StartRun delivery may crash"
     assert list(batch.cloud.pcluster.requests_for("create_cluster")) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,11 +193,40 @@ def test_clear_errors_for_unknown_runs_bad_manifests_and_missing_stacks(
         ops.submit(stack, str(tmp_path / "absent.yaml"))  # type: ignore[operator]
     with pytest.raises(OperatorError, match="cannot be read"):
         ops.submit(stack, f"s3://{cloud.input_bucket}/datasets/none/cryopilot.yaml")
+    # --data: a folder of the stack's input bucket, by the one rule for S3 folders (README)
+    good = tmp_path / "good.yaml"  # type: ignore[operator]
+    good.write_bytes(MANIFEST.read_bytes())
+    for data, said in [
+        ("s3://someone-elses-bucket/datasets/x/", "is not in this stack's input bucket"),
+        ("s3://Bad_Bucket/x/", "'Bad_Bucket' is not an S3 bucket name"),
+        (f"s3://{cloud.input_bucket}/datasets/My Data/", "folder 'My Data' contains whitespace"),
+    ]:
+        with pytest.raises(OperatorError, match=re.escape(said)) as err:
+            ops.submit(stack, str(good), data_s3_uri=data)
+        assert err.value.exit_code == ops.EXIT_USAGE
+        assert "\n" not in str(err.value)
     assert cloud.executions() == []
 
     with pytest.raises(OperatorError, match="stack absent not found in us-east-1") as err:
         ops.Stack.from_cloudformation("absent", "us-east-1")
     assert err.value.exit_code == ops.EXIT_NOT_FOUND
+
+
+@pytest.mark.parametrize("cloud", ["spike"], indirect=True)
+def test_submit_a_dataset_whose_name_has_dots(cloud: LocalCloud, tmp_path: Path) -> None:
+    """The manifest allows '.' in a dataset name; the run id is derived by the one function every
+    entry point uses, so StartRun takes it."""
+    doc = yaml.safe_load((EVENTS / "manifests" / "spike.yaml").read_text())
+    doc["dataset"] = "SPIKE.FAB.07"
+    manifest = tmp_path / "cryopilot.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    stack = cloud.operator_stack()
+    done = ops.submit(stack, str(manifest))
+    assert (done.already, done.queued) == (False, False)
+    assert re.fullmatch(r"SPIKE-FAB-07-op[0-9a-f]{10}", done.run_id)
+    assert [e["name"] for e in cloud.executions()] == [done.run_id]
+    run = _wait_for_record(stack, done.run_id, until="record")
+    assert run.dataset == "SPIKE.FAB.07"
 
 
 def test_cli_maps_errors_to_exit_codes(cloud: LocalCloud, capsys: pytest.CaptureFixture[str]) -> None:

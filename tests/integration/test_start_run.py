@@ -54,13 +54,13 @@ def test_each_manifest_name_starts_a_run(cloud: LocalCloud, name: str) -> None:
 
 
 def test_s3_notification_event_starts_a_run(cloud: LocalCloud) -> None:
-    head = _put_manifest(cloud, folder="SPIKE FAB")
+    head = _put_manifest(cloud, folder="SPIKE-FAB")
     cloud.drain_events()
     first = cloud.executions()
     event = json.loads((EVENTS / "s3-put.json").read_text())
     obj = event["Records"][0]["s3"]
     obj["bucket"]["name"] = cloud.input_bucket
-    obj["object"]["key"] = "datasets/SPIKE+FAB/cryopilot.yaml"  # S3 URL-encodes keys
+    obj["object"]["key"] = "datasets/SPIKE%2DFAB/cryopilot.yaml"  # S3 URL-encodes keys
     obj["object"]["versionId"] = head["VersionId"]
     obj["object"]["eTag"] = head["ETag"].strip('"')
     ok, result = cloud.invoke(_start_fn(cloud), event)
@@ -70,6 +70,30 @@ def test_s3_notification_event_starts_a_run(cloud: LocalCloud) -> None:
     assert outcome["status"] == "duplicate"
     assert len(cloud.executions()) == len(first) == 1
     assert outcome["run_id"] == first[0]["name"]
+
+
+def test_a_dataset_folder_with_a_space_is_refused_with_its_rule(cloud: LocalCloud) -> None:
+    """A space in a dataset folder (S3 notifications spell it '+') is refused at StartRun, with one
+    line naming the rule, however the upload is announced: no run, no record, no mail."""
+    head = _put_manifest(cloud, folder="SPIKE FAB")
+    cloud.drain_events()
+    event = json.loads((EVENTS / "s3-put.json").read_text())
+    obj = event["Records"][0]["s3"]
+    obj["bucket"]["name"] = cloud.input_bucket
+    obj["object"]["key"] = "datasets/SPIKE+FAB/cryopilot.yaml"
+    obj["object"]["versionId"] = head["VersionId"]
+    ok, result = cloud.invoke(_start_fn(cloud), event)
+    assert ok, result
+    (delivered,) = cloud.deliveries
+    reason = (
+        "object key 'datasets/SPIKE FAB/cryopilot.yaml' has a dataset folder that contains whitespace"
+        " U+0020 (SPACE); a dataset name is ASCII letters, digits, '.', '_' and '-', starting with a"
+        " letter or digit, at most 48 characters"
+    )
+    for outcomes in (delivered.result["outcomes"], result["outcomes"]):
+        assert outcomes == [{"status": "ignored", "reason": reason}]
+    assert cloud.executions() == []
+    assert cloud.mails() == []
 
 
 def _datasync_done_event(cloud: LocalCloud, subdirectory: str) -> dict:
@@ -202,12 +226,13 @@ def test_manual_start_inline(cloud: LocalCloud) -> None:
         ({"manifest_s3_uri": "not-a-uri"}, "manifest_s3_uri"),
         ({"manifest_s3_uri": "s3://b/k", "colour": 1}, "colour: unknown field"),
         (
-            {"manifest_inline": {"dataset": "x"}, "data_s3_uri": "s3://b/d/"},
+            {"manifest_inline": {"dataset": "x"}, "data_s3_uri": "s3://{bucket}/d/"},
             "manifest_inline: input: required field",
         ),
     ],
 )
 def test_bad_manual_input_fails_at_validate(cloud: LocalCloud, doc: dict, expected: str) -> None:
+    doc = json.loads(json.dumps(doc).replace("{bucket}", cloud.input_bucket))
     arn = _manual(cloud, "bad-input", doc)
     desc = cloud.wait_for_execution(arn, timeout=60)
     assert desc["status"] == "FAILED"
@@ -254,11 +279,52 @@ def test_operator_start_starts_one_run_with_the_operators_input(cloud: LocalClou
         ),
         ({"run_id": "op-1", "dataset": "x", "input": {"manifest_inline": {}}}, "needs data_s3_uri"),
         ("op-1", "operator start"),
+        # the data folder: in the stack's input bucket only, and a well-formed S3 folder
+        (
+            {
+                "run_id": "op-1",
+                "dataset": "x",
+                "input": {"manifest_inline": {}, "data_s3_uri": "s3://someone-elses-bucket/datasets/x/"},
+            },
+            "input.data_s3_uri: s3://someone-elses-bucket/datasets/x/: is not in this stack's input bucket",
+        ),
+        (
+            {
+                "run_id": "op-1",
+                "dataset": "x",
+                "input": {"manifest_inline": {}, "data_s3_uri": "s3://Bad_Bucket/x/"},
+            },
+            "input.data_s3_uri: 'Bad_Bucket' is not an S3 bucket name",
+        ),
+        (
+            {
+                "run_id": "op-1",
+                "dataset": "x",
+                "input": {"manifest_s3_uri": "s3://someone-elses-bucket/datasets/x/cryopilot.yaml"},
+            },
+            "input.manifest_s3_uri: s3://someone-elses-bucket/datasets/x/cryopilot.yaml: is not in this"
+            " stack's input bucket",
+        ),
+        (
+            {
+                "run_id": "op-1",
+                "dataset": "x",
+                "input": {"manifest_s3_uri": "s3://{bucket}/datasets/My Data/cryopilot.yaml"},
+            },
+            "input.manifest_s3_uri: object key 'datasets/My Data/cryopilot.yaml' has a dataset folder that"
+            " contains whitespace",
+        ),
+        # the dataset name goes on the record before Validate: the same rule as the manifest's
+        (
+            {"run_id": "op-1", "dataset": "SPIKE\u202eFAB", "input": {"manifest_s3_uri": "s3://b/k"}},
+            "dataset: String should match pattern",
+        ),
     ],
 )
 def test_bad_operator_starts_are_refused_before_they_queue(
     cloud: LocalCloud, request_doc: object, reason: str
 ) -> None:
+    request_doc = json.loads(json.dumps(request_doc).replace("{bucket}", cloud.input_bucket))
     ok, result = cloud.invoke(_start_fn(cloud), {"operator_start": request_doc})
     assert ok, "a bad operator start must not crash StartRun"
     (outcome,) = result["outcomes"]

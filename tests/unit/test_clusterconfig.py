@@ -18,6 +18,14 @@ from cryopilot.domain.clusterconfig.build import (
 )
 from cryopilot.domain.clusterconfig.models import ClusterConfig, DataRepositoryAssociation, FsxLustreSettings
 from cryopilot.domain.clusterconfig.params import ClusterParams, ClusterRequest, capacity_fallbacks
+from cryopilot.domain.location import (
+    NAME_PATTERN,
+    RUN_ID_PATTERN,
+    data_uri_problem,
+    foreign_bucket,
+    run_id_for,
+    run_id_problem,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -437,3 +445,29 @@ def test_generated_configurations_always_load(
     plans = capacity_fallbacks(params)
     for plan in {id(p): p for p in (plans[0], plans[-1])}.values():
         check(request, plan.params)
+
+
+INPUT_BUCKET = "cryopilot-input-123456789012"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    dataset=st.from_regex(NAME_PATTERN, fullmatch=True),
+    run_id=st.from_regex(RUN_ID_PATTERN, fullmatch=True),
+    folders=st.lists(
+        st.from_regex(r"[A-Za-z0-9._-]{1,30}", fullmatch=True).filter(lambda f: f not in (".", "..")),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_whatever_start_run_and_validate_accept_makes_a_configuration_that_loads(
+    dataset: str, run_id: str, folders: list[str]
+) -> None:
+    """The one rule (domain/location.py) that StartRun and Validate apply is within what the
+    cluster configuration and ParallelCluster's schema take: nothing accepted fails at CreateCluster."""
+    data = f"s3://{INPUT_BUCKET}/{'/'.join(folders)}/"
+    assert data_uri_problem(data) is None
+    assert foreign_bucket(data, INPUT_BUCKET) is None
+    assert run_id_problem(run_id_for(dataset, "op0123456789")) is None
+    request = make_cluster_request(run_id=run_id, dataset=dataset, data_s3_uri=data)
+    check(request, make_params())

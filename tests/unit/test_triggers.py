@@ -1,11 +1,22 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from cryopilot.adapters.events import parse_triggers
 from cryopilot.core.errors import EventError
-from cryopilot.domain.location import ManifestLocation, check_key
+from cryopilot.domain.location import (
+    NAME_PATTERN,
+    RUN_ID_PATTERN,
+    S3_FOLDER_RE,
+    ManifestLocation,
+    bucket_problem,
+    check_key,
+    data_uri_problem,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import EVENTS
 
@@ -203,3 +214,50 @@ def test_cleanup_refuses_what_it_does_not_handle() -> None:
     with pytest.raises(ValueError, match="not an event the cleanup function handles"):
         parse_event({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2"})
     assert parse_event({"detail-type": "Scheduled Event", "source": "aws.events"}) == ("schedule", {})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_every_name_is_accepted_by_the_rule_or_refused_on_one_visible_line(name: str) -> None:
+    """A dataset folder: accepted exactly when it matches the manifest's ``dataset`` pattern,
+    otherwise refused with one line of printable text (no format or bidi character gets through
+    into the reason)."""
+    key = f"datasets/{name}/cryopilot.yaml"
+    if re.fullmatch(NAME_PATTERN[1:-1], name) is None:
+        with pytest.raises(EventError) as refused:
+            check_key(key)
+        assert str(refused.value).isprintable()
+        return
+    check_key(key)
+    # ... and whatever is accepted makes a run id StartRun takes
+    assert re.fullmatch(RUN_ID_PATTERN[1:-1], ManifestLocation(bucket="b", key=key).run_id())
+
+
+@pytest.mark.parametrize(
+    ("bucket", "valid"),
+    [
+        # S3's general purpose bucket naming rules, one case per rule
+        ("cryopilot-input-123456789012", True),
+        ("a.b.c", True),
+        ("192.168.5.x", True),
+        ("ab", False),  # 3 to 63 characters
+        ("a" * 64, False),
+        ("Bad_Bucket", False),  # lowercase letters, digits, '.' and '-'
+        ("-ab", False),  # begins and ends with a letter or digit
+        ("ab-", False),
+        ("a..b", False),  # no two adjacent periods
+        ("192.168.5.4", False),  # not formatted as an IP address
+        ("xn--abc", False),  # reserved prefixes
+        ("sthree-abc", False),
+        ("amzn-s3-demo-abc", False),
+        ("abc-s3alias", False),  # reserved suffixes
+        ("abc--ol-s3", False),
+        ("abc.mrap", False),
+        ("abc--x-s3", False),
+        ("abc--table-s3", False),
+    ],
+)
+def test_bucket_names_follow_s3s_rules_alone_and_in_a_folder_uri(bucket: str, valid: bool) -> None:
+    assert (bucket_problem(bucket) is None) is valid
+    assert (S3_FOLDER_RE.fullmatch(f"s3://{bucket}/datasets/x/") is not None) is valid
+    assert (data_uri_problem(f"s3://{bucket}/datasets/x/") is None) is valid

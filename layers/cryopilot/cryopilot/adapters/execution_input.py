@@ -6,9 +6,9 @@ this one model.
 
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cryopilot.domain.location import ManifestLocation
+from cryopilot.domain.location import ManifestLocation, data_uri_problem, foreign_bucket
 
 
 class RunSettings(BaseModel):
@@ -42,11 +42,36 @@ class ExecutionInput(BaseModel):
     manifest_inline: dict[str, Any] | None = None
     data_s3_uri: str | None = Field(
         default=None,
-        pattern=r"^s3://[^/]+/.*/$",
-        description="with manifest_inline: the S3 folder holding the data (ends with /)",
+        description="with manifest_inline: the S3 folder holding the data (ends with /), in the"
+        " stack's input bucket",
     )
     trigger: str = "manual"
     settings: RunSettings = Field(default_factory=RunSettings)
+
+    @field_validator("data_s3_uri")
+    @classmethod
+    def _data_uri(cls, value: str | None) -> str | None:
+        problem = data_uri_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    def bucket_problem(self, input_bucket: str) -> str | None:
+        """Why this input names a bucket the stack does not read from (``field: reason``), or None.
+        StartRun (operator starts) and Validate (every start) both ask."""
+        if self.manifest is not None:
+            problem = foreign_bucket(self.manifest.uri, input_bucket)
+            if problem:
+                return f"manifest: {problem}"
+        if self.manifest_s3_uri is not None:
+            problem = foreign_bucket(self.manifest_s3_uri, input_bucket)
+            if problem:
+                return f"manifest_s3_uri: {problem}"
+        if self.data_s3_uri is not None:
+            problem = foreign_bucket(self.data_s3_uri, input_bucket)
+            if problem:
+                return f"data_s3_uri: {problem}"
+        return None
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:

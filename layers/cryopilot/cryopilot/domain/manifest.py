@@ -30,12 +30,13 @@ from cryopilot.core.validation import (
     printable,
     validation_message,
 )
+from cryopilot.domain.location import NAME_PATTERN
 
 #: Largest manifest accepted, in bytes.
 MAX_MANIFEST_BYTES = 1024 * 1024
 
 
-DATASET_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$"
+DATASET_RE = NAME_PATTERN  # the one rule for dataset names and folders
 SYMMETRY_RE = r"^(C[1-9][0-9]*|D[2-9][0-9]*|T|O|I)$"
 EMAIL_RE = re.compile(r"^[^@\s,;\x00-\x1f\x7f]+@[^@\s,;\x00-\x1f\x7f]+\.[A-Za-z]{2,}$")
 

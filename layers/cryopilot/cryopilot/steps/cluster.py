@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from cryopilot.adapters import runs
 from cryopilot.adapters.cluster_config import config_yaml_for, placements
@@ -13,11 +13,13 @@ from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import (
     CapacityError,
+    ClusterConfigError,
     ClusterNotFoundError,
     ClusterTimeoutError,
     parse_error,
 )
 from cryopilot.core.naming import cluster_name_for
+from cryopilot.core.validation import validation_message
 from cryopilot.domain.record import RunRecord
 
 
@@ -45,13 +47,23 @@ def create(run_id: str) -> ClusterStep:
     name = run.cluster_name
     if not name:
         raise ClusterNotFoundError(f"run {run_id} has no cluster name")
+    try:
+        config = config_yaml_for(run, settings)
+    except ValidationError as exc:  # Validate refuses what would fail here; kept one line if not
+        store.update_run(run_id, current_step="create_cluster")
+        raise ClusterConfigError(f"cluster configuration: {validation_message(exc)}") from None
     store.update_run(
         run_id,
         current_step="create_cluster",
         cluster_state="CREATE_REQUESTED",
         cluster_requested_at=clock.now_iso(),
     )
-    info = api().create_or_adopt(name, config_yaml_for(run, settings), run_id)
+    try:
+        info = api().create_or_adopt(name, config, run_id)
+    except ClusterConfigError:
+        # ParallelCluster refused the request (400): it created nothing, so nothing is deleted
+        store.update_run(run_id, cluster_state="NOT_CREATED")
+        raise
     attempt = run.placement_attempt or 0
     store.update_run(run_id, cluster_state=info.status, placement=placements(settings)[attempt].label)
     return ClusterStep(name=name, status=info.status)

@@ -13,11 +13,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cryopilot.adapters import admission, aws, runs
 from cryopilot.adapters.events import Trigger, parse_triggers
 from cryopilot.adapters.execution_input import ExecutionInput
+from cryopilot.adapters.manifests import head_version
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core.errors import EventError
-from cryopilot.core.validation import validation_message
-from cryopilot.domain.location import MANIFEST_NAMES, ManifestLocation, check_key
+from cryopilot.core.validation import excerpt, validation_message
+from cryopilot.domain.location import (
+    MANIFEST_NAMES,
+    NAME_PATTERN,
+    RUN_ID_PATTERN,
+    ManifestLocation,
+    check_key,
+    check_version,
+)
 
 StartStatus = Literal["started", "queued", "duplicate", "ignored"]
 
@@ -27,9 +35,10 @@ class OperatorStart(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    #: the execution's name (Step Functions allows at most 80 of these characters)
-    run_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,80}$")
-    dataset: str = Field(min_length=1, max_length=256)
+    #: the execution's name, as :func:`cryopilot.domain.location.run_id_for` derives it
+    run_id: str = Field(pattern=RUN_ID_PATTERN)
+    #: the manifest's dataset name (recorded before Validate reads the manifest)
+    dataset: str = Field(pattern=NAME_PATTERN)
     #: the execution input, checked here so that a bad one is refused before it waits in a queue
     input: ExecutionInput
 
@@ -54,6 +63,11 @@ def handle_event(event: Any) -> list[StartOutcome]:
             reason = f"operator start: {validation_message(exc)}"
             logger.warning("ignoring event", extra={"reason": reason})
             return [StartOutcome(status="ignored", reason=reason)]
+        problem = _operator_input_problem(request.input)
+        if problem:
+            reason = f"operator start: input.{problem}"
+            logger.warning("ignoring event", extra={"reason": reason})
+            return [StartOutcome(status="ignored", reason=reason)]
         return [start_operator_run(request)]
     try:
         triggers = parse_triggers(event)
@@ -65,6 +79,27 @@ def handle_event(event: Any) -> list[StartOutcome]:
         logger.info("ignoring event", extra={"reason": reason})
         return [StartOutcome(status="ignored", reason=reason)]
     return [_handle_trigger(t) for t in triggers]
+
+
+def _operator_input_problem(execution_input: ExecutionInput) -> str | None:
+    """What Validate would refuse in an operator's input before reading any manifest (a bucket
+    the stack does not read, a key no manifest can have): ``field: reason``, or None."""
+    foreign = execution_input.bucket_problem(get_settings().input_bucket)
+    if foreign:
+        return foreign
+    for field, key in (
+        ("manifest", execution_input.manifest.key if execution_input.manifest else None),
+        (
+            "manifest_s3_uri",
+            (execution_input.manifest_s3_uri or "s3://").partition("//")[2].partition("/")[2],
+        ),
+    ):
+        if key:
+            try:
+                check_key(key)
+            except EventError as exc:
+                return f"{field}: {exc}"
+    return None
 
 
 def _why_nothing_started(event: dict[str, Any]) -> str:
@@ -91,10 +126,19 @@ def _handle_trigger(trigger: Trigger) -> StartOutcome:
 
 
 def _check_location(location: ManifestLocation) -> None:
+    """Refuse a location no run can come from: another bucket, a key no manifest can have, a
+    version id S3 cannot have issued, a version that does not exist (a forged or stale event).
+    Nothing is claimed, queued or mailed for it."""
     settings = get_settings()
     if location.bucket != settings.input_bucket:
         raise EventError(f"bucket {location.bucket!r} is not this stack's input bucket")
     check_key(location.key)
+    check_version(location)
+    try:
+        head_version(location)
+    except EventError as exc:
+        version = f" version {excerpt(location.version_id)}" if location.version_id else ""
+        raise EventError(f"{location.uri}{version}: {exc}") from None
 
 
 def _datasync_manifest(execution_arn: str) -> ManifestLocation:

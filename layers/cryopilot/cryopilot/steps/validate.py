@@ -3,11 +3,11 @@
 import json
 from typing import Any
 
-from botocore.exceptions import ClientError
 from pydantic import BaseModel, ValidationError
 
 from cryopilot.adapters import aws, runs
 from cryopilot.adapters.execution_input import ExecutionInput, RunSettings
+from cryopilot.adapters.manifests import head_version
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.pricing import queue_nodes
 from cryopilot.adapters.settings import get_settings
@@ -17,7 +17,13 @@ from cryopilot.core.naming import cluster_name_for
 from cryopilot.domain import limits, placement
 from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.clusterconfig.mounts import FSX_DATA_DIR
-from cryopilot.domain.location import ManifestLocation, check_key, manifest_prefix
+from cryopilot.domain.location import (
+    ManifestLocation,
+    check_key,
+    check_version,
+    manifest_prefix,
+    run_id_problem,
+)
 from cryopilot.domain.manifest import (
     MAX_MANIFEST_BYTES,
     Manifest,
@@ -50,20 +56,14 @@ def load_manifest(location: ManifestLocation) -> tuple[Manifest, ManifestLocatio
     """Read and parse the manifest version at ``location``."""
     source = location.uri
     try:
-        check_key(location.key)
-    except EventError as exc:  # a manual start naming a key no manifest can have
-        raise ManifestError(f"{source}: {exc}") from None
+        check_key(location.key)  # a manual start naming a key no manifest can have
+        check_version(location)
+        head = head_version(location)
+    except EventError as exc:
+        message = str(exc)
+        raise ManifestError(message if message.startswith(source) else f"{source}: {message}") from None
     s3 = aws.client("s3")
     extra = {"VersionId": location.version_id} if location.version_id else {}
-    try:
-        head = s3.head_object(Bucket=location.bucket, Key=location.key, **extra)
-    except ClientError as exc:
-        code = exc.response["Error"]["Code"]
-        if code in ("404", "NoSuchKey", "NotFound", "NoSuchVersion"):
-            raise ManifestError(f"{source}: no such object (or version)") from None
-        if code in ("403", "AccessDenied"):
-            raise ManifestError(f"{source}: access denied") from None
-        raise
     size = int(head.get("ContentLength", 0))
     if size > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{source}: is {size:,} bytes; a manifest may be at most 1 MB")
@@ -87,10 +87,16 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
         started_at=clock.now_iso(),
         started_epoch=clock.now(),
     )
+    problem = run_id_problem(run_id)
+    if problem:  # a manual start's name: it goes into S3 keys, tags and the cluster's name
+        raise ManifestError(f"execution name: {problem}")
     try:
         exec_input = ExecutionInput.model_validate(raw_input)
     except ValidationError as exc:
         raise ManifestError(f"execution input: {validation_message(exc)}") from None
+    foreign = exec_input.bucket_problem(settings.input_bucket)
+    if foreign:
+        raise ManifestError(f"execution input: {foreign}")
 
     if exec_input.manifest_inline is not None:
         manifest = manifest_from_dict(exec_input.manifest_inline, source="manifest_inline")
@@ -98,10 +104,6 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
         location_doc: dict[str, Any] = {"inline": True, "data_s3_uri": data_uri}
     else:
         location = exec_input.manifest or _location_from_uri(exec_input.manifest_s3_uri or "")
-        if location.bucket != settings.input_bucket:
-            raise ManifestError(
-                f"{location.uri}: is not in this stack's input bucket {settings.input_bucket}"
-            )
         manifest, location = load_manifest(location)
         data_uri = f"s3://{location.bucket}/{manifest_prefix(location.key)}"
         location_doc = location.model_dump()

@@ -13,13 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cryopilot.core.naming import CLUSTER_NAME_MAX_LENGTH, CLUSTER_NAME_RE
 from cryopilot.domain.clusterconfig.version import PCLUSTER_VERSION
+from cryopilot.domain.location import S3_FOLDER_RE
 
 _SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8}(?:[0-9a-f]{9})?$")
 _SG_RE = re.compile(r"^sg-[0-9a-f]{8}(?:[0-9a-f]{9})?$")
 _AMI_RE = re.compile(r"^ami-[0-9a-f]{8}(?:[0-9a-f]{9})?$")
 _INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
 _REGION_RE = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d$")
-_S3_PREFIX_RE = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/((?:[^/\s]+/)*)$")
 _SECRET_ARN_RE = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$")
 _POLICY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::(?:aws|\d{12}):policy/[A-Za-z0-9/_+=,.@-]+$")
 _TAG_RE = re.compile(r"^[\w .:/=+\-@]*$")
@@ -28,14 +28,14 @@ _SUPPORTED_OSES = ("alinux2023", "ubuntu2204", "ubuntu2404", "rhel8", "rocky8", 
 
 
 def _s3_prefix(value: str, what: str) -> str:
-    if not _S3_PREFIX_RE.match(value):
+    if not S3_FOLDER_RE.fullmatch(value):
         raise ValueError(f"{what} must look like s3://bucket/prefix/ (ending in '/'), got {value!r}")
     return value
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b/`` → ``("bucket", "a/b/")``."""
-    match = _S3_PREFIX_RE.match(uri)
+    match = S3_FOLDER_RE.fullmatch(uri)
     if not match:
         raise ValueError(f"not an S3 prefix: {uri!r}")
     return match.group(1), match.group(2)
