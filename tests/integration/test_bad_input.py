@@ -318,6 +318,16 @@ MANUALS = [
         ("manifest_inline: acquisition.gain_reference: gain_reference must not contain control characters",),
     ),
     Manual(
+        "inline-override-path-other-bucket",
+        _inline(_manifest(pipeline={"overrides": {"import": {"blob_paths": "s3://other-bucket/*.mrc"}}})),
+        ("pipeline.overrides.import.blob_paths: must be relative to the manifest's folder, not absolute",),
+    ),
+    Manual(
+        "inline-dose-as-text",
+        _inline(_manifest(acquisition__total_dose_e_per_A2="50")),
+        ("manifest_inline: acquisition.total_dose_e_per_A2: Input should be a valid number (got '50')",),
+    ),
+    Manual(
         "inline-manifest-as-text",
         {"manifest_inline": SPIKE_YAML.decode(), "data_s3_uri": "s3://{bucket}/datasets/SPIKE-FAB-07/"},
         ("execution input: manifest_inline: Input should be a valid dictionary",),

@@ -217,6 +217,11 @@ def test_other_symmetries_are_refused(symmetry: str) -> None:
             "pipeline.overrides.extract: Dictionary should have at most 16 items",
         ),
         ("pipeline.overrides", {"x" * 65: {}}, "String should have at most 64 characters"),
+        (
+            "pipeline.overrides",
+            {f"s{i}": {"a": "x" * 512, "b": "y" * 512} for i in range(32)},
+            "pipeline.overrides: the overrides take 33,",
+        ),
     ],
 )
 def test_every_value_is_bounded(field: str, value: object, message: str) -> None:

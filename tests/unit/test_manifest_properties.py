@@ -623,6 +623,15 @@ def test_what_validate_accepts_fits_dynamodb_and_ssm(doc: dict[str, Any]) -> Non
         "started_epoch": 1767225600.123456,
         "decisions": [],
         "mails": [],
+        # a run waiting for a slot keeps its execution input; an operator's start of a local file
+        # carries the manifest inline in it
+        "start_input": json.dumps(
+            {
+                "trigger": "operator",
+                "manifest_inline": manifest.model_dump(mode="json", exclude_none=True),
+                "data_s3_uri": f"s3://{bucket}/datasets/{manifest.dataset}/",
+            }
+        ),
         **record_fields(
             manifest,
             stages,

@@ -48,6 +48,8 @@ MAX_NAME_CHARS = 64
 #: Most stages ``pipeline.overrides`` may name, and most parameters per stage.
 MAX_OVERRIDE_STAGES = 32
 MAX_OVERRIDE_PARAMS = 16
+#: Most bytes ``pipeline.overrides`` may take as JSON (non-ASCII characters written \uXXXX).
+MAX_OVERRIDES_BYTES = 32 * 1024
 #: Longest ``notify`` address (RFC 5321's limit on a forward path).
 MAX_EMAIL_CHARS = 254
 #: Largest n of the point groups C<n> and D<n> (our own bound: far above any cyclic or dihedral
@@ -204,6 +206,18 @@ class Pipeline(_Strict):
         description="cryopilot: each GPU stage on the queue the preset's placement picks, queues scale to"
         " zero; whitepaper: every GPU stage on the gpu8 queue with one node held for the whole run",
     )
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides_in_all(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # an inline manifest travels whole in the execution input (and a queued run's start
+        # input on its record): the overrides together are bounded too
+        size = len(json.dumps(value))
+        if size > MAX_OVERRIDES_BYTES:
+            raise ValueError(
+                f"the overrides take {size:,} bytes as JSON; at most {MAX_OVERRIDES_BYTES:,} in all"
+            )
+        return value
 
 
 class Limits(_Strict):
