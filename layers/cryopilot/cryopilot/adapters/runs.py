@@ -139,7 +139,8 @@ class RunStore:
             **fields,
         }
         try:
-            self.table.put_item(Item=_to_ddb(item), ConditionExpression="attribute_not_exists(pk)")
+            with _sized(f"run record {run_id}", fields):
+                self.table.put_item(Item=_to_ddb(item), ConditionExpression="attribute_not_exists(pk)")
         except ClientError as exc:
             if _condition_failed(exc):
                 return False
