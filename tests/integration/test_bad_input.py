@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 from botocore.exceptions import ClientError
+from cryopilot.adapters import admission, runs
 from cryopilot.domain.location import ManifestLocation
 from cryopilot.domain.manifest import MAX_MANIFEST_BYTES
 from cryopilot_sim.clock import VirtualClock
@@ -169,6 +171,90 @@ UPLOADS = [
         (f"is not UTF-8 text (byte {LATIN1_AT})",),
     ),
     Upload("empty-file", b"", ("is empty",)),
+    # every value is bounded, so every item the run writes stays far below DynamoDB's 400 KB
+    Upload(
+        "override-text-400-kb",
+        _yaml(_manifest(pipeline={"overrides": {"nurefine": {"refine_symmetry": "C" * 400_000}}})),
+        ("pipeline.overrides.nurefine.refine_symmetry: text may be at most 512 characters (got 400,000)",),
+    ),
+    Upload(
+        "glob-2000-characters",
+        _yaml(_manifest(input__glob="micrographs/" + "a" * 2000 + "/*.mrc")),
+        ("input.glob: String should have at most 512 characters",),
+    ),
+    # overrides: each value has its parameter's type, range and (for paths) the path rules
+    Upload(
+        "override-blob-paths-absolute",
+        _yaml(_manifest(pipeline={"overrides": {"import": {"blob_paths": "/etc/*"}}})),
+        ("pipeline.overrides.import.blob_paths: must be relative to the manifest's folder, not absolute",),
+    ),
+    Upload(
+        "override-gainref-dotdot",
+        _yaml(
+            _manifest(
+                "cgrp.yaml", pipeline={"overrides": {"import": {"gainref_path": "../../../etc/passwd"}}}
+            )
+        ),
+        ("pipeline.overrides.import.gainref_path: must not contain '..'",),
+    ),
+    Upload(
+        "override-defect-other-bucket",
+        _yaml(
+            _manifest(
+                "cgrp.yaml", pipeline={"overrides": {"import": {"defect_path": "s3://other-bucket/secret"}}}
+            )
+        ),
+        ("pipeline.overrides.import.defect_path: must be relative to the manifest's folder, not absolute",),
+    ),
+    Upload(
+        "override-gpus-as-text",
+        _yaml(_manifest(pipeline={"overrides": {"ctf": {"compute_num_gpus": "lots"}}})),
+        ("pipeline.overrides.ctf.compute_num_gpus: must be an integer (got 'lots')",),
+    ),
+    Upload(
+        "override-gpus-1000",
+        _yaml(_manifest(pipeline={"overrides": {"ctf": {"compute_num_gpus": 1000}}})),
+        ("pipeline.overrides.ctf.compute_num_gpus: must be from 1 to 8 (got 1000)",),
+    ),
+    Upload(
+        "override-gpus-beyond-the-lane",
+        _yaml(_manifest(pipeline={"overrides": {"class2d": {"compute_num_gpus": 8}}})),
+        (
+            "pipeline.overrides.class2d.compute_num_gpus: 8 GPUs,",
+            "but stage class2d runs on lane gpu4 (4 GPUs per node)",
+        ),
+    ),
+    Upload(
+        "override-boolean-as-number",
+        _yaml(_manifest(pipeline={"overrides": {"extract": {"output_f16": 1}}})),
+        ("pipeline.overrides.extract.output_f16: must be true or false (got 1)",),
+    ),
+    # loose parsing: numbers are numbers, keys are unique, symmetry is a point group
+    Upload(
+        "cs-mm-on",
+        SPIKE_YAML.replace(b"cs_mm: 2.7", b"cs_mm: on"),
+        ("acquisition.cs_mm: Input should be a valid number (got True)",),
+    ),
+    Upload(
+        "expected-files-true",
+        _yaml(_manifest(input__expected_files=True)),
+        ("input.expected_files: Input should be a valid integer (got True)",),
+    ),
+    Upload(
+        "max-hours-as-text",
+        _yaml(_manifest(limits={"max_hours": "1e2"})),
+        ("limits.max_hours: Input should be a valid number (got '1e2')",),
+    ),
+    Upload(
+        "duplicate-key",
+        SPIKE_YAML + b"symmetry: C1\n",
+        ("is not valid YAML: duplicate key 'symmetry' at line 14",),
+    ),
+    Upload(
+        "symmetry-huge",
+        _yaml(_manifest(symmetry="C99999999999999999999")),
+        ("symmetry: must be a point group: C1 to C120, D2 to D120, T, O or I (got 'C99999999999999999999')",),
+    ),
     # paths in the manifest
     Upload(
         "glob-control-character",
@@ -231,6 +317,16 @@ MANUALS = [
         "inline-gain-reference-nul",
         _inline(_manifest("cgrp.yaml", acquisition__gain_reference="gain/gain\u0000ref.mrc")),
         ("manifest_inline: acquisition.gain_reference: gain_reference must not contain control characters",),
+    ),
+    Manual(
+        "inline-override-path-other-bucket",
+        _inline(_manifest(pipeline={"overrides": {"import": {"blob_paths": "s3://other-bucket/*.mrc"}}})),
+        ("pipeline.overrides.import.blob_paths: must be relative to the manifest's folder, not absolute",),
+    ),
+    Manual(
+        "inline-dose-as-text",
+        _inline(_manifest(acquisition__total_dose_e_per_A2="50")),
+        ("manifest_inline: acquisition.total_dose_e_per_A2: Input should be a valid number (got '50')",),
     ),
     Manual(
         "inline-manifest-as-text",
@@ -464,6 +560,47 @@ FORGED_VERSIONS = {
 FILTERED = "datasets/FILTERED/cryopilot.yaml"
 
 
+OVERSIZED = "manual-oversized-record"
+OVERSIZED_DATASET = "BIG-RECORD"
+
+
+def _seed_oversized_record(cloud: LocalCloud) -> None:
+    """A run record grown to 404,990 bytes as moto counts them (attribute names and values; it
+    refuses an item past 405,000): no update of it can be written any more. The run holds an
+    admission slot and its manual start is invalid."""
+    runs.store().table.put_item(
+        Item={
+            "pk": f"run#{OVERSIZED}",
+            "kind": "run",
+            "run_id": OVERSIZED,
+            "status": "RUNNING",
+            "dataset": OVERSIZED_DATASET,
+            "created_at": "2026-01-01T00:00:00Z",
+            "stages": {},
+            "decisions": [json.dumps({"stage": "hetero1", "note": "x" * 404_813})],
+            "mails": [],
+        }
+    )
+    admission.admit(OVERSIZED, 1000)
+    cloud.client("stepfunctions").start_execution(
+        stateMachineArn=cloud.state_machine_arn,
+        name=OVERSIZED,
+        input=json.dumps(_fill(_inline(_manifest(acquisition__voltage_kV=250)), bucket=cloud.input_bucket)),
+    )
+
+
+def _cleanup_results(cloud: LocalCloud) -> list[dict[str, Any]]:
+    return [d.result or {} for d in cloud.deliveries if d.function.endswith("CleanupFunction")]
+
+
+def _until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def batch() -> Iterator[Batch]:
     with LocalCloud(clock=VirtualClock(), profile="spike") as cloud:
@@ -519,6 +656,9 @@ def batch() -> Iterator[Batch]:
         cloud.put_event(_datasync("ERROR"))
         cloud.put_event(_object_created("someone-elses-bucket", FILTERED, "v1", "e1"))
 
+        # a run whose record can no longer be written (it holds a slot, like an admitted run)
+        _seed_oversized_record(cloud)
+
         sfn = cloud.client("stepfunctions")
         for m in MANUALS:
             doc = _fill(m.input, bucket=bucket)
@@ -540,6 +680,7 @@ def batch() -> Iterator[Batch]:
         for execution in cloud.executions():
             desc = cloud.wait_for_execution(execution["executionArn"], timeout=60)
             b.finished[desc["name"]] = desc
+        _until(lambda: any(r.get("run_id") == OVERSIZED for r in _cleanup_results(cloud)))
         b.mails = cloud.mails()
         yield b
 
@@ -642,7 +783,7 @@ def test_a_repeated_event_starts_one_run(batch: Batch) -> None:
     assert len({o["run_id"] for o in outcomes}) == 1
     runs = [name for name in batch.finished if name.startswith(f"{REPEATED}-")]
     assert runs == [outcomes[0]["run_id"]]
-    _assert_rejected_at_validate(batch, runs[0], ("symmetry: String should match pattern", "(got 'C0')"))
+    _assert_rejected_at_validate(batch, runs[0], ("symmetry: must be a point group", "(got 'C0')"))
 
 
 # --- events StartRun cannot use ------------------------------------------------------------------
@@ -698,9 +839,10 @@ def test_an_event_naming_a_delete_marker_is_ignored(batch: Batch) -> None:
 
 
 def test_every_execution_is_accounted_for(batch: Batch) -> None:
-    # uploads + the repeated event (one run) + manual starts + the list input; the late event of
-    # a deleted version and the forged versions start nothing
-    expected = len(UPLOADS) + len(BOM_UPLOADS) + 1 + len(MANUALS) + 1
+    # uploads + the repeated event (one run) + manual starts + the list input + the run whose
+    # record cannot be written; the late event of a deleted version and the forged versions start
+    # nothing
+    expected = len(UPLOADS) + len(BOM_UPLOADS) + 1 + len(MANUALS) + 1 + 1
     assert len(batch.finished) == expected, sorted(batch.finished)
     assert all(d.error is None for d in batch.cloud.deliveries), "no StartRun delivery may crash"
     assert list(batch.cloud.pcluster.requests_for("create_cluster")) == []
@@ -724,3 +866,32 @@ def test_manual_start_with_invalid_json_is_refused_by_the_api(batch: Batch) -> N
 
 def test_manual_start_whose_input_is_not_an_object_fails_at_validate(batch: Batch) -> None:
     _assert_rejected_at_validate(batch, "manual-input-a-list", ("execution input", "valid dictionary"))
+
+
+def test_a_record_that_cannot_be_written_still_ends_failed_mailed_and_released(batch: Batch) -> None:
+    # The record is too large for any update: Validate's refusal is one line naming the record and
+    # the field, the failure is still recorded (the record is cut down to what the run's end
+    # needs), the failure mail still
+    # carries the dataset attribute that subscriptions filter on, cleanup does not crash and the
+    # run's admission slot is released.
+    cloud = batch.cloud
+    assert batch.finished[OVERSIZED]["status"] == "FAILED"
+    record = cloud.run_record(OVERSIZED)
+    assert record is not None
+    assert record["status"] == "FAILED"
+    assert record["record_truncated"] is True, "cut down to its essentials to take the failure"
+    error = record["error"]
+    assert error["type"] == "RecordTooLargeError", error
+    assert error["message"].startswith(f"run record {OVERSIZED}: writing "), error
+    assert error["message"].endswith("would make it larger than DynamoDB's 400 KB item limit"), error
+    (mail,) = [m for m in batch.mails if m["attributes"].get("run_id") == OVERSIZED]
+    assert mail["attributes"]["dataset"] == OVERSIZED_DATASET
+    assert mail["attributes"]["event"] == "failed"
+    deliveries = [
+        d
+        for d in cloud.deliveries
+        if d.function.endswith("CleanupFunction") and (d.result or {}).get("run_id") == OVERSIZED
+    ]
+    assert deliveries
+    assert all(d.error is None for d in deliveries)
+    assert OVERSIZED not in admission.read().holders

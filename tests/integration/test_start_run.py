@@ -202,7 +202,10 @@ def test_manual_start_with_an_s3_uri(cloud: LocalCloud) -> None:
     record = _wait_for_record(cloud, "manual-s3", "cluster_name")
     assert record["dataset"] == "SPIKE-FAB-07"
     assert record["trigger"] == "manual"
+    # where the manifest is (the version in S3), never the document itself
     assert record["manifest"]["version_id"]
+    assert set(record["manifest"]) == {"bucket", "key", "version_id", "etag"}
+    assert "manifest_doc" not in record
 
 
 def test_manual_start_inline(cloud: LocalCloud) -> None:
@@ -210,7 +213,13 @@ def test_manual_start_inline(cloud: LocalCloud) -> None:
     doc["data_s3_uri"] = f"s3://{cloud.input_bucket}/datasets/SPIKE-FAB-07/"
     _manual(cloud, "manual-inline", doc)
     record = _wait_for_record(cloud, "manual-inline", "cluster_name")
-    assert record["manifest"] == {"inline": True, "data_s3_uri": doc["data_s3_uri"]}
+    # the record says where the inline manifest is kept (the execution's input), not the document
+    assert record["manifest"] == {
+        "inline": True,
+        "data_s3_uri": doc["data_s3_uri"],
+        "kept_in": "execution input",
+    }
+    assert "manifest_doc" not in record
     assert record["preset"] == "micrographs"
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -124,3 +125,121 @@ def test_manifest_keys(key: str, ok: bool) -> None:
 
 def test_manifest_prefix() -> None:
     assert manifest_prefix("datasets/CGRP/cryopilot.yaml") == "datasets/CGRP/"
+
+
+# --- loose parsing: numbers are numbers, keys are unique, symmetry is a point group -------------
+
+SPIKE = (EVENTS / "manifests" / "spike.yaml").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ((b"cs_mm: 2.7", b"cs_mm: on"), "acquisition.cs_mm: Input should be a valid number (got True)"),
+        ((b"cs_mm: 2.7", b"cs_mm: yes"), "acquisition.cs_mm: Input should be a valid number (got True)"),
+        ((b"cs_mm: 2.7", b'cs_mm: "2.7"'), "acquisition.cs_mm: Input should be a valid number (got '2.7')"),
+        ((b"diameter_A: 280", b"diameter_A: '280'"), "particle.diameter_A: Input should be a valid number"),
+        (
+            (b"glob: micrographs/*.mrc", b"glob: micrographs/*.mrc\n  expected_files: true"),
+            "input.expected_files: Input should be a valid integer (got True)",
+        ),
+        (
+            (b"glob: micrographs/*.mrc", b"glob: micrographs/*.mrc\n  expected_files: 5.0"),
+            "input.expected_files: Input should be a valid integer (got 5.0)",
+        ),
+        (
+            (b"symmetry: C3", b"symmetry: C3\nlimits: {max_hours: '1e2'}"),
+            "limits.max_hours: Input should be a valid number (got '1e2')",
+        ),
+    ],
+)
+def test_numbers_must_be_numbers(change: tuple[bytes, bytes], message: str) -> None:
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(SPIKE.replace(*change), source="m.yaml")
+    assert message in str(info.value)
+
+
+def test_integers_are_numbers_where_a_number_is_asked() -> None:
+    m = parse_manifest(SPIKE.replace(b"cs_mm: 2.7", b"cs_mm: 3"), source="m.yaml")
+    assert m.acquisition.cs_mm == 3.0
+
+
+def test_duplicate_keys_are_an_error_in_yaml_and_json() -> None:
+    with pytest.raises(
+        ManifestError, match=re.escape("m.yaml: is not valid YAML: duplicate key 'symmetry' at line 14")
+    ):
+        parse_manifest(SPIKE + b"symmetry: C1\n", source="m.yaml")
+    nested = SPIKE.replace(b"  pixel_size_A: 0.83", b"  pixel_size_A: 0.83\n  pixel_size_A: 1.1")
+    with pytest.raises(ManifestError, match="duplicate key 'pixel_size_A' at line 8"):
+        parse_manifest(nested, source="m.yaml")
+    doc = json.dumps(yaml.safe_load(SPIKE))
+    with pytest.raises(ManifestError, match=re.escape("m.json: is not valid JSON: duplicate key 'dataset'")):
+        parse_manifest(('{"dataset": "X", ' + doc[1:]).encode(), source="m.json")
+
+
+@pytest.mark.parametrize("symmetry", ["C1", "C7", "C120", "D2", "D120", "T", "O", "I"])
+def test_point_groups_are_accepted(symmetry: str) -> None:
+    assert parse_manifest(SPIKE.replace(b"C3", symmetry.encode())).symmetry == symmetry
+
+
+@pytest.mark.parametrize(
+    "symmetry", ["C0", "C121", "C99999999999999999999", "D1", "D121", "c3", "C03", "I2", "T1", "H", "C 3", ""]
+)
+def test_other_symmetries_are_refused(symmetry: str) -> None:
+    with pytest.raises(
+        ManifestError, match=re.escape("symmetry: must be a point group: C1 to C120, D2 to D120")
+    ):
+        parse_manifest(SPIKE.replace(b"symmetry: C3", f"symmetry: '{symmetry}'".encode()))
+
+
+# --- every value is bounded -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("input.glob", "m/" + "a" * 511, "input.glob: String should have at most 512 characters"),
+        ("pipeline.preset", "p" * 65, "pipeline.preset: String should have at most 64 characters"),
+        ("notify", ["a" * 250 + "@b.org"], "notify.0: String should have at most 254 characters"),
+        (
+            "pipeline.overrides",
+            {"nurefine": {"refine_symmetry": "C" * 513}},
+            "pipeline.overrides.nurefine.refine_symmetry: text may be at most 512 characters (got 513)",
+        ),
+        (
+            "pipeline.overrides",
+            {f"s{i}": {} for i in range(33)},
+            "pipeline.overrides: Dictionary should have at most 32 items",
+        ),
+        (
+            "pipeline.overrides",
+            {"extract": {f"p{i}": 1 for i in range(17)}},
+            "pipeline.overrides.extract: Dictionary should have at most 16 items",
+        ),
+        ("pipeline.overrides", {"x" * 65: {}}, "String should have at most 64 characters"),
+        (
+            "pipeline.overrides",
+            {f"s{i}": {"a": "x" * 512, "b": "y" * 512} for i in range(32)},
+            "pipeline.overrides: the overrides take 33,",
+        ),
+    ],
+)
+def test_every_value_is_bounded(field: str, value: object, message: str) -> None:
+    doc = yaml.safe_load(SPIKE)
+    node = doc
+    *parents, leaf = field.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(yaml.safe_dump(doc).encode(), source="m.yaml")
+    assert message in str(info.value)
+
+
+def test_values_at_their_bounds_are_accepted() -> None:
+    doc = yaml.safe_load(SPIKE)
+    doc["input"]["glob"] = "m/" + "a" * 510
+    doc["notify"] = ["a" * 248 + "@b.org"] * 20
+    doc["pipeline"] = {"overrides": {"nurefine": {"refine_relax_symmetry": "C" * 512}}}
+    m = parse_manifest(yaml.safe_dump(doc).encode(), source="m.yaml")
+    assert len(m.input.glob) == 512

@@ -7,6 +7,9 @@
    quotes more than ``ECHO_LIMIT`` consecutive characters of the input.
 3. A valid manifest with one field made invalid (or missing, or one unknown field added) always
    fails with a message naming that field.
+4. Any manifest Validate accepts (the manifest's rules, then its preset's overrides checked against
+   the job-type register and the stages placed) makes run-table items under 350 KB and agent
+   commands under SSM's limits, however long each value is within its bounds.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import copy
 import json
 import math
 import re
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +28,9 @@ from cryopilot.core.errors import ManifestError
 from cryopilot.core.validation import MAX_EXCERPT_CHARS, MAX_MESSAGE_CHARS
 from cryopilot.domain.manifest import (
     DATASET_RE,
+    MAX_EMAIL_CHARS,
+    MAX_SYMMETRY_ORDER,
+    MAX_TEXT_CHARS,
     SYMMETRY_RE,
     Manifest,
     manifest_from_dict,
@@ -47,6 +55,11 @@ SCHEMA = Manifest.model_json_schema()
 
 # --- valid manifests, from the schema ------------------------------------------------------------
 
+symmetries = (
+    st.sampled_from(["T", "O", "I"])
+    | st.integers(1, MAX_SYMMETRY_ORDER).map(lambda n: f"C{n}")
+    | st.integers(2, MAX_SYMMETRY_ORDER).map(lambda n: f"D{n}")
+)
 _path_part = st.from_regex(r"[A-Za-z0-9_*?\[\]{}. -]{1,20}", fullmatch=True).filter(
     lambda p: p not in (".", "..") and p.strip() == p
 )
@@ -75,6 +88,7 @@ SPECIAL: dict[str, st.SearchStrategy[Any]] = {
     "notify": st.lists(emails, max_size=3),
     "pipeline.overrides": overrides,
     "pipeline.preset": st.none() | st.text(max_size=20),
+    "symmetry": symmetries,
 }
 
 
@@ -412,3 +426,239 @@ def test_one_invalid_field_is_named(mutation: tuple[dict[str, Any], str], source
         parse_manifest(data, source=source)
     assert _names(str(info.value), field), (field, str(info.value))
     _check_message(info.value, source, None)
+
+
+# --- what Validate accepts fits DynamoDB and SSM ---------------------------------------------------
+
+EVENTS_MANIFESTS = Path(__file__).resolve().parents[2] / "events" / "manifests"
+
+#: The run table's items must stay this far below DynamoDB's 400 KB item limit: the record grows
+#: during the run (stage results, decisions, mails), so Validate's part must leave room.
+ITEM_BUDGET = 350 * 1024
+
+#: SSM's limits for the agent's commands (``AWS-RunShellScript``, one ``commands`` entry):
+#: - the SSM API Reference, CreateDocument ``Content``: a document "must not exceed 64KB. This quota
+#:   also includes the content specified for input parameters at runtime"
+#:   (https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_CreateDocument.html), so
+#:   the parameters of one SendCommand share 64 KB with the document's own content;
+#: - the SSM API Reference, SendCommand ``Comment``: at most 100 characters
+#:   (https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_SendCommand.html).
+#: We keep a command to 24 KB, leaving the rest of the 64 KB to AWS-RunShellScript itself and the
+#: executionTimeout parameter.
+SSM_DOCUMENT_LIMIT = 64 * 1024
+SSM_COMMAND_BUDGET = 24 * 1024
+SSM_COMMENT_LIMIT = 100
+
+
+def ddb_size(value: Any) -> int:
+    """Bytes DynamoDB counts for a value, by "DynamoDB item sizes and formats" (Developer Guide,
+    https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/CapacityUnitCalculations.html):
+    strings and names in UTF-8 bytes; a number 1 byte per two significant digits plus 1; null and
+    booleans 1; a list or map 3 bytes plus 1 per element plus its elements (a map's with names)."""
+    if value is None or isinstance(value, bool):
+        return 1
+    if isinstance(value, Decimal | int | float):
+        digits = str(Decimal(str(value)).normalize()).lstrip("-").replace(".", "").lstrip("0")
+        digits = re.sub(r"E.*", "", digits.upper())
+        return (max(1, len(digits)) + 1) // 2 + 1
+    if isinstance(value, str):
+        return len(value.encode("utf-8"))
+    if isinstance(value, list):
+        return 3 + sum(1 + ddb_size(v) for v in value)
+    assert isinstance(value, dict), type(value)
+    return 3 + sum(1 + len(k.encode("utf-8")) + ddb_size(v) for k, v in value.items())
+
+
+def item_size(item: dict[str, Any]) -> int:
+    """An item's size: its attributes' names and values (no overhead for the item itself)."""
+    stored = json.loads(json.dumps(item), parse_float=Decimal)
+    return sum(len(k.encode("utf-8")) + ddb_size(v) for k, v in stored.items())
+
+
+def test_item_size_follows_the_documented_rules() -> None:
+    # the examples worked out by hand from the rules above
+    assert item_size({"a": "xyz"}) == 1 + 3
+    assert item_size({"n": 12345}) == 1 + 4  # 5 digits: 3 bytes + 1
+    assert item_size({"l": ["ab", True]}) == 1 + 3 + (1 + 2) + (1 + 1)
+    assert item_size({"m": {"k": "é"}}) == 1 + 3 + (1 + 1 + 2)
+
+
+#: Characters of long values: ASCII, and 2- and 3-byte UTF-8 ones (the worst case per character).
+_WIDE = st.sampled_from("aZ09_-*?é漢")
+_wide_part = st.text(_WIDE, min_size=1, max_size=MAX_TEXT_CHARS)
+#: Paths under the path rules, up to the longest allowed.
+long_paths = st.lists(_wide_part, min_size=1, max_size=4).map(lambda ps: "/".join(ps)[:MAX_TEXT_CHARS])
+long_emails = st.builds(
+    lambda local, domain: f"{local}@{domain}.org"[:MAX_EMAIL_CHARS],
+    st.text(st.sampled_from("abc.+_-"), min_size=1, max_size=64),
+    st.text(st.sampled_from("abc-"), min_size=1, max_size=200),
+).filter(lambda e: e.endswith(".org"))
+
+
+def _param_values(pspec: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Values the register allows for one parameter (see presets/job_types.yaml)."""
+    kind = pspec["type"]
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "integer":
+        return st.integers(pspec.get("min", -(10**18)), pspec.get("max", 10**18))
+    if kind == "number":
+        low, high = pspec.get("min", -1e100), pspec.get("max", 1e100)
+        floats = st.floats(low, high, allow_nan=False, allow_infinity=False)
+        return st.integers(math.ceil(low), math.floor(high)) | floats.filter(
+            lambda x: x == 0 or STORABLE[0] <= abs(x) <= STORABLE[1]
+        )
+    if pspec.get("format") == "path":
+        return long_paths
+    if pspec.get("format") == "symmetry":
+        return symmetries
+    return st.from_regex(pspec["pattern"], fullmatch=True)
+
+
+@st.composite
+def accepted_manifests(draw: st.DrawFn) -> dict[str, Any]:
+    """Manifests at the edges of every bound, with overrides drawn from the job-type register."""
+    from cryopilot.domain.presets import REPEATED_STAGE, ROUNDS_PARAM, job_types, load_preset
+
+    doc = copy.deepcopy(draw(manifests))
+    kind = doc["input"]["kind"]
+    doc["input"]["glob"] = draw(long_paths)
+    if kind == "movies":
+        doc["acquisition"]["gain_reference"] = draw(st.none() | long_paths)
+    doc["notify"] = draw(st.lists(long_emails, max_size=20))
+    preset = load_preset(kind)
+    register = job_types()
+    overrides: dict[str, dict[str, Any]] = {}
+    rounds = draw(st.integers(1, 20))
+    ids = [s.id for s in preset.stages] + [f"{REPEATED_STAGE}{k}" for k in range(1, rounds + 1)]
+    for stage_id in draw(st.lists(st.sampled_from(ids), unique=True, max_size=len(ids))):
+        base = REPEATED_STAGE if stage_id.startswith(REPEATED_STAGE) else stage_id
+        job = register[next(s.job_type for s in preset.stages if s.id == base)]
+        names = draw(st.lists(st.sampled_from(sorted(job.params) or ["-"]), unique=True, max_size=16))
+        params = {n: draw(_param_values(job.params[n])) for n in names if n in job.params}
+        if params:
+            overrides[stage_id] = params
+    overrides.setdefault(REPEATED_STAGE, {})[ROUNDS_PARAM] = rounds
+    doc["pipeline"] = {
+        "preset": kind,
+        "overrides": overrides,
+        "layout": draw(st.sampled_from(["cryopilot", "whitepaper"])),
+    }
+    return doc
+
+
+def _largest(kind: str) -> dict[str, Any]:
+    """The largest manifest Validate accepts for ``kind``: every stage and round overridden, every
+    parameter set, each text at its longest in 3-byte characters, 20 addresses of 254 characters."""
+    from cryopilot.domain.presets import REPEATED_STAGE, ROUNDS_PARAM, job_types, load_preset
+
+    longest = "/".join(["漢" * 127] * 4)
+    assert len(longest) <= MAX_TEXT_CHARS
+
+    def widest(pspec: dict[str, Any]) -> Any:
+        if pspec["type"] == "boolean":
+            return True
+        if pspec["type"] in ("integer", "number"):
+            return 1 if pspec.get("max") == 8 else pspec.get("max", 1)  # 1 GPU fits every lane
+        if pspec.get("format") == "path":
+            return longest
+        if pspec.get("format") == "symmetry":
+            return f"D{MAX_SYMMETRY_ORDER}"
+        return "x" * 32
+
+    preset = load_preset(kind)
+    ids = [s.id for s in preset.stages] + [f"{REPEATED_STAGE}{k}" for k in range(1, 21)]
+    overrides = {}
+    for stage_id in ids:
+        base = REPEATED_STAGE if stage_id.startswith(REPEATED_STAGE) else stage_id
+        job = job_types()[next(s.job_type for s in preset.stages if s.id == base)]
+        overrides[stage_id] = {n: widest(p) for n, p in job.params.items()}
+    overrides[REPEATED_STAGE][ROUNDS_PARAM] = 20
+    email = "a" * 64 + "@" + "b" * (MAX_EMAIL_CHARS - 69) + ".org"
+    doc = yaml.safe_load((EVENTS_MANIFESTS / ("cgrp.yaml" if kind == "movies" else "spike.yaml")).read_text())
+    doc["input"]["glob"] = longest
+    if kind == "movies":
+        doc["acquisition"]["gain_reference"] = longest
+    doc["dataset"] = "D" * 48
+    doc["notify"] = [email] * 20
+    doc["pipeline"] = {"preset": kind, "overrides": overrides}
+    return doc
+
+
+@settings(max_examples=60, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(accepted_manifests())
+@example(_largest("movies"))
+@example(_largest("micrographs"))
+def test_what_validate_accepts_fits_dynamodb_and_ssm(doc: dict[str, Any]) -> None:
+    from cryopilot.adapters.agent_client import command_line
+    from cryopilot.adapters.execution_input import ExecutionInput
+    from cryopilot.core.naming import cluster_name_for
+    from cryopilot.domain import placement
+    from cryopilot.domain.clusterconfig.mounts import FSX_DATA_DIR
+    from cryopilot.steps.stage import submit_argv
+    from cryopilot.steps.validate import context_fields, record_fields
+
+    manifest = manifest_from_dict(doc)
+    try:
+        stages = placement.plan(manifest, data_dir=f"{FSX_DATA_DIR}/")
+    except ManifestError:  # Validate refuses it (a GPU count beyond its stage's lane)
+        assume(False)
+        raise
+
+    # the longest names the stack allows: run ids of 80 characters, a 63-character bucket, an S3
+    # key of 1,024 bytes, a version id as long as S3 gives (1,024)
+    run_id = "r" * 80
+    bucket = "b" * 63
+    location = {"bucket": bucket, "key": "k" * 1024, "version_id": "v" * 1024, "etag": '"' + "e" * 32 + '"'}
+    exec_input = ExecutionInput.model_validate({"manifest": location, "trigger": "s3"})
+    run_item = {
+        "pk": f"run#{run_id}",
+        "kind": "run",
+        "run_id": run_id,
+        "status": "RUNNING",
+        "created_at": "2026-01-01T00:00:00.000000+00:00",
+        "updated_at": "2026-01-01T00:00:00.000000+00:00",
+        "execution_arn": "arn:aws:states:us-east-1:123456789012:execution:" + "s" * 80 + ":" + run_id,
+        "started_at": "2026-01-01T00:00:00.000000+00:00",
+        "started_epoch": 1767225600.123456,
+        "decisions": [],
+        "mails": [],
+        # a run waiting for a slot keeps its execution input; an operator's start of a local file
+        # carries the manifest inline in it
+        "start_input": json.dumps(
+            {
+                "trigger": "operator",
+                "manifest_inline": manifest.model_dump(mode="json", exclude_none=True),
+                "data_s3_uri": f"s3://{bucket}/datasets/{manifest.dataset}/",
+            }
+        ),
+        **record_fields(
+            manifest,
+            stages,
+            location_doc=location,
+            data_uri=f"s3://{bucket}/datasets/{manifest.dataset}/",
+            cluster_name=cluster_name_for(run_id),
+            exec_input=exec_input,
+        ),
+    }
+    plan_item = {
+        "pk": f"plan#{run_id}",
+        "kind": "plan",
+        "run_id": run_id,
+        "plan": [s.model_dump(mode="json") for s in stages],
+    }
+    ctx_item = {
+        "pk": f"ctx#{run_id}",
+        **context_fields(manifest, exec_input, started_epoch=1767225600.123456),
+    }
+    for item in (run_item, plan_item, ctx_item):
+        assert item_size(item) < ITEM_BUDGET, (item["pk"][:5], item_size(item))
+
+    for stage in stages:
+        argv = submit_argv(run_id, stage)
+        command = command_line(argv)
+        assert len(command.encode("utf-8")) <= SSM_COMMAND_BUDGET < SSM_DOCUMENT_LIMIT, (
+            stage.id,
+            len(command),
+        )
+        assert len(f"cryopilot-agent {argv[0]}") <= SSM_COMMENT_LIMIT

@@ -250,3 +250,98 @@ def test_the_lanes_the_agent_speaks_are_the_queue_registry() -> None:
 
     assert get_args(Lane) == GPU_QUEUES
     assert tuple(NOMINAL_QUEUE_GPUS) == GPU_QUEUES
+
+
+# --- override values: their parameter's type, range and path rules (job_types.yaml) -------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"motion": {"compute_num_gpus": "lots"}},
+            "motion.compute_num_gpus: must be an integer (got 'lots')",
+        ),
+        ({"motion": {"compute_num_gpus": 2.0}}, "motion.compute_num_gpus: must be an integer (got 2.0)"),
+        ({"motion": {"compute_num_gpus": True}}, "motion.compute_num_gpus: must be an integer (got True)"),
+        ({"motion": {"compute_num_gpus": 0}}, "motion.compute_num_gpus: must be from 1 to 8 (got 0)"),
+        ({"motion": {"compute_num_gpus": 1000}}, "motion.compute_num_gpus: must be from 1 to 8 (got 1000)"),
+        (
+            {"hetero": {"multirefine_res_init": "20"}},
+            "hetero.multirefine_res_init: must be a number (got '20')",
+        ),
+        ({"hetero": {"multirefine_res_init": 0.5}}, "hetero.multirefine_res_init: must be from 1 to 100"),
+        ({"class2d": {"compute_use_ssd": "no"}}, "class2d.compute_use_ssd: must be true or false (got 'no')"),
+        ({"class2d": {"compute_use_ssd": 0}}, "class2d.compute_use_ssd: must be true or false (got 0)"),
+        (
+            {"import": {"blob_paths": "/etc/*"}},
+            "import.blob_paths: must be relative to the manifest's folder",
+        ),
+        ({"import": {"blob_paths": None}}, "import.blob_paths: must be set"),
+        ({"import": {"gainref_path": "../../../etc/passwd"}}, "import.gainref_path: must not contain '..'"),
+        ({"import": {"gainref_path": "gain/../../x.mrc"}}, "import.gainref_path: must not contain '..'"),
+        ({"import": {"defect_path": "s3://other-bucket/secret"}}, "import.defect_path: must be relative"),
+        ({"import": {"defect_path": "file:///etc/passwd"}}, "import.defect_path: must be relative"),
+        (
+            {"import": {"defect_path": "gain/x\nrm -rf /"}},
+            "import.defect_path: must not contain control characters",
+        ),
+        ({"import": {"defect_path": 3}}, "import.defect_path: must be text (got 3)"),
+        ({"nurefine": {"refine_symmetry": "C0"}}, "nurefine.refine_symmetry: must be a point group"),
+        ({"abinit": {"abinit_symmetry": "C121"}}, "abinit.abinit_symmetry: must be a point group"),
+        ({"nurefine": {"refine_relax_symmetry": "a b"}}, "nurefine.refine_relax_symmetry: must match"),
+    ],
+)
+def test_an_override_value_must_fit_its_parameter(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ManifestError) as info:
+        plan(manifest(pipeline={"overrides": overrides}), data_dir=DATA_DIR)
+    assert str(info.value).startswith("pipeline.overrides.")
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_path_overrides_are_joined_to_the_data_dir_and_null_restores_the_default() -> None:
+    m = manifest(
+        pipeline={
+            "overrides": {
+                "import": {"gainref_path": "gain/other.mrc", "defect_path": "gain/defects.txt"},
+                "class2d": {"class2D_window_inner_A": None},
+            }
+        }
+    )
+    stages = {s.id: s for s in plan(m, data_dir=DATA_DIR)}
+    assert stages["import"].params["gainref_path"] == DATA_DIR + "gain/other.mrc"
+    assert stages["import"].params["defect_path"] == DATA_DIR + "gain/defects.txt"
+    assert "class2D_window_inner_A" not in stages["class2d"].params
+
+
+def test_gpus_are_bounded_by_the_lane_the_stage_runs_on() -> None:
+    # class2d is placed on gpu4 (4 GPUs per node): 4 fits, 8 does not; on the white paper's
+    # layout every GPU stage is on gpu8, where 8 fits
+    ok = {
+        s.id: s
+        for s in plan(
+            manifest(pipeline={"overrides": {"class2d": {"compute_num_gpus": 4}}}), data_dir=DATA_DIR
+        )
+    }
+    assert (ok["class2d"].lane, ok["class2d"].params["compute_num_gpus"]) == ("gpu4", 4)
+    with pytest.raises(
+        ManifestError,
+        match=re.escape(
+            "pipeline.overrides.class2d.compute_num_gpus: 8 GPUs, "
+            "but stage class2d runs on lane gpu4 (4 GPUs per node)"
+        ),
+    ):
+        plan(manifest(pipeline={"overrides": {"class2d": {"compute_num_gpus": 8}}}), data_dir=DATA_DIR)
+    wide = manifest(pipeline={"layout": "whitepaper", "overrides": {"class2d": {"compute_num_gpus": 8}}})
+    assert {s.id: s for s in plan(wide, data_dir=DATA_DIR)}["class2d"].params["compute_num_gpus"] == 8
+
+
+def test_every_register_parameter_says_what_an_override_may_be() -> None:
+    for name, spec in job_types().items():
+        for param, pspec in spec.params.items():
+            assert pspec["type"] in ("integer", "number", "boolean", "string"), (name, param)
+            if pspec["type"] in ("integer", "number"):
+                assert pspec["min"] <= pspec["max"], (name, param)
+            if pspec["type"] == "string":
+                assert pspec.get("format") in ("path", "symmetry") or pspec.get("pattern"), (name, param)

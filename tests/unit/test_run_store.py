@@ -282,3 +282,50 @@ def test_context_plan_and_manifest_claims(table: Any) -> None:
     assert uncached.get_plan("r1") == []
     assert store.claim_manifest("d1", "r1", {"key": "k"}) == ("r1", True)
     assert store.claim_manifest("d1", "r2", {"key": "k"}) == ("r1", False)
+
+
+# ------------------------------------------------------------------ a record that outgrew the item limit
+def _full_record(table: Any, run_id: str) -> RunStore:
+    """A run record a few bytes short of moto's item limit (405,000 bytes of names and values)."""
+    store = RunStore(table)
+    store.create_run(
+        run_id, status="RUNNING", dataset="BIG", cluster_name="cp-big", cluster_state="CREATE_COMPLETE"
+    )
+    used = sum(
+        len(k) + len(json.dumps(v)) for k, v in table.get_item(Key={"pk": f"run#{run_id}"})["Item"].items()
+    )
+    table.update_item(
+        Key={"pk": f"run#{run_id}"},
+        UpdateExpression="SET decisions = :d",
+        ExpressionAttributeValues={":d": [json.dumps({"note": "x" * (404_000 - used)})]},
+    )
+    return store
+
+
+def test_a_write_past_the_item_limit_is_one_line_naming_the_field(table: Any) -> None:
+    from cryopilot.core.errors import RecordTooLargeError
+
+    store = _full_record(table, "r1")
+    with pytest.raises(RecordTooLargeError) as info:
+        store.update_run("r1", error={"type": "X", "message": "m" * 2000, "step": "stage:ctf"})
+    assert str(info.value) == (
+        "run record r1: writing error (2,049 bytes) would make it larger than DynamoDB's 400 KB item limit"
+    )
+    with pytest.raises(RecordTooLargeError, match="run record r1: writing mails "):
+        store.append_to("r1", "mails", {"kind": "failed", "subject": "s" * 2000})
+
+
+def test_a_full_record_is_cut_down_to_its_essentials(table: Any) -> None:
+    store = _full_record(table, "r2")
+    store.replace_with_essentials("r2", status="FAILED", error={"type": "X", "message": "m", "step": "s"})
+    run = store.get_run("r2")
+    assert run is not None
+    assert (run.status, run.dataset, run.cluster_name, run.cluster_state) == (
+        "FAILED",
+        "BIG",
+        "cp-big",
+        "CREATE_COMPLETE",
+    )
+    assert run.record_truncated is True
+    assert run.decisions == []
+    store.update_run("r2", finished_at="now")  # it takes writes again

@@ -38,7 +38,7 @@ from cryopilot.adapters import aws, runs
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
-from cryopilot.core.errors import CryopilotError, TransientError
+from cryopilot.core.errors import CryopilotError, RecordTooLargeError, TransientError
 from cryopilot.core.status import EXECUTION_OVER
 
 KEY = {"pk": "admission"}
@@ -275,7 +275,10 @@ def mark_waiting(run_id: str) -> None:
 
 
 def _released(run_id: str) -> None:
-    runs.store().update_existing_run(run_id, slot_released_at=clock.now_iso())
+    try:
+        runs.store().update_existing_run(run_id, slot_released_at=clock.now_iso())
+    except RecordTooLargeError:  # the slot is released; only its note on the record is lost
+        logger.warning("slot release not noted on the run record", extra={"run_id": run_id})
 
 
 def _not_admitted(run_id: str, step: str) -> None:

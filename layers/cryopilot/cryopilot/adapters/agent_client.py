@@ -49,7 +49,7 @@ class AgentClient:
 
     def run(self, argv: list[str]) -> dict[str, Any]:
         ssm = aws.client("ssm")
-        command = shlex.join(["cryopilot-agent", *argv])
+        command = command_line(argv)
         try:
             sent = ssm.send_command(
                 InstanceIds=[self.instance_id],
@@ -138,6 +138,11 @@ class AgentClient:
         if not isinstance(doc, dict):
             raise AgentError(f"agent {verb} printed JSON that is not an object")
         return doc
+
+
+def command_line(argv: list[str]) -> str:
+    """The shell command (``AWS-RunShellScript``'s ``commands`` parameter) that runs an agent verb."""
+    return shlex.join(["cryopilot-agent", *argv])
 
 
 def agent_for(run_id: str, head_node_instance_id: str | None) -> AgentClient:

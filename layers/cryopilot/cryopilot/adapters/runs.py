@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -23,6 +25,7 @@ from botocore.exceptions import ClientError
 from cryopilot.adapters import aws
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
+from cryopilot.core.errors import RecordTooLargeError
 from cryopilot.domain.record import RunContext, RunRecord
 from cryopilot.protocol.stage import PlannedStage
 
@@ -68,6 +71,46 @@ def _condition_failed(exc: ClientError) -> bool:
     return bool(exc.response["Error"]["Code"] == "ConditionalCheckFailedException")
 
 
+def _too_large(exc: ClientError) -> bool:
+    """DynamoDB's answer to a write that would make an item exceed 400 KB (a ValidationException
+    whose message says "Item size ... has exceeded the maximum allowed size")."""
+    error = exc.response.get("Error", {})
+    return error.get("Code") == "ValidationException" and "size" in str(error.get("Message", "")).lower()
+
+
+def too_large_error(item: str, fields: dict[str, Any]) -> RecordTooLargeError:
+    """One line naming the item and its largest field being written."""
+    sizes = {k: len(json.dumps(v, default=str)) for k, v in fields.items() if k != "updated_at"}
+    largest = max(sizes, key=lambda k: sizes[k]) if sizes else "?"
+    return RecordTooLargeError(
+        f"{item}: writing {largest} ({sizes.get(largest, 0):,} bytes) would make it larger than "
+        "DynamoDB's 400 KB item limit"
+    )
+
+
+@contextmanager
+def _sized(item: str, fields: dict[str, Any]) -> Iterator[None]:
+    """A write of ``fields`` to ``item``: DynamoDB's item-size refusal becomes a one-line
+    :class:`RecordTooLargeError` naming the item and the field (never a raw ClientError)."""
+    try:
+        yield
+    except ClientError as exc:
+        if _too_large(exc):
+            raise too_large_error(item, fields) from None
+        raise
+
+
+#: What a run record keeps when it has grown too large to take another write (see
+#: :meth:`RunStore.replace_with_essentials`): enough for the failure mail, the cleanup and the CLI.
+ESSENTIAL_FIELDS = (
+    "kind", "run_id", "status", "created_at", "dataset", "trigger", "execution_arn", "manifest",
+    "data_s3_uri", "notify", "preset", "layout", "settings", "started_at", "started_epoch",
+    "current_step", "current_stage", "cluster_name", "cluster_state", "cluster_deleted",
+    "cluster_deleted_at", "delete_requested_at", "head_node_instance_id", "admitted_at",
+    "queued_at", "slot_released_at", "cost_usd", "error", "finished_at", "finished_epoch",
+)  # fmt: skip
+
+
 class RunStore:
     """The run, ctx, plan and manifest-claim items of one run table (a boto3 ``Table``).
 
@@ -96,7 +139,8 @@ class RunStore:
             **fields,
         }
         try:
-            self.table.put_item(Item=_to_ddb(item), ConditionExpression="attribute_not_exists(pk)")
+            with _sized(f"run record {run_id}", fields):
+                self.table.put_item(Item=_to_ddb(item), ConditionExpression="attribute_not_exists(pk)")
         except ClientError as exc:
             if _condition_failed(exc):
                 return False
@@ -134,6 +178,16 @@ class RunStore:
         """Set top-level fields (creating the record if a manual start skipped StartRun)."""
         self._set_fields(run_id, fields)
 
+    def replace_with_essentials(self, run_id: str, **fields: Any) -> None:
+        """Rewrite a record too large to take another update: keep :data:`ESSENTIAL_FIELDS`
+        (mails, decisions and stage details are dropped), set ``fields``, and say so
+        (``record_truncated``). The failure path and the cleanup use it so that a run that failed
+        never stays RUNNING for want of space."""
+        item = self.table.get_item(Key=run_key(run_id), ConsistentRead=True).get("Item") or {}
+        kept = {k: v for k, v in item.items() if k in ESSENTIAL_FIELDS}
+        kept.update(_to_ddb({**fields, "record_truncated": True, "updated_at": clock.now_iso()}))
+        self.table.put_item(Item={**run_key(run_id), "kind": "run", "run_id": run_id, **kept})
+
     def update_existing_run(self, run_id: str, *, only_if: str | None = None, **fields: Any) -> bool:
         """Set top-level fields of a record that exists (never creates one); with ``only_if`` (a
         DynamoDB condition expression), only when that holds too. False when nothing was set."""
@@ -151,13 +205,14 @@ class RunStore:
         names = {f"#f{i}": k for i, k in enumerate(fields)}
         values = {f":v{i}": v for i, v in enumerate(fields.values())}
         extra = {"ConditionExpression": condition} if condition else {}
-        self.table.update_item(
-            Key=run_key(run_id),
-            UpdateExpression="SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields))),
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=_to_ddb(values),
-            **extra,
-        )
+        with _sized(f"run record {run_id}", fields):
+            self.table.update_item(
+                Key=run_key(run_id),
+                UpdateExpression="SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields))),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=_to_ddb(values),
+                **extra,
+            )
 
     def forget_admission(self, run_id: str, step: str) -> None:
         """Remove ``admitted_at`` and ``admitted_epoch`` and set ``current_step`` (an admission
@@ -191,12 +246,13 @@ class RunStore:
         values = {f":v{i}": v for i, v in enumerate(fields.values())}
         values[":now"] = clock.now_iso()
         sets = ", ".join(f"#s.#id.#f{i} = :v{i}" for i in range(len(fields)))
-        self.table.update_item(
-            Key=run_key(run_id),
-            UpdateExpression=f"SET {sets}, updated_at = :now",
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=_to_ddb(values),
-        )
+        with _sized(f"run record {run_id}", {f"stages.{stage_id}.{k}": v for k, v in fields.items()}):
+            self.table.update_item(
+                Key=run_key(run_id),
+                UpdateExpression=f"SET {sets}, updated_at = :now",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=_to_ddb(values),
+            )
 
     def append_to(self, run_id: str, field: str, *entries: Any) -> None:
         """Append entries to a list field."""
@@ -204,21 +260,25 @@ class RunStore:
             return
         if field in JSON_LIST_FIELDS:
             entries = tuple(json.dumps(e, sort_keys=True, separators=(",", ":")) for e in entries)
-        self.table.update_item(
-            Key=run_key(run_id),
-            UpdateExpression="SET #f = list_append(if_not_exists(#f, :empty), :new), updated_at = :now",
-            ExpressionAttributeNames={"#f": field},
-            ExpressionAttributeValues=_to_ddb({":empty": [], ":new": list(entries), ":now": clock.now_iso()}),
-        )
+        with _sized(f"run record {run_id}", {field: list(entries)}):
+            self.table.update_item(
+                Key=run_key(run_id),
+                UpdateExpression="SET #f = list_append(if_not_exists(#f, :empty), :new), updated_at = :now",
+                ExpressionAttributeNames={"#f": field},
+                ExpressionAttributeValues=_to_ddb(
+                    {":empty": [], ":new": list(entries), ":now": clock.now_iso()}
+                ),
+            )
 
     # -------------------------------------------------------------- the plan
     def put_plan(self, run_id: str, plan: list[PlannedStage]) -> None:
         """Store the run's planned stages in an item of their own (``plan#<run id>``): it is the
         largest and the most read part of a run, and never changes once Validate wrote it."""
         stages = [s.model_dump(mode="json") for s in plan]
-        self.table.put_item(
-            Item=_to_ddb({"pk": f"plan#{run_id}", "kind": "plan", "run_id": run_id, "plan": stages})
-        )
+        with _sized(f"plan of run {run_id}", {"plan": stages}):
+            self.table.put_item(
+                Item=_to_ddb({"pk": f"plan#{run_id}", "kind": "plan", "run_id": run_id, "plan": stages})
+            )
 
     def get_plan(self, run_id: str) -> list[PlannedStage]:
         """The run's planned stages ([] before Validate wrote them); kept once read when the
@@ -241,12 +301,13 @@ class RunStore:
         record, which grows with every stage and decision."""
         names = {f"#f{i}": k for i, k in enumerate(fields)}
         values = {f":v{i}": v for i, v in enumerate(fields.values())}
-        self.table.update_item(
-            Key={"pk": f"ctx#{run_id}"},
-            UpdateExpression="SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields))),
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=_to_ddb(values),
-        )
+        with _sized(f"step context of run {run_id}", fields):
+            self.table.update_item(
+                Key={"pk": f"ctx#{run_id}"},
+                UpdateExpression="SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields))),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=_to_ddb(values),
+            )
 
     def put_context_cost(self, run_id: str, stage_id: str, cost_usd: float) -> None:
         """Keep one stage's cost so far in the step context (``costs.<stage id>``; Validate

@@ -158,6 +158,13 @@ class RunLimitError(CryopilotError):
     label = "run limit reached"
 
 
+class RecordTooLargeError(CryopilotError):
+    """A run-table write would make an item larger than DynamoDB's 400 KB item limit. Never
+    retried: the same write fails again. The failure path keeps a cut-down record instead."""
+
+    label = "run record too large"
+
+
 class ReportError(CryopilotError):
     """The run's report cannot be written (never fails the run: the state machine goes on)."""
 

@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
@@ -35,9 +36,28 @@ from cryopilot.domain.location import NAME_PATTERN
 #: Largest manifest accepted, in bytes.
 MAX_MANIFEST_BYTES = 1024 * 1024
 
+# Every value a manifest holds is bounded (the README's manifest reference lists these limits), so
+# that whatever Validate accepts makes run items far below DynamoDB's 400 KB item limit and agent
+# commands far below SSM's limits (tests/unit/test_manifest_properties.py shows it).
+#: Longest path (``input.glob``, ``acquisition.gain_reference``, a path-valued override) and longest
+#: text override value, in characters.
+MAX_TEXT_CHARS = 512
+#: Longest preset name, stage id or parameter name in ``pipeline``.
+MAX_NAME_CHARS = 64
+#: Most stages ``pipeline.overrides`` may name, and most parameters per stage.
+MAX_OVERRIDE_STAGES = 32
+MAX_OVERRIDE_PARAMS = 16
+#: Most bytes ``pipeline.overrides`` may take as JSON (non-ASCII characters written \uXXXX).
+MAX_OVERRIDES_BYTES = 32 * 1024
+#: Longest ``notify`` address (RFC 5321's limit on a forward path).
+MAX_EMAIL_CHARS = 254
+#: Largest n of the point groups C<n> and D<n> (our own bound: far above any cyclic or dihedral
+#: symmetry a single-particle structure has shown).
+MAX_SYMMETRY_ORDER = 120
 
 DATASET_RE = NAME_PATTERN  # the one rule for dataset names and folders
-SYMMETRY_RE = r"^(C[1-9][0-9]*|D[2-9][0-9]*|T|O|I)$"
+#: The shape of a point group in cryoSPARC's spelling; :func:`check_symmetry` also bounds n.
+SYMMETRY_RE = r"^(C[1-9][0-9]{0,2}|D[2-9]|D[1-9][0-9]{1,2}|T|O|I)$"
 EMAIL_RE = re.compile(r"^[^@\s,;\x00-\x1f\x7f]+@[^@\s,;\x00-\x1f\x7f]+\.[A-Za-z]{2,}$")
 
 # What a run record can store: DynamoDB numbers have at most 38 digits and a magnitude between
@@ -59,8 +79,23 @@ def _storable(value: float) -> float:
     return value
 
 
+def check_symmetry(value: str) -> str:
+    """A point group in cryoSPARC's spelling: C1..C120, D2..D120, T, O or I."""
+    if not (
+        isinstance(value, str)
+        and re.fullmatch(SYMMETRY_RE, value)
+        and (value in ("T", "O", "I") or int(value[1:]) <= MAX_SYMMETRY_ORDER)
+    ):
+        raise ValueError(
+            f"must be a point group: C1 to C{MAX_SYMMETRY_ORDER}, D2 to D{MAX_SYMMETRY_ORDER}, T, O or I"
+        )
+    return value
+
+
 def _override_value(value: Any) -> Any:
-    """A cryoSPARC parameter value: text, a number, true/false or null (every parameter is one)."""
+    """A cryoSPARC parameter value: text, a number, true/false or null (every parameter is one).
+    Its type and range for its parameter are checked against the job-type register when the
+    preset is expanded (:func:`cryopilot.domain.presets.expand`)."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
@@ -76,6 +111,8 @@ def _override_value(value: Any) -> Any:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError("must be valid Unicode text") from None
+        if len(value) > MAX_TEXT_CHARS:
+            raise ValueError(f"text may be at most {MAX_TEXT_CHARS} characters (got {len(value):,})")
         return value
     raise ValueError(f"must be text, a number, true/false or null, not {type(value).__name__}")
 
@@ -84,7 +121,9 @@ def _override_value(value: Any) -> Any:
 _STORABLE = AfterValidator(_storable)
 
 
-def _relative_path(value: str, what: str) -> str:
+def check_relative_path(value: str, what: str) -> str:
+    """The path rules of ``input.glob``: relative to the manifest's folder, no ``..``, no scheme, no
+    control characters (also applied to path-valued overrides)."""
     if not value or value.strip() != value:
         raise ValueError(f"{what} must be a non-empty path without surrounding spaces")
     if value.startswith("/") or "://" in value:
@@ -102,50 +141,63 @@ class InputSpec(_Strict):
     kind: Literal["movies", "micrographs"] = Field(
         description="raw movies (motion correction runs) or motion-corrected micrographs"
     )
-    glob: str = Field(description="files to import, relative to the manifest's folder, e.g. movies/*.tif")
-    expected_files: Annotated[int, Field(gt=0, le=10_000_000)] | None = Field(
+    glob: str = Field(
+        max_length=MAX_TEXT_CHARS,
+        description="files to import, relative to the manifest's folder, e.g. movies/*.tif",
+    )
+    expected_files: Annotated[int, Strict(), Field(gt=0, le=10_000_000)] | None = Field(
         default=None, description="how many files the glob must match before the run starts"
     )
 
     @field_validator("glob")
     @classmethod
     def _glob(cls, value: str) -> str:
-        return _relative_path(value, "glob")
+        return check_relative_path(value, "glob")
 
 
 class Acquisition(_Strict):
     """How the data was collected."""
 
-    pixel_size_A: Annotated[float, Field(gt=0.1, le=20.0)] = Field(description="pixel size in Å")
+    pixel_size_A: Annotated[float, Strict(), Field(gt=0.1, le=20.0)] = Field(description="pixel size in Å")
     voltage_kV: Literal[100, 120, 200, 300] = Field(description="accelerating voltage in kV")
-    cs_mm: Annotated[float, Field(ge=0.0, le=10.0), _STORABLE] = Field(
+    cs_mm: Annotated[float, Strict(), Field(ge=0.0, le=10.0), _STORABLE] = Field(
         description="spherical aberration in mm"
     )
-    total_dose_e_per_A2: Annotated[float, Field(gt=0.0, le=500.0), _STORABLE] = Field(
+    total_dose_e_per_A2: Annotated[float, Strict(), Field(gt=0.0, le=500.0), _STORABLE] = Field(
         description="total exposure dose in e⁻/Å²"
     )
-    gain_reference: str | None = Field(
+    gain_reference: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | None = Field(
         default=None, description="gain reference file, relative to the manifest's folder"
     )
 
     @field_validator("gain_reference")
     @classmethod
     def _gain(cls, value: str | None) -> str | None:
-        return None if value is None else _relative_path(value, "gain_reference")
+        return None if value is None else check_relative_path(value, "gain_reference")
 
 
 class Particle(_Strict):
-    diameter_A: Annotated[float, Field(ge=20.0, le=2000.0)] = Field(
+    diameter_A: Annotated[float, Strict(), Field(ge=20.0, le=2000.0)] = Field(
         description="approximate particle diameter in Å (blob picker and box size)"
     )
 
 
 class Pipeline(_Strict):
-    preset: str | None = Field(
+    preset: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = Field(
         default=None, description="pipeline preset; defaults to the input kind (movies or micrographs)"
     )
-    overrides: dict[str, dict[str, Annotated[Any, AfterValidator(_override_value)]]] = Field(
+    overrides: dict[
+        Annotated[str, Field(max_length=MAX_NAME_CHARS)],
+        Annotated[
+            dict[
+                Annotated[str, Field(max_length=MAX_NAME_CHARS)],
+                Annotated[Any, AfterValidator(_override_value)],
+            ],
+            Field(max_length=MAX_OVERRIDE_PARAMS),
+        ],
+    ] = Field(
         default_factory=dict,
+        max_length=MAX_OVERRIDE_STAGES,
         description="per-stage cryoSPARC parameters, {stage id: {parameter: value}}",
     )
     layout: Literal["cryopilot", "whitepaper"] = Field(
@@ -154,12 +206,24 @@ class Pipeline(_Strict):
         " zero; whitepaper: every GPU stage on the gpu8 queue with one node held for the whole run",
     )
 
+    @field_validator("overrides")
+    @classmethod
+    def _overrides_in_all(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # an inline manifest travels whole in the execution input (and a queued run's start
+        # input on its record): the overrides together are bounded too
+        size = len(json.dumps(value))
+        if size > MAX_OVERRIDES_BYTES:
+            raise ValueError(
+                f"the overrides take {size:,} bytes as JSON; at most {MAX_OVERRIDES_BYTES:,} in all"
+            )
+        return value
+
 
 class Limits(_Strict):
-    max_hours: Annotated[float, Field(gt=0, le=24 * 14), _STORABLE] | None = Field(
+    max_hours: Annotated[float, Strict(), Field(gt=0, le=24 * 14), _STORABLE] | None = Field(
         default=None, description="stop the run after this many hours (default: the stack's MaxRunHours)"
     )
-    max_cost_usd: Annotated[float, Field(gt=0), _STORABLE] | None = Field(
+    max_cost_usd: Annotated[float, Strict(), Field(gt=0), _STORABLE] | None = Field(
         default=None, description="stop the run when its estimated cost would exceed this"
     )
 
@@ -171,9 +235,13 @@ class Manifest(_Strict):
     input: InputSpec
     acquisition: Acquisition
     particle: Particle
-    symmetry: str = Field(default="C1", pattern=SYMMETRY_RE, description="point-group symmetry")
+    symmetry: Annotated[str, AfterValidator(check_symmetry)] = Field(
+        default="C1", description="point-group symmetry: C1 to C120, D2 to D120, T, O or I"
+    )
     pipeline: Pipeline = Field(default_factory=Pipeline)
-    notify: list[str] = Field(default_factory=list, max_length=20, description="extra mail addresses")
+    notify: list[Annotated[str, Field(max_length=MAX_EMAIL_CHARS)]] = Field(
+        default_factory=list, max_length=20, description="extra mail addresses"
+    )
     limits: Limits = Field(default_factory=Limits)
 
     @field_validator("notify")
@@ -193,6 +261,37 @@ class Manifest(_Strict):
     @property
     def preset_name(self) -> str:
         return self.pipeline.preset or self.input.kind
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that repeats a key (YAML 1.2 requires keys to be
+    unique; PyYAML would keep the last value silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the constructor below says so
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {excerpt(key)}", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` hook: a JSON object that repeats a key is refused, as in YAML."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {excerpt(key)}")
+        out[key] = value
+    return out
 
 
 def _error(source: str, detail: str) -> ManifestError:
@@ -215,7 +314,10 @@ def parse_manifest(data: bytes, *, source: str = "manifest") -> Manifest:
         raise _error(source, "is empty")
     fmt = "JSON" if source.endswith(".json") else "YAML"
     try:
-        doc = json.loads(text) if fmt == "JSON" else yaml.safe_load(text)
+        if fmt == "JSON":
+            doc = json.loads(text, object_pairs_hook=_unique_keys)
+        else:
+            doc = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except json.JSONDecodeError as exc:
         raise _error(source, f"is not valid JSON: {exc.msg} at line {exc.lineno}") from None
     except yaml.reader.ReaderError as exc:

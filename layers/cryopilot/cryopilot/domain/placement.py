@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from cryopilot.core.errors import ManifestError
-from cryopilot.core.queues import GPU8_QUEUE, GPU_QUEUES
+from cryopilot.core.queues import GPU8_QUEUE, GPU_QUEUES, NOMINAL_QUEUE_GPUS
 from cryopilot.domain.catalogue import PROFILE_FOR_PRESET, Catalogue
 from cryopilot.domain.estimate import (
     HEAD_QUEUE,
@@ -23,7 +23,14 @@ from cryopilot.domain.estimate import (
     plan_from_stages,
 )
 from cryopilot.domain.manifest import Manifest
-from cryopilot.domain.presets import PlacementDef, Preset, expand, load_preset, profile_stage_id
+from cryopilot.domain.presets import (
+    REPEATED_STAGE,
+    PlacementDef,
+    Preset,
+    expand,
+    load_preset,
+    profile_stage_id,
+)
 from cryopilot.protocol.stage import PlannedStage
 
 __all__ = ["compare", "place", "place_stages", "plan"]
@@ -77,7 +84,33 @@ def plan(
     (prices and speeds; default: the shipped one) are what the placement weighs.
     """
     preset = load_preset(manifest.preset_name)
-    return place_stages(expand(manifest, data_dir=data_dir), preset, manifest, queue_types, catalogue)
+    placed = place_stages(expand(manifest, data_dir=data_dir), preset, manifest, queue_types, catalogue)
+    check_gpus_fit_lanes(placed, manifest)
+    return placed
+
+
+#: The cryoSPARC parameter that says how many GPUs a job uses.
+GPU_PARAM = "compute_num_gpus"
+
+
+def check_gpus_fit_lanes(stages: list[PlannedStage], manifest: Manifest) -> None:
+    """A stage's ``compute_num_gpus`` must not exceed the GPUs per node of the lane it runs on (a
+    cryoSPARC job runs on one node): :class:`ManifestError` naming the override that sets it."""
+    overrides = manifest.pipeline.overrides
+    for stage in stages:
+        gpus = stage.params.get(GPU_PARAM)
+        per_node = NOMINAL_QUEUE_GPUS.get(stage.lane or "")
+        if not isinstance(gpus, int) or per_node is None or gpus <= per_node:
+            continue
+        base = profile_stage_id(stage.id)
+        key = next(
+            (k for k in (stage.id, base, REPEATED_STAGE) if GPU_PARAM in overrides.get(k, {})),
+            None,
+        )
+        where = f"pipeline.overrides.{key}.{GPU_PARAM}" if key else f"preset {manifest.preset_name}"
+        raise ManifestError(
+            f"{where}: {gpus} GPUs, but stage {stage.id} runs on lane {stage.lane} ({per_node} GPUs per node)"
+        )
 
 
 def place_stages(

@@ -21,7 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cryopilot.core.errors import ManifestError
-from cryopilot.domain.manifest import Manifest
+from cryopilot.core.validation import excerpt
+from cryopilot.domain.manifest import Manifest, check_relative_path, check_symmetry
 from cryopilot.protocol.stage import (
     DecisionDef,
     InputConnection,
@@ -141,6 +142,10 @@ def _even_up(value: float) -> int:
     return n + (n % 2)
 
 
+def _in_folder(data_dir: str, path: str) -> str:
+    return (data_dir if data_dir.endswith("/") else data_dir + "/") + path
+
+
 def _references(manifest: Manifest, data_dir: str) -> dict[str, Any]:
     acq = manifest.acquisition
     diameter = manifest.particle.diameter_A
@@ -210,7 +215,46 @@ def _check_overrides(preset: Preset, overrides: dict[str, dict[str, Any]]) -> in
                     f"pipeline.overrides.{stage_id}.{param}: job type {by_id[base].job_type} "
                     f"has no parameter {param!r}"
                 )
+            problem = override_problem(spec.params[param], value, required=param in spec.required_params)
+            if problem:
+                raise ManifestError(
+                    f"pipeline.overrides.{stage_id}.{param}: {problem} (got {excerpt(value)})"
+                )
     return rounds
+
+
+def override_problem(pspec: dict[str, Any], value: Any, *, required: bool = False) -> str | None:
+    """What is wrong with ``value`` as an override of a parameter the register describes as
+    ``pspec`` (see the comment at the top of ``presets/job_types.yaml``), or None."""
+    if value is None:
+        return "must be set (the job cannot run without it)" if required else None
+    kind = pspec.get("type")
+    if kind == "boolean":
+        return None if isinstance(value, bool) else "must be true or false"
+    if kind in ("integer", "number"):
+        numeric = (int,) if kind == "integer" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, numeric):
+            return "must be an integer" if kind == "integer" else "must be a number"
+        low, high = pspec.get("min"), pspec.get("max")
+        if (low is not None and value < low) or (high is not None and value > high):
+            return f"must be from {low} to {high}"
+        return None
+    if kind == "string" and isinstance(value, str):
+        fmt = pspec.get("format")
+        try:
+            if fmt == "path":
+                check_relative_path(value, "the path")
+                return None
+            if fmt == "symmetry":
+                check_symmetry(value)
+                return None
+        except ValueError as exc:
+            return str(exc).removeprefix("the path ")
+        pattern = pspec.get("pattern")
+        if pattern and re.fullmatch(pattern, value):
+            return None
+        return f"must match {pattern}" if pattern else "is not a parameter a manifest may set"
+    return "must be text" if kind == "string" else f"has an unknown type {kind!r} in the register"
 
 
 def _connections(
@@ -265,11 +309,17 @@ def expand(manifest: Manifest, *, data_dir: str) -> list[PlannedStage]:
                 resolved = _resolve(value, refs, f"preset {preset.name}: {stage_id}.{name}")
                 if resolved is not None:
                     params[name] = resolved
+            pspecs = job_types()[stage.job_type].params
             for key in (stage.id, stage_id) if stage_id != stage.id else (stage.id,):
                 for name, value in overrides.get(key, {}).items():
                     if key == REPEATED_STAGE and name == ROUNDS_PARAM:
                         continue
-                    params[name] = value
+                    if value is None:  # null: the job type's own default
+                        params.pop(name, None)
+                    elif pspecs[name].get("format") == "path":  # relative to the dataset folder
+                        params[name] = _in_folder(data_dir, value)
+                    else:
+                        params[name] = value
             planned.append(
                 PlannedStage(
                     id=stage_id,

@@ -69,8 +69,12 @@ class RunRecord(_Item):
     dataset: str | None = None
     trigger: str | None = None
     execution_arn: str | None = None
+    #: where the manifest is: ``{bucket, key, version_id, etag}`` of the S3 object version, or
+    #: ``{inline: true, data_s3_uri, kept_in: "execution input"}`` (the document itself is never
+    #: copied into the record: see the README's manifest reference)
     manifest: dict[str, Any] | None = None
-    manifest_doc: dict[str, Any] | None = None
+    #: the record outgrew DynamoDB's item limit and was cut down to its essentials
+    record_truncated: bool = False
     start_input: str | None = None
     data_s3_uri: str | None = None
     notify: list[str] = Field(default_factory=list)

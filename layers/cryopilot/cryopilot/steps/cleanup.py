@@ -28,7 +28,7 @@ from cryopilot.adapters import admission, aws, clusters, runs
 from cryopilot.adapters.observability import MetricUnit, logger, metrics
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
-from cryopilot.core.errors import ClusterNotFoundError, CryopilotError
+from cryopilot.core.errors import ClusterNotFoundError, CryopilotError, RecordTooLargeError
 from cryopilot.core.naming import CLUSTER_NAME_PREFIX, TAG_RUN_ID, TAG_STACK
 from cryopilot.core.status import EXECUTION_UNFINISHED, RUN_STATUS_FOR_EXECUTION
 from cryopilot.domain import mails
@@ -102,7 +102,11 @@ def on_execution_end(detail: dict[str, Any]) -> CleanupResult:
                 "message": f"the execution ended {status} at {run.current_step or 'an unknown step'}",
                 "step": run.current_step or "unknown",
             }
-        store.update_run(run_id, **fields)
+        try:
+            store.update_run(run_id, **fields)
+        except RecordTooLargeError as exc:  # the run must not stay RUNNING: keep what its end needs
+            logger.error("run record too large; cut down", extra={"run_id": run_id, "error": str(exc)})
+            store.replace_with_essentials(run_id, **fields)
         metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)
 
     name = run.cluster_name
@@ -127,9 +131,12 @@ def on_execution_end(detail: dict[str, Any]) -> CleanupResult:
 def _mail_end(run: RunRecord, status: str, action: str) -> bool:
     mail = mails.execution_ended(run, status, action)
     _publish(mail)
-    runs.store().append_to(
-        run.run_id, "mails", {"kind": mail.kind, "subject": mail.subject, "at": clock.now_iso()}
-    )
+    try:
+        runs.store().append_to(
+            run.run_id, "mails", {"kind": mail.kind, "subject": mail.subject, "at": clock.now_iso()}
+        )
+    except RecordTooLargeError as exc:  # mailed all the same
+        logger.error("mail not noted on the run record", extra={"run_id": run.run_id, "error": str(exc)})
     return True
 
 
@@ -280,8 +287,11 @@ def _mail_janitor(report: JanitorReport) -> bool:
 def handle_execution_end(detail: dict[str, Any]) -> dict[str, Any]:
     """The cleanup of an ended execution (nothing for SUCCEEDED), then its slot released and the
     waiting runs started: the function's answer."""
-    result = on_execution_end(detail).model_dump(mode="json")
-    return {**result, **admission.finish(detail).model_dump(mode="json")}
+    try:
+        result = on_execution_end(detail).model_dump(mode="json")
+    finally:  # whatever the cleanup met, the run's slot is released and the queue moves on
+        released = admission.finish(detail).model_dump(mode="json")
+    return {**result, **released}
 
 
 def handle_schedule() -> dict[str, Any]:

@@ -6,10 +6,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from cryopilot.adapters import runs
-from cryopilot.adapters.observability import MetricUnit, metrics
+from cryopilot.adapters.observability import MetricUnit, logger, metrics
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
-from cryopilot.core.errors import parse_error
+from cryopilot.core.errors import RecordTooLargeError, parse_error
 from cryopilot.domain import mails
 from cryopilot.domain.record import RunRecord
 
@@ -35,13 +35,19 @@ def record_failure(run_id: str, error: Any) -> FailureRecord:
     store.create_run(run_id, current_step="unknown")
     run = store.get_run(run_id) or RunRecord(run_id=run_id)
     step = run.current_step or "unknown"
-    store.update_run(
-        run_id,
-        status="FAILED",
-        error={"type": etype, "message": message, "step": step},
-        finished_at=clock.now_iso(),
-        finished_epoch=clock.now(),
-    )
+    failure = {
+        "status": "FAILED",
+        "error": {"type": etype, "message": message, "step": step},
+        "finished_at": clock.now_iso(),
+        "finished_epoch": clock.now(),
+    }
+    try:
+        store.update_run(run_id, **failure)
+    except RecordTooLargeError as exc:  # the run must not stay RUNNING: keep what its end needs
+        logger.error(
+            "run record too large; cut down to its essentials", extra={"run_id": run_id, "error": str(exc)}
+        )
+        store.replace_with_essentials(run_id, **failure)
     metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)
     has_cluster = bool(run.cluster_name) and run.cluster_state not in (None, "NOT_CREATED", "DELETED")
     settings = run.settings
@@ -54,10 +60,14 @@ def record_failure(run_id: str, error: Any) -> FailureRecord:
 
 
 def _note_mail_on_record(run_id: str, mail: mails.Mail) -> Mail:
-    """Add the mail to the record's ``mails`` and give it to the state machine to publish."""
-    runs.store().append_to(
-        run_id, "mails", {"kind": mail.kind, "subject": mail.subject, "at": clock.now_iso()}
-    )
+    """Add the mail to the record's ``mails`` and give it to the state machine to publish (also
+    when the record is too large to note it: the mail matters more than the note)."""
+    try:
+        runs.store().append_to(
+            run_id, "mails", {"kind": mail.kind, "subject": mail.subject, "at": clock.now_iso()}
+        )
+    except RecordTooLargeError as exc:
+        logger.error("mail not noted on the run record", extra={"run_id": run_id, "error": str(exc)})
     return Mail(subject=mail.subject, message=mail.body, dataset=mail.attributes["dataset"])
 
 

@@ -138,6 +138,12 @@ def _count_duration(stage_id: str, rec: dict[str, Any]) -> None:
         metrics.add_metric(name="StageDuration", unit=MetricUnit.Seconds, value=seconds)
 
 
+def submit_argv(run_id: str, stage: PlannedStage) -> list[str]:
+    """The agent's ``submit`` verb for one planned stage (its spec as base64 JSON)."""
+    spec = base64.b64encode(json.dumps(stage.model_dump(mode="json")).encode()).decode()
+    return ["submit", "--project", run_id, "--spec-b64", spec]
+
+
 def submit(run_id: str, index: int) -> StageStep:
     store = runs.store()
     ctx, plan = _run(run_id)
@@ -147,9 +153,8 @@ def submit(run_id: str, index: int) -> StageStep:
     # a failure from here on (the limits, the head node, SSM) is this stage's, not the one before
     store.update_run(run_id, current_step=f"stage:{stage.id}")
     check_limits(ctx, plan, index)
-    spec = base64.b64encode(json.dumps(stage.model_dump(mode="json")).encode()).decode()
     agent = agent_for(run_id, ctx.head_node_instance_id)
-    result = agent.call(["submit", "--project", run_id, "--spec-b64", spec], SubmitResult)
+    result = agent.call(submit_argv(run_id, stage), SubmitResult)
     rec = _stage_record(result.stage)
     rec["submitted_at"] = clock.now()
     store.update_stage(run_id, stage.id, **rec)

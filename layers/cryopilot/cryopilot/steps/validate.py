@@ -101,7 +101,14 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
     if exec_input.manifest_inline is not None:
         manifest = manifest_from_dict(exec_input.manifest_inline, source="manifest_inline")
         data_uri = exec_input.data_s3_uri or ""
-        location_doc: dict[str, Any] = {"inline": True, "data_s3_uri": data_uri}
+        # The document is the execution's input, which Step Functions keeps with the execution
+        # (DescribeExecution, for the history's retention): the record points there, and copies
+        # nothing of it but what the run needs.
+        location_doc: dict[str, Any] = {
+            "inline": True,
+            "data_s3_uri": data_uri,
+            "kept_in": "execution input",
+        }
     else:
         location = exec_input.manifest or _location_from_uri(exec_input.manifest_s3_uri or "")
         manifest, location = load_manifest(location)
@@ -119,28 +126,17 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
     store.put_plan(run_id, stages)
     store.update_run(
         run_id,
-        dataset=manifest.dataset,
-        manifest=location_doc,
-        manifest_doc=manifest.model_dump(mode="json"),
-        preset=manifest.preset_name,
-        layout=manifest.pipeline.layout,
-        stages={s.id: {"title": s.title, "lane": s.lane, "gpus": s.gpus, "state": "pending"} for s in stages},
-        cluster_name=cluster_name,
-        data_s3_uri=data_uri,
-        notify=manifest.notify,
-        trigger=exec_input.trigger,
-        settings=exec_input.settings.model_dump(),
-        current_step="validated",
+        **record_fields(
+            manifest,
+            stages,
+            location_doc=location_doc,
+            data_uri=data_uri,
+            cluster_name=cluster_name,
+            exec_input=exec_input,
+        ),
     )
     _check_cost_ceiling(run_id, manifest, stages)
-    store.put_context(
-        run_id,
-        settings=exec_input.settings.model_dump(),
-        limits=manifest.limits.model_dump(exclude_none=True),
-        preset=manifest.preset_name,
-        started_epoch=clock.now(),
-        costs={},
-    )
+    store.put_context(run_id, **context_fields(manifest, exec_input, started_epoch=clock.now()))
     _subscribe(manifest)
     logger.info(
         "manifest valid", extra={"run_id": run_id, "dataset": manifest.dataset, "stages": len(stages)}
@@ -155,6 +151,45 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
         data_s3_uri=data_uri,
         settings=exec_input.settings,
     )
+
+
+def record_fields(
+    manifest: Manifest,
+    stages: list[PlannedStage],
+    *,
+    location_doc: dict[str, Any],
+    data_uri: str,
+    cluster_name: str,
+    exec_input: ExecutionInput,
+) -> dict[str, Any]:
+    """What Validate writes on the run record: where the manifest is and what the run needs from
+    it, never the manifest itself (every value in here is bounded by the manifest's rules)."""
+    return {
+        "dataset": manifest.dataset,
+        "manifest": location_doc,
+        "preset": manifest.preset_name,
+        "layout": manifest.pipeline.layout,
+        "stages": {
+            s.id: {"title": s.title, "lane": s.lane, "gpus": s.gpus, "state": "pending"} for s in stages
+        },
+        "cluster_name": cluster_name,
+        "data_s3_uri": data_uri,
+        "notify": manifest.notify,
+        "trigger": exec_input.trigger,
+        "settings": exec_input.settings.model_dump(),
+        "current_step": "validated",
+    }
+
+
+def context_fields(manifest: Manifest, exec_input: ExecutionInput, *, started_epoch: float) -> dict[str, Any]:
+    """What Validate writes on the run's step context."""
+    return {
+        "settings": exec_input.settings.model_dump(),
+        "limits": manifest.limits.model_dump(exclude_none=True),
+        "preset": manifest.preset_name,
+        "started_epoch": started_epoch,
+        "costs": {},
+    }
 
 
 def _check_cost_ceiling(run_id: str, manifest: Manifest, plan: list[PlannedStage]) -> None:
