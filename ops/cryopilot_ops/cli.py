@@ -275,9 +275,12 @@ def _submit(args: argparse.Namespace) -> int:
             f"{said}: run {done.run_id} waits for a free slot (MaxConcurrentRuns reached), "
             f"place {done.queue_position} in the queue; it starts by itself"
         )
+    elif done.already and done.execution == "SUCCEEDED":
+        print(f"already done: run {done.run_id} of this manifest succeeded; nothing was started")
     else:
         print(f"{'already submitted' if done.already else 'started'}: run {done.run_id}")
-    print(f"  follow it with: cryopilot watch {done.run_id} --stack {args.stack}")
+    where = "--local" if args.local else f"--stack {args.stack}"
+    print(f"  follow it with: cryopilot watch {done.run_id} {where}")
     return 0
 
 

@@ -254,6 +254,8 @@ class Submitted:
     queue_position: int | None = None
     #: it waits for a slot rather than running
     queued: bool = False
+    #: submitted before: the status of its execution (RUNNING, SUCCEEDED), None if it has none yet
+    execution: str | None = None
 
 
 def _read_local(path: str) -> bytes:
@@ -315,7 +317,34 @@ def submit(
         raise OperatorError(f"refused: {outcome.get('reason')}", EXIT_USAGE)
     position = outcome.get("queue_position")
     waiting = status == "queued" or (status == "duplicate" and position is not None)
-    return Submitted(run_id, arn, already=status == "duplicate", queue_position=position, queued=waiting)
+    execution = _refuse_if_over(stack, run_id) if status == "duplicate" else None
+    return Submitted(
+        run_id,
+        arn,
+        already=status == "duplicate",
+        queue_position=position,
+        queued=waiting,
+        execution=execution,
+    )
+
+
+#: How a run that will not start again ended, by its execution's status.
+_ENDED = {"ABORTED": "was cancelled", "FAILED": "failed", "TIMED_OUT": "timed out"}
+
+
+def _refuse_if_over(stack: Stack, run_id: str) -> str | None:
+    """A manifest submitted again whose run is over and did not succeed: nothing starts (its run id
+    is taken, and Step Functions never reuses an execution's name), so say what happened and what
+    to do (:class:`OperatorError`, exit 1). A run still going, or one that succeeded, is no error."""
+    execution = execution_status(stack, run_id)
+    if execution in _ENDED:
+        raise OperatorError(
+            f"run {run_id} of this manifest {_ENDED[execution]} (execution {execution}); nothing was"
+            " started. A run's id comes from its manifest and input: change the manifest (a comment"
+            " will do) and submit it again",
+            EXIT_FAILED,
+        )
+    return execution
 
 
 def _start_now(stack: Stack, run_id: str, execution_input: dict[str, Any]) -> Submitted:
@@ -324,7 +353,7 @@ def _start_now(stack: Stack, run_id: str, execution_input: dict[str, Any]) -> Su
     arn = stack.execution_arn(run_id)
     if execution_status(stack, run_id) is not None:
         # (StartExecution itself answers a repeat with the running execution, silently.)
-        return Submitted(run_id, arn, already=True)
+        return Submitted(run_id, arn, already=True, execution=_refuse_if_over(stack, run_id))
     try:
         stack.client("stepfunctions").start_execution(
             stateMachineArn=stack.state_machine_arn, name=run_id, input=json.dumps(execution_input)
