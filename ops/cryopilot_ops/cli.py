@@ -352,6 +352,37 @@ def _add_stack_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _speed(text: str) -> float:
+    """``--speed``: simulated seconds per wall-clock second, a positive finite number."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive, finite number of simulated seconds per wall-clock second (got {text!r})"
+        )
+    return value
+
+
+#: ``demo --datasets``: how many datasets it drops at once.
+MAX_DEMO_DATASETS = 50
+
+
+def _datasets(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_DEMO_DATASETS:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 1 to {MAX_DEMO_DATASETS} (got {text!r})"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cryopilot", description="cryo-EM dataset in, 3D map out.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -365,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--speed",
-        type=float,
+        type=_speed,
         default=20000.0,
         help="simulated seconds per wall-clock second while waiting (default: 20000)",
     )
@@ -380,7 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
         " cluster left, or the command exits 1 (default: none)",
     )
     demo.add_argument(
-        "--datasets", type=int, default=1, metavar="N", help="drop N datasets at once (default: 1)"
+        "--datasets",
+        type=_datasets,
+        default=1,
+        metavar="N",
+        help=f"drop N datasets at once, 1 to {MAX_DEMO_DATASETS} (default: 1)",
     )
     demo.add_argument("--quiet", action="store_true", help="no live display")
     demo.set_defaults(func=_demo)
@@ -425,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--profile", choices=["cgrp", "glp1r", "spike"], default="cgrp")
     local.add_argument(
         "--speed",
-        type=float,
+        type=_speed,
         default=500.0,
         help="simulated seconds per wall-clock second (default 500: a CGRP run in about 5 minutes)",
     )
