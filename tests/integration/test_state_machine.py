@@ -117,6 +117,20 @@ def test_successful_run(cloud: LocalCloud) -> None:
         head = s3.head_object(Bucket=cloud.results_bucket, Key=f["key"])
         assert head["ContentLength"] == f["size"]
 
+    # the report's summary: when it finished, and one cost (the record's) and one set of GPU-hours
+    from cryopilot.domain.billing import cost_text
+
+    report = s3.get_object(Bucket=cloud.results_bucket, Key=f"runs/{run_id}/report/report.md")
+    lines = report["Body"].read().decode().splitlines()
+    summary = lines[lines.index("## Summary") + 1 : lines.index("## Stages")]
+    (finished,) = [ln for ln in summary if ln.startswith("- **Finished:**")]
+    assert finished.startswith("- **Finished:** 2026-"), finished
+    (cost,) = [ln for ln in summary if "$" in ln]
+    assert cost.startswith(f"- **Cost:** {cost_text(record['cost_usd'], record['cost_basis'])}")
+    (hours,) = [ln for ln in summary if "GPU-hours" in ln]
+    paid, busy = record["gpu_hours_paid"], record["gpu_hours_busy"]
+    assert hours == f"- **GPU-hours:** {paid:,.1f} paid for, {busy:,.1f} of them busy", hours
+
     mails = cloud.mails()
     subjects = [m["subject"] for m in mails]
     assert len(mails) == 2, subjects
