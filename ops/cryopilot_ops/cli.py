@@ -367,19 +367,23 @@ def _speed(text: str) -> float:
     return value
 
 
-#: ``demo --datasets``: how many datasets it drops at once.
-MAX_DEMO_DATASETS = 50
+def _max_demo_datasets() -> int:
+    """The most datasets ``demo --datasets`` drops at once (the simulation's own bound)."""
+    try:
+        from cryopilot_sim.demo import MAX_DATASETS
+    except ImportError:  # the simulation is not installed: no demo to run
+        return 1
+    return MAX_DATASETS
 
 
 def _datasets(text: str) -> int:
+    most = _max_demo_datasets()
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if not 1 <= value <= MAX_DEMO_DATASETS:
-        raise argparse.ArgumentTypeError(
-            f"must be a whole number from 1 to {MAX_DEMO_DATASETS} (got {text!r})"
-        )
+    if not 1 <= value <= most:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {most} (got {text!r})")
     return value
 
 
@@ -415,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_datasets,
         default=1,
         metavar="N",
-        help=f"drop N datasets at once, 1 to {MAX_DEMO_DATASETS} (default: 1)",
+        help=f"drop N datasets at once, 1 to {_max_demo_datasets()} (default: 1)",
     )
     demo.add_argument("--quiet", action="store_true", help="no live display")
     demo.set_defaults(func=_demo)
