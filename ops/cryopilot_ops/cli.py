@@ -317,6 +317,14 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 @_operator
+def _unsubscribe(args: argparse.Namespace) -> int:
+    from cryopilot_ops import ops
+
+    print(ops.unsubscribe(_stack(args), args.address, args.dataset))
+    return 0
+
+
+@_operator
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -533,6 +541,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--output", metavar="DIR", help="where to write it (default .cryopilot/reports/RUN)")
     _add_stack_flags(report)
     report.set_defaults(func=_report)
+
+    unsub = sub.add_parser(
+        "unsubscribe",
+        help="stop an address receiving a dataset's mails, or any mail",
+        description="A manifest's notify addresses receive the mails of the datasets that listed"
+        " them. Take one dataset away from an address (--dataset), or end its subscription.",
+    )
+    unsub.add_argument("address", metavar="ADDRESS")
+    unsub.add_argument("--dataset", help="only this dataset's mails (default: every mail)")
+    _add_stack_flags(unsub)
+    unsub.set_defaults(func=_unsubscribe)
     return parser
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
-from cryopilot.adapters import admission
+from cryopilot.adapters import admission, subscriptions
 from cryopilot.adapters.runs import RunStore
 from cryopilot.core.errors import ManifestError
 from cryopilot.core.formatting import fmt_duration
@@ -25,6 +25,7 @@ from cryopilot.core.status import EXECUTION_OVER
 from cryopilot.domain.billing import cost_text
 from cryopilot.domain.manifest import Manifest, parse_manifest
 from cryopilot.domain.record import RunRecord, StageRecord
+from cryopilot.domain.subscriptions import policy_for, without_dataset
 from cryopilot.protocol.stage import PlannedStage
 from pydantic import Field
 
@@ -53,6 +54,8 @@ class Stack:
     cluster_function: str
     #: StartRun: ``cryopilot submit`` goes through it, so an operator's run takes a slot like any
     start_function: str
+    #: the topic every mail goes to (``cryopilot unsubscribe``)
+    topic_arn: str = ""
 
     @classmethod
     def from_cloudformation(cls, name: str, region: str) -> Stack:
@@ -73,7 +76,13 @@ class Stack:
         except BotoCoreError as exc:
             raise OperatorError(f"stack {name}: {exc}", EXIT_AWS) from None
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
-        wanted = ("InputBucketName", "ResultsBucketName", "RunsTableName", "RunStateMachineArn")
+        wanted = (
+            "InputBucketName",
+            "ResultsBucketName",
+            "RunsTableName",
+            "RunStateMachineArn",
+            "NotificationTopicArn",
+        )
         missing = [k for k in wanted if k not in outputs]
         if missing:
             raise OperatorError(
@@ -88,6 +97,7 @@ class Stack:
             state_machine_arn=outputs["RunStateMachineArn"],
             cluster_function=functions["ClusterFunction"],
             start_function=functions["StartRunFunction"],
+            topic_arn=outputs["NotificationTopicArn"],
         )
 
     def client(self, service: str) -> Any:
@@ -475,3 +485,34 @@ def report_files(stack: Stack, run_id: str) -> Iterator[tuple[str, bytes]]:
         raise OperatorError(f"run {run_id} has no report yet (s3://{stack.results_bucket}/{prefix})")
     for key in sorted(keys):
         yield key[len(prefix) :], s3.get_object(Bucket=stack.results_bucket, Key=key)["Body"].read()
+
+
+# ------------------------------------------------------------------ unsubscribe
+def unsubscribe(stack: Stack, address: str, dataset: str | None = None) -> str:
+    """Stop ``address`` receiving the mails of ``dataset`` (its other datasets stay), or, without
+    ``dataset``, end its subscription. Returns what was done, as a line to show."""
+    sns = stack.client("sns")
+    arn = subscriptions.find(sns, stack.topic_arn, address)
+    if arn is None:
+        raise OperatorError(f"{address} has no subscription to the stack's mails", EXIT_NOT_FOUND)
+    if dataset is None:
+        sns.unsubscribe(SubscriptionArn=arn)
+        return f"{address}: subscription ended (every dataset)"
+    policy = subscriptions.filter_policy(sns, arn)
+    if policy is None:
+        raise OperatorError(
+            f"{address} receives every dataset's mails (no filter policy): end its subscription"
+            " with `cryopilot unsubscribe` without --dataset",
+            EXIT_USAGE,
+        )
+    left = without_dataset(policy, dataset)
+    if left is None:
+        raise OperatorError(f"{address} does not receive the mails of {dataset}", EXIT_NOT_FOUND)
+    said = f"{address} no longer receives the mails of {dataset}"
+    if not left:
+        sns.unsubscribe(SubscriptionArn=arn)
+        return f"{said}; it had no other dataset: its subscription ended"
+    sns.set_subscription_attributes(
+        SubscriptionArn=arn, AttributeName="FilterPolicy", AttributeValue=policy_for(left)
+    )
+    return said

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 
-from cryopilot.domain.subscriptions import MAX_DATASETS_PER_ADDRESS, policy_for, with_dataset
+from cryopilot.domain.subscriptions import (
+    MAX_DATASETS_PER_ADDRESS,
+    policy_for,
+    with_dataset,
+    without_dataset,
+)
 
 
 def test_a_dataset_is_added_to_those_the_address_receives() -> None:
@@ -34,3 +39,10 @@ def test_past_the_sns_limit_the_first_datasets_added_go() -> None:
     assert len(kept) == MAX_DATASETS_PER_ADDRESS == 150
     assert kept[0] == "D001"
     assert kept[-1] == "NEW"
+
+
+def test_taking_a_dataset_away_keeps_the_others() -> None:
+    assert without_dataset(policy_for(["A", "B"]), "A") == ["B"]
+    assert without_dataset(policy_for(["A"]), "A") == []  # nothing left: the caller unsubscribes
+    assert without_dataset(policy_for(["A"]), "B") is None  # not one it receives
+    assert without_dataset(None, "A") is None  # it receives every mail

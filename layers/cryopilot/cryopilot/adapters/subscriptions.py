@@ -44,3 +44,24 @@ def subscribe(sns: Any, topic_arn: str, address: str, dataset: str) -> None:
         sns.set_subscription_attributes(
             SubscriptionArn=arn, AttributeName="FilterPolicy", AttributeValue=merged
         )
+
+
+def find(sns: Any, topic_arn: str, address: str) -> str | None:
+    """The ARN of ``address``'s email subscription to the topic (pending confirmation or not);
+    None when it has none."""
+    for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn):
+        for sub in page.get("Subscriptions", []):
+            if sub.get("Protocol") != "email" or sub.get("Endpoint") != address:
+                continue
+            arn = str(sub.get("SubscriptionArn") or "")
+            if not arn.startswith("arn:"):  # "PendingConfirmation": Subscribe answers the ARN
+                arn = sns.subscribe(
+                    TopicArn=topic_arn, Protocol="email", Endpoint=address, ReturnSubscriptionArn=True
+                )["SubscriptionArn"]
+            return arn
+    return None
+
+
+def filter_policy(sns: Any, arn: str) -> str | None:
+    """The subscription's filter policy (None: it receives every mail)."""
+    return sns.get_subscription_attributes(SubscriptionArn=arn)["Attributes"].get("FilterPolicy") or None

@@ -33,6 +33,15 @@ def with_dataset(policy: str | None, dataset: str) -> str | None:
     return policy_for(kept)
 
 
+def without_dataset(policy: str | None, dataset: str) -> list[str] | None:
+    """The datasets ``policy`` keeps once ``dataset`` is taken out of it; None when ``dataset`` is
+    not in it (or the policy is none of ours: no policy, or other keys)."""
+    datasets = _datasets(policy)
+    if datasets is None or dataset not in datasets:
+        return None
+    return [d for d in datasets if d != dataset]
+
+
 def _datasets(policy: str | None) -> list[str] | None:
     """The datasets of a policy of the shape ``{"dataset": [names]}``; None for any other."""
     if not policy:
