@@ -338,8 +338,10 @@ def submit(
     )
 
 
-#: How a run that will not start again ended, by its execution's status.
+#: How a run that will not start again ended, by its execution's status (or, for a run that
+#: never started, its record's).
 _ENDED = {"ABORTED": "was cancelled", "FAILED": "failed", "TIMED_OUT": "timed out"}
+_ENDED_UNSTARTED = {"CANCELLED": "was cancelled", "FAILED": "failed"}
 
 
 def _refuse_if_over(stack: Stack, run_id: str) -> str | None:
@@ -348,22 +350,27 @@ def _refuse_if_over(stack: Stack, run_id: str) -> str | None:
     to do (:class:`OperatorError`, exit 1). A run still going, or one that succeeded, is no error."""
     execution = execution_status(stack, run_id)
     if execution in _ENDED:
-        raise OperatorError(
-            f"run {run_id} of this manifest {_ENDED[execution]} (execution {execution}); nothing was"
-            " started. A run's id comes from its manifest and input: change the manifest (a comment"
-            " will do) and submit it again",
-            EXIT_FAILED,
-        )
-    return execution
+        how = f"{_ENDED[execution]} (execution {execution})"
+    else:
+        run = _store(stack).get_run(run_id, ["status"]) if execution is None else None
+        if run is None or run.status not in _ENDED_UNSTARTED:
+            return execution
+        how = f"{_ENDED_UNSTARTED[run.status]} (before it started)"
+    raise OperatorError(
+        f"run {run_id} of this manifest {how}; nothing was started. A run's id comes from its"
+        " manifest and input: change the manifest (a comment will do) and submit it again",
+        EXIT_FAILED,
+    )
 
 
 def _start_now(stack: Stack, run_id: str, execution_input: dict[str, Any]) -> Submitted:
     """Start the execution at once, without a slot (``--now``): it does not count against
     ``MaxConcurrentRuns`` and is not held back by it."""
     arn = stack.execution_arn(run_id)
-    if execution_status(stack, run_id) is not None:
+    execution = _refuse_if_over(stack, run_id)  # an ended run (or one cancelled while waiting)
+    if execution is not None:
         # (StartExecution itself answers a repeat with the running execution, silently.)
-        return Submitted(run_id, arn, already=True, execution=_refuse_if_over(stack, run_id))
+        return Submitted(run_id, arn, already=True, execution=execution)
     try:
         stack.client("stepfunctions").start_execution(
             stateMachineArn=stack.state_machine_arn, name=run_id, input=json.dumps(execution_input)

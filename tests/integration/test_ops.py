@@ -160,6 +160,18 @@ def test_submitted_runs_wait_for_a_slot_and_cancel_takes_them_out_of_the_queue(t
         assert state.queue == []
         assert state.holders == {first.run_id}
 
+        # submitted again, the cancelled run neither waits again nor starts: submit says why
+        for now in (False, True):
+            with pytest.raises(OperatorError) as refused:
+                ops.submit(stack, str(manifests["second"]), now=now)
+            assert refused.value.exit_code == ops.EXIT_FAILED
+            assert str(refused.value).startswith(
+                f"run {second.run_id} of this manifest was cancelled (before it started);"
+                " nothing was started."
+            )
+        assert admission.read().queue == []
+        assert ops.execution_status(stack, second.run_id) is None
+
         third = ops.submit(stack, str(manifests["third"]), now=True)
         assert (third.already, third.queued) == (False, False)
         assert ops.execution_status(stack, third.run_id) == "RUNNING"
