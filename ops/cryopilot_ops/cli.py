@@ -275,9 +275,12 @@ def _submit(args: argparse.Namespace) -> int:
             f"{said}: run {done.run_id} waits for a free slot (MaxConcurrentRuns reached), "
             f"place {done.queue_position} in the queue; it starts by itself"
         )
+    elif done.already and done.execution == "SUCCEEDED":
+        print(f"already done: run {done.run_id} of this manifest succeeded; nothing was started")
     else:
         print(f"{'already submitted' if done.already else 'started'}: run {done.run_id}")
-    print(f"  follow it with: cryopilot watch {done.run_id} --stack {args.stack}")
+    where = "--local" if args.local else f"--stack {args.stack}"
+    print(f"  follow it with: cryopilot watch {done.run_id} {where}")
     return 0
 
 
@@ -311,6 +314,14 @@ def _cancel(args: argparse.Namespace) -> int:
 
     step = ops.cancel(_stack(args), args.run_id, wait=not args.no_wait, interval=args.interval)
     return 0 if step.get("deleted") or args.no_wait else 1
+
+
+@_operator
+def _unsubscribe(args: argparse.Namespace) -> int:
+    from cryopilot_ops import ops
+
+    print(ops.unsubscribe(_stack(args), args.address, args.dataset))
+    return 0
 
 
 @_operator
@@ -349,6 +360,41 @@ def _add_stack_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _speed(text: str) -> float:
+    """``--speed``: simulated seconds per wall-clock second, a positive finite number."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive, finite number of simulated seconds per wall-clock second (got {text!r})"
+        )
+    return value
+
+
+def _max_demo_datasets() -> int:
+    """The most datasets ``demo --datasets`` drops at once (the simulation's own bound)."""
+    try:
+        from cryopilot_sim.demo import MAX_DATASETS
+    except ImportError:  # the simulation is not installed: no demo to run
+        return 1
+    return MAX_DATASETS
+
+
+def _datasets(text: str) -> int:
+    most = _max_demo_datasets()
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= most:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {most} (got {text!r})")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cryopilot", description="cryo-EM dataset in, 3D map out.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -362,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--speed",
-        type=float,
+        type=_speed,
         default=20000.0,
         help="simulated seconds per wall-clock second while waiting (default: 20000)",
     )
@@ -377,7 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
         " cluster left, or the command exits 1 (default: none)",
     )
     demo.add_argument(
-        "--datasets", type=int, default=1, metavar="N", help="drop N datasets at once (default: 1)"
+        "--datasets",
+        type=_datasets,
+        default=1,
+        metavar="N",
+        help=f"drop N datasets at once, 1 to {_max_demo_datasets()} (default: 1)",
     )
     demo.add_argument("--quiet", action="store_true", help="no live display")
     demo.set_defaults(func=_demo)
@@ -422,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--profile", choices=["cgrp", "glp1r", "spike"], default="cgrp")
     local.add_argument(
         "--speed",
-        type=float,
+        type=_speed,
         default=500.0,
         help="simulated seconds per wall-clock second (default 500: a CGRP run in about 5 minutes)",
     )
@@ -491,6 +541,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--output", metavar="DIR", help="where to write it (default .cryopilot/reports/RUN)")
     _add_stack_flags(report)
     report.set_defaults(func=_report)
+
+    unsub = sub.add_parser(
+        "unsubscribe",
+        help="stop an address receiving a dataset's mails, or any mail",
+        description="A manifest's notify addresses receive the mails of the datasets that listed"
+        " them. Take one dataset away from an address (--dataset), or end its subscription.",
+    )
+    unsub.add_argument("address", metavar="ADDRESS")
+    unsub.add_argument("--dataset", help="only this dataset's mails (default: every mail)")
+    _add_stack_flags(unsub)
+    unsub.set_defaults(func=_unsubscribe)
     return parser
 
 

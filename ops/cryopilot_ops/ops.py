@@ -17,7 +17,7 @@ from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
-from cryopilot.adapters import admission
+from cryopilot.adapters import admission, subscriptions
 from cryopilot.adapters.runs import RunStore
 from cryopilot.core.errors import ManifestError
 from cryopilot.core.formatting import fmt_duration
@@ -26,6 +26,7 @@ from cryopilot.domain.billing import cost_text
 from cryopilot.domain.location import data_uri_problem, foreign_bucket, run_id_for
 from cryopilot.domain.manifest import Manifest, parse_manifest
 from cryopilot.domain.record import RunRecord, StageRecord
+from cryopilot.domain.subscriptions import policy_for, without_dataset
 from cryopilot.protocol.stage import PlannedStage
 from pydantic import Field
 
@@ -54,6 +55,8 @@ class Stack:
     cluster_function: str
     #: StartRun: ``cryopilot submit`` goes through it, so an operator's run takes a slot like any
     start_function: str
+    #: the topic every mail goes to (``cryopilot unsubscribe``)
+    topic_arn: str = ""
 
     @classmethod
     def from_cloudformation(cls, name: str, region: str) -> Stack:
@@ -74,7 +77,13 @@ class Stack:
         except BotoCoreError as exc:
             raise OperatorError(f"stack {name}: {exc}", EXIT_AWS) from None
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
-        wanted = ("InputBucketName", "ResultsBucketName", "RunsTableName", "RunStateMachineArn")
+        wanted = (
+            "InputBucketName",
+            "ResultsBucketName",
+            "RunsTableName",
+            "RunStateMachineArn",
+            "NotificationTopicArn",
+        )
         missing = [k for k in wanted if k not in outputs]
         if missing:
             raise OperatorError(
@@ -89,6 +98,7 @@ class Stack:
             state_machine_arn=outputs["RunStateMachineArn"],
             cluster_function=functions["ClusterFunction"],
             start_function=functions["StartRunFunction"],
+            topic_arn=outputs["NotificationTopicArn"],
         )
 
     def client(self, service: str) -> Any:
@@ -255,6 +265,8 @@ class Submitted:
     queue_position: int | None = None
     #: it waits for a slot rather than running
     queued: bool = False
+    #: submitted before: the status of its execution (RUNNING, SUCCEEDED), None if it has none yet
+    execution: str | None = None
 
 
 def _read_local(path: str) -> bytes:
@@ -320,16 +332,50 @@ def submit(
         raise OperatorError(f"refused: {outcome.get('reason')}", EXIT_USAGE)
     position = outcome.get("queue_position")
     waiting = status == "queued" or (status == "duplicate" and position is not None)
-    return Submitted(run_id, arn, already=status == "duplicate", queue_position=position, queued=waiting)
+    execution = _refuse_if_over(stack, run_id) if status == "duplicate" else None
+    return Submitted(
+        run_id,
+        arn,
+        already=status == "duplicate",
+        queue_position=position,
+        queued=waiting,
+        execution=execution,
+    )
+
+
+#: How a run that will not start again ended, by its execution's status (or, for a run that
+#: never started, its record's).
+_ENDED = {"ABORTED": "was cancelled", "FAILED": "failed", "TIMED_OUT": "timed out"}
+_ENDED_UNSTARTED = {"CANCELLED": "was cancelled", "FAILED": "failed"}
+
+
+def _refuse_if_over(stack: Stack, run_id: str) -> str | None:
+    """A manifest submitted again whose run is over and did not succeed: nothing starts (its run id
+    is taken, and Step Functions never reuses an execution's name), so say what happened and what
+    to do (:class:`OperatorError`, exit 1). A run still going, or one that succeeded, is no error."""
+    execution = execution_status(stack, run_id)
+    if execution in _ENDED:
+        how = f"{_ENDED[execution]} (execution {execution})"
+    else:
+        run = _store(stack).get_run(run_id, ["status"]) if execution is None else None
+        if run is None or run.status not in _ENDED_UNSTARTED:
+            return execution
+        how = f"{_ENDED_UNSTARTED[run.status]} (before it started)"
+    raise OperatorError(
+        f"run {run_id} of this manifest {how}; nothing was started. A run's id comes from its"
+        " manifest and input: change the manifest (a comment will do) and submit it again",
+        EXIT_FAILED,
+    )
 
 
 def _start_now(stack: Stack, run_id: str, execution_input: dict[str, Any]) -> Submitted:
     """Start the execution at once, without a slot (``--now``): it does not count against
     ``MaxConcurrentRuns`` and is not held back by it."""
     arn = stack.execution_arn(run_id)
-    if execution_status(stack, run_id) is not None:
+    execution = _refuse_if_over(stack, run_id)  # an ended run (or one cancelled while waiting)
+    if execution is not None:
         # (StartExecution itself answers a repeat with the running execution, silently.)
-        return Submitted(run_id, arn, already=True)
+        return Submitted(run_id, arn, already=True, execution=execution)
     try:
         stack.client("stepfunctions").start_execution(
             stateMachineArn=stack.state_machine_arn, name=run_id, input=json.dumps(execution_input)
@@ -451,3 +497,34 @@ def report_files(stack: Stack, run_id: str) -> Iterator[tuple[str, bytes]]:
         raise OperatorError(f"run {run_id} has no report yet (s3://{stack.results_bucket}/{prefix})")
     for key in sorted(keys):
         yield key[len(prefix) :], s3.get_object(Bucket=stack.results_bucket, Key=key)["Body"].read()
+
+
+# ------------------------------------------------------------------ unsubscribe
+def unsubscribe(stack: Stack, address: str, dataset: str | None = None) -> str:
+    """Stop ``address`` receiving the mails of ``dataset`` (its other datasets stay), or, without
+    ``dataset``, end its subscription. Returns what was done, as a line to show."""
+    sns = stack.client("sns")
+    arn = subscriptions.find(sns, stack.topic_arn, address)
+    if arn is None:
+        raise OperatorError(f"{address} has no subscription to the stack's mails", EXIT_NOT_FOUND)
+    if dataset is None:
+        sns.unsubscribe(SubscriptionArn=arn)
+        return f"{address}: subscription ended (every dataset)"
+    policy = subscriptions.filter_policy(sns, arn)
+    if policy is None:
+        raise OperatorError(
+            f"{address} receives every dataset's mails (no filter policy): end its subscription"
+            " with `cryopilot unsubscribe` without --dataset",
+            EXIT_USAGE,
+        )
+    left = without_dataset(policy, dataset)
+    if left is None:
+        raise OperatorError(f"{address} does not receive the mails of {dataset}", EXIT_NOT_FOUND)
+    said = f"{address} no longer receives the mails of {dataset}"
+    if not left:
+        sns.unsubscribe(SubscriptionArn=arn)
+        return f"{said}; it had no other dataset: its subscription ended"
+    sns.set_subscription_attributes(
+        SubscriptionArn=arn, AttributeName="FilterPolicy", AttributeValue=policy_for(left)
+    )
+    return said

@@ -11,6 +11,7 @@ Both start at ``start`` (epoch seconds) and answer :meth:`now` in simulated epoc
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Protocol
@@ -30,8 +31,8 @@ class VirtualClock:
         self._now = float(start)  # 2026-01-01T00:00:00Z by default
         self._lock = threading.Lock()
         self.start = float(start)
-        if pace is not None and pace <= 0:
-            raise ValueError("pace must be positive")
+        if pace is not None and not (math.isfinite(pace) and pace > 0):
+            raise ValueError(f"pace must be a positive, finite number (got {pace!r})")
         self.pace = pace
 
     def now(self) -> float:
@@ -56,8 +57,8 @@ class VirtualClock:
 
 class ScaledClock:
     def __init__(self, speed: float, start: float = 1_767_225_600.0) -> None:
-        if speed <= 0:
-            raise ValueError("speed must be positive")
+        if not (math.isfinite(speed) and speed > 0):
+            raise ValueError(f"speed must be a positive, finite number (got {speed!r})")
         self.speed = float(speed)
         self.start = float(start)
         self._t0 = time.monotonic()

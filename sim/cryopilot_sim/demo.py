@@ -167,6 +167,10 @@ FAULTS = {name: r.status for name, r in REHEARSALS.items()}
 STATE_DIR = ROOT / ".cryopilot" / "local"
 
 
+#: The most datasets one demo drops at once (``--datasets``).
+MAX_DATASETS = 50
+
+
 @dataclass
 class DemoOptions:
     profile: str = "cgrp"
@@ -605,8 +609,8 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
 
     if options.fail not in FAULTS:
         raise ValueError(f"unknown fault {options.fail!r}; one of {', '.join(FAULTS)}")
-    if not 1 <= options.datasets <= 50:
-        raise ValueError("--datasets must be between 1 and 50")
+    if not 1 <= options.datasets <= MAX_DATASETS:
+        raise ValueError(f"--datasets must be between 1 and {MAX_DATASETS}")
     console = Console(quiet=options.quiet)
     options.state_dir.mkdir(parents=True, exist_ok=True)
     _send_lambda_logs_to(options.state_dir / "lambda.log")

@@ -829,6 +829,7 @@ class LocalCloud:
             state_machine_arn=self.state_machine_arn,
             cluster_function=str(self.ref("ClusterFunction")),
             start_function=str(self.ref("StartRunFunction")),
+            topic_arn=self.topic_arn,
         )
 
     def run_record(self, run_id: str) -> dict[str, Any] | None:

@@ -1,5 +1,5 @@
 """``cryopilot local``: the local stack, kept running and reachable over HTTP on loopback, so the
-operator commands (``cryopilot --local submit|status|watch|cancel|report``) work against it from
+operator commands (``cryopilot submit|status|watch|cancel|report … --local``) work against it from
 another terminal exactly as they work against a deployed stack.
 
 The stack is the one the tests and ``cryopilot demo`` use (:class:`LocalCloud`: moto with the
@@ -76,14 +76,27 @@ class LocalServer:
             self.stopped.set()
 
 
+def commands_to_try(profile: str) -> list[str]:
+    """The operator commands ``cryopilot local`` suggests, each one that runs as printed (from the
+    repository's root, ``RUN_ID`` replaced by the id ``submit`` prints)."""
+    return [
+        f"cryopilot submit events/manifests/{profile}.yaml --local",
+        "cryopilot status --local",
+        "cryopilot watch RUN_ID --local",
+        "cryopilot cancel RUN_ID --local",
+        "cryopilot report RUN_ID --local",
+    ]
+
+
 def serve(profile: str, speed: float, port: int | None, stop: threading.Event | None = None) -> int:
     """Run the local stack until interrupted (Ctrl-C) or ``stop`` is set."""
     with LocalServer(profile=profile, speed=speed, port=port) as server:
         print(f"cryopilot local stack running at {server.endpoint} (profile {profile})")
         print(f"  stack file: {server.stack_file.relative_to(ROOT)}")
-        print("  in another terminal:")
-        print("    cryopilot --local submit events/manifests/cgrp.yaml   (data: --data s3://…/ or none)")
-        print("    cryopilot --local status | watch RUN | cancel RUN | report RUN")
+        print("  in another terminal, from the repository's root (cryopilot is .venv/bin/cryopilot):")
+        for command in commands_to_try(profile):
+            print(f"    {command}")
+        print("  submit reads the data from s3://<input bucket>/datasets/<dataset>/ (or --data S3_FOLDER)")
         print("  Ctrl-C stops it (running executions are stopped, nothing persists).")
         if stop is not None:
             stop.wait()

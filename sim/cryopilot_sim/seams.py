@@ -61,6 +61,7 @@ def install(harness: LocalCloud, st: ExitStack) -> None:
     from moto.core.botocore_stubber import BotocoreStubber
     from moto.events.models import Rule
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+    from moto.sns.responses import SNSResponse
     from moto.ssm.models import SimpleSystemManagerBackend
     from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
     from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import (
@@ -268,6 +269,30 @@ def install(harness: LocalCloud, st: ExitStack) -> None:
 
     st.enter_context(mock.patch.object(S3Backend, "get_object", get_object))
 
+    # SNS Subscribe for an address already subscribed answers that subscription's ARN; given
+    # attributes that differ from the subscription's, it refuses: "InvalidParameter: Invalid
+    # parameter: Attributes Reason: Subscription already exists with different attributes" (AWS's
+    # answer, quoted in localstack/localstack#8816; attributes not given are not compared).
+    # moto overwrites the subscription's attributes instead.
+    real_subscribe = SNSResponse.subscribe
+
+    def subscribe(response: Any) -> Any:
+        from moto.sns.exceptions import SNSInvalidParameter
+
+        given = response._get_attributes() or {}
+        existing = response.backend._find_subscription(
+            response._get_param("TopicArn"), response._get_param("Endpoint"), response._get_param("Protocol")
+        )
+        if existing is not None and any(
+            not _same_attribute(name, value, existing.attributes.get(name)) for name, value in given.items()
+        ):
+            raise SNSInvalidParameter(
+                "Invalid parameter: Attributes Reason: Subscription already exists with different attributes"
+            )
+        return real_subscribe(response)
+
+    st.enter_context(mock.patch.object(SNSResponse, "subscribe", subscribe))
+
 
 def _issued_version_id(version_id: str) -> bool:
     """Whether moto's S3 could have issued ``version_id``: ``null`` or a UUID."""
@@ -277,6 +302,14 @@ def _issued_version_id(version_id: str) -> bool:
         return str(uuid.UUID(version_id)) == version_id
     except ValueError:
         return False
+
+
+def _same_attribute(name: str, given: Any, current: Any) -> bool:
+    if current is None:
+        return False
+    if name == "FilterPolicy":
+        return bool(json.loads(given) == json.loads(current))
+    return str(given).lower() == str(current).lower()
 
 
 def _as_aws_event(event: dict[str, Any]) -> dict[str, Any]:

@@ -68,6 +68,10 @@ INVALID_VOLTAGE = _manifest("spike.yaml", acquisition__voltage_kV=250)
 VOLTAGE_MESSAGE = "acquisition.voltage_kV: Input should be 100, 120, 200 or 300 (got 250)"
 LATIN1_COMMENT = "# pixel size 0.83 \u00c5 (saved as Latin-1)\n".encode("latin-1")
 LATIN1_AT = len(SPIKE_YAML) + LATIN1_COMMENT.index(b"\xc5")
+INTRUDER = "someone@example.org"
+OUTSIDER = "someone@elsewhere.example"
+#: the bad-input stack's NotifyAllowedDomains
+ALLOWED_DOMAINS = "example.org, example.com"
 
 
 @dataclass(frozen=True)
@@ -265,6 +269,25 @@ UPLOADS = [
         "gain-reference-dotdot",
         _yaml(_manifest("cgrp.yaml", acquisition__gain_reference="../shared/gain_ref.mrc")),
         ("acquisition.gain_reference: gain_reference must not contain '..'",),
+    ),
+    # mail subscriptions
+    Upload(
+        "notify-trailing-newline",
+        _yaml(_manifest(notify=["a@b.co\n"])),
+        ("notify: not an email address: 'a@b.co\\n'",),
+    ),
+    # a manifest names only the dataset of its own folder: this one, in datasets/BAD-another-
+    # dataset/, names SPIKE-FAB-07 and would subscribe its address to that dataset's mails
+    Upload(
+        "another-dataset",
+        _yaml(_manifest(notify=[INTRUDER])),
+        ("dataset: must be the name of the manifest's folder, 'BAD-another-dataset' (got 'SPIKE-FAB-07')",),
+    ),
+    # the stack allows notify addresses in ALLOWED_DOMAINS only (NotifyAllowedDomains)
+    Upload(
+        "notify-outside-domains",
+        _yaml(_manifest(dataset="BAD-notify-outside-domains", notify=[OUTSIDER, "lab@example.org"])),
+        (f"notify: {OUTSIDER} is not in an allowed domain (NotifyAllowedDomains: {ALLOWED_DOMAINS})",),
     ),
     # not a manifest at all
     Upload(
@@ -603,7 +626,8 @@ def _until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
 
 @pytest.fixture(scope="module")
 def batch() -> Iterator[Batch]:
-    with LocalCloud(clock=VirtualClock(), profile="spike") as cloud:
+    parameters = {"NotifyAllowedDomains": ALLOWED_DOMAINS.replace(" ", "")}
+    with LocalCloud(clock=VirtualClock(), profile="spike", parameters=parameters) as cloud:
         start_fn = next(n for n, f in cloud.functions.items() if f.logical_id == "StartRunFunction")
         b = Batch(cloud, start_fn)
         bucket = cloud.input_bucket
@@ -734,6 +758,14 @@ def test_a_byte_order_mark_is_skipped(batch: Batch, case: Upload) -> None:
     run_id, _ = batch.started_run(key)
     message = _assert_rejected_at_validate(batch, run_id, case.expected)
     assert message == f"s3://{batch.cloud.input_bucket}/{key}: {VOLTAGE_MESSAGE}"
+
+
+def test_a_refused_manifest_subscribes_no_address(batch: Batch) -> None:
+    # Validate refused these manifests before any address was subscribed to any dataset's mails
+    sns = batch.cloud.client("sns")
+    subs = sns.list_subscriptions_by_topic(TopicArn=batch.cloud.topic_arn)["Subscriptions"]
+    endpoints = {s["Endpoint"] for s in subs}
+    assert endpoints == {"structures@example.org"}, endpoints  # the stack's NotificationEmail only
 
 
 def test_a_version_that_no_longer_exists_is_ignored(batch: Batch) -> None:

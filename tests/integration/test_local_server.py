@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -11,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryopilot_sim.local_server import LocalServer
+from cryopilot_ops.cli import build_parser
+from cryopilot_sim.local_server import LocalServer, commands_to_try
 
-from tests.conftest import EVENTS, ROOT
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +37,11 @@ def _cli(server: LocalServer, *args: str) -> subprocess.CompletedProcess[str]:
         "AWS_EC2_METADATA_DISABLED": "true",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+    if "PYTHONPATH" in os.environ:  # the code under test, not whichever the venv installed
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    local = [] if "--local" in args else ["--local"]
     return subprocess.run(
-        [sys.executable, "-m", "cryopilot_ops.cli", *args, "--local"],
+        [sys.executable, "-m", "cryopilot_ops.cli", *args, *local],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -45,15 +50,33 @@ def _cli(server: LocalServer, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _command(line: str, run_id: str = "RUN_ID") -> list[str]:
+    """The arguments of a ``cryopilot …`` command the local stack printed, checked by the CLI's
+    own parser (it exits on a command it does not know)."""
+    argv = shlex.split(line.replace("RUN_ID", run_id))
+    assert argv[0] == "cryopilot", line
+    args = build_parser().parse_args(argv[1:])
+    assert getattr(args, "local", False), f"{line!r} would not reach the local stack"
+    return argv[1:]
+
+
 def test_submit_status_and_cancel_against_the_local_stack(server: LocalServer) -> None:
     stack = server.cloud.operator_stack()
     s3 = server.cloud.client("s3")
     s3.put_object(Bucket=stack.input_bucket, Key="datasets/SPIKE-FAB-07/micrographs/a.mrc", Body=b"m" * 64)
 
-    submitted = _cli(server, "submit", str(EVENTS / "manifests" / "spike.yaml"))
+    # the commands `cryopilot local` prints are the ones run here
+    printed = commands_to_try("spike")
+    assert [c.split()[1] for c in printed] == ["submit", "status", "watch", "cancel", "report"]
+    for line in printed:
+        _command(line)
+    submitted = _cli(server, *_command(printed[0]))
     assert submitted.returncode == 0, submitted.stderr
     run_id = submitted.stdout.split("run ", 1)[1].split()[0]
     assert run_id.startswith("SPIKE-FAB-07-op")
+    # and so is the one submit says to follow the run with
+    (follow,) = [ln.split(": ", 1)[1] for ln in submitted.stdout.splitlines() if "follow it with" in ln]
+    assert _command(follow) == ["watch", run_id, "--local"]
 
     deadline = time.monotonic() + 60
     while True:
@@ -74,6 +97,17 @@ def test_submit_status_and_cancel_against_the_local_stack(server: LocalServer) -
     assert f"stopped execution {run_id}" in cancelled.stdout
     assert cancelled.stdout.rstrip().endswith(": DELETED")
     assert server.cloud.pcluster.clusters() == {}
+
+    # the same manifest again: its run was cancelled, so nothing starts, and submit says so
+    again = _cli(server, *_command(printed[0]))
+    assert again.returncode == 1, again.stdout
+    assert "already submitted" not in again.stdout
+    assert again.stderr.strip() == (
+        f"cryopilot submit: run {run_id} of this manifest was cancelled (execution ABORTED);"
+        " nothing was started. A run's id comes from its manifest and input: change the manifest"
+        " (a comment will do) and submit it again"
+    )
+    assert len(server.cloud.executions()) == 1
 
 
 def test_without_a_local_stack_the_commands_say_how_to_start_one(server: LocalServer, tmp_path: Path) -> None:

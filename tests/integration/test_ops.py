@@ -161,6 +161,18 @@ def test_submitted_runs_wait_for_a_slot_and_cancel_takes_them_out_of_the_queue(t
         assert state.queue == []
         assert state.holders == {first.run_id}
 
+        # submitted again, the cancelled run neither waits again nor starts: submit says why
+        for now in (False, True):
+            with pytest.raises(OperatorError) as refused:
+                ops.submit(stack, str(manifests["second"]), now=now)
+            assert refused.value.exit_code == ops.EXIT_FAILED
+            assert str(refused.value).startswith(
+                f"run {second.run_id} of this manifest was cancelled (before it started);"
+                " nothing was started."
+            )
+        assert admission.read().queue == []
+        assert ops.execution_status(stack, second.run_id) is None
+
         third = ops.submit(stack, str(manifests["third"]), now=True)
         assert (third.already, third.queued) == (False, False)
         assert ops.execution_status(stack, third.run_id) == "RUNNING"
@@ -294,3 +306,54 @@ def test_operator_reads_while_a_run_writes_the_table_never_race(cloud: LocalClou
     assert not any(reader.is_alive() for reader in readers)
     assert not errors, repr(errors[0])
     assert reads_while_running > 0, "no read overlapped the running execution"
+
+
+def test_unsubscribe_removes_a_dataset_from_an_address_then_the_address(
+    cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from cryopilot.adapters import subscriptions
+    from cryopilot_ops import cli
+
+    stack = cloud.operator_stack()
+    monkeypatch.setattr(cli, "_stack", lambda args: stack)
+    sns = cloud.client("sns")
+    address = "medchem-team@example.org"
+    for dataset in ("CGRP-2026-11", "SPIKE-FAB-07"):  # what Validate does for each manifest
+        subscriptions.subscribe(sns, cloud.topic_arn, address, dataset)
+
+    def subscribed() -> dict[str, list[str] | None]:
+        found: dict[str, list[str] | None] = {}
+        for sub in sns.list_subscriptions_by_topic(TopicArn=cloud.topic_arn)["Subscriptions"]:
+            attrs = sns.get_subscription_attributes(SubscriptionArn=sub["SubscriptionArn"])["Attributes"]
+            policy = attrs.get("FilterPolicy")
+            found[sub["Endpoint"]] = json.loads(policy)["dataset"] if policy else None
+        return found
+
+    assert subscribed()[address] == ["CGRP-2026-11", "SPIKE-FAB-07"]
+
+    assert cli.main(["unsubscribe", address, "--dataset", "CGRP-2026-11"]) == 0
+    assert capsys.readouterr().out.strip() == f"{address} no longer receives the mails of CGRP-2026-11"
+    assert subscribed()[address] == ["SPIKE-FAB-07"]
+
+    # a dataset it does not receive, an address with no subscription: not found, nothing changed
+    assert cli.main(["unsubscribe", address, "--dataset", "CGRP-2026-11"]) == ops.EXIT_NOT_FOUND
+    assert capsys.readouterr().err.strip() == (
+        f"cryopilot unsubscribe: {address} does not receive the mails of CGRP-2026-11"
+    )
+    assert cli.main(["unsubscribe", "nobody@example.org"]) == ops.EXIT_NOT_FOUND
+    assert "nobody@example.org has no subscription" in capsys.readouterr().err
+
+    # its last dataset: the subscription ends
+    assert cli.main(["unsubscribe", address, "--dataset", "SPIKE-FAB-07"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"{address} no longer receives the mails of SPIKE-FAB-07; it had no other dataset:"
+        " its subscription ended"
+    )
+    assert address not in subscribed()
+    # the stack's own address receives every mail: without --dataset its subscription ends
+    assert subscribed() == {"structures@example.org": None}
+    assert cli.main(["unsubscribe", "structures@example.org"]) == 0
+    assert capsys.readouterr().out.strip() == "structures@example.org: subscription ended (every dataset)"
+    assert subscribed() == {}

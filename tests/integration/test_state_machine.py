@@ -117,6 +117,20 @@ def test_successful_run(cloud: LocalCloud) -> None:
         head = s3.head_object(Bucket=cloud.results_bucket, Key=f["key"])
         assert head["ContentLength"] == f["size"]
 
+    # the report's summary: when it finished, and one cost (the record's) and one set of GPU-hours
+    from cryopilot.domain.billing import cost_text
+
+    report = s3.get_object(Bucket=cloud.results_bucket, Key=f"runs/{run_id}/report/report.md")
+    lines = report["Body"].read().decode().splitlines()
+    summary = lines[lines.index("## Summary") + 1 : lines.index("## Stages")]
+    (finished,) = [ln for ln in summary if ln.startswith("- **Finished:**")]
+    assert finished.startswith("- **Finished:** 2026-"), finished
+    (cost,) = [ln for ln in summary if "$" in ln]
+    assert cost.startswith(f"- **Cost:** {cost_text(record['cost_usd'], record['cost_basis'])}")
+    (hours,) = [ln for ln in summary if "GPU-hours" in ln]
+    paid, busy = record["gpu_hours_paid"], record["gpu_hours_busy"]
+    assert hours == f"- **GPU-hours:** {paid:,.1f} paid for, {busy:,.1f} of them busy", hours
+
     mails = cloud.mails()
     subjects = [m["subject"] for m in mails]
     assert len(mails) == 2, subjects
@@ -135,6 +149,42 @@ def test_successful_run(cloud: LocalCloud) -> None:
     assert len(extra) == 1
     attrs = cloud.client("sns").get_subscription_attributes(SubscriptionArn=extra[0]["SubscriptionArn"])
     assert json.loads(attrs["Attributes"]["FilterPolicy"]) == {"dataset": ["CGRP-2026-11"]}
+
+
+def test_an_address_listed_by_two_datasets_gets_the_mails_of_both(cloud: LocalCloud) -> None:
+    # Both manifests list one address; the second also lists the stack's NotificationEmail,
+    # which already gets every mail. The clusters are refused at once (a configuration error), so
+    # both runs end in seconds, without a cluster.
+    shared, stack_address = "medchem-team@example.org", "structures@example.org"
+    cloud.pcluster.inject("config_error", count=2, operation="create_cluster")
+    cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
+    spike = _manifest("spike.yaml") + f"notify: [{shared}, {stack_address}]\n"
+    cloud.drop_dataset("SPIKE-FAB-07", spike, {"micrographs/a.mrc": b"m" * 64})
+    cloud.drain_events()
+    executions = cloud.executions()
+    assert len(executions) == 2
+    for execution in executions:
+        desc = cloud.wait_for_execution(execution["executionArn"], timeout=240)
+        record = cloud.run_record(desc["name"]) or {}
+        assert (desc["status"], record["error"]["type"]) == ("FAILED", "ClusterConfigError"), record
+
+    sns = cloud.client("sns")
+    subs = sns.list_subscriptions_by_topic(TopicArn=cloud.topic_arn)["Subscriptions"]
+    assert sorted(s["Endpoint"] for s in subs) == [shared, stack_address]  # one subscription each
+
+    def policy(address: str) -> dict | None:
+        (arn,) = [s["SubscriptionArn"] for s in subs if s["Endpoint"] == address]
+        text = sns.get_subscription_attributes(SubscriptionArn=arn)["Attributes"].get("FilterPolicy")
+        return json.loads(text) if text else None
+
+    shared_policy = policy(shared)
+    assert shared_policy is not None
+    assert sorted(shared_policy["dataset"]) == ["CGRP-2026-11", "SPIKE-FAB-07"]
+    assert policy(stack_address) is None, "the stack's own address must keep getting every mail"
+    # every mail of both runs (started, failed) passes the shared address's filter
+    mails = cloud.mails()
+    assert len(mails) == 4
+    assert {m["attributes"]["dataset"] for m in mails} <= set(shared_policy["dataset"])
 
 
 def test_invalid_manifest_fails_without_a_cluster(cloud: LocalCloud) -> None:

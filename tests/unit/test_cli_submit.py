@@ -31,6 +31,10 @@ def submitted(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         (ops.Submitted("R1", "arn:R1", already=False), "started: run R1"),
         (ops.Submitted("R1", "arn:R1", already=True), "already submitted: run R1"),
         (
+            ops.Submitted("R1", "arn:R1", already=True, execution="SUCCEEDED"),
+            "already done: run R1 of this manifest succeeded; nothing was started",
+        ),
+        (
             ops.Submitted("R1", "arn:R1", already=False, queue_position=3, queued=True),
             "queued: run R1 waits for a free slot (MaxConcurrentRuns reached), place 3 in the queue",
         ),

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from cryopilot.core.errors import ManifestError
 from cryopilot.domain.location import is_manifest_key, manifest_prefix
-from cryopilot.domain.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from cryopilot.domain.manifest import MAX_MANIFEST_BYTES, Manifest, check_notify_domains, parse_manifest
 
 from tests.conftest import EVENTS
 
@@ -62,6 +62,8 @@ def _bad(doc_change: dict, manifest_text: str) -> str:
         ({"acquisition": ...}, "acquisition: required field is missing"),
         ({"colour": "blue"}, "colour: unknown field"),
         ({"notify": ["not-an-address"]}, "not an email address"),
+        ({"notify": ["a@b.co\n"]}, "notify: not an email address: 'a@b.co\\n'"),
+        ({"notify": ["a@b.co\nBcc: x@y.org"]}, "notify: not an email address"),
         ({"input.expected_files": 0}, "input.expected_files"),
     ],
 )
@@ -243,3 +245,32 @@ def test_values_at_their_bounds_are_accepted() -> None:
     doc["pipeline"] = {"overrides": {"nurefine": {"refine_relax_symmetry": "C" * 512}}}
     m = parse_manifest(yaml.safe_dump(doc).encode(), source="m.yaml")
     assert len(m.input.glob) == 512
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [
+        ("lab@example.org", True),
+        ("lab@EXAMPLE.org", True),
+        ("lab@cryo.example.org", True),  # a subdomain of an allowed domain
+        ("lab@example.com", True),
+        ("lab@notexample.org", False),
+        ("lab@example.org.elsewhere.net", False),
+        ("lab@elsewhere.net", False),
+    ],
+)
+def test_notify_addresses_in_the_allowed_domains_only(
+    address: str, allowed: bool, manifest_text: str
+) -> None:
+    doc = yaml.safe_load(manifest_text)
+    manifest = parse_manifest(yaml.safe_dump({**doc, "notify": [address]}).encode(), source="m.yaml")
+    check_notify_domains(manifest, [], source="m.yaml")  # no list: any domain
+    if allowed:
+        check_notify_domains(manifest, ["example.org", "Example.com"], source="m.yaml")
+        return
+    with pytest.raises(ManifestError) as err:
+        check_notify_domains(manifest, ["example.org", "Example.com"], source="m.yaml")
+    assert str(err.value) == (
+        f"m.yaml: notify: {address} is not in an allowed domain"
+        " (NotifyAllowedDomains: example.org, example.com)"
+    )

@@ -257,7 +257,17 @@ def test_no_node_bill_without_an_end_a_price_or_the_idle_time() -> None:
 
 def test_the_summary_and_the_cost_text_say_what_the_cost_counts() -> None:
     md = render_markdown(_data(idle_seconds=IDLE))
-    assert "**GPU nodes billed:** about $137.37 for 37.9 GPU-hours" in md
+    summary = _section(md, "Summary")
+    # one cost, the run's (the nodes' estimated bill), and how the table's stage costs differ
+    assert [ln for ln in summary if "$" in ln] == [
+        "- **Cost:** about $137.37 (GPU nodes on demand, launch and idle included, estimated from"
+        " stage times); head node not included. The stages' own run time, in the table below,"
+        " comes to $131.33; the rest is node launch and Slurm's idle time"
+    ]
+    # one set of GPU-hours, those of that bill
+    assert [ln for ln in summary if "GPU-hours" in ln] == [
+        "- **GPU-hours:** 37.9 paid for, 28.3 of them busy"
+    ]
     assert cost_text(273.384, "nodes billed") == (
         "about $273.38 (GPU nodes on demand, launch and idle included, estimated from stage times)"
     )
@@ -345,10 +355,23 @@ def test_markdown_title_and_summary() -> None:
     assert md.splitlines()[0] == "# CGRP-2026-11: SUCCEEDED, 2.79 Å"
     summary = "\n".join(_section(md, "Summary"))
     assert "**Time to structure:** 11 h 05 min" in summary
-    assert "$131.33" in summary
-    assert "28.3 used, 36.3 paid" in summary
+    assert "**Cost:** at least $131.33 (GPU nodes on demand: the stages' run time only)" in summary
+    assert "**GPU-hours:** 36.3 paid for, 28.3 of them busy" in summary
+    assert "**Finished:** 2026-01-01 11:05 UTC" in summary
     assert "p4d.24xlarge in subnet-0aaaaaaaaaaaaaaa1" in summary
     assert "![Stage timeline](timeline.png)" in md
+
+
+def test_the_success_paths_report_says_when_the_run_finished() -> None:
+    # written between the export and the final mail: the record is not closed yet (no finish
+    # time), and the report step reads it as succeeded
+    run = _run()
+    for key in ("finished_at", "finished_epoch"):
+        run.pop(key)
+    data = _data(run)
+    assert data.finished_at is not None
+    assert data.finished_at.timestamp() == T0 + 39900  # the export's end
+    assert "- **Finished:** 2026-01-01 11:05 UTC" in _section(render_markdown(data), "Summary")
 
 
 def test_markdown_table_has_one_row_per_planned_stage_and_a_total() -> None:
@@ -414,8 +437,8 @@ def test_failed_run_without_an_end_time_renders_and_shows_the_error() -> None:
     # class2d ran an hour before failing: the totals count the finished stages only
     assert data.lower_bounds
     assert data.cost_usd == pytest.approx(6000 / 3600 * 32)
-    assert "**Compute cost:** at least $53.33" in md
-    assert "at least 13.3 used" in md
+    assert "**Cost:** at least $53.33 (GPU nodes on demand: the stages' run time only)" in md
+    assert "**GPU-hours:** at least 13.3 paid for, at least 13.3 of them busy" in md
     rows = _section(md, "Stages")[2:]
     assert len(rows) == len(PLAN) + 1
     assert "| 2D classification | gpu8 | p4d.24xlarge | 4 | failed | — |" in rows

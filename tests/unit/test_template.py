@@ -42,9 +42,12 @@ def test_no_wildcard_action_anywhere() -> None:
 
 
 #: The actions that support no resource-level permission, so may only be granted on "*":
-#: SSM's GetCommandInvocation, and the CloudWatch Logs delivery actions Step Functions logging needs.
+#: SSM's GetCommandInvocation, SNS's subscription attributes (the Service Authorization Reference
+#: lists no resource type for them), and the CloudWatch Logs delivery actions Step Functions logging needs.
 ONLY_ON_EVERY_RESOURCE = {
     "ssm:GetCommandInvocation",
+    "sns:GetSubscriptionAttributes",
+    "sns:SetSubscriptionAttributes",
     "logs:CreateLogDelivery",
     "logs:GetLogDelivery",
     "logs:UpdateLogDelivery",

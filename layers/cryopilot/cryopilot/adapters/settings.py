@@ -59,6 +59,8 @@ class Settings(BaseModel):
         default="", description="JSON {instance type: USD per hour}, passed to cryopilot.domain.catalogue"
     )
     agent_timeout_seconds: int = 120
+    #: NotifyAllowedDomains: the domains a manifest's ``notify`` addresses may be in (empty: any)
+    notify_allowed_domains: str = Field(default="", description="comma-separated")
 
     def queue_instance_types(self, gpu8: str | None = None) -> dict[str, str]:
         """Instance type of each GPU queue; ``gpu8``: the type a run's capacity fallback chose."""
@@ -75,6 +77,10 @@ class Settings(BaseModel):
     @property
     def head_node_policies(self) -> list[str]:
         return [s.strip() for s in self.head_node_policy_arns.split(",") if s.strip()]
+
+    @property
+    def notify_domains(self) -> list[str]:
+        return [s.strip() for s in self.notify_allowed_domains.split(",") if s.strip()]
 
     @property
     def compute_subnets(self) -> list[str]:

@@ -58,7 +58,8 @@ MAX_SYMMETRY_ORDER = 120
 DATASET_RE = NAME_PATTERN  # the one rule for dataset names and folders
 #: The shape of a point group in cryoSPARC's spelling; :func:`check_symmetry` also bounds n.
 SYMMETRY_RE = r"^(C[1-9][0-9]{0,2}|D[2-9]|D[1-9][0-9]{1,2}|T|O|I)$"
-EMAIL_RE = re.compile(r"^[^@\s,;\x00-\x1f\x7f]+@[^@\s,;\x00-\x1f\x7f]+\.[A-Za-z]{2,}$")
+#: An address ``notify`` accepts, matched whole (``fullmatch``: ``$`` would let a trailing newline by).
+EMAIL_RE = re.compile(r"[^@\s,;\x00-\x1f\x7f]+@[^@\s,;\x00-\x1f\x7f]+\.[A-Za-z]{2,}")
 
 # What a run record can store: DynamoDB numbers have at most 38 digits and a magnitude between
 # 1e-130 and 1e126; a manifest number outside that would fail the run's first write, not Validate.
@@ -247,7 +248,7 @@ class Manifest(_Strict):
     @field_validator("notify")
     @classmethod
     def _emails(cls, value: list[str]) -> list[str]:
-        bad = [v for v in value if not EMAIL_RE.match(v)]
+        bad = [v for v in value if not EMAIL_RE.fullmatch(v)]
         if bad:
             raise ValueError(f"not an email address: {', '.join(excerpt(v) for v in bad[:3])}")
         return value
@@ -292,6 +293,33 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise ValueError(f"duplicate key {excerpt(key)}")
         out[key] = value
     return out
+
+
+def check_dataset_folder(manifest: Manifest, folder: str, *, source: str) -> None:
+    """A manifest read from ``datasets/<folder>/`` names that folder's dataset and no other, so an
+    upload to one folder cannot start runs, nor subscribe addresses to the mails, of another
+    dataset. (An inline manifest names its dataset itself: only an operator can start one.)"""
+    if manifest.dataset != folder:
+        raise _error(
+            source,
+            f"dataset: must be the name of the manifest's folder, {excerpt(folder)}"
+            f" (got {excerpt(manifest.dataset)})",
+        )
+
+
+def check_notify_domains(manifest: Manifest, allowed: list[str], *, source: str) -> None:
+    """Every ``notify`` address is in one of the ``allowed`` domains (or a subdomain of one), when
+    the stack lists any (``NotifyAllowedDomains``); compared without regard to case."""
+    if not allowed:
+        return
+    wanted = [d.lower().lstrip("@") for d in allowed]
+    for address in manifest.notify:
+        domain = address.rpartition("@")[2].lower()
+        if not any(domain == d or domain.endswith("." + d) for d in wanted):
+            raise _error(
+                source,
+                f"notify: {address} is not in an allowed domain (NotifyAllowedDomains: {', '.join(wanted)})",
+            )
 
 
 def _error(source: str, detail: str) -> ManifestError:

@@ -211,6 +211,11 @@ def start_operator_run(request: OperatorStart) -> StartOutcome:
     arn = admission.execution_arn(run_id)
     if admission.execution_status(run_id) is not None:
         return StartOutcome(status="duplicate", run_id=run_id, execution_arn=arn)
+    earlier = runs.store().get_run(run_id, ["status"])
+    if earlier is not None and earlier.is_over:
+        # cancelled while it waited for a slot: the same start again neither waits nor starts
+        reason = f"the run is over ({earlier.status}) and never started"
+        return StartOutcome(status="duplicate", run_id=run_id, execution_arn=arn, reason=reason)
     execution_input = request.input.model_dump(mode="json", exclude_none=True, exclude_unset=True)
     runs.store().create_run(
         run_id,

@@ -1,11 +1,11 @@
 """The Validate step: read and check the manifest, plan the stages, write the run record."""
 
-import json
 from typing import Any
 
+from botocore.exceptions import ClientError
 from pydantic import BaseModel, ValidationError
 
-from cryopilot.adapters import aws, runs
+from cryopilot.adapters import aws, runs, subscriptions
 from cryopilot.adapters.execution_input import ExecutionInput, RunSettings
 from cryopilot.adapters.manifests import head_version
 from cryopilot.adapters.observability import logger
@@ -27,6 +27,8 @@ from cryopilot.domain.location import (
 from cryopilot.domain.manifest import (
     MAX_MANIFEST_BYTES,
     Manifest,
+    check_dataset_folder,
+    check_notify_domains,
     manifest_from_dict,
     parse_manifest,
     validation_message,
@@ -99,7 +101,8 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
         raise ManifestError(f"execution input: {foreign}")
 
     if exec_input.manifest_inline is not None:
-        manifest = manifest_from_dict(exec_input.manifest_inline, source="manifest_inline")
+        source, folder = "manifest_inline", None
+        manifest = manifest_from_dict(exec_input.manifest_inline, source=source)
         data_uri = exec_input.data_s3_uri or ""
         # The document is the execution's input, which Step Functions keeps with the execution
         # (DescribeExecution, for the history's retention): the record points there, and copies
@@ -112,6 +115,7 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
     else:
         location = exec_input.manifest or _location_from_uri(exec_input.manifest_s3_uri or "")
         manifest, location = load_manifest(location)
+        source, folder = location.uri, location.dataset_folder
         data_uri = f"s3://{location.bucket}/{manifest_prefix(location.key)}"
         location_doc = location.model_dump()
 
@@ -121,6 +125,10 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
         queue_types=settings.queue_instance_types(),
         catalogue=Catalogue.for_deployment(settings.price_overrides),
     )
+    # who may receive the dataset's mails: a manifest in the bucket speaks for its folder only
+    if folder is not None:
+        check_dataset_folder(manifest, folder, source=source)
+    check_notify_domains(manifest, settings.notify_domains, source=source)
     cluster_name = cluster_name_for(run_id)
     titles = " → ".join(s.title for s in stages)
     store.put_plan(run_id, stages)
@@ -213,21 +221,20 @@ def _check_cost_ceiling(run_id: str, manifest: Manifest, plan: list[PlannedStage
 
 
 def _subscribe(manifest: Manifest) -> None:
-    """Subscribe the manifest's extra addresses to this dataset's mails (SNS filter policy on the
-    ``dataset`` attribute). SNS asks each new address to confirm once."""
+    """Subscribe the manifest's extra addresses to this dataset's mails, keeping the datasets each
+    already receives (:mod:`cryopilot.adapters.subscriptions`). SNS asks each new address to
+    confirm once."""
     if not manifest.notify:
         return
     sns = aws.client("sns")
     topic = get_settings().topic_arn
-    existing = set()
-    for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic):
-        existing |= {s["Endpoint"] for s in page.get("Subscriptions", []) if s.get("Protocol") == "email"}
-    for address in manifest.notify:
-        if address in existing:
-            continue
-        sns.subscribe(
-            TopicArn=topic,
-            Protocol="email",
-            Endpoint=address,
-            Attributes={"FilterPolicy": json.dumps({"dataset": [manifest.dataset]})},
-        )
+    for address in dict.fromkeys(manifest.notify):
+        try:
+            subscriptions.subscribe(sns, topic, address, manifest.dataset)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in subscriptions.LIMIT_CODES:
+                raise
+            raise ManifestError(
+                f"notify: {address} cannot be subscribed: the stack's topic is at an SNS limit"
+                f" ({exc.response['Error']['Code']}); an operator must remove subscriptions"
+            ) from None

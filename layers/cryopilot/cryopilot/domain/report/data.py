@@ -215,6 +215,10 @@ def report_data_from_run(
     status = str(run.get("status") or "UNKNOWN")
     structure_end = _when(run.get("export_finished_at")) or finished
     time_to_structure = _seconds(started, structure_end) if status == "SUCCEEDED" else None
+    if finished is None and status == "SUCCEEDED":
+        # the success path writes the report once the results are exported, before the run's
+        # record is closed: the run's work finished then (the cluster is deleted after)
+        finished = structure_end
 
     resolution = _number(run.get("resolution_A"))
     if resolution is None:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryopilot.core.formatting import fmt_duration
+from cryopilot.domain.billing import NODES_BILLED, STAGE_TIME, cost_text
 from cryopilot.domain.report.data import ReportData
 from cryopilot.domain.report.rows import MASTER_QUEUE, StageRow
 
@@ -86,6 +87,28 @@ def total_wall(data: ReportData) -> float | None:
     return sum(walls) if walls else None
 
 
+def _cost_lines(data: ReportData, at_least: str) -> list[tuple[str, str]]:
+    """One cost and one set of GPU-hours: the run's figure, as the run record, the mail and
+    ``cryopilot status`` give it (:func:`cost_text`). The GPU nodes' estimated bill (launch and
+    Slurm's idle time included) when every compute stage has an end, else the stages' own run
+    time; the stage table's costs are always the latter, so the summary says how they differ."""
+    if data.billed_usd is not None:
+        cost = cost_text(data.billed_usd, NODES_BILLED) + "; head node not included"
+        if data.cost_usd is not None:
+            cost += (
+                f". The stages' own run time, in the table below, comes to {_money(data.cost_usd)};"
+                " the rest is node launch and Slurm's idle time"
+            )
+        paid = data.billed_gpu_hours
+    elif data.cost_usd is not None:
+        cost = cost_text(data.cost_usd, STAGE_TIME) + "; head node not included"
+        paid = data.gpu_hours_paid
+    else:
+        cost, paid = "unknown", data.gpu_hours_paid
+    hours = f"{at_least}{_hours(paid)} paid for, {at_least}{_hours(data.gpu_hours_busy)} of them busy"
+    return [("Cost", cost), ("GPU-hours", hours)]
+
+
 def summary_lines(data: ReportData) -> list[tuple[str, str]]:
     """(label, value) pairs of the summary, as plain text."""
     lines: list[tuple[str, str]] = []
@@ -96,23 +119,7 @@ def summary_lines(data: ReportData) -> list[tuple[str, str]]:
         lines.append(("Elapsed", fmt_duration(data.elapsed_seconds)))
     if data.resolution_A is not None:
         lines.append(("Resolution", f"{resolution_text(data.resolution_A)} (gold-standard FSC 0.143)"))
-    cost = total_money(data) if data.cost_usd is not None else "unknown"
-    if data.billed_usd is not None:
-        lines.append(
-            (
-                "GPU nodes billed",
-                f"about {_money(data.billed_usd)} for {_hours(data.billed_gpu_hours)} GPU-hours (estimated "
-                "from the stage times: node launch and Slurm's idle time included; head node not included)",
-            )
-        )
-    lines.append(("Compute cost", f"{cost} (stage wall time × nodes × hourly price; head node not included)"))
-    lines.append(
-        (
-            "GPU-hours",
-            f"{at_least}{_hours(data.gpu_hours_busy)} used, {at_least}{_hours(data.gpu_hours_paid)} paid "
-            "(whole nodes)",
-        )
-    )
+    lines.extend(_cost_lines(data, at_least))
     if data.preset:
         lines.append(("Preset", data.preset))
     lines.append(("Run", data.run_id))

@@ -1,0 +1,48 @@
+"""Which datasets an address's one subscription lets through (its SNS filter policy)."""
+
+from __future__ import annotations
+
+import json
+
+from cryopilot.domain.subscriptions import (
+    MAX_DATASETS_PER_ADDRESS,
+    policy_for,
+    with_dataset,
+    without_dataset,
+)
+
+
+def test_a_dataset_is_added_to_those_the_address_receives() -> None:
+    assert json.loads(with_dataset(policy_for(["A"]), "B") or "") == {"dataset": ["A", "B"]}
+
+
+def test_a_dataset_already_there_changes_nothing() -> None:
+    assert with_dataset(policy_for(["A", "B"]), "A") is None
+
+
+def test_an_address_that_receives_every_mail_keeps_doing_so() -> None:
+    # the stack's NotificationEmail, or a subscription an operator made without a filter
+    assert with_dataset(None, "A") is None
+    assert with_dataset("", "A") is None
+
+
+def test_a_policy_set_by_hand_with_other_keys_is_left_alone() -> None:
+    assert with_dataset(json.dumps({"dataset": ["A"], "event": ["failed"]}), "B") is None
+    assert with_dataset(json.dumps({"event": ["failed"]}), "B") is None
+    assert with_dataset("not json", "B") is None
+
+
+def test_past_the_sns_limit_the_first_datasets_added_go() -> None:
+    # SNS refuses a filter policy of more than 150 value combinations
+    full = [f"D{i:03d}" for i in range(MAX_DATASETS_PER_ADDRESS)]
+    kept = json.loads(with_dataset(policy_for(full), "NEW") or "")["dataset"]
+    assert len(kept) == MAX_DATASETS_PER_ADDRESS == 150
+    assert kept[0] == "D001"
+    assert kept[-1] == "NEW"
+
+
+def test_taking_a_dataset_away_keeps_the_others() -> None:
+    assert without_dataset(policy_for(["A", "B"]), "A") == ["B"]
+    assert without_dataset(policy_for(["A"]), "A") == []  # nothing left: the caller unsubscribes
+    assert without_dataset(policy_for(["A"]), "B") is None  # not one it receives
+    assert without_dataset(None, "A") is None  # it receives every mail
