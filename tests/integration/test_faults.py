@@ -56,13 +56,19 @@ def _failed_tasks(cloud: LocalCloud, arn: str) -> list[str]:
     ]
 
 
-def _assert_failed_cleanly(cloud: LocalCloud, arn: str, error_type: str) -> tuple[dict, dict]:
+def _assert_failed_cleanly(
+    cloud: LocalCloud, arn: str, error_type: str, *, created: bool = True
+) -> tuple[dict, dict]:
+    """(``created``: whether ParallelCluster made a cluster, which had to be deleted.)"""
     desc = cloud.wait_for_execution(arn, timeout=240)
     assert desc["status"] == "FAILED"
     record = cloud.run_record(desc["name"])
     assert record is not None
     assert record["error"]["type"] == error_type
-    assert record["cluster_deleted"] is True
+    if created:
+        assert record["cluster_deleted"] is True
+    else:  # ParallelCluster refused the create: the record knows no cluster exists, without a delete
+        assert record["cluster_state"] == "NOT_CREATED"
     assert cloud.pcluster.clusters() == {}
     mails = cloud.mails()
     assert len(mails) == 2, [m["subject"] for m in mails]  # started, then failed: one mail each
@@ -71,14 +77,15 @@ def _assert_failed_cleanly(cloud: LocalCloud, arn: str, error_type: str) -> tupl
     assert failure["subject"].startswith(f"[cryopilot] {DATASET} failed at")
     assert failure["subject"].endswith(f": {error_type}")
     assert f"Reason: {error_type}: " in failure["message"]
-    assert "has been deleted; nothing is left running" in failure["message"]
+    cluster_line = "has been deleted; nothing is left running" if created else "No cluster was created."
+    assert cluster_line in failure["message"]
     return record, failure
 
 
 def test_config_error_fails_fast_without_retries_and_mails_the_validator_message(cloud: LocalCloud) -> None:
     cloud.pcluster.inject("config_error", operation="create_cluster")
     arn = _start(cloud)
-    _, failure = _assert_failed_cleanly(cloud, arn, "ClusterConfigError")
+    _, failure = _assert_failed_cleanly(cloud, arn, "ClusterConfigError", created=False)
     assert _failed_tasks(cloud, arn) == ["ClusterConfigError"]  # one attempt: never retried
     assert len(list(cloud.pcluster.requests_for("create_cluster"))) == 1
     assert "is not supported in the Availability Zone" in failure["message"]

@@ -146,11 +146,34 @@ class RunStore:
             return False
         return True
 
-    def _set_fields(self, run_id: str, fields: dict[str, Any], condition: str | None = None) -> None:
+    def update_run_if_cluster_state(self, run_id: str, expected: tuple[str, ...], **fields: Any) -> bool:
+        """Set top-level fields only while the record's ``cluster_state`` is one of ``expected``
+        (two writers racing on the cluster: the create step and a deletion). False when it was not."""
+        states = {f":cs{i}": state for i, state in enumerate(expected)}
+        condition = f"attribute_exists(pk) AND #cs IN ({', '.join(states)})"
+        try:
+            self._set_fields(
+                run_id, fields, condition=condition, names={"#cs": "cluster_state"}, values=states
+            )
+        except ClientError as exc:
+            if not _condition_failed(exc):
+                raise
+            return False
+        return True
+
+    def _set_fields(
+        self,
+        run_id: str,
+        fields: dict[str, Any],
+        condition: str | None = None,
+        *,
+        names: dict[str, str] | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> None:
         fields = {**fields, "updated_at": clock.now_iso()}
-        names = {f"#f{i}": k for i, k in enumerate(fields)}
-        values = {f":v{i}": v for i, v in enumerate(fields.values())}
-        extra = {"ConditionExpression": condition} if condition else {}
+        extra: dict[str, Any] = {"ConditionExpression": condition} if condition else {}
+        names = {**(names or {}), **{f"#f{i}": k for i, k in enumerate(fields)}}
+        values = {**(values or {}), **{f":v{i}": v for i, v in enumerate(fields.values())}}
         self.table.update_item(
             Key=run_key(run_id),
             UpdateExpression="SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields))),

@@ -221,6 +221,10 @@ def execution_ended(run: RunRecord, status: str, action: str) -> Mail:
     cluster_line = {
         "delete_requested": f"Its cluster {name} is being deleted now; the janitor confirms it is gone.",
         "delete_failed": f"ACTION NEEDED: its cluster {name} could NOT be deleted; the janitor retries.",
+        "delete_pending": (
+            f"Its cluster {name} was being created when it stopped, and ParallelCluster has none of that"
+            " name yet; its deletion is pending: the janitor looks again and deletes it if it appears."
+        ),
         "already_deleted": f"Its cluster {name} was already deleted; nothing is left running.",
         "no_cluster": "No cluster was created.",
     }[action]
