@@ -377,7 +377,8 @@ def cancel(
 
     The execution is ABORTED as soon as it is stopped, while the step in flight goes on: what is
     reported is the cluster's own end, as the cluster function sees it (a create still in flight
-    keeps its deletion pending until its cluster appears, or can no longer appear)."""
+    keeps its deletion pending until its cluster appears, or can no longer appear). A run that had
+    already SUCCEEDED is not stopped: its execution is only deleting its cluster."""
     run = get_run(stack, run_id)
     store = _store(stack)
     status = execution_status(stack, run_id)
@@ -388,7 +389,9 @@ def cancel(
         if place is not None:
             emit(f"run {run_id} was waiting for a slot (place {place}); taken out of the queue")
         status = execution_status(stack, run_id)  # unless it was started just before
-    if status == "RUNNING":
+    if run.status == "SUCCEEDED":
+        emit(f"run {run_id} had already finished (SUCCEEDED, its results mailed); nothing to stop")
+    elif status == "RUNNING":
         stack.client("stepfunctions").stop_execution(
             executionArn=stack.execution_arn(run_id),
             error="CancelledByOperator",

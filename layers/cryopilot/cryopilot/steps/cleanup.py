@@ -131,7 +131,11 @@ def on_execution_end(detail: dict[str, Any]) -> CleanupResult:
 
     already_told = any(m.get("kind") in ("failed", "cleanup") for m in run.mails)
     mailed = False
-    if action in ("delete_requested", "delete_pending", "delete_failed") or not already_told:
+    if run.status == "SUCCEEDED":
+        # it ended well and its "done" mail went out: stopped while its cluster was being deleted
+        # (the deletion was asked again above), it was not "stopped", so no second mail
+        pass
+    elif action in ("delete_requested", "delete_pending", "delete_failed") or not already_told:
         mailed = _mail_end(run, status, action)
     logger.info("execution end handled", extra={"run_id": run_id, "status": status, "action": action})
     return CleanupResult(run_id=run_id, execution_status=status, cluster=name, action=action, mailed=mailed)
