@@ -3,7 +3,8 @@
 Step Functions is the source of truth for *what happens*; the record is the readable account of
 it (:mod:`cryopilot.domain.record` declares its schema). Items: ``pk = "run#<run id>"`` for runs,
 ``ctx#<run id>`` and ``plan#<run id>`` for a run's step context and plan; ``pk = "manifest#<digest>"``
-for idempotency records; ``pk = "admission"`` for the slots and the queue of waiting runs
+for idempotency records; ``pk = "folder#<digest>"`` for the current run of a dataset folder;
+``pk = "admission"`` for the slots and the queue of waiting runs
 (:mod:`cryopilot.adapters.admission`).
 
 :class:`RunStore` owns every read and write of the run, ctx, plan and manifest items of one table;
@@ -308,6 +309,21 @@ class RunStore:
             existing = self.table.get_item(Key={"pk": f"manifest#{digest}"}, ConsistentRead=True)
             return str(existing["Item"]["run_id"]), False
         return run_id, True
+
+    def take_folder(self, folder_digest: str, run_id: str, location: dict[str, Any]) -> str | None:
+        """Make ``run_id`` the current run of a dataset folder (``folder#<digest>``); the run that
+        was current before, if another."""
+        resp = self.table.update_item(
+            Key={"pk": f"folder#{folder_digest}"},
+            UpdateExpression="SET #k = :kind, run_id = :run, manifest = :loc, updated_at = :now",
+            ExpressionAttributeNames={"#k": "kind"},
+            ExpressionAttributeValues=_to_ddb(
+                {":kind": "folder", ":run": run_id, ":loc": location, ":now": clock.now_iso()}
+            ),
+            ReturnValues="UPDATED_OLD",
+        )
+        previous = resp.get("Attributes", {}).get("run_id")
+        return str(previous) if previous and previous != run_id else None
 
 
 @aws.cached_factory
