@@ -291,3 +291,46 @@ def test_cancel_while_a_create_that_never_lands_is_in_flight_waits_until_it_is_k
     assert (record["cluster_state"], record["cluster_deleted"]) == ("NOT_CREATED", True)
     assert ops.cancel(stack, run_id, sleep=cloud.clock.sleep, emit=said.append)["deleted"] is True
     assert cloud.pcluster.clusters() == {}
+
+
+def test_a_create_that_lands_after_the_cleanup_is_deleted_by_the_janitor(cloud: LocalCloud) -> None:
+    """Create requested → ``cryopilot cancel`` (its delete gets 404) → the create's Lambda dies
+    with its request still inside the ParallelCluster API → the cleanup function runs (deletion
+    pending) → the API then creates the cluster. Nobody saw that answer: the janitor's next pass
+    finds the cluster of a cancelled run and deletes it, and its record ends deleted."""
+    from unittest import mock
+
+    from cryopilot.adapters.pcluster import PClusterClient
+    from cryopilot_ops import ops
+
+    stack = cloud.operator_stack()
+    real_create = PClusterClient.create_or_adopt
+    held: list[tuple] = []
+
+    def still_inside_the_api(
+        client: PClusterClient, name: str, config: str, run_id: str, **options: object
+    ) -> object:
+        ops.cancel(stack, run_id, wait=False, emit=lambda _: None)
+        held.append((client, name, config, run_id))
+        raise TimeoutError("Task timed out")
+
+    with mock.patch.object(PClusterClient, "create_or_adopt", still_inside_the_api):
+        execution = _start(cloud)
+        run_id = execution["name"]
+        cloud.wait_for_execution(execution["executionArn"], timeout=120)
+        _until(lambda: bool(_cleanup_results(cloud)))
+    assert [r["action"] for r in _cleanup_results(cloud)] == ["delete_pending"]
+
+    ((client, name, config, _),) = held
+    real_create(client, name, config, run_id)  # the API finishes the request: the cluster appears
+    assert cloud.pcluster.clusters() == {name: "CREATE_IN_PROGRESS"}
+    report = cloud.run_schedule("CleanupFunction")
+    (action,) = report["actions"]
+    assert (action["cluster"], action["action"]) == (name, "delete_requested")
+    assert "its run is over (CANCELLED)" in action["reason"]
+    _until(lambda: _gone(cloud))
+    cloud.run_schedule("CleanupFunction")
+    record = cloud.run_record(run_id)
+    assert record is not None
+    assert (record["cluster_state"], record["cluster_deleted"]) == ("DELETED", True)
+    assert ops.cancel(stack, run_id, sleep=cloud.clock.sleep, emit=lambda _: None)["deleted"] is True
