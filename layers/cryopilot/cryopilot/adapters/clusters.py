@@ -105,7 +105,8 @@ def create_outcome_known(run: RunRecord, now: float | None = None) -> bool:
 def settle_pending_create(run_id: str) -> Deletion:
     """For a run whose deletion waits on its create (:data:`CLUSTER_DELETE_AWAITS_CREATE`): look
     again. The cluster appeared → its deletion is requested now; still no cluster and the create
-    can no longer make one → there is none (deleted); otherwise the deletion stays pending."""
+    can no longer make one → none was created (``NOT_CREATED``: nothing left to delete); otherwise
+    the deletion stays pending."""
     store = runs.store()
     run = store.get_run(run_id, CLUSTER_FIELDS) or RunRecord(run_id=run_id)
     name = run.cluster_name
@@ -115,14 +116,15 @@ def settle_pending_create(run_id: str) -> Deletion:
         api().describe_cluster(name)
     except ClusterNotFoundError:
         if create_outcome_known(run):
-            _record_deleted(run_id, state="NOT_CREATED")
+            # the create never made it: there was nothing to delete
+            store.update_run(run_id, cluster_state="NOT_CREATED")
             return Deletion(name=name, status="NOT_CREATED", deleted=True)
         return Deletion(name=name, status=CLUSTER_DELETE_AWAITS_CREATE)
     logger.info("the cluster of a cancelled create appeared: deleting it", extra={"run_id": run_id})
     return request_deletion(run_id)
 
 
-def _record_deleted(run_id: str, state: str = "DELETED") -> None:
+def _record_deleted(run_id: str) -> None:
     runs.store().update_run(
-        run_id, cluster_state=state, cluster_deleted=True, cluster_deleted_at=clock.now_iso()
+        run_id, cluster_state="DELETED", cluster_deleted=True, cluster_deleted_at=clock.now_iso()
     )
