@@ -351,3 +351,28 @@ def test_a_new_manifest_version_supersedes_the_running_run(cloud: LocalCloud) ->
         "RUNNING",
         "SUCCEEDED",
     )
+
+
+def test_a_new_manifest_version_takes_the_place_of_a_run_waiting_for_a_slot() -> None:
+    """With every slot taken, the first version's run waits in the queue; a second version
+    supersedes it there: the first is taken out of the queue (CANCELLED, never started, no
+    cluster) and the second waits in its place."""
+    from cryopilot.adapters import admission
+
+    with LocalCloud(clock=VirtualClock(), profile="spike", parameters={"MaxConcurrentRuns": 1}) as cloud:
+        assert admission.admit("SOMEONE-ELSE", 1) == "admitted"  # the one slot is taken
+        _put_manifest(cloud)
+        cloud.drain_events()
+        (first,) = admission.read().queue
+        body = (EVENTS / "manifests" / "spike.yaml").read_text().replace("diameter_A: 280", "diameter_A: 290")
+        s3 = cloud.client("s3")
+        s3.put_object(Bucket=cloud.input_bucket, Key="datasets/SPIKE-FAB-07/cryopilot.yaml", Body=body)
+        cloud.drain_events()
+        (second,) = admission.read().queue
+        assert second != first
+        record = cloud.run_record(first)
+        assert record is not None
+        assert (record["status"], record["error"]["type"]) == ("CANCELLED", "Superseded")
+        assert second in record["error"]["message"]
+        assert cloud.executions() == [], "the superseded run never starts"
+        assert admission.read().holders == {"SOMEONE-ELSE"}
