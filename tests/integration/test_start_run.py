@@ -281,6 +281,17 @@ def _wait_for_record(cloud: LocalCloud, run_id: str, field: str) -> dict:
     raise AssertionError(f"run {run_id} never got {field}: {cloud.run_record(run_id)}")
 
 
+def _s3_notification(cloud: LocalCloud, key: str, head: dict) -> dict:
+    """The S3 event notification of one upload (``head``: its HeadObject answer)."""
+    event = json.loads((EVENTS / "s3-put.json").read_text())
+    obj = event["Records"][0]["s3"]
+    obj["bucket"]["name"] = cloud.input_bucket
+    obj["object"]["key"] = key
+    obj["object"]["versionId"] = head["VersionId"]
+    obj["object"]["eTag"] = head["ETag"].strip('"')
+    return event
+
+
 def test_a_new_manifest_version_supersedes_the_running_run(cloud: LocalCloud) -> None:
     """A second version of a dataset's manifest, uploaded while the first version's run goes:
     the old run is stopped (its cluster deleted, one mail saying why and which run replaces it)
@@ -300,8 +311,16 @@ def test_a_new_manifest_version_supersedes_the_running_run(cloud: LocalCloud) ->
     assert doc != (EVENTS / "manifests" / "spike.yaml").read_text()
     s3 = cloud.client("s3")
     key = "datasets/SPIKE-FAB-07/cryopilot.yaml"
-    s3.put_object(Bucket=cloud.input_bucket, Key=key, Body=doc.encode())
-    second = s3.head_object(Bucket=cloud.input_bucket, Key=key)
+    # The harness runs one Lambda at a time: holding its lock, the first run stands still between
+    # two of its steps while the new version's upload is handled (its S3 notification, delivered
+    # here; the rule's delivery of the same upload comes after, a duplicate).
+    with cloud._invoke_lock:
+        s3.put_object(Bucket=cloud.input_bucket, Key=key, Body=doc.encode())
+        second = s3.head_object(Bucket=cloud.input_bucket, Key=key)
+        ok, result = cloud.invoke(_start_fn(cloud), _s3_notification(cloud, key, second))
+        assert ok, result
+        assert result["outcomes"][0]["status"] == "started"
+        assert (cloud.run_record(old["name"]) or {}).get("status") == "CANCELLED"
     cloud.drain_events()
     executions = {e["name"]: e for e in cloud.executions()}
     assert len(executions) == 2
@@ -337,13 +356,7 @@ def test_a_new_manifest_version_supersedes_the_running_run(cloud: LocalCloud) ->
 
     # replays: the same versions' events start nothing more, and never restart the old run
     for head in (first, second):
-        event = json.loads((EVENTS / "s3-put.json").read_text())
-        obj = event["Records"][0]["s3"]
-        obj["bucket"]["name"] = cloud.input_bucket
-        obj["object"]["key"] = key
-        obj["object"]["versionId"] = head["VersionId"]
-        obj["object"]["eTag"] = head["ETag"].strip('"')
-        ok, result = cloud.invoke(_start_fn(cloud), event)
+        ok, result = cloud.invoke(_start_fn(cloud), _s3_notification(cloud, key, head))
         assert ok, result
         assert result["outcomes"][0]["status"] == "duplicate"
     assert len(cloud.executions()) == 2
