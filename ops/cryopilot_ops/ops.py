@@ -21,7 +21,7 @@ from cryopilot.adapters import admission, subscriptions
 from cryopilot.adapters.runs import RunStore
 from cryopilot.core.errors import ManifestError
 from cryopilot.core.formatting import fmt_duration
-from cryopilot.core.status import EXECUTION_OVER
+from cryopilot.core.status import CLUSTER_DELETE_AWAITS_CREATE, EXECUTION_OVER
 from cryopilot.domain.billing import cost_text
 from cryopilot.domain.location import data_uri_problem, foreign_bucket, run_id_for
 from cryopilot.domain.manifest import Manifest, parse_manifest
@@ -424,7 +424,12 @@ def cancel(
     emit: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Stop the run's execution, delete its cluster through the stack's cluster function, and
-    (with ``wait``) wait until the cluster is gone. Safe to repeat."""
+    (with ``wait``) wait until the cluster is gone. Safe to repeat.
+
+    The execution is ABORTED as soon as it is stopped, while the step in flight goes on: what is
+    reported is the cluster's own end, as the cluster function sees it (a create still in flight
+    keeps its deletion pending until its cluster appears, or can no longer appear). A run that had
+    already SUCCEEDED is not stopped: its execution is only deleting its cluster."""
     run = get_run(stack, run_id)
     store = _store(stack)
     status = execution_status(stack, run_id)
@@ -435,38 +440,51 @@ def cancel(
         if place is not None:
             emit(f"run {run_id} was waiting for a slot (place {place}); taken out of the queue")
         status = execution_status(stack, run_id)  # unless it was started just before
-    if status == "RUNNING":
+    if run.status == "SUCCEEDED":
+        emit(f"run {run_id} had already finished (SUCCEEDED, its results mailed); nothing to stop")
+    elif status == "RUNNING":
         stack.client("stepfunctions").stop_execution(
             executionArn=stack.execution_arn(run_id),
             error="CancelledByOperator",
             cause="cryopilot cancel",
         )
         emit(f"stopped execution {run_id}")
-        # let the step in flight finish before the cluster goes, so it cannot fail on its absence
-        for _ in range(150):
-            if execution_status(stack, run_id) != "RUNNING":
-                break
-            time.sleep(0.2)
     else:
         emit(f"execution {run_id} is {status or 'not found'}; nothing to stop")
     _mark_cancelled(store, run)
     step = _invoke_cluster(stack, {"action": "delete", "run_id": run_id})
-    emit(f"cluster {step.get('name') or '-'}: {step.get('status')}")
+    emit(_cluster_line(step))
     polls = 0
     while wait and not step.get("deleted"):
         if polls >= max_polls:
-            raise OperatorError(
-                f"cluster {step.get('name')} still {step.get('status')} after {polls} checks; "
-                "run `cryopilot cancel` again or delete it with pcluster",
-                EXIT_FAILED,
-            )
+            raise OperatorError(_still_there(step, polls, run_id), EXIT_FAILED)
         sleep(interval)
         step = _invoke_cluster(
             stack, {"action": "check_deleted", "run_id": run_id, "polls": polls, "max_polls": max_polls + 1}
         )
         polls += 1
-        emit(f"cluster {step.get('name') or '-'}: {step.get('status')}")
+        emit(_cluster_line(step))
     return step
+
+
+def _cluster_line(step: dict[str, Any]) -> str:
+    line = f"cluster {step.get('name') or '-'}: {step.get('status')}"
+    if step.get("status") == CLUSTER_DELETE_AWAITS_CREATE:
+        line += " (its create was in flight and ParallelCluster has no cluster yet: deleted once it appears)"
+    return line
+
+
+def _still_there(step: dict[str, Any], polls: int, run_id: str) -> str:
+    name, status = step.get("name"), step.get("status")
+    if status == CLUSTER_DELETE_AWAITS_CREATE:
+        return (
+            f"cluster {name}: its deletion is still pending after {polls} checks (its create may still be"
+            f" in flight); the janitor deletes it if it appears: check with `cryopilot status {run_id}`"
+        )
+    return (
+        f"cluster {name} still {status} after {polls} checks; "
+        "run `cryopilot cancel` again or delete it with pcluster"
+    )
 
 
 def _mark_cancelled(store: RunStore, run: RunRecord) -> None:

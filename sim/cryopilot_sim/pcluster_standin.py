@@ -15,7 +15,11 @@ exists.`` (a 409 can still be injected).
   (``ConfigSchemaValidator``, as the real API reports schema failures).
 * Lifecycle on a simulated clock: CREATE_IN_PROGRESS → CREATE_COMPLETE after ``create_seconds``
   (then ``headNode`` has an instance id, state running, a private IP); delete → DELETE_IN_PROGRESS →
-  gone (404) after ``delete_seconds``. State is advanced whenever the stand-in is asked.
+  gone (404) after ``delete_seconds``. State is advanced whenever the stand-in is asked. As in
+  ParallelCluster 3.16's ``cluster_operations_controller``, a cluster exists only once its create
+  has been answered (the real API validates, then creates the CloudFormation stack, inside the
+  createCluster request): before that describeCluster and deleteCluster answer 404, and
+  deleteCluster of a CREATE_IN_PROGRESS cluster deletes it.
 * Faults (:meth:`PClusterStandIn.inject`): ``bad_request`` (400), ``config_error`` (400 with
   ``configurationValidationErrors``, as a failed validator answers), ``conflict`` (409), ``throttle``
   (429, a burst of ``count``), ``server_error`` (500), ``create_failed_capacity`` (the create ends

@@ -186,3 +186,151 @@ def test_janitor_never_touches_another_stacks_or_a_running_runs_cluster(cloud: L
     assert report["checked"] == 1  # ours only
     assert report["actions"] == []
     assert "cryopilot-other-1" in cloud.pcluster.clusters()
+
+
+@pytest.mark.parametrize(
+    "create_lambda_survives", [True, False], ids=["create-step-ends", "create-step-dies"]
+)
+def test_a_cancel_while_the_create_is_in_flight_leaves_no_cluster(
+    cloud: LocalCloud, create_lambda_survives: bool
+) -> None:
+    """The operator cancels while CreateCluster's request is on its way: the run record says
+    CREATE_REQUESTED and ParallelCluster has no cluster yet (404), then the create lands. The
+    harness runs one Lambda at a time, so the interleaving is driven here: the create request is
+    held until ``cryopilot cancel`` (stop, delete through the cluster function) has run. Whether
+    the create step lives to see its answer, or dies right after sending it, the cluster it made
+    is deleted and no mail says that nothing is left running before it is gone."""
+    from unittest import mock
+
+    from cryopilot.adapters.pcluster import PClusterClient
+    from cryopilot_ops import ops
+
+    stack = cloud.operator_stack()
+    real_create = PClusterClient.create_or_adopt
+    said: list[str] = []
+    cancels: list[dict] = []
+
+    def in_flight(client: PClusterClient, name: str, config: str, run_id: str, **options: object) -> object:
+        record = cloud.run_record(run_id) or {}
+        assert record.get("cluster_state") == "CREATE_REQUESTED"
+        assert name not in cloud.pcluster.clusters()
+        cancels.append(ops.cancel(stack, run_id, wait=False, emit=said.append))
+        info = real_create(client, name, config, run_id, **options)
+        if not create_lambda_survives:
+            raise TimeoutError("Task timed out")  # the create's Lambda dies once its request got through
+        return info
+
+    with mock.patch.object(PClusterClient, "create_or_adopt", in_flight):
+        execution = _start(cloud)
+        run_id = execution["name"]
+        desc = cloud.wait_for_execution(execution["executionArn"], timeout=120)
+        _until(lambda: bool(_cleanup_results(cloud)))
+    assert desc["status"] == "ABORTED"
+    (cancelled,) = cancels
+    assert cancelled["deleted"] is False, "a 404 while the create is in flight is not 'deleted'"
+    assert said[0] == f"stopped execution {run_id}"
+
+    (result,) = _cleanup_results(cloud)
+    assert result["action"] == "delete_requested", result
+    assert cloud.pcluster.clusters() != {}, "the create did land"
+    for mail in cloud.mails():
+        assert "nothing is left running" not in mail["message"], mail
+    assert "is being deleted now" in cloud.mails()[-1]["message"]
+    _until(lambda: _gone(cloud))
+    record = cloud.run_record(run_id)
+    assert record is not None
+    assert record["status"] == "CANCELLED"
+
+    # cancel again: it reports the cluster's real end, seen by its own checks
+    again = ops.cancel(stack, run_id, sleep=cloud.clock.sleep, emit=said.append, interval=60)
+    assert again["deleted"] is True
+    assert (cloud.run_record(run_id) or {}).get("cluster_deleted") is True
+
+
+def test_cancel_while_a_create_that_never_lands_is_in_flight_waits_until_it_is_known(
+    cloud: LocalCloud,
+) -> None:
+    """The same cancel, but the create's request never reaches ParallelCluster (its Lambda dies
+    first). Nothing can say at once that no cluster will appear: the deletion stays pending, the
+    mail says so, ``cryopilot cancel`` says so, and the janitor settles it once no create can still
+    be in flight (15 minutes: no Lambda runs longer)."""
+    from unittest import mock
+
+    from cryopilot.adapters.pcluster import PClusterClient
+    from cryopilot_ops import ops
+    from cryopilot_ops.ops import OperatorError
+
+    stack = cloud.operator_stack()
+    said: list[str] = []
+
+    def lost(client: PClusterClient, name: str, config: str, run_id: str, **options: object) -> object:
+        ops.cancel(stack, run_id, wait=False, emit=said.append)
+        raise TimeoutError("Task timed out")
+
+    with mock.patch.object(PClusterClient, "create_or_adopt", lost):
+        execution = _start(cloud)
+        run_id = execution["name"]
+        cloud.wait_for_execution(execution["executionArn"], timeout=120)
+        _until(lambda: bool(_cleanup_results(cloud)))
+    assert said[-1].endswith("deleted once it appears)"), said
+    (result,) = _cleanup_results(cloud)
+    assert result["action"] == "delete_pending"
+    stopped = cloud.mails()[-1]
+    assert "its deletion is pending" in stopped["message"]
+    assert "nothing is left running" not in stopped["message"]
+
+    with pytest.raises(OperatorError, match="its deletion is still pending after 2 checks"):
+        ops.cancel(stack, run_id, sleep=cloud.clock.sleep, emit=said.append, interval=60, max_polls=2)
+    cloud.run_schedule("CleanupFunction")
+    assert cloud.run_record(run_id)["cluster_state"] == "DELETE_REQUESTED_CREATE_PENDING"  # type: ignore[index]
+
+    cloud.clock.sleep(900)
+    cloud.run_schedule("CleanupFunction")
+    record = cloud.run_record(run_id)
+    assert record is not None
+    assert (record["cluster_state"], record.get("cluster_deleted")) == ("NOT_CREATED", None)
+    assert ops.cancel(stack, run_id, sleep=cloud.clock.sleep, emit=said.append)["deleted"] is True
+    assert cloud.pcluster.clusters() == {}
+
+
+def test_a_create_that_lands_after_the_cleanup_is_deleted_by_the_janitor(cloud: LocalCloud) -> None:
+    """Create requested → ``cryopilot cancel`` (its delete gets 404) → the create's Lambda dies
+    with its request still inside the ParallelCluster API → the cleanup function runs (deletion
+    pending) → the API then creates the cluster. Nobody saw that answer: the janitor's next pass
+    finds the cluster of a cancelled run and deletes it, and its record ends deleted."""
+    from unittest import mock
+
+    from cryopilot.adapters.pcluster import PClusterClient
+    from cryopilot_ops import ops
+
+    stack = cloud.operator_stack()
+    real_create = PClusterClient.create_or_adopt
+    held: list[tuple] = []
+
+    def still_inside_the_api(
+        client: PClusterClient, name: str, config: str, run_id: str, **options: object
+    ) -> object:
+        ops.cancel(stack, run_id, wait=False, emit=lambda _: None)
+        held.append((client, name, config, run_id))
+        raise TimeoutError("Task timed out")
+
+    with mock.patch.object(PClusterClient, "create_or_adopt", still_inside_the_api):
+        execution = _start(cloud)
+        run_id = execution["name"]
+        cloud.wait_for_execution(execution["executionArn"], timeout=120)
+        _until(lambda: bool(_cleanup_results(cloud)))
+    assert [r["action"] for r in _cleanup_results(cloud)] == ["delete_pending"]
+
+    ((client, name, config, _),) = held
+    real_create(client, name, config, run_id)  # the API finishes the request: the cluster appears
+    assert cloud.pcluster.clusters() == {name: "CREATE_IN_PROGRESS"}
+    report = cloud.run_schedule("CleanupFunction")
+    (action,) = report["actions"]
+    assert (action["cluster"], action["action"]) == (name, "delete_requested")
+    assert "its run is over (CANCELLED)" in action["reason"]
+    _until(lambda: _gone(cloud))
+    cloud.run_schedule("CleanupFunction")
+    record = cloud.run_record(run_id)
+    assert record is not None
+    assert (record["cluster_state"], record["cluster_deleted"]) == ("DELETED", True)
+    assert ops.cancel(stack, run_id, sleep=cloud.clock.sleep, emit=lambda _: None)["deleted"] is True

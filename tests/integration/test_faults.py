@@ -59,14 +59,16 @@ def _failed_tasks(cloud: LocalCloud, arn: str) -> list[str]:
 def _assert_failed_cleanly(
     cloud: LocalCloud, arn: str, error_type: str, *, created: bool = True
 ) -> tuple[dict, dict]:
-    """The run failed with ``error_type``, mailed once, and left no cluster: the one it ``created``
-    is deleted (or none was ever made)."""
+    """(``created``: whether ParallelCluster made a cluster, which had to be deleted.)"""
     desc = cloud.wait_for_execution(arn, timeout=240)
     assert desc["status"] == "FAILED"
     record = cloud.run_record(desc["name"])
     assert record is not None
     assert record["error"]["type"] == error_type
-    assert record.get("cluster_deleted", False) is created
+    if created:
+        assert record["cluster_deleted"] is True
+    else:  # ParallelCluster refused the create: the record knows no cluster exists, without a delete
+        assert record["cluster_state"] == "NOT_CREATED"
     assert cloud.pcluster.clusters() == {}
     mails = cloud.mails()
     assert len(mails) == 2, [m["subject"] for m in mails]  # started, then failed: one mail each
@@ -75,8 +77,8 @@ def _assert_failed_cleanly(
     assert failure["subject"].startswith(f"[cryopilot] {DATASET} failed at")
     assert failure["subject"].endswith(f": {error_type}")
     assert f"Reason: {error_type}: " in failure["message"]
-    if created:
-        assert "has been deleted; nothing is left running" in failure["message"]
+    cluster_line = "has been deleted; nothing is left running" if created else "No cluster was created."
+    assert cluster_line in failure["message"]
     return record, failure
 
 

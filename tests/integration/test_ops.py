@@ -357,3 +357,59 @@ def test_unsubscribe_removes_a_dataset_from_an_address_then_the_address(
     assert cli.main(["unsubscribe", "structures@example.org"]) == 0
     assert capsys.readouterr().out.strip() == "structures@example.org: subscription ended (every dataset)"
     assert subscribed() == {}
+
+
+@pytest.mark.parametrize("cloud", ["spike"], indirect=True)
+@pytest.mark.parametrize("how", ["cancel", "stop"])
+def test_stopping_a_succeeded_run_while_its_cluster_is_deleting_sends_no_stopped_mail(
+    cloud: LocalCloud, how: str
+) -> None:
+    """The run SUCCEEDED and its "done" mail went out; its execution is deleting the cluster when
+    the operator cancels it (or someone stops the execution by hand). Nothing was stopped: no
+    "was stopped" mail follows the "done" one, and ``cancel`` says the run had finished and what
+    is left (its cluster's deletion), until the cluster is gone."""
+    from unittest import mock
+
+    from cryopilot.adapters import clusters
+    from cryopilot.steps import cluster as cluster_step
+
+    stack = cloud.operator_stack()
+    said: list[str] = []
+    asked: list[str] = []
+
+    def delete_then_cancel(run_id: str) -> clusters.Deletion:
+        deletion = clusters.request_deletion(run_id)
+        if not asked and (cloud.run_record(run_id) or {}).get("status") == "SUCCEEDED":
+            asked.append(run_id)  # (once: the cancel's own delete comes through here too)
+            if how == "cancel":
+                ops.cancel(stack, run_id, wait=False, emit=said.append)
+            else:
+                cloud.client("stepfunctions").stop_execution(
+                    executionArn=stack.execution_arn(run_id), cause="by hand"
+                )
+        return deletion
+
+    with mock.patch.object(cluster_step, "request_deletion", delete_then_cancel):
+        done = ops.submit(stack, str(EVENTS / "manifests" / "spike.yaml"))
+        desc = cloud.wait_for_execution(stack.execution_arn(done.run_id), timeout=240)
+        # every end of an execution reaches the cleanup function: wait for it to have run
+        deadline = time.monotonic() + 60
+        while not [d for d in cloud.deliveries if d.function.endswith("CleanupFunction")]:
+            assert time.monotonic() < deadline, "the execution's end never reached the cleanup function"
+            time.sleep(0.02)
+    assert asked == [done.run_id]
+    subjects = [m["subject"] for m in cloud.mails()]
+    assert " done: " in subjects[-1], subjects
+    assert not [s for s in subjects if s.endswith("was stopped")], subjects
+    record = ops.get_run(stack, done.run_id)
+    assert record.status == "SUCCEEDED"
+    assert record.error is None
+    if how == "cancel":
+        assert desc["status"] == "SUCCEEDED", "a finished run's execution is left to delete its cluster"
+        finished = f"run {done.run_id} had already finished (SUCCEEDED, its results mailed); nothing to stop"
+        assert said[0] == finished
+        assert said[1].endswith(": DELETE_IN_PROGRESS"), said
+    # what is left goes: cancel (again) reports the cluster's end
+    final = ops.cancel(stack, done.run_id, sleep=cloud.clock.sleep, emit=said.append, interval=60)
+    assert final["deleted"] is True
+    assert cloud.pcluster.clusters() == {}

@@ -354,3 +354,113 @@ def _wait_for_record(cloud: LocalCloud, run_id: str, field: str) -> dict:
             return record
         time.sleep(0.05)
     raise AssertionError(f"run {run_id} never got {field}: {cloud.run_record(run_id)}")
+
+
+def _s3_notification(cloud: LocalCloud, key: str, head: dict) -> dict:
+    """The S3 event notification of one upload (``head``: its HeadObject answer)."""
+    event = json.loads((EVENTS / "s3-put.json").read_text())
+    obj = event["Records"][0]["s3"]
+    obj["bucket"]["name"] = cloud.input_bucket
+    obj["object"]["key"] = key
+    obj["object"]["versionId"] = head["VersionId"]
+    obj["object"]["eTag"] = head["ETag"].strip('"')
+    return event
+
+
+def test_a_new_manifest_version_supersedes_the_running_run(cloud: LocalCloud) -> None:
+    """A second version of a dataset's manifest, uploaded while the first version's run goes:
+    the old run is stopped (its cluster deleted, one mail saying why and which run replaces it)
+    and the new version's run starts. One run per dataset folder at a time: never two clusters
+    and two "done" mails. Replays of either version's event start nothing more."""
+    import time
+
+    first = _put_manifest(cloud)
+    cloud.drain_events()
+    (old,) = cloud.executions()
+    deadline = time.monotonic() + 120
+    while not cloud.pcluster.clusters():
+        assert time.monotonic() < deadline, "the first run never asked for its cluster"
+        time.sleep(0.02)
+
+    doc = (EVENTS / "manifests" / "spike.yaml").read_text().replace("diameter_A: 280", "diameter_A: 290")
+    assert doc != (EVENTS / "manifests" / "spike.yaml").read_text()
+    s3 = cloud.client("s3")
+    key = "datasets/SPIKE-FAB-07/cryopilot.yaml"
+    # The harness runs one Lambda at a time: holding its lock, the first run stands still between
+    # two of its steps while the new version's upload is handled (its S3 notification, delivered
+    # here; the rule's delivery of the same upload comes after, a duplicate).
+    with cloud._invoke_lock:
+        s3.put_object(Bucket=cloud.input_bucket, Key=key, Body=doc.encode())
+        second = s3.head_object(Bucket=cloud.input_bucket, Key=key)
+        ok, result = cloud.invoke(_start_fn(cloud), _s3_notification(cloud, key, second))
+        assert ok, result
+        assert result["outcomes"][0]["status"] == "started"
+        assert (cloud.run_record(old["name"]) or {}).get("status") == "CANCELLED"
+    cloud.drain_events()
+    executions = {e["name"]: e for e in cloud.executions()}
+    assert len(executions) == 2
+    new = next(e for n, e in executions.items() if n != old["name"])
+    assert cloud.wait_for_execution(old["executionArn"], timeout=60)["status"] == "ABORTED"
+    assert cloud.client("stepfunctions").describe_execution(executionArn=new["executionArn"])["status"] in (
+        "RUNNING",
+        "SUCCEEDED",
+    )
+    record = cloud.run_record(old["name"])
+    assert record is not None
+    assert record["status"] == "CANCELLED"
+    assert record["error"]["type"] == "Superseded"
+    assert new["name"] in record["error"]["message"]
+
+    deadline = time.monotonic() + 60
+    while not [d for d in cloud.deliveries if d.function.endswith("CleanupFunction")]:
+        assert time.monotonic() < deadline, "the old execution's end never reached the cleanup function"
+        time.sleep(0.02)
+    cloud.drain_events()
+    (why,) = [m for m in cloud.mails() if "superseded" in m["subject"]]
+    assert why["subject"] == "[cryopilot] SPIKE-FAB-07 was superseded by a new manifest version"
+    assert new["name"] in why["message"]
+    assert "is being deleted now" in why["message"]
+    from cryopilot.adapters import admission
+
+    holders = admission.read().holders
+    assert old["name"] not in holders, "the superseded run's slot is released"
+    assert new["name"] in holders
+    old_cluster = (cloud.run_record(old["name"]) or {})["cluster_name"]
+    cloud.clock.sleep(600)
+    assert old_cluster not in cloud.pcluster.clusters()
+
+    # replays: the same versions' events start nothing more, and never restart the old run
+    for head in (first, second):
+        ok, result = cloud.invoke(_start_fn(cloud), _s3_notification(cloud, key, head))
+        assert ok, result
+        assert result["outcomes"][0]["status"] == "duplicate"
+    assert len(cloud.executions()) == 2
+    assert cloud.client("stepfunctions").describe_execution(executionArn=new["executionArn"])["status"] in (
+        "RUNNING",
+        "SUCCEEDED",
+    )
+
+
+def test_a_new_manifest_version_takes_the_place_of_a_run_waiting_for_a_slot() -> None:
+    """With every slot taken, the first version's run waits in the queue; a second version
+    supersedes it there: the first is taken out of the queue (CANCELLED, never started, no
+    cluster) and the second waits in its place."""
+    from cryopilot.adapters import admission
+
+    with LocalCloud(clock=VirtualClock(), profile="spike", parameters={"MaxConcurrentRuns": 1}) as cloud:
+        assert admission.admit("SOMEONE-ELSE", 1) == "admitted"  # the one slot is taken
+        _put_manifest(cloud)
+        cloud.drain_events()
+        (first,) = admission.read().queue
+        body = (EVENTS / "manifests" / "spike.yaml").read_text().replace("diameter_A: 280", "diameter_A: 290")
+        s3 = cloud.client("s3")
+        s3.put_object(Bucket=cloud.input_bucket, Key="datasets/SPIKE-FAB-07/cryopilot.yaml", Body=body)
+        cloud.drain_events()
+        (second,) = admission.read().queue
+        assert second != first
+        record = cloud.run_record(first)
+        assert record is not None
+        assert (record["status"], record["error"]["type"]) == ("CANCELLED", "Superseded")
+        assert second in record["error"]["message"]
+        assert cloud.executions() == [], "the superseded run never starts"
+        assert admission.read().holders == {"SOMEONE-ELSE"}

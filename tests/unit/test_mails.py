@@ -137,3 +137,32 @@ def test_the_steps_send_the_same_mails_and_note_them_on_the_record(
     assert [(m["kind"], m["subject"]) for m in record.mails] == [
         ("succeeded", GOLDEN["succeeded"]["subject"])
     ]
+
+
+def test_cleanup_mail_of_a_superseded_run_and_of_a_deletion_pending_on_its_create() -> None:
+    superseded = _record(
+        {
+            **cases.BASE,
+            "status": "CANCELLED",
+            "error": {
+                "type": "Superseded",
+                "message": "superseded by a new version of its manifest (s3://b/k, version v2):"
+                " run cgrp-2 replaces it",
+                "step": "stage:motion",
+            },
+        },
+        "cgrp-1",
+    )
+    mail = mails.execution_ended(superseded, "ABORTED", "delete_requested")
+    dataset = cases.BASE["dataset"]
+    assert mail.subject == f"[cryopilot] {dataset} was superseded by a new manifest version"
+    assert "It was superseded by a new version of its manifest (s3://b/k, version v2)" in mail.body
+    assert "run cgrp-2 replaces it." in mail.body
+    assert "is being deleted now" in mail.body
+
+    pending = mails.execution_ended(
+        _record({**cases.BASE, "status": "CANCELLED"}, "r"), "ABORTED", "delete_pending"
+    )
+    assert pending.subject == f"[cryopilot] {dataset} was stopped"
+    assert "its deletion is pending" in pending.body
+    assert "nothing is left running" not in pending.body

@@ -26,11 +26,12 @@ WRITERS: dict[str, type[Any]] = {
     "create_run": RunRecord,
     "update_run": RunRecord,
     "update_existing_run": RunRecord,
+    "update_run_if_cluster_state": RunRecord,
     "update_stage": StageRecord,
     "put_context": RunContext,
 }
 #: keyword arguments of the writers that are no field
-NOT_FIELDS = {"only_if"}
+NOT_FIELDS = {"only_if", "expected"}
 
 
 # ------------------------------------------------------------------ every written field is declared
@@ -221,6 +222,14 @@ def test_updates_and_projections_read_back_typed(table: Any) -> None:
     only_once = "attribute_not_exists(admitted_at)"
     assert store.update_existing_run("r1", only_if=only_once, admitted_at="x")
     assert not store.update_existing_run("r1", only_if=only_once, admitted_at="y")
+    # the create step and a deletion race on the cluster: only the first to write wins
+    store.update_run("r1", cluster_state="CREATE_REQUESTED")
+    pending = ("CREATE_REQUESTED", "DELETE_REQUESTED_CREATE_PENDING")
+    assert store.update_run_if_cluster_state("r1", pending, cluster_state="DELETE_REQUESTED_CREATE_PENDING")
+    requested = ("CREATE_REQUESTED",)
+    assert not store.update_run_if_cluster_state("r1", requested, cluster_state="CREATE_IN_PROGRESS")
+    assert not store.update_run_if_cluster_state("nope", pending, cluster_state="X"), "never creates a record"
+    assert (store.get_run("r1") or RunRecord(run_id="r1")).cluster_state == "DELETE_REQUESTED_CREATE_PENDING"
     part = store.get_run("r1", ["status"])
     assert part is not None
     assert (part.status, part.current_step) == ("FAILED", None)

@@ -244,6 +244,23 @@ def execution_status(run_id: str) -> str | None:
     return str(desc["status"])
 
 
+def stop_execution(run_id: str, error: str, cause: str) -> bool:
+    """Stop the run's execution if it is running (StopExecution): it ends ABORTED, and the
+    cleanup function then deletes its cluster, mails and frees its slot. False when it was not
+    running."""
+    if execution_status(run_id) != "RUNNING":
+        return False
+    try:
+        aws.client("stepfunctions").stop_execution(
+            executionArn=execution_arn(run_id), error=error, cause=cause
+        )
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ExecutionDoesNotExist":
+            raise
+        return False
+    return True
+
+
 def start_execution(run_id: str, execution_input: dict[str, Any] | str) -> bool:
     """Start the run's execution (named after the run). False when it already exists."""
     text = execution_input if isinstance(execution_input, str) else json.dumps(execution_input)

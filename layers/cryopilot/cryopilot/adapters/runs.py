@@ -3,7 +3,8 @@
 Step Functions is the source of truth for *what happens*; the record is the readable account of
 it (:mod:`cryopilot.domain.record` declares its schema). Items: ``pk = "run#<run id>"`` for runs,
 ``ctx#<run id>`` and ``plan#<run id>`` for a run's step context and plan; ``pk = "manifest#<digest>"``
-for idempotency records; ``pk = "admission"`` for the slots and the queue of waiting runs
+for idempotency records; ``pk = "folder#<digest>"`` for the current run of a dataset folder;
+``pk = "admission"`` for the slots and the queue of waiting runs
 (:mod:`cryopilot.adapters.admission`).
 
 :class:`RunStore` owns every read and write of the run, ctx, plan and manifest items of one table;
@@ -200,11 +201,34 @@ class RunStore:
             return False
         return True
 
-    def _set_fields(self, run_id: str, fields: dict[str, Any], condition: str | None = None) -> None:
+    def update_run_if_cluster_state(self, run_id: str, expected: tuple[str, ...], **fields: Any) -> bool:
+        """Set top-level fields only while the record's ``cluster_state`` is one of ``expected``
+        (two writers racing on the cluster: the create step and a deletion). False when it was not."""
+        states = {f":cs{i}": state for i, state in enumerate(expected)}
+        condition = f"attribute_exists(pk) AND #cs IN ({', '.join(states)})"
+        try:
+            self._set_fields(
+                run_id, fields, condition=condition, names={"#cs": "cluster_state"}, values=states
+            )
+        except ClientError as exc:
+            if not _condition_failed(exc):
+                raise
+            return False
+        return True
+
+    def _set_fields(
+        self,
+        run_id: str,
+        fields: dict[str, Any],
+        condition: str | None = None,
+        *,
+        names: dict[str, str] | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> None:
         fields = {**fields, "updated_at": clock.now_iso()}
-        names = {f"#f{i}": k for i, k in enumerate(fields)}
-        values = {f":v{i}": v for i, v in enumerate(fields.values())}
-        extra = {"ConditionExpression": condition} if condition else {}
+        extra: dict[str, Any] = {"ConditionExpression": condition} if condition else {}
+        names = {**(names or {}), **{f"#f{i}": k for i, k in enumerate(fields)}}
+        values = {**(values or {}), **{f":v{i}": v for i, v in enumerate(fields.values())}}
         with _sized(f"run record {run_id}", fields):
             self.table.update_item(
                 Key=run_key(run_id),
@@ -346,6 +370,21 @@ class RunStore:
             existing = self.table.get_item(Key={"pk": f"manifest#{digest}"}, ConsistentRead=True)
             return str(existing["Item"]["run_id"]), False
         return run_id, True
+
+    def take_folder(self, folder_digest: str, run_id: str, location: dict[str, Any]) -> str | None:
+        """Make ``run_id`` the current run of a dataset folder (``folder#<digest>``); the run that
+        was current before, if another."""
+        resp = self.table.update_item(
+            Key={"pk": f"folder#{folder_digest}"},
+            UpdateExpression="SET #k = :kind, run_id = :run, manifest = :loc, updated_at = :now",
+            ExpressionAttributeNames={"#k": "kind"},
+            ExpressionAttributeValues=_to_ddb(
+                {":kind": "folder", ":run": run_id, ":loc": location, ":now": clock.now_iso()}
+            ),
+            ReturnValues="UPDATED_OLD",
+        )
+        previous = resp.get("Attributes", {}).get("run_id")
+        return str(previous) if previous and previous != run_id else None
 
 
 @aws.cached_factory

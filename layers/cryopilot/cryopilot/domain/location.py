@@ -212,6 +212,12 @@ class ManifestLocation(BaseModel):
         raw = f"{self.bucket}\n{self.key}\n{version}".encode()
         return hashlib.sha256(raw).hexdigest()
 
+    def folder_digest(self) -> str:
+        """Identity of the dataset folder (any version, any manifest name): at most one run of a
+        folder goes at a time, the one of its newest manifest version."""
+        raw = f"{self.bucket}\n{manifest_prefix(self.key)}".encode()
+        return hashlib.sha256(raw).hexdigest()
+
     def run_id(self) -> str:
         """Deterministic run id, also the execution name (:func:`run_id_for`)."""
         return run_id_for(self.dataset_folder, self.digest()[:12])

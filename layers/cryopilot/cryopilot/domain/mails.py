@@ -219,16 +219,24 @@ def execution_ended(run: RunRecord, status: str, action: str) -> Mail:
     cluster_line = {
         "delete_requested": f"Its cluster {name} is being deleted now; the janitor confirms it is gone.",
         "delete_failed": f"ACTION NEEDED: its cluster {name} could NOT be deleted; the janitor retries.",
+        "delete_pending": (
+            f"Its cluster {name} was being created when it stopped, and ParallelCluster has none of that"
+            " name yet; its deletion is pending: the janitor looks again and deletes it if it appears."
+        ),
         "already_deleted": f"Its cluster {name} was already deleted; nothing is left running.",
         "no_cluster": "No cluster was created.",
     }[action]
-    subject = f"[cryopilot] {dataset} {ENDED[status]}" + (
+    error = run.error or {}
+    superseded = error.get("type") == "Superseded"
+    ended = "was superseded by a new manifest version" if superseded else ENDED[status]
+    subject = f"[cryopilot] {dataset} {ended}" + (
         " - cluster NOT deleted" if action == "delete_failed" else ""
     )
     body = "\n".join(
         [
             f"cryopilot run {run.run_id} for dataset {dataset} {ENDED[status]} "
             f"(execution {status}) at step {run.current_step or 'unknown'}.",
+            *([f"It was {error.get('message')}."] if superseded else []),
             "",
             cluster_line,
             "Results exported before this point stay in the results bucket; the cluster's /shared "

@@ -95,6 +95,7 @@ class RunRecord(_Item):
     cluster_name: str | None = None
     cluster_state: str | None = None
     cluster_requested_at: str | None = None
+    cluster_requested_epoch: float | None = None
     cluster_ready_at: str | None = None
     head_node_instance_id: str | None = None
     placement: str | None = None

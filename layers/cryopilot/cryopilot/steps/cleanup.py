@@ -30,7 +30,11 @@ from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import ClusterNotFoundError, CryopilotError, RecordTooLargeError
 from cryopilot.core.naming import CLUSTER_NAME_PREFIX, TAG_RUN_ID, TAG_STACK
-from cryopilot.core.status import EXECUTION_UNFINISHED, RUN_STATUS_FOR_EXECUTION
+from cryopilot.core.status import (
+    CLUSTER_DELETE_AWAITS_CREATE,
+    EXECUTION_UNFINISHED,
+    RUN_STATUS_FOR_EXECUTION,
+)
 from cryopilot.domain import mails
 from cryopilot.domain.record import RunRecord
 
@@ -43,7 +47,9 @@ class CleanupResult(BaseModel):
     run_id: str
     execution_status: str
     cluster: str | None = None
-    action: str  # ignored | no_record | already_deleted | delete_requested | delete_failed
+    #: ignored | no_record | no_cluster | already_deleted | delete_requested | delete_failed |
+    #: delete_pending (no cluster yet, but its create may still be in flight)
+    action: str
     mailed: bool = False
 
 
@@ -115,14 +121,23 @@ def on_execution_end(detail: dict[str, Any]) -> CleanupResult:
     else:
         try:
             step = clusters.request_deletion(run_id)
-            action = "already_deleted" if step.deleted else "delete_requested"
+            if step.deleted:
+                action = "already_deleted"
+            elif step.status == CLUSTER_DELETE_AWAITS_CREATE:
+                action = "delete_pending"  # its create may still be in flight: the janitor looks again
+            else:
+                action = "delete_requested"
         except CryopilotError as exc:
             logger.error("cleanup could not delete the cluster", extra={"run_id": run_id, "error": str(exc)})
             action = "delete_failed"
 
     already_told = any(m.get("kind") in ("failed", "cleanup") for m in run.mails)
     mailed = False
-    if action in ("delete_requested", "delete_failed") or not already_told:
+    if run.status == "SUCCEEDED":
+        # it ended well and its "done" mail went out: stopped while its cluster was being deleted
+        # (the deletion was asked again above), it was not "stopped", so no second mail
+        pass
+    elif action in ("delete_requested", "delete_pending", "delete_failed") or not already_told:
         mailed = _mail_end(run, status, action)
     logger.info("execution end handled", extra={"run_id": run_id, "status": status, "action": action})
     return CleanupResult(run_id=run_id, execution_status=status, cluster=name, action=action, mailed=mailed)
@@ -234,6 +249,12 @@ def _close_deleted_records(listed: set[str]) -> list[str]:
     for run in store.list_runs(limit=RECENT_RUNS):
         name = run.cluster_name
         if run.cluster_deleted or not name or name in listed:
+            continue
+        if run.cluster_state == CLUSTER_DELETE_AWAITS_CREATE:
+            # deleted while its create was in flight, and no cluster listed: look again until the
+            # create can no longer make one (a cluster that appeared is deleted by the next pass)
+            if clusters.settle_pending_create(run.run_id).deleted:
+                closed.append(run.run_id)
             continue
         if run.cluster_state not in ("DELETE_IN_PROGRESS", "DELETE_FAILED"):
             continue

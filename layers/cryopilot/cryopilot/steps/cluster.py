@@ -6,7 +6,7 @@ from pydantic import BaseModel, ValidationError
 
 from cryopilot.adapters import runs
 from cryopilot.adapters.cluster_config import config_yaml_for, placements
-from cryopilot.adapters.clusters import CLUSTER_FIELDS, api, request_deletion
+from cryopilot.adapters.clusters import CLUSTER_FIELDS, api, request_deletion, settle_pending_create
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.pcluster import raise_for_cluster_failure
 from cryopilot.adapters.settings import get_settings
@@ -16,9 +16,16 @@ from cryopilot.core.errors import (
     ClusterConfigError,
     ClusterNotFoundError,
     ClusterTimeoutError,
+    CryopilotError,
+    TransientError,
     parse_error,
 )
 from cryopilot.core.naming import cluster_name_for
+from cryopilot.core.status import (
+    CLUSTER_CREATE_MAY_BE_PENDING,
+    CLUSTER_CREATE_REQUESTED,
+    CLUSTER_DELETE_AWAITS_CREATE,
+)
 from cryopilot.core.validation import validation_message
 from cryopilot.domain.record import RunRecord
 
@@ -55,17 +62,29 @@ def create(run_id: str) -> ClusterStep:
     store.update_run(
         run_id,
         current_step="create_cluster",
-        cluster_state="CREATE_REQUESTED",
+        cluster_state=CLUSTER_CREATE_REQUESTED,
         cluster_requested_at=clock.now_iso(),
+        cluster_requested_epoch=clock.now(),
     )
     try:
         info = api().create_or_adopt(name, config, run_id)
-    except ClusterConfigError:
-        # ParallelCluster refused the request (400): it created nothing, so nothing is deleted
-        store.update_run(run_id, cluster_state="NOT_CREATED")
+    except CryopilotError as exc:
+        if not isinstance(exc, TransientError):
+            # ParallelCluster answered and made nothing: a deletion need not wait for this create
+            store.update_run_if_cluster_state(
+                run_id, CLUSTER_CREATE_MAY_BE_PENDING, cluster_state="NOT_CREATED"
+            )
         raise
     attempt = run.placement_attempt or 0
-    store.update_run(run_id, cluster_state=info.status, placement=placements(settings)[attempt].label)
+    label = placements(settings)[attempt].label
+    if not store.update_run_if_cluster_state(
+        run_id, (CLUSTER_CREATE_REQUESTED,), cluster_state=info.status, placement=label
+    ):
+        # a deletion was asked while this create was in flight (a cancel, a stop) and found no
+        # cluster yet: the cluster this create made goes now
+        deletion = request_deletion(run_id)
+        logger.info("cluster created after its deletion was asked: deleted", extra={"run_id": run_id})
+        return ClusterStep(name=name, status=deletion.status, deleted=deletion.deleted)
     return ClusterStep(name=name, status=info.status)
 
 
@@ -149,6 +168,15 @@ def check_deleted(run_id: str, polls: int, max_polls: int) -> ClusterStep:
     polls += 1
     if not name:
         return ClusterStep(name=None, status="NOT_CREATED", polls=polls, deleted=True)
+    if run.cluster_state == CLUSTER_DELETE_AWAITS_CREATE:
+        settled = settle_pending_create(run_id)
+        if settled.status == CLUSTER_DELETE_AWAITS_CREATE or settled.deleted:
+            if not settled.deleted and polls >= max_polls:
+                raise ClusterTimeoutError(
+                    f"cluster {name}: its create may still be in flight after {polls} deletion checks"
+                )
+            return ClusterStep(name=name, status=settled.status, polls=polls, deleted=settled.deleted)
+        run = store.get_run(run_id, CLUSTER_FIELDS) or run
     try:
         info = api().describe_cluster(name)
     except ClusterNotFoundError:

@@ -188,6 +188,10 @@ def start_for_manifest(location: ManifestLocation, *, trigger: str) -> StartOutc
     if not claimed and admission.execution_status(run_id) is not None:
         logger.info("duplicate event for a manifest version already seen", extra={"run_id": run_id})
         return outcome("duplicate")
+    if claimed:
+        previous = store.take_folder(location.folder_digest(), run_id, location.model_dump())
+        if previous is not None:
+            supersede(previous, run_id, location)
     execution_input = {"manifest": location.model_dump(exclude_none=True), "trigger": trigger}
     store.create_run(
         run_id,
@@ -202,6 +206,31 @@ def start_for_manifest(location: ManifestLocation, *, trigger: str) -> StartOutc
     if status == "started":
         logger.info("run started", extra={"run_id": run_id, "manifest": location.uri})
     return outcome(status, **_queue_details(status, position))
+
+
+def supersede(old_run_id: str, new_run_id: str, location: ManifestLocation) -> None:
+    """A new version of a dataset folder's manifest replaces the run of the previous one: that
+    run is stopped as ``cryopilot cancel`` stops a run (its record CANCELLED with the reason
+    first, out of the queue if it waits, its execution stopped). The cleanup function then
+    deletes its cluster, frees its slot and mails why, once. A run already over is left alone."""
+    store = runs.store()
+    old = store.get_run(old_run_id, ["status", "current_step"])
+    if old is None or old.is_over:
+        return
+    version = location.version_id or location.etag or "?"
+    message = (
+        f"superseded by a new version of its manifest ({location.uri}, version {version}):"
+        f" run {new_run_id} replaces it"
+    )
+    store.mark_cancelled(
+        old_run_id, {"type": "Superseded", "message": message, "step": old.current_step or "unknown"}
+    )
+    admission.withdraw(old_run_id)
+    stopped = admission.stop_execution(old_run_id, "Superseded", message)
+    logger.info(
+        "run superseded by a new manifest version",
+        extra={"run_id": old_run_id, "by": new_run_id, "stopped": stopped},
+    )
 
 
 def start_operator_run(request: OperatorStart) -> StartOutcome:
