@@ -429,16 +429,52 @@ def test_a_new_manifest_version_supersedes_the_running_run(cloud: LocalCloud) ->
     cloud.clock.sleep(600)
     assert old_cluster not in cloud.pcluster.clusters()
 
-    # replays: the same versions' events start nothing more, and never restart the old run
-    for head in (first, second):
+    # replays start nothing more and never restart the old run: the new version's is a duplicate,
+    # the old version's is ignored (S3 holds a newer version of the manifest)
+    for head, status in ((first, "ignored"), (second, "duplicate")):
         ok, result = cloud.invoke(_start_fn(cloud), _s3_notification(cloud, key, head))
         assert ok, result
-        assert result["outcomes"][0]["status"] == "duplicate"
+        assert result["outcomes"][0]["status"] == status
     assert len(cloud.executions()) == 2
     assert cloud.client("stepfunctions").describe_execution(executionArn=new["executionArn"])["status"] in (
         "RUNNING",
         "SUCCEEDED",
     )
+
+
+def test_an_older_version_whose_event_comes_last_starts_nothing(cloud: LocalCloud) -> None:
+    """Two versions uploaded back to back, their events delivered out of order (EventBridge and S3
+    notifications promise no order): the newer version runs; the older one's late event starts
+    nothing and supersedes nothing, because S3 already holds a newer version of that manifest."""
+    # the uploads go in with the upload rule off; their events are delivered here, newest first
+    rule = next(
+        r["Name"] for r in cloud.client("events").list_rules()["Rules"] if "ManifestUploaded" in r["Name"]
+    )
+    cloud.client("events").disable_rule(Name=rule)
+    s3 = cloud.client("s3")
+    key = "datasets/SPIKE-FAB-07/cryopilot.yaml"
+    first = _put_manifest(cloud)
+    doc = (EVENTS / "manifests" / "spike.yaml").read_text().replace("diameter_A: 280", "diameter_A: 290")
+    s3.put_object(Bucket=cloud.input_bucket, Key=key, Body=doc.encode())
+    second = s3.head_object(Bucket=cloud.input_bucket, Key=key)
+    assert first["VersionId"] != second["VersionId"]
+    ok, result = cloud.invoke(_start_fn(cloud), _s3_notification(cloud, key, second))
+    assert ok, result
+    (newest,) = result["outcomes"]
+    assert newest["status"] == "started"
+    ok, result = cloud.invoke(_start_fn(cloud), _s3_notification(cloud, key, first))
+    assert ok, result
+    (late,) = result["outcomes"]
+    assert late == {
+        "status": "ignored",
+        "reason": f"s3://{cloud.input_bucket}/{key} version {first['VersionId']!r}: a newer version"
+        f" ({second['VersionId']!r}) of this manifest is in S3; only the newest version of a"
+        " folder's manifest runs",
+    }
+    record = cloud.run_record(newest["run_id"])
+    assert record is not None
+    assert record["status"] not in ("CANCELLED",), "the newer run must not be superseded by an older version"
+    assert [e["name"] for e in cloud.executions()] == [newest["run_id"]]
 
 
 def test_a_new_manifest_version_takes_the_place_of_a_run_waiting_for_a_slot() -> None:

@@ -134,10 +134,19 @@ def _check_location(location: ManifestLocation) -> None:
         raise EventError(f"bucket {location.bucket!r} is not this stack's input bucket")
     check_key(location.key)
     check_version(location)
+    version = f" version {excerpt(location.version_id)}" if location.version_id else ""
     try:
         head_version(location)
+        if location.version_id:
+            # Events come in no promised order: one for a version that S3 already holds a newer
+            # version of comes too late. Only the newest version of a folder's manifest runs.
+            current = head_version(location.model_copy(update={"version_id": None})).get("VersionId")
+            if current and current != location.version_id:
+                raise EventError(
+                    f"a newer version ({excerpt(current)}) of this manifest is in S3; only the newest"
+                    " version of a folder's manifest runs"
+                )
     except EventError as exc:
-        version = f" version {excerpt(location.version_id)}" if location.version_id else ""
         raise EventError(f"{location.uri}{version}: {exc}") from None
 
 
