@@ -247,6 +247,43 @@ def test_a_cancel_while_the_create_is_in_flight_leaves_no_cluster(
     assert (cloud.run_record(run_id) or {}).get("cluster_deleted") is True
 
 
+def test_a_cancel_before_the_create_is_requested_leaves_no_cluster(cloud: LocalCloud) -> None:
+    """The operator cancels while the create step builds the configuration, before the record says
+    CREATE_REQUESTED: the cancel's deletion finds nothing to delete and asks for nothing, so the
+    create step must not make a cluster after it. (Driven here: the configuration is built only
+    once ``cryopilot cancel`` has run.)"""
+    from unittest import mock
+
+    from cryopilot.steps import cluster as cluster_step
+    from cryopilot_ops import ops
+
+    stack = cloud.operator_stack()
+    real_config = cluster_step.config_yaml_for
+    cancels: list[dict] = []
+
+    def cancel_first(run: object, settings: object) -> str:
+        run_id = getattr(run, "run_id", None) or dict(run)["run_id"]  # type: ignore[call-overload]
+        if not cancels:
+            assert (cloud.run_record(run_id) or {}).get("cluster_state") is None
+            cancels.append(ops.cancel(stack, run_id, wait=False, emit=lambda line: None))
+        return real_config(run, settings)  # type: ignore[arg-type]
+
+    with mock.patch.object(cluster_step, "config_yaml_for", cancel_first):
+        execution = _start(cloud)
+        run_id = execution["name"]
+        desc = cloud.wait_for_execution(execution["executionArn"], timeout=120)
+        _until(lambda: bool(_cleanup_results(cloud)))
+    assert desc["status"] == "ABORTED"
+    assert len(cancels) == 1
+    cloud.clock.sleep(1800)  # past any create's outcome window: nothing appears later
+    assert list(cloud.pcluster.requests_for("create_cluster")) == [], "no cluster may be requested"
+    assert cloud.pcluster.clusters() == {}
+    record = cloud.run_record(run_id)
+    assert record is not None
+    assert record["status"] == "CANCELLED"
+    assert record.get("cluster_state") in (None, "NOT_CREATED")
+
+
 def test_cancel_while_a_create_that_never_lands_is_in_flight_waits_until_it_is_known(
     cloud: LocalCloud,
 ) -> None:

@@ -477,6 +477,43 @@ def test_an_older_version_whose_event_comes_last_starts_nothing(cloud: LocalClou
     assert [e["name"] for e in cloud.executions()] == [newest["run_id"]]
 
 
+def test_a_retried_start_of_a_new_version_still_supersedes(cloud: LocalCloud) -> None:
+    """StartRun claimed a new manifest version, then died before it took the folder (Lambda
+    retries the event): the retry finds its own claim and must still make the new version the
+    folder's run, superseding the previous version's."""
+    from cryopilot.adapters import runs
+    from cryopilot.domain.location import ManifestLocation
+
+    rule = next(
+        r["Name"] for r in cloud.client("events").list_rules()["Rules"] if "ManifestUploaded" in r["Name"]
+    )
+    cloud.client("events").disable_rule(Name=rule)
+    s3 = cloud.client("s3")
+    key = "datasets/SPIKE-FAB-07/cryopilot.yaml"
+    with cloud._invoke_lock:  # the runs stand still: only StartRun's own invocations go
+        first = _put_manifest(cloud)
+        ok, result = cloud.invoke(_start_fn(cloud), _s3_notification(cloud, key, first))
+        assert ok, result
+        old = result["outcomes"][0]["run_id"]
+        doc = (EVENTS / "manifests" / "spike.yaml").read_text().replace("diameter_A: 280", "diameter_A: 290")
+        s3.put_object(Bucket=cloud.input_bucket, Key=key, Body=doc.encode())
+        second = s3.head_object(Bucket=cloud.input_bucket, Key=key)
+        location = ManifestLocation(
+            bucket=cloud.input_bucket, key=key, version_id=second["VersionId"], etag=second["ETag"]
+        )
+        # what the first invocation did before it died
+        assert runs.store().claim_manifest(location.digest(), location.run_id(), location.model_dump())[1]
+        ok, result = cloud.invoke(_start_fn(cloud), _s3_notification(cloud, key, second))
+        assert ok, result
+        (outcome,) = result["outcomes"]
+        assert outcome["status"] in ("started", "queued"), outcome
+        assert outcome["run_id"] == location.run_id()
+        record = cloud.run_record(old)
+        assert record is not None
+        assert record["status"] == "CANCELLED", "the previous version's run goes on beside the new one"
+        assert record["error"]["type"] == "Superseded"
+
+
 def test_a_new_manifest_version_takes_the_place_of_a_run_waiting_for_a_slot() -> None:
     """With every slot taken, the first version's run waits in the queue; a second version
     supersedes it there: the first is taken out of the queue (CANCELLED, never started, no

@@ -27,6 +27,7 @@ from cryopilot.adapters import aws
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import RecordTooLargeError
+from cryopilot.core.status import RUN_OVER
 from cryopilot.domain.record import RunContext, RunRecord
 from cryopilot.protocol.stage import PlannedStage
 
@@ -195,6 +196,20 @@ class RunStore:
         condition = "attribute_exists(pk)" + (f" AND {only_if}" if only_if else "")
         try:
             self._set_fields(run_id, fields, condition=condition)
+        except ClientError as exc:
+            if not _condition_failed(exc):
+                raise
+            return False
+        return True
+
+    def update_run_unless_over(self, run_id: str, **fields: Any) -> bool:
+        """Set top-level fields only while the run is not over (its ``status`` not final): a step
+        that starts something must not undo a cancel or a supersede that came first. False when
+        the run was over already."""
+        over = {f":over{i}": status for i, status in enumerate(sorted(RUN_OVER))}
+        condition = f"attribute_exists(pk) AND (attribute_not_exists(#st) OR NOT #st IN ({', '.join(over)}))"
+        try:
+            self._set_fields(run_id, fields, condition=condition, names={"#st": "status"}, values=over)
         except ClientError as exc:
             if not _condition_failed(exc):
                 raise

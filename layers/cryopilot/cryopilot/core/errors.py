@@ -165,6 +165,13 @@ class RecordTooLargeError(CryopilotError):
     label = "run record too large"
 
 
+class RunStoppedError(CryopilotError):
+    """The run was cancelled or superseded (its record is over) before a step that would start
+    something (the run itself, its cluster) could do so: the step does nothing. Never retried."""
+
+    label = "run stopped"
+
+
 class ReportError(CryopilotError):
     """The run's report cannot be written (never fails the run: the state machine goes on)."""
 

@@ -17,6 +17,7 @@ from cryopilot.core.errors import (
     ClusterNotFoundError,
     ClusterTimeoutError,
     CryopilotError,
+    RunStoppedError,
     TransientError,
     parse_error,
 )
@@ -59,13 +60,16 @@ def create(run_id: str) -> ClusterStep:
     except ValidationError as exc:  # Validate refuses what would fail here; kept one line if not
         store.update_run(run_id, current_step="create_cluster")
         raise ClusterConfigError(f"cluster configuration: {validation_message(exc)}") from None
-    store.update_run(
+    # Not once the run is over: a cancel or a supersede that came before this write found no
+    # cluster to delete and asked for none, so a cluster made now would be left running.
+    if not store.update_run_unless_over(
         run_id,
         current_step="create_cluster",
         cluster_state=CLUSTER_CREATE_REQUESTED,
         cluster_requested_at=clock.now_iso(),
         cluster_requested_epoch=clock.now(),
-    )
+    ):
+        raise RunStoppedError(f"run {run_id} was stopped before its cluster was requested: none is made")
     try:
         info = api().create_or_adopt(name, config, run_id)
     except CryopilotError as exc:

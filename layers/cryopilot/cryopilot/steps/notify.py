@@ -41,6 +41,8 @@ def record_failure(run_id: str, error: Any) -> FailureRecord:
         "finished_at": clock.now_iso(),
         "finished_epoch": clock.now(),
     }
+    if run.status == "CANCELLED":  # cancelled or superseded before the step that failed: it stays so
+        failure = {k: v for k, v in failure.items() if k not in ("status", "error")}
     try:
         store.update_run(run_id, **failure)
     except RecordTooLargeError as exc:  # the run must not stay RUNNING: keep what its end needs

@@ -197,10 +197,11 @@ def start_for_manifest(location: ManifestLocation, *, trigger: str) -> StartOutc
     if not claimed and admission.execution_status(run_id) is not None:
         logger.info("duplicate event for a manifest version already seen", extra={"run_id": run_id})
         return outcome("duplicate")
-    if claimed:
-        previous = store.take_folder(location.folder_digest(), run_id, location.model_dump())
-        if previous is not None:
-            supersede(previous, run_id, location)
+    # also when a retried invocation finds its own claim (the first one died before starting the
+    # run): the folder's current run is this one now
+    previous = store.take_folder(location.folder_digest(), run_id, location.model_dump())
+    if previous is not None:
+        supersede(previous, run_id, location)
     execution_input = {"manifest": location.model_dump(exclude_none=True), "trigger": trigger}
     store.create_run(
         run_id,

@@ -12,7 +12,7 @@ from cryopilot.adapters.observability import logger
 from cryopilot.adapters.pricing import queue_nodes
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
-from cryopilot.core.errors import EventError, ManifestError, RunLimitError
+from cryopilot.core.errors import EventError, ManifestError, RunLimitError, RunStoppedError
 from cryopilot.core.naming import cluster_name_for
 from cryopilot.domain import limits, placement
 from cryopilot.domain.catalogue import Catalogue
@@ -82,13 +82,16 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
     run_id = execution_name
     store = runs.store()
     store.create_run(run_id, execution_arn=execution_arn, current_step="validate", trigger="manual")
-    store.update_run(
+    # Not once the run is over: a run cancelled or superseded between its admission and its
+    # start stays so.
+    if not store.update_run_unless_over(
         run_id,
         status="RUNNING",
         current_step="validate",
         started_at=clock.now_iso(),
         started_epoch=clock.now(),
-    )
+    ):
+        raise RunStoppedError(f"run {run_id} was stopped before it started: nothing is done")
     problem = run_id_problem(run_id)
     if problem:  # a manual start's name: it goes into S3 keys, tags and the cluster's name
         raise ManifestError(f"execution name: {problem}")
