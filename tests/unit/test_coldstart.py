@@ -37,3 +37,17 @@ def test_a_missing_build_is_an_error_not_a_missed_target(
 ) -> None:
     assert coldstart.main(["--build", str(tmp_path)]) == 2
     assert "make build" in capsys.readouterr().err
+
+
+def test_the_floor_comes_first_and_each_function_says_what_it_adds() -> None:
+    timings = [
+        coldstart.Timing("SlowFunction", [320.0, 340.0, 330.0], [200.0, 200.0, 200.0], []),
+        coldstart.Timing(coldstart.FLOOR, [250.0, 260.0, 255.0], [240.0, 240.0, 240.0], []),
+    ]
+    lines = coldstart.table(timings, target_ms=300).splitlines()
+    assert lines[0].split()[5] == "ours"
+    assert lines[2].startswith(coldstart.FLOOR[:27])
+    assert lines[2].endswith("(every handler imports these first)")
+    assert lines[3].split()[:5] == ["SlowFunction", "330", "340", "200", "75"]
+    assert lines[3].endswith("MISSED by 30 ms")
+    assert lines[-1].startswith("0 of 1 functions"), "the floor is not a function"
