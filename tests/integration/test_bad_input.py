@@ -225,7 +225,7 @@ UPLOADS = [
         _yaml(_manifest(pipeline={"overrides": {"class2d": {"compute_num_gpus": 8}}})),
         (
             "pipeline.overrides.class2d.compute_num_gpus: 8 GPUs,",
-            "but stage class2d runs on lane gpu4 (4 GPUs per node)",
+            "but stage class2d runs on lane gpu4 (g6e.12xlarge, 4 GPUs per node)",
         ),
     ),
     Upload(

@@ -123,6 +123,7 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
         manifest,
         data_dir=f"{FSX_DATA_DIR}/",
         queue_types=settings.queue_instance_types(),
+        gpu8_fallback_types=settings.fallback_gpu8_types,
         catalogue=Catalogue.for_deployment(settings.price_overrides),
     )
     # who may receive the dataset's mails: a manifest in the bucket speaks for its folder only
