@@ -276,6 +276,11 @@ UPLOADS = [
         _yaml(_manifest(notify=["a@b.co\n"])),
         ("notify: not an email address: 'a@b.co\\n'",),
     ),
+    Upload(
+        "notify-zero-width-space",
+        _yaml(_manifest(notify=["lab\u200b@example.org"])),
+        ("notify: not an email address: 'lab\\u200b@example.org'",),
+    ),
     # a manifest names only the dataset of its own folder: this one, in datasets/BAD-another-
     # dataset/, names SPIKE-FAB-07 and would subscribe its address to that dataset's mails
     Upload(

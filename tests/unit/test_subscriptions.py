@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
+import boto3
+import pytest
+import yaml
+from botocore.stub import Stubber
+from cryopilot.core.errors import ManifestError
+from cryopilot.domain.manifest import manifest_from_dict
 from cryopilot.domain.subscriptions import (
     MAX_DATASETS_PER_ADDRESS,
     policy_for,
     with_dataset,
     without_dataset,
 )
+from cryopilot.steps import validate
+
+from tests.conftest import EVENTS
 
 
 def test_a_dataset_is_added_to_those_the_address_receives() -> None:
@@ -46,3 +56,20 @@ def test_taking_a_dataset_away_keeps_the_others() -> None:
     assert without_dataset(policy_for(["A"]), "A") == []  # nothing left: the caller unsubscribes
     assert without_dataset(policy_for(["A"]), "B") is None  # not one it receives
     assert without_dataset(None, "A") is None  # it receives every mail
+
+
+def test_an_address_sns_refuses_is_a_manifest_error_naming_notify() -> None:
+    # SNS checks an email endpoint itself (Subscribe: InvalidParameter, "Invalid parameter: Email
+    # address"); moto does not, so the refusal is stubbed: both of subscribe()'s calls get it
+    doc = yaml.safe_load((EVENTS / "manifests" / "spike.yaml").read_text())
+    manifest = manifest_from_dict({**doc, "notify": ["lab@example.org"]})
+    sns = boto3.client("sns", region_name="us-east-1")
+    with Stubber(sns) as stub:
+        for _ in range(2):
+            stub.add_client_error(
+                "subscribe", "InvalidParameter", "Invalid parameter: Email address", http_status_code=400
+            )
+        refused = pytest.raises(ManifestError)
+        with mock.patch.object(validate.aws, "client", return_value=sns), refused as info:
+            validate._subscribe(manifest)
+    assert str(info.value) == "notify: SNS refuses the address 'lab@example.org' (InvalidParameter)"

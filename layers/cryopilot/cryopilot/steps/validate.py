@@ -14,6 +14,7 @@ from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import EventError, ManifestError, RunLimitError
 from cryopilot.core.naming import cluster_name_for
+from cryopilot.core.validation import excerpt
 from cryopilot.domain import limits, placement
 from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.clusterconfig.mounts import FSX_DATA_DIR
@@ -233,7 +234,12 @@ def _subscribe(manifest: Manifest) -> None:
         try:
             subscriptions.subscribe(sns, topic, address, manifest.dataset)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] not in subscriptions.LIMIT_CODES:
+            code = exc.response["Error"]["Code"]
+            if code == "InvalidParameter":  # SNS checks the address itself
+                raise ManifestError(
+                    f"notify: SNS refuses the address {excerpt(address)} (InvalidParameter)"
+                ) from None
+            if code not in subscriptions.LIMIT_CODES:
                 raise
             raise ManifestError(
                 f"notify: {address} cannot be subscribed: the stack's topic is at an SNS limit"
