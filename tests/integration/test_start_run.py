@@ -323,6 +323,36 @@ def test_operator_start_starts_one_run_with_the_operators_input(cloud: LocalClou
             "input.manifest_s3_uri: object key 'datasets/My Data/cryopilot.yaml' has a dataset folder that"
             " contains whitespace",
         ),
+        # a version id S3 cannot have issued, or one it does not hold: the rules an event's gets
+        (
+            {
+                "run_id": "op-1",
+                "dataset": "x",
+                "input": {
+                    "manifest": {
+                        "bucket": "{bucket}",
+                        "key": "datasets/x/cryopilot.yaml",
+                        "version_id": "v 1",
+                    }
+                },
+            },
+            "input.manifest: s3://{bucket}/datasets/x/cryopilot.yaml: version id 'v 1' (3 characters)"
+            " is not an S3 version id",
+        ),
+        (
+            {
+                "run_id": "op-1",
+                "dataset": "x",
+                "input": {
+                    "manifest": {
+                        "bucket": "{bucket}",
+                        "key": "datasets/x/cryopilot.yaml",
+                        "version_id": "forged-version-1",
+                    }
+                },
+            },
+            "input.manifest: s3://{bucket}/datasets/x/cryopilot.yaml version 'forged-version-1': ",
+        ),
         # the dataset name goes on the record before Validate: the same rule as the manifest's
         (
             {"run_id": "op-1", "dataset": "SPIKE\u202eFAB", "input": {"manifest_s3_uri": "s3://b/k"}},
@@ -334,6 +364,7 @@ def test_bad_operator_starts_are_refused_before_they_queue(
     cloud: LocalCloud, request_doc: object, reason: str
 ) -> None:
     request_doc = json.loads(json.dumps(request_doc).replace("{bucket}", cloud.input_bucket))
+    reason = reason.replace("{bucket}", cloud.input_bucket)
     ok, result = cloud.invoke(_start_fn(cloud), {"operator_start": request_doc})
     assert ok, "a bad operator start must not crash StartRun"
     (outcome,) = result["outcomes"]
