@@ -525,6 +525,13 @@ def unsubscribe(stack: Stack, address: str, dataset: str | None = None) -> str:
     arn = subscriptions.find(sns, stack.topic_arn, address)
     if arn is None:
         raise OperatorError(f"{address} has no subscription to the stack's mails", EXIT_NOT_FOUND)
+    if arn == subscriptions.PENDING:
+        raise OperatorError(
+            f"{address}'s subscription is pending confirmation: SNS cannot delete it, and deletes it"
+            f" itself if it is still unconfirmed {subscriptions.PENDING_EXPIRY_HOURS} hours after it"
+            " was made",
+            EXIT_NOT_FOUND,
+        )
     if dataset is None:
         sns.unsubscribe(SubscriptionArn=arn)
         return f"{address}: subscription ended (every dataset)"

@@ -225,7 +225,7 @@ UPLOADS = [
         _yaml(_manifest(pipeline={"overrides": {"class2d": {"compute_num_gpus": 8}}})),
         (
             "pipeline.overrides.class2d.compute_num_gpus: 8 GPUs,",
-            "but stage class2d runs on lane gpu4 (4 GPUs per node)",
+            "but stage class2d runs on lane gpu4 (g6e.12xlarge, 4 GPUs per node)",
         ),
     ),
     Upload(
@@ -275,6 +275,11 @@ UPLOADS = [
         "notify-trailing-newline",
         _yaml(_manifest(notify=["a@b.co\n"])),
         ("notify: not an email address: 'a@b.co\\n'",),
+    ),
+    Upload(
+        "notify-zero-width-space",
+        _yaml(_manifest(notify=["lab\u200b@example.org"])),
+        ("notify: not an email address: 'lab\\u200b@example.org'",),
     ),
     # a manifest names only the dataset of its own folder: this one, in datasets/BAD-another-
     # dataset/, names SPIKE-FAB-07 and would subscribe its address to that dataset's mails

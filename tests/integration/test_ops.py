@@ -413,3 +413,47 @@ def test_stopping_a_succeeded_run_while_its_cluster_is_deleting_sends_no_stopped
     final = ops.cancel(stack, done.run_id, sleep=cloud.clock.sleep, emit=said.append, interval=60)
     assert final["deleted"] is True
     assert cloud.pcluster.clusters() == {}
+
+
+@pytest.mark.parametrize("cloud", ["spike"], indirect=True)
+def test_a_succeeded_run_whose_cluster_cannot_be_deleted_still_mails_action_needed(cloud: LocalCloud) -> None:
+    """The run SUCCEEDED; its execution is stopped by hand while it deletes the cluster, and the
+    cleanup function's own deletion request then fails. Its "done" mail said nothing of that: the
+    cleanup mails that the cluster could NOT be deleted (a succeeded run is spared only the mails
+    it does not need: deletion requested, already deleted)."""
+    from unittest import mock
+
+    from cryopilot.adapters import clusters
+    from cryopilot.steps import cluster as cluster_step
+
+    stack = cloud.operator_stack()
+    stopped: list[str] = []
+
+    def delete_then_stop(run_id: str) -> clusters.Deletion:
+        deletion = clusters.request_deletion(run_id)
+        if not stopped and (cloud.run_record(run_id) or {}).get("status") == "SUCCEEDED":
+            stopped.append(run_id)
+            # the cleanup function's request is the next one: ParallelCluster refuses it
+            cloud.pcluster.inject("bad_request", operation="delete_cluster")
+            cloud.client("stepfunctions").stop_execution(
+                executionArn=stack.execution_arn(run_id), cause="by hand"
+            )
+        return deletion
+
+    with mock.patch.object(cluster_step, "request_deletion", delete_then_stop):
+        done = ops.submit(stack, str(EVENTS / "manifests" / "spike.yaml"))
+        cloud.wait_for_execution(stack.execution_arn(done.run_id), timeout=240)
+        deadline = time.monotonic() + 60
+        while not [d for d in cloud.deliveries if d.function.endswith("CleanupFunction")]:
+            assert time.monotonic() < deadline, "the execution's end never reached the cleanup function"
+            time.sleep(0.02)
+    assert stopped == [done.run_id]
+    (cleanup,) = [d.result for d in cloud.deliveries if d.function.endswith("CleanupFunction")]
+    assert (cleanup["action"], cleanup["mailed"]) == ("delete_failed", True)
+    subjects = [m["subject"] for m in cloud.mails()]
+    assert " done: " in subjects[-2], subjects
+    assert subjects[-1] == "[cryopilot] SPIKE-FAB-07 succeeded - cluster NOT deleted", subjects
+    body = cloud.mails()[-1]["message"]
+    assert "ACTION NEEDED" in body
+    assert "was stopped" not in body
+    assert ops.get_run(stack, done.run_id).status == "SUCCEEDED"

@@ -323,6 +323,36 @@ def test_operator_start_starts_one_run_with_the_operators_input(cloud: LocalClou
             "input.manifest_s3_uri: object key 'datasets/My Data/cryopilot.yaml' has a dataset folder that"
             " contains whitespace",
         ),
+        # a version id S3 cannot have issued, or one it does not hold: the rules an event's gets
+        (
+            {
+                "run_id": "op-1",
+                "dataset": "x",
+                "input": {
+                    "manifest": {
+                        "bucket": "{bucket}",
+                        "key": "datasets/x/cryopilot.yaml",
+                        "version_id": "v 1",
+                    }
+                },
+            },
+            "input.manifest: s3://{bucket}/datasets/x/cryopilot.yaml: version id 'v 1' (3 characters)"
+            " is not an S3 version id",
+        ),
+        (
+            {
+                "run_id": "op-1",
+                "dataset": "x",
+                "input": {
+                    "manifest": {
+                        "bucket": "{bucket}",
+                        "key": "datasets/x/cryopilot.yaml",
+                        "version_id": "forged-version-1",
+                    }
+                },
+            },
+            "input.manifest: s3://{bucket}/datasets/x/cryopilot.yaml version 'forged-version-1': ",
+        ),
         # the dataset name goes on the record before Validate: the same rule as the manifest's
         (
             {"run_id": "op-1", "dataset": "SPIKE\u202eFAB", "input": {"manifest_s3_uri": "s3://b/k"}},
@@ -334,6 +364,7 @@ def test_bad_operator_starts_are_refused_before_they_queue(
     cloud: LocalCloud, request_doc: object, reason: str
 ) -> None:
     request_doc = json.loads(json.dumps(request_doc).replace("{bucket}", cloud.input_bucket))
+    reason = reason.replace("{bucket}", cloud.input_bucket)
     ok, result = cloud.invoke(_start_fn(cloud), {"operator_start": request_doc})
     assert ok, "a bad operator start must not crash StartRun"
     (outcome,) = result["outcomes"]
@@ -373,29 +404,43 @@ def test_a_new_manifest_version_supersedes_the_running_run(cloud: LocalCloud) ->
     and the new version's run starts. One run per dataset folder at a time: never two clusters
     and two "done" mails. Replays of either version's event start nothing more."""
     import time
+    from unittest import mock
 
-    first = _put_manifest(cloud)
-    cloud.drain_events()
-    (old,) = cloud.executions()
-    deadline = time.monotonic() + 120
-    while not cloud.pcluster.clusters():
-        assert time.monotonic() < deadline, "the first run never asked for its cluster"
-        time.sleep(0.02)
+    from cryopilot.steps import cluster as cluster_step
 
     doc = (EVENTS / "manifests" / "spike.yaml").read_text().replace("diameter_A: 280", "diameter_A: 290")
     assert doc != (EVENTS / "manifests" / "spike.yaml").read_text()
     s3 = cloud.client("s3")
     key = "datasets/SPIKE-FAB-07/cryopilot.yaml"
-    # The harness runs one Lambda at a time: holding its lock, the first run stands still between
-    # two of its steps while the new version's upload is handled (its S3 notification, delivered
-    # here; the rule's delivery of the same upload comes after, a duplicate).
-    with cloud._invoke_lock:
-        s3.put_object(Bucket=cloud.input_bucket, Key=key, Body=doc.encode())
-        second = s3.head_object(Bucket=cloud.input_bucket, Key=key)
-        ok, result = cloud.invoke(_start_fn(cloud), _s3_notification(cloud, key, second))
-        assert ok, result
-        assert result["outcomes"][0]["status"] == "started"
-        assert (cloud.run_record(old["name"]) or {}).get("status") == "CANCELLED"
+    handled: list[tuple[str, dict, tuple[bool, dict], dict]] = []
+    create = cluster_step.create
+
+    def create_then_supersede(run_id: str) -> cluster_step.ClusterStep:
+        """The first run's cluster step: it asks for its cluster, then stands still, in its own
+        step, while the new version's upload is handled (its S3 notification, delivered here; the
+        rule's delivery of the same upload comes after, a duplicate). The harness runs one Lambda
+        at a time, on a re-entrant lock: StartRun runs here, and the old run goes on only after."""
+        step = create(run_id)
+        if not handled:
+            s3.put_object(Bucket=cloud.input_bucket, Key=key, Body=doc.encode())
+            second = s3.head_object(Bucket=cloud.input_bucket, Key=key)
+            answer = cloud.invoke(_start_fn(cloud), _s3_notification(cloud, key, second))
+            handled.append((run_id, second, answer, cloud.run_record(run_id) or {}))
+        return step
+
+    with mock.patch.object(cluster_step, "create", create_then_supersede):
+        first = _put_manifest(cloud)
+        cloud.drain_events()
+        deadline = time.monotonic() + 120
+        while not handled:
+            assert time.monotonic() < deadline, "the first run never asked for its cluster"
+            time.sleep(0.02)
+    ((old_run_id, second, (ok, result), old_record),) = handled
+    old = next(e for e in cloud.executions() if e["name"] == old_run_id)
+    assert ok, result
+    assert result["outcomes"][0]["status"] == "started"
+    assert old_record.get("status") == "CANCELLED"
+    assert list(cloud.pcluster.requests_for("create_cluster")), "the first run had asked for its cluster"
     cloud.drain_events()
     executions = {e["name"]: e for e in cloud.executions()}
     assert len(executions) == 2

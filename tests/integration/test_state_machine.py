@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
+import yaml
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.harness import LocalCloud
 
@@ -409,6 +410,27 @@ def test_capacity_failure_falls_back_to_the_next_placement(cloud: LocalCloud) ->
     assert f"No capacity for: p4d.24xlarge in {PRIMARY_SUBNET}" in done
     assert f"The cluster ran in: p4d.24xlarge in {SECOND_SUBNET}" in done
     assert cloud.pcluster.clusters() == {}, "the abandoned cluster and the one that ran are both gone"
+
+
+def test_gpus_beyond_a_fallback_type_are_refused_at_validate() -> None:
+    # gpu8's jobs may run on any of its capacity-fallback types: one of 4 GPUs (g5.12xlarge) bounds
+    # compute_num_gpus on gpu8 to 4, at Validate, before a cluster is made
+    fallbacks = {"FallbackGpu8InstanceTypes": "p5.48xlarge,g5.12xlarge"}
+    with LocalCloud(clock=VirtualClock(), profile="spike", parameters=fallbacks) as cloud:
+        doc = yaml.safe_load(_manifest("spike.yaml"))
+        doc["pipeline"] = {"overrides": {"ctf": {"compute_num_gpus": 8}}}
+        cloud.drop_dataset("SPIKE-FAB-07", yaml.safe_dump(doc))
+        desc = _only_execution(cloud)
+        record = cloud.run_record(desc["name"])
+        assert record is not None
+        error = record.get("error") or {}
+        assert error.get("type") == "ManifestError", (record["status"], error)
+        assert error["message"].endswith(
+            "pipeline.overrides.ctf.compute_num_gpus: 8 GPUs, but stage ctf runs on lane gpu8"
+            " (g5.12xlarge, 4 GPUs per node)"
+        )
+        assert "CreateCluster" not in cloud.states_entered(desc["executionArn"])
+        assert not list(cloud.pcluster.requests_for("create_cluster"))
 
 
 def test_no_capacity_anywhere_fails_cleanly(cloud: LocalCloud) -> None:

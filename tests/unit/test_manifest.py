@@ -73,6 +73,49 @@ def test_bad_field_is_named(change: dict, expected: str, manifest_text: str) -> 
     assert expected in message
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        "a\u200b@b.co",  # zero width space
+        "\uff41@b.co",  # fullwidth a
+        "a@b\u202e.co",  # right-to-left override
+        "caf\u00e9@b.co",  # any non-ASCII letter
+        "a@b\u00fc.co",  # an internationalised domain (SNS takes ASCII only)
+        "a b@c.co",
+        '"a b"@c.co',  # quoted local parts are not accepted
+        "a..b@c.co",
+        ".a@b.co",
+        "a.@b.co",
+        "a@-b.co",
+        "a@b-.co",
+        "a@b_c.co",
+        "a@b..co",
+        "a@b.c0",
+        "a@[192.0.2.1]",
+        "x" * 65 + "@b.co",  # RFC 5321: a local part has at most 64 characters
+    ],
+)
+def test_notify_addresses_are_ascii_dot_atoms_at_host_names(address: str, manifest_text: str) -> None:
+    message = _bad({"notify": [address]}, manifest_text)
+    assert "notify: not an email address: " in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "a@b.co",
+        "first.last+tag@lab-1.example.org",
+        "o'neil@example.org",
+        "x!#$%&*/=?^_`{|}~-@b.co",
+        "x" * 64 + "@b.co",
+    ],
+)
+def test_notify_accepts_every_rfc_5322_dot_atom_local_part(address: str, manifest_text: str) -> None:
+    doc = {**yaml.safe_load(manifest_text), "notify": [address]}
+    assert parse_manifest(yaml.safe_dump(doc).encode(), source="m.yaml").notify == [address]
+
+
 def test_several_problems_in_one_message(manifest_text: str) -> None:
     message = _bad({"acquisition.voltage_kV": 1, "particle.diameter_A": 1}, manifest_text)
     assert "acquisition.voltage_kV" in message
@@ -241,7 +284,10 @@ def test_every_value_is_bounded(field: str, value: object, message: str) -> None
 def test_values_at_their_bounds_are_accepted() -> None:
     doc = yaml.safe_load(SPIKE)
     doc["input"]["glob"] = "m/" + "a" * 510
-    doc["notify"] = ["a" * 248 + "@b.org"] * 20
+    # 254 characters: a local part of 64, then 63-, 60- and 60-character labels and "org"
+    longest = "a" * 64 + "@" + "b" * 63 + "." + "c" * 60 + "." + "d" * 60 + ".org"
+    assert len(longest) == 254
+    doc["notify"] = [longest] * 20
     doc["pipeline"] = {"overrides": {"nurefine": {"refine_relax_symmetry": "C" * 512}}}
     m = parse_manifest(yaml.safe_dump(doc).encode(), source="m.yaml")
     assert len(m.input.glob) == 512

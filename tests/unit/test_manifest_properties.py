@@ -65,7 +65,9 @@ _path_part = st.from_regex(r"[A-Za-z0-9_*?\[\]{}. -]{1,20}", fullmatch=True).fil
 )
 #: relative paths the validators accept (no "..", no control characters, no surrounding spaces)
 paths = st.lists(_path_part, min_size=1, max_size=4).map("/".join)
-emails = st.from_regex(r"[a-z0-9._+-]{1,20}@[a-z0-9-]{1,20}\.[a-z]{2,6}", fullmatch=True)
+emails = st.from_regex(
+    r"[a-z0-9_+-]{1,10}(\.[a-z0-9_+-]{1,10})?@[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?\.[a-z]{2,6}", fullmatch=True
+)
 scalars = (
     st.none()
     | st.booleans()
@@ -488,11 +490,13 @@ _WIDE = st.sampled_from("aZ09_-*?é漢")
 _wide_part = st.text(_WIDE, min_size=1, max_size=MAX_TEXT_CHARS)
 #: Paths under the path rules, up to the longest allowed.
 long_paths = st.lists(_wide_part, min_size=1, max_size=4).map(lambda ps: "/".join(ps)[:MAX_TEXT_CHARS])
+#: Addresses up to the longest allowed: a dot-atom local part of up to 64 characters, host labels
+#: of up to 63.
 long_emails = st.builds(
-    lambda local, domain: f"{local}@{domain}.org"[:MAX_EMAIL_CHARS],
-    st.text(st.sampled_from("abc.+_-"), min_size=1, max_size=64),
-    st.text(st.sampled_from("abc-"), min_size=1, max_size=200),
-).filter(lambda e: e.endswith(".org"))
+    lambda local, labels: f"{'.'.join(local)}@{'.'.join(labels)}.org",
+    st.lists(st.text(st.sampled_from("abc+_-"), min_size=1, max_size=16), min_size=1, max_size=4),
+    st.lists(st.text(st.sampled_from("abc"), min_size=1, max_size=63), min_size=1, max_size=3),
+).filter(lambda e: len(e) <= MAX_EMAIL_CHARS and len(e.partition("@")[0]) <= 64)
 
 
 def _param_values(pspec: dict[str, Any]) -> st.SearchStrategy[Any]:
@@ -574,7 +578,7 @@ def _largest(kind: str) -> dict[str, Any]:
         job = job_types()[next(s.job_type for s in preset.stages if s.id == base)]
         overrides[stage_id] = {n: widest(p) for n, p in job.params.items()}
     overrides[REPEATED_STAGE][ROUNDS_PARAM] = 20
-    email = "a" * 64 + "@" + "b" * (MAX_EMAIL_CHARS - 69) + ".org"
+    email = "a" * 64 + "@" + "b" * 63 + "." + "c" * 60 + "." + "d" * (MAX_EMAIL_CHARS - 194) + ".org"
     doc = yaml.safe_load((EVENTS_MANIFESTS / ("cgrp.yaml" if kind == "movies" else "spike.yaml")).read_text())
     doc["input"]["glob"] = longest
     if kind == "movies":

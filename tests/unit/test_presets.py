@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from cryopilot.core.errors import ManifestError
 from cryopilot.domain.manifest import Manifest, manifest_from_dict
-from cryopilot.domain.placement import plan
+from cryopilot.domain.placement import lane_nodes, plan
 from cryopilot.domain.presets import job_types, load_preset, preset_names
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.cryosparc_standin import STAGE_OF_TYPE, CryoSparcStandIn, load_profiles
@@ -329,12 +329,37 @@ def test_gpus_are_bounded_by_the_lane_the_stage_runs_on() -> None:
         ManifestError,
         match=re.escape(
             "pipeline.overrides.class2d.compute_num_gpus: 8 GPUs, "
-            "but stage class2d runs on lane gpu4 (4 GPUs per node)"
+            "but stage class2d runs on lane gpu4 (g6e.12xlarge, 4 GPUs per node)"
         ),
     ):
         plan(manifest(pipeline={"overrides": {"class2d": {"compute_num_gpus": 8}}}), data_dir=DATA_DIR)
     wide = manifest(pipeline={"layout": "whitepaper", "overrides": {"class2d": {"compute_num_gpus": 8}}})
     assert {s.id: s for s in plan(wide, data_dir=DATA_DIR)}["class2d"].params["compute_num_gpus"] == 8
+
+
+def test_gpus_are_bounded_by_the_instance_types_the_lane_may_run() -> None:
+    # the deployment's gpu8 type, and any of its capacity-fallback types, bound gpu8's jobs: the
+    # catalogue's GPUs of the smallest, as the cluster's lanes get them (clusterconfig.queue_gpus)
+    four = {"gpu8": "g5.12xlarge", "gpu4": "g6e.12xlarge", "gpu1": "p5.4xlarge"}
+    rule = "8 GPUs, but stage ctf runs on lane gpu8 (g5.12xlarge, 4 GPUs per node)"
+    eight = manifest("micrographs", pipeline={"overrides": {"ctf": {"compute_num_gpus": 8}}})
+    with pytest.raises(ManifestError, match=re.escape(f"pipeline.overrides.ctf.compute_num_gpus: {rule}")):
+        plan(eight, data_dir=DATA_DIR, gpu8_fallback_types=["g6e.48xlarge", "g5.12xlarge"])
+    # the white paper's layout runs every GPU stage on gpu8, whatever type the deployment gave it
+    whitepaper = {"layout": "whitepaper", "overrides": {"ctf": {"compute_num_gpus": 8}}}
+    with pytest.raises(ManifestError, match=re.escape(f"pipeline.overrides.ctf.compute_num_gpus: {rule}")):
+        plan(manifest("micrographs", pipeline=whitepaper), data_dir=DATA_DIR, queue_types=four)
+    # the preset's own 8 GPUs: the message names the preset
+    with pytest.raises(ManifestError, match=re.escape(f"preset micrographs: {rule}")):
+        plan(manifest("micrographs"), data_dir=DATA_DIR, gpu8_fallback_types=["g5.12xlarge"])
+    # 8-GPU fallback types, and a type the catalogue does not list (its queue's nominal 8), fit
+    assert plan(eight, data_dir=DATA_DIR, gpu8_fallback_types=["p5.48xlarge", "p6-b200.48xlarge"])
+    assert lane_nodes(None) == {
+        "gpu8": ("p4d.24xlarge", 8),
+        "gpu4": ("g6e.12xlarge", 4),
+        "gpu1": ("p5.4xlarge", 1),
+    }
+    assert lane_nodes(four, ["p5.48xlarge"])["gpu8"] == ("g5.12xlarge", 4)
 
 
 def test_every_register_parameter_says_what_an_override_may_be() -> None:

@@ -46,19 +46,23 @@ def subscribe(sns: Any, topic_arn: str, address: str, dataset: str) -> None:
         )
 
 
+#: What ListSubscriptionsByTopic shows for the ARN of a subscription still pending confirmation.
+PENDING = "PendingConfirmation"
+#: SNS deletes a subscription left unconfirmed this long after it was made, and cannot delete one
+#: pending confirmation before (SNS developer guide, "Deleting an Amazon SNS subscription and
+#: topic"; 48 hours since May 2023, 72 before).
+PENDING_EXPIRY_HOURS = 48
+
+
 def find(sns: Any, topic_arn: str, address: str) -> str | None:
-    """The ARN of ``address``'s email subscription to the topic (pending confirmation or not);
-    None when it has none."""
+    """The ARN of ``address``'s email subscription to the topic, :data:`PENDING` for one still
+    pending confirmation (SNS gives no ARN to delete it by); None when it has none."""
     for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn):
         for sub in page.get("Subscriptions", []):
             if sub.get("Protocol") != "email" or sub.get("Endpoint") != address:
                 continue
             arn = str(sub.get("SubscriptionArn") or "")
-            if not arn.startswith("arn:"):  # "PendingConfirmation": Subscribe answers the ARN
-                arn = sns.subscribe(
-                    TopicArn=topic_arn, Protocol="email", Endpoint=address, ReturnSubscriptionArn=True
-                )["SubscriptionArn"]
-            return arn
+            return arn if arn.startswith("arn:") else PENDING
     return None
 
 

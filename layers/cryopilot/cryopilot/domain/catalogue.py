@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cryopilot.core.errors import CryopilotError
+from cryopilot.core.queues import NOMINAL_QUEUE_GPUS
 
 __all__ = [
     "DEFAULT_REGION",
@@ -233,6 +234,12 @@ class Catalogue(_Model):
     def gpus(self, instance_type: str) -> int:
         """GPUs of one ``instance_type`` node."""
         return self.instance(instance_type).gpus
+
+    def queue_gpus(self, queue: str, instance_type: str) -> int:
+        """GPUs per node of GPU queue ``queue`` when it runs ``instance_type``: the type's GPUs, or
+        the queue's nominal count (8, 4 or 1) for a type the catalogue does not list."""
+        spec = self.instances.get(instance_type)
+        return spec.gpus if spec is not None else NOMINAL_QUEUE_GPUS[queue]
 
     def gpu_speed(self, gpu_model: str) -> float:
         if gpu_model in self.speed_overrides:

@@ -228,14 +228,23 @@ def execution_ended(run: RunRecord, status: str, action: str) -> Mail:
     }[action]
     error = run.error or {}
     superseded = error.get("type") == "Superseded"
+    succeeded = run.status == "SUCCEEDED"  # its "done" mail went out; then its cluster's deletion
     ended = "was superseded by a new manifest version" if superseded else ENDED[status]
+    if succeeded:
+        ended = "succeeded"
     subject = f"[cryopilot] {dataset} {ended}" + (
         " - cluster NOT deleted" if action == "delete_failed" else ""
     )
+    first = (
+        f"cryopilot run {run.run_id} for dataset {dataset} succeeded; its execution then ended"
+        f" {status} while its cluster was being deleted."
+        if succeeded
+        else f"cryopilot run {run.run_id} for dataset {dataset} {ENDED[status]} "
+        f"(execution {status}) at step {run.current_step or 'unknown'}."
+    )
     body = "\n".join(
         [
-            f"cryopilot run {run.run_id} for dataset {dataset} {ENDED[status]} "
-            f"(execution {status}) at step {run.current_step or 'unknown'}.",
+            first,
             *([f"It was {error.get('message')}."] if superseded else []),
             "",
             cluster_line,

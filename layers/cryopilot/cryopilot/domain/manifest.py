@@ -58,8 +58,15 @@ MAX_SYMMETRY_ORDER = 120
 DATASET_RE = NAME_PATTERN  # the one rule for dataset names and folders
 #: The shape of a point group in cryoSPARC's spelling; :func:`check_symmetry` also bounds n.
 SYMMETRY_RE = r"^(C[1-9][0-9]{0,2}|D[2-9]|D[1-9][0-9]{1,2}|T|O|I)$"
-#: An address ``notify`` accepts, matched whole (``fullmatch``: ``$`` would let a trailing newline by).
-EMAIL_RE = re.compile(r"[^@\s,;\x00-\x1f\x7f]+@[^@\s,;\x00-\x1f\x7f]+\.[A-Za-z]{2,}")
+#: The characters of an address's local part: RFC 5322's ``atext`` (ASCII only).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+#: A host name label: letters, digits and hyphens, not starting or ending with a hyphen (RFC 1123).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+#: An address ``notify`` accepts, matched whole (``fullmatch``: ``$`` would let a trailing newline
+#: by): an RFC 5322 dot-atom local part of at most 64 characters (RFC 5321), ``@``, and a host name
+#: of dot-separated labels ending in a top-level domain of letters. ASCII only: no quoted local
+#: parts, no address literals, no internationalised names, so no invisible or look-alike character.
+EMAIL_RE = re.compile(rf"(?=[^@]{{1,64}}@){_ATEXT}+(?:\.{_ATEXT}+)*@(?:{_LABEL}\.)+[A-Za-z]{{2,63}}")
 
 # What a run record can store: DynamoDB numbers have at most 38 digits and a magnitude between
 # 1e-130 and 1e126; a manifest number outside that would fail the run's first write, not Validate.

@@ -8,10 +8,11 @@ stage without a pinned lane the queue its preset's placement picks, with the sta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from cryopilot.core.errors import ManifestError
-from cryopilot.core.queues import GPU8_QUEUE, GPU_QUEUES, NOMINAL_QUEUE_GPUS
+from cryopilot.core.queues import GPU8_QUEUE, GPU_QUEUES
 from cryopilot.domain.catalogue import PROFILE_FOR_PRESET, Catalogue
 from cryopilot.domain.estimate import (
     HEAD_QUEUE,
@@ -33,7 +34,7 @@ from cryopilot.domain.presets import (
 )
 from cryopilot.protocol.stage import PlannedStage
 
-__all__ = ["compare", "place", "place_stages", "plan"]
+__all__ = ["compare", "lane_nodes", "place", "place_stages", "plan"]
 
 
 def place(
@@ -76,16 +77,19 @@ def plan(
     *,
     data_dir: str,
     queue_types: dict[str, str] | None = None,
+    gpu8_fallback_types: Sequence[str] = (),
     catalogue: Catalogue | None = None,
 ) -> list[PlannedStage]:
     """The manifest's stages (:func:`cryopilot.domain.presets.expand`), placed (:func:`place_stages`).
 
     ``queue_types`` (queue → instance type; default: the cluster's defaults) and ``catalogue``
-    (prices and speeds; default: the shipped one) are what the placement weighs.
+    (prices and speeds; default: the shipped one) are what the placement weighs;
+    ``gpu8_fallback_types`` (the capacity fallback's types) may run gpu8's jobs too.
     """
     preset = load_preset(manifest.preset_name)
-    placed = place_stages(expand(manifest, data_dir=data_dir), preset, manifest, queue_types, catalogue)
-    check_gpus_fit_lanes(placed, manifest)
+    cat = catalogue if catalogue is not None else Catalogue.load()
+    placed = place_stages(expand(manifest, data_dir=data_dir), preset, manifest, queue_types, cat)
+    check_gpus_fit_lanes(placed, manifest, lane_nodes(queue_types, gpu8_fallback_types, cat))
     return placed
 
 
@@ -93,15 +97,42 @@ def plan(
 GPU_PARAM = "compute_num_gpus"
 
 
-def check_gpus_fit_lanes(stages: list[PlannedStage], manifest: Manifest) -> None:
+def lane_nodes(
+    queue_types: dict[str, str] | None,
+    gpu8_fallback_types: Sequence[str] = (),
+    catalogue: Catalogue | None = None,
+) -> dict[str, tuple[str, int]]:
+    """The smallest node a job of each GPU queue may get: (instance type, GPUs per node).
+
+    A queue runs its configured type (``queue_types``, else the cluster's default); gpu8 may also
+    run any of ``gpu8_fallback_types``, which the capacity fallback picks when its type has no
+    capacity. GPUs come from the catalogue, as the cluster's lanes do (``clusterconfig.queue_gpus``).
+    """
+    cat = catalogue if catalogue is not None else Catalogue.load()
+    defaults = Layout.cryopilot().queues
+    nodes: dict[str, tuple[str, int]] = {}
+    for queue in GPU_QUEUES:
+        types = [(queue_types or {}).get(queue) or defaults[queue]]
+        if queue == GPU8_QUEUE:
+            types += [t for t in gpu8_fallback_types if t not in types]
+        sizes = [(t, cat.queue_gpus(queue, t)) for t in types]
+        nodes[queue] = min(sizes, key=lambda size: size[1])
+    return nodes
+
+
+def check_gpus_fit_lanes(
+    stages: list[PlannedStage], manifest: Manifest, nodes: dict[str, tuple[str, int]]
+) -> None:
     """A stage's ``compute_num_gpus`` must not exceed the GPUs per node of the lane it runs on (a
-    cryoSPARC job runs on one node): :class:`ManifestError` naming the override that sets it."""
+    cryoSPARC job runs on one node; ``nodes`` from :func:`lane_nodes`): :class:`ManifestError`
+    naming the override that sets it, the lane, its instance type and GPUs per node."""
     overrides = manifest.pipeline.overrides
     for stage in stages:
         gpus = stage.params.get(GPU_PARAM)
-        per_node = NOMINAL_QUEUE_GPUS.get(stage.lane or "")
-        if not isinstance(gpus, int) or per_node is None or gpus <= per_node:
+        node = nodes.get(stage.lane or "")
+        if not isinstance(gpus, int) or node is None or gpus <= node[1]:
             continue
+        instance_type, per_node = node
         base = profile_stage_id(stage.id)
         key = next(
             (k for k in (stage.id, base, REPEATED_STAGE) if GPU_PARAM in overrides.get(k, {})),
@@ -109,7 +140,8 @@ def check_gpus_fit_lanes(stages: list[PlannedStage], manifest: Manifest) -> None
         )
         where = f"pipeline.overrides.{key}.{GPU_PARAM}" if key else f"preset {manifest.preset_name}"
         raise ManifestError(
-            f"{where}: {gpus} GPUs, but stage {stage.id} runs on lane {stage.lane} ({per_node} GPUs per node)"
+            f"{where}: {gpus} GPUs, but stage {stage.id} runs on lane {stage.lane}"
+            f" ({instance_type}, {per_node} GPUs per node)"
         )
 
 

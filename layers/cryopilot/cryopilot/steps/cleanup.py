@@ -133,9 +133,10 @@ def on_execution_end(detail: dict[str, Any]) -> CleanupResult:
 
     already_told = any(m.get("kind") in ("failed", "cleanup") for m in run.mails)
     mailed = False
-    if run.status == "SUCCEEDED":
+    if run.status == "SUCCEEDED" and action != "delete_failed":
         # it ended well and its "done" mail went out: stopped while its cluster was being deleted
-        # (the deletion was asked again above), it was not "stopped", so no second mail
+        # (the deletion was asked again above), it was not "stopped", so no second mail; a
+        # cluster that could not be deleted is still mailed (ACTION NEEDED)
         pass
     elif action in ("delete_requested", "delete_pending", "delete_failed") or not already_told:
         mailed = _mail_end(run, status, action)

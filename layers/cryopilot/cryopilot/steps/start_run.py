@@ -99,6 +99,11 @@ def _operator_input_problem(execution_input: ExecutionInput) -> str | None:
                 check_key(key)
             except EventError as exc:
                 return f"{field}: {exc}"
+    if execution_input.manifest is not None:
+        try:  # a version named: the rules an event's version gets (the operator names the one to run)
+            _check_version_exists(execution_input.manifest)
+        except EventError as exc:
+            return f"manifest: {exc}"
     return None
 
 
@@ -133,11 +138,17 @@ def _check_location(location: ManifestLocation) -> None:
     if location.bucket != settings.input_bucket:
         raise EventError(f"bucket {location.bucket!r} is not this stack's input bucket")
     check_key(location.key)
+    _check_version_exists(location, newest=True)
+
+
+def _check_version_exists(location: ManifestLocation, *, newest: bool = False) -> None:
+    """Refuse a version id S3 cannot have issued and a version (or manifest) S3 does not hold;
+    with ``newest``, also a version S3 already holds a newer version of."""
     check_version(location)
     version = f" version {excerpt(location.version_id)}" if location.version_id else ""
     try:
         head_version(location)
-        if location.version_id:
+        if newest and location.version_id:
             # Events come in no promised order: one for a version that S3 already holds a newer
             # version of comes too late. Only the newest version of a folder's manifest runs.
             current = head_version(location.model_copy(update={"version_id": None})).get("VersionId")

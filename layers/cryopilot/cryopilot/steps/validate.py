@@ -14,6 +14,7 @@ from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import EventError, ManifestError, RunLimitError, RunStoppedError
 from cryopilot.core.naming import cluster_name_for
+from cryopilot.core.validation import excerpt
 from cryopilot.domain import limits, placement
 from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.clusterconfig.mounts import FSX_DATA_DIR
@@ -126,6 +127,7 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
         manifest,
         data_dir=f"{FSX_DATA_DIR}/",
         queue_types=settings.queue_instance_types(),
+        gpu8_fallback_types=settings.fallback_gpu8_types,
         catalogue=Catalogue.for_deployment(settings.price_overrides),
     )
     # who may receive the dataset's mails: a manifest in the bucket speaks for its folder only
@@ -235,7 +237,12 @@ def _subscribe(manifest: Manifest) -> None:
         try:
             subscriptions.subscribe(sns, topic, address, manifest.dataset)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] not in subscriptions.LIMIT_CODES:
+            code = exc.response["Error"]["Code"]
+            if code == "InvalidParameter":  # SNS checks the address itself
+                raise ManifestError(
+                    f"notify: SNS refuses the address {excerpt(address)} (InvalidParameter)"
+                ) from None
+            if code not in subscriptions.LIMIT_CODES:
                 raise
             raise ManifestError(
                 f"notify: {address} cannot be subscribed: the stack's topic is at an SNS limit"

@@ -13,7 +13,7 @@ import yaml
 
 # Tag keys cryopilot puts on every cluster resource (the janitor and cost reports read them).
 from cryopilot.core.naming import TAG_DATASET, TAG_RUN_ID, TAG_STACK
-from cryopilot.core.queues import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE, NOMINAL_QUEUE_GPUS
+from cryopilot.core.queues import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE
 from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.clusterconfig.models import (
     AdditionalIamPolicy,
@@ -119,10 +119,7 @@ def queue_gpus(params: ClusterParams) -> dict[str, int]:
     """GPUs per node of each GPU queue: the cryoSPARC lanes' sizes. From the instance catalogue; a
     type it does not list is taken to have the queue's nominal count (8, 4 or 1)."""
     catalogue = Catalogue.load()
-    return {
-        q: catalogue.instances[t].gpus if t in catalogue.instances else NOMINAL_QUEUE_GPUS[q]
-        for q, t in queue_instance_types(params).items()
-    }
+    return {q: catalogue.queue_gpus(q, t) for q, t in queue_instance_types(params).items()}
 
 
 def headnode_setup_args(request: ClusterRequest, params: ClusterParams) -> list[str]:
