@@ -103,23 +103,28 @@ def _import_built(runtime_python: Path, logical: str, **env_extra: str) -> dict[
 
 
 #: Modules that cost a cold start tens of milliseconds each: the X-Ray SDK (only when tracing is
-#: on), pydantic-settings (no longer used), Powertools' S3 parser models and PyYAML.
+#: on), pydantic-settings (no longer used), Powertools' S3 parser models, PyYAML, and two of
+#: cryopilot's own: the estimate (with the presets, the manifest and the cluster's inputs) and the
+#: cluster configuration's schema (about 30 models).
 HEAVY = {
     "aws_xray_sdk.core",
     "pydantic_settings",
     "aws_lambda_powertools.utilities.parser.models.s3",
     "yaml",
+    "cryopilot.domain.estimate",
+    "cryopilot.domain.clusterconfig.models",
 }
 
 #: The heavy modules a function may load, because it uses them: every other function loads none.
 MAY_LOAD = {
     "StartRunFunction": {"aws_lambda_powertools.utilities.parser.models.s3"},  # parses S3 events
-    "ValidateFunction": {"yaml"},  # parses the manifest, reads the presets and the catalogue
-    "ClusterFunction": {"yaml"},  # renders the cluster configuration as YAML
-    "StageFunction": {"yaml"},  # prices the limits with the catalogue (instances.yaml)
+    # parses the manifest, reads the presets and the catalogue, estimates the run's time and cost
+    "ValidateFunction": {"yaml", "cryopilot.domain.estimate"},
+    # renders the cluster configuration (its schema) as YAML; the catalogue gives the queues' GPUs
+    "ClusterFunction": {"yaml", "cryopilot.domain.clusterconfig.models"},
+    # prices the limits with the catalogue (instances.yaml) and the stages left with the estimate
+    "StageFunction": {"yaml", "cryopilot.domain.estimate"},
     "ReportFunction": {"yaml"},  # prices the bill with the catalogue
-    "NotifyFunction": {"yaml"},  # the mails' cost text comes from billing, which imports the catalogue
-    "CleanupFunction": {"yaml"},  # shares the run's cluster module with the cluster step
 }
 
 

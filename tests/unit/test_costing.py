@@ -17,8 +17,8 @@ from cryopilot.domain.catalogue import (
     parse_price_overrides,
 )
 from cryopilot.domain.clusterconfig.params import ClusterParams
+from cryopilot.domain.clusterconfig.scaling import SCALEDOWN_IDLE_SECONDS
 from cryopilot.domain.estimate import (
-    SCALEDOWN_IDLE_SECONDS,
     Layout,
     Plan,
     PlanStage,

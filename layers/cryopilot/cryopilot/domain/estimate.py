@@ -40,13 +40,13 @@ from cryopilot.core.queues import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE
 from cryopilot.domain import billing
 from cryopilot.domain.catalogue import DEFAULT_REGION, Catalogue, CostingError, get_profile
 from cryopilot.domain.clusterconfig.params import ClusterParams
+from cryopilot.domain.clusterconfig.scaling import SCALEDOWN_IDLE_SECONDS
 from cryopilot.domain.presets import REPEATED_STAGE, load_preset, profile_stage_id
 from cryopilot.protocol.stage import PlannedStage
 
 __all__ = [
     "HEAD_QUEUE",
     "REFERENCE_INSTANCE_TYPE",
-    "SCALEDOWN_IDLE_SECONDS",
     "WHITEPAPER_QUEUE",
     "Estimate",
     "Layout",
@@ -64,9 +64,6 @@ __all__ = [
 def _cluster_default(name: str) -> Any:
     return ClusterParams.model_fields[name].get_default(call_default_factory=True)
 
-
-#: Slurm ``ScaledownIdletime`` of the cluster cryopilot builds (one source: ``ClusterParams``).
-SCALEDOWN_IDLE_SECONDS: int = int(_cluster_default("scaledown_idletime_minutes")) * 60
 
 #: The instance type the white paper's Table 1 times were measured on.
 REFERENCE_INSTANCE_TYPE = "p4d.24xlarge"

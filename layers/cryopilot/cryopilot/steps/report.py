@@ -19,7 +19,7 @@ from cryopilot.adapters.settings import get_settings
 from cryopilot.core.errors import ReportError
 from cryopilot.domain import billing
 from cryopilot.domain.catalogue import Catalogue, UnknownInstanceType
-from cryopilot.domain.estimate import SCALEDOWN_IDLE_SECONDS
+from cryopilot.domain.clusterconfig.scaling import SCALEDOWN_IDLE_SECONDS
 from cryopilot.domain.record import RunRecord
 from cryopilot.domain.report.data import report_data_from_run
 from cryopilot.domain.report.render import render_all

@@ -12,6 +12,7 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cryopilot.core.naming import CLUSTER_NAME_MAX_LENGTH, CLUSTER_NAME_RE
+from cryopilot.domain.clusterconfig.scaling import SCALEDOWN_IDLE_MINUTES
 from cryopilot.domain.clusterconfig.version import PCLUSTER_VERSION
 from cryopilot.domain.location import S3_FOLDER_RE
 
@@ -64,7 +65,7 @@ class ClusterParams(_Input):
     max_gpu8_nodes: Annotated[int, Field(ge=1, le=1000)] = 4
     max_gpu4_nodes: Annotated[int, Field(ge=1, le=1000)] = 4
     max_gpu1_nodes: Annotated[int, Field(ge=1, le=1000)] = 8
-    scaledown_idletime_minutes: Annotated[int, Field(ge=1, le=1440)] = 5
+    scaledown_idletime_minutes: Annotated[int, Field(ge=1, le=1440)] = SCALEDOWN_IDLE_MINUTES
     shared_volume_size_gib: Annotated[int, Field(ge=35, le=16384)] = 500
     fsx_storage_gib: Annotated[int, Field(ge=1200)] = 1200
     fsx_throughput_mb_per_tib: Literal[125, 250, 500, 1000] = 500
