@@ -642,7 +642,7 @@ class LocalCloud:
             "CRYOSPARC_BASE_URL": base_url,
             "CRYOSPARC_EMAIL": email,
             "CRYOSPARC_PASSWORD": password,
-            "CRYOPILOT_PROJECT_ROOT": f"/shared/cryosparc/projects/{cluster_name}",
+            "CRYOPILOT_PROJECT_ROOT": f"/fsx/projects/{cluster_name}",
         }
         with self._lock:
             self.head_nodes[instance_id] = HeadNode(cluster_name, instance_id, cs, env)

@@ -61,7 +61,7 @@ class Agent:
             "CRYOSPARC_BASE_URL": base_url,
             "CRYOSPARC_EMAIL": EMAIL,
             "CRYOSPARC_PASSWORD": PASSWORD,
-            "CRYOPILOT_PROJECT_ROOT": "/shared/cryosparc/projects",
+            "CRYOPILOT_PROJECT_ROOT": "/fsx/projects",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
 

@@ -96,10 +96,11 @@ def _where_the_data_is(run: RunRecord) -> list[str]:
     exported = (run.results or {}).get("files") or []
     return [
         "The results were NOT exported." if not exported else "Some results were exported (below).",
-        "Nothing is lost: the cluster's /shared volume (cryoSPARC's database and project "
-        f"{run.cryosparc_project or ''}, every job's output) is kept as an EBS snapshot when the "
-        f"cluster {run.cluster_name} is deleted (EC2 console, Snapshots: the snapshot of its "
-        "shared volume). Restore it to a volume, or start a run on it, to export by hand.",
+        "The cluster's /shared volume (cryoSPARC's install and database) is kept as an EBS snapshot "
+        f"when the cluster {run.cluster_name} is deleted (EC2 console, Snapshots: the snapshot of its "
+        f"shared volume). The cryoSPARC project {run.cryosparc_project or ''} (every job's output) "
+        "lives on the cluster's FSx for Lustre file system, which is deleted with the cluster: "
+        "only what was exported to the results bucket is kept of it.",
     ]
 
 
@@ -232,7 +233,8 @@ def execution_ended(run: RunRecord, status: str, action: str) -> Mail:
             "",
             cluster_line,
             "Results exported before this point stay in the results bucket; the cluster's /shared "
-            "volume is kept as a snapshot when the cluster is deleted.",
+            "volume (cryoSPARC's database) is kept as a snapshot when the cluster is deleted; the "
+            "cryoSPARC project on its FSx file system is deleted with it.",
         ]
     )
     attributes = {"event": "cleanup"}

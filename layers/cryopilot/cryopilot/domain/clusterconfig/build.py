@@ -54,6 +54,7 @@ from cryopilot.domain.clusterconfig.models import (
 from cryopilot.domain.clusterconfig.mounts import (
     FSX_DATA_PATH,
     FSX_MOUNT_DIR,
+    FSX_PROJECT_DIR,
     FSX_RESULTS_PATH,
     SCRATCH_MOUNT_DIR,
     SHARED_MOUNT_DIR,
@@ -149,6 +150,8 @@ def headnode_setup_args(request: ClusterRequest, params: ClusterParams) -> list[
         FSX_MOUNT_DIR + FSX_DATA_PATH,
         "--results-dir",
         FSX_MOUNT_DIR + FSX_RESULTS_PATH,
+        "--project-dir",
+        FSX_PROJECT_DIR,
         "--cache-dir",
         SCRATCH_MOUNT_DIR,
     ]
