@@ -381,6 +381,14 @@ def _object_created(bucket: str, key: str, version: str, etag: str) -> dict[str,
     }
 
 
+# A valid manifest whose run needs more FSx than the stack allows (MaxFsxTiB, 48 TiB by default):
+# ten billion particles of the spike's box are petabytes of particle stacks.
+TOO_BIG = Upload(
+    "storage-over-max-fsx",
+    _yaml(_manifest(storage={"expected_particles": 10_000_000_000})),
+    ("storage: the run needs an FSx file system of", "above this stack's MaxFsxTiB of 48 TiB"),
+)
+
 REPEATED = "REPEATED"
 GONE = "GONE"
 FILTERED = "datasets/FILTERED/cryopilot.yaml"
@@ -409,7 +417,7 @@ def batch() -> Iterator[Batch]:
             events.enable_rule(Name=rule)
         b.gone_version = first["VersionId"]
 
-        for case in UPLOADS + BOM_UPLOADS:
+        for case in [*UPLOADS, *BOM_UPLOADS, TOO_BIG]:
             cloud.drop_dataset(case.folder, case.body, manifest_name=case.name)
         for key, _ in BAD_KEYS.values():
             s3.put_object(Bucket=bucket, Key=key, Body=SPIKE_YAML)
@@ -509,6 +517,25 @@ def test_a_byte_order_mark_is_skipped(batch: Batch, case: Upload) -> None:
     assert message == f"s3://{batch.cloud.input_bucket}/{key}: {VOLTAGE_MESSAGE}"
 
 
+def test_a_run_needing_more_fsx_than_max_fsx_tib_fails_at_validate(batch: Batch) -> None:
+    run_id, _ = batch.started_run(f"datasets/{TOO_BIG.folder}/{TOO_BIG.name}")
+    desc = batch.finished[run_id]
+    assert desc["status"] == "FAILED"
+    record = batch.cloud.run_record(run_id)
+    assert record is not None
+    error = record["error"]
+    assert (error["type"], error["step"]) == ("StorageLimitError", "validate")
+    for fragment in TOO_BIG.expected:
+        assert fragment in error["message"], error["message"]
+    assert "\n" not in error["message"]
+    assert record["fsx_storage_gib"] > 48 * 1024  # the model's size is on the record
+    (mail,) = [m for m in batch.mails if m["attributes"].get("run_id") == run_id]
+    assert TOO_BIG.expected[1] in mail["message"]
+    assert NO_CLUSTER in mail["message"]
+    assert "CreateCluster" not in batch.cloud.states_entered(desc["executionArn"])
+    assert list(batch.cloud.pcluster.requests_for("create_cluster")) == []
+
+
 def test_a_version_that_no_longer_exists_fails_at_validate(batch: Batch) -> None:
     key = f"datasets/{GONE}/cryopilot.yaml"
     (delivery,) = batch.deliveries_for(key)  # the two uploads went in with the rule off
@@ -562,8 +589,9 @@ def test_filtered_events_never_reach_start_run(batch: Batch) -> None:
 
 
 def test_every_execution_is_accounted_for(batch: Batch) -> None:
-    # uploads + the repeated and the late event (one run each) + manual starts + the list input
-    expected = len(UPLOADS) + len(BOM_UPLOADS) + 2 + len(MANUALS) + 1
+    # uploads (and the one too big for FSx) + the repeated and the late event (one run each) +
+    # manual starts + the list input
+    expected = len(UPLOADS) + len(BOM_UPLOADS) + 1 + 2 + len(MANUALS) + 1
     assert len(batch.finished) == expected, sorted(batch.finished)
     assert all(d.error is None for d in batch.cloud.deliveries), "no StartRun delivery may crash"
     assert list(batch.cloud.pcluster.requests_for("create_cluster")) == []

@@ -7,14 +7,15 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ValidationError
 
 from cryopilot.adapters import aws, runs
+from cryopilot.adapters.datasize import measure_prefix
 from cryopilot.adapters.execution_input import ExecutionInput, RunSettings
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.pricing import queue_nodes
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
-from cryopilot.core.errors import EventError, ManifestError, RunLimitError
+from cryopilot.core.errors import EventError, ManifestError, RunLimitError, StorageLimitError
 from cryopilot.core.naming import cluster_name_for
-from cryopilot.domain import limits, placement
+from cryopilot.domain import limits, placement, storage
 from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.clusterconfig.mounts import FSX_DATA_DIR
 from cryopilot.domain.location import ManifestLocation, check_key, manifest_prefix
@@ -112,6 +113,9 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
         queue_types=settings.queue_instance_types(),
         catalogue=Catalogue.for_deployment(settings.price_overrides),
     )
+    measured = data_uri.startswith("s3://")
+    data = measure_prefix(aws.client("s3"), data_uri, manifest.input.glob) if measured else None
+    fsx = storage.plan_for_manifest(manifest, stages, data, throughput=settings.fsx_throughput)
     cluster_name = cluster_name_for(run_id)
     titles = " → ".join(s.title for s in stages)
     store.put_plan(run_id, stages)
@@ -128,8 +132,18 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
         notify=manifest.notify,
         trigger=exec_input.trigger,
         settings=exec_input.settings.model_dump(),
+        data_bytes=None if data is None else data.bytes,
+        data_objects=None if data is None else data.objects,
+        fsx_storage_gib=fsx.capacity_gib,
+        fsx_throughput_mb_per_tib=fsx.throughput_mb_per_tib,
+        storage=storage.storage_record(fsx, data),
         current_step="validated",
     )
+    try:
+        storage.check_limit(fsx, settings.max_fsx_tib)
+    except StorageLimitError:
+        store.update_run(run_id, current_step="validate")
+        raise
     _check_cost_ceiling(run_id, manifest, stages)
     store.put_context(
         run_id,
