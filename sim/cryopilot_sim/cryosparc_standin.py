@@ -38,6 +38,7 @@ from cryopilot.domain.presets import JobTypeSpec, job_types
 from cryosparc.dataset import Dataset
 
 from cryopilot_sim.clock import Clock
+from cryopilot_sim.cryosparc_bytes import JobBytes
 from cryopilot_sim.cryosparc_jobs import (
     STAGE_OF_TYPE as STAGE_OF_TYPE,  # the stand-in's register, as its users import it
 )
@@ -132,7 +133,7 @@ _JOB_FIND_QUERY = [
 ]
 
 
-class CryoSparcStandIn(JobTiming, JobOutputs):
+class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
     """A cryoSPARC 5 instance in a thread: ``with CryoSparcStandIn(clock) as cs: url = cs.base_url``."""
 
     def __init__(
@@ -170,6 +171,10 @@ class CryoSparcStandIn(JobTiming, JobOutputs):
         #: The cluster's compute nodes (``cryopilot_sim.slurm.SlurmNodes``): when set, a lane job
         #: starts once its node is up and runs at its GPU's speed; None = every job starts at once.
         self.slurm: Any = None
+        #: The cluster's file systems (``cryopilot_sim.filesystems.Volumes``): when set, jobs write
+        #: their bytes there and fail when one is full (``cryopilot_sim.cryosparc_bytes``).
+        self.volumes: Any = None
+        self._data_loaded: set[str] = set()
 
     # ---------------------------------------------------------------- lifecycle
 
