@@ -994,6 +994,12 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
             raise ApiError(422, f"{job.type} is interactive and runs on the master only (no lane)")
         if spec.gpu and lane is None:
             raise ApiError(422, f"{job.type} needs GPUs: queue it to a lane")
+        if not spec.interactive and lane is None:
+            # cryosparc-tools' Job.queue: without a lane a job runs "directly on the master or current
+            # workstation"; cryopilot's instance registers cluster lanes only (headnode-setup.sh), so
+            # a worker job has nowhere to run. The real instance's exact answer is not documented;
+            # this stand-in refuses it at once rather than leave it queued forever.
+            raise ApiError(422, f"{job.type} runs on a worker: queue it to a lane (no master workstation)")
         if lane is not None and int(job.params.get("compute_num_gpus", 1)) > LANES[lane]:
             raise ApiError(
                 422, f"Lane {lane} has {LANES[lane]} GPU(s) per job; compute_num_gpus is too large"

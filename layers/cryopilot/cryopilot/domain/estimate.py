@@ -22,7 +22,8 @@ Billing model (:mod:`cryopilot.domain.billing`, the same as the run's cost so fa
   arrives and none is up (the job waits the node launch time), stays up while jobs follow within the
   Slurm ``ScaledownIdletime`` and is paid until that idle time after its last job;
 * the head node is paid for the whole time to structure (cluster creation, the run, deletion) in
-  every layout, and stages without GPUs (import, class selection) run on it at no extra cost;
+  every layout, and stages without GPUs cost nothing of their own: class selection runs on it, and
+  the import's few minutes on the gpu8 node the next stage uses are left out;
 * wall times are the white paper's; a GPU-bound stage (``speed.gpu_bound_stages`` in the catalogue)
   on another GPU model takes ``minutes / (speed(gpu) / speed(reference gpu))``. A stage always runs
   with its Table 1 GPU count, on an instance with at least that many GPUs: no scaling with GPU count
