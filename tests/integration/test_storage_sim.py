@@ -121,3 +121,16 @@ def test_the_old_sizing_runs_out_of_space_and_the_storage_model_does_not(profile
     assert volume.peak > prof.size_tb * 10**12
     assert volume.peak <= volume.capacity_bytes
     assert new["volumes"].by_name("shared").peak == 0
+
+
+def test_a_glp1r_run_through_the_state_machine_gets_the_fsx_its_data_needs() -> None:
+    """The whole chain on the local stack: the GLP-1R dataset's listing (5,700 movies, 1.9 TB) is
+    measured by Validate, the cluster is created with the model's FSx, the stand-in's jobs write
+    their bytes onto it, and the run succeeds (``bench.run_one`` raises if it does not)."""
+    from cryopilot_sim import bench
+
+    r = bench.run_one("glp1r", "cryopilot")
+    assert r["status"] == "SUCCEEDED"
+    assert (r["fsx_capacity_gib"], r["fsx_throughput_mb_per_tib"]) == (4800, 250)
+    assert 1.9e12 / GIB < r["fsx_peak_gib"] <= r["fsx_capacity_gib"]
+    assert r["fsx_cost_usd"] > 0
