@@ -57,8 +57,12 @@ def test_the_manifest_and_its_jobs_drive_the_model() -> None:
     assert lines["raw data"].bytes == 10**12
     assert lines["raw data"].basis == "measured under the data prefix"
     assert lines["motion-corrected micrographs"].bytes == 3000 * 2 * 94_300_000
-    # the first extraction stores the Fourier-cropped box the preset sets (bin_size_pix)
-    assert lines["particle stacks (extraction)"].basis == "6,300,000 × 106² px × 4 B"
+    # the manifest's particles; the first extraction stores the Fourier-cropped box the preset sets
+    assert lines["particle stacks (extraction)"].basis == "4,800,000 × 106² px × 4 B"
+    # without the hint: the movies preset's white-paper dataset (CGRP, 6.3 M)
+    bare = _manifest("glp1r.yaml", storage={})
+    plan = storage.plan_for_manifest(bare, expand(bare, data_dir="/fsx/data/"), data)
+    assert plan.lines[3].basis == "6,300,000 × 106² px × 4 B"
 
     hinted = _manifest(
         "glp1r.yaml",
