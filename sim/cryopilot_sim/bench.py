@@ -206,6 +206,7 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
         "record_cost_usd": record.get("cost_usd"),
         "record_cost_basis": record.get("cost_basis"),
         "record_stage_cost_usd": record.get("stage_cost_usd"),
+        "record_storage_cost_usd": record.get("storage_cost_usd"),
         "record_gpu_hours_paid": record.get("gpu_hours_paid"),
         "max_gap_s": max(gaps, default=0.0),
         "mean_gap_s": statistics.fmean(gaps) if gaps else 0.0,

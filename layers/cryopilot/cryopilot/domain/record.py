@@ -123,6 +123,8 @@ class RunRecord(_Item):
     cost_usd: float | None = None
     cost_basis: str | None = None
     stage_cost_usd: float | None = None
+    #: the FSx file system's estimated cost (steps/report.py), beside the nodes' ``cost_usd``
+    storage_cost_usd: float | None = None
     gpu_hours_paid: float | None = None
     gpu_hours_busy: float | None = None
     error: dict[str, Any] | None = None
