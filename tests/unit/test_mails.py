@@ -137,3 +137,21 @@ def test_the_steps_send_the_same_mails_and_note_them_on_the_record(
     assert [(m["kind"], m["subject"]) for m in record.mails] == [
         ("succeeded", GOLDEN["succeeded"]["subject"])
     ]
+
+
+def test_success_mail_adds_the_fsx_file_systems_cost_when_the_report_recorded_it() -> None:
+    doc = {**cases.SUCCEEDED, "fsx_storage_gib": 4800, "fsx_throughput_mb_per_tib": 250}
+    plain = mails.succeeded(
+        _record(doc, doc["run_id"]), PLAN, region=cases.REGION, results_bucket=cases.RESULTS_BUCKET, now=2e9
+    )
+    assert "FSx for Lustre" not in plain.body  # no figure recorded: no line
+    doc["storage_cost_usd"] = 36.46
+    mail = mails.succeeded(
+        _record(doc, doc["run_id"]), PLAN, region=cases.REGION, results_bucket=cases.RESULTS_BUCKET, now=2e9
+    )
+    lines = mail.body.splitlines()
+    cost = next(i for i, line in enumerate(lines) if line.startswith("Cost: "))
+    assert (
+        lines[cost + 1]
+        == "  and the FSx for Lustre file system: about $36 (4,800 GiB at 250 MB/s/TiB, estimated)"
+    )

@@ -114,6 +114,16 @@ def _cost_line(run: RunRecord) -> str:
     return cost_text(float(run.cost_usd), run.cost_basis, digits=0)
 
 
+def _storage_cost_line(run: RunRecord) -> list[str]:
+    """The FSx file system's estimated cost, when the report recorded it (``storage_cost_usd``)."""
+    if run.storage_cost_usd is None or not run.fsx_storage_gib:
+        return []
+    return [
+        f"  and the FSx for Lustre file system: about ${float(run.storage_cost_usd):,.0f}"
+        f" ({run.fsx_storage_gib:,} GiB at {run.fsx_throughput_mb_per_tib} MB/s/TiB, estimated)"
+    ]
+
+
 def succeeded(
     run: RunRecord, plan: Sequence[PlannedStage], *, region: str, results_bucket: str, now: float
 ) -> Mail:
@@ -130,6 +140,7 @@ def succeeded(
         f"Final resolution: {res_txt} (gold-standard FSC 0.143)",
         f"Time to structure: {elapsed}",
         f"Cost: {_cost_line(run)}",
+        *_storage_cost_line(run),
         f"Results: {results.get('uri', '(not exported)')}",
     ]
     for f in results.get("files") or []:
