@@ -5,7 +5,8 @@
 # /fsx mounted), with the arguments of cryopilot.clusterconfig.headnode_setup_args(). It:
 #
 #   1. reads the cryoSPARC licence id from Secrets Manager (only when cryoSPARC must be installed);
-#   2. installs cryoSPARC master + worker (--cryosparc-version) into <shared-dir>/cryosparc, runs
+#   2. installs cryoSPARC master + worker (--cryosparc-version) into <shared-dir>/cryosparc (the
+#      install and its database only: projects go to --project-dir, on FSx for Lustre), runs
 #      the master under systemd (unit cryopilot-cryosparc.service) as the cluster's default user,
 #      and creates the cryoSPARC user the agent logs in as;
 #   3. registers one cryoSPARC cluster lane per Slurm queue of --lanes (lane name = queue name);
@@ -97,7 +98,8 @@ usage() {
 usage: headnode-setup.sh --region REGION --licence-secret-arn ARN --cryosparc-version VERSION
                          --bootstrap-uri s3://BUCKET/PREFIX/ --results-uri s3://BUCKET/PREFIX/
                          --run-id RUN_ID --lanes QUEUE:GPUS[,QUEUE:GPUS...]
-                         --shared-dir DIR --data-dir DIR --results-dir DIR --cache-dir DIR
+                         --shared-dir DIR --data-dir DIR --results-dir DIR --project-dir DIR
+                         --cache-dir DIR
 
 Installs cryoSPARC, registers one lane per Slurm queue and installs the cryopilot agent on a
 ParallelCluster head node. Every argument is required; none is secret (the licence is read from
@@ -165,6 +167,7 @@ lanes_arg=""
 shared_dir=""
 data_dir=""
 results_dir=""
+project_dir=""
 cache_dir=""
 lane_names=()
 lane_gpus=()
@@ -173,7 +176,8 @@ parse_args() {
     while (($# > 0)); do
         case "$1" in
             --region | --licence-secret-arn | --cryosparc-version | --bootstrap-uri | --results-uri | \
-                --run-id | --lanes | --shared-dir | --data-dir | --results-dir | --cache-dir)
+                --run-id | --lanes | --shared-dir | --data-dir | --results-dir | --project-dir | \
+                --cache-dir)
                 if (($# < 2)) || [[ -z "$2" || "$2" == --* ]]; then
                     usage_error "$1 needs a value"
                 fi
@@ -188,6 +192,7 @@ parse_args() {
                     --shared-dir) shared_dir=$2 ;;
                     --data-dir) data_dir=$2 ;;
                     --results-dir) results_dir=$2 ;;
+                    --project-dir) project_dir=$2 ;;
                     --cache-dir) cache_dir=$2 ;;
                     *) usage_error "unknown argument $1" ;;
                 esac
@@ -204,7 +209,7 @@ parse_args() {
 
     local name value
     for name in region licence_secret_arn cryosparc_version bootstrap_uri results_uri run_id \
-        lanes_arg shared_dir data_dir results_dir cache_dir; do
+        lanes_arg shared_dir data_dir results_dir project_dir cache_dir; do
         value=${!name}
         if [[ -z "${value}" ]]; then
             name=${name//_/-}
@@ -222,7 +227,7 @@ parse_args() {
     [[ "${results_uri}" =~ ^s3://[a-z0-9][a-z0-9.-]+[a-z0-9]/([^/[:space:]]+/)*$ ]] ||
         usage_error "--results-uri must look like s3://bucket/prefix/ (ending in '/')"
     [[ "${run_id}" =~ ^[^[:cntrl:]]{1,128}$ ]] || usage_error "--run-id must be 1 to 128 printable characters"
-    for name in shared_dir data_dir results_dir cache_dir; do
+    for name in shared_dir data_dir results_dir project_dir cache_dir; do
         value=${!name}
         [[ "${value}" == /* && "${value}" != *[[:space:]]* ]] ||
             usage_error "--${name//_/-} must be an absolute path without spaces"
@@ -230,6 +235,7 @@ parse_args() {
     shared_dir=${shared_dir%/}
     data_dir=${data_dir%/}
     results_dir=${results_dir%/}
+    project_dir=${project_dir%/}
     cache_dir=${cache_dir%/}
 
     local lane queue gpus
@@ -610,7 +616,7 @@ install_agent() {
         printf 'CRYOPILOT_RESULTS_URI=%q\n' "${results_uri}"
         printf 'CRYOPILOT_DATA_DIR=%q\n' "${data_dir}"
         printf 'CRYOPILOT_RESULTS_DIR=%q\n' "${results_dir}"
-        printf 'CRYOPILOT_PROJECT_ROOT=%q\n' "${install_dir}/projects"
+        printf 'CRYOPILOT_PROJECT_ROOT=%q\n' "${project_dir}"
     } >"${RUN_ENV_FILE}"
     chmod 644 -- "${RUN_ENV_FILE}"
 
@@ -635,8 +641,10 @@ install_agent() {
 }
 
 prepare_directories() {
-    mkdir -p -- "${install_dir}/projects" "${results_dir}"
-    chown -- "${service_user}:" "${install_dir}" "${install_dir}/projects" "${results_dir}"
+    # cryoSPARC's projects live on FSx (the I/O-bound stages read and write them); /shared keeps the
+    # install and the database.
+    mkdir -p -- "${project_dir}" "${results_dir}"
+    chown -- "${service_user}:" "${install_dir}" "${project_dir}" "${results_dir}"
     if [[ ! -d "${data_dir}" ]]; then
         log "warning: the data directory ${data_dir} does not exist (yet)"
     fi

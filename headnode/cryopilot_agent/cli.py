@@ -7,8 +7,9 @@
 
 Connection: ``CRYOSPARC_BASE_URL`` (default http://localhost:39000), ``CRYOSPARC_EMAIL`` and
 ``CRYOSPARC_PASSWORD``; or ``CRYOPILOT_CRYOSPARC_SECRET_ID`` naming a Secrets Manager secret holding
-``{"email": ..., "password": ...}``. ``CRYOPILOT_PROJECT_ROOT`` (default /shared/cryosparc/projects)
-is where new projects are made. Exit status 0 with the verb's answer, 1 with an ``AgentFailure``.
+``{"email": ..., "password": ...}``. ``CRYOPILOT_PROJECT_ROOT`` (default /fsx/projects, on
+FSx for Lustre) is where new projects are made. Exit status 0 with the verb's answer, 1 with an
+``AgentFailure``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from cryopilot.protocol.stage import PlannedStage
 from pydantic import BaseModel, ValidationError
 
 DEFAULT_BASE_URL = "http://localhost:39000"
-DEFAULT_PROJECT_ROOT = "/shared/cryosparc/projects"
+DEFAULT_PROJECT_ROOT = "/fsx/projects"
 
 
 class AgentConfigError(Exception):

@@ -123,23 +123,67 @@ def _cluster_config(args: argparse.Namespace) -> int:
         else:
             data_s3_uri = f"s3://{settings.input_bucket}/datasets/{manifest.dataset}/"
     try:
+        measure = args.manifest.startswith("s3://") or args.measure_data
+        fsx, data = _storage_plan(manifest, settings, data_s3_uri if measure else None)
+        notes += _storage_notes(fsx, data, settings.max_fsx_tib)
         run = RunRecord(
             run_id=run_id,
             dataset=manifest.dataset,
             cluster_name=cluster_name_for(run_id),
             data_s3_uri=data_s3_uri,
+            data_bytes=None if data is None else data.bytes,
+            fsx_storage_gib=fsx.capacity_gib,
+            fsx_throughput_mb_per_tib=fsx.throughput_mb_per_tib,
         )
         text = config_yaml_for(run, settings)
     except ValidationError as exc:
         print(f"cryopilot cluster-config: {validation_message(exc)}", file=sys.stderr)
         return 2
-    except ValueError as exc:
+    except (ValueError, ManifestError) as exc:
         print(f"cryopilot cluster-config: {exc}", file=sys.stderr)
         return 2
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     sys.stdout.write(text)
     return 0
+
+
+def _storage_plan(manifest: Any, settings: Any, data_s3_uri: str | None) -> tuple[Any, Any]:
+    """The storage model's FSx for ``manifest`` as Validate makes it: measured under ``data_s3_uri``
+    (S3 ListObjectsV2), or, with None, for the preset's white-paper dataset."""
+    import boto3
+    from cryopilot.adapters.datasize import measure_prefix
+    from cryopilot.domain import storage
+    from cryopilot.domain.clusterconfig.mounts import FSX_DATA_DIR
+    from cryopilot.domain.presets import expand
+
+    stages = expand(manifest, data_dir=f"{FSX_DATA_DIR}/")  # the jobs' parameters (boxes, float16)
+    data = None
+    if data_s3_uri is not None:
+        data = measure_prefix(
+            boto3.client("s3", region_name=settings.region), data_s3_uri, manifest.input.glob
+        )
+    return storage.plan_for_manifest(manifest, stages, data, throughput=settings.fsx_throughput), data
+
+
+def _storage_notes(fsx: Any, data: Any, max_tib: float) -> list[str]:
+    """What the FSx size rests on, for stderr."""
+    gib = 1024**3
+    where = (
+        f"{data.bytes / 10**12:,.2f} TB in {data.objects:,} objects measured under the data prefix"
+        if data is not None
+        else "data prefix not measured (pass --measure-data): sized for the preset's white-paper dataset"
+    )
+    lines = "; ".join(f"{x.what} {x.bytes / gib:,.0f} GiB" for x in fsx.lines)
+    notes = [
+        f"FSx for Lustre {fsx.deployment_type}: {fsx.capacity_gib:,} GiB at {fsx.throughput_mb_per_tib}"
+        f" MB/s/TiB ({where})",
+        f"storage model: {lines}; {fsx.need_gib:,} GiB with {fsx.headroom:.0%} headroom",
+        f"throughput: {fsx.throughput_rule}",
+    ]
+    if fsx.capacity_gib > max_tib * 1024:
+        notes.append(f"this run would fail at Validate: above MaxFsxTiB ({max_tib:g} TiB)")
+    return notes
 
 
 def _estimate(args: argparse.Namespace) -> int:
@@ -167,15 +211,19 @@ def _estimate(args: argparse.Namespace) -> int:
         if args.manifest:
             from cryopilot.domain.manifest import parse_manifest
             from cryopilot.domain.placement import plan
+            from cryopilot.domain.storage import plan_for_manifest
 
             data = _read_manifest_bytes(args.manifest, args.region)
             manifest = parse_manifest(data, source=args.manifest)
             profile = args.profile or PROFILE_FOR_PRESET[manifest.preset_name]
-            the_plan = plan_from_stages(plan(manifest, data_dir="/fsx/data", catalogue=catalogue), profile)
+            planned = plan(manifest, data_dir="/fsx/data", catalogue=catalogue)
+            the_plan = plan_from_stages(planned, profile)
             print(
                 f"{manifest.dataset}: preset {manifest.preset_name}, stage times of the white paper's"
                 f" {profile} dataset (Table 1)\n"
             )
+            # the FSx file system the storage model gives this manifest (data: the preset's dataset)
+            kwargs["storage_plan"] = plan_for_manifest(manifest, planned, None)
             wp = estimate(the_plan, Layout.whitepaper(), catalogue, **kwargs)
             cp = place(the_plan, Layout.cryopilot(), catalogue, **kwargs)
         else:
@@ -459,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-s3-uri",
         metavar="URI",
         help="S3 folder of the data, ending in '/' (default: s3://<input bucket>/datasets/<dataset>/)",
+    )
+    config.add_argument(
+        "--measure-data",
+        action="store_true",
+        help="list the data folder in S3 to size FSx from it, as Validate does (always done for a"
+        " manifest in S3); without it a local manifest's FSx is sized for its preset's white-paper dataset",
     )
     config.set_defaults(func=_cluster_config)
 

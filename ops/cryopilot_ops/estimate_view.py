@@ -29,6 +29,38 @@ def text_table(header: Sequence[str], rows: Iterable[Sequence[str]], right: set[
     return [line(body[0]), line(["-" * w for w in widths]), *[line(r) for r in body[1:]]]
 
 
+def _storage_rows(w: Estimate, c: Estimate) -> list[list[str]]:
+    """The FSx file system's cost line (both layouts get the same file system, for their own time)."""
+    if w.storage is None or c.storage is None:
+        return []
+    fsx = c.storage
+    return [
+        [
+            f"  FSx for Lustre ({fsx.capacity_gib:,} GiB, {fsx.throughput_mb_per_tib} MB/s/TiB)",
+            f"{w.storage_cost_usd:,.2f}",
+            f"{c.storage_cost_usd:,.2f}",
+            "",
+        ]
+    ]
+
+
+def _storage_assumptions(c: Estimate) -> list[str]:
+    """What the FSx size and price rest on."""
+    fsx = c.storage
+    if fsx is None:
+        return []
+    when = f"as of {fsx.as_of.isoformat()}" if fsx.as_of else "no date"
+    flag = "verified" if fsx.verified else "NOT verified"
+    held = "; ".join(f"{what} {gib:,.0f} GiB" for what, gib in fsx.lines)
+    return [
+        f"  FSx for Lustre {fsx.deployment_type}, {fsx.capacity_gib:,} GiB (storage model: {held};"
+        f" {fsx.need_gib:,} GiB with headroom), paid for the whole time to structure",
+        f"    throughput: {fsx.throughput_rule}",
+        f"    {fsx.usd_per_gb_month:.3f} USD per GB-month at {fsx.throughput_mb_per_tib} MB/s/TiB"
+        f"  {when}  {flag}  {fsx.source}",
+    ]
+
+
 def render_comparison(whitepaper: Estimate, cryopilot: Estimate) -> str:
     """Both estimates as a plain-text report: stages, totals, and every assumption behind them."""
     title = whitepaper.title or whitepaper.plan
@@ -97,6 +129,7 @@ def render_comparison(whitepaper: Estimate, cryopilot: Estimate) -> str:
             f"{c.head_node_cost_usd:,.2f}",
             "",
         ],
+        *_storage_rows(w, c),
         [
             "GPU-hours paid",
             f"{w.gpu_hours_paid:,.1f}",
@@ -144,6 +177,7 @@ def render_comparison(whitepaper: Estimate, cryopilot: Estimate) -> str:
         else:
             flag = "verified" if s.verified else "NOT verified (lower of vendor FP32 and bandwidth ratios)"
         out.append(f"    {s.gpu_model:<10} {s.factor:>5.2f}  {flag}")
+    out += _storage_assumptions(c)
     out.append(
         f"  GPU node launch {fmt_duration(c.node_launch_seconds)} (assumption); Slurm ScaledownIdletime "
         f"{fmt_duration(c.scaledown_idle_seconds)} (clusterconfig); a node is paid until that idle time"

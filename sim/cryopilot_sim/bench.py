@@ -6,6 +6,11 @@ cluster through the ParallelCluster stand-in, drives the cryoSPARC stand-in stag
 and deletes the cluster. Stage durations are Table 1's (``data/profiles.yaml``), divided by the speed
 of the GPU of the node each job ran on (the catalogue's factors); compute nodes launch, idle and
 terminate as Slurm's would (``cryopilot_sim.slurm``), and each is billed for the time it was up.
+The dataset's listing in S3 has the profile's movies and size (``cryopilot_sim.datasets``), so
+Validate sizes the FSx file system as it would for the real data; the cryoSPARC stand-in's jobs write
+their bytes onto it (``cryopilot_sim.cryosparc_bytes``): the results give its capacity, its peak
+use and its cost (capacity × the catalogue's rate per GB-month × the cluster's life), which is part
+of ``cost_usd``.
 
 Nothing here is an estimate: every figure is read back from what the simulated run did (the jobs'
 timestamps, the nodes' bill, the execution history, the Lambda invocation counts).
@@ -32,6 +37,7 @@ from typing import Any
 import yaml
 
 from cryopilot_sim.clock import VirtualClock
+from cryopilot_sim.datasets import stage_profile_data
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "build" / "bench" / "results.json"
@@ -77,6 +83,7 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
         clock=clock,
         profile=profile,
         pcluster_options={"create_seconds": create, "delete_seconds": delete},
+        model_bytes=True,
     )
     wall0 = time.monotonic()
     from cryopilot.adapters.observability import logger as lambda_logger  # sets the Lambdas' level first
@@ -87,6 +94,8 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
         restore.callback(quiet.setLevel, level)  # the process goes on logging as before
         quiet.setLevel(logging.WARNING)  # the Lambdas' INFO lines
         folder, text, files = _manifest(profile, layout)
+        glob = yaml.safe_load(text)["input"]["glob"]
+        stage_profile_data(cloud.input_bucket, f"datasets/{folder}/", profile, glob)
         cloud.drop_dataset(folder, text, files)
         deadline = time.monotonic() + 30
         while not cloud.executions():
@@ -103,6 +112,7 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
         cluster = str(record.get("cluster_name") or "")
         cs = cloud.cryosparc_by_cluster.get(cluster)
         nodes = cloud.compute_nodes.get(cluster)
+        volumes = cloud.volumes_by_cluster.get(cluster)
         created = cloud.pcluster.history.get(cluster, {})
         delete_requests = cloud.pcluster.delete_requests.get(cluster, [])
     wall = time.monotonic() - wall0
@@ -168,6 +178,7 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
     head_type = str(created and yaml.safe_load(created["config"])["HeadNode"]["InstanceType"])
     cluster_life_h = max(0.0, finished - float(created.get("created_at", started))) / 3600
     head_cost = cluster_life_h * cat.price(head_type)
+    fsx = _fsx(created, volumes, cluster_life_h, cat)
     export_end = _when(record.get("export_finished_at"))
     delete_lag = (delete_requests[0] - export_end) if delete_requests and export_end is not None else None
     transitions = sum(1 for ev in history if ev["type"].endswith("StateEntered"))
@@ -187,13 +198,15 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
         "gpu_hours_busy": busy / 3600,
         "gpu_utilization": (busy / 3600) / paid_gpu_h if paid_gpu_h else 0.0,
         "idle_gpu_hours": paid_gpu_h - busy / 3600,
-        "cost_usd": compute_cost + head_cost,
+        "cost_usd": compute_cost + head_cost + fsx["fsx_cost_usd"],
         "compute_cost_usd": compute_cost,
         "head_node_cost_usd": head_cost,
+        **fsx,
         # what the controller itself told (run record, report, mail): its estimate of the same bill
         "record_cost_usd": record.get("cost_usd"),
         "record_cost_basis": record.get("cost_basis"),
         "record_stage_cost_usd": record.get("stage_cost_usd"),
+        "record_storage_cost_usd": record.get("storage_cost_usd"),
         "record_gpu_hours_paid": record.get("gpu_hours_paid"),
         "max_gap_s": max(gaps, default=0.0),
         "mean_gap_s": statistics.fmean(gaps) if gaps else 0.0,
@@ -212,6 +225,32 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
         "queues": sorted({j.lane for j in gpu_jobs if j.lane}),
         "jobs": timeline,
         "wall_seconds": wall,
+    }
+
+
+def _fsx(created: dict[str, Any], volumes: Any, hours: float, cat: Any) -> dict[str, Any]:
+    """The cluster's FSx file system: size and tier (from the configuration sent), peak use (what
+    the stand-in's jobs wrote) and cost (capacity × rate per GB-month × the cluster's life)."""
+    from cryopilot.domain.billing import storage_cost
+
+    settings: dict[str, Any] = {}
+    for shared in (yaml.safe_load(created["config"]) if created else {}).get("SharedStorage") or []:
+        if shared.get("StorageType") == "FsxLustre":
+            settings = shared["FsxLustreSettings"]
+    capacity = int(settings.get("StorageCapacity", 0))
+    tier = int(settings.get("PerUnitStorageThroughput", 0))
+    rate = (
+        cat.fsx_price(settings.get("DeploymentType", "PERSISTENT_2"), tier).usd_per_gb_month if tier else 0.0
+    )
+    volume = volumes.by_name("fsx") if volumes is not None else None
+    peak = volume.peak / 1024**3 if volume is not None else None
+    return {
+        "fsx_capacity_gib": capacity,
+        "fsx_throughput_mb_per_tib": tier,
+        "fsx_peak_gib": peak,
+        "fsx_peak_share": peak / capacity if peak is not None and capacity else None,
+        "fsx_usd_per_gb_month": rate,
+        "fsx_cost_usd": storage_cost(capacity, rate, hours),
     }
 
 
@@ -288,6 +327,9 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
         ("idle GPU-h", lambda r: f"{r['idle_gpu_hours']:.1f}"),
         ("cost $", lambda r: f"{r['cost_usd']:.2f}"),
         ("nodes $", lambda r: f"{r['compute_cost_usd']:.2f}"),
+        ("FSx GiB", lambda r: str(r["fsx_capacity_gib"])),
+        ("FSx peak GiB", lambda r: f"{r['fsx_peak_gib']:.0f}" if r["fsx_peak_gib"] is not None else "-"),
+        ("FSx $", lambda r: f"{r['fsx_cost_usd']:.2f}"),
         ("record $", lambda r: _money(r.get("record_cost_usd"))),
         ("max gap s", lambda r: f"{r['max_gap_s']:.0f}"),
         ("mean gap s", lambda r: f"{r['mean_gap_s']:.0f}"),

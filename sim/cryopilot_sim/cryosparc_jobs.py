@@ -17,7 +17,7 @@ from cryopilot.domain.presets import JobTypeSpec
 
 from cryopilot_sim.clock import Clock
 
-FaultKind = Literal["fail", "kill", "stuck"]
+FaultKind = Literal["fail", "kill", "stuck", "nospace"]
 DurationFn = Callable[[str, "SimJob"], float]
 
 #: profiles.yaml stage id per job type (extract_micrographs_multi is "extract" the first time in a
@@ -114,6 +114,8 @@ class JobTiming:
 
         def _prepare_select(self, p: SimProject, job: SimJob) -> None: ...
 
+        def _write_outputs(self, p: SimProject, job: SimJob) -> float | None: ...
+
     # ---------------------------------------------------------------- simulation
 
     def _duration(self, job: SimJob) -> float:
@@ -155,6 +157,8 @@ class JobTiming:
                     if job.fault == "fail":
                         job.error = f"Simulated failure of {job.type} (injected fault)"
                         self._finish(job, "failed", job.end_at)
+                    elif job.fault == "nospace":  # its file system filled up (error set when it did)
+                        self._finish(job, "failed", job.end_at)
                     elif job.fault == "kill":
                         job.error = "Job killed by an external signal (injected fault)"
                         self._finish(job, "killed", job.end_at)
@@ -188,6 +192,10 @@ class JobTiming:
             job.end_at = start + duration / 2
         else:
             job.end_at = start + duration
+            done = self._write_outputs(p, job)  # the bytes it writes (cryosparc_bytes)
+            if done is not None:
+                job.fault = "nospace"
+                job.end_at = start + duration * done
 
     def _release_node(self, job: SimJob, at: float) -> None:
         if self.slurm is not None and job.lane is not None:

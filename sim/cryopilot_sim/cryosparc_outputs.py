@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from cryosparc.dataset import Dataset
 
+from cryopilot_sim.cryosparc_bytes import EXTRACTED_SHARE
 from cryopilot_sim.cryosparc_jobs import SimJob, SimProject
 
 
@@ -146,7 +147,7 @@ class JobOutputs:
             self._put_output(job, "particles", int(prof["particles"] * 1.6))
         elif t == "extract_micrographs_multi":
             self._put_output(job, "micrographs", self._input_count(job, "micrographs", p))
-            self._put_output(job, "particles", int(self._input_count(job, "particles", p) * 0.985))
+            self._put_output(job, "particles", int(self._input_count(job, "particles", p) * EXTRACTED_SHARE))
         elif t == "class_2D_new":
             n = self._input_count(job, "particles", p)
             job.class_info = self._class2d_info(job, n)

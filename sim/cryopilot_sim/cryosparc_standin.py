@@ -38,6 +38,7 @@ from cryopilot.domain.presets import JobTypeSpec, job_types
 from cryosparc.dataset import Dataset
 
 from cryopilot_sim.clock import Clock
+from cryopilot_sim.cryosparc_bytes import JobBytes
 from cryopilot_sim.cryosparc_jobs import (
     STAGE_OF_TYPE as STAGE_OF_TYPE,  # the stand-in's register, as its users import it
 )
@@ -132,7 +133,7 @@ _JOB_FIND_QUERY = [
 ]
 
 
-class CryoSparcStandIn(JobTiming, JobOutputs):
+class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
     """A cryoSPARC 5 instance in a thread: ``with CryoSparcStandIn(clock) as cs: url = cs.base_url``."""
 
     def __init__(
@@ -170,6 +171,10 @@ class CryoSparcStandIn(JobTiming, JobOutputs):
         #: The cluster's compute nodes (``cryopilot_sim.slurm.SlurmNodes``): when set, a lane job
         #: starts once its node is up and runs at its GPU's speed; None = every job starts at once.
         self.slurm: Any = None
+        #: The cluster's file systems (``cryopilot_sim.filesystems.Volumes``): when set, jobs write
+        #: their bytes there and fail when one is full (``cryopilot_sim.cryosparc_bytes``).
+        self.volumes: Any = None
+        self._data_loaded: set[str] = set()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -989,6 +994,12 @@ class CryoSparcStandIn(JobTiming, JobOutputs):
             raise ApiError(422, f"{job.type} is interactive and runs on the master only (no lane)")
         if spec.gpu and lane is None:
             raise ApiError(422, f"{job.type} needs GPUs: queue it to a lane")
+        if not spec.interactive and lane is None:
+            # cryosparc-tools' Job.queue: without a lane a job runs "directly on the master or current
+            # workstation"; cryopilot's instance registers cluster lanes only (headnode-setup.sh), so
+            # a worker job has nowhere to run. The real instance's exact answer is not documented;
+            # this stand-in refuses it at once rather than leave it queued forever.
+            raise ApiError(422, f"{job.type} runs on a worker: queue it to a lane (no master workstation)")
         if lane is not None and int(job.params.get("compute_num_gpus", 1)) > LANES[lane]:
             raise ApiError(
                 422, f"Lane {lane} has {LANES[lane]} GPU(s) per job; compute_num_gpus is too large"

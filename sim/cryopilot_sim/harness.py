@@ -120,6 +120,10 @@ class LocalCloud:
     stack_name: str = "cryopilot-local"
     pcluster_options: dict[str, Any] = field(default_factory=dict)
     cryosparc_options: dict[str, Any] = field(default_factory=dict)
+    #: The cryoSPARC stand-in's jobs write their bytes onto the cluster's file systems (the FSx size
+    #: and /shared size of the configuration the controller sent) and fail when one is full. Only
+    #: meaningful when the dataset's listing has the profile's size (cryopilot_sim.datasets).
+    model_bytes: bool = False
 
     def __post_init__(self) -> None:
         self.template = load_template()
@@ -148,6 +152,8 @@ class LocalCloud:
         self.compute_nodes: dict[str, Any] = {}
         #: Each cluster's cryoSPARC stand-in, kept after deletion (its jobs' timestamps).
         self.cryosparc_by_cluster: dict[str, Any] = {}
+        #: Each cluster's file systems (``cryopilot_sim.filesystems.Volumes``) with ``model_bytes``.
+        self.volumes_by_cluster: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- lifecycle
     def __enter__(self) -> LocalCloud:
@@ -640,6 +646,8 @@ class LocalCloud:
         )
         base_url = cs.start()
         cs.slurm = self._compute_nodes_for(cluster_name)
+        if self.model_bytes:
+            cs.volumes = self._volumes_for(cluster_name)
         self.cryosparc_by_cluster[cluster_name] = cs
         for setup in self.cryosparc_setup:
             setup(cs)
@@ -647,10 +655,24 @@ class LocalCloud:
             "CRYOSPARC_BASE_URL": base_url,
             "CRYOSPARC_EMAIL": email,
             "CRYOSPARC_PASSWORD": password,
-            "CRYOPILOT_PROJECT_ROOT": f"/shared/cryosparc/projects/{cluster_name}",
+            "CRYOPILOT_PROJECT_ROOT": f"/fsx/projects/{cluster_name}",
         }
         with self._lock:
             self.head_nodes[instance_id] = HeadNode(cluster_name, instance_id, cs, env)
+
+    def _volumes_for(self, cluster_name: str) -> Any:
+        """The file systems of the cluster's configuration (None if the stand-in kept no record)."""
+        import yaml
+
+        from cryopilot_sim.filesystems import Volumes
+
+        record = self.pcluster.history.get(cluster_name)
+        if record is None:
+            return None
+        volumes = Volumes.from_cluster_config(yaml.safe_load(record["config"]))
+        with self._lock:
+            self.volumes_by_cluster[cluster_name] = volumes
+        return volumes
 
     def _compute_nodes_for(self, cluster_name: str) -> Any:
         """The Slurm nodes of the cluster's configuration (None if the stand-in kept no record)."""

@@ -61,7 +61,7 @@ class Agent:
             "CRYOSPARC_BASE_URL": base_url,
             "CRYOSPARC_EMAIL": EMAIL,
             "CRYOSPARC_PASSWORD": PASSWORD,
-            "CRYOPILOT_PROJECT_ROOT": "/shared/cryosparc/projects",
+            "CRYOPILOT_PROJECT_ROOT": "/fsx/projects",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
 
@@ -149,7 +149,7 @@ def test_movies_preset_runs_to_final_resolution_and_exports(clock: VirtualClock)
         assert motion.completed_at - motion.started_at == pytest.approx(100 * 60)
         assert results["class2d"].stages[0].jobs[0].gpus == 4
         assert results["nurefine"].stages[0].jobs[0].lane == "gpu1"
-        assert results["import"].stages[0].jobs[0].lane is None
+        assert results["import"].stages[0].jobs[0].lane == "gpu8"
         assert results["extract"].stages[0].jobs[0].num_particles > 1_000_000
 
         # decisions recorded with their numbers
@@ -329,6 +329,24 @@ def test_wrong_job_type_param_or_output_fails(agent: Agent) -> None:
     assert "movies_imported" in f.message
     # the interrupted submit left no stage job behind: the correct spec still submits
     assert not agent.submit("run-bad", motion).already_submitted
+
+
+def test_import_runs_on_a_lane_and_a_worker_job_without_one_is_refused(agent: Agent) -> None:
+    """cryosparc-tools' ``Job.queue``: no lane means "run directly on the master or current
+    workstation"; cryopilot's instance has no master workstation (its only targets are the cluster
+    lanes), so every job that runs on a worker goes to a lane, as cryosparc-tools' workflow example
+    queues Import Movies; only interactive jobs (Select 2D) are queued without one."""
+    for manifest in (movies_manifest(), spike_manifest()):
+        stages = {s.id: s for s in plan(manifest, data_dir="/fsx/d/")}
+        assert stages["import"].lane == "gpu8"  # the queue motion correction (or CTF) uses next
+        assert stages["select2d"].lane is None
+
+    imp = plan(movies_manifest(), data_dir="/fsx/d/")[0]
+    st = agent.run_stage("run-lane", imp).stages[0]
+    assert (st.state, st.jobs[0].lane) == ("completed", "gpu8")
+    f = _failure(agent, "run-no-lane", imp.model_copy(update={"lane": None}))
+    assert f.error_type == "APIError"
+    assert "import_movies runs on a worker" in f.message
 
 
 def test_bad_credentials_and_arguments(standin: CryoSparcStandIn, clock: VirtualClock) -> None:

@@ -571,6 +571,14 @@ def _object_created(bucket: str, key: str, version: str, etag: str) -> dict[str,
     }
 
 
+# A valid manifest whose run needs more FSx than the stack allows (MaxFsxTiB, 48 TiB by default):
+# ten billion particles of the spike's box are petabytes of particle stacks.
+TOO_BIG = Upload(
+    "storage-over-max-fsx",
+    _yaml(_manifest(dataset="BAD-storage-over-max-fsx", storage={"expected_particles": 10_000_000_000})),
+    ("storage: the run needs an FSx file system of", "above this stack's MaxFsxTiB of 48 TiB"),
+)
+
 REPEATED = "REPEATED"
 GONE = "GONE"
 FORGED = "FORGED"
@@ -656,7 +664,7 @@ def batch() -> Iterator[Batch]:
         b.gone_version = first["VersionId"]
         b.marker_version = marker["VersionId"]
 
-        for case in UPLOADS + BOM_UPLOADS:
+        for case in [*UPLOADS, *BOM_UPLOADS, TOO_BIG]:
             cloud.drop_dataset(case.folder, case.body, manifest_name=case.name)
         for key, _ in BAD_KEYS.values():
             s3.put_object(Bucket=bucket, Key=key, Body=SPIKE_YAML)
@@ -773,6 +781,25 @@ def test_a_refused_manifest_subscribes_no_address(batch: Batch) -> None:
     assert endpoints == {"structures@example.org"}, endpoints  # the stack's NotificationEmail only
 
 
+def test_a_run_needing_more_fsx_than_max_fsx_tib_fails_at_validate(batch: Batch) -> None:
+    run_id, _ = batch.started_run(f"datasets/{TOO_BIG.folder}/{TOO_BIG.name}")
+    desc = batch.finished[run_id]
+    assert desc["status"] == "FAILED"
+    record = batch.cloud.run_record(run_id)
+    assert record is not None
+    error = record["error"]
+    assert (error["type"], error["step"]) == ("StorageLimitError", "validate"), error["message"]
+    for fragment in TOO_BIG.expected:
+        assert fragment in error["message"], error["message"]
+    assert "\n" not in error["message"]
+    assert record["fsx_storage_gib"] > 48 * 1024  # the model's size is on the record
+    (mail,) = [m for m in batch.mails if m["attributes"].get("run_id") == run_id]
+    assert TOO_BIG.expected[1] in mail["message"]
+    assert NO_CLUSTER in mail["message"]
+    assert "CreateCluster" not in batch.cloud.states_entered(desc["executionArn"])
+    assert list(batch.cloud.pcluster.requests_for("create_cluster")) == []
+
+
 def test_a_version_that_no_longer_exists_is_ignored(batch: Batch) -> None:
     key = f"datasets/{GONE}/cryopilot.yaml"
     (delivery,) = batch.deliveries_for(key)  # the two uploads went in with the rule off
@@ -876,10 +903,10 @@ def test_an_event_naming_a_delete_marker_is_ignored(batch: Batch) -> None:
 
 
 def test_every_execution_is_accounted_for(batch: Batch) -> None:
-    # uploads + the repeated event (one run) + manual starts + the list input + the run whose
-    # record cannot be written; the late event of a deleted version and the forged versions start
-    # nothing
-    expected = len(UPLOADS) + len(BOM_UPLOADS) + 1 + len(MANUALS) + 1 + 1
+    # uploads (and the one too big for FSx) + the repeated event (one run) + manual starts + the
+    # list input + the run whose record cannot be written; the late event of a deleted version and
+    # the forged versions start nothing
+    expected = len(UPLOADS) + len(BOM_UPLOADS) + 1 + 1 + len(MANUALS) + 1 + 1
     assert len(batch.finished) == expected, sorted(batch.finished)
     assert all(d.error is None for d in batch.cloud.deliveries), "no StartRun delivery may crash"
     assert list(batch.cloud.pcluster.requests_for("create_cluster")) == []

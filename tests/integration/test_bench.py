@@ -84,3 +84,25 @@ def test_the_run_records_estimate_of_the_node_bill_matches_the_simulated_bill(re
         assert r["record_gpu_hours_paid"] == pytest.approx(r["gpu_hours_paid"], rel=0.001, abs=0.01), key
         # the stages' own run time leaves launch and idle out
         assert r["record_stage_cost_usd"] < r["record_cost_usd"], key
+
+
+def test_the_fsx_file_system_is_sized_used_and_paid_for(results: dict) -> None:
+    """Validate sizes FSx from the dataset's listing (the spike's 2,500 micrographs, 160 GB); the
+    stand-in's jobs write their bytes onto it; its cost is part of the run's."""
+    cat = Catalogue.load()
+    for key, r in results["results"].items():
+        assert r["fsx_capacity_gib"] == 1200, key
+        assert r["fsx_throughput_mb_per_tib"] == 1000, key
+        # the lazily loaded micrographs and both particle stacks, never more than the file system
+        assert 160e9 / 1024**3 < r["fsx_peak_gib"] <= r["fsx_capacity_gib"], key
+        rate = cat.fsx_price("PERSISTENT_2", 1000).usd_per_gb_month
+        assert r["fsx_usd_per_gb_month"] == rate
+        hours = r["head_node_cost_usd"] / cat.price("m6i.2xlarge")  # the cluster's life
+        assert r["fsx_cost_usd"] == pytest.approx(1200 * rate * hours / 730), key
+        parts = r["compute_cost_usd"] + r["head_node_cost_usd"] + r["fsx_cost_usd"]
+        assert r["cost_usd"] == pytest.approx(parts), key
+        # the run record's own figure: from the cluster's request to the report, plus the
+        # catalogue's deletion time; the bench's cluster life ends at the run's finish (the done
+        # mail), before the deletion, so the record's is the larger by about those 10 minutes
+        record = r["record_storage_cost_usd"]
+        assert r["fsx_cost_usd"] < record < r["fsx_cost_usd"] * 1.03, key

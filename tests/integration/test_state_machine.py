@@ -109,7 +109,9 @@ def test_successful_run(cloud: LocalCloud) -> None:
     assert pick["cost_usd"] == pytest.approx(
         (pick["completed_at"] - pick["started_at"]) / 3600 * gpu1, rel=1e-3
     )
-    assert "cost_usd" not in record["stages"]["import"]  # the head node's own stage
+    imp = record["stages"]["import"]  # a worker job: on the gpu8 node motion correction uses next
+    assert imp["cost_usd"] == pytest.approx((imp["completed_at"] - imp["started_at"]) / 3600 * p4d, rel=1e-3)
+    assert "cost_usd" not in record["stages"]["select2d"]  # interactive: on the cryoSPARC master
     assert record["cost_usd"] > 0  # the report's total, quoted in the final mail
     assert record["decisions"], "the 2D selection and class choices must be recorded"
 

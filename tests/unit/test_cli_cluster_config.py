@@ -134,3 +134,53 @@ def test_bad_flag_value_exits_2_without_output(capsys: pytest.CaptureFixture[str
     assert code == 2
     assert out == ""
     assert "gpu8_instance_type" in err
+
+
+def test_fsx_is_sized_by_the_storage_model_from_the_measured_data(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GLP-1R dataset of the white paper (EMPIAR-10673: 1.9 TB, 5,700 K3 movies) in S3: the FSx
+    file system holds the lazily imported movies, two float32 micrographs per movie, the particle
+    stacks and 25 % headroom, rounded to a PERSISTENT_2 size."""
+    from cryopilot_sim.datasets import stage_profile_data
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        import boto3
+
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="cryopilot-input")
+        key = "datasets/GLP1R-2026-11/cryopilot.yaml"
+        s3.put_object(Bucket="cryopilot-input", Key=key, Body=(MANIFESTS / "glp1r.yaml").read_bytes())
+        listing = stage_profile_data("cryopilot-input", "datasets/GLP1R-2026-11/", "glp1r", "movies/*.tif")
+        assert listing.bytes == 1_900_000_000_000
+        code, out, err = run_cli(capsys, f"s3://cryopilot-input/{key}", "--region", "us-east-1")
+    assert code == 0, err
+    fsx = yaml.safe_load(out)["SharedStorage"][1]["FsxLustreSettings"]
+    gib = 1024**3
+    # what the file system must hold: the movies (and the manifest), 5,700 x 2 micrographs of 94.3 MB
+    # and 4 MB of side files each, the manifest's 4.8 M particles of 106² float32 pixels (the
+    # Fourier-cropped box) and half of them again at 210² pixels; plus 25 % headroom
+    held = listing.bytes + len((MANIFESTS / "glp1r.yaml").read_bytes())
+    held += 5700 * 2 * 94_300_000 + 5700 * 4_000_000
+    held += 4_800_000 * 106**2 * 4 + 2_400_000 * 210**2 * 4
+    need = -(-held * 5 // 4 // gib)
+    assert f"; {need:,} GiB with 25% headroom" in err
+    assert need == 4234
+    assert fsx["StorageCapacity"] == 4800  # the next PERSISTENT_2 size: 2 x 2400 GiB
+    assert fsx["PerUnitStorageThroughput"] == 250
+    assert fsx["DeploymentType"] == "PERSISTENT_2"
+    assert "1.90 TB in 5,701 objects measured under the data prefix" in err
+    assert "4,800 GiB at 250 MB/s/TiB" in err
+
+
+def test_a_local_manifest_is_sized_for_its_presets_white_paper_dataset(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run_cli(capsys, str(MANIFESTS / "cgrp.yaml"))
+    assert code == 0, err
+    fsx = yaml.safe_load(out)["SharedStorage"][1]["FsxLustreSettings"]
+    assert fsx["StorageCapacity"] == 4800  # the CGRP dataset: 1.6 TB, 5,600 movies, 6.3 M particles
+    assert "data prefix not measured (pass --measure-data)" in err

@@ -40,6 +40,17 @@ def test_manifest_estimate_uses_the_presets_stages(capsys: pytest.CaptureFixture
     assert rows[-1] == "nurefine"
 
 
+def test_the_estimate_prints_the_fsx_file_systems_size_and_cost(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", str(EVENTS / "manifests" / "glp1r.yaml")]) == 0
+    out = capsys.readouterr().out
+    (row,) = [line for line in out.splitlines() if line.startswith("  FSx for Lustre (")]
+    assert row.startswith("  FSx for Lustre (4,800 GiB, 250 MB/s/TiB)")
+    whitepaper, cryopilot = (float(v) for v in row.split(")")[1].split())
+    assert whitepaper > cryopilot > 0  # the same file system, paid for each layout's time
+    assert "FSx for Lustre PERSISTENT_2, 4,800 GiB (storage model: raw data" in out
+    assert "USD per GB-month at 250 MB/s/TiB" in out
+
+
 def test_price_override_changes_the_cost(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["estimate", "--profile", "spike"]) == 0
     base = capsys.readouterr().out

@@ -183,6 +183,27 @@ def _agent_zip(path: Path) -> None:
 # --- the simulated head node ---------------------------------------------------------------------
 
 
+def _request_and_params() -> tuple[ClusterRequest, ClusterParams]:
+    """A real run's cluster request and the stack's parameters."""
+    params = ClusterParams(
+        region="us-east-1",
+        head_node_subnet_id="subnet-0123456789abcdef0",
+        compute_subnet_ids=["subnet-0aaaaaaaaaaaaaaa1"],
+        licence_secret_arn=SECRET_ARN,
+        bootstrap_s3_uri=BOOTSTRAP_URI,
+        results_s3_uri="s3://cryopilot-results-123456789012/runs/",
+    )
+    request = ClusterRequest(
+        run_id=RUN_ID,
+        dataset="cgrp",
+        cluster_name=cluster_name_for(RUN_ID),
+        data_s3_uri="s3://cryopilot-input-123456789012/datasets/cgrp/",
+        results_s3_uri=f"s3://cryopilot-results-123456789012/runs/{RUN_ID}/",
+        stack_name="cryopilot-test",
+    )
+    return request, params
+
+
 @dataclass
 class Node:
     """A temporary head node: its file tree (``tree``), the stubs' place (``stubs``) and a runner."""
@@ -206,6 +227,11 @@ class Node:
         return self.shared / "cryosparc"
 
     @property
+    def project_root(self) -> Path:
+        """Where cryoSPARC's projects go: on FSx (the cluster's ``/fsx/projects``), not ``/shared``."""
+        return self.tree / "fsx" / "projects"
+
+    @property
     def calls_file(self) -> Path:
         return self.stubs / "calls.log"
 
@@ -223,27 +249,12 @@ class Node:
 
     def args(self) -> list[str]:
         """``headnode_setup_args()`` of a real request, with the mount points moved into the tree."""
-        params = ClusterParams(
-            region="us-east-1",
-            head_node_subnet_id="subnet-0123456789abcdef0",
-            compute_subnet_ids=["subnet-0aaaaaaaaaaaaaaa1"],
-            licence_secret_arn=SECRET_ARN,
-            bootstrap_s3_uri=BOOTSTRAP_URI,
-            results_s3_uri="s3://cryopilot-results-123456789012/runs/",
-        )
-        request = ClusterRequest(
-            run_id=RUN_ID,
-            dataset="cgrp",
-            cluster_name=cluster_name_for(RUN_ID),
-            data_s3_uri="s3://cryopilot-input-123456789012/datasets/cgrp/",
-            results_s3_uri=f"s3://cryopilot-results-123456789012/runs/{RUN_ID}/",
-            stack_name="cryopilot-test",
-        )
-        args = headnode_setup_args(request, params)
+        args = headnode_setup_args(*_request_and_params())
         moved = {
             "--shared-dir": self.shared,
             "--data-dir": self.tree / "fsx" / "data",
             "--results-dir": self.tree / "fsx" / "results",
+            "--project-dir": self.project_root,
             "--cache-dir": self.tree / "scratch",
         }
         for flag, path in moved.items():
@@ -497,7 +508,21 @@ def test_the_agent_is_installed_behind_a_wrapper(first_run: FirstRun) -> None:
     run_env = (etc / "run.env").read_text()
     assert f"CRYOPILOT_RUN_ID={RUN_ID}\n" in run_env
     assert "AWS_DEFAULT_REGION=us-east-1\n" in run_env
-    assert f"CRYOPILOT_PROJECT_ROOT={node.install}/projects\n" in run_env
+    assert f"CRYOPILOT_PROJECT_ROOT={node.project_root}\n" in run_env
+
+
+def test_cryosparc_projects_live_on_fsx_and_shared_keeps_the_install(first_run: FirstRun) -> None:
+    """The projects (micrographs, particle stacks) go to FSx; /shared holds the install and database."""
+    node = first_run.node
+    args = node.args()
+    assert args[args.index("--project-dir") + 1] == str(node.project_root)
+    # what the cluster configuration sends, before the test moves it into its tree
+    sent = headnode_setup_args(*_request_and_params())
+    assert sent[sent.index("--project-dir") + 1] == "/fsx/projects"
+    assert node.project_root.is_dir()
+    assert node.project_root.stat().st_uid == pwd.getpwnam(node.service_user).pw_uid
+    assert not (node.install / "projects").exists()
+    assert sorted(p.name for p in node.shared.iterdir()) == ["cryopilot", "cryosparc"]
 
 
 def test_the_credentials_file_is_root_only(first_run: FirstRun) -> None:

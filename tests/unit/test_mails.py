@@ -166,3 +166,21 @@ def test_cleanup_mail_of_a_superseded_run_and_of_a_deletion_pending_on_its_creat
     assert pending.subject == f"[cryopilot] {dataset} was stopped"
     assert "its deletion is pending" in pending.body
     assert "nothing is left running" not in pending.body
+
+
+def test_success_mail_adds_the_fsx_file_systems_cost_when_the_report_recorded_it() -> None:
+    doc = {**cases.SUCCEEDED, "fsx_storage_gib": 4800, "fsx_throughput_mb_per_tib": 250}
+    plain = mails.succeeded(
+        _record(doc, doc["run_id"]), PLAN, region=cases.REGION, results_bucket=cases.RESULTS_BUCKET, now=2e9
+    )
+    assert "FSx for Lustre" not in plain.body  # no figure recorded: no line
+    doc["storage_cost_usd"] = 36.46
+    mail = mails.succeeded(
+        _record(doc, doc["run_id"]), PLAN, region=cases.REGION, results_bucket=cases.RESULTS_BUCKET, now=2e9
+    )
+    lines = mail.body.splitlines()
+    cost = next(i for i, line in enumerate(lines) if line.startswith("Cost: "))
+    assert (
+        lines[cost + 1]
+        == "  and the FSx for Lustre file system: about $36 (4,800 GiB at 250 MB/s/TiB, estimated)"
+    )

@@ -59,7 +59,7 @@ def test_movies_plan_lanes_gpus_and_manifest_values() -> None:
     stages = {s.id: s for s in plan(manifest(symmetry="C2"), data_dir=DATA_DIR)}
     assert list(stages)[-3:] == ["hetero5", "reextract", "nurefine"]
     expect = {
-        "import": (None, 0),
+        "import": ("gpu8", 0),  # a worker job: on a lane, the one motion correction uses next
         "motion": ("gpu8", 8),
         "ctf": ("gpu8", 8),
         "pick": ("gpu1", 1),
@@ -197,7 +197,8 @@ def test_every_name_in_both_presets_is_in_the_standin_register() -> None:
                 )
                 out = conn.output.replace("{chosen}", "0").replace("*", "0")
                 assert register[job_type_of[conn.stage]].has_output(out), (name, stage.id, conn.output)
-            assert (stage.lane is None) == (not spec.gpu), (name, stage.id)
+            # only interactive jobs run on the master; every other job on a lane (a worker)
+            assert (stage.lane is None) == spec.interactive, (name, stage.id)
             if stage.lane is not None:
                 assert stage.gpus <= {"gpu8": 8, "gpu4": 4, "gpu1": 1}[stage.lane]
             job_type_of[stage.id] = stage.job_type
@@ -208,7 +209,7 @@ def test_whitepaper_layout_puts_every_gpu_stage_on_gpu8() -> None:
     doc["pipeline"]["layout"] = "whitepaper"
     stages = plan(Manifest.model_validate(doc), data_dir=DATA_DIR)
     assert {s.lane for s in stages if s.gpus} == {"gpu8"}
-    assert all(s.lane is None for s in stages if not s.gpus)
+    assert {s.id: s.lane for s in stages if not s.gpus} == {"import": "gpu8", "select2d": None}
 
 
 def test_placement_follows_the_queue_types_it_is_given() -> None:

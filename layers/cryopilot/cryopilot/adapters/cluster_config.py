@@ -8,6 +8,7 @@ YAML); deleting a cluster needs none of it (:mod:`.clusters`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,7 +49,8 @@ def placements(settings: Settings) -> list[CapacityFallback]:
 
 def config_yaml_for(run: RunRecord | Mapping[str, Any], settings: Settings) -> str:
     """The configuration for the run's current placement (``placement_attempt``, 0 = as configured).
-    ``run``: its record, or the record's fields (run_id, dataset, cluster_name, data_s3_uri)."""
+    ``run``: its record, or the record's fields (run_id, dataset, cluster_name, data_s3_uri, and the
+    FSx size and throughput Validate chose with the storage model)."""
     if not isinstance(run, RunRecord):
         run = RunRecord.model_validate(run)
     request = ClusterRequest(
@@ -58,6 +60,9 @@ def config_yaml_for(run: RunRecord | Mapping[str, Any], settings: Settings) -> s
         data_s3_uri=run.data_s3_uri,
         results_s3_uri=f"s3://{settings.results_bucket}/runs/{run.run_id}/",
         stack_name=settings.stack_name,
+        dataset_size_gib=None if run.data_bytes is None else math.ceil(run.data_bytes / 1024**3),
+        fsx_storage_gib=run.fsx_storage_gib,
+        fsx_throughput_mb_per_tib=run.fsx_throughput_mb_per_tib,
         gpu8_static_nodes=1 if run.layout == "whitepaper" else 0,
     )
     placement = placements(settings)[run.placement_attempt or 0]

@@ -32,6 +32,9 @@ CLUSTER_FIELDS = [
     "placement_attempt",
     "abandoned_clusters",
     "layout",
+    "data_bytes",
+    "fsx_storage_gib",
+    "fsx_throughput_mb_per_tib",
 ]
 
 

@@ -62,6 +62,17 @@ class Settings(BaseModel):
     #: NotifyAllowedDomains: the domains a manifest's ``notify`` addresses may be in (empty: any)
     notify_allowed_domains: str = Field(default="", description="comma-separated")
 
+    #: Largest FSx for Lustre file system a run may have (stack parameter ``MaxFsxTiB``).
+    max_fsx_tib: float = Field(default=48.0, gt=0)
+    #: ``auto`` (the storage model's rule) or a fixed PERSISTENT_2 tier (``FsxThroughputPerTiB``).
+    fsx_throughput_mb_per_tib: str = "auto"
+
+    @property
+    def fsx_throughput(self) -> int | None:
+        """The stack's fixed FSx throughput tier, or None for the storage model's rule."""
+        value = self.fsx_throughput_mb_per_tib.strip().lower()
+        return None if value in ("", "auto") else int(value)
+
     def queue_instance_types(self, gpu8: str | None = None) -> dict[str, str]:
         """Instance type of each GPU queue; ``gpu8``: the type a run's capacity fallback chose."""
         return {

@@ -172,6 +172,12 @@ class RunStoppedError(CryopilotError):
     label = "run stopped"
 
 
+class StorageLimitError(CryopilotError):
+    """The run's storage model needs a larger FSx file system than the stack allows (``MaxFsxTiB``)."""
+
+    label = "storage limit reached"
+
+
 class ReportError(CryopilotError):
     """The run's report cannot be written (never fails the run: the state machine goes on)."""
 

@@ -50,7 +50,11 @@ __all__ = [
     "node_type",
     "node_up",
     "run_time_cost",
+    "storage_cost",
 ]
+
+#: Hours in the month that storage prices per GB-month are prorated over (AWS bills by the second).
+HOURS_PER_MONTH = 730
 
 #: ``cost_basis`` of a run record whose ``cost_usd`` is :func:`node_bill`'s estimate
 NODES_BILLED = "nodes billed"
@@ -180,6 +184,12 @@ def bill_queue(
 def run_time_cost(node: NodeType, job: Job) -> float:
     """What the job's own run time costs: its nodes × run hours × the price (no launch, no idle)."""
     return job.nodes * (job.run_seconds / 3600) * node.usd_per_hour
+
+
+def storage_cost(gb: float, usd_per_gb_month: float, hours: float) -> float:
+    """What ``gb`` of provisioned storage costs for ``hours`` at ``usd_per_gb_month`` (prorated over
+    :data:`HOURS_PER_MONTH`): the FSx for Lustre file system's share of a run's cost."""
+    return gb * usd_per_gb_month * max(0.0, hours) / HOURS_PER_MONTH
 
 
 # --- the bill of a run's recorded stage times -------------------------------------------------------

@@ -33,6 +33,8 @@ __all__ = [
     "PriceOverrideError",
     "PriceRecord",
     "Profile",
+    "ProfileStorage",
+    "StoragePrice",
     "UnknownInstanceType",
     "get_profile",
     "load_profiles",
@@ -137,6 +139,22 @@ class Timings(_Model):
     cluster_delete_seconds: Assumption
 
 
+class StoragePrice(_Model):
+    """One published storage rate (USD per GB-month) and where it comes from."""
+
+    usd_per_gb_month: float = Field(gt=0)
+    source: str
+    as_of: date | None
+    verified: bool
+    note: str | None = None
+
+
+class StoragePrices(_Model):
+    """FSx for Lustre rates: deployment type → region → throughput tier (MB/s/TiB) → rate."""
+
+    fsx_lustre: dict[str, dict[str, dict[int, StoragePrice]]]
+
+
 class Catalogue(_Model):
     """Instance types with GPUs, prices and speed; load with :meth:`load` or :meth:`for_deployment`."""
 
@@ -144,6 +162,7 @@ class Catalogue(_Model):
     instances: dict[str, InstanceSpec]
     speed_table: SpeedTable
     timings: Timings
+    storage: StoragePrices | None = None
     price_overrides: dict[str, float] = Field(default_factory=dict)
     speed_overrides: dict[str, float] = Field(default_factory=dict)
 
@@ -231,6 +250,16 @@ class Catalogue(_Model):
         """On-Demand Linux USD per hour of ``instance_type`` in ``region``."""
         return self.price_record(instance_type, region).usd_per_hour
 
+    def fsx_price(self, deployment_type: str, throughput: int, region: str = DEFAULT_REGION) -> StoragePrice:
+        """The FSx for Lustre rate of ``deployment_type`` at ``throughput`` MB/s/TiB in ``region``."""
+        rates = (self.storage.fsx_lustre if self.storage else {}).get(deployment_type, {})
+        record = rates.get(region, {}).get(throughput)
+        if record is None:
+            raise CostingError(
+                f"no FSx for Lustre price for {deployment_type} at {throughput} MB/s/TiB in {region}"
+            )
+        return record
+
     def gpus(self, instance_type: str) -> int:
         """GPUs of one ``instance_type`` node."""
         return self.instance(instance_type).gpus
@@ -301,6 +330,7 @@ def _shipped_catalogue() -> Catalogue:
             "instances": raw["instances"],
             "speed_table": raw["speed"],
             "timings": raw["timings"],
+            "storage": raw.get("storage"),
         }
     )
 
@@ -325,6 +355,19 @@ class Profile(_Model):
     table1_total_minutes: float
     minutes: dict[str, float]
     stage_gpus: dict[str, int]
+    movies: int = Field(gt=0, description="movies (or micrographs) of the dataset")
+    size_tb: float = Field(gt=0, description="size of the uploaded data, TB (10^12 bytes)")
+    particles: int = Field(gt=0, description="particles the white paper extracted")
+    storage: "ProfileStorage"
+
+
+class ProfileStorage(_Model):
+    """What the storage model assumes about a profile's files (``profiles.yaml``, ``storage``)."""
+
+    micrograph_mb: float = Field(gt=0, description="one motion-corrected micrograph, MB (10^6 bytes)")
+    box_px: int = Field(gt=0, description="extraction box, pixels")
+    box_binned_px: int = Field(gt=0, description="box the first (Fourier-cropped) extraction stores")
+    reextract_fraction: float = Field(gt=0, le=1, description="share of the particles re-extracted")
 
 
 #: The white paper's dataset whose Table 1 times stand in for a manifest's own, per preset.
@@ -336,7 +379,17 @@ def load_profiles() -> dict[str, Profile]:
     """The Table 1 profiles by name."""
     raw = _read_data("profiles.yaml")
     gpus = raw["stage_gpus"]
-    keep = ("title", "preset", "hetero_rounds", "table1_total_minutes", "minutes")
+    keep = (
+        "title",
+        "preset",
+        "hetero_rounds",
+        "table1_total_minutes",
+        "minutes",
+        "movies",
+        "size_tb",
+        "particles",
+        "storage",
+    )
     return {
         name: Profile.model_validate({"name": name, "stage_gpus": gpus, **{k: p[k] for k in keep}})
         for name, p in raw["profiles"].items()

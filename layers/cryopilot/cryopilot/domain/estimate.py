@@ -22,7 +22,8 @@ Billing model (:mod:`cryopilot.domain.billing`, the same as the run's cost so fa
   arrives and none is up (the job waits the node launch time), stays up while jobs follow within the
   Slurm ``ScaledownIdletime`` and is paid until that idle time after its last job;
 * the head node is paid for the whole time to structure (cluster creation, the run, deletion) in
-  every layout, and stages without GPUs (import, class selection) run on it at no extra cost;
+  every layout, and stages without GPUs cost nothing of their own: class selection runs on it, and
+  the import's few minutes on the gpu8 node the next stage uses are left out;
 * wall times are the white paper's; a GPU-bound stage (``speed.gpu_bound_stages`` in the catalogue)
   on another GPU model takes ``minutes / (speed(gpu) / speed(reference gpu))``. A stage always runs
   with its Table 1 GPU count, on an instance with at least that many GPUs: no scaling with GPU count
@@ -37,8 +38,8 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cryopilot.core.queues import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE
-from cryopilot.domain import billing
-from cryopilot.domain.catalogue import DEFAULT_REGION, Catalogue, CostingError, get_profile
+from cryopilot.domain import billing, storage
+from cryopilot.domain.catalogue import DEFAULT_REGION, Catalogue, CostingError, get_profile, load_profiles
 from cryopilot.domain.clusterconfig.params import ClusterParams
 from cryopilot.domain.clusterconfig.scaling import SCALEDOWN_IDLE_SECONDS
 from cryopilot.domain.presets import REPEATED_STAGE, load_preset, profile_stage_id
@@ -54,6 +55,7 @@ __all__ = [
     "PlanStage",
     "QueueUsage",
     "StageEstimate",
+    "StorageEstimate",
     "estimate",
     "plan_for_profile",
     "plan_from_stages",
@@ -296,6 +298,24 @@ class SpeedUsed(_Model):
     overridden: bool
 
 
+class StorageEstimate(_Model):
+    """The run's FSx for Lustre file system (:mod:`cryopilot.domain.storage`) and what it costs: its
+    capacity × the rate per GB-month of its deployment type and tier × the time to structure."""
+
+    deployment_type: str
+    capacity_gib: int
+    need_gib: int
+    throughput_mb_per_tib: int
+    throughput_rule: str
+    lines: list[tuple[str, float]] = Field(description="(what, GiB) of each thing the model counts")
+    usd_per_gb_month: float
+    hours: float
+    cost_usd: float
+    source: str
+    as_of: date | None
+    verified: bool
+
+
 class Estimate(_Model):
     plan: str
     title: str
@@ -311,7 +331,8 @@ class Estimate(_Model):
     time_to_structure_seconds: float = Field(description="create + run + delete")
     compute_cost_usd: float
     head_node_cost_usd: float
-    cost_usd: float
+    storage_cost_usd: float = Field(default=0.0, description="the FSx file system (storage)")
+    cost_usd: float = Field(description="GPU nodes + head node + FSx")
     gpu_hours_paid: float
     gpu_hours_busy: float
     idle_gpu_hours: float
@@ -322,6 +343,7 @@ class Estimate(_Model):
     time_budget_seconds: float | None = Field(
         default=None, description="the placement's time budget for the pipeline (see place())"
     )
+    storage: StorageEstimate | None = None
     prices: list[PriceUsed]
     speeds: list[SpeedUsed]
     reference_gpu: str
@@ -596,6 +618,34 @@ def _speeds_used(cat: Catalogue, usage: Sequence[QueueUsage]) -> list[SpeedUsed]
     ]
 
 
+def _storage_estimate(
+    cat: Catalogue, plan: Plan, given: storage.StoragePlan | None, hours: float, region: str
+) -> StorageEstimate | None:
+    """The FSx line: ``given``, else the model's for the plan's white-paper dataset (None if the
+    plan is not named after one)."""
+    fsx = given
+    if fsx is None:
+        profile = load_profiles().get(plan.name)
+        if profile is None:
+            return None
+        fsx = storage.plan_storage(storage.inputs_for_profile(profile))
+    rate = cat.fsx_price(fsx.deployment_type, fsx.throughput_mb_per_tib, region)
+    return StorageEstimate(
+        deployment_type=fsx.deployment_type,
+        capacity_gib=fsx.capacity_gib,
+        need_gib=fsx.need_gib,
+        throughput_mb_per_tib=fsx.throughput_mb_per_tib,
+        throughput_rule=fsx.throughput_rule,
+        lines=[(x.what, x.bytes / 1024**3) for x in fsx.lines],
+        usd_per_gb_month=rate.usd_per_gb_month,
+        hours=hours,
+        cost_usd=billing.storage_cost(fsx.capacity_gib, rate.usd_per_gb_month, hours),
+        source=rate.source,
+        as_of=rate.as_of,
+        verified=rate.verified,
+    )
+
+
 def estimate(
     profile_or_plan: str | Plan,
     layout: Layout,
@@ -606,13 +656,16 @@ def estimate(
     cluster_delete_seconds: float | None = None,
     node_launch_seconds: float | None = None,
     scaledown_idle_seconds: float | None = None,
+    storage_plan: storage.StoragePlan | None = None,
 ) -> Estimate:
     """Time and cost of a plan (or a Table 1 profile's plan) on ``layout``.
 
     Defaults: ``catalogue`` is the shipped one (:meth:`Catalogue.load`, no deployment override);
     cluster create/delete and node launch durations are the catalogue's ``timings`` (assumptions,
     30 min / 10 min / 7 min as shipped); ``scaledown_idle_seconds`` is the cluster's Slurm
-    ScaledownIdletime (:data:`SCALEDOWN_IDLE_SECONDS`).
+    ScaledownIdletime (:data:`SCALEDOWN_IDLE_SECONDS`). ``storage_plan``: the run's FSx file system
+    (default: the storage model's for the plan's white-paper dataset, when the plan is named after
+    one), paid for the whole time to structure.
     """
     cat = catalogue if catalogue is not None else Catalogue.load()
     plan = plan_for_profile(profile_or_plan) if isinstance(profile_or_plan, str) else profile_or_plan
@@ -629,6 +682,8 @@ def estimate(
     tts = durations.create + run + durations.delete
     head_cost = tts / 3600 * cat.price(head, region)
     compute_cost = sum(u.cost_usd for u in usage)
+    fsx = _storage_estimate(cat, plan, storage_plan, tts / 3600, region)
+    storage_cost = fsx.cost_usd if fsx else 0.0
     paid = sum(u.gpu_hours_paid for u in usage)
     busy = sum(u.gpu_hours_busy for u in usage)
     types = [head, *sorted({u.instance_type for u in usage})]
@@ -647,7 +702,8 @@ def estimate(
         time_to_structure_seconds=tts,
         compute_cost_usd=compute_cost,
         head_node_cost_usd=head_cost,
-        cost_usd=compute_cost + head_cost,
+        storage_cost_usd=storage_cost,
+        cost_usd=compute_cost + head_cost + storage_cost,
         gpu_hours_paid=paid,
         gpu_hours_busy=busy,
         idle_gpu_hours=paid - busy,
@@ -656,6 +712,7 @@ def estimate(
         scaledown_idle_seconds=durations.idle,
         hold_for_run=layout.hold_for_run,
         time_budget_seconds=layout.time_budget_seconds,
+        storage=fsx,
         prices=[_price_used(cat, it, region) for it in types],
         speeds=_speeds_used(cat, usage),
         reference_gpu=cat.speed_table.reference_gpu,

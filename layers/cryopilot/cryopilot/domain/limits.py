@@ -28,13 +28,14 @@ def remaining_cost(
     catalogue: Catalogue,
 ) -> float:
     """Estimated cost of ``stages_left`` on ``nodes`` (queue → node; a queue without a node, such
-    as the head node's stages, costs nothing here)."""
+    as the head node's stages, costs nothing here, and neither does a stage without GPUs: the
+    import's few minutes on the node the next stage uses, left out as the estimate leaves them)."""
     profile = load_profiles().get(PROFILE_FOR_PRESET.get(str(preset), "cgrp"))
     if profile is None:
         return 0.0
     total = 0.0
     for stage in stages_left:
-        node = nodes.get(stage.lane) if stage.lane else None
+        node = nodes.get(stage.lane) if stage.lane and stage.gpus else None
         kind = profile_stage_id(stage.id)
         if node is None or kind not in profile.minutes:
             continue

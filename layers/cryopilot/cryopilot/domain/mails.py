@@ -96,10 +96,11 @@ def _where_the_data_is(run: RunRecord) -> list[str]:
     exported = (run.results or {}).get("files") or []
     return [
         "The results were NOT exported." if not exported else "Some results were exported (below).",
-        "Nothing is lost: the cluster's /shared volume (cryoSPARC's database and project "
-        f"{run.cryosparc_project or ''}, every job's output) is kept as an EBS snapshot when the "
-        f"cluster {run.cluster_name} is deleted (EC2 console, Snapshots: the snapshot of its "
-        "shared volume). Restore it to a volume, or start a run on it, to export by hand.",
+        "The cluster's /shared volume (cryoSPARC's install and database) is kept as an EBS snapshot "
+        f"when the cluster {run.cluster_name} is deleted (EC2 console, Snapshots: the snapshot of its "
+        f"shared volume). The cryoSPARC project {run.cryosparc_project or ''} (every job's output) "
+        "lives on the cluster's FSx for Lustre file system, which is deleted with the cluster: "
+        "only what was exported to the results bucket is kept of it.",
     ]
 
 
@@ -111,6 +112,16 @@ def _cost_line(run: RunRecord) -> str:
     if run.cost_usd is None:
         return "not known"
     return cost_text(float(run.cost_usd), run.cost_basis, digits=0)
+
+
+def _storage_cost_line(run: RunRecord) -> list[str]:
+    """The FSx file system's estimated cost, when the report recorded it (``storage_cost_usd``)."""
+    if run.storage_cost_usd is None or not run.fsx_storage_gib:
+        return []
+    return [
+        f"  and the FSx for Lustre file system: about ${float(run.storage_cost_usd):,.0f}"
+        f" ({run.fsx_storage_gib:,} GiB at {run.fsx_throughput_mb_per_tib} MB/s/TiB, estimated)"
+    ]
 
 
 def succeeded(
@@ -129,6 +140,7 @@ def succeeded(
         f"Final resolution: {res_txt} (gold-standard FSC 0.143)",
         f"Time to structure: {elapsed}",
         f"Cost: {_cost_line(run)}",
+        *_storage_cost_line(run),
         f"Results: {results.get('uri', '(not exported)')}",
     ]
     for f in results.get("files") or []:
@@ -249,7 +261,8 @@ def execution_ended(run: RunRecord, status: str, action: str) -> Mail:
             "",
             cluster_line,
             "Results exported before this point stay in the results bucket; the cluster's /shared "
-            "volume is kept as a snapshot when the cluster is deleted.",
+            "volume (cryoSPARC's database) is kept as a snapshot when the cluster is deleted; the "
+            "cryoSPARC project on its FSx file system is deleted with it.",
         ]
     )
     attributes = {"event": "cleanup"}

@@ -236,6 +236,21 @@ class Limits(_Strict):
     )
 
 
+class StorageHints(_Strict):
+    """What the storage model (:mod:`cryopilot.domain.storage`) cannot measure in the data; each
+    unset field takes the value of the preset's white-paper dataset (``profiles.yaml``)."""
+
+    expected_particles: Annotated[int, Field(gt=0, le=10_000_000_000)] | None = Field(
+        default=None, description="particles the extraction will write (picked and kept)"
+    )
+    micrograph_mb: Annotated[float, Field(gt=0, le=10_000), _STORABLE] | None = Field(
+        default=None, description="bytes of one motion-corrected micrograph, in MB (10^6 bytes)"
+    )
+    reextract_fraction: Annotated[float, Field(gt=0, le=1), _STORABLE] | None = Field(
+        default=None, description="share of the extracted particles the re-extraction writes again"
+    )
+
+
 class Manifest(_Strict):
     """A dataset manifest (see the README's manifest reference)."""
 
@@ -251,6 +266,7 @@ class Manifest(_Strict):
         default_factory=list, max_length=20, description="extra mail addresses"
     )
     limits: Limits = Field(default_factory=Limits)
+    storage: StorageHints = Field(default_factory=StorageHints)
 
     @field_validator("notify")
     @classmethod

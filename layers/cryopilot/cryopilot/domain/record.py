@@ -100,6 +100,13 @@ class RunRecord(_Item):
     head_node_instance_id: str | None = None
     placement: str | None = None
     placement_attempt: int | None = None
+    # the storage (Validate measures the data and sizes FSx with cryopilot.domain.storage)
+    data_bytes: int | None = None
+    data_objects: int | None = None
+    fsx_storage_gib: int | None = None
+    fsx_throughput_mb_per_tib: int | None = None
+    #: the storage model's lines, need, capacity and throughput rule, as Validate computed them
+    storage: dict[str, Any] | None = None
     #: ``{"label", "cluster", "reason"}`` of each placement that had no capacity
     placements_tried: list[dict[str, Any]] = Field(default_factory=list)
     abandoned_clusters: list[str] = Field(default_factory=list)
@@ -121,6 +128,8 @@ class RunRecord(_Item):
     cost_usd: float | None = None
     cost_basis: str | None = None
     stage_cost_usd: float | None = None
+    #: the FSx file system's estimated cost (steps/report.py), beside the nodes' ``cost_usd``
+    storage_cost_usd: float | None = None
     gpu_hours_paid: float | None = None
     gpu_hours_busy: float | None = None
     error: dict[str, Any] | None = None

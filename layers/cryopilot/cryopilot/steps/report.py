@@ -5,10 +5,13 @@ plan, the instance types of the queues and their prices), stores the three files
 ``runs/<run id>/report/`` in the results bucket and records their locations and the run's cost on
 the run record, which the final mail then links and quotes: ``cost_usd`` is the GPU nodes'
 estimated bill (node launch and Slurm's idle time included, :func:`cryopilot.domain.billing.node_bill`),
-``stage_cost_usd`` what the stages' own run time costs.
+``stage_cost_usd`` what the stages' own run time costs, ``storage_cost_usd`` the run's FSx for Lustre
+file system (its capacity × the catalogue's rate per GB-month for its tier × its life: from the
+cluster's request to now plus the catalogue's cluster deletion time).
 """
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -16,13 +19,15 @@ from pydantic import BaseModel
 from cryopilot.adapters import aws, runs
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
+from cryopilot.core import clock
 from cryopilot.core.errors import ReportError
 from cryopilot.domain import billing
-from cryopilot.domain.catalogue import Catalogue, UnknownInstanceType
+from cryopilot.domain.catalogue import Catalogue, CostingError, UnknownInstanceType
 from cryopilot.domain.clusterconfig.scaling import SCALEDOWN_IDLE_SECONDS
 from cryopilot.domain.record import RunRecord
 from cryopilot.domain.report.data import report_data_from_run
 from cryopilot.domain.report.render import render_all
+from cryopilot.domain.storage import DEPLOYMENT_TYPE
 
 CONTENT_TYPES = {
     "report.md": "text/markdown; charset=utf-8",
@@ -53,6 +58,22 @@ def _price_lookup() -> Callable[[str], float | None] | None:
 
 def _round(value: float | None) -> float | None:
     return round(value, 2) if value is not None else None
+
+
+def storage_cost(run: RunRecord) -> float | None:
+    """The FSx file system's cost (None when the run has no storage plan or no cluster request)."""
+    gib, tier, requested = run.fsx_storage_gib, run.fsx_throughput_mb_per_tib, run.cluster_requested_at
+    if not gib or not tier or not requested:
+        return None
+    settings = get_settings()
+    catalogue = Catalogue.for_deployment(settings.price_overrides)
+    try:
+        rate = catalogue.fsx_price(DEPLOYMENT_TYPE, tier, settings.region).usd_per_gb_month
+    except CostingError:
+        return None
+    start = datetime.fromisoformat(requested).timestamp()
+    life = clock.now() - start + catalogue.timings.cluster_delete_seconds.value
+    return billing.storage_cost(gib, rate, life / 3600)
 
 
 def instance_types(gpu8_instance_type: str | None) -> dict[str, str]:
@@ -106,6 +127,9 @@ def write(run_id: str) -> ReportStep:
         fields["cost_basis"] = billing.NODES_BILLED if data.billed_usd is not None else billing.STAGE_TIME
     if data.cost_usd is not None:
         fields["stage_cost_usd"] = _round(data.cost_usd)
+    fsx = storage_cost(run)
+    if fsx is not None:
+        fields["storage_cost_usd"] = _round(fsx)
     paid = data.billed_gpu_hours if data.billed_gpu_hours is not None else data.gpu_hours_paid
     if paid is not None:
         fields["gpu_hours_paid"] = round(paid, 2)

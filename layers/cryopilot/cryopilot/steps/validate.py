@@ -6,16 +6,23 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ValidationError
 
 from cryopilot.adapters import aws, runs, subscriptions
+from cryopilot.adapters.datasize import measure_prefix
 from cryopilot.adapters.execution_input import ExecutionInput, RunSettings
 from cryopilot.adapters.manifests import head_version
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.pricing import queue_nodes
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
-from cryopilot.core.errors import EventError, ManifestError, RunLimitError, RunStoppedError
+from cryopilot.core.errors import (
+    EventError,
+    ManifestError,
+    RunLimitError,
+    RunStoppedError,
+    StorageLimitError,
+)
 from cryopilot.core.naming import cluster_name_for
 from cryopilot.core.validation import excerpt
-from cryopilot.domain import limits, placement
+from cryopilot.domain import limits, placement, storage
 from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.clusterconfig.mounts import FSX_DATA_DIR
 from cryopilot.domain.location import (
@@ -134,6 +141,9 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
     if folder is not None:
         check_dataset_folder(manifest, folder, source=source)
     check_notify_domains(manifest, settings.notify_domains, source=source)
+    measured = data_uri.startswith("s3://")
+    data = measure_prefix(aws.client("s3"), data_uri, manifest.input.glob) if measured else None
+    fsx = storage.plan_for_manifest(manifest, stages, data, throughput=settings.fsx_throughput)
     cluster_name = cluster_name_for(run_id)
     titles = " → ".join(s.title for s in stages)
     store.put_plan(run_id, stages)
@@ -147,7 +157,13 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
             cluster_name=cluster_name,
             exec_input=exec_input,
         ),
+        **storage_fields(fsx, data),
     )
+    try:
+        storage.check_limit(fsx, settings.max_fsx_tib)
+    except StorageLimitError:
+        store.update_run(run_id, current_step="validate")
+        raise
     _check_cost_ceiling(run_id, manifest, stages)
     store.put_context(run_id, **context_fields(manifest, exec_input, started_epoch=clock.now()))
     _subscribe(manifest)
@@ -191,6 +207,17 @@ def record_fields(
         "trigger": exec_input.trigger,
         "settings": exec_input.settings.model_dump(),
         "current_step": "validated",
+    }
+
+
+def storage_fields(fsx: storage.StoragePlan, data: storage.DataSize | None) -> dict[str, Any]:
+    """What Validate writes on the run record about the data it measured and the FSx it sized."""
+    return {
+        "data_bytes": None if data is None else data.bytes,
+        "data_objects": None if data is None else data.objects,
+        "fsx_storage_gib": fsx.capacity_gib,
+        "fsx_throughput_mb_per_tib": fsx.throughput_mb_per_tib,
+        "storage": storage.storage_record(fsx, data),
     }
 
 

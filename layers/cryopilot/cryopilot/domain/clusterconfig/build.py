@@ -54,6 +54,7 @@ from cryopilot.domain.clusterconfig.models import (
 from cryopilot.domain.clusterconfig.mounts import (
     FSX_DATA_PATH,
     FSX_MOUNT_DIR,
+    FSX_PROJECT_DIR,
     FSX_RESULTS_PATH,
     SCRATCH_MOUNT_DIR,
     SHARED_MOUNT_DIR,
@@ -81,14 +82,20 @@ EFA_INSTANCE_TYPES = frozenset(
 )
 
 
-def fsx_capacity_gib(params: ClusterParams, dataset_size_gib: int | None) -> int:
-    """FSx capacity: the stack's size, grown to hold the dataset plus half again for the work.
+def fsx_capacity_gib(
+    params: ClusterParams, dataset_size_gib: int | None, model_gib: int | None = None
+) -> int:
+    """FSx capacity: the run's storage model's (``model_gib``, :mod:`cryopilot.domain.storage`:
+    data, micrographs, particle stacks and headroom) when it has one; else the stack's size, grown to
+    hold the dataset plus half again for the work. Never below the stack's size.
 
     Lazy loading from S3 fills the file system as files are read, so the whole dataset plus the
     particle stacks and results must fit. PERSISTENT_2 sizes are 1200 GiB or multiples of 2400 GiB.
     """
     need = params.fsx_storage_gib
-    if dataset_size_gib:
+    if model_gib:
+        need = max(need, model_gib)
+    elif dataset_size_gib:
         need = max(need, math.ceil(dataset_size_gib * 1.5))
     if need <= 1200:
         return 1200
@@ -146,6 +153,8 @@ def headnode_setup_args(request: ClusterRequest, params: ClusterParams) -> list[
         FSX_MOUNT_DIR + FSX_DATA_PATH,
         "--results-dir",
         FSX_MOUNT_DIR + FSX_RESULTS_PATH,
+        "--project-dir",
+        FSX_PROJECT_DIR,
         "--cache-dir",
         SCRATCH_MOUNT_DIR,
     ]
@@ -251,9 +260,9 @@ def build_cluster_config(request: ClusterRequest, params: ClusterParams) -> Clus
         storage_type="FsxLustre",
         mount_dir=FSX_MOUNT_DIR,
         fsx_lustre_settings=FsxLustreSettings(
-            storage_capacity=fsx_capacity_gib(params, request.dataset_size_gib),
+            storage_capacity=fsx_capacity_gib(params, request.dataset_size_gib, request.fsx_storage_gib),
             deployment_type="PERSISTENT_2",
-            per_unit_storage_throughput=params.fsx_throughput_mb_per_tib,
+            per_unit_storage_throughput=request.fsx_throughput_mb_per_tib or params.fsx_throughput_mb_per_tib,
             data_compression_type="LZ4",
             deletion_policy="Delete",
             data_repository_associations=[

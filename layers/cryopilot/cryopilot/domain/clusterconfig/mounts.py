@@ -8,6 +8,11 @@ FSX_MOUNT_DIR = "/fsx"
 #: Where the dataset and the results appear inside the FSx file system (under :data:`FSX_MOUNT_DIR`).
 FSX_DATA_PATH = "/data"
 FSX_RESULTS_PATH = "/results"
+#: cryoSPARC's project directories (motion-corrected micrographs, particle stacks, every job's output):
+#: on FSx, whose throughput the white paper's I/O-bound stages need, not on the ``/shared`` EBS volume
+#: (which keeps the cryoSPARC install and its database only).
+FSX_PROJECTS_PATH = "/projects"
+FSX_PROJECT_DIR = FSX_MOUNT_DIR + FSX_PROJECTS_PATH
 #: The dataset as the jobs read it: the data repository association's lazily imported S3 prefix.
 FSX_DATA_DIR = FSX_MOUNT_DIR + FSX_DATA_PATH
 #: Instance-store NVMe of compute nodes, mounted (RAID 0 when several) by ParallelCluster;

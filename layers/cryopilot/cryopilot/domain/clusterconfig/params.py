@@ -272,12 +272,25 @@ class ClusterRequest(_Input):
     dataset_size_gib: Annotated[int, Field(ge=0)] | None = Field(
         default=None, description="size of the dataset, to size the FSx file system"
     )
+    fsx_storage_gib: Annotated[int, Field(ge=1200)] | None = Field(
+        default=None, description="FSx capacity the run's storage model chose (1200 or a multiple of 2400)"
+    )
+    fsx_throughput_mb_per_tib: Literal[125, 250, 500, 1000] | None = Field(
+        default=None, description="FSx throughput tier the run's storage model chose"
+    )
     tags: dict[str, str] = Field(default_factory=dict, description="extra tags for every resource")
     gpu8_static_nodes: Annotated[int, Field(ge=0, le=1)] = Field(
         default=0,
         description="gpu8 nodes kept up for the whole run (1 reproduces the white paper's layout: one"
         " p4d node held from cluster creation to deletion); 0 = the queue scales to zero",
     )
+
+    @field_validator("fsx_storage_gib")
+    @classmethod
+    def _fsx_size(cls, value: int | None) -> int | None:
+        if value is not None and value != 1200 and value % 2400:
+            raise ValueError("FSx for Lustre PERSISTENT_2 capacity is 1200 GiB or a multiple of 2400 GiB")
+        return value
 
     @field_validator("cluster_name")
     @classmethod
