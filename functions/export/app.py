@@ -1,17 +1,18 @@
-"""Export: copy the final map and its companions to the results bucket and verify them; for a run
-stopped by a limit (``action: export_partial``), the maps made so far."""
+"""Export: write the results onto FSx and start the data repository task that takes them to the
+results bucket (``start``; ``start_partial`` for a run stopped by a limit), then ``check`` it after
+each wait until it is done and every file is verified."""
 
 from typing import Any, Literal
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from cryopilot.adapters.observability import logger, tracer
-from cryopilot.steps.export import export, export_partial
+from cryopilot.steps import export
 from pydantic import BaseModel
 
 
 class ExportRequest(BaseModel):
     run_id: str
-    action: Literal["export", "export_partial"] = "export"
+    action: Literal["start", "start_partial", "check"] = "start"
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -19,6 +20,6 @@ class ExportRequest(BaseModel):
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     req = ExportRequest.model_validate(event)
     logger.append_keys(run_id=req.run_id)
-    if req.action == "export_partial":
-        return export_partial(req.run_id).model_dump(mode="json")
-    return export(req.run_id).model_dump(mode="json")
+    if req.action == "check":
+        return export.check(req.run_id).model_dump(mode="json")
+    return export.start(req.run_id, partial=req.action == "start_partial").model_dump(mode="json")

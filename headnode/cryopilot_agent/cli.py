@@ -3,13 +3,14 @@
     cryopilot-agent submit --project RUN_ID --spec-b64 B64
     cryopilot-agent status --project RUN_ID [--stage ID ...]
     cryopilot-agent kill   --project RUN_ID --stage ID
-    cryopilot-agent export --project RUN_ID --stage ID --bucket B --prefix P [--partial]
+    cryopilot-agent export --project RUN_ID --stage ID --dest DIR [--partial]
 
 Connection: ``CRYOSPARC_BASE_URL`` (default http://localhost:39000), ``CRYOSPARC_EMAIL`` and
 ``CRYOSPARC_PASSWORD``; or ``CRYOPILOT_CRYOSPARC_SECRET_ID`` naming a Secrets Manager secret holding
 ``{"email": ..., "password": ...}``. ``CRYOPILOT_PROJECT_ROOT`` (default /fsx/projects, on
-FSx for Lustre) is where new projects are made. Exit status 0 with the verb's answer, 1 with an
-``AgentFailure``.
+FSx for Lustre) is where new projects are made; ``CRYOPILOT_FSX_MOUNT`` (default /fsx) is where the
+FSx file system is mounted, under which ``export --dest`` (a path relative to it) lies. Exit status
+0 with the verb's answer, 1 with an ``AgentFailure``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any, TextIO
 
 from cryopilot.protocol.agent import AgentFailure
@@ -31,6 +33,7 @@ from pydantic import BaseModel, ValidationError
 
 DEFAULT_BASE_URL = "http://localhost:39000"
 DEFAULT_PROJECT_ROOT = "/fsx/projects"
+DEFAULT_FSX_MOUNT = "/fsx"
 
 
 class AgentConfigError(Exception):
@@ -53,6 +56,7 @@ class Settings:
     password: str
     project_root: str
     region: str | None
+    fsx_mount: str = DEFAULT_FSX_MOUNT
 
     def __repr__(self) -> str:  # never show the password
         return (
@@ -94,6 +98,7 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         password=password,
         project_root=env.get("CRYOPILOT_PROJECT_ROOT") or DEFAULT_PROJECT_ROOT,
         region=_region(env),
+        fsx_mount=env.get("CRYOPILOT_FSX_MOUNT") or DEFAULT_FSX_MOUNT,
     )
 
 
@@ -112,8 +117,7 @@ def _parser() -> _Parser:
     export = verbs.add_parser("export", add_help=False)
     export.add_argument("--project", required=True)
     export.add_argument("--stage", required=True)
-    export.add_argument("--bucket", required=True)
-    export.add_argument("--prefix", required=True)
+    export.add_argument("--dest", required=True)
     export.add_argument("--partial", action="store_true")
     return parser
 
@@ -153,12 +157,19 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> BaseModel:
         return driver.status(args.project, list(args.stage))
     if args.verb == "kill":
         return driver.kill(args.project, args.stage)
-    import boto3
-
-    s3 = boto3.client("s3", region_name=settings.region)
+    rel, local = export_dir(settings.fsx_mount, args.dest)
     if args.partial:
-        return driver.export_partial(args.project, args.stage, args.bucket, args.prefix, s3)
-    return driver.export(args.project, args.stage, args.bucket, args.prefix, s3)
+        return driver.export_partial(args.project, args.stage, rel, local)
+    return driver.export(args.project, args.stage, rel, local)
+
+
+def export_dir(fsx_mount: str, dest: str) -> tuple[str, str]:
+    """``dest`` (relative to the FSx mount, e.g. ``results/results``) and the directory it is on
+    this node; ValueError for a path that would leave the file system."""
+    rel = PurePosixPath(dest)
+    if rel.is_absolute() or not rel.parts or any(p in ("", ".", "..") for p in rel.parts):
+        raise ValueError(f"--dest {dest!r} must be a relative path inside the FSx file system")
+    return str(rel), os.path.join(fsx_mount, *rel.parts)
 
 
 def _scrub(message: str, env: Mapping[str, str]) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from datetime import datetime
 from pathlib import PurePosixPath
@@ -92,6 +93,11 @@ def _count(job: Job, otype: str, preferred: tuple[str, ...]) -> int | None:
         if o.type == otype:
             return o.num_items
     return None
+
+
+def _project_dir(project: ProjectController) -> str:
+    """The project's directory (cryosparc-tools ``ProjectController.dir``: ``projects.get_directory``)."""
+    return str(project.dir)
 
 
 def resolution_of(job: Job) -> float | None:
@@ -398,36 +404,34 @@ class Driver:
             raise StageNotFoundError(f"stage {stage_id} of run {run_id} has no completed job to export")
         return project, jobs[-1]
 
-    def _upload(
-        self, project: Any, bucket: str, prefix: str, s3: Any, sources: list[tuple[str, str, str | bytes]]
+    def _write(
+        self, project: Any, local_dir: str, sources: list[tuple[str, str, str | bytes]]
     ) -> list[ExportedFile]:
-        """Copy each (kind, name, project path or the bytes themselves) to ``s3://bucket/prefix/name``
-        and check its size."""
-        base = prefix.strip("/")
+        """Write each (kind, name, project path or the bytes themselves) to ``local_dir/name`` (a
+        directory of the FSx results association) and check its size there."""
+        os.makedirs(local_dir, exist_ok=True)
         files: list[ExportedFile] = []
         for kind, name, path in sources:
             if isinstance(path, bytes):  # a document made here, not a project file
-                data, content_type = path, "application/json"
+                data = path
             else:
                 buf = io.BytesIO()
                 self.cs.download_file(project.uid, path, buf)
                 data = buf.getvalue()
-                content_type = "application/octet-stream"
                 if not data:
                     raise ExportVerificationError(f"{path} of project {project.uid} is empty")
-            key = f"{base}/{name}" if base else name
-            s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
-            head = s3.head_object(Bucket=bucket, Key=key)
-            if int(head["ContentLength"]) != len(data):
-                raise ExportVerificationError(
-                    f"s3://{bucket}/{key} holds {head['ContentLength']} bytes, expected {len(data)}"
-                )
-            files.append(ExportedFile(kind=kind, key=key, size=len(data)))
+            target = os.path.join(local_dir, name)
+            with open(target, "wb") as fh:
+                fh.write(data)
+            written = os.path.getsize(target)
+            if written != len(data):
+                raise ExportVerificationError(f"{target} holds {written} bytes, expected {len(data)}")
+            files.append(ExportedFile(kind=kind, name=name, size=len(data)))
         return files
 
-    def export_partial(self, run_id: str, stage_id: str, bucket: str, prefix: str, s3: Any) -> ExportResult:
+    def export_partial(self, run_id: str, stage_id: str, dest: str, local_dir: str) -> ExportResult:
         """What a run stopped early has: every map of stage ``stage_id``'s last completed job (its
-        ``volume`` or each ``volume_class_N``) and its particles, uploaded and checked like
+        ``volume`` or each ``volume_class_N``) and its particles, written and checked like
         :meth:`export` but without the half maps and FSC a final refinement has."""
         project, job = self._last_completed_job(run_id, stage_id)
         outputs = job.model.spec.outputs.root
@@ -449,10 +453,12 @@ class Driver:
                 path = out.results[0].metafiles[-1]
                 sources.append(("particles", PurePosixPath(path).name, path))
                 break
-        files = self._upload(project, bucket, prefix, s3, sources)
-        return ExportResult(bucket=bucket, prefix=prefix, files=files, partial=True)
+        files = self._write(project, local_dir, sources)
+        return ExportResult(dest=dest, files=files, partial=True, project_dir=_project_dir(project))
 
-    def export(self, run_id: str, stage_id: str, bucket: str, prefix: str, s3: Any) -> ExportResult:
+    def export(self, run_id: str, stage_id: str, dest: str, local_dir: str) -> ExportResult:
+        """The final refinement's map, half maps, mask, FSC and particles, written into ``local_dir``
+        (the export directory ``dest`` on FSx) for the data repository task to take to S3."""
         project, job = self._last_completed_job(run_id, stage_id)
         model = job.model
         volume = job.load_output("volume")
@@ -480,5 +486,7 @@ class Driver:
             (kind, PurePosixPath(path).name, path) for kind, path in paths
         ]
         sources.append(("fsc", f"{job.uid}_fsc_info_best.json", fsc_doc.encode()))
-        files = self._upload(project, bucket, prefix, s3, sources)
-        return ExportResult(bucket=bucket, prefix=prefix, files=files, resolution_A=resolution_of(model))
+        files = self._write(project, local_dir, sources)
+        return ExportResult(
+            dest=dest, files=files, resolution_A=resolution_of(model), project_dir=_project_dir(project)
+        )

@@ -27,6 +27,7 @@ import json
 import os
 import queue
 import shlex
+import tempfile
 import threading
 import time
 import traceback
@@ -124,6 +125,9 @@ class LocalCloud:
     #: and /shared size of the configuration the controller sent) and fail when one is full. Only
     #: meaningful when the dataset's listing has the profile's size (cryopilot_sim.datasets).
     model_bytes: bool = False
+    #: options of the FSx stand-in (cryopilot_sim.fsx_standin.FsxStandIn): ``task_seconds``,
+    #: ``fail_next``
+    fsx_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.template = load_template()
@@ -154,6 +158,8 @@ class LocalCloud:
         self.cryosparc_by_cluster: dict[str, Any] = {}
         #: Each cluster's file systems (``cryopilot_sim.filesystems.Volumes``) with ``model_bytes``.
         self.volumes_by_cluster: dict[str, Any] = {}
+        #: Each live cluster's FSx for Lustre file system id.
+        self.file_systems: dict[str, str] = {}
 
     # ---------------------------------------------------------------- lifecycle
     def __enter__(self) -> LocalCloud:
@@ -178,6 +184,16 @@ class LocalCloud:
                 config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
             )
         )
+        from cryopilot_sim.fsx_standin import FsxStandIn
+
+        self.fsx = FsxStandIn(
+            now=self.clock.now,
+            put_object=self._put_exported_object,
+            region=REGION,
+            account_id=ACCOUNT_ID,
+            **self.fsx_options,
+        )
+        self._fsx_mounts = st.enter_context(tempfile.TemporaryDirectory(prefix="fsx-"))
         self._install_seams()
         options = {"script_exists": self._s3_object_exists, **self.pcluster_options}
         self.pcluster = PClusterStandIn(self.clock, **options)
@@ -499,6 +515,7 @@ class LocalCloud:
         from cryopilot_sim import seams
 
         seams.install(self, self._stack)
+        seams.install_fsx_tasks(self, self._stack)
 
     # ---------------------------------------------------------------- Lambda
     def _module(self, fn: LocalFunction) -> ModuleType:
@@ -656,9 +673,58 @@ class LocalCloud:
             "CRYOSPARC_EMAIL": email,
             "CRYOSPARC_PASSWORD": password,
             "CRYOPILOT_PROJECT_ROOT": f"/fsx/projects/{cluster_name}",
+            "CRYOPILOT_FSX_MOUNT": self._make_file_system(cluster_name, cs),
         }
         with self._lock:
             self.head_nodes[instance_id] = HeadNode(cluster_name, instance_id, cs, env)
+
+    def _make_file_system(self, cluster_name: str, cs: Any) -> str:
+        """The cluster's FSx for Lustre file system, as ParallelCluster makes it from the
+        configuration's SharedStorage (its Tags propagate to it): in moto, and in the FSx stand-in
+        with its data repository associations. Returns the directory standing in for its mount."""
+        import yaml
+
+        from cryopilot_sim.fsx_standin import SimFileSystem, associations_from_config
+
+        record = self.pcluster.history.get(cluster_name)
+        config = yaml.safe_load(record["config"]) if record is not None else {}
+        fsx_storage = next(
+            (s for s in config.get("SharedStorage") or [] if s.get("StorageType") == "FsxLustre"), None
+        )
+        mount = os.path.join(self._fsx_mounts, cluster_name)
+        os.makedirs(mount, exist_ok=True)
+        if fsx_storage is None:
+            return mount
+        settings = fsx_storage.get("FsxLustreSettings") or {}
+        subnet = ((config.get("HeadNode") or {}).get("Networking") or {}).get("SubnetId") or "subnet-0"
+        created = self.client("fsx").create_file_system(
+            FileSystemType="LUSTRE",
+            StorageCapacity=int(settings.get("StorageCapacity", 1200)),
+            SubnetIds=[subnet],
+            LustreConfiguration={
+                "DeploymentType": settings.get("DeploymentType", "PERSISTENT_2"),
+                "PerUnitStorageThroughput": int(settings.get("PerUnitStorageThroughput", 125)),
+            },
+            Tags=[{"Key": str(t["Key"]), "Value": str(t["Value"])} for t in config.get("Tags") or []],
+        )
+        fs_id = created["FileSystem"]["FileSystemId"]
+
+        def project_files() -> dict[str, bytes]:
+            return {
+                f"{p.project_dir.rstrip('/')}/{path}": data
+                for p in list(cs.projects.values())
+                for path, data in list(p.files.items())
+            }
+
+        self.fsx.register(
+            SimFileSystem(fs_id, cluster_name, mount, associations_from_config(config), project_files)
+        )
+        with self._lock:
+            self.file_systems[cluster_name] = fs_id
+        return mount
+
+    def _put_exported_object(self, bucket: str, key: str, body: bytes) -> None:
+        self.client("s3").put_object(Bucket=bucket, Key=key, Body=body)
 
     def _volumes_for(self, cluster_name: str) -> Any:
         """The file systems of the cluster's configuration (None if the stand-in kept no record)."""
@@ -697,6 +763,11 @@ class LocalCloud:
             nodes = [self.head_nodes.pop(i) for i in gone]
         for node in nodes:
             node.cryosparc.stop()
+        # the cluster's FSx goes with it (its DeletionPolicy is Delete)
+        fs_id = self.file_systems.pop(cluster_name, None)
+        if fs_id is not None:
+            self.fsx.forget(fs_id)
+            self.client("fsx").delete_file_system(FileSystemId=fs_id)
 
     def lose_head_node(self, cluster_name: str) -> str:
         """The head node disappears (terminated under the cluster): SSM no longer knows it."""

@@ -294,6 +294,30 @@ def install(harness: LocalCloud, st: ExitStack) -> None:
     st.enter_context(mock.patch.object(SNSResponse, "subscribe", subscribe))
 
 
+def install_fsx_tasks(harness: LocalCloud, st: ExitStack) -> None:
+    """FSx data repository tasks (CreateDataRepositoryTask, DescribeDataRepositoryTasks), which
+    moto does not serve, answered by the harness's FSx stand-in (cryopilot_sim.fsx_standin)."""
+    from moto.core.exceptions import JsonRESTError
+    from moto.fsx.responses import FSxResponse
+
+    from cryopilot_sim.fsx_standin import FsxError
+
+    def answer(call: Any) -> Any:
+        def method(response: Any) -> str:
+            try:
+                return json.dumps(call(json.loads(response.body or "{}")))
+            except FsxError as exc:
+                raise JsonRESTError(exc.code, str(exc)) from None
+
+        return method
+
+    for name, call in (
+        ("create_data_repository_task", harness.fsx.create_task),
+        ("describe_data_repository_tasks", harness.fsx.describe_tasks),
+    ):
+        st.enter_context(mock.patch.object(FSxResponse, name, answer(call), create=True))
+
+
 def _issued_version_id(version_id: str) -> bool:
     """Whether moto's S3 could have issued ``version_id``: ``null`` or a UUID."""
     if version_id == "null":

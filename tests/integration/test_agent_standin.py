@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -199,32 +201,32 @@ def test_movies_preset_runs_to_final_resolution_and_exports(clock: VirtualClock)
         everything = agent.status("cgrp-run-1")
         assert [s.stage_id for s in everything.stages] == [s.id for s in stages]
 
-        with mock_aws():
-            s3 = boto3.client("s3", region_name="us-east-1")
-            s3.create_bucket(Bucket="results")
+        # export writes the results into a directory of the FSx mount (here a temporary one)
+        with tempfile.TemporaryDirectory() as fsx_mount:
+            agent.env["CRYOPILOT_FSX_MOUNT"] = fsx_mount
+            for bad in ("/results", "../results", "results/../../etc"):
+                rc, doc, _ = agent("export", "--project", "cgrp-run-1", "--stage", "nurefine", "--dest", bad)
+                assert rc == 1, doc
+                assert "must be a relative path inside the FSx file system" in doc["message"], doc
             rc, doc, text = agent(
-                "export",
-                "--project",
-                "cgrp-run-1",
-                "--stage",
-                "nurefine",
-                "--bucket",
-                "results",
-                "--prefix",
-                "runs/cgrp-run-1/",
+                "export", "--project", "cgrp-run-1", "--stage", "nurefine", "--dest", "results"
             )
             assert rc == 0, doc
             exported = ExportResult.model_validate_json(text)
+            assert exported.dest == "results"
             kinds = {f.kind for f in exported.files}
             assert kinds == {"map", "half_map_a", "half_map_b", "mask", "fsc", "particles"}
             for f in exported.files:
-                assert f.key.startswith("runs/cgrp-run-1/")
-                assert s3.head_object(Bucket="results", Key=f.key)["ContentLength"] == f.size > 0
-            mrc = s3.get_object(Bucket="results", Key=next(f.key for f in exported.files if f.kind == "map"))[
-                "Body"
-            ].read()
-            assert mrc[208:212] == b"MAP "
+                assert os.path.getsize(os.path.join(fsx_mount, "results", f.name)) == f.size > 0
+            with open(
+                os.path.join(fsx_mount, "results", next(f.name for f in exported.files if f.kind == "map")),
+                "rb",
+            ) as fh:
+                assert fh.read()[208:212] == b"MAP "
             assert exported.resolution_A == final.resolution_A
+            # the project's directory, for an export of the whole project
+            assert exported.project_dir is not None
+            assert exported.project_dir.startswith("/fsx/projects/")
 
 
 @pytest.mark.slow

@@ -267,6 +267,11 @@ class Manifest(_Strict):
     )
     limits: Limits = Field(default_factory=Limits)
     storage: StorageHints = Field(default_factory=StorageHints)
+    export: Literal["results", "project"] = Field(
+        default="results",
+        description="results: the map, half maps, mask, FSC and particles; project: those and the"
+        " whole cryoSPARC project directory (everything but the raw data)",
+    )
 
     @field_validator("notify")
     @classmethod

@@ -124,6 +124,10 @@ class RunRecord(_Item):
     export_finished_at: float | None = None
     results: dict[str, Any] | None = None
     partial_export: dict[str, Any] | None = None
+    #: ``results`` or ``project`` (the manifest's ``export``)
+    export_mode: str | None = None
+    #: the data repository task of the export: its id, paths, attempts, files
+    export: dict[str, Any] | None = None
     report: dict[str, Any] | None = None
     cost_usd: float | None = None
     cost_basis: str | None = None

@@ -78,18 +78,23 @@ class KillResult(_Model):
 
 class ExportedFile(_Model):
     kind: str = Field(description="map, half_map_a, half_map_b, mask, fsc, particles; class_map (partial)")
-    key: str
+    name: str = Field(description="the file's name in the export directory")
     size: int
 
 
 class ExportResult(_Model):
+    """The files the agent put into the export directory on FSx (``dest``, relative to the file
+    system's mount), each checked by size there; the data repository task takes them to S3."""
+
     ok: Literal[True] = True
     verb: Literal["export"] = "export"
-    bucket: str
-    prefix: str
+    dest: str = Field(description="the export directory, relative to the FSx mount (results/...)")
     files: list[ExportedFile]
     resolution_A: float | None = None
     partial: bool = Field(default=False, description="the maps of an intermediate stage (the run stopped)")
+    project_dir: str | None = Field(
+        default=None, description="the cryoSPARC project's directory (absolute, on the head node)"
+    )
 
 
 class AgentFailure(_Model):

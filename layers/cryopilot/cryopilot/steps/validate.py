@@ -206,6 +206,7 @@ def record_fields(
         "notify": manifest.notify,
         "trigger": exec_input.trigger,
         "settings": exec_input.settings.model_dump(),
+        "export_mode": manifest.export,
         "current_step": "validated",
     }
 

@@ -55,7 +55,10 @@ from cryopilot.domain.clusterconfig.mounts import (
     FSX_DATA_PATH,
     FSX_MOUNT_DIR,
     FSX_PROJECT_DIR,
+    FSX_PROJECTS_PATH,
     FSX_RESULTS_PATH,
+    PROJECT_PREFIX,
+    RESULTS_PREFIX,
     SCRATCH_MOUNT_DIR,
     SHARED_MOUNT_DIR,
 )
@@ -273,11 +276,19 @@ def build_cluster_config(request: ClusterRequest, params: ClusterParams) -> Clus
                     batch_import_meta_data_on_create=True,
                     auto_import_policy=["NEW", "CHANGED", "DELETED"],
                 ),
+                # The results and the project leave FSx by an export task the controller starts
+                # and waits for (steps/export.py), not by auto-export: a task has an end and a
+                # report. Two associations, because a task's paths must lie inside one, and the
+                # project is exported only when the manifest asks (``export: project``).
                 DataRepositoryAssociation(
                     name="results",
-                    data_repository_path=request.results_s3_uri,
+                    data_repository_path=f"{request.results_s3_uri}{RESULTS_PREFIX}",
                     file_system_path=FSX_RESULTS_PATH,
-                    auto_export_policy=["NEW", "CHANGED"],
+                ),
+                DataRepositoryAssociation(
+                    name="projects",
+                    data_repository_path=f"{request.results_s3_uri}{PROJECT_PREFIX}",
+                    file_system_path=FSX_PROJECTS_PATH,
                 ),
             ],
         ),

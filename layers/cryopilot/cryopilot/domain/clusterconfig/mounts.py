@@ -18,3 +18,8 @@ FSX_DATA_DIR = FSX_MOUNT_DIR + FSX_DATA_PATH
 #: Instance-store NVMe of compute nodes, mounted (RAID 0 when several) by ParallelCluster;
 #: the cryoSPARC lanes use it as the particle cache (``--ssdpath``).
 SCRATCH_MOUNT_DIR = "/scratch"
+#: Below a run's results prefix (``s3://<results bucket>/runs/<run>/``): where the results
+#: association (:data:`FSX_RESULTS_PATH`) and the projects association (:data:`FSX_PROJECTS_PATH`)
+#: export to.
+RESULTS_PREFIX = "results/"
+PROJECT_PREFIX = "project/"

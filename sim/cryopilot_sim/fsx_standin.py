@@ -1,0 +1,251 @@
+"""FSx for Lustre as a run's cluster has it: the file system ParallelCluster makes, its data
+repository associations, and the data repository tasks that export files to S3 (moto 5.2.5 serves
+file systems but neither associations nor tasks).
+
+What it follows (FSx API reference, CreateDataRepositoryTask, DescribeDataRepositoryTasks,
+DataRepositoryTask, CompletionReport; FSx for Lustre user guide, "Data repository tasks"):
+
+- A task's ``Paths`` are relative to the file system's mount. A path that is not valid makes the
+  task fail (``FAILED``, with ``FailureDetails``); here a path is valid when it lies inside a data
+  repository association and holds something.
+- Each file goes to its association's S3 prefix, at its path below the association's directory.
+- One task at a time on a file system: a second one while the first is ``PENDING`` or
+  ``EXECUTING`` is refused with ``DataRepositoryTaskExecuting``.
+- ``ClientRequestToken``: the same token starts no second task; the first is answered again.
+- The completion report (``REPORT_CSV_20191124``) goes to ``{Path}/task-{id}/failures.csv``; its
+  ``Path`` must lie inside an association's S3 prefix. With ``FAILED_FILES_ONLY`` it lists each
+  file that failed: FilePath, FileStatus, ErrorCode.
+
+Not documented, so chosen here and switchable: how long a task takes (``task_seconds`` of the
+simulated clock, from creation to the end, whatever the bytes), whether the report CSV has a header
+row (none is written), the error code of a file that failed (``fail_next`` tasks fail every file
+with :data:`FAILED_FILE_CODE`), and the text of ``FailureDetails``.
+
+The files a task sees: what the head node wrote under its FSx mount (the agent's result files, a
+real directory here) and the cryoSPARC stand-in's project files at their project directory.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+FAILED_FILE_CODE = "ExportFailed"  # not documented: the stand-in's own code
+MOUNT = "/fsx"
+
+
+@dataclass(frozen=True)
+class Association:
+    """One data repository association: a directory of the file system linked to an S3 prefix."""
+
+    file_system_path: str  # "/results"
+    bucket: str
+    prefix: str  # "runs/r/results/"
+
+    @property
+    def directory(self) -> str:
+        return self.file_system_path.strip("/")
+
+    def holds(self, rel: str) -> bool:
+        return rel == self.directory or rel.startswith(self.directory + "/")
+
+    def key_for(self, rel: str) -> str:
+        return self.prefix + rel[len(self.directory) :].lstrip("/")
+
+
+@dataclass
+class SimFileSystem:
+    file_system_id: str
+    cluster_name: str
+    #: the directory standing in for the head node's FSx mount
+    local_root: str
+    associations: list[Association]
+    #: the cryoSPARC project files, by absolute path on the cluster (``/fsx/projects/...``)
+    project_files: Callable[[], dict[str, bytes]] = dict
+
+    def files(self) -> dict[str, bytes]:
+        """Every file, by path relative to the mount."""
+        found: dict[str, bytes] = {}
+        for path, data in self.project_files().items():
+            if path.startswith(MOUNT + "/"):
+                found[path[len(MOUNT) + 1 :]] = data
+        for dirpath, _, names in os.walk(self.local_root):
+            for name in names:
+                full = os.path.join(dirpath, name)
+                rel = os.path.relpath(full, self.local_root).replace(os.sep, "/")
+                with open(full, "rb") as fh:
+                    found[rel] = fh.read()
+        return found
+
+
+class FsxError(Exception):
+    """An FSx API error: ``code`` and message, HTTP 400 (FSx API reference, Errors)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class FsxStandIn:
+    now: Callable[[], float]
+    #: puts one object into S3 (bucket, key, body)
+    put_object: Callable[[str, str, bytes], None]
+    region: str = "us-east-1"
+    account_id: str = "123456789012"
+    task_seconds: float = 120.0
+    #: the next this many tasks fail every file (a switch for tests of the failure path)
+    fail_next: int = 0
+    file_systems: dict[str, SimFileSystem] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _tokens: dict[str, str] = field(default_factory=dict)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def register(self, fs: SimFileSystem) -> None:
+        with self._lock:
+            self.file_systems[fs.file_system_id] = fs
+
+    def forget(self, file_system_id: str) -> None:
+        with self._lock:
+            self.file_systems.pop(file_system_id, None)
+
+    # ------------------------------------------------------------------ API
+    def create_task(self, params: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            token = params.get("ClientRequestToken")
+            if token and token in self._tokens:
+                return {"DataRepositoryTask": self._answer(self.tasks[self._tokens[token]])}
+            fs = self.file_systems.get(str(params.get("FileSystemId")))
+            if fs is None:
+                raise FsxError(
+                    "FileSystemNotFound", f"File system {params.get('FileSystemId')} was not found"
+                )
+            if params.get("Type") != "EXPORT_TO_REPOSITORY":
+                raise FsxError("BadRequest", f"task type {params.get('Type')!r} is not modelled here")
+            for other in self.tasks.values():
+                self._advance(other)
+                if other["FileSystemId"] == fs.file_system_id and other["Lifecycle"] in (
+                    "PENDING",
+                    "EXECUTING",
+                ):
+                    raise FsxError(
+                        "DataRepositoryTaskExecuting",
+                        "An existing data repository task is currently executing on the file system.",
+                    )
+            report = params.get("Report") or {"Enabled": False}
+            if report.get("Enabled") and _association_of_uri(fs, str(report.get("Path") or "")) is None:
+                raise FsxError("BadRequest", "The report path must be within a linked data repository.")
+            task_id = f"task-{uuid.uuid4().hex[:17]}"
+            task = {
+                "TaskId": task_id,
+                "Type": "EXPORT_TO_REPOSITORY",
+                "Lifecycle": "PENDING",
+                "FileSystemId": fs.file_system_id,
+                "Paths": list(params.get("Paths") or []),
+                "Report": report,
+                "CreationTime": self.now(),
+                "ResourceARN": f"arn:aws:fsx:{self.region}:{self.account_id}:task/{task_id}",
+                "Status": {"TotalCount": 0, "SucceededCount": 0, "FailedCount": 0},
+                "_fail": self.fail_next > 0,
+            }
+            if self.fail_next > 0:
+                self.fail_next -= 1
+            if token:
+                task["ClientRequestToken"] = token
+                self._tokens[token] = task_id
+            self.tasks[task_id] = task
+            return {"DataRepositoryTask": self._answer(task)}
+
+    def describe_tasks(self, params: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            ids = params.get("TaskIds") or list(self.tasks)
+            missing = [i for i in ids if i not in self.tasks]
+            if missing:
+                raise FsxError("DataRepositoryTaskNotFound", f"Task {missing[0]} was not found")
+            for i in ids:
+                self._advance(self.tasks[i])
+            return {"DataRepositoryTasks": [self._answer(self.tasks[i]) for i in ids]}
+
+    # ------------------------------------------------------------------ the work
+    def _advance(self, task: dict[str, Any]) -> None:
+        """PENDING → EXECUTING at once; the export and its end ``task_seconds`` after creation."""
+        if task["Lifecycle"] not in ("PENDING", "EXECUTING"):
+            return
+        task["Lifecycle"] = "EXECUTING"
+        task.setdefault("StartTime", task["CreationTime"])
+        if self.now() - task["CreationTime"] < self.task_seconds:
+            return
+        fs = self.file_systems.get(task["FileSystemId"])
+        files = fs.files() if fs is not None else {}
+        chosen: dict[str, bytes] = {}
+        bad: list[str] = []
+        for path in task["Paths"]:
+            found = {r: d for r, d in files.items() if r == path or r.startswith(path.rstrip("/") + "/")}
+            if (
+                fs is None
+                or path.startswith("/")
+                or not found
+                or not any(a.holds(path) for a in fs.associations)
+            ):
+                bad.append(path)
+            chosen.update(found)
+        task["EndTime"] = self.now()
+        if bad:
+            task["Lifecycle"] = "FAILED"
+            task["FailureDetails"] = {"Message": f"Path(s) not valid for export: {', '.join(bad)}"}
+            return
+        assert fs is not None
+        failed: list[str] = []
+        for rel, data in sorted(chosen.items()):
+            assoc = next(a for a in fs.associations if a.holds(rel))
+            if task["_fail"]:
+                failed.append(rel)
+                continue
+            self.put_object(assoc.bucket, assoc.key_for(rel), data)
+        task["Status"] = {
+            "TotalCount": len(chosen),
+            "SucceededCount": len(chosen) - len(failed),
+            "FailedCount": len(failed),
+            "LastUpdatedTime": self.now(),
+        }
+        if failed:
+            task["Lifecycle"] = "FAILED"
+            task["FailureDetails"] = {"Message": f"{len(failed)} file(s) failed to export"}
+        else:
+            task["Lifecycle"] = "SUCCEEDED"
+        report = task["Report"]
+        if report.get("Enabled") and failed:
+            assoc = _association_of_uri(fs, report["Path"])
+            bucket, _, prefix = report["Path"].removeprefix("s3://").partition("/")
+            rows = "".join(f"{rel},failed,{FAILED_FILE_CODE}\n" for rel in failed)
+            key = f"{prefix.rstrip('/')}/task-{task['TaskId']}/failures.csv".lstrip("/")
+            if assoc is not None:
+                self.put_object(bucket, key, rows.encode())
+
+    def _answer(self, task: dict[str, Any]) -> dict[str, Any]:
+        """The task as the API answers it (times as epoch seconds, as the JSON protocol sends them)."""
+        return {k: v for k, v in task.items() if not k.startswith("_")}
+
+
+def _association_of_uri(fs: SimFileSystem, uri: str) -> Association | None:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    key = key.rstrip("/") + "/"
+    for a in fs.associations:
+        if a.bucket == bucket and key.startswith(a.prefix):
+            return a
+    return None
+
+
+def associations_from_config(config: dict[str, Any]) -> list[Association]:
+    """The data repository associations of the cluster configuration's FSx for Lustre storage."""
+    found = []
+    for storage in config.get("SharedStorage") or []:
+        settings = storage.get("FsxLustreSettings") or {}
+        for dra in settings.get("DataRepositoryAssociations") or []:
+            bucket, _, prefix = str(dra["DataRepositoryPath"]).removeprefix("s3://").partition("/")
+            found.append(Association(str(dra["FileSystemPath"]), bucket, prefix))
+    return found
