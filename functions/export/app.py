@@ -13,6 +13,8 @@ from pydantic import BaseModel
 class ExportRequest(BaseModel):
     run_id: str
     action: Literal["start", "start_partial", "check"] = "start"
+    polls: int = 0
+    max_polls: int = 240
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -21,5 +23,5 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     req = ExportRequest.model_validate(event)
     logger.append_keys(run_id=req.run_id)
     if req.action == "check":
-        return export.check(req.run_id).model_dump(mode="json")
+        return export.check(req.run_id, req.polls, req.max_polls).model_dump(mode="json")
     return export.start(req.run_id, partial=req.action == "start_partial").model_dump(mode="json")

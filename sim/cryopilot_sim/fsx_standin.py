@@ -18,8 +18,9 @@ DataRepositoryTask, CompletionReport; FSx for Lustre user guide, "Data repositor
 
 Not documented, so chosen here and switchable: how long a task takes (``task_seconds`` of the
 simulated clock, from creation to the end, whatever the bytes), whether the report CSV has a header
-row (none is written), the error code of a file that failed (``fail_next`` tasks fail every file
-with :data:`FAILED_FILE_CODE`), and the text of ``FailureDetails``.
+row (none is written), the error code of a file that failed (S3's error code when S3 refuses the
+object, e.g. ``AccessDenied`` under a bucket policy; ``fail_next`` tasks fail every file with
+:data:`FAILED_FILE_CODE`), and the text of ``FailureDetails``.
 
 The files a task sees: what the head node wrote under its FSx mount (the agent's result files, a
 real directory here) and the cryoSPARC stand-in's project files at their project directory.
@@ -171,14 +172,32 @@ class FsxStandIn:
             return {"DataRepositoryTasks": [self._answer(self.tasks[i]) for i in ids]}
 
     # ------------------------------------------------------------------ the work
+    def advance(self) -> None:
+        """Do the work of every task whose time has come: its files go to S3 and it ends. Called as
+        simulated time passes (the harness calls it after each Wait state), never from inside an
+        API request: the S3 writes are requests of their own."""
+        with self._lock:
+            due = [
+                t
+                for t in self.tasks.values()
+                if t["Lifecycle"] in ("PENDING", "EXECUTING")
+                and not t.get("_exporting")
+                and self.now() - t["CreationTime"] >= self.task_seconds
+            ]
+            for t in due:
+                t["_exporting"] = True  # one caller does each task's work
+        for task in due:
+            self._export(task)
+
     def _advance(self, task: dict[str, Any]) -> None:
-        """PENDING → EXECUTING at once; the export and its end ``task_seconds`` after creation."""
-        if task["Lifecycle"] not in ("PENDING", "EXECUTING"):
-            return
-        task["Lifecycle"] = "EXECUTING"
+        """PENDING → EXECUTING as soon as anyone looks (the export itself is :meth:`advance`'s)."""
+        if task["Lifecycle"] == "PENDING":
+            task["Lifecycle"] = "EXECUTING"
+            task.setdefault("StartTime", task["CreationTime"])
+
+    def _export(self, task: dict[str, Any]) -> None:
+        """The task's files to S3, its counts, its end and its completion report."""
         task.setdefault("StartTime", task["CreationTime"])
-        if self.now() - task["CreationTime"] < self.task_seconds:
-            return
         fs = self.file_systems.get(task["FileSystemId"])
         files = fs.files() if fs is not None else {}
         chosen: dict[str, bytes] = {}
@@ -199,13 +218,28 @@ class FsxStandIn:
             task["FailureDetails"] = {"Message": f"Path(s) not valid for export: {', '.join(bad)}"}
             return
         assert fs is not None
-        failed: list[str] = []
+        failed: list[tuple[str, str]] = []
         for rel, data in sorted(chosen.items()):
             assoc = next(a for a in fs.associations if a.holds(rel))
             if task["_fail"]:
-                failed.append(rel)
+                failed.append((rel, FAILED_FILE_CODE))
                 continue
-            self.put_object(assoc.bucket, assoc.key_for(rel), data)
+            try:
+                self.put_object(assoc.bucket, assoc.key_for(rel), data)
+            except Exception as exc:  # S3 refused the file (a bucket policy): it fails, the rest go on
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code") or type(exc).__name__
+                failed.append((rel, str(code)))
+        report = task["Report"]
+        report_assoc = _association_of_uri(fs, str(report.get("Path") or ""))
+        if report.get("Enabled") and failed and report_assoc is not None:
+            # the report is delivered before the task shows its end
+            bucket, _, prefix = report["Path"].removeprefix("s3://").partition("/")
+            rows = "".join(f"{rel},failed,{code}\n" for rel, code in failed)
+            key = f"{prefix.rstrip('/')}/task-{task['TaskId']}/failures.csv".lstrip("/")
+            try:
+                self.put_object(bucket, key, rows.encode())
+            except Exception:  # S3 refuses the report too (the same bucket policy): none is written
+                task["_report_refused"] = True
         task["Status"] = {
             "TotalCount": len(chosen),
             "SucceededCount": len(chosen) - len(failed),
@@ -213,18 +247,8 @@ class FsxStandIn:
             "LastUpdatedTime": self.now(),
         }
         if failed:
-            task["Lifecycle"] = "FAILED"
             task["FailureDetails"] = {"Message": f"{len(failed)} file(s) failed to export"}
-        else:
-            task["Lifecycle"] = "SUCCEEDED"
-        report = task["Report"]
-        if report.get("Enabled") and failed:
-            assoc = _association_of_uri(fs, report["Path"])
-            bucket, _, prefix = report["Path"].removeprefix("s3://").partition("/")
-            rows = "".join(f"{rel},failed,{FAILED_FILE_CODE}\n" for rel in failed)
-            key = f"{prefix.rstrip('/')}/task-{task['TaskId']}/failures.csv".lstrip("/")
-            if assoc is not None:
-                self.put_object(bucket, key, rows.encode())
+        task["Lifecycle"] = "FAILED" if failed else "SUCCEEDED"
 
     def _answer(self, task: dict[str, Any]) -> dict[str, Any]:
         """The task as the API answers it (times as epoch seconds, as the JSON protocol sends them)."""

@@ -158,8 +158,10 @@ class LocalCloud:
         self.cryosparc_by_cluster: dict[str, Any] = {}
         #: Each cluster's file systems (``cryopilot_sim.filesystems.Volumes``) with ``model_bytes``.
         self.volumes_by_cluster: dict[str, Any] = {}
-        #: Each live cluster's FSx for Lustre file system id.
+        #: Each live cluster's FSx for Lustre file system id, and its /shared EBS volume (id and
+        #: DeletionPolicy).
         self.file_systems: dict[str, str] = {}
+        self.shared_volumes: dict[str, tuple[str, str]] = {}
 
     # ---------------------------------------------------------------- lifecycle
     def __enter__(self) -> LocalCloud:
@@ -693,6 +695,7 @@ class LocalCloud:
         )
         mount = os.path.join(self._fsx_mounts, cluster_name)
         os.makedirs(mount, exist_ok=True)
+        self._make_shared_volume(cluster_name, config)
         if fsx_storage is None:
             return mount
         settings = fsx_storage.get("FsxLustreSettings") or {}
@@ -722,6 +725,48 @@ class LocalCloud:
         with self._lock:
             self.file_systems[cluster_name] = fs_id
         return mount
+
+    def _make_shared_volume(self, cluster_name: str, config: dict[str, Any]) -> None:
+        """The EBS /shared volume, in moto, with the configuration's Tags (propagated to all the
+        cluster resources: ParallelCluster user guide, Tags section)."""
+        ebs = next((s for s in config.get("SharedStorage") or [] if s.get("StorageType") == "Ebs"), None)
+        if ebs is None:
+            return
+        settings = ebs.get("EbsSettings") or {}
+        tags = [{"Key": str(t["Key"]), "Value": str(t["Value"])} for t in config.get("Tags") or []]
+        volume = self.client("ec2").create_volume(
+            AvailabilityZone=f"{REGION}a",
+            Size=int(settings.get("Size", 35)),
+            VolumeType=str(settings.get("VolumeType", "gp3")),
+            TagSpecifications=[{"ResourceType": "volume", "Tags": tags}] if tags else [],
+        )
+        with self._lock:
+            self.shared_volumes[cluster_name] = (volume["VolumeId"], settings.get("DeletionPolicy", "Delete"))
+
+    def _retire_shared_volume(self, cluster_name: str) -> None:
+        """The cluster's deletion: with ``DeletionPolicy: Snapshot`` the /shared volume is snapshotted
+        first (CloudFormation's DeletionPolicy attribute), at the simulated time; then deleted."""
+        with self._lock:
+            found = self.shared_volumes.pop(cluster_name, None)
+        if found is None:
+            return
+        volume_id, policy = found
+        ec2 = self.client("ec2")
+        if policy == "Snapshot":
+            snap = ec2.create_snapshot(VolumeId=volume_id, Description=f"{cluster_name} /shared")
+            self._set_snapshot_time(snap["SnapshotId"], self.clock.now())
+        if policy != "Retain":
+            ec2.delete_volume(VolumeId=volume_id)
+
+    def _set_snapshot_time(self, snapshot_id: str, when: float) -> None:
+        """A snapshot's StartTime on the simulated clock (moto stamps the wall clock)."""
+        from datetime import UTC, datetime
+
+        from moto.ec2.models import ec2_backends
+
+        with self.requests:
+            snap = ec2_backends[ACCOUNT_ID][REGION].snapshots[snapshot_id]
+            snap.start_time = datetime.fromtimestamp(when, UTC).replace(tzinfo=None)
 
     def _put_exported_object(self, bucket: str, key: str, body: bytes) -> None:
         self.client("s3").put_object(Bucket=bucket, Key=key, Body=body)
@@ -763,6 +808,7 @@ class LocalCloud:
             nodes = [self.head_nodes.pop(i) for i in gone]
         for node in nodes:
             node.cryosparc.stop()
+        self._retire_shared_volume(cluster_name)
         # the cluster's FSx goes with it (its DeletionPolicy is Delete)
         fs_id = self.file_systems.pop(cluster_name, None)
         if fs_id is not None:

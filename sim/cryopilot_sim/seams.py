@@ -221,6 +221,7 @@ def install(harness: LocalCloud, st: ExitStack) -> None:
     def wait_interval(wf: Any, env: Any, wait_seconds: int) -> None:
         if wait_seconds > 0 and env.is_running():
             harness.clock.sleep(wait_seconds)
+            harness.fsx.advance()  # FSx tasks whose time has come do their work
 
     st.enter_context(mock.patch.object(WaitFunction, "_wait_interval", wait_interval))
     # Retry intervals (IntervalSeconds, BackoffRate) pass on the simulated clock too.

@@ -145,7 +145,11 @@ def test_export_that_keeps_failing_is_retried_then_fails_and_says_where_the_data
     cloud.client("s3").put_bucket_policy(Bucket=cloud.results_bucket, Policy=json.dumps(deny))
     arn = _start(cloud)
     record, failure = _assert_failed_cleanly(cloud, arn, "ExportError")
-    assert _failed_tasks(cloud, arn).count("ExportError") == 4  # the first try and 3 retries
+    # the export tasks ran into the bucket policy: three tasks, each file refused (and the completion
+    # report too, so the failures give counts, not names), then the run fails
+    assert _failed_tasks(cloud, arn).count("ExportError") == 1
+    assert record["export"]["attempt"] == 3, record["error"]
+    assert all(f.endswith("6 of 6 files not exported") for f in record["export"]["failures"])
     assert record["stages"]["nurefine"]["state"] == "completed"  # the map was made
     assert "snapshot" in failure["message"]
     assert "/shared" in failure["message"]

@@ -59,7 +59,10 @@ def test_default_data_and_results_locations(capsys: pytest.CaptureFixture[str]) 
     doc = generated(capsys, "cgrp.yaml")
     dras = {d["Name"]: d for d in doc["SharedStorage"][1]["FsxLustreSettings"]["DataRepositoryAssociations"]}
     assert dras["data"]["DataRepositoryPath"] == "s3://cryopilot-input/datasets/CGRP-2026-11/"
-    assert dras["results"]["DataRepositoryPath"] == "s3://cryopilot-results/runs/CGRP-2026-11-manual/"
+    assert dras["results"]["DataRepositoryPath"] == "s3://cryopilot-results/runs/CGRP-2026-11-manual/results/"
+    assert (
+        dras["projects"]["DataRepositoryPath"] == "s3://cryopilot-results/runs/CGRP-2026-11-manual/project/"
+    )
 
 
 def test_flags_change_the_configuration(capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,7 +111,7 @@ def test_flags_change_the_configuration(capsys: pytest.CaptureFixture[str]) -> N
     assert doc["HeadNode"]["CustomActions"]["OnNodeConfigured"]["Script"].startswith("s3://my-artifacts/")
     dras = {d["Name"]: d for d in doc["SharedStorage"][1]["FsxLustreSettings"]["DataRepositoryAssociations"]}
     assert dras["data"]["DataRepositoryPath"] == "s3://my-input/elsewhere/cgrp/"
-    assert dras["results"]["DataRepositoryPath"] == "s3://my-results/runs/cgrp-review-1/"
+    assert dras["results"]["DataRepositoryPath"] == "s3://my-results/runs/cgrp-review-1/results/"
     assert {t["Key"]: t["Value"] for t in doc["Tags"]}["cryopilot:stack"] == "cryopilot-prod"
 
 

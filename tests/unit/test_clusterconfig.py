@@ -247,8 +247,12 @@ def test_content_of_the_default_cluster() -> None:
     dras = {d["Name"]: d for d in fsx["DataRepositoryAssociations"]}
     assert dras["data"]["DataRepositoryPath"] == request.data_s3_uri
     assert dras["data"]["AutoImportPolicy"] == ["NEW", "CHANGED", "DELETED"]
-    assert dras["results"]["DataRepositoryPath"] == request.results_s3_uri
-    assert dras["results"]["AutoExportPolicy"] == ["NEW", "CHANGED"]
+    # results and project leave FSx by export tasks the controller waits for (steps/export.py)
+    assert dras["results"]["DataRepositoryPath"] == request.results_s3_uri + "results/"
+    assert dras["results"]["FileSystemPath"] == "/results"
+    assert dras["projects"]["DataRepositoryPath"] == request.results_s3_uri + "project/"
+    assert dras["projects"]["FileSystemPath"] == "/projects"
+    assert all("AutoExportPolicy" not in d for d in dras.values())
 
     tags = {t["Key"]: t["Value"] for t in doc["Tags"]}
     assert tags == {

@@ -44,7 +44,14 @@ def test_no_wildcard_action_anywhere() -> None:
 #: The actions that support no resource-level permission, so may only be granted on "*":
 #: SSM's GetCommandInvocation, SNS's subscription attributes (the Service Authorization Reference
 #: lists no resource type for them), and the CloudWatch Logs delivery actions Step Functions logging needs.
+#: FSx's DescribeFileSystems and DescribeDataRepositoryTasks list no resource type either (Service
+#: Authorization Reference, Actions defined by Amazon FSx), nor do EC2's Describe actions (Actions
+#: defined by Amazon EC2).
 ONLY_ON_EVERY_RESOURCE = {
+    "ec2:DescribeVolumes",
+    "ec2:DescribeSnapshots",
+    "fsx:DescribeFileSystems",
+    "fsx:DescribeDataRepositoryTasks",
     "ssm:GetCommandInvocation",
     "sns:GetSubscriptionAttributes",
     "sns:SetSubscriptionAttributes",

@@ -23,6 +23,10 @@ class RunSettings(BaseModel):
     max_poll_seconds: int = Field(default=1800, ge=0, le=86_400)
     delete_poll_seconds: int = Field(default=30, ge=0, le=3600)
     max_delete_polls: int = Field(default=120, ge=1, le=10_000)
+    #: the export's data repository task: checked every ``export_poll_seconds``, at most
+    #: ``max_export_polls`` times in all (4 h by default: see cryopilot.steps.export)
+    export_poll_seconds: int = Field(default=60, ge=0, le=3600)
+    max_export_polls: int = Field(default=240, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _order(self) -> Self:

@@ -62,6 +62,9 @@ class Settings(BaseModel):
     #: NotifyAllowedDomains: the domains a manifest's ``notify`` addresses may be in (empty: any)
     notify_allowed_domains: str = Field(default="", description="comma-separated")
 
+    #: Days a run's /shared snapshot is kept before the janitor deletes it; 0 keeps them all
+    #: (stack parameter ``SnapshotRetentionDays``).
+    snapshot_retention_days: int = Field(default=30, ge=0, le=3650)
     #: Largest FSx for Lustre file system a run may have (stack parameter ``MaxFsxTiB``).
     max_fsx_tib: float = Field(default=48.0, gt=0)
     #: ``auto`` (the storage model's rule) or a fixed PERSISTENT_2 tier (``FsxThroughputPerTiB``).

@@ -104,6 +104,21 @@ def _where_the_data_is(run: RunRecord) -> list[str]:
     ]
 
 
+def _what_was_exported(run: RunRecord) -> list[str]:
+    """What the export took to S3 and what it left (the manifest's ``export``)."""
+    results = run.results or {}
+    if results.get("project_uri"):
+        return [
+            f"Also exported: the whole cryoSPARC project (every job's output) to {results['project_uri']};"
+            " attach it to your own cryoSPARC instance. Not exported: the raw data, which stays at"
+            f" {run.data_s3_uri or 'its S3 prefix'}.",
+        ]
+    return [
+        "Not exported: the cryoSPARC project (every job's output), deleted with the cluster's FSx file"
+        " system. To keep it next time, set 'export: project' in the manifest.",
+    ]
+
+
 def _cost(run: RunRecord) -> str | None:
     return f"${float(run.cost_usd):,.0f}" if run.cost_usd is not None else None
 
@@ -145,6 +160,7 @@ def succeeded(
     ]
     for f in results.get("files") or []:
         lines.append(f"  - {f['kind']}: s3://{results_bucket}/{f['key']} ({f['size']:,} bytes)")
+    lines += _what_was_exported(run)
     lines += _report_lines(run, region)
     lines += _placement(run, "SUCCEEDED")
     lines += ["", "Stages:", *_stage_table(run, plan)]
@@ -290,15 +306,42 @@ class JanitorDeed(Protocol):
     def detail(self) -> str: ...
 
 
-def janitor(checked: int, acted: Sequence[JanitorDeed], loud_after: int) -> Mail:
-    """A janitor pass that acted on the clusters ``acted`` (of ``checked``); loud when one of them
-    failed to delete ``loud_after`` times or more."""
+class SnapshotDeed(Protocol):
+    """A /shared snapshot the janitor retired (``steps.cleanup.SnapshotAction``)."""
+
+    @property
+    def snapshot_id(self) -> str: ...
+    @property
+    def run_id(self) -> str | None: ...
+    @property
+    def age_days(self) -> float: ...
+    @property
+    def gib(self) -> int: ...
+    @property
+    def deleted(self) -> bool: ...
+    @property
+    def detail(self) -> str: ...
+
+
+def janitor(
+    checked: int,
+    acted: Sequence[JanitorDeed],
+    loud_after: int,
+    *,
+    snapshots: Sequence[SnapshotDeed] = (),
+    retention_days: int = 0,
+) -> Mail:
+    """A janitor pass that acted on the clusters ``acted`` (of ``checked``) and retired the
+    ``snapshots`` older than ``retention_days``; loud when a cluster failed to delete ``loud_after``
+    times or more."""
     loud = [a for a in acted if a.loud]
-    subject = (
-        f"[cryopilot] ACTION NEEDED: {len(loud)} cluster(s) cannot be deleted"
-        if loud
-        else f"[cryopilot] janitor: {len(acted)} cluster(s) cleaned up"
-    )
+    deleted = [s for s in snapshots if s.deleted]
+    if loud:
+        subject = f"[cryopilot] ACTION NEEDED: {len(loud)} cluster(s) cannot be deleted"
+    elif acted:
+        subject = f"[cryopilot] janitor: {len(acted)} cluster(s) cleaned up"
+    else:
+        subject = f"[cryopilot] janitor: {len(deleted)} old snapshot(s) deleted"
     lines = [
         f"The cryopilot janitor checked {checked} cluster(s) of this stack and acted on {len(acted)}:",
         "",
@@ -315,4 +358,17 @@ def janitor(checked: int, acted: Sequence[JanitorDeed], loud_after: int) -> Mail
             "them by hand (pcluster delete-cluster, or their CloudFormation stacks) and check the "
             "stack events for what blocks the deletion.",
         ]
+    if snapshots:
+        lines += [
+            "",
+            f"Snapshots of the runs' /shared volumes (cryoSPARC's database) older than {retention_days}"
+            " days (stack parameter SnapshotRetentionDays):",
+        ]
+        for snap in snapshots:
+            what = "deleted" if snap.deleted else f"NOT deleted ({snap.detail})"
+            lines.append(
+                f"- {snap.snapshot_id} (run {snap.run_id or 'unknown'}, {snap.gib} GiB,"
+                f" {snap.age_days:.0f} days old): {what}"
+            )
+        lines.append("The runs' results in the results bucket are never deleted by cryopilot.")
     return Mail(kind="janitor", subject=subject, body="\n".join(lines), attributes={"event": "janitor"})

@@ -110,6 +110,10 @@ class RunRecord(_Item):
     #: ``{"label", "cluster", "reason"}`` of each placement that had no capacity
     placements_tried: list[dict[str, Any]] = Field(default_factory=list)
     abandoned_clusters: list[str] = Field(default_factory=list)
+    #: the cluster's EBS volumes (found by tag when it was ready) and, once it is deleted, the
+    #: snapshots of them the janitor tagged (``{"id", "volume_id", "started", "gib"}``)
+    volume_ids: list[str] = Field(default_factory=list)
+    shared_snapshots: list[dict[str, Any]] | None = None
     delete_requested_at: str | None = None
     cluster_deleted: bool = False
     cluster_deleted_at: str | None = None

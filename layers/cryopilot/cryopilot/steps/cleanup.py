@@ -24,7 +24,7 @@ from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cryopilot.adapters import admission, aws, clusters, runs
+from cryopilot.adapters import admission, aws, clusters, runs, snapshots
 from cryopilot.adapters.observability import MetricUnit, logger, metrics
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
@@ -65,9 +65,21 @@ class JanitorAction(BaseModel):
     detail: str = ""
 
 
+class SnapshotAction(BaseModel):
+    snapshot_id: str
+    run_id: str | None
+    age_days: float
+    gib: int
+    deleted: bool
+    detail: str = ""
+
+
 class JanitorReport(BaseModel):
     checked: int = 0
     actions: list[JanitorAction] = Field(default_factory=list)
+    #: snapshots found for runs whose clusters were deleted, and tagged as this stack's
+    snapshots_tagged: int = 0
+    snapshots: list[SnapshotAction] = Field(default_factory=list)
     mailed: bool = False
 
 
@@ -229,6 +241,8 @@ def janitor(now: float | None = None) -> JanitorReport:
         report.actions.append(_delete(info, run_id, run, reason, action))
 
     closed = _close_deleted_records(listed)
+    report.snapshots_tagged = _tag_new_snapshots(now)
+    report.snapshots = _retire_old_snapshots(now)
     metrics.add_metric(name="ClustersAlive", unit=MetricUnit.Count, value=report.checked)
     report.mailed = _mail_janitor(report)
     logger.info(
@@ -298,11 +312,91 @@ def _delete(info: Any, run_id: str | None, run: RunRecord | None, reason: str, a
     )
 
 
+#: Days after a cluster's deletion when a /shared snapshot that still cannot be found is given up.
+SNAPSHOT_SEARCH_DAYS = 2
+
+
+def _tag_new_snapshots(now: float) -> int:
+    """The /shared snapshots of runs whose clusters are gone, found by volume id and tagged as this
+    stack's and their run's (see cryopilot.adapters.snapshots); how many."""
+    settings = get_settings()
+    store = runs.store()
+    tagged = 0
+    for run in store.list_runs(limit=RECENT_RUNS):
+        if not run.cluster_deleted or not run.volume_ids or run.shared_snapshots is not None:
+            continue
+        try:
+            found = snapshots.tag_snapshots_of(
+                aws.client("ec2"),
+                run.volume_ids,
+                stack=settings.stack_name,
+                run_id=run.run_id,
+                dataset=run.dataset,
+            )
+        except ClientError as exc:
+            logger.warning(
+                "cannot tag the run's snapshots",
+                extra={"run_id": run.run_id, "error": exc.response.get("Error", {}).get("Code")},
+            )
+            continue
+        gone = _age_hours(_parse_iso(run.cluster_deleted_at), now)
+        if found or (gone is not None and gone > SNAPSHOT_SEARCH_DAYS * 24):
+            store.update_run(run.run_id, shared_snapshots=[s.as_record() for s in found])
+            tagged += len(found)
+    return tagged
+
+
+def _retire_old_snapshots(now: float) -> list[SnapshotAction]:
+    """This stack's snapshots older than ``SnapshotRetentionDays`` (none when it is 0), deleted."""
+    days = get_settings().snapshot_retention_days
+    if days <= 0:
+        return []
+    ec2 = aws.client("ec2")
+    retired = []
+    for snap in snapshots.stack_snapshots(ec2, get_settings().stack_name):
+        age_days = (now - snap.started) / 86400
+        if age_days <= days:
+            continue
+        detail = ""
+        try:
+            snapshots.delete_snapshot(ec2, snap.snapshot_id)
+        except ClientError as exc:  # e.g. InvalidSnapshot.InUse: an AMI was made from it
+            detail = str(exc.response.get("Error", {}).get("Code") or "error")
+        retired.append(
+            SnapshotAction(
+                snapshot_id=snap.snapshot_id,
+                run_id=snap.run_id,
+                age_days=age_days,
+                gib=snap.size_gib,
+                deleted=not detail,
+                detail=detail,
+            )
+        )
+    return retired
+
+
+def _parse_iso(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
 def _mail_janitor(report: JanitorReport) -> bool:
     acted = [a for a in report.actions if a.action != "deleting"]
-    if not acted:
+    if not acted and not report.snapshots:
         return False
-    _publish(mails.janitor(report.checked, acted, LOUD_AFTER))
+    _publish(
+        mails.janitor(
+            report.checked,
+            acted,
+            LOUD_AFTER,
+            snapshots=report.snapshots,
+            retention_days=get_settings().snapshot_retention_days,
+        )
+    )
     return True
 
 

@@ -2,9 +2,10 @@
 
 from typing import Any
 
+from botocore.exceptions import ClientError
 from pydantic import BaseModel, ValidationError
 
-from cryopilot.adapters import runs
+from cryopilot.adapters import aws, runs, snapshots
 from cryopilot.adapters.cluster_config import config_yaml_for, placements
 from cryopilot.adapters.clusters import CLUSTER_FIELDS, api, request_deletion, settle_pending_create
 from cryopilot.adapters.observability import logger
@@ -146,6 +147,7 @@ def check(run_id: str, polls: int, max_polls: int) -> ClusterStep:
             head_node_instance_id=info.head_node_instance_id,
             cluster_ready_at=clock.now_iso(),
             current_step="cluster_ready",
+            volume_ids=_volume_ids(run_id),
         )
         placement = placements(get_settings())[run.placement_attempt or 0]
         store.put_context(
@@ -163,6 +165,19 @@ def check(run_id: str, polls: int, max_polls: int) -> ClusterStep:
     if polls >= max_polls:
         raise ClusterTimeoutError(f"cluster {name} still {info.status} after {polls} checks")
     return ClusterStep(name=name, status=info.status, polls=polls)
+
+
+def _volume_ids(run_id: str) -> list[str]:
+    """The cluster's EBS volumes, so that the janitor can find the /shared volume's snapshot once
+    the cluster is deleted; [] (the snapshot is then kept until deleted by hand) if EC2 will not say."""
+    try:
+        return snapshots.run_volume_ids(aws.client("ec2"), run_id)
+    except ClientError as exc:
+        logger.warning(
+            "cannot list the cluster's volumes: its /shared snapshot will not be retired",
+            extra={"run_id": run_id, "error": exc.response.get("Error", {}).get("Code")},
+        )
+        return []
 
 
 def check_deleted(run_id: str, polls: int, max_polls: int) -> ClusterStep:

@@ -10,8 +10,10 @@ machine may delete the cluster.
 2. ``check`` (the state machine calls it after each wait): while the task runs, nothing; when it
    succeeded with every file, each result file is checked in S3 by size and the run record gets
    the results; when it failed, its completion report names the files, and a new task is started,
-   up to :data:`EXPORT_ATTEMPTS` in all; then :class:`ExportError`. A task still running after
-   :data:`EXPORT_TIMEOUT_SECONDS` is an :class:`ExportError` too.
+   up to :data:`EXPORT_ATTEMPTS` in all; then :class:`ExportError`. An export still going after
+   ``max_export_polls`` checks (the execution's settings: 4 h by default) is an
+   :class:`ExportError` too. FSx exports at the file system's throughput (PERSISTENT_2: 125 to
+   1,000 MB/s per TiB), so even a whole project of a few TiB takes well under an hour.
 
 A run stopped by a limit (``partial``) exports the maps of its last completed stage that makes maps
 the same way, to ``runs/<run>/results/partial/``.
@@ -45,10 +47,6 @@ MAP_JOB_TYPES = frozenset({"homo_abinit", "hetero_refine", "nonuniform_refine_ne
 
 #: Data repository tasks started for one export before it fails (the first and two retries).
 EXPORT_ATTEMPTS = 3
-#: Longest an export task may run. FSx exports at the file system's throughput (PERSISTENT_2:
-#: 125-1,000 MB/s per TiB); a whole project of a few TiB takes well under an hour at the
-#: smallest tier, so four hours means something is wrong.
-EXPORT_TIMEOUT_SECONDS = 4 * 3600
 
 #: The results association's directory, relative to the FSx mount: ``/fsx/results/<name>`` is
 #: exported to ``runs/<run>/results/<name>``.
@@ -59,6 +57,7 @@ class ExportStep(BaseModel):
     """What the state machine reads of an export: ``done`` ends its wait loop."""
 
     done: bool
+    polls: int = 0
     results_uri: str | None = None
     file_count: int = 0
     resolution_A: float | None = None
@@ -163,8 +162,10 @@ def _start_task(run_id: str, task: dict[str, Any]) -> str:
     )
 
 
-def check(run_id: str) -> ExportStep:
-    """How the export task is doing; when it is done and verified, the results on the record."""
+def check(run_id: str, polls: int, max_polls: int) -> ExportStep:
+    """How the export task is doing (check number ``polls + 1`` of at most ``max_polls``); when it
+    is done and verified, the results on the record."""
+    polls += 1
     store = runs.store()
     run = _record(run_id)
     task = dict(run.export or {})
@@ -172,13 +173,13 @@ def check(run_id: str) -> ExportStep:
         raise ExportError(f"run {run_id} has no export task to check")
     state = fsx.describe_task(aws.client("fsx"), task["task_id"])
     if state.active:
-        waited = clock.now() - float(task["started_at"])
-        if waited > EXPORT_TIMEOUT_SECONDS:
+        if polls >= max_polls:
+            waited = clock.now() - float(task["started_at"])
             raise ExportError(
-                f"the export task {state.task_id} is still {state.lifecycle} after {waited / 3600:.1f} h"
-                f" ({state.succeeded} of {state.total} files exported)"
+                f"the export task {state.task_id} is still {state.lifecycle} after {polls} checks"
+                f" ({waited / 3600:.1f} h; {state.succeeded} of {state.total} files exported)"
             )
-        return ExportStep(done=False, stage=task["stage"])
+        return ExportStep(done=False, polls=polls, stage=task["stage"])
     if not state.complete:
         failed = fsx.failed_files(aws.client("s3"), _report_path(run_id), state.task_id)
         reason = _task_failure(state, failed)
@@ -186,11 +187,14 @@ def check(run_id: str) -> ExportStep:
         if task["attempt"] >= EXPORT_ATTEMPTS:
             store.update_run(run_id, export=task)
             raise ExportError(f"the export failed {task['attempt']} times; the last: {reason}")
+        if polls >= max_polls:
+            store.update_run(run_id, export=task)
+            raise ExportError(f"the export ran out of its {max_polls} checks; the last task: {reason}")
         task["task_id"] = _start_task(run_id, task)
         task["started_at"] = clock.now()
         store.update_run(run_id, export=task)
-        return ExportStep(done=False, stage=task["stage"])
-    return _finish(run, task, state)
+        return ExportStep(done=False, polls=polls, stage=task["stage"])
+    return _finish(run, task, state).model_copy(update={"polls": polls})
 
 
 def _task_failure(state: fsx.TaskState, failed: list[tuple[str, str]]) -> str:
