@@ -72,6 +72,26 @@ def test_s3_notification_event_starts_a_run(cloud: LocalCloud) -> None:
     assert outcome["run_id"] == first[0]["name"]
 
 
+def test_an_s3_event_without_a_version_id_resolves_to_the_same_run(cloud: LocalCloud) -> None:
+    # what `sam local generate-event s3 put` sends: no versionId, a made-up eTag. StartRun resolves
+    # it to the object's current version (HeadObject), which the EventBridge delivery already started.
+    _put_manifest(cloud, folder="SPIKE-FAB")
+    cloud.drain_events()
+    first = cloud.executions()
+    event = json.loads((EVENTS / "s3-put.json").read_text())
+    obj = event["Records"][0]["s3"]
+    obj["bucket"]["name"] = cloud.input_bucket
+    obj["object"]["key"] = "datasets/SPIKE-FAB/cryopilot.yaml"
+    obj["object"].pop("versionId", None)
+    obj["object"]["eTag"] = "0123456789abcdef0123456789abcdef"
+    ok, result = cloud.invoke(_start_fn(cloud), event)
+    assert ok, result
+    (outcome,) = result["outcomes"]
+    assert outcome["status"] == "duplicate", outcome
+    assert outcome["run_id"] == first[0]["name"]
+    assert len(cloud.executions()) == len(first) == 1
+
+
 def test_a_dataset_folder_with_a_space_is_refused_with_its_rule(cloud: LocalCloud) -> None:
     """A space in a dataset folder (S3 notifications spell it '+') is refused at StartRun, with one
     line naming the rule, however the upload is announced: no run, no record, no mail."""

@@ -123,31 +123,40 @@ def _why_nothing_started(event: dict[str, Any]) -> str:
 def _handle_trigger(trigger: Trigger) -> StartOutcome:
     try:
         location = trigger.location or _datasync_manifest(trigger.execution_arn or "")
-        _check_location(location)
+        location = _check_location(location)
     except EventError as exc:
         logger.warning("ignoring trigger", extra={"reason": str(exc), "trigger": trigger.kind})
         return StartOutcome(status="ignored", reason=str(exc))
     return start_for_manifest(location, trigger=trigger.kind)
 
 
-def _check_location(location: ManifestLocation) -> None:
+def _check_location(location: ManifestLocation) -> ManifestLocation:
     """Refuse a location no run can come from: another bucket, a key no manifest can have, a
     version id S3 cannot have issued, a version that does not exist (a forged or stale event).
-    Nothing is claimed, queued or mailed for it."""
+    Nothing is claimed, queued or mailed for it. The location returned names the object's real
+    version and ETag (one HeadObject), whatever the event said: an event without a version id
+    (an S3 notification from an unversioned source, or ``sam local generate-event s3 put``) and
+    the EventBridge event of the same upload resolve to one version, so they start one run."""
     settings = get_settings()
     if location.bucket != settings.input_bucket:
         raise EventError(f"bucket {location.bucket!r} is not this stack's input bucket")
     check_key(location.key)
-    _check_version_exists(location, newest=True)
+    head = _check_version_exists(location, newest=True)
+    return location.model_copy(
+        update={
+            "version_id": head.get("VersionId") or location.version_id,
+            "etag": head.get("ETag") or location.etag,
+        }
+    )
 
 
-def _check_version_exists(location: ManifestLocation, *, newest: bool = False) -> None:
+def _check_version_exists(location: ManifestLocation, *, newest: bool = False) -> dict[str, Any]:
     """Refuse a version id S3 cannot have issued and a version (or manifest) S3 does not hold;
-    with ``newest``, also a version S3 already holds a newer version of."""
+    with ``newest``, also a version S3 already holds a newer version of. The version's HeadObject."""
     check_version(location)
     version = f" version {excerpt(location.version_id)}" if location.version_id else ""
     try:
-        head_version(location)
+        head = head_version(location)
         if newest and location.version_id:
             # Events come in no promised order: one for a version that S3 already holds a newer
             # version of comes too late. Only the newest version of a folder's manifest runs.
@@ -159,6 +168,7 @@ def _check_version_exists(location: ManifestLocation, *, newest: bool = False) -
                 )
     except EventError as exc:
         raise EventError(f"{location.uri}{version}: {exc}") from None
+    return head
 
 
 def _datasync_manifest(execution_arn: str) -> ManifestLocation:
