@@ -50,6 +50,10 @@ class StageRecord(_Item):
     resolution_A: float | None = None
     killed_for_time: bool | None = None
     error: str | None = None
+    #: the lane's capacity as the last poll saw it, e.g. "waiting for capacity on gpu8 since 10:42 UTC:
+    #: p4d.24xlarge InsufficientInstanceCapacity; trying p4de.24xlarge" (domain.capacity)
+    capacity_note: str | None = None
+    capacity_waiting: bool | None = None
 
     @property
     def wall_seconds(self) -> float | None:
@@ -111,6 +115,8 @@ class RunRecord(_Item):
     cryosparc_project: str | None = None
     stages: dict[str, StageRecord] = Field(default_factory=dict)
     decisions: list[dict[str, Any]] = Field(default_factory=list)
+    #: ``{"stage", "at", "note"}`` each time a stage's capacity changed (waiting, failing over, resolved)
+    capacity_events: list[dict[str, Any]] = Field(default_factory=list)
     resolution_A: float | None = None
     # the end
     export_started_at: float | None = None
@@ -144,3 +150,5 @@ class RunContext(_Item):
     costs: dict[str, float] = Field(default_factory=dict)
     head_node_instance_id: str | None = None
     gpu8_instance_type: str | None = None
+    #: per stage id, while it waits for capacity: ``{"since", "all_down_since", "note"}``
+    capacity: dict[str, Any] = Field(default_factory=dict)

@@ -12,11 +12,11 @@ from cryopilot.adapters.observability import MetricUnit, logger, metrics
 from cryopilot.adapters.pricing import queue_nodes
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
-from cryopilot.core.errors import AgentError, JobFailedError, JobKilledError, JobStuckError
-from cryopilot.domain import billing, limits
+from cryopilot.core.errors import AgentError, CryopilotError, JobFailedError, JobKilledError, JobStuckError
+from cryopilot.domain import billing, capacity, limits
 from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.record import RunContext
-from cryopilot.protocol.agent import KillResult, StageStatus, StatusResult, SubmitResult
+from cryopilot.protocol.agent import KillResult, LaneState, StageStatus, StatusResult, SubmitResult
 from cryopilot.protocol.stage import PlannedStage
 
 
@@ -138,6 +138,59 @@ def _count_duration(stage_id: str, rec: dict[str, Any]) -> None:
         metrics.add_metric(name="StageDuration", unit=MetricUnit.Seconds, value=seconds)
 
 
+def watch_capacity(
+    run_id: str, ctx: RunContext, stage: PlannedStage, lane: LaneState, rec: dict[str, Any]
+) -> bool:
+    """Record what the stage's lane says of its capacity (``rec``: the stage's record, updated; the
+    run's ``capacity_events`` when it changes), and fail the run (:class:`CapacityError`) when no node
+    can come: a launch error ParallelCluster does not fail over, or every compute resource of the
+    lane down for ``CapacityWaitMinutes``. True while the stage waits for capacity."""
+    settings = get_settings()
+    store = runs.store()
+    now = clock.now()
+    types = settings.queue_compute_types(ctx.gpu8_instance_type).get(lane.lane, [])
+    view = capacity.lane_capacity(lane, types)
+    before = ctx.capacity.get(stage.id) or {}
+    if not view.down and not before.get("since"):
+        return False  # nothing down, nothing waited for: the common case writes nothing
+    since: float | None = None
+    all_down_since: float | None = None
+    if view.waiting:
+        since = float(before.get("since") or now)
+        # every compute resource down: counted from the first poll that saw it so
+        all_down_since = float(before.get("all_down_since") or now) if view.all_down else None
+        text = capacity.note(view, since)
+    elif view.down:
+        failed = ", ".join(f"{t} {c}" for t, c in view.down)
+        text = f"{lane.lane}: {failed}; ParallelCluster failed over to {view.trying or 'none'}"
+    else:
+        text = f"capacity found on {lane.lane} (was: {before.get('note', '?')})"
+    rec.update(capacity_note=text, capacity_waiting=view.waiting)
+    if text != before.get("note"):
+        store.append_to(run_id, "capacity_events", {"stage": stage.id, "at": now, "note": text})
+        logger.info("capacity", extra={"run_id": run_id, "stage": stage.id, "note": text})
+    state = {"since": since, "all_down_since": all_down_since, "note": text}
+    if state != before:
+        store.put_context(run_id, capacity={**ctx.capacity, stage.id: state})
+    if not view.waiting:
+        return False
+    catalogue = Catalogue.for_deployment(settings.price_overrides)
+    vcpus = {t: catalogue.instances[t].vcpus for t in types if t in catalogue.instances}
+    try:
+        capacity.raise_if_hopeless(
+            view,
+            waited_seconds=now - all_down_since if all_down_since is not None else 0.0,
+            limit_seconds=settings.capacity_wait_minutes * 60.0,
+            region=settings.region,
+            vcpus=vcpus,
+            stage=stage.id,
+        )
+    except CryopilotError:
+        store.update_stage(run_id, stage.id, **rec)
+        raise
+    return True
+
+
 def submit_argv(run_id: str, stage: PlannedStage) -> list[str]:
     """The agent's ``submit`` verb for one planned stage (its spec as base64 JSON)."""
     spec = base64.b64encode(json.dumps(stage.model_dump(mode="json")).encode()).decode()
@@ -195,6 +248,8 @@ def poll(run_id: str, step: StageStep) -> StageStep:
     rec = _stage_record(status)
     rec["polls"] = step.polls + 1
     rec["last_wait_seconds"] = step.wait_seconds  # the poll interval that led to this poll
+    lane = next((lane for lane in result.lanes if lane.lane == stage.lane), None)
+    waiting = watch_capacity(run_id, ctx, stage, lane, rec) if lane is not None else False
     cost = stage_cost(ctx, stage, rec)
     if cost is not None:
         rec["cost_usd"] = cost
@@ -229,11 +284,17 @@ def poll(run_id: str, step: StageStep) -> StageStep:
             f"killed job(s) {', '.join(kill.killed) or '(none running)'}",
             stage=stage.id,
         )
+    # waiting for capacity: look again soon (a fail-over or a hopeless wait shows within a poll or two)
+    wait = (
+        int(ctx.settings.get("min_poll_seconds", 60))
+        if waiting
+        else _next_wait(stage, status, waited, ctx.settings)
+    )
     return step.model_copy(
         update={
             "state": status.state,
             "polls": step.polls + 1,
             "waited_seconds": waited,
-            "wait_seconds": _next_wait(stage, status, waited, ctx.settings),
+            "wait_seconds": wait,
         }
     )
