@@ -682,6 +682,13 @@ class LocalCloud:
         end = float("inf") if seconds is None else self.clock.now() + seconds
         self.capacity_faults.append((instance_type, code, end))
 
+    def settings_queue_types(self, queue: str | None = None) -> list[str]:
+        """The stack's instance types of one GPU queue's compute resources (or of every queue)."""
+        from cryopilot.adapters.settings import get_settings
+
+        types = get_settings().queue_compute_types()
+        return list(types[queue]) if queue else list(dict.fromkeys(t for ts in types.values() for t in ts))
+
     def _cluster_instances(self, cluster_name: str) -> list[dict[str, Any]]:
         """The compute instances of a cluster now (ParallelCluster's describeClusterInstances)."""
         nodes = self.compute_nodes.get(cluster_name)

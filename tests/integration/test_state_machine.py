@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
+from cryopilot_ops import ops
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.harness import LocalCloud
 
@@ -508,6 +509,11 @@ def test_no_capacity_in_any_gpu8_resource_fails_fast_with_capacity_error() -> No
         assert 10 * 60 <= waited < limit / 2, (waited, limit)
         assert stage["capacity_waiting"] is True
         assert "every compute resource is down" in stage["capacity_note"]
+        shown = ops.render_status(ops.get_run(cloud.operator_stack(), desc["name"]), None)  # status, watch
+        assert "    waiting for capacity on gpu8 since " in shown
+        assert (
+            "p4d.24xlarge InsufficientInstanceCapacity, p4de.24xlarge InsufficientInstanceCapacity" in shown
+        )
         failure = cloud.mails()[-1]
         assert failure["subject"].endswith(": CapacityError"), failure["subject"]
         assert "no capacity in any compute resource" in failure["message"]

@@ -51,9 +51,12 @@ class Settings(BaseModel):
     gpu8_instance_type: str = "p4d.24xlarge"
     gpu4_instance_type: str = "g6e.12xlarge"
     gpu1_instance_type: str = "p5.4xlarge"
-    fallback_gpu8_instance_types: str = Field(default="", description="comma-separated")
-    fallback_gpu4_instance_types: str = Field(default="", description="comma-separated")
-    fallback_gpu1_instance_types: str = Field(default="", description="comma-separated")
+    # the further compute resources of each GPU queue (template.yaml's defaults)
+    fallback_gpu8_instance_types: str = Field(
+        default="p4de.24xlarge,p5.48xlarge", description="comma-separated"
+    )
+    fallback_gpu4_instance_types: str = Field(default="g5.12xlarge", description="comma-separated")
+    fallback_gpu1_instance_types: str = Field(default="g6e.2xlarge", description="comma-separated")
     #: clustermgtd's insufficient_capacity_timeout on the head node (domain/clusterconfig/scaling.py)
     insufficient_capacity_timeout_seconds: int = Field(default=1800, ge=60, le=86400)
     #: a stage waiting this long with every compute resource of its queue down fails (CapacityError)
