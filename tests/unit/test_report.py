@@ -362,6 +362,15 @@ def test_markdown_title_and_summary() -> None:
     assert "![Stage timeline](timeline.png)" in md
 
 
+def test_the_summary_lists_the_runs_capacity_events() -> None:
+    run = _run()
+    note = "gpu8: p4d.24xlarge InsufficientInstanceCapacity; ParallelCluster failed over to p4de.24xlarge"
+    run["capacity_events"] = [{"stage": "motion", "at": 1767229200.0, "note": note}]
+    summary = "\n".join(_section(render_markdown(_data(run)), "Summary"))
+    assert f"**Capacity:** motion: {note}" in summary
+    assert "Capacity" not in "\n".join(_section(render_markdown(_data()), "Summary"))
+
+
 def test_the_success_paths_report_says_when_the_run_finished() -> None:
     # written between the export and the final mail: the record is not closed yet (no finish
     # time), and the report step reads it as succeeded

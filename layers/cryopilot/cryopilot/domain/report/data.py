@@ -36,6 +36,9 @@ class ReportData(BaseModel):
     subnet_id: str | None = None
     instance_types: dict[str, str] = Field(default_factory=dict, description="queue → instance type")
     placements_tried: list[str] = Field(default_factory=list, description="placements with no capacity")
+    capacity_events: list[str] = Field(
+        default_factory=list, description="GPU capacity at node launch, as the polls saw it"
+    )
     rows: list[StageRow] = Field(default_factory=list)
     decisions: list[dict[str, Any]] = Field(default_factory=list)
     cost_usd: float | None = None
@@ -292,6 +295,7 @@ def report_data_from_run(
         subnet_id=subnet,
         instance_types=types,
         placements_tried=tried,
+        capacity_events=[f"{e.get('stage')}: {e.get('note')}" for e in run.get("capacity_events") or []],
         rows=rows,
         decisions=decisions,
         cost_usd=cost,
