@@ -14,8 +14,10 @@ partition, ``%T`` state, ``%r`` reason).
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from collections import Counter
+from pathlib import Path
 
 from cryopilot.protocol.agent import LaneState, SlurmJob, SlurmNode
 
@@ -25,11 +27,17 @@ _JOB_NAME = re.compile(r"^cryosparc_(?P<project>P\d+)_(?P<job>J\d+)$")
 #: States listed node by node: anything but plain idle, powered-down idle and allocated nodes.
 _QUIET_STATES = frozenset({"idle", "idle~", "alloc", "mix"})
 TIMEOUT_SECONDS = 20
+#: Where ParallelCluster installs Slurm's commands on the head node.
+SLURM_BIN = "/opt/slurm/bin"
 
 
 def run_command(argv: list[str]) -> str:
-    """Run one Slurm command; its standard output (raises on a failure)."""
-    done = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=TIMEOUT_SECONDS)
+    """Run one Slurm command; its standard output (raises on a failure). SSM's shell is not a login
+    shell, so ``/opt/slurm/bin`` (where ParallelCluster installs Slurm) may be missing from PATH."""
+    program = shutil.which(argv[0]) or str(Path(SLURM_BIN) / argv[0])
+    done = subprocess.run(
+        [program, *argv[1:]], capture_output=True, text=True, check=True, timeout=TIMEOUT_SECONDS
+    )
     return done.stdout
 
 

@@ -461,3 +461,20 @@ def test_status_without_slurm_says_why_and_answers_the_stages(agent: Agent, cloc
     assert st.slurm_error is not None
     assert st.slurm_error.startswith("FileNotFoundError")
     assert st.stages[0].stage_id == gpu8.id
+
+
+def test_slurm_commands_are_found_where_parallelcluster_puts_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from cryopilot_agent import slurm as agent_slurm
+
+    ran: list[list[str]] = []
+
+    def fake_run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        ran.append(argv)
+        return subprocess.CompletedProcess(argv, 0, stdout="gpu8|gpu8-dy-p4d-24xlarge-1|idle~|none\n")
+
+    monkeypatch.setattr(agent_slurm.shutil, "which", lambda name: None)  # SSM's PATH lacks /opt/slurm/bin
+    monkeypatch.setattr(agent_slurm.subprocess, "run", fake_run)
+    assert agent_slurm.run_command(agent_slurm.SINFO).startswith("gpu8|")
+    assert ran == [["/opt/slurm/bin/sinfo", *agent_slurm.SINFO[1:]]]
