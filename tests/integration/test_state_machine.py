@@ -392,6 +392,8 @@ SECOND_SUBNET = "subnet-0bbbbbbbbbbbbbbb2"
 
 
 def test_capacity_failure_falls_back_to_the_next_placement(cloud: LocalCloud) -> None:
+    # a creation that fails for capacity (the stand-in names the head node's type): the cluster is
+    # deleted and created in the next compute subnet
     cloud.pcluster.inject("create_failed_capacity", subnet_id=PRIMARY_SUBNET)
     desc = _start_with_coarse_polls(cloud)
     run_id = desc["name"]
@@ -435,6 +437,7 @@ def test_gpus_beyond_a_fallback_type_are_refused_at_validate() -> None:
 
 
 def test_no_capacity_anywhere_fails_cleanly(cloud: LocalCloud) -> None:
+    # every creation fails for the head node's capacity
     cloud.pcluster.inject("create_failed_capacity", count=5)
     cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
     desc = _only_execution(cloud)
@@ -443,7 +446,8 @@ def test_no_capacity_anywhere_fails_cleanly(cloud: LocalCloud) -> None:
     assert record is not None
     assert record["error"]["type"] == "CapacityError"
     assert "no capacity in any placement tried" in record["error"]["message"]
-    assert len(record["placements_tried"]) == 2  # both compute subnets (no fallback instance types set)
+    assert "sufficient m6i.2xlarge capacity" in record["error"]["message"]  # the head node's type
+    assert len(record["placements_tried"]) == 2  # both compute subnets (other GPU types are no placements)
     failure = cloud.mails()[-1]
     assert "CapacityError" in failure["message"]
     assert failure["subject"] == "[cryopilot] CGRP-2026-11 failed at create_cluster: CapacityError"
