@@ -104,12 +104,13 @@ usage: headnode-setup.sh --region REGION --licence-secret-arn ARN --cryosparc-ve
                          --bootstrap-uri s3://BUCKET/PREFIX/ --results-uri s3://BUCKET/PREFIX/
                          --run-id RUN_ID --lanes QUEUE:GPUS[,QUEUE:GPUS...]
                          --shared-dir DIR --data-dir DIR --results-dir DIR --cache-dir DIR
-                         [--insufficient-capacity-timeout SECONDS]
 
 Installs cryoSPARC, registers one lane per Slurm queue and installs the cryopilot agent on a
 ParallelCluster head node. Every argument but --insufficient-capacity-timeout is required; none is
 secret (the licence is read from
 the Secrets Manager secret ARN).
+
+Optional: --insufficient-capacity-timeout SECONDS (clustermgtd's insufficient_capacity_timeout).
 EOF
 }
 
@@ -182,8 +183,7 @@ parse_args() {
     while (($# > 0)); do
         case "$1" in
             --region | --licence-secret-arn | --cryosparc-version | --bootstrap-uri | --results-uri | \
-                --run-id | --lanes | --shared-dir | --data-dir | --results-dir | --cache-dir | \
-                --insufficient-capacity-timeout)
+                --run-id | --lanes | --shared-dir | --data-dir | --results-dir | --cache-dir)
                 if (($# < 2)) || [[ -z "$2" || "$2" == --* ]]; then
                     usage_error "$1 needs a value"
                 fi
@@ -199,9 +199,15 @@ parse_args() {
                     --data-dir) data_dir=$2 ;;
                     --results-dir) results_dir=$2 ;;
                     --cache-dir) cache_dir=$2 ;;
-                    --insufficient-capacity-timeout) capacity_timeout=$2 ;;
                     *) usage_error "unknown argument $1" ;;
                 esac
+                shift 2
+                ;;
+            --insufficient-capacity-timeout)
+                if (($# < 2)) || [[ -z "$2" || "$2" == --* ]]; then
+                    usage_error "$1 needs a value"
+                fi
+                capacity_timeout=$2
                 shift 2
                 ;;
             -h | --help)
