@@ -489,6 +489,15 @@ def test_no_p4d_at_node_launch_fails_over_to_p4de_inside_the_cluster(cloud: Loca
     assert {(f.instance_type, f.code) for f in nodes.failures} == {ice}
     notes = [e["note"] for e in record["capacity_events"]]
     assert any(" ".join(ice) in n and "p4de.24xlarge" in n for n in notes), notes
+    # the nodes that ran, as describeClusterInstances listed them, and the bill at p4de's price
+    seen = record["compute_nodes"]
+    assert {n["instance_type"] for n in seen.values() if n["queue"] == "gpu8"} == {"p4de.24xlarge"}
+    assert all(n["ended_by"] is not None and n["ended_by"] > n["launched_at"] for n in seen.values())
+    from cryopilot.domain.catalogue import Catalogue
+
+    _, stage, _ = _gpu8_stage(record)
+    hours = (stage["completed_at"] - stage["started_at"]) / 3600
+    assert stage["cost_usd"] == pytest.approx(hours * Catalogue.load().price("p4de.24xlarge"), rel=1e-3)
     assert cloud.pcluster.clusters() == {}
 
 

@@ -117,6 +117,9 @@ class RunRecord(_Item):
     decisions: list[dict[str, Any]] = Field(default_factory=list)
     #: ``{"stage", "at", "note"}`` each time a stage's capacity changed (waiting, failing over, resolved)
     capacity_events: list[dict[str, Any]] = Field(default_factory=list)
+    #: the GPU nodes seen (describeClusterInstances), by instance id: ``{"instance_type", "queue",
+    #: "launched_at", "last_seen", "ended_by"}`` (domain.nodes)
+    compute_nodes: dict[str, dict[str, Any]] = Field(default_factory=dict)
     resolution_A: float | None = None
     # the end
     export_started_at: float | None = None
@@ -152,3 +155,7 @@ class RunContext(_Item):
     gpu8_instance_type: str | None = None
     #: per stage id, while it waits for capacity: ``{"since", "all_down_since", "note"}``
     capacity: dict[str, Any] = Field(default_factory=dict)
+    cluster_name: str | None = None
+    #: when the run's nodes were last listed, and each queue's type as its latest node has it
+    nodes_checked_epoch: float | None = None
+    queue_types: dict[str, str] = Field(default_factory=dict)

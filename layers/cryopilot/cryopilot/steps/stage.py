@@ -8,12 +8,13 @@ from pydantic import BaseModel
 
 from cryopilot.adapters import runs
 from cryopilot.adapters.agent_client import agent_for
+from cryopilot.adapters.clusters import api
 from cryopilot.adapters.observability import MetricUnit, logger, metrics
 from cryopilot.adapters.pricing import queue_nodes
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import AgentError, CryopilotError, JobFailedError, JobKilledError, JobStuckError
-from cryopilot.domain import billing, capacity, limits
+from cryopilot.domain import billing, capacity, limits, nodes
 from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.record import RunContext
 from cryopilot.protocol.agent import KillResult, LaneState, StageStatus, StatusResult, SubmitResult
@@ -99,11 +100,48 @@ def _next_wait(stage: PlannedStage, status: StageStatus, waited: int, settings: 
     return int(max(lo, min(hi, remaining * POLL_FRACTION)))
 
 
+def observe_nodes(run_id: str, ctx: RunContext) -> RunContext:
+    """List the cluster's GPU nodes (describeClusterInstances), at most every
+    ``nodes.CHECK_SECONDS``, and keep them on the run (``compute_nodes``) and each queue's latest
+    type in the step context. A failed listing is logged and tried at a later poll."""
+    now = clock.now()
+    if not ctx.cluster_name or (
+        ctx.nodes_checked_epoch is not None and now - ctx.nodes_checked_epoch < nodes.CHECK_SECONDS
+    ):
+        return ctx
+    store = runs.store()
+    try:
+        listed = api().describe_cluster_instances(ctx.cluster_name, node_type="ComputeNode")
+    except CryopilotError as exc:
+        logger.warning("could not list the cluster's nodes", extra={"run_id": run_id, "error": str(exc)})
+        return ctx
+    seen = store.get_run(run_id, ["compute_nodes"])
+    merged = nodes.merge(
+        seen.compute_nodes if seen else {},
+        (
+            {
+                "id": i.instance_id,
+                "instance_type": i.instance_type,
+                "queue": i.queue_name,
+                "launched_at": i.launch_time.timestamp() if i.launch_time else now,
+            }
+            for i in listed
+        ),
+        now,
+    )
+    types = nodes.queue_types(merged)
+    store.update_run(run_id, compute_nodes=merged)
+    store.put_context(run_id, nodes_checked_epoch=now, queue_types=types)
+    return ctx.model_copy(update={"nodes_checked_epoch": now, "queue_types": types})
+
+
 def stage_cost(ctx: RunContext, stage: PlannedStage, rec: dict[str, Any]) -> float | None:
     """What the stage's nodes cost so far (on-demand; whole nodes, from the stage's first job's
-    start to its end or now). None for the head node's stages, or a type without a price."""
+    start to its end or now). None for the head node's stages, or a type without a price. A gpu8
+    stage is priced at the type of the queue's latest node seen (a fail-over's type), if any."""
     started = rec.get("started_at")
-    node = queue_nodes(get_settings(), ctx.gpu8_instance_type).get(stage.lane) if stage.lane else None
+    gpu8 = ctx.queue_types.get("gpu8") or ctx.gpu8_instance_type
+    node = queue_nodes(get_settings(), gpu8).get(stage.lane) if stage.lane else None
     if node is None or not started:
         return None
     job = billing.Job(
@@ -250,6 +288,7 @@ def poll(run_id: str, step: StageStep) -> StageStep:
     rec["last_wait_seconds"] = step.wait_seconds  # the poll interval that led to this poll
     lane = next((lane for lane in result.lanes if lane.lane == stage.lane), None)
     waiting = watch_capacity(run_id, ctx, stage, lane, rec) if lane is not None else False
+    ctx = observe_nodes(run_id, ctx)
     cost = stage_cost(ctx, stage, rec)
     if cost is not None:
         rec["cost_usd"] = cost
