@@ -11,7 +11,12 @@
 #      and creates the cryoSPARC user the agent logs in as;
 #   3. registers one cryoSPARC cluster lane per Slurm queue of --lanes (lane name = queue name);
 #   4. installs the cryopilot agent as /usr/local/bin/cryopilot-agent (the command the controller
-#      runs through SSM) and records the run id in /etc/cryopilot/run-id.
+#      runs through SSM) and records the run id in /etc/cryopilot/run-id;
+#   5. sets clustermgtd's insufficient_capacity_timeout (--insufficient-capacity-timeout, seconds) in
+#      /etc/parallelcluster/slurm_plugin/parallelcluster_clustermgtd.conf: how long a compute resource
+#      whose node failed to launch for lack of EC2 capacity stays disabled while its queue's next
+#      compute resource takes the jobs (ParallelCluster user guide, "Slurm cluster fast insufficient
+#      capacity fail-over"; clustermgtd reads the file on every loop, so no restart is needed).
 #
 # Running it again on a node where cryoSPARC is installed skips the installation (and the licence)
 # and only restarts cryoSPARC, re-registers the lanes and refreshes the agent.
@@ -85,6 +90,7 @@ readonly BIN_DIR="${SYS_ROOT}/usr/local/bin"
 readonly WRAPPER="${BIN_DIR}/cryopilot-agent"
 readonly LOG_DIR="${SYS_ROOT}/var/log"
 readonly LOG_FILE="${LOG_DIR}/cryopilot-setup.log"
+readonly CLUSTERMGTD_CONF="${SYS_ROOT}/etc/parallelcluster/slurm_plugin/parallelcluster_clustermgtd.conf"
 
 # Secrets: only ever in these variables (see the header).
 licence=""
@@ -102,8 +108,11 @@ usage: headnode-setup.sh --region REGION --licence-secret-arn ARN --cryosparc-ve
                          --cache-dir DIR
 
 Installs cryoSPARC, registers one lane per Slurm queue and installs the cryopilot agent on a
-ParallelCluster head node. Every argument is required; none is secret (the licence is read from
+ParallelCluster head node. Every argument but --insufficient-capacity-timeout is required; none is
+secret (the licence is read from
 the Secrets Manager secret ARN).
+
+Optional: --insufficient-capacity-timeout SECONDS (clustermgtd's insufficient_capacity_timeout).
 EOF
 }
 
@@ -169,6 +178,7 @@ data_dir=""
 results_dir=""
 project_dir=""
 cache_dir=""
+capacity_timeout=""
 lane_names=()
 lane_gpus=()
 
@@ -198,6 +208,13 @@ parse_args() {
                 esac
                 shift 2
                 ;;
+            --insufficient-capacity-timeout)
+                if (($# < 2)) || [[ -z "$2" || "$2" == --* ]]; then
+                    usage_error "$1 needs a value"
+                fi
+                capacity_timeout=$2
+                shift 2
+                ;;
             -h | --help)
                 usage
                 exit 0
@@ -218,6 +235,8 @@ parse_args() {
     done
 
     [[ "${region}" =~ ^[a-z]{2}(-[a-z]+)+-[0-9]$ ]] || usage_error "--region is not an AWS region"
+    [[ -z "${capacity_timeout}" || "${capacity_timeout}" =~ ^[1-9][0-9]{0,5}$ ]] ||
+        usage_error "--insufficient-capacity-timeout must be a whole number of seconds"
     [[ "${licence_secret_arn}" =~ ^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+$ ]] ||
         usage_error "--licence-secret-arn is not the ARN of a Secrets Manager secret"
     [[ "${cryosparc_version}" =~ ^[0-9]+\.[0-9]+(\.[0-9]+)?(\+[0-9]+)?$ ]] ||
@@ -667,6 +686,39 @@ step() {
     log "${name}: done"
 }
 
+# Sets (or adds) insufficient_capacity_timeout in the [clustermgtd] section of clustermgtd's config.
+set_capacity_timeout() {
+    if [[ -z "${capacity_timeout}" ]]; then
+        log "no --insufficient-capacity-timeout: clustermgtd keeps its own"
+        return 0
+    fi
+    if [[ ! -f "${CLUSTERMGTD_CONF}" ]]; then
+        log "WARNING: ${CLUSTERMGTD_CONF} not found (not a ParallelCluster head node?):" \
+            "insufficient_capacity_timeout not set"
+        return 0
+    fi
+    local tmp="${work_dir}/clustermgtd.conf" present=0
+    if grep -Eq '^[[:space:]]*insufficient_capacity_timeout[[:space:]]*=' "${CLUSTERMGTD_CONF}"; then
+        present=1
+    fi
+    # Replaces the setting where it is, or adds it first in the [clustermgtd] section.
+    awk -v value="${capacity_timeout}" -v present="${present}" '
+        BEGIN { done = 0 }
+        /^[[:space:]]*insufficient_capacity_timeout[[:space:]]*=/ {
+            if (!done) { print "insufficient_capacity_timeout = " value; done = 1 }
+            next
+        }
+        { print }
+        /^\[clustermgtd\][[:space:]]*$/ && !present && !done {
+            print "insufficient_capacity_timeout = " value
+            done = 1
+        }
+        END { if (!done) { print "[clustermgtd]"; print "insufficient_capacity_timeout = " value } }
+    ' "${CLUSTERMGTD_CONF}" >"${tmp}"
+    cat -- "${tmp}" >"${CLUSTERMGTD_CONF}"
+    log "clustermgtd insufficient_capacity_timeout = ${capacity_timeout} s"
+}
+
 main() {
     parse_args "$@"
     setup_logging
@@ -695,6 +747,7 @@ main() {
     step "cryoSPARC lanes" register_lanes
     step "agent installation" install_agent
     step "run id" record_run_id
+    step "insufficient capacity timeout" set_capacity_timeout
     log "head node ready: cryoSPARC on port ${CRYOSPARC_BASE_PORT}, lanes ${lane_names[*]}, agent ${WRAPPER}"
 }
 

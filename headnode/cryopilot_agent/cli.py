@@ -21,15 +21,18 @@ import binascii
 import contextlib
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, TextIO
 
-from cryopilot.protocol.agent import AgentFailure
+from cryopilot.protocol.agent import AgentFailure, StatusResult
 from cryopilot.protocol.stage import PlannedStage
 from pydantic import BaseModel, ValidationError
+
+from cryopilot_agent import slurm
 
 DEFAULT_BASE_URL = "http://localhost:39000"
 DEFAULT_PROJECT_ROOT = "/fsx/projects"
@@ -154,7 +157,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> BaseModel:
         assert spec is not None
         return driver.submit(args.project, spec)
     if args.verb == "status":
-        return driver.status(args.project, list(args.stage))
+        return with_lanes(driver.status(args.project, list(args.stage)))
     if args.verb == "kill":
         return driver.kill(args.project, args.stage)
     rel, local = export_dir(settings.fsx_mount, args.dest)
@@ -170,6 +173,18 @@ def export_dir(fsx_mount: str, dest: str) -> tuple[str, str]:
     if rel.is_absolute() or not rel.parts or any(p in ("", ".", "..") for p in rel.parts):
         raise ValueError(f"--dest {dest!r} must be a relative path inside the FSx file system")
     return str(rel), os.path.join(fsx_mount, *rel.parts)
+
+
+def with_lanes(result: StatusResult) -> StatusResult:
+    """The status with the Slurm state of the lanes its stages' jobs run on (where Slurm answers)."""
+    lanes = sorted({j.lane for stage in result.stages for j in stage.jobs if j.lane})
+    if not lanes:
+        return result
+    try:
+        states = slurm.lane_states(lanes, result.project_uid)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return result.model_copy(update={"slurm_error": f"{type(exc).__name__}: {exc}"[:500]})
+    return result.model_copy(update={"lanes": states})
 
 
 def _scrub(message: str, env: Mapping[str, str]) -> str:

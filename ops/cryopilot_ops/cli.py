@@ -84,6 +84,9 @@ def _cluster_config(args: argparse.Namespace) -> int:
         "gpu8_instance_type": args.gpu8_instance_type,
         "gpu4_instance_type": args.gpu4_instance_type,
         "gpu1_instance_type": args.gpu1_instance_type,
+        "fallback_gpu8_instance_types": args.gpu8_fallback_types,
+        "fallback_gpu4_instance_types": args.gpu4_fallback_types,
+        "fallback_gpu1_instance_types": args.gpu1_fallback_types,
         "licence_secret_arn": args.licence_secret_arn,
         "artifacts_bucket": args.artifacts_bucket,
         "results_bucket": args.results_bucket,
@@ -142,6 +145,8 @@ def _cluster_config(args: argparse.Namespace) -> int:
     except (ValueError, ManifestError) as exc:
         print(f"cryopilot cluster-config: {exc}", file=sys.stderr)
         return 2
+    for queue, types in settings.queue_compute_types().items():
+        notes.append(f"{queue} compute resources, in order of preference: {' > '.join(types)}")
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     sys.stdout.write(text)
@@ -499,6 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--gpu8-instance-type", metavar="TYPE", help="instance type of the gpu8 queue")
     config.add_argument("--gpu4-instance-type", metavar="TYPE", help="instance type of the gpu4 queue")
     config.add_argument("--gpu1-instance-type", metavar="TYPE", help="instance type of the gpu1 queue")
+    for queue in ("gpu8", "gpu4", "gpu1"):
+        config.add_argument(
+            f"--{queue}-fallback-types",
+            metavar="T1,T2",
+            help=f"further compute resources of the {queue} queue, in order of preference ('' for none)",
+        )
     config.add_argument("--licence-secret-arn", metavar="ARN", help="Secrets Manager ARN of the licence")
     config.add_argument("--artifacts-bucket", metavar="BUCKET", help="bucket holding the head-node scripts")
     config.add_argument("--results-bucket", metavar="BUCKET", help="bucket the results are exported to")

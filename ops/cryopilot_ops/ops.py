@@ -207,6 +207,8 @@ def render_status(run: RunView, execution: str | None, now: float | None = None)
             f"  {planned.title:<{width}}  {lane:<5} {planned.gpus:>2} GPU"
             f"  {_bar(progress)} {progress * 100:5.1f}%  {state:<9} {elapsed}"
         )
+        if rec.capacity_note and (rec.capacity_waiting or state != "completed"):
+            lines.append(f"    {rec.capacity_note}")  # e.g. waiting for capacity on gpu8 since 10:42 UTC: ...
     if run.resolution_A is not None:
         lines.append(f"resolution {float(run.resolution_A):.2f} Å")
     stage_costs = [float(s.cost_usd) for s in run.stages.values() if s.cost_usd is not None]

@@ -181,8 +181,14 @@ class JobTiming:
         duration = self._duration(job)
         if self.slurm is not None and job.lane is not None:
             kind = job.stage_key or STAGE_OF_TYPE.get(job.type, "")
-            duration /= self.slurm.speed(job.lane, kind)
-            ready = self.slurm.acquire(job.lane, start, job.uid)
+            # the Slurm job's name, as the lane's submission script sets it
+            ready = self.slurm.acquire(job.lane, start, job.uid, name=f"cryosparc_{p.uid}_{job.uid}")
+            if ready is None:  # no node can be launched: Slurm keeps the job PENDING
+                job.status = "launched"
+                job.started_at = None
+                job.end_at = None
+                return
+            duration /= self.slurm.job_speed(job.uid, kind)  # the speed of the node it got
             if ready > start:  # waiting for its node: Slurm has it, cryoSPARC says "launched"
                 job.status = "launched"
             start = job.started_at = ready

@@ -84,12 +84,31 @@ REHEARSALS: dict[str, Rehearsal] = {
     ),
     "capacity": Rehearsal(
         "SUCCEEDED",
-        "no GPU capacity in the first subnet: the next placement runs",
-        mails=(MailExpected(("{dataset} done: ",), ("No capacity for: ", "The cluster ran in: ")),),
+        "no p4d.24xlarge capacity at node launch: ParallelCluster fails gpu8 over to p4de.24xlarge",
+        mails=(
+            MailExpected(("{dataset} done: ",), ("Capacity (", "p4d.24xlarge InsufficientInstanceCapacity")),
+        ),
     ),
     "capacity-exhausted": Rehearsal(
         "FAILED",
-        "no GPU capacity in any placement: a clean failure",
+        "no capacity in any gpu8 compute resource: a fast, clear failure (CapacityWaitMinutes)",
+        "CapacityError",
+        (_failed_mail("CapacityError", "no capacity in any compute resource", _CLEAN),),
+    ),
+    "quota": Rehearsal(
+        "FAILED",
+        "a P-instance vCPU quota of 0 (VcpuLimitExceeded): failed within two polls, the quota named",
+        "CapacityError",
+        (_failed_mail("CapacityError", "VcpuLimitExceeded", "L-417A185B", _CLEAN),),
+    ),
+    "head-node-capacity": Rehearsal(
+        "SUCCEEDED",
+        "no head-node capacity in the first subnet: the cluster is created in the next placement",
+        mails=(MailExpected(("{dataset} done: ",), ("No capacity for: ", "The cluster ran in: ")),),
+    ),
+    "head-node-capacity-exhausted": Rehearsal(
+        "FAILED",
+        "no head-node capacity in any placement: a clean failure",
         "CapacityError",
         (_failed_mail("CapacityError", "no capacity in any placement tried", "No capacity for: "),),
     ),
@@ -251,8 +270,18 @@ def _inject(cloud: LocalCloud, fail: str, runs: int = 1) -> None:
         cloud.pcluster.inject("create_failed", count=runs)
     elif fail == "config-error":
         cloud.pcluster.inject("config_error", count=runs, operation="create_cluster")
-    elif fail == "capacity-exhausted":
+    elif fail == "head-node-capacity-exhausted":
         cloud.pcluster.inject("create_failed_capacity", count=100)
+    elif fail == "capacity":
+        cloud.inject_capacity("p4d.24xlarge")
+    elif fail == "capacity-exhausted":
+        for instance_type in cloud.settings_queue_types("gpu8"):
+            cloud.inject_capacity(instance_type)
+    elif fail == "quota":
+        # a new account: 0 vCPUs for every P type (quota L-417A185B), whatever the queue
+        for instance_type in cloud.settings_queue_types():
+            if instance_type.startswith("p"):
+                cloud.inject_capacity(instance_type, "VcpuLimitExceeded")
     elif fail == "delete-failed":
         # the success path's delete, the failure path's retry, the cleanup function's: all fail
         cloud.pcluster.inject("delete_failed", count=3 * runs)
@@ -264,7 +293,7 @@ def _inject(cloud: LocalCloud, fail: str, runs: int = 1) -> None:
         cloud.cryosparc_setup.append(lambda cs: cs.inject("kill", "blob_picker_gpu"))
     elif fail == "job-stuck":
         cloud.cryosparc_setup.append(lambda cs: cs.inject("stuck", "patch_ctf_estimation_multi"))
-    elif fail == "capacity":
+    elif fail == "head-node-capacity":
         first_subnet = str(cloud.resolver.parameter_values["ComputeSubnetIds"][0]) if cloud.resolver else None
         cloud.pcluster.inject("create_failed_capacity", count=100, subnet_id=first_subnet)
     elif fail == "job":
@@ -490,10 +519,20 @@ def _scenario_checks(
         error = "AgentTimeoutError" if fail == "ssm-timeout-always" else "ExportError"
         if tried.count(error) != 4:
             problems.append(f"expected the first try and 3 retries of {error}: {tried}")
-    elif fail == "capacity" and len(rec.placements_tried) != 1:
+    elif fail == "head-node-capacity" and len(rec.placements_tried) != 1:
         problems.append(f"expected one placement without capacity: {rec.placements_tried}")
-    elif fail == "capacity-exhausted" and len(rec.placements_tried) < 2:
+    elif fail == "head-node-capacity-exhausted" and len(rec.placements_tried) < 2:
         problems.append(f"expected every placement tried: {rec.placements_tried}")
+    elif fail in ("capacity", "capacity-exhausted", "quota"):
+        if rec.placements_tried:
+            problems.append(f"a GPU shortage must not fail the cluster's creation: {rec.placements_tried}")
+        if not rec.capacity_events:
+            problems.append("no capacity event was recorded on the run")
+        if fail == "quota":
+            stage = (rec.error or {}).get("step", "").removeprefix("stage:")
+            polls = rec.stages[stage].polls if stage in rec.stages else None
+            if polls is None or polls > 2:
+                problems.append(f"the quota failure took {polls} polls of stage {stage} (at most 2)")
     elif fail == "job-stuck":
         stage = (rec.error or {}).get("step", "").removeprefix("stage:")
         if stage not in rec.stages or not rec.stages[stage].killed_for_time:

@@ -154,6 +154,8 @@ class LocalCloud:
         #: Each cluster's compute nodes (``cryopilot_sim.slurm.SlurmNodes``), kept after deletion:
         #: the simulated EC2 bill of its GPU nodes.
         self.compute_nodes: dict[str, Any] = {}
+        #: EC2 launch errors of GPU types (:meth:`inject_capacity`): (instance type, code, until).
+        self.capacity_faults: list[tuple[str, str, float]] = []
         #: Each cluster's cryoSPARC stand-in, kept after deletion (its jobs' timestamps).
         self.cryosparc_by_cluster: dict[str, Any] = {}
         #: Each cluster's file systems (``cryopilot_sim.filesystems.Volumes``) with ``model_bytes``.
@@ -204,6 +206,7 @@ class LocalCloud:
         self.pcluster.on_head_node = self._attach_head_node
         self.pcluster.on_deleted = self._detach_head_node
         self.pcluster.on_delete_requested = self._shut_down_compute
+        self.pcluster.compute_instances = self._cluster_instances
         params = {
             "ParallelClusterApiUrl": endpoint,
             "NotificationEmail": "structures@example.org",
@@ -792,10 +795,37 @@ class LocalCloud:
         record = self.pcluster.history.get(cluster_name)
         if record is None:
             return None
-        nodes = SlurmNodes.from_cluster_config(record["config"], ready_at=float(record["ready_at"]))
+        nodes = SlurmNodes.from_cluster_config(
+            record["config"],
+            ready_at=float(record["ready_at"]),
+            capacity_timeout=_capacity_timeout(record["config"]),
+        )
+        for instance_type, code, end in self.capacity_faults:
+            nodes.set_capacity(instance_type, code, end=end)
         with self._lock:
             self.compute_nodes[cluster_name] = nodes
         return nodes
+
+    def inject_capacity(
+        self, instance_type: str, code: str = "InsufficientInstanceCapacity", *, seconds: float | None = None
+    ) -> None:
+        """EC2 answers ``code`` to every launch of ``instance_type`` on the clusters made from now on
+        (for ``seconds`` of simulated time, or for good): an insufficient-capacity code is failed over
+        by ParallelCluster, any other (``VcpuLimitExceeded``) leaves the node down."""
+        end = float("inf") if seconds is None else self.clock.now() + seconds
+        self.capacity_faults.append((instance_type, code, end))
+
+    def settings_queue_types(self, queue: str | None = None) -> list[str]:
+        """The stack's instance types of one GPU queue's compute resources (or of every queue)."""
+        from cryopilot.adapters.settings import get_settings
+
+        types = get_settings().queue_compute_types()
+        return list(types[queue]) if queue else list(dict.fromkeys(t for ts in types.values() for t in ts))
+
+    def _cluster_instances(self, cluster_name: str) -> list[dict[str, Any]]:
+        """The compute instances of a cluster now (ParallelCluster's describeClusterInstances)."""
+        nodes = self.compute_nodes.get(cluster_name)
+        return [] if nodes is None else list(nodes.instances(self.clock.now()))
 
     def _shut_down_compute(self, cluster_name: str, at: float) -> None:
         nodes = self.compute_nodes.get(cluster_name)
@@ -830,6 +860,7 @@ class LocalCloud:
 
     def _run_on_head_node(self, command: Any, inv: dict[str, Any]) -> None:
         from cryopilot_agent import cli as agent_cli
+        from cryopilot_agent import slurm as agent_slurm
 
         node = self.head_nodes[inv["InstanceId"]]
         lines = command.parameters.get("commands") or []
@@ -856,8 +887,18 @@ class LocalCloud:
                     node.client = connect(settings)
                 return node.client
 
+            def slurm_command(argv: list[str], node: HeadNode = node) -> str:
+                """The head node's Slurm commands, answered by the cluster's simulated nodes."""
+                nodes = node.cryosparc.slurm
+                if nodes is None:
+                    raise FileNotFoundError(argv[0])
+                return str(nodes.command(argv, self.clock.now()))
+
             try:
-                with mock.patch.object(agent_cli, "_connect", reuse):
+                with (
+                    mock.patch.object(agent_cli, "_connect", reuse),
+                    mock.patch.object(agent_slurm, "run_command", slurm_command),
+                ):
                     code = agent_cli.main(argv[1:], env={**node.env, **_aws_env()}, stdout=buf)
             except SystemExit as exc:  # argparse errors
                 code = exc.code if isinstance(exc.code, int) else 2
@@ -1025,3 +1066,17 @@ def substitute_definition(definition: str, substitutions: dict[str, str]) -> str
     for key, value in substitutions.items():
         definition = definition.replace("${" + key + "}", value)
     return definition
+
+
+def _capacity_timeout(config_text: str) -> float:
+    """The ``--insufficient-capacity-timeout`` the head node's setup is given (ParallelCluster's
+    default, 600 s, without one)."""
+    import yaml
+
+    from cryopilot_sim.slurm import DEFAULT_CAPACITY_TIMEOUT
+
+    doc = yaml.safe_load(config_text) or {}
+    action = ((doc.get("HeadNode") or {}).get("CustomActions") or {}).get("OnNodeConfigured") or {}
+    args = [str(a) for a in action.get("Args") or []]
+    flag = "--insufficient-capacity-timeout"
+    return float(args[args.index(flag) + 1]) if flag in args[:-1] else DEFAULT_CAPACITY_TIMEOUT

@@ -1,5 +1,6 @@
 """A local stand-in for the AWS ParallelCluster 3.x API (createCluster, describeCluster,
-deleteCluster, listClusters), speaking HTTP on 127.0.0.1 like the API Gateway AWS publishes.
+deleteCluster, listClusters, describeClusterInstances), speaking HTTP on 127.0.0.1 like the API
+Gateway AWS publishes.
 
 It follows the OpenAPI spec shipped in ``aws-parallelcluster`` (``pcluster/api/openapi/openapi.yaml``):
 paths under a stage (``/prod/v3/clusters...``), query parameters (``region``, ``dryrun``,
@@ -23,9 +24,12 @@ exists.`` (a 409 can still be injected).
 * Faults (:meth:`PClusterStandIn.inject`): ``bad_request`` (400), ``config_error`` (400 with
   ``configurationValidationErrors``, as a failed validator answers), ``conflict`` (409), ``throttle``
   (429, a burst of ``count``), ``server_error`` (500), ``create_failed_capacity`` (the create ends
-  CREATE_FAILED with an ``InsufficientInstanceCapacity`` failure; optionally only for configs that use
-  ``instance_type``, or only in ``subnet_id``), ``create_failed`` (another reason) and
-  ``delete_failed`` (DELETE_FAILED).
+  CREATE_FAILED with an ``InsufficientInstanceCapacity`` failure; optionally only for configs whose
+  head node or static compute nodes are of ``instance_type`` (a queue scaling from zero never fails a
+  creation: its capacity shows at node launch, see ``cryopilot_sim.slurm``), or only in
+  ``subnet_id``), ``create_failed`` (another reason) and ``delete_failed`` (DELETE_FAILED).
+* ``describeClusterInstances`` (GET ``/v3/clusters/{name}/instances``): the head node and the compute
+  instances ``compute_instances`` reports (the harness's simulated Slurm nodes).
 
 Note: the real API reports creation failures with its own codes (``ClusterCreationFailure``,
 ``OnNodeConfiguredExecutionFailure``, ...); an EC2 capacity error reaches ``failures[]`` only through
@@ -62,6 +66,7 @@ _AUTH_RE = re.compile(
     r"/(?P<service>[a-z0-9-]+)"
     r"/aws4_request, ?SignedHeaders=(?P<signed>[a-z0-9;-]+), ?Signature=(?P<signature>[0-9a-f]{64})$"
 )
+NODE_TYPES = frozenset({"HeadNode", "ComputeNode", "LoginNode"})
 _SUPPRESS_RE = re.compile(r"^(ALL|type:[A-Za-z0-9]+)$")
 STATUS_FILTERS = frozenset(
     {
@@ -200,6 +205,9 @@ class PClusterStandIn:
         #: Called with each custom action's ``Script`` URI; a missing script ends the create in
         #: CREATE_FAILED with ``OnNodeConfiguredDownloadFailure``, as the head node's boot would.
         self.script_exists = script_exists
+        #: Called as ``compute_instances(cluster_name)``: the cluster's compute instances now, each a
+        #: dict with index, queue, instance_type, launched_at (epoch) and state (pending/running).
+        self.compute_instances: Callable[[str], list[dict[str, Any]]] | None = None
         #: Every request answered, in order.
         self.requests: list[RecordedRequest] = []
         self._clusters: dict[tuple[str, str], _Cluster] = {}
@@ -512,6 +520,14 @@ class PClusterStandIn:
         elif len(parts) == 3 and parts[:2] == ["v3", "clusters"] and method in ("GET", "DELETE"):
             operation = "describe_cluster" if method == "GET" else "delete_cluster"
             name = urllib.parse.unquote(parts[2])
+        elif (
+            len(parts) == 4
+            and parts[:2] == ["v3", "clusters"]
+            and parts[3] == "instances"
+            and method == "GET"
+        ):
+            operation = "describe_cluster_instances"
+            name = urllib.parse.unquote(parts[2])
         else:
             # API Gateway's answer for a resource or method it does not have.
             return 403, {"message": "Missing Authentication Token"}, None
@@ -533,6 +549,8 @@ class PClusterStandIn:
                 status, answer = self._list(region, query)
             elif operation == "describe_cluster":
                 status, answer = self._describe_op(region, name or "")
+            elif operation == "describe_cluster_instances":
+                status, answer = self._instances(region, name or "", query)
             else:
                 status, answer = self._delete(region, name or "")
         except _ApiError as error:
@@ -651,11 +669,15 @@ class PClusterStandIn:
             stack_arn=f"arn:aws:cloudformation:{region}:{self.account_id}:stack/{name}/"
             f"{hashlib.sha256(f'{name}{now}'.encode()).hexdigest()[:8]}-0000-4000-8000-000000000000",
         )
+        # Only what is launched with the cluster can make its creation fail for capacity: the head
+        # node and static compute nodes (MinCount > 0). A queue scaling from zero launches nothing
+        # until Slurm has a job for it, so a GPU type without capacity never fails a creation.
+        launched = [head_type, *_static_types(document)]
         fault = self._take_lifecycle_fault(
-            {"create_failed_capacity", "create_failed"}, name, instance_types, subnets
+            {"create_failed_capacity", "create_failed"}, name, launched, subnets
         )
         if fault is not None and fault.kind == "create_failed_capacity":
-            itype = fault.instance_type or (instance_types[0] if instance_types else "p4d.24xlarge")
+            itype = fault.instance_type or head_type
             cluster.fail_at = now + self.create_seconds / 2
             cluster.failure = (
                 "InsufficientInstanceCapacity",
@@ -737,6 +759,58 @@ class PClusterStandIn:
         cluster = self._find(region, name)
         with self._lock:
             return 200, self._describe(cluster)
+
+    def _instances(self, region: str, name: str, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
+        """describeClusterInstances: the cluster's EC2 instances in state pending, running, stopping
+        or stopped (ParallelCluster 3.16's ``Cluster.describe_instances`` filters EC2 on the cluster
+        tag and those states, so terminated nodes are not listed, and a name without a cluster
+        answers an empty list, not 404)."""
+        self._check_name(name, "clusterName")
+        node_type = self._one(query, "nodeType")
+        if node_type is not None and node_type not in NODE_TYPES:
+            raise _ApiError(
+                400, {"message": f"Bad Request: '{node_type}' is not one of {sorted(NODE_TYPES)}"}
+            )
+        queue = self._one(query, "queueName")
+        token = self._one(query, "nextToken")
+        start = 0
+        if token is not None:
+            try:
+                start = int(token.removeprefix("instances-"))
+            except ValueError:
+                raise _ApiError(400, {"message": "Bad Request: invalid nextToken"}) from None
+        with self._lock:
+            cluster = self._clusters.get((region, name))
+            instances: list[dict[str, Any]] = []
+            if cluster is not None and cluster.head_node is not None:
+                head = dict(cluster.head_node)
+                if cluster.phase == "deleting":
+                    head["state"] = "shutting-down"
+                instances.append({**head, "nodeType": "HeadNode"})
+        if cluster is not None and self.compute_instances is not None:
+            for item in self.compute_instances(name):
+                index = int(item["index"])
+                digest = hashlib.sha256(f"{name}/compute/{index}".encode()).hexdigest()
+                instances.append(
+                    {
+                        "instanceId": f"i-0{digest[:16]}",
+                        "instanceType": item["instance_type"],
+                        "launchTime": _iso(float(item["launched_at"])),
+                        "privateIpAddress": f"10.0.{128 + index // 250 % 100}.{index % 250 + 4}",
+                        "state": item["state"],
+                        "nodeType": "ComputeNode",
+                        "queueName": item["queue"],
+                    }
+                )
+        if node_type is not None:
+            instances = [i for i in instances if i["nodeType"] == node_type]
+        if queue is not None:
+            instances = [i for i in instances if i.get("queueName") == queue]
+        page = instances[start : start + self.page_size]
+        answer: dict[str, Any] = {"instances": page}
+        if start + self.page_size < len(instances):
+            answer["nextToken"] = f"instances-{start + self.page_size}"
+        return 200, answer
 
     def _delete(self, region: str, name: str) -> tuple[int, dict[str, Any]]:
         cluster = self._find(region, name)
@@ -824,6 +898,17 @@ def _config_facts(document: dict[str, Any]) -> tuple[list[str], list[str], str]:
         subnets.extend(str(s) for s in (queue.get("Networking") or {}).get("SubnetIds") or [])
     head = document.get("HeadNode") or {}
     return instance_types, list(dict.fromkeys(subnets)), str(head.get("InstanceType") or "t3.medium")
+
+
+def _static_types(document: dict[str, Any]) -> list[str]:
+    """Instance types of the compute resources with static nodes (``MinCount`` > 0)."""
+    scheduling = document.get("Scheduling") or {}
+    return [
+        str(resource["InstanceType"])
+        for queue in scheduling.get("SlurmQueues") or []
+        for resource in queue.get("ComputeResources") or []
+        if resource.get("InstanceType") and int(resource.get("MinCount") or 0) > 0
+    ]
 
 
 def _cluster_tags(document: dict[str, Any], name: str) -> list[dict[str, str]]:

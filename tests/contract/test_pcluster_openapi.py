@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 import yaml
 from botocore.credentials import Credentials
-from cryopilot.adapters.pcluster import ClusterInfo, PClusterClient
+from cryopilot.adapters.pcluster import ClusterInfo, ClusterInstance, PClusterClient
 from cryopilot.core.errors import CryopilotError
 from cryopilot.domain.clusterconfig.build import build_cluster_config, render_yaml
 from cryopilot.domain.clusterconfig.params import ClusterParams
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.pcluster_standin import FaultKind, PClusterStandIn, RecordedRequest
+from cryopilot_sim.slurm import SlurmNodes
 
 from tests.conftest import make_cluster_request
 
@@ -28,7 +29,13 @@ api_models = pytest.importorskip("pcluster.api.models")
 SPEC_PATH = Path(pcluster.__file__).parent / "api" / "openapi" / "openapi.yaml"
 REGION = "us-east-1"
 CREDS = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY", "session-token")
-OUR_OPERATIONS = {"create_cluster", "describe_cluster", "delete_cluster", "list_clusters"}
+OUR_OPERATIONS = {
+    "create_cluster",
+    "describe_cluster",
+    "delete_cluster",
+    "list_clusters",
+    "describe_cluster_instances",
+}
 
 PARAMS = ClusterParams(
     region=REGION,
@@ -49,6 +56,8 @@ RESPONSE_MODELS = {
     ("delete_cluster", 202): "DeleteClusterResponseContent",
     ("list_clusters", 200): "ListClustersResponseContent",
     ("list_clusters", 400): "BadRequestExceptionResponseContent",
+    ("describe_cluster_instances", 200): "DescribeClusterInstancesResponseContent",
+    ("describe_cluster_instances", 400): "BadRequestExceptionResponseContent",
 }
 
 
@@ -180,6 +189,27 @@ def recorded() -> Iterator[list[RecordedRequest]]:
         clock.sleep(900)
         parsed.append(client.describe_cluster(name))  # CREATE_COMPLETE with headNode
 
+        # describeClusterInstances: the head node and the GPU nodes Slurm launched, over pages of 2
+        nodes = SlurmNodes.from_cluster_config(standin.cluster_config(name), ready_at=clock.now())
+        nodes.set_capacity("p4d.24xlarge", "InsufficientInstanceCapacity")
+        standin.compute_instances = lambda _name: nodes.instances(clock.now())
+        assert nodes.acquire("gpu8", clock.now(), "J1") is not None  # fails over to p4de.24xlarge
+        assert nodes.acquire("gpu1", clock.now(), "J2") is not None
+        clock.sleep(120)
+        instances = client.describe_cluster_instances(name)
+        assert sorted((i.node_type, i.instance_type, i.queue_name) for i in instances) == [
+            ("ComputeNode", "p4de.24xlarge", "gpu8"),
+            ("ComputeNode", "p5.4xlarge", "gpu1"),
+            ("HeadNode", "m6i.2xlarge", None),
+        ]
+        assert all(i.launch_time is not None and i.state == "running" for i in instances)
+        gpu8 = client.describe_cluster_instances(name, node_type="ComputeNode", queue_name="gpu8")
+        assert [i.instance_type for i in gpu8] == ["p4de.24xlarge"]
+        assert client.describe_cluster_instances("contract-none") == []  # EC2 lists nothing: no 404
+        for kind in ("throttle", "server_error", "bad_request"):
+            standin.inject(kind, operation="describe_cluster_instances")
+            expect_error(lambda: client.describe_cluster_instances(name))
+
         failed, failed_text = config_for("contract-2")
         standin.inject("create_failed_capacity")
         parsed.append(client.create_cluster(failed, failed_text, rollback_on_failure=True))
@@ -236,6 +266,10 @@ def test_the_scenario_covers_every_operation_and_answer(recorded: list[RecordedR
         ("list_clusters", 400),
         ("list_clusters", 429),
         ("list_clusters", 500),
+        ("describe_cluster_instances", 200),
+        ("describe_cluster_instances", 400),
+        ("describe_cluster_instances", 429),
+        ("describe_cluster_instances", 500),
     }
     assert {r.operation for r in recorded} == OUR_OPERATIONS
     statuses = {r.response.get("clusterStatus") for r in recorded if r.operation == "describe_cluster"}
@@ -247,6 +281,7 @@ def test_the_scenario_covers_every_operation_and_answer(recorded: list[RecordedR
         "DELETE_FAILED",
     }
     assert any("nextToken" in r.query for r in recorded)
+    assert any("nextToken" in r.query for r in recorded if r.operation == "describe_cluster_instances")
     assert any("configurationValidationErrors" in r.response for r in recorded)
 
 
@@ -334,3 +369,18 @@ def test_the_client_parses_the_spec_examples(spec: dict[str, Any], schema_name: 
         assert [f.code for f in info.failures] == ["failureCode", "failureCode"]
         assert info.creation_time is not None
         assert info.creation_time.year == 2000
+
+
+def test_the_client_parses_the_instances_example(spec: dict[str, Any]) -> None:
+    example = spec["components"]["schemas"]["DescribeClusterInstancesResponseContent"]["example"]
+    parsed = [ClusterInstance.from_api(i) for i in example["instances"] if i.get("nodeType") is not None]
+    assert parsed == []  # the example leaves nodeType null, which the client refuses ...
+    with pytest.raises(CryopilotError):
+        ClusterInstance.from_api({"instanceId": "i-1", "instanceType": "p4d.24xlarge"})
+    item = {**example["instances"][0], "nodeType": "ComputeNode", "state": "running"}
+    instance = ClusterInstance.from_api(item)  # ... and parses once they are set
+    assert (instance.instance_type, instance.queue_name, instance.launch_time.year) == (
+        "instanceType",
+        "queueName",
+        2000,
+    )

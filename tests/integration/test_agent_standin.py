@@ -379,3 +379,122 @@ def test_credentials_from_secrets_manager(standin: CryoSparcStandIn, clock: Virt
         rc, doc, _ = agent("status", "--project", "nothing-yet")
         assert rc == 0
         assert doc["ok"] is True
+
+
+# --- the lanes' Slurm state (sinfo/squeue) in the status answer -----------------------------------
+
+
+def _nodes_for_default_cluster(clock: VirtualClock, timeout: float) -> Any:
+    """The Slurm nodes of the cluster cryopilot builds by default (gpu8: p4d > p4de > p5)."""
+    from cryopilot.domain.clusterconfig.build import build_cluster_config, render_yaml
+    from cryopilot.domain.clusterconfig.params import ClusterParams
+    from cryopilot_sim.slurm import SlurmNodes
+
+    from tests.conftest import make_cluster_request
+
+    params = ClusterParams(
+        region="us-east-1",
+        head_node_subnet_id="subnet-0123456789abcdef0",
+        compute_subnet_ids=["subnet-0aaaaaaaaaaaaaaa1"],
+        licence_secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:cryosparc-licence-AbCdEf",
+        bootstrap_s3_uri="s3://cryopilot-assets/bootstrap/",
+        results_s3_uri="s3://cryopilot-results/runs/",
+    )
+    text = render_yaml(build_cluster_config(make_cluster_request("run-capacity"), params))
+    return SlurmNodes.from_cluster_config(text, ready_at=clock.now(), capacity_timeout=timeout)
+
+
+@pytest.mark.parametrize("code", ["InsufficientInstanceCapacity", "VcpuLimitExceeded"])
+def test_status_carries_the_lanes_slurm_state_as_parallelcluster_reports_a_failed_launch(
+    standin: CryoSparcStandIn, agent: Agent, clock: VirtualClock, code: str
+) -> None:
+    from unittest import mock
+
+    from cryopilot.domain.capacity import lane_capacity
+    from cryopilot_agent import slurm as agent_slurm
+
+    nodes = _nodes_for_default_cluster(clock, timeout=600)
+    nodes.set_capacity("p4d.24xlarge", code)
+    standin.slurm = nodes
+    stages = plan(movies_manifest(), data_dir="/fsx/d/")
+    gpu8 = next(s for s in stages if s.lane == "gpu8")
+    with mock.patch.object(agent_slurm, "run_command", lambda argv: nodes.command(argv, clock.now())):
+        for spec in stages[: stages.index(gpu8)]:
+            assert agent.run_stage("run-cap", spec).stages[0].state == "completed"
+        agent.submit("run-cap", gpu8)
+        types = ["p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge"]
+
+        clock.advance(30)  # the launch has just failed
+        (lane,) = agent.status("run-cap", gpu8.id).lanes
+        assert lane.lane == "gpu8"
+        failed = [n for n in lane.nodes if n.reason == f"(Code:{code})Failure when resuming nodes"]
+        assert [n.name for n in failed] == ["gpu8-dy-p4d-24xlarge-1"]
+        (job,) = lane.jobs
+        assert job.name.startswith("cryosparc_P")
+        assert job.cryosparc_job is not None
+        assert job.state == "PENDING"
+
+        clock.advance(60)  # one clustermgtd loop later
+        (lane,) = agent.status("run-cap", gpu8.id).lanes
+        view = lane_capacity(lane, types)
+        if code == "InsufficientInstanceCapacity":
+            # the compute resource is disabled, the job requeued on the next one (fast fail-over)
+            disabled = [n for n in lane.nodes if n.name.startswith("gpu8-dy-p4d-24xlarge-")]
+            assert {n.state for n in disabled} == {"down~"}
+            assert all(n.reason.startswith(f"(Code:{code})Temporarily disabling node") for n in disabled)
+            assert [j.state for j in lane.jobs] == ["CONFIGURING"]
+            assert lane.nodes_by_state.get("alloc#") == 1  # a p4de.24xlarge node powering up
+            assert (view.down, view.trying, view.fatal) == ([("p4d.24xlarge", code)], "p4de.24xlarge", None)
+            clock.advance(600)  # insufficient_capacity_timeout: p4d.24xlarge is enabled again
+            (lane,) = agent.status("run-cap", gpu8.id).lanes
+            assert not [n for n in lane.nodes if n.name.startswith("gpu8-dy-p4d-24xlarge-")]
+            assert [f.instance_type for f in nodes.failures] == ["p4d.24xlarge"]
+            assert {n.instance_type for n in nodes.nodes if n.queue == "gpu8"} == {"p4de.24xlarge"}
+        else:
+            # not an insufficient-capacity error: the node stays down, nothing fails over
+            assert [(n.state, n.name) for n in lane.nodes] == [("down#", "gpu8-dy-p4d-24xlarge-1")]
+            assert [j.state for j in lane.jobs] == ["PENDING"]
+            assert lane.jobs[0].reason.startswith("ReqNodeNotAvail")
+            assert view.fatal == ("p4d.24xlarge", code)
+            clock.advance(3600)
+            (lane,) = agent.status("run-cap", gpu8.id).lanes
+            assert [j.state for j in lane.jobs] == ["PENDING"]
+            assert not [n for n in nodes.nodes if n.queue == "gpu8"]  # no node ever launched
+
+
+def test_status_without_slurm_says_why_and_answers_the_stages(agent: Agent, clock: VirtualClock) -> None:
+    from unittest import mock
+
+    from cryopilot_agent import slurm as agent_slurm
+
+    def missing(argv: list[str]) -> str:
+        raise FileNotFoundError(argv[0])
+
+    stages = plan(movies_manifest(), data_dir="/fsx/d/")
+    gpu8 = next(s for s in stages if s.lane == "gpu8")
+    with mock.patch.object(agent_slurm, "run_command", missing):
+        for spec in stages[: stages.index(gpu8) + 1]:
+            agent.submit("run-noslurm", spec)
+            clock.advance(POLL_SECONDS)
+        st = agent.status("run-noslurm", gpu8.id)
+    assert st.lanes == []
+    assert st.slurm_error is not None
+    assert st.slurm_error.startswith("FileNotFoundError")
+    assert st.stages[0].stage_id == gpu8.id
+
+
+def test_slurm_commands_are_found_where_parallelcluster_puts_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from cryopilot_agent import slurm as agent_slurm
+
+    ran: list[list[str]] = []
+
+    def fake_run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        ran.append(argv)
+        return subprocess.CompletedProcess(argv, 0, stdout="gpu8|gpu8-dy-p4d-24xlarge-1|idle~|none\n")
+
+    monkeypatch.setattr(agent_slurm.shutil, "which", lambda name: None)  # SSM's PATH lacks /opt/slurm/bin
+    monkeypatch.setattr(agent_slurm.subprocess, "run", fake_run)
+    assert agent_slurm.run_command(agent_slurm.SINFO).startswith("gpu8|")
+    assert ran == [["/opt/slurm/bin/sinfo", *agent_slurm.SINFO[1:]]]

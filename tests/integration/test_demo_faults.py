@@ -163,3 +163,32 @@ def test_cli_exits_0_only_when_the_rehearsal_ends_as_expected(
     last = json.loads((tmp_path / "last-run.json").read_text())
     assert last["rehearsal"]["passed"] is False
     assert any("not CapacityError" in p for p in last["rehearsal"]["problems"])
+
+
+# GPU capacity at node launch: ParallelCluster fails over inside the cluster (capacity), or the run
+# fails fast and clearly (capacity-exhausted, quota); the cluster is deleted either way.
+
+
+def test_no_p4d_at_node_launch_runs_on_the_next_compute_resource(tmp_path: Path) -> None:
+    summary = _rehearse(tmp_path, "capacity")
+    _assert_clean_end(summary, "SUCCEEDED", None)
+    subject, text = _outbox(tmp_path)[-1]
+    assert subject.startswith(f"[cryopilot] {DATASET} done: ")
+    assert "p4d.24xlarge InsufficientInstanceCapacity" in text
+    assert "p4de.24xlarge" in text
+
+
+@pytest.mark.parametrize(
+    ("fail", "words"),
+    [
+        ("capacity-exhausted", "no capacity in any compute resource"),
+        ("quota", "'Running On-Demand P instances' (L-417A185B)"),
+    ],
+)
+def test_no_node_that_can_launch_fails_the_run_fast(tmp_path: Path, fail: str, words: str) -> None:
+    summary = _rehearse(tmp_path, fail)
+    _assert_clean_end(summary, "FAILED", "CapacityError")
+    assert words in summary["error"]["message"]
+    subject, text = _outbox(tmp_path)[-1]
+    assert subject.endswith(": CapacityError")
+    assert words in text

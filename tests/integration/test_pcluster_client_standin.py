@@ -337,8 +337,9 @@ def test_throttle_burst_then_success(client: PClusterClient, standin: PClusterSt
 def test_capacity_failure_is_a_capacity_error_with_failures(
     client: PClusterClient, standin: PClusterStandIn, clock: VirtualClock
 ) -> None:
+    # only what is launched with the cluster can fail its creation: here the head node's type
     name, text = config_for("run-ice")
-    standin.inject("create_failed_capacity", instance_type="p4d.24xlarge")
+    standin.inject("create_failed_capacity", instance_type="m6i.2xlarge")
     client.create_cluster(name, text)
     clock.sleep(900)
     info = client.describe_cluster(name)
@@ -348,20 +349,39 @@ def test_capacity_failure_is_a_capacity_error_with_failures(
     with pytest.raises(CapacityError) as caught:
         raise_for_cluster_failure(info)
     details = caught.value.details
-    assert details["instance_type"] == "p4d.24xlarge"
+    assert details["instance_type"] == "m6i.2xlarge"
     assert details["failures"][0]["code"] == "InsufficientInstanceCapacity"
-    assert "sufficient p4d.24xlarge capacity" in details["failures"][0]["reason"]
+    assert "sufficient m6i.2xlarge capacity" in details["failures"][0]["reason"]
     # The failed cluster is deleted like any other.
     client.delete_cluster(name)
     clock.sleep(300)
     assert standin.clusters() == {}
 
 
+def test_no_gpu_capacity_never_fails_a_creation_with_queues_scaling_from_zero(
+    client: PClusterClient, standin: PClusterStandIn, clock: VirtualClock
+) -> None:
+    # ParallelCluster launches no GPU node at creation when MinCount is 0: the shortage shows at
+    # node launch (cryopilot_sim.slurm), never as CREATE_FAILED
+    name, text = config_for("run-no-p4d")
+    standin.inject("create_failed_capacity", instance_type="p4d.24xlarge")
+    client.create_cluster(name, text)
+    clock.sleep(900)
+    assert client.describe_cluster(name).status == "CREATE_COMPLETE"
+    assert standin.pending_faults() == 1  # nothing launched at creation is of that type
+    # with a static p4d node (the white paper's layout) the same shortage does fail the creation
+    static, static_text = config_for("run-static-p4d")
+    static_text = static_text.replace("MinCount: 0", "MinCount: 1", 1)
+    client.create_cluster(static, static_text)
+    clock.sleep(900)
+    assert [f.code for f in client.describe_cluster(static).failures] == ["InsufficientInstanceCapacity"]
+
+
 @pytest.mark.parametrize(
     ("fault", "expected_label"),
     [
-        ({"instance_type": "p4d.24xlarge", "subnet_id": SUBNETS[0]}, f"p4d.24xlarge in {SUBNETS[1]}"),
-        ({"instance_type": "p4d.24xlarge", "count": 5}, f"g6e.48xlarge in {SUBNETS[0]}"),
+        ({"instance_type": "m6i.2xlarge", "subnet_id": SUBNETS[0]}, f"p4d.24xlarge in {SUBNETS[1]}"),
+        ({"instance_type": "p4d.24xlarge", "count": 5}, f"p4d.24xlarge in {SUBNETS[0]}"),
     ],
 )
 def test_capacity_fallback_reaches_a_placement_with_capacity(
@@ -371,6 +391,8 @@ def test_capacity_fallback_reaches_a_placement_with_capacity(
     fault: dict[str, Any],
     expected_label: str,
 ) -> None:
+    # the cluster-level fallback is for creation failures (the head node's capacity in a subnet);
+    # a GPU type's shortage creates the first placement, where the queue fails over inside
     standin.inject("create_failed_capacity", **fault)
     used = None
     for attempt, plan in enumerate(capacity_fallbacks(PARAMS)):

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
+from cryopilot_ops import ops
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.harness import LocalCloud
 
@@ -393,6 +394,8 @@ SECOND_SUBNET = "subnet-0bbbbbbbbbbbbbbb2"
 
 
 def test_capacity_failure_falls_back_to_the_next_placement(cloud: LocalCloud) -> None:
+    # a creation that fails for capacity (the stand-in names the head node's type): the cluster is
+    # deleted and created in the next compute subnet
     cloud.pcluster.inject("create_failed_capacity", subnet_id=PRIMARY_SUBNET)
     desc = _start_with_coarse_polls(cloud)
     run_id = desc["name"]
@@ -436,6 +439,7 @@ def test_gpus_beyond_a_fallback_type_are_refused_at_validate() -> None:
 
 
 def test_no_capacity_anywhere_fails_cleanly(cloud: LocalCloud) -> None:
+    # every creation fails for the head node's capacity
     cloud.pcluster.inject("create_failed_capacity", count=5)
     cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
     desc = _only_execution(cloud)
@@ -444,7 +448,8 @@ def test_no_capacity_anywhere_fails_cleanly(cloud: LocalCloud) -> None:
     assert record is not None
     assert record["error"]["type"] == "CapacityError"
     assert "no capacity in any placement tried" in record["error"]["message"]
-    assert len(record["placements_tried"]) == 2  # both compute subnets (no fallback instance types set)
+    assert "sufficient m6i.2xlarge capacity" in record["error"]["message"]  # the head node's type
+    assert len(record["placements_tried"]) == 2  # both compute subnets (other GPU types are no placements)
     failure = cloud.mails()[-1]
     assert "CapacityError" in failure["message"]
     assert failure["subject"] == "[cryopilot] CGRP-2026-11 failed at create_cluster: CapacityError"
@@ -454,3 +459,100 @@ def test_no_capacity_anywhere_fails_cleanly(cloud: LocalCloud) -> None:
     assert "No capacity for:" in failure["message"]
     assert cloud.pcluster.clusters() == {}
     assert "SubmitStage" not in cloud.states_entered(desc["executionArn"])
+
+
+# --- GPU capacity at node launch (ParallelCluster's fast insufficient-capacity fail-over) ---------
+
+
+def _gpu8_stage(record: dict) -> tuple[str, dict, float]:
+    """The first stage that ran (or waited) on gpu8, its record and its time limit (seconds)."""
+    from cryopilot.adapters import runs
+
+    stage = next(s for s in runs.store().get_plan(record["run_id"]) if s.lane == "gpu8")
+    return stage.id, record["stages"][stage.id], float(stage.time_limit_seconds or 0)
+
+
+def test_no_p4d_at_node_launch_fails_over_to_p4de_inside_the_cluster(cloud: LocalCloud) -> None:
+    cloud.inject_capacity("p4d.24xlarge")
+    cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
+    desc = _only_execution(cloud)
+    run_id = desc["name"]
+    assert desc["status"] == "SUCCEEDED", (cloud.run_record(run_id) or {}).get("error")
+    entered = cloud.states_entered(desc["executionArn"])
+    assert "CapacityFallback" not in entered  # the cluster was created once; the queue failed over
+    assert entered.count("CreateCluster") == 1
+    record = cloud.run_record(run_id)
+    assert record is not None
+    (cluster,) = cloud.compute_nodes
+    nodes = cloud.compute_nodes[cluster]
+    gpu8 = {line["instance_type"] for line in nodes.bill() if line["queue"] == "gpu8"}
+    assert gpu8 == {"p4de.24xlarge"}, "every gpu8 job ran on the next compute resource"
+    ice = ("p4d.24xlarge", "InsufficientInstanceCapacity")
+    assert {(f.instance_type, f.code) for f in nodes.failures} == {ice}
+    notes = [e["note"] for e in record["capacity_events"]]
+    assert any(" ".join(ice) in n and "p4de.24xlarge" in n for n in notes), notes
+    # the nodes that ran, as describeClusterInstances listed them, and the bill at p4de's price
+    seen = record["compute_nodes"]
+    assert {n["instance_type"] for n in seen.values() if n["queue"] == "gpu8"} == {"p4de.24xlarge"}
+    assert all(n["ended_by"] is not None and n["ended_by"] > n["launched_at"] for n in seen.values())
+    from cryopilot.domain.catalogue import Catalogue
+
+    _, stage, _ = _gpu8_stage(record)
+    hours = (stage["completed_at"] - stage["started_at"]) / 3600
+    assert stage["cost_usd"] == pytest.approx(hours * Catalogue.load().price("p4de.24xlarge"), rel=1e-3)
+    assert cloud.pcluster.clusters() == {}
+
+
+def test_no_capacity_in_any_gpu8_resource_fails_fast_with_capacity_error() -> None:
+    with LocalCloud(clock=VirtualClock(), parameters={"CapacityWaitMinutes": 10}) as cloud:
+        for itype in ("p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge"):
+            cloud.inject_capacity(itype)
+        cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
+        desc = _only_execution(cloud)
+        assert desc["status"] == "FAILED"
+        record = cloud.run_record(desc["name"])
+        assert record is not None
+        error = record["error"]
+        assert error["type"] == "CapacityError", error
+        assert error["message"].startswith("gpu8: no capacity in any compute resource for ")
+        assert "p4d.24xlarge InsufficientInstanceCapacity" in error["message"]
+        stage_id, stage, limit = _gpu8_stage(record)
+        assert error["step"] == f"stage:{stage_id}"
+        # CapacityWaitMinutes after every resource was seen down, well before the stage's limit
+        # (the end includes the cluster's deletion)
+        waited = float(record["finished_epoch"]) - float(stage["submitted_at"])
+        assert 10 * 60 <= waited < limit / 2, (waited, limit)
+        assert stage["capacity_waiting"] is True
+        assert "every compute resource is down" in stage["capacity_note"]
+        shown = ops.render_status(ops.get_run(cloud.operator_stack(), desc["name"]), None)  # status, watch
+        assert "    waiting for capacity on gpu8 since " in shown
+        assert (
+            "p4d.24xlarge InsufficientInstanceCapacity, p4de.24xlarge InsufficientInstanceCapacity" in shown
+        )
+        failure = cloud.mails()[-1]
+        assert failure["subject"].endswith(": CapacityError"), failure["subject"]
+        assert "no capacity in any compute resource" in failure["message"]
+        assert "RecordFailure" in cloud.states_entered(desc["executionArn"])
+        assert cloud.pcluster.clusters() == {}
+
+
+def test_a_p_instance_quota_of_zero_fails_within_two_polls(cloud: LocalCloud) -> None:
+    cloud.inject_capacity("p4d.24xlarge", "VcpuLimitExceeded")
+    cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
+    desc = _only_execution(cloud)
+    assert desc["status"] == "FAILED"
+    record = cloud.run_record(desc["name"])
+    assert record is not None
+    error = record["error"]
+    assert error["type"] == "CapacityError", error
+    message = error["message"]
+    assert "p4d.24xlarge cannot launch: VcpuLimitExceeded" in message
+    assert "'Running On-Demand P instances' (L-417A185B) in us-east-1" in message
+    assert "needs at least 96 vCPUs" in message
+    assert "\n" not in message
+    _, stage, _ = _gpu8_stage(record)
+    assert stage["polls"] <= 2, stage
+    (cluster,) = cloud.compute_nodes
+    assert [f.code for f in cloud.compute_nodes[cluster].failures] == ["VcpuLimitExceeded"]  # no fail-over
+    assert "L-417A185B" in cloud.mails()[-1]["message"]
+    assert cloud.pcluster.clusters() == {}

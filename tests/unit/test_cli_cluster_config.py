@@ -115,6 +115,31 @@ def test_flags_change_the_configuration(capsys: pytest.CaptureFixture[str]) -> N
     assert {t["Key"]: t["Value"] for t in doc["Tags"]}["cryopilot:stack"] == "cryopilot-prod"
 
 
+def test_the_compute_resources_of_each_queue_are_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, str(MANIFESTS / "cgrp.yaml"))
+    assert code == 0
+    doc = yaml.safe_load(out)
+    types = {
+        q: [cr["InstanceType"] for cr in queue(doc, q)["ComputeResources"]] for q in ("gpu8", "gpu4", "gpu1")
+    }
+    assert types == {
+        "gpu8": ["p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge"],
+        "gpu4": ["g6e.12xlarge", "g5.12xlarge"],
+        "gpu1": ["p5.4xlarge", "g6e.2xlarge"],
+    }
+    assert (
+        "note: gpu8 compute resources, in order of preference: p4d.24xlarge > p4de.24xlarge > p5.48xlarge"
+        in err
+    )
+    one = generated(capsys, "cgrp.yaml", "--gpu8-fallback-types", "", "--gpu1-fallback-types", "g5.2xlarge")
+    cluster_schema.ClusterSchema(cluster_name=cluster_name_for("CGRP-2026-11-manual")).load(one)
+    assert [cr["InstanceType"] for cr in queue(one, "gpu8")["ComputeResources"]] == ["p4d.24xlarge"]
+    assert [cr["InstanceType"] for cr in queue(one, "gpu1")["ComputeResources"]] == [
+        "p5.4xlarge",
+        "g5.2xlarge",
+    ]
+
+
 def test_invalid_manifest_exits_2_naming_the_field(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, str(MANIFESTS / "invalid-voltage.yaml"))
     assert code == 2

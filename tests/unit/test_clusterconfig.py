@@ -135,6 +135,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {},
     ),
     "rocky9-gpu1-g5": ({"os": "rocky9", "gpu1_instance_type": "g5.2xlarge"}, {}),
+    "gpu8-fails-over-to-a-type-without-efa": (
+        {"gpu8_fallback_instance_types": ["g6e.48xlarge", "p5.48xlarge"], "gpu1_fallback_instance_types": []},
+        {"gpu8_static_nodes": 1},
+    ),
 }
 
 
@@ -158,15 +162,45 @@ def test_every_capacity_fallback_loads_with_the_parallelcluster_schema(index: in
     assert plan.params.compute_subnet_ids[0] in plan.label
 
 
-def test_capacity_fallbacks_try_other_subnets_then_other_types() -> None:
+def test_capacity_fallbacks_try_other_subnets_only() -> None:
+    # Other GPU types are compute resources of the same cluster (ParallelCluster fails jobs over to
+    # them at node launch): the delete-and-recreate fallback is only for what makes a creation fail,
+    # the head node's capacity or subnet.
     plans = capacity_fallbacks(make_params(gpu8_fallback_instance_types=["g6e.48xlarge", "p4d.24xlarge"]))
     assert [(p.params.gpu8_instance_type, p.params.compute_subnet_ids[0]) for p in plans] == [
         ("p4d.24xlarge", SUBNETS[0]),
         ("p4d.24xlarge", SUBNETS[1]),
         ("p4d.24xlarge", SUBNETS[2]),
-        ("g6e.48xlarge", SUBNETS[0]),
     ]
     assert sorted(plans[1].params.compute_subnet_ids) == sorted(SUBNETS)
+
+
+def test_each_gpu_queue_lists_its_compute_resources_in_order_of_preference() -> None:
+    _, doc = check(make_cluster_request(gpu8_static_nodes=1), make_params())
+    queues = {q["Name"]: q for q in doc["Scheduling"]["SlurmQueues"]}
+    resources = {
+        name: [(cr["Name"], cr["InstanceType"], cr["DynamicNodePriority"]) for cr in q["ComputeResources"]]
+        for name, q in queues.items()
+    }
+    assert resources == {
+        "gpu8": [
+            ("p4d-24xlarge", "p4d.24xlarge", 1000),
+            ("p4de-24xlarge", "p4de.24xlarge", 1100),
+            ("p5-48xlarge", "p5.48xlarge", 1200),
+        ],
+        "gpu4": [("g6e-12xlarge", "g6e.12xlarge", 1000), ("g5-12xlarge", "g5.12xlarge", 1100)],
+        "gpu1": [("p5-4xlarge", "p5.4xlarge", 1000), ("g6e-2xlarge", "g6e.2xlarge", 1100)],
+    }
+    gpu8 = queues["gpu8"]["ComputeResources"]
+    assert [cr["MinCount"] for cr in gpu8] == [1, 0, 0]  # the white paper's static node: preferred type only
+    assert all(cr["Efa"] == {"Enabled": True} for cr in gpu8)
+    assert all(cr["MinCount"] == 0 for q in ("gpu4", "gpu1") for cr in queues[q]["ComputeResources"])
+
+
+def test_the_head_node_sets_the_insufficient_capacity_timeout() -> None:
+    _, doc = check(make_cluster_request(), make_params(insufficient_capacity_timeout_seconds=900))
+    args = doc["HeadNode"]["CustomActions"]["OnNodeConfigured"]["Args"]
+    assert args[args.index("--insufficient-capacity-timeout") + 1] == "900"
 
 
 def test_variant_helpers() -> None:
@@ -218,15 +252,14 @@ def test_content_of_the_default_cluster() -> None:
     queues = {q["Name"]: q for q in scheduling["SlurmQueues"]}
     assert list(queues) == ["gpu8", "gpu4", "gpu1"]
     gpu8, gpu4, gpu1 = queues["gpu8"], queues["gpu4"], queues["gpu1"]
-    assert gpu8["ComputeResources"] == [
-        {
-            "Name": "p4d-24xlarge",
-            "InstanceType": "p4d.24xlarge",
-            "MinCount": 0,
-            "MaxCount": 4,
-            "Efa": {"Enabled": True},
-        }
-    ]
+    assert gpu8["ComputeResources"][0] == {
+        "Name": "p4d-24xlarge",
+        "InstanceType": "p4d.24xlarge",
+        "MinCount": 0,
+        "MaxCount": 4,
+        "Efa": {"Enabled": True},
+        "DynamicNodePriority": 1000,
+    }
     assert gpu8["Networking"]["PlacementGroup"] == {"Enabled": True}
     assert gpu8["Networking"]["SubnetIds"] == [SUBNETS[0]]
     assert gpu8["ComputeSettings"]["LocalStorage"]["EphemeralVolume"] == {"MountDir": "/scratch"}

@@ -598,6 +598,33 @@ def test_a_second_run_does_not_install_again(tmp_path: Path) -> None:
     assert "is installed in" in again.stderr
 
 
+def test_the_insufficient_capacity_timeout_is_set_in_clustermgtds_config(tmp_path: Path) -> None:
+    # ParallelCluster user guide, "Slurm cluster fast insufficient capacity fail-over": the value is
+    # read from this file of the head node, in clustermgtd's section.
+    node = make_node(tmp_path)
+    conf = node.root / "etc" / "parallelcluster" / "slurm_plugin" / "parallelcluster_clustermgtd.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("[clustermgtd]\ncluster_name = c\ninsufficient_capacity_timeout = 600\nloop_time = 60\n")
+    args = node.args()
+    timeout = args[args.index("--insufficient-capacity-timeout") + 1]
+    result = node.run(args)
+    assert result.returncode == 0, result.stderr
+    lines = conf.read_text().splitlines()
+    assert lines == [
+        "[clustermgtd]",
+        "cluster_name = c",
+        f"insufficient_capacity_timeout = {timeout}",
+        "loop_time = 60",
+    ]
+    conf.write_text("[clustermgtd]\ncluster_name = c\n")  # not set yet: added to the section
+    assert node.run(args).returncode == 0
+    assert conf.read_text().splitlines() == [
+        "[clustermgtd]",
+        f"insufficient_capacity_timeout = {timeout}",
+        "cluster_name = c",
+    ]
+
+
 @pytest.mark.parametrize(
     "secret",
     [
@@ -645,7 +672,7 @@ def _without(args: list[str], flag: str) -> list[str]:
         (lambda a: [], "--region is required"),
         (lambda a: [*a, "--verbose", "yes"], "unknown argument --verbose"),
         (lambda a: [*a, "stray"], "unexpected positional argument"),
-        (lambda a: a[:-1], "--cache-dir needs a value"),
+        (lambda a: a[:-1], "--insufficient-capacity-timeout needs a value"),
         (lambda a: _without(a, "--run-id"), "--run-id is required"),
         (lambda a: [*_without(a, "--lanes"), "--lanes", "gpu8"], "--lanes must be"),
         (lambda a: [*_without(a, "--bootstrap-uri"), "--bootstrap-uri", "s3://b/p"], "--bootstrap-uri"),

@@ -362,6 +362,36 @@ def test_markdown_title_and_summary() -> None:
     assert "![Stage timeline](timeline.png)" in md
 
 
+def test_the_summary_lists_the_runs_capacity_events() -> None:
+    run = _run()
+    note = "gpu8: p4d.24xlarge InsufficientInstanceCapacity; ParallelCluster failed over to p4de.24xlarge"
+    run["capacity_events"] = [{"stage": "motion", "at": 1767229200.0, "note": note}]
+    summary = "\n".join(_section(render_markdown(_data(run)), "Summary"))
+    assert f"**Capacity:** motion: {note}" in summary
+    assert "Capacity" not in "\n".join(_section(render_markdown(_data()), "Summary"))
+
+
+def test_the_nodes_seen_give_the_queues_types_and_prices() -> None:
+    run = _run()
+    before = _data(run)
+    run["compute_nodes"] = {
+        "i-1": {
+            "instance_type": "p5.48xlarge",
+            "queue": "gpu8",
+            "launched_at": 1767229200.0,
+            "ended_by": None,
+        }
+    }
+    after = _data(run, prices={**PRICES, "p5.48xlarge": 2 * PRICES["p4d.24xlarge"]}.get)
+    assert before.instance_types["gpu8"] == "p4d.24xlarge"
+    assert after.instance_types["gpu8"] == "p5.48xlarge"  # a fail-over's type wins over the placement's
+    gpu8_rows = [
+        (b, a) for b, a in zip(before.rows, after.rows, strict=True) if a.queue == "gpu8" and b.cost_usd
+    ]
+    assert gpu8_rows
+    assert all(a.cost_usd == pytest.approx(2 * b.cost_usd) for b, a in gpu8_rows)
+
+
 def test_the_success_paths_report_says_when_the_run_finished() -> None:
     # written between the export and the final mail: the record is not closed yet (no finish
     # time), and the report step reads it as succeeded

@@ -468,7 +468,7 @@ def _deployed_cluster_configs() -> list[dict[str, Any]]:
 
 def test_every_deployed_cluster_has_a_private_head_node_without_open_ssh() -> None:
     configs = _deployed_cluster_configs()
-    assert len(configs) >= 3  # the configured placement, the other subnet, the other type
+    assert len(configs) >= 2  # the configured placement, the other subnet (types are compute resources)
     for doc in configs:
         head = doc["HeadNode"]
         # only the private subnet: no ElasticIp, no security group from outside the stack

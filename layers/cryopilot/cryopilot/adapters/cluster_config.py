@@ -38,6 +38,9 @@ def cluster_params(settings: Settings) -> ClusterParams:
         bootstrap_s3_uri=f"s3://{settings.artifacts_bucket}/headnode/",
         results_s3_uri=f"s3://{settings.results_bucket}/",
         gpu8_fallback_instance_types=settings.fallback_gpu8_types,
+        gpu4_fallback_instance_types=settings.fallback_gpu4_types,
+        gpu1_fallback_instance_types=settings.fallback_gpu1_types,
+        insufficient_capacity_timeout_seconds=settings.insufficient_capacity_timeout_seconds,
         head_node_policy_arns=settings.head_node_policies,
     )
 

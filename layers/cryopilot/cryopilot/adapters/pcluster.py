@@ -86,7 +86,9 @@ _CAPACITY_TEXT_RE = re.compile(
 _INSTANCE_TYPE_IN_TEXT_RE = re.compile(r"\b([a-z][a-z0-9-]*\d[a-z0-9-]*\.\d*[a-z0-9]+)\b")
 _ALREADY_EXISTS_RE = re.compile(r"\balready exists\b", re.IGNORECASE)
 
-Operation = Literal["create_cluster", "describe_cluster", "delete_cluster", "list_clusters"]
+Operation = Literal[
+    "create_cluster", "describe_cluster", "delete_cluster", "list_clusters", "describe_cluster_instances"
+]
 
 
 # --- models --------------------------------------------------------------------------------------
@@ -184,6 +186,32 @@ class ClusterInfo(_Model):
             ],
             raw=dict(data),
         )
+
+
+class ClusterInstance(_Model):
+    """One instance of ``describeClusterInstances`` (``ClusterInstance`` of the OpenAPI spec)."""
+
+    instance_id: str
+    instance_type: str
+    node_type: str
+    state: str
+    launch_time: datetime | None = None
+    queue_name: str | None = None
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> Self:
+        try:
+            launch = data.get("launchTime")
+            return cls(
+                instance_id=str(data["instanceId"]),
+                instance_type=str(data["instanceType"]),
+                node_type=str(data["nodeType"]),
+                state=str(data["state"]),
+                launch_time=datetime.fromisoformat(str(launch).replace("Z", "+00:00")) if launch else None,
+                queue_name=str(data["queueName"]) if data.get("queueName") else None,
+            )
+        except (KeyError, ValueError) as exc:
+            raise PClusterApiError(f"describe_cluster_instances: unparseable instance ({exc})") from None
 
 
 def _validation_message(item: Mapping[str, Any]) -> ValidationMessage:
@@ -396,6 +424,43 @@ class PClusterClient:
         if not payload.get("clusterName"):
             raise PClusterApiError(f"describe_cluster({name}): answer without clusterName", cluster_name=name)
         return ClusterInfo.from_api(payload)
+
+    def describe_cluster_instances(
+        self, name: str, *, node_type: str | None = None, queue_name: str | None = None, max_pages: int = 20
+    ) -> list[ClusterInstance]:
+        """The cluster's instances that EC2 lists as pending, running, stopping or stopped (a
+        terminated node is not listed), following ``nextToken``."""
+        _check_name(name)
+        found: list[ClusterInstance] = []
+        token: str | None = None
+        for _ in range(max_pages):
+            query: list[tuple[str, str]] = [("region", self.region)]
+            if node_type:
+                query.append(("nodeType", node_type))
+            if queue_name:
+                query.append(("queueName", queue_name))
+            if token:
+                query.append(("nextToken", token))
+            status, payload = self._send(
+                "describe_cluster_instances",
+                "GET",
+                f"/v3/clusters/{name}/instances",
+                query,
+                None,
+                cluster_name=name,
+            )
+            if status != 200:
+                raise api_error(
+                    "describe_cluster_instances", status=status, payload=payload, cluster_name=name
+                )
+            items = payload.get("instances")
+            if not isinstance(items, list):
+                raise PClusterApiError("describe_cluster_instances: answer without an instances list")
+            found.extend(ClusterInstance.from_api(i) for i in items if isinstance(i, Mapping))
+            token = payload.get("nextToken") or None
+            if not token:
+                return found
+        raise PClusterApiError(f"describe_cluster_instances: more than {max_pages} pages")
 
     def delete_cluster(self, name: str, *, missing_ok: bool = False) -> ClusterInfo | None:
         """Start deleting a cluster (202). A missing cluster raises :class:`ClusterNotFoundError`,

@@ -51,7 +51,16 @@ class Settings(BaseModel):
     gpu8_instance_type: str = "p4d.24xlarge"
     gpu4_instance_type: str = "g6e.12xlarge"
     gpu1_instance_type: str = "p5.4xlarge"
-    fallback_gpu8_instance_types: str = Field(default="", description="comma-separated")
+    # the further compute resources of each GPU queue (template.yaml's defaults)
+    fallback_gpu8_instance_types: str = Field(
+        default="p4de.24xlarge,p5.48xlarge", description="comma-separated"
+    )
+    fallback_gpu4_instance_types: str = Field(default="g5.12xlarge", description="comma-separated")
+    fallback_gpu1_instance_types: str = Field(default="g6e.2xlarge", description="comma-separated")
+    #: clustermgtd's insufficient_capacity_timeout on the head node (domain/clusterconfig/scaling.py)
+    insufficient_capacity_timeout_seconds: int = Field(default=1800, ge=60, le=86400)
+    #: a stage waiting this long with every compute resource of its queue down fails (CapacityError)
+    capacity_wait_minutes: float = Field(default=60.0, gt=0)
     max_run_hours: float = 72.0
     #: Runs holding a cluster at once; the others wait in the queue (cryopilot.adapters.admission).
     max_concurrent_runs: int = Field(default=10, ge=1, le=1000)
@@ -84,9 +93,28 @@ class Settings(BaseModel):
             "gpu1": self.gpu1_instance_type,
         }
 
+    def queue_compute_types(self, gpu8: str | None = None) -> dict[str, list[str]]:
+        """Instance types of each GPU queue's compute resources, in order of preference."""
+        fallbacks = {
+            "gpu8": self.fallback_gpu8_types,
+            "gpu4": self.fallback_gpu4_types,
+            "gpu1": self.fallback_gpu1_types,
+        }
+        return {
+            q: list(dict.fromkeys([t, *fallbacks[q]])) for q, t in self.queue_instance_types(gpu8).items()
+        }
+
     @property
     def fallback_gpu8_types(self) -> list[str]:
         return [s.strip() for s in self.fallback_gpu8_instance_types.split(",") if s.strip()]
+
+    @property
+    def fallback_gpu4_types(self) -> list[str]:
+        return [s.strip() for s in self.fallback_gpu4_instance_types.split(",") if s.strip()]
+
+    @property
+    def fallback_gpu1_types(self) -> list[str]:
+        return [s.strip() for s in self.fallback_gpu1_instance_types.split(",") if s.strip()]
 
     @property
     def head_node_policies(self) -> list[str]:

@@ -71,6 +71,8 @@ def _placement(run: RunRecord, status: str) -> list[str]:
     if run.placement:
         verb = "ran in" if status == "SUCCEEDED" else "was placed in"
         lines.append(f"The cluster {verb}: {run.placement}")
+    # GPU capacity at node launch (ParallelCluster's fail-over inside the cluster), as polls saw it
+    lines.extend(f"Capacity ({e.get('stage')}): {e.get('note')}" for e in run.capacity_events)
     return lines
 
 

@@ -50,6 +50,10 @@ class StageRecord(_Item):
     resolution_A: float | None = None
     killed_for_time: bool | None = None
     error: str | None = None
+    #: the lane's capacity as the last poll saw it, e.g. "waiting for capacity on gpu8 since 10:42 UTC:
+    #: p4d.24xlarge InsufficientInstanceCapacity; trying p4de.24xlarge" (domain.capacity)
+    capacity_note: str | None = None
+    capacity_waiting: bool | None = None
 
     @property
     def wall_seconds(self) -> float | None:
@@ -122,6 +126,11 @@ class RunRecord(_Item):
     cryosparc_project: str | None = None
     stages: dict[str, StageRecord] = Field(default_factory=dict)
     decisions: list[dict[str, Any]] = Field(default_factory=list)
+    #: ``{"stage", "at", "note"}`` each time a stage's capacity changed (waiting, failing over, resolved)
+    capacity_events: list[dict[str, Any]] = Field(default_factory=list)
+    #: the GPU nodes seen (describeClusterInstances), by instance id: ``{"instance_type", "queue",
+    #: "launched_at", "last_seen", "ended_by"}`` (domain.nodes)
+    compute_nodes: dict[str, dict[str, Any]] = Field(default_factory=dict)
     resolution_A: float | None = None
     # the end
     export_started_at: float | None = None
@@ -161,3 +170,9 @@ class RunContext(_Item):
     costs: dict[str, float] = Field(default_factory=dict)
     head_node_instance_id: str | None = None
     gpu8_instance_type: str | None = None
+    #: per stage id, while it waits for capacity: ``{"since", "all_down_since", "note"}``
+    capacity: dict[str, Any] = Field(default_factory=dict)
+    cluster_name: str | None = None
+    #: when the run's nodes were last listed, and each queue's type as its latest node has it
+    nodes_checked_epoch: float | None = None
+    queue_types: dict[str, str] = Field(default_factory=dict)

@@ -62,11 +62,44 @@ class SubmitResult(_Model):
     already_submitted: bool = False
 
 
+class SlurmNode(_Model):
+    """One Slurm node of a lane, as ``sinfo --Node`` shows it."""
+
+    name: str = Field(description="ParallelCluster's node name, <queue>-<st|dy>-<compute resource>-<n>")
+    state: str = Field(description="sinfo's compact state, e.g. idle~, alloc#, down~, idle%")
+    reason: str = Field(
+        default="", description="e.g. (Code:InsufficientInstanceCapacity)Failure when resuming nodes"
+    )
+
+
+class SlurmJob(_Model):
+    """One Slurm job of a lane, as ``squeue`` shows it."""
+
+    job_id: str
+    name: str = Field(description="cryosparc_<project uid>_<job uid> for cryoSPARC's jobs")
+    state: str = Field(description="PENDING, CONFIGURING, RUNNING, ...")
+    reason: str = Field(default="", description="squeue's reason, e.g. Resources, ReqNodeNotAvail, ...")
+    cryosparc_job: str | None = Field(default=None, description="the cryoSPARC job uid, e.g. J12")
+
+
+class LaneState(_Model):
+    """A cryoSPARC lane's Slurm partition: its nodes and the cryopilot jobs it holds."""
+
+    lane: str
+    nodes_by_state: dict[str, int] = Field(default_factory=dict)
+    #: the nodes that are not simply idle, powered down or allocated (down, failing, powering up)
+    nodes: list[SlurmNode] = Field(default_factory=list)
+    jobs: list[SlurmJob] = Field(default_factory=list)
+
+
 class StatusResult(_Model):
     ok: Literal[True] = True
     verb: Literal["status"] = "status"
     project_uid: str | None
     stages: list[StageStatus]
+    #: the Slurm state of each lane (absent where Slurm could not be asked)
+    lanes: list[LaneState] = Field(default_factory=list)
+    slurm_error: str | None = Field(default=None, description="why the lanes are missing, if they are")
 
 
 class KillResult(_Model):

@@ -29,6 +29,7 @@ from cryopilot.core.status import (
     CLUSTER_DELETE_AWAITS_CREATE,
 )
 from cryopilot.core.validation import validation_message
+from cryopilot.domain import nodes
 from cryopilot.domain.record import RunRecord
 
 
@@ -154,6 +155,7 @@ def check(run_id: str, polls: int, max_polls: int) -> ClusterStep:
             run_id,
             head_node_instance_id=info.head_node_instance_id,
             gpu8_instance_type=placement.params.gpu8_instance_type,
+            cluster_name=name,
         )
         return ClusterStep(
             name=name,
@@ -199,8 +201,14 @@ def check_deleted(run_id: str, polls: int, max_polls: int) -> ClusterStep:
     try:
         info = api().describe_cluster(name)
     except ClusterNotFoundError:
+        seen = store.get_run(run_id, ["compute_nodes"])
+        closed = nodes.close(seen.compute_nodes, clock.now()) if seen and seen.compute_nodes else None
         store.update_run(
-            run_id, cluster_state="DELETED", cluster_deleted=True, cluster_deleted_at=clock.now_iso()
+            run_id,
+            cluster_state="DELETED",
+            cluster_deleted=True,
+            cluster_deleted_at=clock.now_iso(),
+            **({"compute_nodes": closed} if closed else {}),
         )
         return ClusterStep(name=name, status="DELETED", polls=polls, deleted=True)
     if info.status != run.cluster_state:

@@ -8,15 +8,16 @@ from pydantic import BaseModel
 
 from cryopilot.adapters import runs
 from cryopilot.adapters.agent_client import agent_for
+from cryopilot.adapters.clusters import api
 from cryopilot.adapters.observability import MetricUnit, logger, metrics
 from cryopilot.adapters.pricing import queue_nodes
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
-from cryopilot.core.errors import AgentError, JobFailedError, JobKilledError, JobStuckError
-from cryopilot.domain import billing, limits
+from cryopilot.core.errors import AgentError, CryopilotError, JobFailedError, JobKilledError, JobStuckError
+from cryopilot.domain import billing, capacity, limits, nodes
 from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.record import RunContext
-from cryopilot.protocol.agent import KillResult, StageStatus, StatusResult, SubmitResult
+from cryopilot.protocol.agent import KillResult, LaneState, StageStatus, StatusResult, SubmitResult
 from cryopilot.protocol.stage import PlannedStage
 
 
@@ -99,11 +100,48 @@ def _next_wait(stage: PlannedStage, status: StageStatus, waited: int, settings: 
     return int(max(lo, min(hi, remaining * POLL_FRACTION)))
 
 
+def observe_nodes(run_id: str, ctx: RunContext) -> RunContext:
+    """List the cluster's GPU nodes (describeClusterInstances), at most every
+    ``nodes.CHECK_SECONDS``, and keep them on the run (``compute_nodes``) and each queue's latest
+    type in the step context. A failed listing is logged and tried at a later poll."""
+    now = clock.now()
+    if not ctx.cluster_name or (
+        ctx.nodes_checked_epoch is not None and now - ctx.nodes_checked_epoch < nodes.CHECK_SECONDS
+    ):
+        return ctx
+    store = runs.store()
+    try:
+        listed = api().describe_cluster_instances(ctx.cluster_name, node_type="ComputeNode")
+    except CryopilotError as exc:
+        logger.warning("could not list the cluster's nodes", extra={"run_id": run_id, "error": str(exc)})
+        return ctx
+    seen = store.get_run(run_id, ["compute_nodes"])
+    merged = nodes.merge(
+        seen.compute_nodes if seen else {},
+        (
+            {
+                "id": i.instance_id,
+                "instance_type": i.instance_type,
+                "queue": i.queue_name,
+                "launched_at": i.launch_time.timestamp() if i.launch_time else now,
+            }
+            for i in listed
+        ),
+        now,
+    )
+    types = nodes.queue_types(merged)
+    store.update_run(run_id, compute_nodes=merged)
+    store.put_context(run_id, nodes_checked_epoch=now, queue_types=types)
+    return ctx.model_copy(update={"nodes_checked_epoch": now, "queue_types": types})
+
+
 def stage_cost(ctx: RunContext, stage: PlannedStage, rec: dict[str, Any]) -> float | None:
     """What the stage's nodes cost so far (on-demand; whole nodes, from the stage's first job's
-    start to its end or now). None for the head node's stages, or a type without a price."""
+    start to its end or now). None for the head node's stages, or a type without a price. A gpu8
+    stage is priced at the type of the queue's latest node seen (a fail-over's type), if any."""
     started = rec.get("started_at")
-    node = queue_nodes(get_settings(), ctx.gpu8_instance_type).get(stage.lane) if stage.lane else None
+    gpu8 = ctx.queue_types.get("gpu8") or ctx.gpu8_instance_type
+    node = queue_nodes(get_settings(), gpu8).get(stage.lane) if stage.lane else None
     if node is None or not started:
         return None
     job = billing.Job(
@@ -136,6 +174,59 @@ def _count_duration(stage_id: str, rec: dict[str, Any]) -> None:
         metrics.add_dimension(name="stage", value=stage_id)
         seconds = max(0.0, float(rec["completed_at"]) - float(rec["started_at"]))
         metrics.add_metric(name="StageDuration", unit=MetricUnit.Seconds, value=seconds)
+
+
+def watch_capacity(
+    run_id: str, ctx: RunContext, stage: PlannedStage, lane: LaneState, rec: dict[str, Any]
+) -> bool:
+    """Record what the stage's lane says of its capacity (``rec``: the stage's record, updated; the
+    run's ``capacity_events`` when it changes), and fail the run (:class:`CapacityError`) when no node
+    can come: a launch error ParallelCluster does not fail over, or every compute resource of the
+    lane down for ``CapacityWaitMinutes``. True while the stage waits for capacity."""
+    settings = get_settings()
+    store = runs.store()
+    now = clock.now()
+    types = settings.queue_compute_types(ctx.gpu8_instance_type).get(lane.lane, [])
+    view = capacity.lane_capacity(lane, types)
+    before = ctx.capacity.get(stage.id) or {}
+    if not view.down and not before.get("since"):
+        return False  # nothing down, nothing waited for: the common case writes nothing
+    since: float | None = None
+    all_down_since: float | None = None
+    if view.waiting:
+        since = float(before.get("since") or now)
+        # every compute resource down: counted from the first poll that saw it so
+        all_down_since = float(before.get("all_down_since") or now) if view.all_down else None
+        text = capacity.note(view, since)
+    elif view.down:
+        failed = ", ".join(f"{t} {c}" for t, c in view.down)
+        text = f"{lane.lane}: {failed}; ParallelCluster failed over to {view.trying or 'none'}"
+    else:
+        text = f"capacity found on {lane.lane} (was: {before.get('note', '?')})"
+    rec.update(capacity_note=text, capacity_waiting=view.waiting)
+    if text != before.get("note"):
+        store.append_to(run_id, "capacity_events", {"stage": stage.id, "at": now, "note": text})
+        logger.info("capacity", extra={"run_id": run_id, "stage": stage.id, "note": text})
+    state = {"since": since, "all_down_since": all_down_since, "note": text}
+    if state != before:
+        store.put_context(run_id, capacity={**ctx.capacity, stage.id: state})
+    if not view.waiting:
+        return False
+    catalogue = Catalogue.for_deployment(settings.price_overrides)
+    vcpus = {t: catalogue.instances[t].vcpus for t in types if t in catalogue.instances}
+    try:
+        capacity.raise_if_hopeless(
+            view,
+            waited_seconds=now - all_down_since if all_down_since is not None else 0.0,
+            limit_seconds=settings.capacity_wait_minutes * 60.0,
+            region=settings.region,
+            vcpus=vcpus,
+            stage=stage.id,
+        )
+    except CryopilotError:
+        store.update_stage(run_id, stage.id, **rec)
+        raise
+    return True
 
 
 def submit_argv(run_id: str, stage: PlannedStage) -> list[str]:
@@ -195,6 +286,9 @@ def poll(run_id: str, step: StageStep) -> StageStep:
     rec = _stage_record(status)
     rec["polls"] = step.polls + 1
     rec["last_wait_seconds"] = step.wait_seconds  # the poll interval that led to this poll
+    lane = next((lane for lane in result.lanes if lane.lane == stage.lane), None)
+    waiting = watch_capacity(run_id, ctx, stage, lane, rec) if lane is not None else False
+    ctx = observe_nodes(run_id, ctx)
     cost = stage_cost(ctx, stage, rec)
     if cost is not None:
         rec["cost_usd"] = cost
@@ -229,11 +323,17 @@ def poll(run_id: str, step: StageStep) -> StageStep:
             f"killed job(s) {', '.join(kill.killed) or '(none running)'}",
             stage=stage.id,
         )
+    # waiting for capacity: look again soon (a fail-over or a hopeless wait shows within a poll or two)
+    wait = (
+        int(ctx.settings.get("min_poll_seconds", 60))
+        if waiting
+        else _next_wait(stage, status, waited, ctx.settings)
+    )
     return step.model_copy(
         update={
             "state": status.state,
             "polls": step.polls + 1,
             "waited_seconds": waited,
-            "wait_seconds": _next_wait(stage, status, waited, ctx.settings),
+            "wait_seconds": wait,
         }
     )

@@ -7,13 +7,13 @@ Lustre ``/fsx`` file system linked to the run's data and results prefixes.
 from __future__ import annotations
 
 import math
-import re
 
 import yaml
 
 # Tag keys cryopilot puts on every cluster resource (the janitor and cost reports read them).
 from cryopilot.core.naming import TAG_DATASET, TAG_RUN_ID, TAG_STACK
 from cryopilot.core.queues import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE
+from cryopilot.domain.capacity import resource_name
 from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.clusterconfig.models import (
     AdditionalIamPolicy,
@@ -106,9 +106,9 @@ def fsx_capacity_gib(
 
 
 def _resource_name(instance_type: str) -> str:
-    """``p4d.24xlarge`` → ``p4d-24xlarge`` (a valid compute-resource name)."""
-    name = re.sub(r"[^a-z0-9-]", "-", instance_type.lower())[:25].rstrip("-")
-    return name if name[:1].isalpha() else f"c{name}"[:25]
+    """``p4d.24xlarge`` → ``p4d-24xlarge`` (a valid compute-resource name; the stage step reads the
+    Slurm node names with the same rule)."""
+    return resource_name(instance_type)
 
 
 def _s3_access(uri: str, *, write: bool) -> S3Access:
@@ -123,6 +123,50 @@ def queue_instance_types(params: ClusterParams) -> dict[str, str]:
         GPU4_QUEUE: params.gpu4_instance_type,
         GPU1_QUEUE: params.gpu1_instance_type,
     }
+
+
+def queue_compute_types(params: ClusterParams) -> dict[str, list[str]]:
+    """Instance types of each GPU queue's compute resources, in order of preference: the queue's
+    type, then its fallback types (each once)."""
+    return {
+        GPU8_QUEUE: list(dict.fromkeys([params.gpu8_instance_type, *params.gpu8_fallback_instance_types])),
+        GPU4_QUEUE: list(dict.fromkeys([params.gpu4_instance_type, *params.gpu4_fallback_instance_types])),
+        GPU1_QUEUE: list(dict.fromkeys([params.gpu1_instance_type, *params.gpu1_fallback_instance_types])),
+    }
+
+
+#: ``DynamicNodePriority`` of a queue's first compute resource; each next one gets a step more.
+#: ParallelCluster (>= 3.7) writes it as the Slurm ``Weight`` of the resource's dynamic nodes, and Slurm
+#: allocates the lowest weight first (ParallelCluster user guide, Scheduling section,
+#: ``ComputeResources`` / ``DynamicNodePriority``; default 1000, static nodes 1): the order of
+#: preference of the compute resources is therefore explicit, not left to the order of the list.
+DYNAMIC_NODE_PRIORITY_BASE = 1000
+DYNAMIC_NODE_PRIORITY_STEP = 100
+
+
+def _compute_resources(
+    instance_types: list[str], max_nodes: int, *, static_nodes: int = 0, efa: bool = False
+) -> list[ComputeResource]:
+    """One compute resource per instance type, in order of preference.
+
+    One ``InstanceType`` per compute resource and several compute resources per queue (valid in every
+    ParallelCluster 3.x) rather than one resource listing several ``Instances`` (3.3+), which must all
+    have the same vCPUs and GPUs: p4d.24xlarge (96 vCPUs) and p5.48xlarge (192) could not share one.
+    Separate resources also keep fast insufficient-capacity fail-over per type: ParallelCluster disables
+    the resource whose node failed to launch and requeues the job on the next one. Static nodes (the
+    white paper's layout) are kept on the preferred type only.
+    """
+    return [
+        ComputeResource(
+            name=_resource_name(itype),
+            instance_type=itype,
+            min_count=static_nodes if i == 0 else 0,
+            max_count=max_nodes,
+            efa=Efa(enabled=True) if efa and itype in EFA_INSTANCE_TYPES else None,
+            dynamic_node_priority=DYNAMIC_NODE_PRIORITY_BASE + i * DYNAMIC_NODE_PRIORITY_STEP,
+        )
+        for i, itype in enumerate(instance_types)
+    ]
 
 
 def queue_gpus(params: ClusterParams) -> dict[str, int]:
@@ -160,6 +204,8 @@ def headnode_setup_args(request: ClusterRequest, params: ClusterParams) -> list[
         FSX_PROJECT_DIR,
         "--cache-dir",
         SCRATCH_MOUNT_DIR,
+        "--insufficient-capacity-timeout",
+        str(params.insufficient_capacity_timeout_seconds),
     ]
 
 
@@ -205,7 +251,8 @@ def build_cluster_config(request: ClusterRequest, params: ClusterParams) -> Clus
         imds=HeadNodeImds(secured=True),
     )
 
-    gpu8_efa = params.gpu8_efa_placement_group and params.gpu8_instance_type in EFA_INSTANCE_TYPES
+    gpu8_types = queue_compute_types(params)[GPU8_QUEUE]
+    gpu8_efa = params.gpu8_efa_placement_group and any(t in EFA_INSTANCE_TYPES for t in gpu8_types)
     scratch = ComputeSettings(
         local_storage=QueueLocalStorage(
             root_volume=RootVolume(encrypted=True, volume_type="gp3"),
@@ -214,15 +261,12 @@ def build_cluster_config(request: ClusterRequest, params: ClusterParams) -> Clus
     )
     gpu8 = SlurmQueue(
         name=GPU8_QUEUE,
-        compute_resources=[
-            ComputeResource(
-                name=_resource_name(params.gpu8_instance_type),
-                instance_type=params.gpu8_instance_type,
-                min_count=request.gpu8_static_nodes,
-                max_count=params.max_gpu8_nodes,
-                efa=Efa(enabled=True) if gpu8_efa else None,
-            )
-        ],
+        compute_resources=_compute_resources(
+            gpu8_types,
+            params.max_gpu8_nodes,
+            static_nodes=request.gpu8_static_nodes,
+            efa=params.gpu8_efa_placement_group,
+        ),
         networking=QueueNetworking(
             subnet_ids=[subnet],
             placement_group=PlacementGroup(enabled=True) if gpu8_efa else None,
@@ -231,24 +275,17 @@ def build_cluster_config(request: ClusterRequest, params: ClusterParams) -> Clus
         compute_settings=scratch,
     )
 
-    def plain_queue(name: str, instance_type: str, max_nodes: int) -> SlurmQueue:
-        """A queue of one instance type scaling from zero, without EFA or placement group."""
+    def plain_queue(name: str, instance_types: list[str], max_nodes: int) -> SlurmQueue:
+        """A queue scaling from zero, without EFA or placement group: one compute resource per type."""
         return SlurmQueue(
             name=name,
-            compute_resources=[
-                ComputeResource(
-                    name=_resource_name(instance_type),
-                    instance_type=instance_type,
-                    min_count=0,
-                    max_count=max_nodes,
-                )
-            ],
+            compute_resources=_compute_resources(instance_types, max_nodes),
             networking=QueueNetworking(subnet_ids=[subnet], additional_security_groups=extra_sgs),
             compute_settings=scratch,
         )
 
-    gpu4 = plain_queue(GPU4_QUEUE, params.gpu4_instance_type, params.max_gpu4_nodes)
-    gpu1 = plain_queue(GPU1_QUEUE, params.gpu1_instance_type, params.max_gpu1_nodes)
+    gpu4 = plain_queue(GPU4_QUEUE, queue_compute_types(params)[GPU4_QUEUE], params.max_gpu4_nodes)
+    gpu1 = plain_queue(GPU1_QUEUE, queue_compute_types(params)[GPU1_QUEUE], params.max_gpu1_nodes)
 
     shared = SharedStorage(
         name="shared",

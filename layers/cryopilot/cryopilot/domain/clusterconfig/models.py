@@ -114,6 +114,8 @@ class ComputeResource(_Cfg):
     max_count: int
     efa: Efa | None = None
     disable_simultaneous_multithreading: bool | None = None
+    #: Slurm node weight of the resource's dynamic nodes (ParallelCluster >= 3.7; lower is preferred).
+    dynamic_node_priority: int | None = None
 
     @field_validator("name")
     @classmethod

@@ -12,7 +12,10 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cryopilot.core.naming import CLUSTER_NAME_MAX_LENGTH, CLUSTER_NAME_RE
-from cryopilot.domain.clusterconfig.scaling import SCALEDOWN_IDLE_MINUTES
+from cryopilot.domain.clusterconfig.scaling import (
+    INSUFFICIENT_CAPACITY_TIMEOUT_SECONDS,
+    SCALEDOWN_IDLE_MINUTES,
+)
 from cryopilot.domain.clusterconfig.version import PCLUSTER_VERSION
 from cryopilot.domain.location import S3_FOLDER_RE
 
@@ -59,8 +62,22 @@ class ClusterParams(_Input):
     gpu4_instance_type: str = "g6e.12xlarge"
     gpu1_instance_type: str = "p5.4xlarge"
     gpu8_fallback_instance_types: list[str] = Field(
-        default_factory=lambda: ["g6e.48xlarge", "p5.48xlarge"],
-        description="multi-GPU types tried, in order, when the gpu8 type has no capacity in any subnet",
+        default_factory=lambda: ["p4de.24xlarge", "p5.48xlarge"],
+        description="further compute resources of the gpu8 queue, in order of preference: ParallelCluster"
+        " fails a job over to them when a node of the first cannot launch for capacity",
+    )
+    gpu4_fallback_instance_types: list[str] = Field(
+        default_factory=lambda: ["g5.12xlarge"],
+        description="further compute resources of the gpu4 queue, in order of preference",
+    )
+    gpu1_fallback_instance_types: list[str] = Field(
+        default_factory=lambda: ["g6e.2xlarge"],
+        description="further compute resources of the gpu1 queue, in order of preference",
+    )
+    insufficient_capacity_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = Field(
+        default=INSUFFICIENT_CAPACITY_TIMEOUT_SECONDS,
+        description="how long ParallelCluster keeps a compute resource disabled after an insufficient"
+        " capacity error at node launch (clustermgtd's insufficient_capacity_timeout)",
     )
     max_gpu8_nodes: Annotated[int, Field(ge=1, le=1000)] = 4
     max_gpu4_nodes: Annotated[int, Field(ge=1, le=1000)] = 4
@@ -129,12 +146,16 @@ class ClusterParams(_Input):
             raise ValueError(f"not an EC2 instance type: {value!r}")
         return value
 
-    @field_validator("gpu8_fallback_instance_types")
+    @field_validator(
+        "gpu8_fallback_instance_types", "gpu4_fallback_instance_types", "gpu1_fallback_instance_types"
+    )
     @classmethod
     def _fallback_types(cls, value: list[str]) -> list[str]:
         bad = [t for t in value if not _INSTANCE_TYPE_RE.match(t)]
         if bad:
             raise ValueError(f"not EC2 instance types: {bad}")
+        if len(set(value)) != len(value):
+            raise ValueError("fallback instance types have duplicates")
         return value
 
     @field_validator("fsx_storage_gib")
@@ -231,9 +252,14 @@ class CapacityFallback(_Input):
 
 
 def capacity_fallbacks(params: ClusterParams) -> list[CapacityFallback]:
-    """Placements to try in order: the configured one, each other compute subnet, each fallback type.
+    """Placements to try in order when the cluster's creation fails for capacity: the configured
+    one, then each other compute subnet.
 
-    Other instance types are tried in the preferred (first) subnet.
+    Only the head node can make a creation fail for capacity: the GPU queues scale from zero
+    (``MinCount: 0``), so a missing GPU type shows only when Slurm launches a node for a job, and
+    ParallelCluster's fast insufficient-capacity fail-over then moves the job to the queue's next
+    compute resource (the ``gpu*_fallback_instance_types``) inside the same cluster. Other
+    instance types are therefore no cluster-level placement.
     """
     plans = [
         CapacityFallback(
@@ -244,15 +270,6 @@ def capacity_fallbacks(params: ClusterParams) -> list[CapacityFallback]:
         plans.append(
             CapacityFallback(
                 label=f"{params.gpu8_instance_type} in {subnet}", params=params.with_primary_subnet(subnet)
-            )
-        )
-    for instance_type in params.gpu8_fallback_instance_types:
-        if instance_type == params.gpu8_instance_type:
-            continue
-        plans.append(
-            CapacityFallback(
-                label=f"{instance_type} in {params.compute_subnet_ids[0]}",
-                params=params.with_gpu8_instance_type(instance_type),
             )
         )
     return plans

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from cryopilot.domain import billing
 from cryopilot.domain.billing import node_bill
+from cryopilot.domain.nodes import queue_types
 from cryopilot.domain.report.rows import GPUS_PER_NODE, MASTER_QUEUE, StageRow
 
 _PLACEMENT_RE = re.compile(r"^\s*(?P<type>\S+)\s+in\s+(?P<subnet>subnet-[0-9a-zA-Z]+)\s*$")
@@ -36,6 +37,9 @@ class ReportData(BaseModel):
     subnet_id: str | None = None
     instance_types: dict[str, str] = Field(default_factory=dict, description="queue → instance type")
     placements_tried: list[str] = Field(default_factory=list, description="placements with no capacity")
+    capacity_events: list[str] = Field(
+        default_factory=list, description="GPU capacity at node launch, as the polls saw it"
+    )
     rows: list[StageRow] = Field(default_factory=list)
     decisions: list[dict[str, Any]] = Field(default_factory=list)
     cost_usd: float | None = None
@@ -197,6 +201,10 @@ def report_data_from_run(
     types: dict[str, str] = {str(k): str(v) for k, v in (instance_types or {}).items() if v}
     if gpu8_type:
         types["gpu8"] = gpu8_type
+    # the nodes seen win: a queue's type is its latest node's (a fail-over's type)
+    seen = run.get("compute_nodes")
+    if isinstance(seen, Mapping) and seen:
+        types.update(queue_types(seen))
 
     stages = run.get("stages")
     records: Mapping[str, Any] = stages if isinstance(stages, Mapping) else {}
@@ -292,6 +300,7 @@ def report_data_from_run(
         subnet_id=subnet,
         instance_types=types,
         placements_tried=tried,
+        capacity_events=[f"{e.get('stage')}: {e.get('note')}" for e in run.get("capacity_events") or []],
         rows=rows,
         decisions=decisions,
         cost_usd=cost,

@@ -133,4 +133,5 @@ def summary_lines(data: ReportData) -> list[tuple[str, str]]:
         lines.append(("Instances", ", ".join(f"{q}: {t}" for q, t in sorted(data.instance_types.items()))))
     if data.placements_tried:
         lines.append(("No capacity for", "; ".join(data.placements_tried)))
+    lines.extend(("Capacity", event) for event in data.capacity_events)
     return lines
