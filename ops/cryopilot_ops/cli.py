@@ -390,6 +390,29 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+@_operator
+def _preflight(args: argparse.Namespace) -> int:
+    from cryopilot_ops import ops
+
+    answer = ops.preflight(_stack(args), args.manifest, data_s3_uri=args.data)
+    print(preflight_table(answer["checks"]))
+    failed = [c["name"] for c in answer["checks"] if c["status"] == "fail"]
+    if failed:
+        print(f"preflight FAILED: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def preflight_table(checks: list[dict[str, str]]) -> str:
+    """The checks as a plain table: check, result, what was found, and what to do."""
+    width = max([len("check"), *(len(c["name"]) for c in checks)])
+    lines = [f"{'check':<{width}}  result  detail", f"{'-' * width}  ------  ------"]
+    for c in checks:
+        lines.append(f"{c['name']:<{width}}  {c['status'].upper():<6}  {c['detail']}")
+        if c["status"] != "ok" and c.get("fix"):
+            lines.append(f"{'':<{width}}          -> {c['fix']}")
+    return "\n".join(lines)
+
+
 def _add_stack_flags(p: argparse.ArgumentParser) -> None:
     import os
 
@@ -606,6 +629,21 @@ def build_parser() -> argparse.ArgumentParser:
     unsub.add_argument("--dataset", help="only this dataset's mails (default: every mail)")
     _add_stack_flags(unsub)
     unsub.set_defaults(func=_unsubscribe)
+
+    pre = sub.add_parser(
+        "preflight",
+        help="check that the stack's account can run a cluster (and a manifest's data), in seconds",
+        description="Run the checks Validate makes before any cluster exists, through the stack's"
+        " Validate function: EC2 vCPU quotas, instance-type offerings, each subnet's route out, the"
+        " licence secret, the ParallelCluster API's version, the results bucket's region, the mail"
+        " subscriptions and, with MANIFEST, its data. Prints a table; exits 1 if any check fails.",
+    )
+    pre.add_argument(
+        "manifest", nargs="?", metavar="MANIFEST", help="a local manifest file or s3://bucket/key"
+    )
+    pre.add_argument("--data", metavar="S3_FOLDER", help="with a local manifest: its data folder")
+    _add_stack_flags(pre)
+    pre.set_defaults(func=_preflight)
     return parser
 
 

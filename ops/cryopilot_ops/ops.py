@@ -57,6 +57,8 @@ class Stack:
     start_function: str
     #: the topic every mail goes to (``cryopilot unsubscribe``)
     topic_arn: str = ""
+    #: Validate: ``cryopilot preflight`` runs its checks through it (action ``preflight``)
+    validate_function: str = ""
 
     @classmethod
     def from_cloudformation(cls, name: str, region: str) -> Stack:
@@ -67,7 +69,7 @@ class Stack:
                 logical: cfn.describe_stack_resource(StackName=name, LogicalResourceId=logical)[
                     "StackResourceDetail"
                 ]["PhysicalResourceId"]
-                for logical in ("ClusterFunction", "StartRunFunction")
+                for logical in ("ClusterFunction", "StartRunFunction", "ValidateFunction")
             }
         except ClientError as exc:
             message = exc.response["Error"].get("Message", "")
@@ -99,6 +101,7 @@ class Stack:
             cluster_function=functions["ClusterFunction"],
             start_function=functions["StartRunFunction"],
             topic_arn=outputs["NotificationTopicArn"],
+            validate_function=functions["ValidateFunction"],
         )
 
     def client(self, service: str) -> Any:
@@ -278,22 +281,12 @@ def _read_local(path: str) -> bytes:
     return p.read_bytes()
 
 
-def submit(
-    stack: Stack,
-    manifest: str,
-    *,
-    data_s3_uri: str | None = None,
-    settings: dict[str, Any] | None = None,
-    now: bool = False,
-) -> Submitted:
-    """Start a run from a local manifest file (its data already in S3) or an ``s3://`` manifest.
-    A local manifest is checked here first, so a bad one fails before anything starts.
-
-    The run goes through the stack's StartRun function: beyond ``MaxConcurrentRuns`` it waits
-    for a slot (``queued``). ``now`` starts it at once, outside the limit."""
-    execution_input: dict[str, Any] = {"trigger": "operator"}
-    if settings:
-        execution_input["settings"] = settings
+def _manifest_input(
+    stack: Stack, manifest: str, data_s3_uri: str | None
+) -> tuple[dict[str, Any], Any, bytes]:
+    """The part of an execution input that names the manifest (a local file is checked here first
+    and sent inline with its data folder), the parsed manifest, and its bytes."""
+    execution_input: dict[str, Any] = {}
     if manifest.startswith("s3://"):
         bucket, _, key = manifest[len("s3://") :].partition("/")
         if not bucket or not key:
@@ -317,6 +310,35 @@ def submit(
             raise OperatorError(f"--data {foreign}", EXIT_USAGE)
         execution_input["manifest_inline"] = parsed.model_dump(mode="json", exclude_none=True)
         execution_input["data_s3_uri"] = folder
+    return execution_input, parsed, body
+
+
+def preflight(stack: Stack, manifest: str | None = None, *, data_s3_uri: str | None = None) -> dict[str, Any]:
+    """The preflight checks of the stack (and of the manifest's data, with ``manifest``), run by the
+    stack's Validate function with its own role, exactly as a run's Validate runs them: ``{"ok":
+    bool, "checks": [{name, status, detail, fix}, ...]}``. Nothing is started or written."""
+    named = _manifest_input(stack, manifest, data_s3_uri)[0] if manifest else None
+    return _invoke(stack, stack.validate_function, {"action": "preflight", "input": named})
+
+
+def submit(
+    stack: Stack,
+    manifest: str,
+    *,
+    data_s3_uri: str | None = None,
+    settings: dict[str, Any] | None = None,
+    now: bool = False,
+) -> Submitted:
+    """Start a run from a local manifest file (its data already in S3) or an ``s3://`` manifest.
+    A local manifest is checked here first, so a bad one fails before anything starts.
+
+    The run goes through the stack's StartRun function: beyond ``MaxConcurrentRuns`` it waits
+    for a slot (``queued``). ``now`` starts it at once, outside the limit."""
+    execution_input: dict[str, Any] = {"trigger": "operator"}
+    if settings:
+        execution_input["settings"] = settings
+    named, parsed, body = _manifest_input(stack, manifest, data_s3_uri)
+    execution_input.update(named)
     digest = hashlib.sha256(body + json.dumps(execution_input, sort_keys=True).encode()).hexdigest()
     run_id = run_id_for(parsed.dataset, f"op{digest[:10]}")
     arn = stack.execution_arn(run_id)
