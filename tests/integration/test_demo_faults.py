@@ -163,3 +163,28 @@ def test_cli_exits_0_only_when_the_rehearsal_ends_as_expected(
     last = json.loads((tmp_path / "last-run.json").read_text())
     assert last["rehearsal"]["passed"] is False
     assert any("not CapacityError" in p for p in last["rehearsal"]["problems"])
+
+
+@pytest.mark.parametrize(
+    ("fail", "says"),
+    [
+        ("quota-zero", "quota L-417A185B: 'Running On-Demand P instances' is 0 vCPUs"),
+        ("no-egress", "no default route through a NAT gateway, and no VPC endpoint for cloudformation"),
+        ("missing-data", "holds 4 files matching 'micrographs/*.mrc', input.expected_files is 8"),
+    ],
+)
+def test_preflight_ends_a_doomed_run_at_validate_with_one_mail_and_no_cluster(
+    tmp_path: Path, fail: str, says: str
+) -> None:
+    summary = _rehearse(tmp_path, fail)
+    rehearsal = summary["rehearsal"]
+    assert rehearsal["passed"] is True, rehearsal["problems"]
+    assert summary["status"] == "FAILED"
+    assert summary["error"]["type"] == "PreflightError"
+    assert summary["error"]["step"] == "validate"
+    assert says in summary["error"]["message"]
+    assert summary["clusters_left"] == []
+    ((subject, text),) = _outbox(tmp_path)
+    assert subject == f"[cryopilot] {DATASET} failed at validate: PreflightError"
+    assert says in text
+    assert "No cluster was created." in text
