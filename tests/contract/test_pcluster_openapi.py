@@ -28,7 +28,13 @@ api_models = pytest.importorskip("pcluster.api.models")
 SPEC_PATH = Path(pcluster.__file__).parent / "api" / "openapi" / "openapi.yaml"
 REGION = "us-east-1"
 CREDS = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY", "session-token")
-OUR_OPERATIONS = {"create_cluster", "describe_cluster", "delete_cluster", "list_clusters"}
+OUR_OPERATIONS = {
+    "create_cluster",
+    "describe_cluster",
+    "delete_cluster",
+    "list_clusters",
+    "list_official_images",
+}
 
 PARAMS = ClusterParams(
     region=REGION,
@@ -49,6 +55,7 @@ RESPONSE_MODELS = {
     ("delete_cluster", 202): "DeleteClusterResponseContent",
     ("list_clusters", 200): "ListClustersResponseContent",
     ("list_clusters", 400): "BadRequestExceptionResponseContent",
+    ("list_official_images", 200): "ListOfficialImagesResponseContent",
 }
 
 
@@ -209,6 +216,7 @@ def recorded() -> Iterator[list[RecordedRequest]]:
         expect_error(lambda: client.describe_cluster(name))  # 404
         expect_error(lambda: client.delete_cluster(name))  # 404
         assert client.delete_cluster(failed, missing_ok=True) is None
+        assert set(client.official_image_versions()) == {"3.16.1"}  # preflight's version check
         assert all(p.name for p in parsed)
         yield list(standin.requests)
 
@@ -236,6 +244,7 @@ def test_the_scenario_covers_every_operation_and_answer(recorded: list[RecordedR
         ("list_clusters", 400),
         ("list_clusters", 429),
         ("list_clusters", 500),
+        ("list_official_images", 200),
     }
     assert {r.operation for r in recorded} == OUR_OPERATIONS
     statuses = {r.response.get("clusterStatus") for r in recorded if r.operation == "describe_cluster"}
