@@ -944,6 +944,12 @@ class LocalCloud:
             start_function=str(self.ref("StartRunFunction")),
             topic_arn=self.topic_arn,
             validate_function=str(self.ref("ValidateFunction")),
+            bootstrap_uri=str(
+                self.resolver.resolve(self.template["Outputs"]["HeadNodeBootstrapUri"]["Value"])
+            )
+            if self.resolver
+            else "",
+            functions=tuple(sorted(self.functions)),
         )
 
     def run_record(self, run_id: str) -> dict[str, Any] | None:

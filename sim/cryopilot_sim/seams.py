@@ -183,6 +183,11 @@ def install(harness: LocalCloud, st: ExitStack) -> None:
         response_headers: dict[str, str],
     ) -> bytes:
         name = function_name.split(":function:")[-1].split(":")[0]
+        backend.get_function(name, None)  # an unknown function: ResourceNotFoundException, as from AWS
+        if (headers or {}).get("X-Amz-Invocation-Type") == "DryRun":
+            # Lambda API reference, Invoke: "DryRun – Validate parameter values and verify that the
+            # user or role has permission to invoke the function": 204, the function is not run.
+            return b""
         event = json.loads(body) if body else {}
         with requests.released():
             ok, payload = harness.invoke(name, event)

@@ -79,7 +79,12 @@ def _assert_failed_at_validate(cloud: LocalCloud, desc: dict[str, Any], *fragmen
     assert NO_CLUSTER in mail["message"]
     entered = cloud.states_entered(desc["executionArn"])
     assert "CreateCluster" not in entered
-    assert not [r for r in cloud.pcluster.requests_for("create_cluster")], "no cluster may be requested"
+    created = [
+        r
+        for r in cloud.pcluster.requests_for("create_cluster")
+        if isinstance(r.body, dict) and r.body.get("clusterName") == record["cluster_name"]
+    ]
+    assert not created, "no cluster may be requested"
     return str(error["message"])
 
 
@@ -271,3 +276,76 @@ def test_a_type_not_offered_in_any_subnet_fails_preflight(
     assert check["detail"] == f"p4de.24xlarge is not offered in {FIRST_SUBNET} (us-east-1a)"
     assert "describe-instance-type-offerings" in check["fix"]
     assert answer["ok"] is False
+
+
+# --- cryopilot smoke ------------------------------------------------------------------------------
+
+
+def _smoke(
+    cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    monkeypatch.setattr(cli, "_stack", lambda args: cloud.operator_stack())
+    code = cli.main(["smoke"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _row(out: str, name: str) -> str:
+    (line,) = [li for li in out.splitlines() if li.startswith(name + " ")]
+    return line
+
+
+def test_smoke_passes_on_a_ready_stack_and_creates_nothing(
+    cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _smoke(cloud, monkeypatch, capsys)
+    assert code == 0, out + err
+    dryrun = _row(out, "cluster dryrun")
+    assert "  OK  " in dryrun
+    assert "ParallelCluster would create cryopilot-" in dryrun
+    (sent,) = [r for r in cloud.pcluster.requests_for("create_cluster") if r.query.get("dryrun") == ["true"]]
+    assert sent.status == 412, "the API validated the configuration and would have created it"
+    assert cloud.pcluster.clusters() == {}, "a dry run creates nothing"
+    assert "  OK  " in _row(out, "head-node bundle")
+    assert "3 files match bundle.json" in _row(out, "head-node bundle")  # setup script, lane template, agent
+    for function in cloud.functions:
+        assert "  OK  " in _row(out, f"invoke {function}")
+    start_run = _row(out, "StartRun runs")
+    assert (
+        "a harmless event was ignored: aws.s3 event 'Object Deleted' announces no new manifest" in start_run
+    )
+    assert cloud.executions() == [] or all(not e["name"].endswith("-smoke") for e in cloud.executions()), (
+        "the smoke test starts no run"
+    )
+
+
+def test_smoke_fails_on_a_bundle_that_does_not_match_its_checksums(
+    cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bucket, _, prefix = cloud.operator_stack().bootstrap_uri.removeprefix("s3://").partition("/")
+    s3 = cloud.client("s3")
+    key = prefix + "cryopilot-agent.zip"
+    good = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=b"not the agent")
+    try:
+        code, out, err = _smoke(cloud, monkeypatch, capsys)
+    finally:
+        s3.put_object(Bucket=bucket, Key=key, Body=good)
+    assert code == 1
+    row = _row(out, "head-node bundle")
+    assert "FAIL" in row
+    assert "cryopilot-agent.zip's SHA-256 is " in row
+    assert "smoke FAILED: head-node bundle" in err
+
+
+def test_smoke_fails_on_a_configuration_the_dryrun_refuses(
+    cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cloud.pcluster.inject("config_error", operation="create_cluster")
+    code, out, err = _smoke(cloud, monkeypatch, capsys)
+    assert code == 1
+    row = _row(out, "cluster dryrun")
+    assert "FAIL" in row
+    assert "ParallelCluster refuses the configuration (REJECTED)" in row
+    assert "is not supported in the Availability Zone" in row
+    assert "smoke FAILED: cluster dryrun" in err
