@@ -349,3 +349,22 @@ def test_smoke_fails_on_a_configuration_the_dryrun_refuses(
     assert "ParallelCluster refuses the configuration (REJECTED)" in row
     assert "is not supported in the Availability Zone" in row
     assert "smoke FAILED: cluster dryrun" in err
+
+
+def test_a_throttled_api_is_retried_not_failed(cloud: LocalCloud) -> None:
+    # a 429 of ParallelCluster's API says "later", not "no": Validate is retried (ThrottledError),
+    # and the retry's checks decide (here: the P quota of 0 fails it)
+    name, value = cloud.ec2_quotas["L-417A185B"]
+    cloud.pcluster.inject("throttle", count=1, operation="list_official_images")
+    for _ in _armed(
+        lambda: cloud.ec2_quotas.update({"L-417A185B": (name, 0.0)}),
+        lambda: cloud.ec2_quotas.update({"L-417A185B": (name, value)}),
+    ):
+        desc = _run(cloud, "PF-throttled")
+    _assert_failed_at_validate(cloud, desc, "quota L-417A185B")
+    failed = [
+        json.loads(e["taskFailedEventDetails"]["cause"])["errorType"]
+        for e in cloud.history(desc["executionArn"])
+        if e["type"] == "TaskFailed"
+    ]
+    assert failed == ["ThrottledError", "PreflightError"]

@@ -22,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cryopilot.adapters import aws
 from cryopilot.adapters.clusters import api as pcluster_api
 from cryopilot.adapters.settings import Settings
-from cryopilot.core.errors import CryopilotError
+from cryopilot.core.errors import CryopilotError, ThrottledError
 from cryopilot.domain import preflight
 from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.clusterconfig.params import ClusterParams
@@ -42,9 +42,18 @@ class DataInputs:
     measured: DataSize
 
 
+#: Error codes that say "later", not "no": the check is not failed, the step is retried.
+_THROTTLED = {"Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded"}
+
+
 def _code(exc: Exception) -> str:
+    """The AWS error code of a failed call, for the check's line; a throttled call (after boto3's
+    own retries) raises :class:`ThrottledError` instead, which the state machine retries."""
     if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code") or "error")
+        code = str(exc.response.get("Error", {}).get("Code") or "error")
+        if code in _THROTTLED:
+            raise ThrottledError(f"preflight: AWS throttled a check ({code}); retried") from None
+        return code
     return type(exc).__name__
 
 
@@ -164,6 +173,8 @@ def _pcluster() -> CheckResult:
         versions = pcluster_api().official_image_versions()
     except CryopilotError as exc:
         status = exc.details.get("status")
+        if isinstance(exc, ThrottledError) and status is not None:  # 429 or 5xx: later, not no
+            raise
         return preflight.check_pcluster(
             None, f"HTTP {status}" if status else type(exc).__name__, PCLUSTER_VERSION
         )
