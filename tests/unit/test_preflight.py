@@ -100,6 +100,12 @@ def test_the_secret_must_exist_and_not_be_scheduled_for_deletion() -> None:
     gone = preflight.check_secret(arn, None, "ResourceNotFoundException")
     assert (gone.status, gone.detail) == ("fail", f"{arn} cannot be described (ResourceNotFoundException)")
     assert preflight.check_secret("", None, None).detail == "CryosparcLicenceSecretArn is empty"
+    # the AWS managed key needs nothing more; a customer managed one needs kms:Decrypt too
+    managed = {"Name": "lic", "KmsKeyId": "alias/aws/secretsmanager"}
+    assert preflight.check_secret(arn, managed, None).status == "ok"
+    own = preflight.check_secret(arn, {"Name": "lic", "KmsKeyId": "arn:aws:kms:us-east-1:1:key/k"}, None)
+    assert own.status == "warn"
+    assert "kms:Decrypt" in own.fix
 
 
 def test_the_api_must_answer_with_the_pinned_version() -> None:

@@ -255,6 +255,17 @@ def check_secret(arn: str, found: Mapping[str, Any] | None, error: str | None) -
             f"{arn} is scheduled for deletion",
             f"restore it: `aws secretsmanager restore-secret --secret-id {arn}`",
         )
+    key = str(found.get("KmsKeyId") or "")
+    if key and not key.endswith("alias/aws/secretsmanager"):
+        # DescribeSecret names a key only when it is not the AWS managed one; the head node's policy
+        # (HeadNodePolicy) grants secretsmanager:GetSecretValue, which reads such a secret only with
+        # kms:Decrypt on its key too
+        return CheckResult(
+            name,
+            "warn",
+            f"{found.get('Name') or arn} is encrypted with the customer managed key {key}",
+            "let the head node decrypt it: allow kms:Decrypt to the head node's role in that key's policy",
+        )
     return CheckResult(name, "ok", f"{found.get('Name') or arn} exists")
 
 
