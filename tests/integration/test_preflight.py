@@ -198,15 +198,19 @@ def test_a_p_quota_of_zero_fails_the_run_at_validate(cloud: LocalCloud) -> None:
 
 
 def test_a_subnet_without_a_route_out_fails_the_run_at_validate(cloud: LocalCloud) -> None:
-    # (the first subnet: the second got VPC endpoints in the warning's test)
     for _ in _armed(lambda: cloud.remove_egress(FIRST_SUBNET), lambda: cloud.restore_egress(FIRST_SUBNET)):
         desc = _run(cloud, "PF-no-egress")
-    _assert_failed_at_validate(
+    message = _assert_failed_at_validate(
         cloud,
         desc,
-        f"network {FIRST_SUBNET}: no default route through a NAT gateway, and no VPC endpoint for"
-        " cloudformation, dynamodb, ec2",
+        f"network {FIRST_SUBNET}: no default route through a NAT gateway, and no VPC endpoint for",
     )
+    # whatever interface endpoints the VPC has (they serve every subnet), the gateway endpoints
+    # for S3 and DynamoDB are missing from this subnet's route table
+    missing = (
+        message.split(f"network {FIRST_SUBNET}: ", 1)[1].split("no VPC endpoint for ", 1)[1].split(";")[0]
+    )
+    assert {"dynamodb", "s3"} <= set(missing.split(", ")), missing
 
 
 def test_a_licence_secret_scheduled_for_deletion_fails_the_run_at_validate(cloud: LocalCloud) -> None:

@@ -115,8 +115,10 @@ def _offered(instance_types: Sequence[str]) -> dict[str, set[str]]:
 
 def _routes(subnet_id: str, vpc_id: str | None, region: str) -> SubnetRoutes:
     """The subnet's route table (its own association, else the VPC's main table): the default
-    route's target and the services of the VPC endpoints the subnet reaches (gateway endpoints
-    through a route table, interface endpoints through a subnet)."""
+    route's target and the services of the VPC endpoints the subnet reaches: a gateway endpoint
+    through its route table; an interface endpoint of the VPC with private DNS from any of its
+    subnets (the AWS service's own name resolves to the endpoint's addresses, reached by the VPC's
+    local route; PrivLink guide, "Access an AWS service using an interface VPC endpoint")."""
     if vpc_id is None:
         return SubnetRoutes(subnet_id, None, frozenset(), problem="the subnet does not exist")
     ec2 = aws.client("ec2")
@@ -150,7 +152,7 @@ def _routes(subnet_id: str, vpc_id: str | None, region: str) -> SubnetRoutes:
         reaches = (
             table_id in ep.get("RouteTableIds", [])
             if ep.get("VpcEndpointType") == "Gateway"
-            else subnet_id in ep.get("SubnetIds", [])
+            else bool(ep.get("PrivateDnsEnabled", True))
         )
         name = str(ep.get("ServiceName", ""))
         if reaches and name.startswith(prefix):

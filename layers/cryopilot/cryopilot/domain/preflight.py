@@ -77,9 +77,11 @@ def quota_family(instance_type: str) -> str | None:
     letters = match.group(1) if match else ""
     if letters == "p":
         return "P"
-    if letters in ("g", "vt"):
+    if letters.startswith("g") or letters == "vt":  # g5, g6e, gr6; vt1
         return "G"
-    if letters[:1] in set("acdhimrtz") and len(letters) == 1:
+    if letters in ("dl", "hpc", "inf", "trn", "mac") or letters.startswith(("x", "u", "f")):
+        return None  # quotas of their own, never configured by cryopilot
+    if letters[:1] in set("acdhimrtz"):  # m6i, c7gn, r7iz, im4gn, is4gen, z1d
         return "Standard"
     return None
 
