@@ -250,7 +250,12 @@ def run_checks(settings: Settings, data: DataInputs | None = None) -> list[Check
         offered = _offered(list(types_by_subnet))
     except (ClientError, BotoCoreError) as exc:
         results.append(
-            CheckResult("instance offerings", "fail", f"cannot be read ({_code(exc)})", "check the role")
+            CheckResult(
+                "instance offerings",
+                "fail",
+                f"cannot be read ({_code(exc)})",
+                "the Validate function's role needs ec2:DescribeInstanceTypeOfferings (template.yaml)",
+            )
         )
     else:
         results.append(preflight.check_offerings(types_by_subnet, zones, offered, region))

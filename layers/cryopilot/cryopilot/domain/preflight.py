@@ -125,7 +125,13 @@ def check_quotas(
         )
         if isinstance(value, str) or value is None:
             results.append(
-                CheckResult(check, "fail", f"'{name}' cannot be read ({value or 'no answer'})", fix)
+                CheckResult(
+                    check,
+                    "fail",
+                    f"'{name}' cannot be read ({value or 'no answer'})",
+                    "the Validate function's role needs servicequotas:GetServiceQuota (template.yaml); the"
+                    f" value is in the Service Quotas console > Amazon EC2 > '{name}' (at least {need} vCPUs)",
+                )
             )
         elif value < need:
             results.append(
@@ -209,7 +215,13 @@ def check_egress(subnet: SubnetRoutes, region: str) -> CheckResult:
     warning: cryoSPARC's licence check and download need the internet)."""
     name = f"network {subnet.subnet_id}"
     if subnet.problem:
-        return CheckResult(name, "fail", subnet.problem, "give a subnet of the stack's VPC that exists")
+        return CheckResult(
+            name,
+            "fail",
+            subnet.problem,
+            "give HeadNodeSubnetId / ComputeSubnetIds subnets that exist in this region (`aws ec2"
+            " describe-subnets --filters Name=vpc-id,Values=VPC_ID`), and redeploy",
+        )
     target = subnet.default_target or ""
     if target.startswith("nat-"):
         return CheckResult(name, "ok", f"default route through NAT gateway {target}")
@@ -333,7 +345,12 @@ def check_bucket_region(
     """The results bucket is in the stack's region (GetBucketLocation; None/empty is us-east-1)."""
     name = "results bucket"
     if error is not None:
-        return CheckResult(name, "fail", f"{bucket}'s location cannot be read ({error})", "check the bucket")
+        return CheckResult(
+            name,
+            "fail",
+            f"{bucket}'s location cannot be read ({error})",
+            "the Validate function's role needs s3:GetBucketLocation on it (template.yaml); redeploy",
+        )
     where = bucket_region or "us-east-1"
     if where != region:
         return CheckResult(
@@ -349,7 +366,12 @@ def check_subscriptions(confirmed: int, pending: int, error: str | None) -> Chec
     """The topic has at least one confirmed subscription (a warning only: the run goes on)."""
     name = "mail subscriptions"
     if error is not None:
-        return CheckResult(name, "warn", f"cannot be listed ({error})", "check the topic")
+        return CheckResult(
+            name,
+            "warn",
+            f"cannot be listed ({error})",
+            "the Validate function's role needs sns:ListSubscriptionsByTopic on the topic (template.yaml)",
+        )
     if confirmed == 0:
         return CheckResult(
             name,
