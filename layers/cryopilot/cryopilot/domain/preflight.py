@@ -129,8 +129,9 @@ def check_quotas(
                     check,
                     "fail",
                     f"'{name}' cannot be read ({value or 'no answer'})",
-                    "the Validate function's role needs servicequotas:GetServiceQuota (template.yaml); the"
-                    f" value is in the Service Quotas console > Amazon EC2 > '{name}' (at least {need} vCPUs)",
+                    "the Validate function's role needs servicequotas:GetServiceQuota (template.yaml);"
+                    f" the value is in the Service Quotas console > Amazon EC2 > '{name}' (at least"
+                    f" {need} vCPUs)",
                 )
             )
         elif value < need:
