@@ -137,6 +137,7 @@ def test_the_data_must_hold_the_expected_files_and_the_gain_reference() -> None:
 def test_the_results_bucket_is_in_the_stacks_region() -> None:
     assert preflight.check_bucket_region("r", None, None, "us-east-1").status == "ok"  # S3's null: us-east-1
     assert preflight.check_bucket_region("r", "eu-west-1", None, "eu-west-1").status == "ok"
+    assert preflight.check_bucket_region("r", "EU", None, "eu-west-1").status == "ok"  # the legacy constraint
     away = preflight.check_bucket_region("r", "eu-west-1", None, "us-east-1")
     assert (away.status, away.detail) == ("fail", "r is in eu-west-1, the stack in us-east-1")
 

@@ -343,7 +343,7 @@ def check_data(
 def check_bucket_region(
     bucket: str, bucket_region: str | None, error: str | None, region: str
 ) -> CheckResult:
-    """The results bucket is in the stack's region (GetBucketLocation; None/empty is us-east-1)."""
+    """The results bucket is in the stack's region (GetBucketLocation's LocationConstraint)."""
     name = "results bucket"
     if error is not None:
         return CheckResult(
@@ -352,7 +352,9 @@ def check_bucket_region(
             f"{bucket}'s location cannot be read ({error})",
             "the Validate function's role needs s3:GetBucketLocation on it (template.yaml); redeploy",
         )
-    where = bucket_region or "us-east-1"
+    # S3 API reference, GetBucketLocation: null for us-east-1, and "EU" for a bucket made with the
+    # legacy location constraint EU (eu-west-1)
+    where = {"": "us-east-1", "EU": "eu-west-1"}.get(bucket_region or "", bucket_region or "")
     if where != region:
         return CheckResult(
             name,
