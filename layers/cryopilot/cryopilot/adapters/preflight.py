@@ -43,7 +43,13 @@ class DataInputs:
 
 
 #: Error codes that say "later", not "no": the check is not failed, the step is retried.
-_THROTTLED = {"Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded"}
+_THROTTLED = {
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "SlowDown",
+}
 
 
 def _code(exc: Exception) -> str:
@@ -216,7 +222,8 @@ def _data(inputs: DataInputs) -> list[CheckResult]:
         try:
             aws.client("s3").head_object(Bucket=bucket, Key=prefix + inputs.gain_reference)
             gain_found = True
-        except ClientError:
+        except ClientError as exc:
+            _code(exc)  # a throttled HEAD is retried, not taken for a missing file
             gain_found = False
     return preflight.check_data(
         inputs.uri,
