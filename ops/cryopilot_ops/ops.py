@@ -61,7 +61,8 @@ class Stack:
     validate_function: str = ""
     #: where the head nodes' files are (output ``HeadNodeBootstrapUri``): ``cryopilot smoke``
     bootstrap_uri: str = ""
-    #: every Lambda function of the stack: ``cryopilot smoke`` checks each can be invoked
+    #: every Lambda function of the stack, ``cryopilot smoke`` checks each can be invoked (empty:
+    #: listed from CloudFormation when needed, so other commands need no ListStackResources)
     functions: tuple[str, ...] = ()
 
     @classmethod
@@ -107,7 +108,6 @@ class Stack:
             topic_arn=outputs["NotificationTopicArn"],
             validate_function=functions["ValidateFunction"],
             bootstrap_uri=outputs.get("HeadNodeBootstrapUri", ""),
-            functions=_stack_functions(cfn, name),
         )
 
     def client(self, service: str) -> Any:
@@ -399,7 +399,7 @@ def smoke_functions(stack: Stack) -> list[dict[str, str]]:
     function is not run), and StartRun runs on a harmless event and ignores it."""
     lam = stack.client("lambda")
     out = []
-    for function in stack.functions:
+    for function in stack.functions or _stack_functions(stack.client("cloudformation"), stack.name):
         try:
             lam.invoke(FunctionName=function, InvocationType="DryRun")
         except ClientError as exc:
