@@ -372,3 +372,29 @@ def test_a_throttled_api_is_retried_not_failed(cloud: LocalCloud) -> None:
         if e["type"] == "TaskFailed"
     ]
     assert failed == ["ThrottledError", "PreflightError"]
+
+
+def test_a_capacity_fallback_beyond_a_quota_warns(cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the stack's FallbackGpu8InstanceTypes as its functions' environment carries it: with the P
+    # quota at 600 vCPUs, the configured placement fits (512) and the fallback to p5.48xlarge
+    # (4 x 192 + 8 x 16 = 896) does not
+    from cryopilot.adapters.settings import get_settings
+
+    name, value = cloud.ec2_quotas["L-417A185B"]
+    monkeypatch.setenv("CRYOPILOT_FALLBACK_GPU8_INSTANCE_TYPES", "p5.48xlarge")
+    get_settings.cache_clear()
+    try:
+        for _ in _armed(
+            lambda: cloud.ec2_quotas.update({"L-417A185B": (name, 600.0)}),
+            lambda: cloud.ec2_quotas.update({"L-417A185B": (name, value)}),
+        ):
+            answer = ops.preflight(cloud.operator_stack())
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    checks = _checks(answer)
+    assert checks["quota L-417A185B"]["status"] == "ok"
+    warn = checks["quota L-417A185B (fallback p5.48xlarge)"]
+    assert warn["status"] == "warn"
+    assert "4 x p5.48xlarge, 8 x p5.4xlarge at once: 896" in warn["detail"]
+    assert answer["ok"] is True

@@ -161,3 +161,17 @@ def test_the_failure_message_is_one_line_naming_each_failed_check() -> None:
     assert "b:" not in message
     assert "a:" not in message
     assert "\n" not in message
+
+
+def test_a_fallback_type_beyond_a_quota_only_warns() -> None:
+    needs = preflight.vcpu_needs([NodeNeed("p4d.24xlarge", 4, 96)])
+    fallbacks = {
+        "p5.48xlarge": preflight.vcpu_needs([NodeNeed("p5.48xlarge", 4, 192)]),
+        "g6e.48xlarge": preflight.vcpu_needs([NodeNeed("g6e.48xlarge", 4, 192)]),
+    }
+    values = {"L-417A185B": 384.0, "L-DB2E81BA": 768.0}
+    (warn,) = preflight.check_fallback_quotas(needs, fallbacks, values, "us-east-1")
+    assert (warn.name, warn.status) == ("quota L-417A185B (fallback p5.48xlarge)", "warn")
+    assert "may run 4 x p5.48xlarge at once: 768" in warn.detail
+    # a quota the configured placement already fails is not warned about twice
+    assert preflight.check_fallback_quotas(needs, fallbacks, {"L-417A185B": 0.0}, "us-east-1") == []

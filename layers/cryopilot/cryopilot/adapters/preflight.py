@@ -63,18 +63,19 @@ def _code(exc: Exception) -> str:
     return type(exc).__name__
 
 
-def node_needs(settings: Settings, catalogue: Catalogue) -> list[NodeNeed]:
+def node_needs(settings: Settings, catalogue: Catalogue, gpu8: str | None = None) -> list[NodeNeed]:
     """The head node and each GPU queue at its largest node count (the cluster configuration's
     ``MaxCount`` of each queue: :class:`ClusterParams`' defaults), all On-Demand: no queue of the
-    cluster buys Spot."""
+    cluster buys Spot. ``gpu8``: the type a capacity fallback gives the gpu8 queue."""
     fields = ClusterParams.model_fields
     counts = {
         settings.head_node_instance_type: 1,
     }
+    queues = settings.queue_instance_types(gpu8)
     for instance_type, field in (
-        (settings.gpu8_instance_type, "max_gpu8_nodes"),
-        (settings.gpu4_instance_type, "max_gpu4_nodes"),
-        (settings.gpu1_instance_type, "max_gpu1_nodes"),
+        (queues["gpu8"], "max_gpu8_nodes"),
+        (queues["gpu4"], "max_gpu4_nodes"),
+        (queues["gpu1"], "max_gpu1_nodes"),
     ):
         counts[instance_type] = counts.get(instance_type, 0) + int(fields[field].default)
     return [NodeNeed(t, n, catalogue.instance(t).vcpus) for t, n in counts.items()]
@@ -241,10 +242,15 @@ def run_checks(settings: Settings, data: DataInputs | None = None) -> list[Check
     catalogue = Catalogue.for_deployment(settings.price_overrides)
     try:
         needs = preflight.vcpu_needs(node_needs(settings, catalogue))
+        fallbacks = {
+            t: preflight.vcpu_needs(node_needs(settings, catalogue, t)) for t in settings.fallback_gpu8_types
+        }
     except CryopilotError as exc:  # an instance type the catalogue does not know: its vCPUs unknown
         results = [CheckResult("quotas", "fail", str(exc), "configure a type of the catalogue")]
     else:
-        results = preflight.check_quotas(needs, _quota_values(sorted(needs)), region)
+        values = _quota_values(sorted({*needs, *(c for f in fallbacks.values() for c in f)}))
+        results = preflight.check_quotas(needs, values, region)
+        results += preflight.check_fallback_quotas(needs, fallbacks, values, region)
 
     compute = settings.compute_subnets or [settings.head_node_subnet_id]
     subnet_ids = list(dict.fromkeys([settings.head_node_subnet_id, *compute]))

@@ -148,6 +148,34 @@ def check_quotas(
     return results
 
 
+def check_fallback_quotas(
+    needs: Mapping[str, tuple[str, int, list[str]]],
+    fallbacks: Mapping[str, Mapping[str, tuple[str, int, list[str]]]],
+    values: Mapping[str, float | str],
+    region: str,
+) -> list[CheckResult]:
+    """A warning per capacity fallback (another gpu8 type) that a quota the configured placement
+    meets would not cover: the run goes on, and fails there only if EC2 has no capacity first."""
+    results = []
+    for instance_type, fallback in fallbacks.items():
+        for code, (name, need, types) in sorted(fallback.items()):
+            value = values.get(code)
+            if not isinstance(value, float) or value >= need or needs.get(code, ("", 0, []))[1] > value:
+                continue  # unread, enough, or already failed for the configured placement
+            results.append(
+                CheckResult(
+                    f"quota {code} (fallback {instance_type})",
+                    "warn",
+                    f"'{name}' is {value:g} vCPUs; the capacity fallback to {instance_type} may run"
+                    f" {', '.join(types)} at once: {need}",
+                    f"request {need} vCPUs (`aws service-quotas request-service-quota-increase --service-code"
+                    f" ec2 --quota-code {code} --desired-value {need} --region {region}`), or drop"
+                    f" {instance_type} from FallbackGpu8InstanceTypes",
+                )
+            )
+    return results
+
+
 # --------------------------------------------------------------------------- offerings
 
 
