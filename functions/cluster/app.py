@@ -31,7 +31,15 @@ class Fallback(BaseModel):
     error: Any = None
 
 
-Request = TypeAdapter(Annotated[Create | Check | Delete | Fallback, Field(discriminator="action")])
+class DryRun(BaseModel):
+    """`cryopilot smoke`: send the configuration of ``run`` (a run record's fields) with dryrun=true."""
+
+    action: Literal["dryrun"]
+    run_id: str
+    run: dict[str, Any]
+
+
+Request = TypeAdapter(Annotated[Create | Check | Delete | Fallback | DryRun, Field(discriminator="action")])
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -39,6 +47,8 @@ Request = TypeAdapter(Annotated[Create | Check | Delete | Fallback, Field(discri
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     req = Request.validate_python(event)
     logger.append_keys(run_id=req.run_id, action=req.action)
+    if isinstance(req, DryRun):
+        return cluster.dryrun({**req.run, "run_id": req.run_id}).model_dump(mode="json")
     if isinstance(req, Create):
         step = cluster.create(req.run_id)
     elif isinstance(req, Delete):

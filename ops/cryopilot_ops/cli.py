@@ -395,6 +395,73 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+@_operator
+def _preflight(args: argparse.Namespace) -> int:
+    from cryopilot_ops import ops
+
+    answer = ops.preflight(_stack(args), args.manifest, data_s3_uri=args.data)
+    print(preflight_table(answer["checks"]))
+    failed = [c["name"] for c in answer["checks"] if c["status"] == "fail"]
+    if failed:
+        print(f"preflight FAILED: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+#: The manifest whose cluster configuration ``cryopilot smoke`` sends with ``dryrun=true``.
+SAMPLE_MANIFEST = "events/manifests/cgrp.yaml"
+
+
+@_operator
+def _smoke(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cryopilot.adapters.settings import Settings
+    from cryopilot.core.errors import ManifestError
+    from cryopilot.core.naming import cluster_name_for
+    from cryopilot.domain.manifest import parse_manifest
+
+    from cryopilot_ops import ops
+
+    stack = _stack(args)
+    where = args.manifest or str(Path(__file__).resolve().parents[1].parent / SAMPLE_MANIFEST)
+    try:
+        manifest = parse_manifest(_read_manifest_bytes(where, stack.region), source=where)
+    except (ManifestError, OSError) as exc:
+        print(f"cryopilot smoke: {exc}", file=sys.stderr)
+        return ops.EXIT_USAGE
+    # the FSx size Validate would give the sample (its preset's white-paper dataset: not measured)
+    fsx, _ = _storage_plan(manifest, Settings(AWS_REGION=stack.region), None)
+    run_id = f"{manifest.dataset}-smoke"
+    run = {
+        "dataset": manifest.dataset,
+        "cluster_name": cluster_name_for(run_id),
+        "data_s3_uri": f"s3://{stack.input_bucket}/datasets/{manifest.dataset}/",
+        "fsx_storage_gib": fsx.capacity_gib,
+        "fsx_throughput_mb_per_tib": fsx.throughput_mb_per_tib,
+        "layout": manifest.pipeline.layout,
+    }
+    checks = list(ops.preflight(stack)["checks"])
+    checks.append(ops.smoke_dryrun(stack, run_id, run))
+    checks.append(ops.smoke_bundle(stack))
+    checks.extend(ops.smoke_functions(stack))
+    print(preflight_table(checks))
+    failed = [c["name"] for c in checks if c["status"] == "fail"]
+    if failed:
+        print(f"smoke FAILED: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def preflight_table(checks: list[dict[str, str]]) -> str:
+    """The checks as a plain table: check, result, what was found, and what to do."""
+    width = max([len("check"), *(len(c["name"]) for c in checks)])
+    lines = [f"{'check':<{width}}  result  detail", f"{'-' * width}  ------  ------"]
+    for c in checks:
+        lines.append(f"{c['name']:<{width}}  {c['status'].upper():<6}  {c['detail']}")
+        if c["status"] != "ok" and c.get("fix"):
+            lines.append(f"{'':<{width}}          -> {c['fix']}")
+    return "\n".join(lines)
+
+
 def _add_stack_flags(p: argparse.ArgumentParser) -> None:
     import os
 
@@ -617,6 +684,40 @@ def build_parser() -> argparse.ArgumentParser:
     unsub.add_argument("--dataset", help="only this dataset's mails (default: every mail)")
     _add_stack_flags(unsub)
     unsub.set_defaults(func=_unsubscribe)
+
+    pre = sub.add_parser(
+        "preflight",
+        help="check that the stack's account can run a cluster (and a manifest's data), in seconds",
+        description="Run the checks Validate makes before any cluster exists, through the stack's"
+        " Validate function: EC2 vCPU quotas, instance-type offerings, each subnet's route out, the"
+        " licence secret, the ParallelCluster API's version, the results bucket's region, the mail"
+        " subscriptions and, with MANIFEST, its data. Prints a table; exits 1 if any check fails.",
+    )
+    pre.add_argument(
+        "manifest", nargs="?", metavar="MANIFEST", help="a local manifest file or s3://bucket/key"
+    )
+    pre.add_argument("--data", metavar="S3_FOLDER", help="with a local manifest: its data folder")
+    _add_stack_flags(pre)
+    pre.set_defaults(func=_preflight)
+
+    smoke = sub.add_parser(
+        "smoke",
+        help="check a deployed stack end to end without cost: preflight, a cluster dryrun, the head"
+        " node's files, every function",
+        description="Run preflight; send the cluster configuration of a sample manifest to the"
+        " ParallelCluster API with dryrun=true (HTTP 412: it would succeed; nothing is created);"
+        " check the head node's files against the SHA-256 bundle.json lists; check every function of"
+        " the stack may be invoked (and StartRun ignores a harmless event). Prints a table; exits 1"
+        " if any check fails.",
+    )
+    smoke.add_argument(
+        "manifest",
+        nargs="?",
+        metavar="MANIFEST",
+        help=f"the manifest to dry-run (default: {SAMPLE_MANIFEST})",
+    )
+    _add_stack_flags(smoke)
+    smoke.set_defaults(func=_smoke)
     return parser
 
 

@@ -40,7 +40,20 @@ def _storage_rows(w: Estimate, c: Estimate) -> list[list[str]]:
             f"{w.storage_cost_usd:,.2f}",
             f"{c.storage_cost_usd:,.2f}",
             "",
-        ]
+        ],
+        *(
+            [
+                [
+                    f"  /shared snapshot after the run ({fsx.snapshot_gib:,.0f} GiB,"
+                    f" {fsx.snapshot_days or 30} days; not in the total)",
+                    f"{fsx.snapshot_cost_usd:,.2f}",
+                    f"{fsx.snapshot_cost_usd:,.2f}",
+                    "",
+                ]
+            ]
+            if fsx.snapshot_source
+            else []
+        ),
     ]
 
 
@@ -58,6 +71,16 @@ def _storage_assumptions(c: Estimate) -> list[str]:
         f"    throughput: {fsx.throughput_rule}",
         f"    {fsx.usd_per_gb_month:.3f} USD per GB-month at {fsx.throughput_mb_per_tib} MB/s/TiB"
         f"  {when}  {flag}  {fsx.source}",
+        *(
+            [
+                f"  /shared EBS snapshot: {fsx.snapshot_gib:,.0f} GiB (cryoSPARC's install and database: an"
+                f" assumption) kept SnapshotRetentionDays, {fsx.snapshot_usd_per_gb_month:.3f} USD per"
+                f" GB-month  {'verified' if fsx.snapshot_verified else 'NOT verified'}"
+                f"  {fsx.snapshot_source}",
+            ]
+            if fsx.snapshot_source
+            else []
+        ),
     ]
 
 

@@ -57,6 +57,13 @@ class Stack:
     start_function: str
     #: the topic every mail goes to (``cryopilot unsubscribe``)
     topic_arn: str = ""
+    #: Validate: ``cryopilot preflight`` runs its checks through it (action ``preflight``)
+    validate_function: str = ""
+    #: where the head nodes' files are (output ``HeadNodeBootstrapUri``): ``cryopilot smoke``
+    bootstrap_uri: str = ""
+    #: every Lambda function of the stack, ``cryopilot smoke`` checks each can be invoked (empty:
+    #: listed from CloudFormation when needed, so other commands need no ListStackResources)
+    functions: tuple[str, ...] = ()
 
     @classmethod
     def from_cloudformation(cls, name: str, region: str) -> Stack:
@@ -67,7 +74,7 @@ class Stack:
                 logical: cfn.describe_stack_resource(StackName=name, LogicalResourceId=logical)[
                     "StackResourceDetail"
                 ]["PhysicalResourceId"]
-                for logical in ("ClusterFunction", "StartRunFunction")
+                for logical in ("ClusterFunction", "StartRunFunction", "ValidateFunction")
             }
         except ClientError as exc:
             message = exc.response["Error"].get("Message", "")
@@ -99,6 +106,8 @@ class Stack:
             cluster_function=functions["ClusterFunction"],
             start_function=functions["StartRunFunction"],
             topic_arn=outputs["NotificationTopicArn"],
+            validate_function=functions["ValidateFunction"],
+            bootstrap_uri=outputs.get("HeadNodeBootstrapUri", ""),
         )
 
     def client(self, service: str) -> Any:
@@ -280,22 +289,12 @@ def _read_local(path: str) -> bytes:
     return p.read_bytes()
 
 
-def submit(
-    stack: Stack,
-    manifest: str,
-    *,
-    data_s3_uri: str | None = None,
-    settings: dict[str, Any] | None = None,
-    now: bool = False,
-) -> Submitted:
-    """Start a run from a local manifest file (its data already in S3) or an ``s3://`` manifest.
-    A local manifest is checked here first, so a bad one fails before anything starts.
-
-    The run goes through the stack's StartRun function: beyond ``MaxConcurrentRuns`` it waits
-    for a slot (``queued``). ``now`` starts it at once, outside the limit."""
-    execution_input: dict[str, Any] = {"trigger": "operator"}
-    if settings:
-        execution_input["settings"] = settings
+def _manifest_input(
+    stack: Stack, manifest: str, data_s3_uri: str | None
+) -> tuple[dict[str, Any], Any, bytes]:
+    """The part of an execution input that names the manifest (a local file is checked here first
+    and sent inline with its data folder), the parsed manifest, and its bytes."""
+    execution_input: dict[str, Any] = {}
     if manifest.startswith("s3://"):
         bucket, _, key = manifest[len("s3://") :].partition("/")
         if not bucket or not key:
@@ -319,6 +318,144 @@ def submit(
             raise OperatorError(f"--data {foreign}", EXIT_USAGE)
         execution_input["manifest_inline"] = parsed.model_dump(mode="json", exclude_none=True)
         execution_input["data_s3_uri"] = folder
+    return execution_input, parsed, body
+
+
+def _stack_functions(cfn: Any, name: str) -> tuple[str, ...]:
+    """The physical names of the stack's Lambda functions (its nested stacks' excepted)."""
+    found = []
+    for page in cfn.get_paginator("list_stack_resources").paginate(StackName=name):
+        for res in page.get("StackResourceSummaries", []):
+            if res.get("ResourceType") == "AWS::Lambda::Function" and res.get("PhysicalResourceId"):
+                found.append(str(res["PhysicalResourceId"]))
+    return tuple(sorted(found))
+
+
+def preflight(stack: Stack, manifest: str | None = None, *, data_s3_uri: str | None = None) -> dict[str, Any]:
+    """The preflight checks of the stack (and of the manifest's data, with ``manifest``), run by the
+    stack's Validate function with its own role, exactly as a run's Validate runs them: ``{"ok":
+    bool, "checks": [{name, status, detail, fix}, ...]}``. Nothing is started or written."""
+    named = _manifest_input(stack, manifest, data_s3_uri)[0] if manifest else None
+    return _invoke(stack, stack.validate_function, {"action": "preflight", "input": named})
+
+
+#: StartRun's harmless event for ``cryopilot smoke``: an S3 deletion, which it ignores with a reason.
+IGNORED_EVENT = {"source": "aws.s3", "detail-type": "Object Deleted", "detail": {}}
+
+
+def _check(name: str, ok: bool, detail: str, fix: str = "") -> dict[str, str]:
+    return {"name": name, "status": "ok" if ok else "fail", "detail": detail, "fix": "" if ok else fix}
+
+
+def smoke_dryrun(stack: Stack, run_id: str, run_fields: dict[str, Any]) -> dict[str, str]:
+    """The configuration a run of ``run_fields`` would get, sent by the stack's cluster function to
+    its ParallelCluster API with ``dryrun=true`` (412: it would succeed; nothing is created)."""
+    answer = _invoke(stack, stack.cluster_function, {"action": "dryrun", "run_id": run_id, "run": run_fields})
+    if answer.get("ok"):
+        warnings = answer.get("warnings") or []
+        said = f"; {len(warnings)} validator warning(s): {'; '.join(warnings)}" if warnings else ""
+        return _check(
+            "cluster dryrun", True, f"ParallelCluster would create {answer.get('cluster_name')}{said}"
+        )
+    return _check(
+        "cluster dryrun",
+        False,
+        f"ParallelCluster refuses the configuration ({answer.get('status')}): {answer.get('message')}",
+        "see `cryopilot cluster-config` for the configuration; fix the stack's parameters it names",
+    )
+
+
+def smoke_bundle(stack: Stack) -> dict[str, str]:
+    """The head node's files are in the artifacts bucket with the SHA-256 ``bundle.json`` lists."""
+    name = "head-node bundle"
+    fix = "deploy the stack again (`sam deploy`): its HeadNodeBootstrap resource uploads the files"
+    bucket, _, prefix = stack.bootstrap_uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        return _check(name, False, "the stack has no HeadNodeBootstrapUri output", fix)
+    s3 = stack.client("s3")
+    try:
+        listed = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "bundle.json")["Body"].read())
+    except ClientError as exc:
+        return _check(name, False, f"{stack.bootstrap_uri}bundle.json cannot be read ({_code(exc)})", fix)
+    except ValueError:
+        return _check(name, False, f"{stack.bootstrap_uri}bundle.json is not JSON", fix)
+    wrong = []
+    for file, meta in sorted(listed.items()):
+        try:
+            body = s3.get_object(Bucket=bucket, Key=prefix + file)["Body"].read()
+        except ClientError as exc:
+            wrong.append(f"{file} cannot be read ({_code(exc)})")
+            continue
+        digest = hashlib.sha256(body).hexdigest()
+        if digest != meta.get("sha256"):
+            wrong.append(
+                f"{file}'s SHA-256 is {digest[:12]}…, bundle.json lists {str(meta.get('sha256'))[:12]}…"
+            )
+    if wrong or not listed:
+        return _check(name, False, "; ".join(wrong) or "bundle.json lists no file", fix)
+    return _check(name, True, f"{len(listed)} files match bundle.json ({stack.bootstrap_uri})")
+
+
+def smoke_functions(stack: Stack) -> list[dict[str, str]]:
+    """Every function of the stack may be invoked (Lambda Invoke, InvocationType DryRun: the
+    function is not run), and StartRun runs on a harmless event and ignores it."""
+    lam = stack.client("lambda")
+    out = []
+    for function in stack.functions or _stack_functions(stack.client("cloudformation"), stack.name):
+        try:
+            lam.invoke(FunctionName=function, InvocationType="DryRun")
+        except ClientError as exc:
+            out.append(
+                _check(
+                    f"invoke {function}",
+                    False,
+                    f"cannot be invoked ({_code(exc)})",
+                    "check the function exists and your lambda:InvokeFunction permission",
+                )
+            )
+        else:
+            out.append(_check(f"invoke {function}", True, "may be invoked"))
+    try:
+        outcomes = _invoke(stack, stack.start_function, IGNORED_EVENT).get("outcomes") or []
+    except OperatorError as exc:
+        out.append(_check("StartRun runs", False, str(exc), "see the function's log in CloudWatch"))
+    else:
+        ignored = [o for o in outcomes if o.get("status") == "ignored"]
+        out.append(
+            _check(
+                "StartRun runs",
+                len(ignored) == len(outcomes) == 1,
+                f"a harmless event was ignored: {ignored[0].get('reason')}"
+                if ignored
+                else f"answered {outcomes}",
+                "StartRun acted on an event it must ignore: see its log",
+            )
+        )
+    return out
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code") or "error")
+
+
+def submit(
+    stack: Stack,
+    manifest: str,
+    *,
+    data_s3_uri: str | None = None,
+    settings: dict[str, Any] | None = None,
+    now: bool = False,
+) -> Submitted:
+    """Start a run from a local manifest file (its data already in S3) or an ``s3://`` manifest.
+    A local manifest is checked here first, so a bad one fails before anything starts.
+
+    The run goes through the stack's StartRun function: beyond ``MaxConcurrentRuns`` it waits
+    for a slot (``queued``). ``now`` starts it at once, outside the limit."""
+    execution_input: dict[str, Any] = {"trigger": "operator"}
+    if settings:
+        execution_input["settings"] = settings
+    named, parsed, body = _manifest_input(stack, manifest, data_s3_uri)
+    execution_input.update(named)
     digest = hashlib.sha256(body + json.dumps(execution_input, sort_keys=True).encode()).hexdigest()
     run_id = run_id_for(parsed.dataset, f"op{digest[:10]}")
     arn = stack.execution_arn(run_id)

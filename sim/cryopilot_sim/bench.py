@@ -244,7 +244,12 @@ def _fsx(created: dict[str, Any], volumes: Any, hours: float, cat: Any) -> dict[
     )
     volume = volumes.by_name("fsx") if volumes is not None else None
     peak = volume.peak / 1024**3 if volume is not None else None
+    from cryopilot.domain.storage import SHARED_SNAPSHOT_GIB
+
+    # the /shared snapshot kept after the run: SnapshotRetentionDays' default, 30 days (not in cost $)
+    snapshot = storage_cost(SHARED_SNAPSHOT_GIB, cat.snapshot_price().usd_per_gb_month, 30 * 24)
     return {
+        "snapshot_cost_usd": snapshot,
         "fsx_capacity_gib": capacity,
         "fsx_throughput_mb_per_tib": tier,
         "fsx_peak_gib": peak,
@@ -330,6 +335,7 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
         ("FSx GiB", lambda r: str(r["fsx_capacity_gib"])),
         ("FSx peak GiB", lambda r: f"{r['fsx_peak_gib']:.0f}" if r["fsx_peak_gib"] is not None else "-"),
         ("FSx $", lambda r: f"{r['fsx_cost_usd']:.2f}"),
+        ("snapshot $", lambda r: f"{r['snapshot_cost_usd']:.2f}"),
         ("record $", lambda r: _money(r.get("record_cost_usd"))),
         ("max gap s", lambda r: f"{r['max_gap_s']:.0f}"),
         ("mean gap s", lambda r: f"{r['mean_gap_s']:.0f}"),

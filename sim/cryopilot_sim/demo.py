@@ -180,7 +180,34 @@ REHEARSALS: dict[str, Rehearsal] = {
         mails=(MailExpected(("{dataset} was stopped",), ("(execution ABORTED)",)),),
         during="cancel",
     ),
+    "quota-zero": Rehearsal(
+        "FAILED",
+        "the account's 'Running On-Demand P instances' quota is 0 vCPUs (a new account's): preflight"
+        " fails the run at Validate",
+        "PreflightError",
+        (_failed_mail("PreflightError", "quota L-417A185B", "is 0 vCPUs", "No cluster was created."),),
+    ),
+    "no-egress": Rehearsal(
+        "FAILED",
+        "the compute subnets have no route out (no NAT gateway, no VPC endpoint): preflight fails the"
+        " run at Validate",
+        "PreflightError",
+        (
+            _failed_mail(
+                "PreflightError", "no default route through a NAT gateway", "No cluster was created."
+            ),
+        ),
+    ),
+    "missing-data": Rehearsal(
+        "FAILED",
+        "the manifest arrives before half its files (fewer than input.expected_files): preflight fails"
+        " the run at Validate",
+        "PreflightError",
+        (_failed_mail("PreflightError", "input.expected_files is", "No cluster was created."),),
+    ),
 }
+#: The rehearsals preflight ends at Validate: one mail, no cluster ever requested.
+PREFLIGHT_FAULTS = ("quota-zero", "no-egress", "missing-data")
 #: Each fault and the end status its rehearsal expects.
 FAULTS = {name: r.status for name, r in REHEARSALS.items()}
 STATE_DIR = ROOT / ".cryopilot" / "local"
@@ -223,6 +250,17 @@ def sample_dataset(profile: str) -> tuple[str, str, dict[str, bytes]]:
         files[gain] = b"\x01" * 256
     doc["input"].pop("expected_files", None)
     return folder, yaml.safe_dump(doc, sort_keys=False), files
+
+
+def with_missing_data(manifest: str, files: dict[str, bytes]) -> tuple[str, dict[str, bytes]]:
+    """The sample dataset with half its data files not (yet) uploaded, and a manifest that expects
+    them all (``input.expected_files``): ``--fail missing-data``."""
+    doc = yaml.safe_load(manifest)
+    directory = doc["input"]["glob"].rpartition("/")[0] + "/"
+    data = sorted(k for k in files if k.startswith(directory))
+    doc["input"]["expected_files"] = len(data)
+    kept = {k: v for k, v in files.items() if k not in data[len(data) // 2 :]}
+    return yaml.safe_dump(doc, sort_keys=False), kept
 
 
 def _render(record: RunRecord | None, plan: list[PlannedStage], start: float, now: float) -> Any:
@@ -302,6 +340,12 @@ def _inject(cloud: LocalCloud, fail: str, runs: int = 1) -> None:
         cloud.pcluster.inject("throttle", count=4, operation="create_cluster")
         cloud.pcluster.inject("server_error", count=2, operation="describe_cluster")
         cloud.pcluster.inject("throttle", count=2, operation="delete_cluster")
+    elif fail == "quota-zero":
+        name, _ = cloud.ec2_quotas["L-417A185B"]
+        cloud.ec2_quotas["L-417A185B"] = (name, 0.0)
+    elif fail == "no-egress":
+        for subnet in cloud.resolver.parameter_values["ComputeSubnetIds"] if cloud.resolver else []:
+            cloud.remove_egress(str(subnet))
     elif fail == "export":
         deny = {
             "Version": "2012-10-17",
@@ -541,6 +585,14 @@ def _scenario_checks(
         stage = (rec.error or {}).get("step", "").removeprefix("stage:")
         if stage not in rec.stages or rec.stages[stage].state != "killed":
             problems.append(f"stage {stage} is not marked killed")
+    elif fail in PREFLIGHT_FAULTS:
+        if "CreateCluster" in cloud.states_entered(arn) or list(
+            cloud.pcluster.requests_for("create_cluster")
+        ):
+            problems.append("a cluster was requested: preflight must end the run at Validate")
+        dataset = rec.dataset
+        if len([m for m in mails if m["attributes"].get("dataset") == dataset]) != 1:
+            problems.append("expected one mail, the failure's")
     elif fail in ("stopped", "cancel"):
         dataset = rec.dataset
         stopped = [m for m in mails if m["subject"] == f"[cryopilot] {dataset} was stopped"]
@@ -657,6 +709,8 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
 
     clock = VirtualClock(pace=options.pace)
     folder, manifest, files = sample_dataset(options.profile)
+    if options.fail == "missing-data":
+        manifest, files = with_missing_data(manifest, files)
     limit = options.max_concurrent_runs or int(load_template()["Parameters"]["MaxConcurrentRuns"]["Default"])
     cloud = LocalCloud(clock=clock, profile=options.profile, parameters={"MaxConcurrentRuns": limit})
     with cloud:

@@ -50,6 +50,22 @@ REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
 SSM_INLINE_LIMIT = 24_000
 LICENCE_SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT_ID}:secret:cryosparc-licence"
+#: The local account's network: the VPC and subnets the stack's parameters name, created in moto
+#: with these ids (:meth:`LocalCloud._create_account`). Each private subnet routes 0.0.0.0/0
+#: through a NAT gateway in a public subnet of its zone, as the README's deployment section asks.
+LOCAL_VPC = "vpc-0123456789abcdef0"
+LOCAL_SUBNETS = {"subnet-0aaaaaaaaaaaaaaa1": "us-east-1a", "subnet-0bbbbbbbbbbbbbbb2": "us-east-1b"}
+#: The local account's EC2 vCPU quotas (Service Quotas, service code ``ec2``): code -> (name, vCPUs).
+#: A new account often has 0 for P instances; the local one has room for the stack's largest
+#: cluster (4 x p4d.24xlarge and 8 x p5.4xlarge: 512 P vCPUs; 4 x g6e.12xlarge: 192) and more.
+LOCAL_EC2_QUOTAS = {
+    "L-417A185B": ("Running On-Demand P instances", 1152.0),
+    "L-DB2E81BA": ("Running On-Demand G and VT instances", 768.0),
+    "L-1216C47A": ("Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", 640.0),
+    "L-7212CCBC": ("All P Spot Instance Requests", 0.0),
+    "L-3819A6DF": ("All G and VT Spot Instance Requests", 0.0),
+    "L-34B43A08": ("All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests", 0.0),
+}
 FAKE_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -164,6 +180,11 @@ class LocalCloud:
         #: DeletionPolicy).
         self.file_systems: dict[str, str] = {}
         self.shared_volumes: dict[str, tuple[str, str]] = {}
+        #: The account's EC2 vCPU quotas by code (Service Quotas seam); a test may lower one.
+        self.ec2_quotas: dict[str, tuple[str, float]] = dict(LOCAL_EC2_QUOTAS)
+        #: Each local subnet's route table and NAT gateway (:meth:`_create_account`).
+        self.route_tables: dict[str, str] = {}
+        self.nat_gateways: dict[str, str] = {}
 
     # ---------------------------------------------------------------- lifecycle
     def __enter__(self) -> LocalCloud:
@@ -199,6 +220,7 @@ class LocalCloud:
         )
         self._fsx_mounts = st.enter_context(tempfile.TemporaryDirectory(prefix="fsx-"))
         self._install_seams()
+        self._create_account()
         options = {"script_exists": self._s3_object_exists, **self.pcluster_options}
         self.pcluster = PClusterStandIn(self.clock, **options)
         endpoint = self.pcluster.start()
@@ -272,6 +294,75 @@ class LocalCloud:
     def _stop_worker(self, worker: threading.Thread) -> None:
         self._events.put(None)
         worker.join(timeout=10)
+
+    # ---------------------------------------------------------------- the account
+    def _create_account(self) -> None:
+        """What a deployment finds in its account before the stack: the network the parameters
+        name (moto makes random ids; these are made with the parameters' ids) and the cryoSPARC
+        licence secret. Quotas: :attr:`ec2_quotas`; instance-type offerings: moto's own, per zone."""
+        from moto.ec2.models import subnets, vpcs
+
+        ec2 = self.client("ec2")
+        with mock.patch.object(vpcs, "random_vpc_id", return_value=LOCAL_VPC):
+            ec2.create_vpc(CidrBlock="10.0.0.0/16")
+        for i, (subnet_id, zone) in enumerate(LOCAL_SUBNETS.items()):
+            public = ec2.create_subnet(
+                VpcId=LOCAL_VPC, CidrBlock=f"10.0.{100 + i}.0/24", AvailabilityZone=zone
+            )
+            with mock.patch.object(subnets, "random_subnet_id", return_value=subnet_id):
+                ec2.create_subnet(VpcId=LOCAL_VPC, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=zone)
+            nat = ec2.create_nat_gateway(SubnetId=public["Subnet"]["SubnetId"])["NatGateway"]["NatGatewayId"]
+            table = ec2.create_route_table(VpcId=LOCAL_VPC)["RouteTable"]["RouteTableId"]
+            ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)
+            ec2.associate_route_table(RouteTableId=table, SubnetId=subnet_id)
+            self.route_tables[subnet_id] = table
+            self.nat_gateways[subnet_id] = nat
+        name = LICENCE_SECRET_ARN.rsplit(":secret:", 1)[1]
+        self.client("secretsmanager").create_secret(Name=name, SecretString="local-licence-id")
+
+    def remove_egress(self, subnet_id: str, *, endpoints: bool = False) -> None:
+        """The subnet loses its NAT route (0.0.0.0/0); with ``endpoints``, it gets instead every VPC
+        endpoint ParallelCluster documents for a subnet without internet access."""
+        ec2 = self.client("ec2")
+        table = self.route_tables[subnet_id]
+        ec2.delete_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0")
+        if not endpoints:
+            return
+        for service in ("s3", "dynamodb"):
+            ec2.create_vpc_endpoint(
+                VpcId=LOCAL_VPC,
+                ServiceName=f"com.amazonaws.{REGION}.{service}",
+                VpcEndpointType="Gateway",
+                RouteTableIds=[table],
+            )
+        for service in (
+            "cloudformation",
+            "ec2",
+            "ec2messages",
+            "logs",
+            "secretsmanager",
+            "ssm",
+            "ssmmessages",
+        ):
+            ec2.create_vpc_endpoint(
+                VpcId=LOCAL_VPC,
+                ServiceName=f"com.amazonaws.{REGION}.{service}",
+                VpcEndpointType="Interface",
+                SubnetIds=[subnet_id],
+            )
+
+    def restore_egress(self, subnet_id: str) -> None:
+        """Undo :meth:`remove_egress`'s route: the NAT route back. The endpoints stay (moto 5.2.5
+        cannot delete a gateway endpoint: it looks for a route to the prefix list it never added)."""
+        ec2 = self.client("ec2")
+        table = self.route_tables[subnet_id]
+        routes = ec2.describe_route_tables(RouteTableIds=[table])["RouteTables"][0]["Routes"]
+        if not any(r.get("DestinationCidrBlock") == "0.0.0.0/0" for r in routes):
+            ec2.create_route(
+                RouteTableId=table,
+                DestinationCidrBlock="0.0.0.0/0",
+                NatGatewayId=self.nat_gateways[subnet_id],
+            )
 
     # ---------------------------------------------------------------- names
     def ref(self, logical_id: str) -> Any:
@@ -1010,6 +1101,13 @@ class LocalCloud:
             cluster_function=str(self.ref("ClusterFunction")),
             start_function=str(self.ref("StartRunFunction")),
             topic_arn=self.topic_arn,
+            validate_function=str(self.ref("ValidateFunction")),
+            bootstrap_uri=str(
+                self.resolver.resolve(self.template["Outputs"]["HeadNodeBootstrapUri"]["Value"])
+            )
+            if self.resolver
+            else "",
+            functions=tuple(sorted(self.functions)),
         )
 
     def run_record(self, run_id: str) -> dict[str, Any] | None:

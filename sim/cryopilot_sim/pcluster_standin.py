@@ -181,8 +181,11 @@ class PClusterStandIn:
         on_head_node: Callable[[str, str], None] | None = None,
         on_deleted: Callable[[str], None] | None = None,
         script_exists: Callable[[str], bool] | None = None,
+        version: str = PCLUSTER_VERSION,
     ) -> None:
         self.clock = clock
+        #: The ParallelCluster version this API runs (its official AMIs' ``version``).
+        self.version = version
         self.create_seconds = float(create_seconds)
         self.delete_seconds = float(delete_seconds)
         self.validate = validate
@@ -376,6 +379,27 @@ class PClusterStandIn:
             case "delete_failed":
                 return "DELETE_FAILED", "DELETE_FAILED"
 
+    def _official_images(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        """ListOfficialImages (``GET /v3/images/official``; OpenAPI ``ListOfficialImagesResponseContent``
+        of ``AmiInfo``: amiId, os, name, version, architecture): the API's own version's AMIs,
+        filtered by the optional ``os`` and ``architecture`` query parameters."""
+        wanted_os, wanted_arch = self._one(query, "os"), self._one(query, "architecture")
+        images = []
+        for i, (os_name, ami_os) in enumerate(_OFFICIAL_OSES.items()):
+            for j, arch in enumerate(("x86_64", "arm64")):
+                if wanted_os not in (None, os_name) or wanted_arch not in (None, arch):
+                    continue
+                images.append(
+                    {
+                        "amiId": f"ami-0{i:02d}{j:02d}{'0' * 12}",
+                        "os": os_name,
+                        "name": f"aws-parallelcluster-{self.version}-{ami_os}-hvm-{arch}-202601010000",
+                        "version": self.version,
+                        "architecture": arch,
+                    }
+                )
+        return {"images": images}
+
     def _summary(self, cluster: _Cluster) -> dict[str, Any]:
         status, stack_status = self._status(cluster)
         return {
@@ -528,6 +552,8 @@ class PClusterStandIn:
         ):
             operation = "describe_cluster_instances"
             name = urllib.parse.unquote(parts[2])
+        elif parts == ["v3", "images", "official"] and method == "GET":
+            operation = "list_official_images"
         else:
             # API Gateway's answer for a resource or method it does not have.
             return 403, {"message": "Missing Authentication Token"}, None
@@ -551,6 +577,8 @@ class PClusterStandIn:
                 status, answer = self._describe_op(region, name or "")
             elif operation == "describe_cluster_instances":
                 status, answer = self._instances(region, name or "", query)
+            elif operation == "list_official_images":
+                status, answer = 200, self._official_images(query)
             else:
                 status, answer = self._delete(region, name or "")
         except _ApiError as error:
@@ -866,6 +894,16 @@ class PClusterStandIn:
         with self._lock:
             entries = list(self.requests)
         return (r for r in entries if r.operation == operation)
+
+
+#: The operating systems of ParallelCluster 3's official AMIs (the configuration's ``Image/Os``
+#: values) and how each AMI's name spells it.
+_OFFICIAL_OSES = {
+    "alinux2023": "amzn2023",
+    "ubuntu2204": "ubuntu-2204-lts",
+    "ubuntu2404": "ubuntu-2404-lts",
+    "rhel9": "rhel9",
+}
 
 
 _CONFIG_ERROR_MESSAGE = (

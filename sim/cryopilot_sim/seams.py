@@ -183,6 +183,11 @@ def install(harness: LocalCloud, st: ExitStack) -> None:
         response_headers: dict[str, str],
     ) -> bytes:
         name = function_name.split(":function:")[-1].split(":")[0]
+        backend.get_function(name, None)  # an unknown function: ResourceNotFoundException, as from AWS
+        if (headers or {}).get("X-Amz-Invocation-Type") == "DryRun":
+            # Lambda API reference, Invoke: "DryRun – Validate parameter values and verify that the
+            # user or role has permission to invoke the function": 204, the function is not run.
+            return b""
         event = json.loads(body) if body else {}
         with requests.released():
             ok, payload = harness.invoke(name, event)
@@ -293,6 +298,37 @@ def install(harness: LocalCloud, st: ExitStack) -> None:
         return real_subscribe(response)
 
     st.enter_context(mock.patch.object(SNSResponse, "subscribe", subscribe))
+
+    # Service Quotas GetServiceQuota for EC2's vCPU quotas. moto serves only the ``vpc`` service's
+    # default quotas and answers NoSuchResourceException for any other service. This answers the
+    # account's value from ``harness.ec2_quotas`` in the shape of the API's ``Quota`` (Service Quotas
+    # API reference, GetServiceQuota and the ServiceQuota data type: ServiceCode, ServiceName,
+    # QuotaArn, QuotaCode, QuotaName, Value, Unit, Adjustable, GlobalQuota); a code the account
+    # does not have gets NoSuchResourceException, as from AWS.
+    from moto.servicequotas.exceptions import NoSuchResource
+    from moto.servicequotas.models import ServiceQuotasBackend
+
+    real_get_quota = ServiceQuotasBackend.get_service_quota
+
+    def get_service_quota(backend: Any, service_code: str, quota_code: str) -> dict[str, Any]:
+        if service_code != "ec2":
+            return dict(real_get_quota(backend, service_code, quota_code))
+        if quota_code not in harness.ec2_quotas:
+            raise NoSuchResource
+        name, value = harness.ec2_quotas[quota_code]
+        return {
+            "ServiceCode": "ec2",
+            "ServiceName": "Amazon Elastic Compute Cloud (Amazon EC2)",
+            "QuotaArn": f"arn:aws:servicequotas:{backend.region_name}:{backend.account_id}:ec2/{quota_code}",
+            "QuotaCode": quota_code,
+            "QuotaName": name,
+            "Value": value,
+            "Unit": "None",
+            "Adjustable": True,
+            "GlobalQuota": False,
+        }
+
+    st.enter_context(mock.patch.object(ServiceQuotasBackend, "get_service_quota", get_service_quota))
 
 
 def install_fsx_tasks(harness: LocalCloud, st: ExitStack) -> None:

@@ -35,6 +35,7 @@ OUR_OPERATIONS = {
     "delete_cluster",
     "list_clusters",
     "describe_cluster_instances",
+    "list_official_images",
 }
 
 PARAMS = ClusterParams(
@@ -58,6 +59,7 @@ RESPONSE_MODELS = {
     ("list_clusters", 400): "BadRequestExceptionResponseContent",
     ("describe_cluster_instances", 200): "DescribeClusterInstancesResponseContent",
     ("describe_cluster_instances", 400): "BadRequestExceptionResponseContent",
+    ("list_official_images", 200): "ListOfficialImagesResponseContent",
 }
 
 
@@ -239,6 +241,7 @@ def recorded() -> Iterator[list[RecordedRequest]]:
         expect_error(lambda: client.describe_cluster(name))  # 404
         expect_error(lambda: client.delete_cluster(name))  # 404
         assert client.delete_cluster(failed, missing_ok=True) is None
+        assert set(client.official_image_versions()) == {"3.16.1"}  # preflight's version check
         assert all(p.name for p in parsed)
         yield list(standin.requests)
 
@@ -270,6 +273,7 @@ def test_the_scenario_covers_every_operation_and_answer(recorded: list[RecordedR
         ("describe_cluster_instances", 400),
         ("describe_cluster_instances", 429),
         ("describe_cluster_instances", 500),
+        ("list_official_images", 200),
     }
     assert {r.operation for r in recorded} == OUR_OPERATIONS
     statuses = {r.response.get("clusterStatus") for r in recorded if r.operation == "describe_cluster"}

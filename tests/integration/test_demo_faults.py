@@ -192,3 +192,28 @@ def test_no_node_that_can_launch_fails_the_run_fast(tmp_path: Path, fail: str, w
     subject, text = _outbox(tmp_path)[-1]
     assert subject.endswith(": CapacityError")
     assert words in text
+
+
+@pytest.mark.parametrize(
+    ("fail", "says"),
+    [
+        ("quota-zero", "quota L-417A185B: 'Running On-Demand P instances' is 0 vCPUs"),
+        ("no-egress", "no default route through a NAT gateway, and no VPC endpoint for cloudformation"),
+        ("missing-data", "holds 4 files matching 'micrographs/*.mrc', input.expected_files is 8"),
+    ],
+)
+def test_preflight_ends_a_doomed_run_at_validate_with_one_mail_and_no_cluster(
+    tmp_path: Path, fail: str, says: str
+) -> None:
+    summary = _rehearse(tmp_path, fail)
+    rehearsal = summary["rehearsal"]
+    assert rehearsal["passed"] is True, rehearsal["problems"]
+    assert summary["status"] == "FAILED"
+    assert summary["error"]["type"] == "PreflightError"
+    assert summary["error"]["step"] == "validate"
+    assert says in summary["error"]["message"]
+    assert summary["clusters_left"] == []
+    ((subject, text),) = _outbox(tmp_path)
+    assert subject == f"[cryopilot] {DATASET} failed at validate: PreflightError"
+    assert says in text
+    assert "No cluster was created." in text

@@ -106,6 +106,15 @@ def test_export_project_survives_one_failed_task(one_failed_task: LocalCloud) ->
         in (mail["message"])
     )
     assert "Not exported: the raw data" in mail["message"]
+    # the storage and the export in the mail, the record and the report
+    assert "and the /shared snapshot kept after it: about $" in mail["message"]
+    assert record["snapshot_cost_usd"] > 0
+    report = s3.get_object(Bucket=bucket, Key=f"runs/{run_id}/report/report.md")["Body"].read().decode()
+    (storage_line,) = [ln for ln in report.splitlines() if ln.startswith("- **Storage:** ")]
+    assert f"FSx for Lustre {record['fsx_storage_gib']:,} GiB" in storage_line
+    assert "/shared snapshot (25 GiB, kept 30 days)" in storage_line
+    (exported_line,) = [ln for ln in report.splitlines() if ln.startswith("- **Exported:** ")]
+    assert "the whole cryoSPARC project to " in exported_line
     assert _tagged_file_systems(cloud, run_id) == [], "the FSx file system goes with the cluster"
     assert cloud.pcluster.clusters() == {}
 

@@ -116,3 +116,17 @@ def test_without_a_local_stack_the_commands_say_how_to_start_one(server: LocalSe
     assert result.returncode == 3
     assert "no local stack is running" in result.stderr
     assert "cryopilot local" in result.stderr
+
+
+def test_smoke_passes_against_the_local_stack(server: LocalServer) -> None:
+    # what the README's deployment section ends with, against the local stack: preflight, the
+    # sample's cluster configuration dry-run, the head node's files, every function
+    result = _cli(server, "smoke")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [ln for ln in result.stdout.splitlines() if ln and not ln.startswith(("{", "-"))]
+    names = [r.split("  ")[0] for r in rows[1:] if not r.startswith(" ")]
+    for name in ("quota L-417A185B", "licence secret", "cluster dryrun", "head-node bundle", "StartRun runs"):
+        assert name in names, result.stdout
+    assert not [r for r in rows[1:] if " FAIL " in r]
+    assert server.cloud.pcluster.clusters() == {}
+    assert server.cloud.executions() == []

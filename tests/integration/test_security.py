@@ -69,10 +69,12 @@ def test_licence_appears_nowhere_a_run_leaves_text(
 ) -> None:
     secrets = cloud.client("secretsmanager")
     secret_name = LICENCE_SECRET_ARN.rsplit(":secret:", 1)[1]
-    secrets.create_secret(Name=secret_name, SecretString=json.dumps({"licence_id": CANARY}))
+    # the local account has the secret (preflight checks it exists): the canary licence goes in it
+    secrets.put_secret_value(SecretId=secret_name, SecretString=json.dumps({"licence_id": CANARY}))
 
     s3 = cloud.client("s3")
     s3.put_object(Bucket=cloud.input_bucket, Key="datasets/CGRP-2026-11/movies/m1.tif", Body=b"\0" * 64)
+    s3.put_object(Bucket=cloud.input_bucket, Key="datasets/CGRP-2026-11/gain/gain_ref.mrc", Body=b"g" * 32)
     doc = {
         "manifest_inline": yaml.safe_load((EVENTS / "manifests" / "cgrp.yaml").read_text()),
         "data_s3_uri": f"s3://{cloud.input_bucket}/datasets/CGRP-2026-11/",

@@ -129,7 +129,9 @@ def test_successful_run(cloud: LocalCloud) -> None:
     summary = lines[lines.index("## Summary") + 1 : lines.index("## Stages")]
     (finished,) = [ln for ln in summary if ln.startswith("- **Finished:**")]
     assert finished.startswith("- **Finished:** 2026-"), finished
-    (cost,) = [ln for ln in summary if "$" in ln]
+    # one cost for the nodes (the record's), and the storage's apart on its own line
+    (cost, storage_line) = [ln for ln in summary if "$" in ln]
+    assert storage_line.startswith("- **Storage:** FSx for Lustre "), storage_line
     assert cost.startswith(f"- **Cost:** {cost_text(record['cost_usd'], record['cost_basis'])}")
     (hours,) = [ln for ln in summary if "GPU-hours" in ln]
     paid, busy = record["gpu_hours_paid"], record["gpu_hours_busy"]

@@ -84,3 +84,15 @@ def test_bad_manifest_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "input" in capsys.readouterr().err
     assert main(["estimate", str(tmp_path / "missing.yaml")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_the_estimate_prints_the_shared_snapshots_cost_apart(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", str(EVENTS / "manifests" / "glp1r.yaml")]) == 0
+    out = capsys.readouterr().out
+    (row,) = [line for line in out.splitlines() if line.startswith("  /shared snapshot after the run (")]
+    assert row.startswith("  /shared snapshot after the run (25 GiB, 30 days; not in the total)")
+    whitepaper, cryopilot = (float(v) for v in row.split(")")[1].split())
+    # 25 GiB at the catalogue's 0.05 USD per GB-month for 30 days of a 730-hour month
+    assert whitepaper == cryopilot == pytest.approx(25 * 0.05 * 720 / 730, abs=0.01)
+    assert "/shared EBS snapshot: 25 GiB" in out
+    assert "https://aws.amazon.com/ebs/pricing/" in out

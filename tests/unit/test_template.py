@@ -63,6 +63,13 @@ ONLY_ON_EVERY_RESOURCE = {
     "logs:PutResourcePolicy",
     "logs:DescribeResourcePolicies",
     "logs:DescribeLogGroups",
+    # preflight's read-only account checks (Validate): EC2's Describe* actions take no resource
+    # type; GetServiceQuota is asked for EC2's vCPU quotas of the account
+    "servicequotas:GetServiceQuota",
+    "ec2:DescribeInstanceTypeOfferings",
+    "ec2:DescribeSubnets",
+    "ec2:DescribeRouteTables",
+    "ec2:DescribeVpcEndpoints",
 }
 
 

@@ -87,7 +87,12 @@ _INSTANCE_TYPE_IN_TEXT_RE = re.compile(r"\b([a-z][a-z0-9-]*\d[a-z0-9-]*\.\d*[a-z
 _ALREADY_EXISTS_RE = re.compile(r"\balready exists\b", re.IGNORECASE)
 
 Operation = Literal[
-    "create_cluster", "describe_cluster", "delete_cluster", "list_clusters", "describe_cluster_instances"
+    "create_cluster",
+    "describe_cluster",
+    "delete_cluster",
+    "list_clusters",
+    "describe_cluster_instances",
+    "list_official_images",
 ]
 
 
@@ -503,6 +508,20 @@ class PClusterClient:
             if not token:
                 return clusters
         raise PClusterApiError(f"list_clusters: more than {max_pages} pages")
+
+    def official_image_versions(self) -> list[str]:
+        """The ParallelCluster version of each official AMI the API lists (``GET /v3/images/official``,
+        ListOfficialImages: the API lists the AMIs of its own version, each ``AmiInfo`` carrying
+        ``version``). Preflight reads the API's version from it."""
+        status, payload = self._send(
+            "list_official_images", "GET", "/v3/images/official", [("region", self.region)], None
+        )
+        if status != 200:
+            raise api_error("list_official_images", status=status, payload=payload)
+        images = payload.get("images")
+        if not isinstance(images, list):
+            raise PClusterApiError("list_official_images: answer without an images list")
+        return [str(i.get("version")) for i in images if isinstance(i, Mapping) and i.get("version")]
 
     def create_or_adopt(self, name: str, config_yaml: str, run_id: str, **create_options: Any) -> ClusterInfo:
         """Create the cluster, or adopt it when it already exists and carries this run's tag.

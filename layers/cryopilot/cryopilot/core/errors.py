@@ -178,6 +178,14 @@ class StorageLimitError(CryopilotError):
     label = "storage limit reached"
 
 
+class PreflightError(CryopilotError):
+    """A preflight check failed (an account quota, an offering, the network, the licence secret, the
+    ParallelCluster API, the data): the run would fail later, after a cluster was paid for. Never
+    retried; no cluster is made."""
+
+    label = "preflight check failed"
+
+
 class ReportError(CryopilotError):
     """The run's report cannot be written (never fails the run: the state machine goes on)."""
 

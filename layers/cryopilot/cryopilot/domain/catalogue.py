@@ -150,9 +150,11 @@ class StoragePrice(_Model):
 
 
 class StoragePrices(_Model):
-    """FSx for Lustre rates: deployment type → region → throughput tier (MB/s/TiB) → rate."""
+    """FSx for Lustre rates: deployment type → region → throughput tier (MB/s/TiB) → rate; EBS
+    snapshot rates by region."""
 
     fsx_lustre: dict[str, dict[str, dict[int, StoragePrice]]]
+    ebs_snapshot: dict[str, StoragePrice] = Field(default_factory=dict)
 
 
 class Catalogue(_Model):
@@ -258,6 +260,13 @@ class Catalogue(_Model):
             raise CostingError(
                 f"no FSx for Lustre price for {deployment_type} at {throughput} MB/s/TiB in {region}"
             )
+        return record
+
+    def snapshot_price(self, region: str = DEFAULT_REGION) -> StoragePrice:
+        """The EBS snapshot rate (Standard tier) in ``region``."""
+        record = (self.storage.ebs_snapshot if self.storage else {}).get(region)
+        if record is None:
+            raise CostingError(f"no EBS snapshot price in {region}")
         return record
 
     def gpus(self, instance_type: str) -> int:

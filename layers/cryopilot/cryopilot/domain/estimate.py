@@ -314,6 +314,14 @@ class StorageEstimate(_Model):
     source: str
     as_of: date | None
     verified: bool
+    #: the /shared snapshot kept after the run: its GiB (an assumption), days, rate and cost; not
+    #: part of ``cost_usd`` (it is paid after the run, as long as the stack keeps it)
+    snapshot_gib: float = 0.0
+    snapshot_days: int = 0
+    snapshot_usd_per_gb_month: float = 0.0
+    snapshot_cost_usd: float = 0.0
+    snapshot_source: str = ""
+    snapshot_verified: bool = False
 
 
 class Estimate(_Model):
@@ -619,7 +627,12 @@ def _speeds_used(cat: Catalogue, usage: Sequence[QueueUsage]) -> list[SpeedUsed]
 
 
 def _storage_estimate(
-    cat: Catalogue, plan: Plan, given: storage.StoragePlan | None, hours: float, region: str
+    cat: Catalogue,
+    plan: Plan,
+    given: storage.StoragePlan | None,
+    hours: float,
+    region: str,
+    snapshot_days: int = 30,
 ) -> StorageEstimate | None:
     """The FSx line: ``given``, else the model's for the plan's white-paper dataset (None if the
     plan is not named after one)."""
@@ -643,7 +656,27 @@ def _storage_estimate(
         source=rate.source,
         as_of=rate.as_of,
         verified=rate.verified,
+        **_snapshot_fields(cat, region, snapshot_days),
     )
+
+
+def _snapshot_fields(cat: Catalogue, region: str, days: int) -> dict[str, Any]:
+    """The /shared snapshot's line: :data:`~cryopilot.domain.storage.SHARED_SNAPSHOT_GIB` for
+    ``days`` (the stack's SnapshotRetentionDays; 0 keeps it, so 30 days are shown per month)."""
+    try:
+        rate = cat.snapshot_price(region)
+    except CostingError:
+        return {}
+    shown = days or 30
+    gib = float(storage.SHARED_SNAPSHOT_GIB)
+    return {
+        "snapshot_gib": gib,
+        "snapshot_days": days,
+        "snapshot_usd_per_gb_month": rate.usd_per_gb_month,
+        "snapshot_cost_usd": billing.storage_cost(gib, rate.usd_per_gb_month, shown * 24),
+        "snapshot_source": rate.source,
+        "snapshot_verified": rate.verified,
+    }
 
 
 def estimate(

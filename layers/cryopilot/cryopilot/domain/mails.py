@@ -135,10 +135,16 @@ def _storage_cost_line(run: RunRecord) -> list[str]:
     """The FSx file system's estimated cost, when the report recorded it (``storage_cost_usd``)."""
     if run.storage_cost_usd is None or not run.fsx_storage_gib:
         return []
-    return [
+    lines = [
         f"  and the FSx for Lustre file system: about ${float(run.storage_cost_usd):,.0f}"
         f" ({run.fsx_storage_gib:,} GiB at {run.fsx_throughput_mb_per_tib} MB/s/TiB, estimated)"
     ]
+    if run.snapshot_cost_usd is not None:
+        lines.append(
+            f"  and the /shared snapshot kept after it: about ${float(run.snapshot_cost_usd):,.2f}"
+            " (estimated)"
+        )
+    return lines
 
 
 def succeeded(

@@ -111,6 +111,8 @@ class RunRecord(_Item):
     fsx_throughput_mb_per_tib: int | None = None
     #: the storage model's lines, need, capacity and throughput rule, as Validate computed them
     storage: dict[str, Any] | None = None
+    #: each preflight check's name, result (ok, warn, fail) and message, as Validate ran them
+    preflight: list[dict[str, Any]] | None = None
     #: ``{"label", "cluster", "reason"}`` of each placement that had no capacity
     placements_tried: list[dict[str, Any]] = Field(default_factory=list)
     abandoned_clusters: list[str] = Field(default_factory=list)
@@ -147,6 +149,8 @@ class RunRecord(_Item):
     stage_cost_usd: float | None = None
     #: the FSx file system's estimated cost (steps/report.py), beside the nodes' ``cost_usd``
     storage_cost_usd: float | None = None
+    #: the /shared snapshot's estimated cost over SnapshotRetentionDays (steps/report.py)
+    snapshot_cost_usd: float | None = None
     gpu_hours_paid: float | None = None
     gpu_hours_busy: float | None = None
     error: dict[str, Any] | None = None

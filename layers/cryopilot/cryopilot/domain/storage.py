@@ -83,6 +83,10 @@ MB = 10**6
 
 #: The FSx for Lustre deployment type of every cryopilot cluster (data repository associations need it).
 DEPLOYMENT_TYPE = "PERSISTENT_2"
+#: What the /shared volume's snapshot holds, GiB: the cryoSPARC install (master and worker, about
+#: 15 GiB) and its database (a few GiB for a run's one project). An assumption, not measured: EBS
+#: bills the blocks the snapshot holds, not the volume's size.
+SHARED_SNAPSHOT_GIB = 25
 #: ``PERSISTENT_2`` SSD capacities: 1200 GiB, 2400 GiB and increments of 2400 GiB (API reference).
 SMALLEST_GIB = 1200
 STEP_GIB = 2400

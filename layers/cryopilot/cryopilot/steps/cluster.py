@@ -223,3 +223,39 @@ def check_deleted(run_id: str, polls: int, max_polls: int) -> ClusterStep:
 def delete(run_id: str) -> ClusterStep:
     outcome = request_deletion(run_id)
     return ClusterStep(name=outcome.name, status=outcome.status, deleted=outcome.deleted)
+
+
+class DryRun(BaseModel):
+    """What ParallelCluster said of a configuration sent with ``dryrun=true``."""
+
+    ok: bool
+    status: str
+    cluster_name: str | None = None
+    message: str = ""
+    warnings: list[str] = []
+
+
+def dryrun(run_fields: dict[str, Any]) -> DryRun:
+    """``cryopilot smoke``: the configuration a run of ``run_fields`` (run_id, dataset,
+    cluster_name, data_s3_uri, FSx size) would get, sent to the ParallelCluster API with
+    ``dryrun=true``. The API validates it and answers 412 when the create would succeed; nothing is
+    created and nothing is written, so nothing costs."""
+    settings = get_settings()
+    try:
+        run = RunRecord.model_validate(run_fields)
+        config = config_yaml_for(run, settings)
+    except ValidationError as exc:
+        return DryRun(ok=False, status="INVALID", message=validation_message(exc))
+    name = run.cluster_name
+    try:
+        info = api().create_cluster(str(name), config, dryrun=True)
+    except ClusterConfigError as exc:
+        errors = [str(e.get("message")) for e in exc.details.get("validation_errors") or []]
+        first = str(exc).splitlines()[0]
+        return DryRun(ok=False, status="REJECTED", cluster_name=name, message="; ".join([first, *errors]))
+    except CryopilotError as exc:
+        return DryRun(
+            ok=False, status=type(exc).__name__, cluster_name=name, message=str(exc).splitlines()[0]
+        )
+    warnings = [m.line() for m in info.validation_messages]
+    return DryRun(ok=info.status == "DRYRUN_OK", status=info.status, cluster_name=name, warnings=warnings)

@@ -27,7 +27,7 @@ from cryopilot.domain.clusterconfig.scaling import SCALEDOWN_IDLE_SECONDS
 from cryopilot.domain.record import RunRecord
 from cryopilot.domain.report.data import report_data_from_run
 from cryopilot.domain.report.render import render_all
-from cryopilot.domain.storage import DEPLOYMENT_TYPE
+from cryopilot.domain.storage import DEPLOYMENT_TYPE, SHARED_SNAPSHOT_GIB
 
 CONTENT_TYPES = {
     "report.md": "text/markdown; charset=utf-8",
@@ -76,6 +76,47 @@ def storage_cost(run: RunRecord) -> float | None:
     return billing.storage_cost(gib, rate, life / 3600)
 
 
+def snapshot_cost(run: RunRecord) -> float | None:
+    """The /shared snapshot's cost over the stack's SnapshotRetentionDays (30 days when it keeps
+    them: a month's worth), for :data:`SHARED_SNAPSHOT_GIB`; None without a cluster or a price."""
+    if not run.cluster_requested_at:
+        return None
+    settings = get_settings()
+    try:
+        rate = Catalogue.for_deployment(settings.price_overrides).snapshot_price(settings.region)
+    except CostingError:
+        return None
+    days = settings.snapshot_retention_days or 30
+    return billing.storage_cost(SHARED_SNAPSHOT_GIB, rate.usd_per_gb_month, days * 24)
+
+
+def storage_summary(run: RunRecord, fsx: float | None, snapshot: float | None) -> str | None:
+    """The report's Storage line: the FSx file system, the data it held, the /shared snapshot."""
+    if not run.fsx_storage_gib:
+        return None
+    text = f"FSx for Lustre {run.fsx_storage_gib:,} GiB at {run.fsx_throughput_mb_per_tib} MB/s/TiB"
+    if fsx is not None:
+        text += f", about ${fsx:,.0f}"
+    if run.data_bytes is not None:
+        text += f"; data {run.data_bytes / 1024**3:,.1f} GiB in {run.data_objects or 0:,} objects"
+    if snapshot is not None:
+        days = get_settings().snapshot_retention_days
+        kept = f"kept {days} days" if days else "kept until deleted by hand"
+        text += f"; /shared snapshot ({SHARED_SNAPSHOT_GIB} GiB, {kept}) about ${snapshot:,.2f}"
+    return text + " (estimated)"
+
+
+def export_summary(run: RunRecord) -> str | None:
+    """The report's Exported line: what went to the results bucket, and what did not."""
+    results = run.results or {}
+    if not results.get("uri"):
+        return None
+    text = f"results ({len(results.get('files') or [])} files) to {results['uri']}"
+    if results.get("project_uri"):
+        return text + f"; the whole cryoSPARC project to {results['project_uri']}"
+    return text + "; not the cryoSPARC project (deleted with the FSx file system)"
+
+
 def instance_types(gpu8_instance_type: str | None) -> dict[str, str]:
     """Instance type per queue: the placement's gpu8 type when the run recorded one."""
     return get_settings().queue_instance_types(gpu8_instance_type or None)
@@ -99,6 +140,11 @@ def write(run_id: str) -> ReportStep:
         # the placement's gpu8 type is on the step context, not the record: the configured types
         instance_types=instance_types(None),
         idle_seconds=SCALEDOWN_IDLE_SECONDS,
+    )
+    fsx = storage_cost(run)
+    snapshot = snapshot_cost(run)
+    data = data.model_copy(
+        update={"storage": storage_summary(run, fsx, snapshot), "exported": export_summary(run)}
     )
     files = render_all(data)
     bucket = get_settings().results_bucket
@@ -127,9 +173,10 @@ def write(run_id: str) -> ReportStep:
         fields["cost_basis"] = billing.NODES_BILLED if data.billed_usd is not None else billing.STAGE_TIME
     if data.cost_usd is not None:
         fields["stage_cost_usd"] = _round(data.cost_usd)
-    fsx = storage_cost(run)
     if fsx is not None:
         fields["storage_cost_usd"] = _round(fsx)
+    if snapshot is not None:
+        fields["snapshot_cost_usd"] = _round(snapshot)
     paid = data.billed_gpu_hours if data.billed_gpu_hours is not None else data.gpu_hours_paid
     if paid is not None:
         fields["gpu_hours_paid"] = round(paid, 2)

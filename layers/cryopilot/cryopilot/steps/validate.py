@@ -5,7 +5,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ValidationError
 
-from cryopilot.adapters import aws, runs, subscriptions
+from cryopilot.adapters import aws, preflight, runs, subscriptions
 from cryopilot.adapters.datasize import measure_prefix
 from cryopilot.adapters.execution_input import ExecutionInput, RunSettings
 from cryopilot.adapters.manifests import head_version
@@ -16,6 +16,7 @@ from cryopilot.core import clock
 from cryopilot.core.errors import (
     EventError,
     ManifestError,
+    PreflightError,
     RunLimitError,
     RunStoppedError,
     StorageLimitError,
@@ -41,6 +42,7 @@ from cryopilot.domain.manifest import (
     parse_manifest,
     validation_message,
 )
+from cryopilot.domain.preflight import failed, failure_message
 from cryopilot.protocol.stage import PlannedStage
 
 
@@ -165,6 +167,7 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
         store.update_run(run_id, current_step="validate")
         raise
     _check_cost_ceiling(run_id, manifest, stages)
+    _preflight(run_id, manifest, data_uri, data)
     store.put_context(run_id, **context_fields(manifest, exec_input, started_epoch=clock.now()))
     _subscribe(manifest)
     logger.info(
@@ -251,6 +254,56 @@ def _check_cost_ceiling(run_id: str, manifest: Manifest, plan: list[PlannedStage
     except RunLimitError:
         runs.store().update_run(run_id, current_step="validate")
         raise
+
+
+def _data_inputs(manifest: Manifest, data_uri: str, data: storage.DataSize) -> preflight.DataInputs:
+    return preflight.DataInputs(
+        uri=data_uri,
+        glob=manifest.input.glob,
+        expected_files=manifest.input.expected_files,
+        gain_reference=manifest.acquisition.gain_reference,
+        measured=data,
+    )
+
+
+def _preflight(run_id: str, manifest: Manifest, data_uri: str, data: storage.DataSize | None) -> None:
+    """The preflight checks (:mod:`cryopilot.adapters.preflight`), recorded on the run; a failed
+    one ends the run here (:class:`PreflightError`), before any cluster exists."""
+    inputs = None if data is None else _data_inputs(manifest, data_uri, data)
+    results = preflight.run_checks(get_settings(), inputs)
+    store = runs.store()
+    store.update_run(run_id, preflight=preflight.results_doc(results))
+    if failed(results):
+        store.update_run(run_id, current_step="validate")
+        raise PreflightError(failure_message(results))
+
+
+def preflight_checks(raw_input: Any) -> dict[str, Any]:
+    """``cryopilot preflight``: the checks a run's Validate makes, run by the Validate function with
+    its own role, and nothing written. ``raw_input``: None (the stack's checks only) or an
+    execution's input naming a manifest (its data is checked too)."""
+    settings = get_settings()
+    inputs = None
+    if raw_input:
+        try:
+            exec_input = ExecutionInput.model_validate(raw_input)
+        except ValidationError as exc:
+            raise ManifestError(f"preflight input: {validation_message(exc)}") from None
+        foreign = exec_input.bucket_problem(settings.input_bucket)
+        if foreign:
+            raise ManifestError(f"preflight input: {foreign}")
+        if exec_input.manifest_inline is not None:
+            manifest = manifest_from_dict(exec_input.manifest_inline, source="manifest_inline")
+            data_uri = exec_input.data_s3_uri or ""
+        else:
+            location = exec_input.manifest or _location_from_uri(exec_input.manifest_s3_uri or "")
+            manifest, location = load_manifest(location)
+            data_uri = f"s3://{location.bucket}/{manifest_prefix(location.key)}"
+        if data_uri.startswith("s3://"):
+            data = measure_prefix(aws.client("s3"), data_uri, manifest.input.glob)
+            inputs = _data_inputs(manifest, data_uri, data)
+    results = preflight.run_checks(settings, inputs)
+    return {"ok": not failed(results), "checks": preflight.results_doc(results)}
 
 
 def _subscribe(manifest: Manifest) -> None:

@@ -58,6 +58,8 @@ class ReportData(BaseModel):
     error: str | None = None
     failed_at: str | None = None
     results: list[tuple[str, str]] = Field(default_factory=list)
+    storage: str | None = Field(default=None, description="the FSx file system, the data, the snapshot")
+    exported: str | None = Field(default=None, description="what went to the results bucket")
 
 
 # --- building --------------------------------------------------------------------------------------

@@ -134,4 +134,8 @@ def summary_lines(data: ReportData) -> list[tuple[str, str]]:
     if data.placements_tried:
         lines.append(("No capacity for", "; ".join(data.placements_tried)))
     lines.extend(("Capacity", event) for event in data.capacity_events)
+    if data.storage:
+        lines.append(("Storage", data.storage))
+    if data.exported:
+        lines.append(("Exported", data.exported))
     return lines
