@@ -429,6 +429,38 @@ class Driver:
             files.append(ExportedFile(kind=kind, name=name, size=len(data)))
         return files
 
+    def _selected_class_averages(self, project: Any) -> list[tuple[str, str, str | bytes]]:
+        """The 2D class averages the run's last completed Select 2D job kept: the class-average
+        stack its ``templates_selected`` output points at (``blob/path``) and, as JSON, which of its
+        images were selected (``blob/idx``). [] when the run had no such job."""
+        ws = self.find_workspace(project)
+        if ws is None:
+            return []
+        chosen = [
+            j
+            for j in self.jobs(project, ws)
+            if j.model.spec.type == "select_2D" and j.model.status == "completed"
+        ]
+        if not chosen:
+            return []
+        job = chosen[-1]
+        templates = job.load_output("templates_selected")
+        if "blob/path" not in set(templates.fields()) or len(templates) == 0:
+            return []
+        path = str(templates["blob/path"][0])
+        selected = (
+            sorted({int(i) for i in templates["blob/idx"]}) if "blob/idx" in set(templates.fields()) else []
+        )
+        doc = {
+            "job": f"{project.uid}-{job.uid}",
+            "class_averages": PurePosixPath(path).name,
+            "selected": selected,
+        }
+        return [
+            ("class_averages", PurePosixPath(path).name, path),
+            ("selected_classes", f"{job.uid}_selected_classes.json", json.dumps(doc, indent=1).encode()),
+        ]
+
     def export_partial(self, run_id: str, stage_id: str, dest: str, local_dir: str) -> ExportResult:
         """What a run stopped early has: every map of stage ``stage_id``'s last completed job (its
         ``volume`` or each ``volume_class_N``) and its particles, written and checked like
@@ -486,6 +518,7 @@ class Driver:
             (kind, PurePosixPath(path).name, path) for kind, path in paths
         ]
         sources.append(("fsc", f"{job.uid}_fsc_info_best.json", fsc_doc.encode()))
+        sources += self._selected_class_averages(project)
         files = self._write(project, local_dir, sources)
         return ExportResult(
             dest=dest, files=files, resolution_A=resolution_of(model), project_dir=_project_dir(project)

@@ -35,6 +35,25 @@ def _mrc_bytes(n: int, psize: float, seed: int) -> bytes:
     return bytes(header) + data.tobytes()
 
 
+def _stack_bytes(n: int, count: int, psize: float, seed: int) -> bytes:
+    """A small, valid MRC2014 stack of ``count`` 2D images (mode 2, float32, ISPG 0): class averages."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices((n, n)).astype(np.float32) - (n - 1) / 2
+    blob = np.exp(-(grid**2).sum(axis=0) / (2 * (n / 5) ** 2))
+    data = np.stack([blob + 0.05 * rng.standard_normal((n, n)) for _ in range(count)]).astype(np.float32)
+    header = bytearray(1024)
+    struct.pack_into("<3i", header, 0, n, n, count)
+    struct.pack_into("<i", header, 12, 2)
+    struct.pack_into("<3i", header, 28, n, n, count)
+    struct.pack_into("<3f", header, 40, n * psize, n * psize, count * psize)
+    struct.pack_into("<3f", header, 52, 90.0, 90.0, 90.0)
+    struct.pack_into("<3i", header, 64, 1, 2, 3)
+    struct.pack_into("<3f", header, 76, float(data.min()), float(data.max()), float(data.mean()))
+    header[208:212] = b"MAP "
+    header[212:216] = bytes([0x44, 0x44, 0, 0])
+    return bytes(header) + data.tobytes()
+
+
 class JobOutputs:
     """What finished jobs produce (a mixin of :class:`~cryopilot_sim.cryosparc_standin.CryoSparcStandIn`)."""
 
@@ -152,6 +171,11 @@ class JobOutputs:
             n = self._input_count(job, "particles", p)
             job.class_info = self._class2d_info(job, n)
             self._put_output(job, "particles", n)
+            # the class averages: one MRC stack the job writes (J<n>_020_class_averages.mrc, as
+            # cryoSPARC names its last iteration's), each row of the output one image of it
+            averages = f"{job.uid}/{job.uid}_020_class_averages.mrc"
+            p.files[averages] = _stack_bytes(16, len(job.class_info), psize, seed=job.num)
+            job.datasets["class_averages"] = {"blob/path": averages, "blob/idx": 0, "blob/shape": [16, 16]}
             self._put_output(job, "class_averages", len(job.class_info))
         elif t == "select_2D":
             chosen = [c for c in job.class_info if c.get("selected")]
@@ -160,6 +184,15 @@ class JobOutputs:
                 self._finish(job, "failed", at)
                 return
             self._put_output(job, "particles_selected", sum(c["num_particles_total"] for c in chosen))
+            # Select 2D passes the 2D job's class averages on: the rows of the chosen classes
+            src = next((p.jobs[c.job_uid] for c in job.connections if c.input == "templates"), None)
+            from_2d = (src.datasets.get("class_averages") or {}).get("blob/path") if src else None
+            if from_2d:
+                job.datasets["templates_selected"] = {
+                    "blob/path": str(from_2d),
+                    "blob/idx": int(chosen[0]["class_idx"]),
+                    "blob/shape": [16, 16],
+                }
             self._put_output(job, "templates_selected", len(chosen))
         elif t in ("homo_abinit", "hetero_refine"):
             self._complete_classes(job, p)

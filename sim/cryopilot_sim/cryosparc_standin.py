@@ -1049,7 +1049,7 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         for key, value in rows.items():
             if isinstance(value, str):
                 cols.append((key, np.array([value], dtype=object)))
-            elif isinstance(value, list):
+            elif isinstance(value, (list, int)):  # shapes, and indices (blob/idx): uint32 as cryoSPARC's
                 cols.append((key, np.array([value], dtype=np.uint32)))
             else:
                 cols.append((key, np.array([value], dtype=np.float32)))

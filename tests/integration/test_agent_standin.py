@@ -215,7 +215,26 @@ def test_movies_preset_runs_to_final_resolution_and_exports(clock: VirtualClock)
             exported = ExportResult.model_validate_json(text)
             assert exported.dest == "results"
             kinds = {f.kind for f in exported.files}
-            assert kinds == {"map", "half_map_a", "half_map_b", "mask", "fsc", "particles"}
+            assert kinds == {
+                "map",
+                "half_map_a",
+                "half_map_b",
+                "mask",
+                "fsc",
+                "particles",
+                "class_averages",
+                "selected_classes",
+            }
+            # the 2D class averages Select 2D kept: the 2D job's stack, and which images were chosen
+            by_kind = {f.kind: f for f in exported.files}
+            with open(os.path.join(fsx_mount, "results", by_kind["class_averages"].name), "rb") as fh:
+                header = fh.read(1024)
+            assert header[208:212] == b"MAP "
+            assert int.from_bytes(header[8:12], "little") > 1  # a stack: one image per class
+            with open(os.path.join(fsx_mount, "results", by_kind["selected_classes"].name)) as fh:
+                chosen = json.load(fh)
+            assert chosen["class_averages"] == by_kind["class_averages"].name
+            assert chosen["selected"], chosen
             for f in exported.files:
                 assert os.path.getsize(os.path.join(fsx_mount, "results", f.name)) == f.size > 0
             with open(

@@ -149,7 +149,7 @@ def test_export_that_keeps_failing_is_retried_then_fails_and_says_where_the_data
     # report too, so the failures give counts, not names), then the run fails
     assert _failed_tasks(cloud, arn).count("ExportError") == 1
     assert record["export"]["attempt"] == 3, record["error"]
-    assert all(f.endswith("6 of 6 files not exported") for f in record["export"]["failures"])
+    assert all(f.endswith("8 of 8 files not exported") for f in record["export"]["failures"])
     assert record["stages"]["nurefine"]["state"] == "completed"  # the map was made
     assert "snapshot" in failure["message"]
     assert "/shared" in failure["message"]

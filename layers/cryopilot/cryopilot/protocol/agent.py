@@ -110,7 +110,10 @@ class KillResult(_Model):
 
 
 class ExportedFile(_Model):
-    kind: str = Field(description="map, half_map_a, half_map_b, mask, fsc, particles; class_map (partial)")
+    kind: str = Field(
+        description="map, half_map_a, half_map_b, mask, fsc, particles, class_averages, selected_classes;"
+        " class_map (partial)"
+    )
     name: str = Field(description="the file's name in the export directory")
     size: int
 
