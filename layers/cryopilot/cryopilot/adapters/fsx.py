@@ -23,7 +23,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from cryopilot.core.errors import ExportError
+from cryopilot.core.errors import ExportError, ThrottledError
 from cryopilot.core.naming import TAG_RUN_ID
 
 REPORT_FORMAT = "REPORT_CSV_20191124"
@@ -52,22 +52,61 @@ class TaskState:
         return self.lifecycle == "SUCCEEDED" and self.failed == 0
 
 
+#: Error codes of a call worth making again (after boto3's own retries): throttling and 5xx.
+_AGAIN = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "InternalServerError",
+        "ServiceUnavailable",
+    }
+)
+#: Lifecycles of a file system that can take an export (FSx API reference, FileSystem).
+_USABLE = frozenset({"AVAILABLE", "UPDATING"})
+#: The tag ParallelCluster puts on a cluster's resources naming the cluster (its own tag; a
+#: file system without it is matched by the run's tag alone).
+TAG_CLUSTER_NAME = "parallelcluster:cluster-name"
+
+
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", "ClientError"))
 
 
-def find_file_system(fsx: Any, run_id: str) -> str:
-    """The id of the run's FSx for Lustre file system (tag ``cryopilot:run-id``); ExportError if
-    there is none."""
+def _failed(exc: ClientError, what: str) -> Exception:
+    """:class:`ThrottledError` (the state machine retries it) for throttling and 5xx answers,
+    :class:`ExportError` for the others."""
+    code = _code(exc)
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    if code in _AGAIN or status >= 500:
+        return ThrottledError(f"{what}: FSx answered {code}; retried")
+    return ExportError(f"{what} ({code})")
+
+
+def find_file_system(fsx: Any, run_id: str, cluster_name: str | None = None) -> str:
+    """The id of the run's FSx for Lustre file system: tagged ``cryopilot:run-id`` with the run,
+    usable, and (when several are, e.g. a failed placement's cluster still being deleted) the one
+    of the run's current cluster. ExportError if there is none or no way to choose."""
+    found: list[tuple[str, str | None]] = []
     try:
         for page in fsx.get_paginator("describe_file_systems").paginate():
             for fs in page.get("FileSystems", []):
                 tags = {t.get("Key"): t.get("Value") for t in fs.get("Tags") or []}
-                if fs.get("FileSystemType") == "LUSTRE" and tags.get(TAG_RUN_ID) == run_id:
-                    return str(fs["FileSystemId"])
+                usable = fs.get("Lifecycle", "AVAILABLE") in _USABLE
+                if fs.get("FileSystemType") == "LUSTRE" and tags.get(TAG_RUN_ID) == run_id and usable:
+                    found.append((str(fs["FileSystemId"]), tags.get(TAG_CLUSTER_NAME)))
     except ClientError as exc:
-        raise ExportError(f"cannot list the FSx file systems ({_code(exc)})") from None
-    raise ExportError(f"no FSx for Lustre file system is tagged {TAG_RUN_ID}={run_id}")
+        raise _failed(exc, "cannot list the FSx file systems") from None
+    if len(found) > 1 and cluster_name:
+        found = [f for f in found if f[1] == cluster_name] or found
+    if not found:
+        raise ExportError(f"no usable FSx for Lustre file system is tagged {TAG_RUN_ID}={run_id}")
+    if len(found) > 1:
+        raise ExportError(
+            f"{len(found)} FSx file systems are tagged {TAG_RUN_ID}={run_id}"
+            f" ({', '.join(f[0] for f in found)}) and none is known to be the run's cluster's"
+        )
+    return found[0][0]
 
 
 def start_export(fsx: Any, file_system_id: str, paths: list[str], report_path: str, token: str) -> str:
@@ -87,8 +126,11 @@ def start_export(fsx: Any, file_system_id: str, paths: list[str], report_path: s
             ClientRequestToken=token,
         )
     except ClientError as exc:
-        message = exc.response.get("Error", {}).get("Message", "")
-        raise ExportError(f"FSx refused the export task ({_code(exc)}: {message})") from None
+        failure = _failed(exc, "FSx refused the export task")
+        if isinstance(failure, ExportError):
+            message = exc.response.get("Error", {}).get("Message", "")
+            failure = ExportError(f"FSx refused the export task ({_code(exc)}: {message})")
+        raise failure from None
     return str(answer["DataRepositoryTask"]["TaskId"])
 
 
@@ -96,7 +138,7 @@ def describe_task(fsx: Any, task_id: str) -> TaskState:
     try:
         answer = fsx.describe_data_repository_tasks(TaskIds=[task_id])
     except ClientError as exc:
-        raise ExportError(f"cannot read the export task {task_id} ({_code(exc)})") from None
+        raise _failed(exc, f"cannot read the export task {task_id}") from None
     (task,) = answer["DataRepositoryTasks"]
     status = task.get("Status") or {}
     return TaskState(
@@ -111,11 +153,22 @@ def describe_task(fsx: Any, task_id: str) -> TaskState:
 
 def failed_files(s3: Any, report_path: str, task_id: str) -> list[tuple[str, str]]:
     """(file path, error code) of each file the task's completion report lists; [] if there is
-    no report (a task that failed before it exported anything may write none)."""
+    no report (a task that failed before it exported anything may write none). The report is
+    delivered to ``{Path}/task-{id}/failures.csv``; whether ``{id}`` is the whole TaskId (itself
+    ``task-…``) is not documented, so the report is the ``failures.csv`` under ``Path`` whose key
+    names the task."""
     bucket, _, prefix = report_path.removeprefix("s3://").partition("/")
-    key = f"{prefix.rstrip('/')}/task-{task_id}/failures.csv".lstrip("/")
+    prefix = prefix.rstrip("/") + "/"
     try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8", "replace")
+        listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+        keys = [
+            o["Key"]
+            for o in listing.get("Contents", [])
+            if o["Key"].endswith("/failures.csv") and task_id.removeprefix("task-") in o["Key"]
+        ]
+        if not keys:
+            return []
+        body = s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read().decode("utf-8", "replace")
     except ClientError:
         return []
     rows = []

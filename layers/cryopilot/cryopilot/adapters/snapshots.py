@@ -64,15 +64,25 @@ def run_volume_ids(ec2: Any, run_id: str) -> list[str]:
 
 
 def tag_snapshots_of(
-    ec2: Any, volume_ids: list[str], *, stack: str, run_id: str, dataset: str | None
+    ec2: Any,
+    volume_ids: list[str],
+    *,
+    stack: str,
+    run_id: str,
+    dataset: str | None,
+    not_before: float | None = None,
 ) -> list[Snapshot]:
-    """The snapshots this account made of ``volume_ids``, tagged as this stack's and the run's."""
+    """The snapshots this account made of ``volume_ids`` since ``not_before`` (the cluster's
+    deletion: the snapshot its DeletionPolicy takes, not a backup someone else made of the volume
+    while it lived), tagged as this stack's and the run's."""
     found: list[Snapshot] = []
     pages = ec2.get_paginator("describe_snapshots").paginate(
         OwnerIds=["self"], Filters=[{"Name": "volume-id", "Values": volume_ids}]
     )
     for page in pages:
         found += [_snapshot(s) for s in page.get("Snapshots", [])]
+    if not_before is not None:
+        found = [s for s in found if s.started >= not_before]
     if found:
         tags = [{"Key": TAG_STACK, "Value": stack}, {"Key": TAG_RUN_ID, "Value": run_id}]
         if dataset:

@@ -325,6 +325,7 @@ def _tag_new_snapshots(now: float) -> int:
     for run in store.list_runs(limit=RECENT_RUNS):
         if not run.cluster_deleted or not run.volume_ids or run.shared_snapshots is not None:
             continue
+        asked = _parse_iso(run.delete_requested_at)
         try:
             found = snapshots.tag_snapshots_of(
                 aws.client("ec2"),
@@ -332,6 +333,7 @@ def _tag_new_snapshots(now: float) -> int:
                 stack=settings.stack_name,
                 run_id=run.run_id,
                 dataset=run.dataset,
+                not_before=None if asked is None else _as_utc(asked).timestamp(),
             )
         except ClientError as exc:
             logger.warning(
@@ -339,7 +341,7 @@ def _tag_new_snapshots(now: float) -> int:
                 extra={"run_id": run.run_id, "error": exc.response.get("Error", {}).get("Code")},
             )
             continue
-        gone = _age_hours(_parse_iso(run.cluster_deleted_at), now)
+        gone = _age_hours(_parse_iso(run.cluster_deleted_at or run.delete_requested_at), now)
         if found or (gone is not None and gone > SNAPSHOT_SEARCH_DAYS * 24):
             store.update_run(run.run_id, shared_snapshots=[s.as_record() for s in found])
             tagged += len(found)
@@ -362,6 +364,8 @@ def _retire_old_snapshots(now: float) -> list[SnapshotAction]:
             snapshots.delete_snapshot(ec2, snap.snapshot_id)
         except ClientError as exc:  # e.g. InvalidSnapshot.InUse: an AMI was made from it
             detail = str(exc.response.get("Error", {}).get("Code") or "error")
+            if detail == "InvalidSnapshot.NotFound":  # another pass deleted it meanwhile
+                detail = ""
         retired.append(
             SnapshotAction(
                 snapshot_id=snap.snapshot_id,
@@ -373,6 +377,10 @@ def _retire_old_snapshots(now: float) -> list[SnapshotAction]:
             )
         )
     return retired
+
+
+def _as_utc(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _parse_iso(value: str | None) -> datetime | None:

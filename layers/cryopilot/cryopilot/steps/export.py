@@ -19,6 +19,7 @@ A run stopped by a limit (``partial``) exports the maps of its last completed st
 the same way, to ``runs/<run>/results/partial/``.
 """
 
+import hashlib
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -136,7 +137,7 @@ def start(run_id: str, *, partial: bool = False) -> ExportStep:
     paths = [result.dest]
     if run.export_mode == "project":
         paths.append(_project_path(result))
-    file_system_id = fsx.find_file_system(aws.client("fsx"), run_id)
+    file_system_id = fsx.find_file_system(aws.client("fsx"), run_id, run.cluster_name)
     task = {
         "file_system_id": file_system_id,
         "paths": paths,
@@ -156,7 +157,10 @@ def start(run_id: str, *, partial: bool = False) -> ExportStep:
 
 def _start_task(run_id: str, task: dict[str, Any]) -> str:
     task["attempt"] += 1
-    token = f"{run_id}-{'partial' if task['partial'] else 'final'}-{task['attempt']}"[:63]
+    # at most 63 characters (FSx API reference, ClientRequestToken): the run's digest, then what
+    # differs between the run's tasks, so that no truncation makes two tasks' tokens one
+    digest = hashlib.sha256(run_id.encode()).hexdigest()[:40]
+    token = f"{digest}-{'partial' if task['partial'] else 'final'}-{task['attempt']}"
     return fsx.start_export(
         aws.client("fsx"), task["file_system_id"], task["paths"], _report_path(run_id), token
     )
