@@ -106,13 +106,17 @@ def fallback(run_id: str, error: Any = None) -> ClusterStep:
     if not failed:
         raise ClusterNotFoundError(f"run {run_id} has no cluster name")
     _, reason = parse_error(error) if error is not None else ("CapacityError", "no capacity")
+    # the abandoned cluster's volumes too: its deletion snapshots its /shared volume like any
+    volumes = _volume_ids(run_id, known=run.volume_ids)
     api().delete_cluster(failed, missing_ok=True)
     store.append_to(
         run_id, "placements_tried", {"label": options[attempt].label, "cluster": failed, "reason": reason}
     )
     abandoned = [*run.abandoned_clusters, failed]
     if attempt + 1 >= len(options):
-        store.update_run(run_id, abandoned_clusters=abandoned, cluster_state="DELETE_IN_PROGRESS")
+        store.update_run(
+            run_id, abandoned_clusters=abandoned, cluster_state="DELETE_IN_PROGRESS", volume_ids=volumes
+        )
         tried = ", ".join(o.label for o in options)
         raise CapacityError(f"no capacity in any placement tried ({tried}): {reason}", cluster_name=failed)
     nxt = attempt + 1
@@ -124,6 +128,7 @@ def fallback(run_id: str, error: Any = None) -> ClusterStep:
         cluster_state="NOT_CREATED",
         abandoned_clusters=abandoned,
         current_step="capacity_fallback",
+        volume_ids=volumes,
     )
     logger.info("capacity fallback", extra={"run_id": run_id, "failed": failed, "next": options[nxt].label})
     return ClusterStep(name=name, status="NOT_CREATED")
@@ -148,7 +153,7 @@ def check(run_id: str, polls: int, max_polls: int) -> ClusterStep:
             head_node_instance_id=info.head_node_instance_id,
             cluster_ready_at=clock.now_iso(),
             current_step="cluster_ready",
-            volume_ids=_volume_ids(run_id),
+            volume_ids=_volume_ids(run_id, known=run.volume_ids),
         )
         placement = placements(get_settings())[run.placement_attempt or 0]
         store.put_context(
@@ -169,17 +174,18 @@ def check(run_id: str, polls: int, max_polls: int) -> ClusterStep:
     return ClusterStep(name=name, status=info.status, polls=polls)
 
 
-def _volume_ids(run_id: str) -> list[str]:
-    """The cluster's EBS volumes, so that the janitor can find the /shared volume's snapshot once
-    the cluster is deleted; [] (the snapshot is then kept until deleted by hand) if EC2 will not say."""
+def _volume_ids(run_id: str, known: list[str]) -> list[str]:
+    """The run's clusters' EBS volumes (``known`` and those tagged with the run now), so that the
+    janitor can find each /shared volume's snapshot once its cluster is deleted; ``known`` (a
+    snapshot not found is then kept until deleted by hand) if EC2 will not say."""
     try:
-        return snapshots.run_volume_ids(aws.client("ec2"), run_id)
+        return sorted(set(known) | set(snapshots.run_volume_ids(aws.client("ec2"), run_id)))
     except ClientError as exc:
         logger.warning(
             "cannot list the cluster's volumes: its /shared snapshot will not be retired",
             extra={"run_id": run_id, "error": exc.response.get("Error", {}).get("Code")},
         )
-        return []
+        return list(known)
 
 
 def check_deleted(run_id: str, polls: int, max_polls: int) -> ClusterStep:
