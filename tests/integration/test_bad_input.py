@@ -713,9 +713,11 @@ def batch() -> Iterator[Batch]:
         for case_id, (make_event, _) in DIRECT_EVENTS.items():
             b.direct[case_id] = cloud.invoke(start_fn, make_event(bucket))
 
-        cloud.drain_events()
+        # one worker delivers every upload's event in turn: a deadline for a hang, not a timing
+        # (a busy machine takes longer than the default 30 s for the whole batch)
+        cloud.drain_events(timeout=180)
         for execution in cloud.executions():
-            desc = cloud.wait_for_execution(execution["executionArn"], timeout=60)
+            desc = cloud.wait_for_execution(execution["executionArn"], timeout=180)
             b.finished[desc["name"]] = desc
         _until(lambda: any(r.get("run_id") == OVERSIZED for r in _cleanup_results(cloud)))
         b.mails = cloud.mails()
