@@ -16,17 +16,14 @@ from cryopilot_sim.cryosparc_bytes import EXTRACTED_SHARE
 from cryopilot_sim.cryosparc_jobs import SimJob, SimProject
 
 
-def _mrc_bytes(n: int, psize: float, seed: int) -> bytes:
-    """A small, valid MRC2014 volume (mode 2, float32)."""
-    rng = np.random.default_rng(seed)
-    grid = np.indices((n, n, n)).astype(np.float32) - (n - 1) / 2
-    data = np.exp(-(grid**2).sum(axis=0) / (2 * (n / 5) ** 2)) + 0.05 * rng.standard_normal((n, n, n))
-    data = data.astype(np.float32)
+def _mrc(data: np.ndarray, psize: float) -> bytes:
+    """``data`` (nz, ny, nx) as a small, valid MRC2014 file (mode 2, float32)."""
+    nz, ny, nx = data.shape
     header = bytearray(1024)
-    struct.pack_into("<3i", header, 0, n, n, n)
+    struct.pack_into("<3i", header, 0, nx, ny, nz)
     struct.pack_into("<i", header, 12, 2)
-    struct.pack_into("<3i", header, 28, n, n, n)
-    struct.pack_into("<3f", header, 40, n * psize, n * psize, n * psize)
+    struct.pack_into("<3i", header, 28, nx, ny, nz)
+    struct.pack_into("<3f", header, 40, nx * psize, ny * psize, nz * psize)
     struct.pack_into("<3f", header, 52, 90.0, 90.0, 90.0)
     struct.pack_into("<3i", header, 64, 1, 2, 3)
     struct.pack_into("<3f", header, 76, float(data.min()), float(data.max()), float(data.mean()))
@@ -35,23 +32,21 @@ def _mrc_bytes(n: int, psize: float, seed: int) -> bytes:
     return bytes(header) + data.tobytes()
 
 
+def _mrc_bytes(n: int, psize: float, seed: int) -> bytes:
+    """A small volume: a Gaussian blob with noise."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices((n, n, n)).astype(np.float32) - (n - 1) / 2
+    data = np.exp(-(grid**2).sum(axis=0) / (2 * (n / 5) ** 2)) + 0.05 * rng.standard_normal((n, n, n))
+    return _mrc(data.astype(np.float32), psize)
+
+
 def _stack_bytes(n: int, count: int, psize: float, seed: int) -> bytes:
-    """A small, valid MRC2014 stack of ``count`` 2D images (mode 2, float32, ISPG 0): class averages."""
+    """A stack of ``count`` small 2D images (class averages): one MRC file, ``nz`` = ``count``."""
     rng = np.random.default_rng(seed)
     grid = np.indices((n, n)).astype(np.float32) - (n - 1) / 2
     blob = np.exp(-(grid**2).sum(axis=0) / (2 * (n / 5) ** 2))
     data = np.stack([blob + 0.05 * rng.standard_normal((n, n)) for _ in range(count)]).astype(np.float32)
-    header = bytearray(1024)
-    struct.pack_into("<3i", header, 0, n, n, count)
-    struct.pack_into("<i", header, 12, 2)
-    struct.pack_into("<3i", header, 28, n, n, count)
-    struct.pack_into("<3f", header, 40, n * psize, n * psize, count * psize)
-    struct.pack_into("<3f", header, 52, 90.0, 90.0, 90.0)
-    struct.pack_into("<3i", header, 64, 1, 2, 3)
-    struct.pack_into("<3f", header, 76, float(data.min()), float(data.max()), float(data.mean()))
-    header[208:212] = b"MAP "
-    header[212:216] = bytes([0x44, 0x44, 0, 0])
-    return bytes(header) + data.tobytes()
+    return _mrc(data, psize)
 
 
 class JobOutputs:
