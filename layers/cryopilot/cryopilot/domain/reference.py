@@ -1,0 +1,38 @@
+"""What a repeat run takes from its campaign's reference, as the cluster sees it.
+
+A campaign's reference is an earlier run's structure (or a map solved elsewhere): the map, its
+mask, the 2D class averages its Select 2D kept, and the box and pixel size they were made at.
+Validate resolves the manifest's campaign or ``reference:`` to one :class:`ReferenceInputs`, with
+the paths where the files appear on the cluster's FSx, and the plan
+(:func:`cryopilot.domain.presets.expand`) resolves a preset's ``${reference.<field>}`` values from it.
+A preset that names ``${reference.…}`` cannot be planned without one.
+"""
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Placeholder prefix a preset uses for the reference's values, e.g. ``${reference.map_path}``.
+REFERENCE_PREFIX = "reference."
+
+
+class ReferenceInputs(BaseModel):
+    """The reference of a repeat run. Paths are absolute paths on the cluster (FSx)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: str | None = Field(default=None, description="the reference run, if it was one of ours")
+    map_path: str = Field(description="the reference map (.mrc)")
+    mask_path: str | None = Field(default=None, description="its mask (.mrc), if kept")
+    templates_path: str | None = Field(
+        default=None, description="the selected 2D class averages (.mrcs), if kept"
+    )
+    pixel_size_A: float = Field(gt=0, description="pixel size of the map and templates, in Å")
+    box_pix: int | None = Field(default=None, gt=0, description="box of the map and templates")
+    resolution_A: float | None = Field(default=None, gt=0, description="the map's FSC resolution")
+    particles: int | None = Field(default=None, ge=0, description="particles in its final map")
+
+    def placeholders(self) -> dict[str, object]:
+        """The ``${reference.<field>}`` values a preset may use (fields that are unset are left out,
+        so naming one is refused as an unknown reference)."""
+        return {
+            REFERENCE_PREFIX + name: value for name, value in self.model_dump().items() if value is not None
+        }
