@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 import yaml
 from botocore.exceptions import ClientError
-from cryopilot.adapters import admission, runs
+from cryopilot.adapters import admission, campaigns, runs
+from cryopilot.domain.campaign import ReferenceSource
 from cryopilot.domain.location import ManifestLocation
 from cryopilot.domain.manifest import MAX_MANIFEST_BYTES
 from cryopilot_sim.clock import VirtualClock
@@ -82,6 +83,7 @@ class Upload:
     body: bytes
     expected: tuple[str, ...]
     name: str = "cryopilot.yaml"
+    error_type: str = "ManifestError"
 
     @property
     def folder(self) -> str:
@@ -294,6 +296,40 @@ UPLOADS = [
         _yaml(_manifest(dataset="BAD-notify-outside-domains", notify=[OUTSIDER, "lab@example.org"])),
         (f"notify: {OUTSIDER} is not in an allowed domain (NotifyAllowedDomains: {ALLOWED_DOMAINS})",),
     ),
+    # campaigns: a reference that cannot be used fails at Validate, before any cluster
+    Upload(
+        "reference-unknown-run",
+        _yaml(_manifest(dataset="BAD-reference-unknown-run", reference={"run": "NO-SUCH-RUN-0123"})),
+        ("reference.run: no run 'NO-SUCH-RUN-0123' in this stack's run table",),
+        error_type="CampaignReferenceError",
+    ),
+    Upload(
+        "reference-run-failed",
+        _yaml(_manifest(dataset="BAD-reference-run-failed", reference={"run": "FAILED-RUN-0123"})),
+        ("reference.run: run FAILED-RUN-0123 has not succeeded (status FAILED)",),
+        error_type="CampaignReferenceError",
+    ),
+    Upload(
+        "campaign-reference-pixel-size",
+        _yaml(
+            _manifest(dataset="BAD-campaign-reference-pixel-size", campaign="RBD-BINDERS", compound="CP-7")
+        ),
+        (
+            "campaign RBD-BINDERS: the reference's pixel size 1.06 Å differs from the data's 0.83 Å"
+            " (acquisition.pixel_size_A) by 27.7%; at most 2% is accepted",
+        ),
+        error_type="CampaignReferenceError",
+    ),
+    Upload(
+        "reference-and-map",
+        _yaml(_manifest(reference={"run": "A-1", "map": "s3://some-bucket/refs/map.mrc"})),
+        ("reference: name either run (an earlier run's id) or map (an s3:// map), not both or none",),
+    ),
+    Upload(
+        "compound-newline",
+        _yaml(_manifest(compound="CP-1\nCP-2")),
+        ("compound: must be printable text on one line",),
+    ),
     # not a manifest at all
     Upload(
         "yaml-list", b"- dataset: SPIKE-FAB-07\n- symmetry: C3\n", ("must be a mapping of fields", "not list")
@@ -325,6 +361,7 @@ class Manual:
     id: str
     input: Any
     expected: tuple[str, ...]
+    error_type: str = "ManifestError"
 
     @property
     def name(self) -> str:
@@ -422,6 +459,30 @@ MANUALS = [
         "name+plus",
         _inline(_manifest()),
         ("execution name: 'manual-name+plus' is not a run id (ASCII letters, digits, '_' and '-'",),
+    ),
+    # a map solved elsewhere: in one of the stack's buckets, present, at the data's pixel size
+    Manual(
+        "reference-map-missing",
+        _inline(
+            _manifest(reference={"map": "s3://{bucket}/references/RBD/absent.mrc", "pixel_size_A": 0.83})
+        ),
+        ("reference.map: the reference file s3://{bucket}/references/RBD/absent.mrc is not in S3",),
+        error_type="CampaignReferenceError",
+    ),
+    Manual(
+        "reference-map-pixel-size",
+        _inline(_manifest(reference={"map": "s3://{bucket}/references/RBD/map.mrc", "pixel_size_A": 1.2})),
+        (
+            "reference.map: the reference's pixel size 1.2 Å differs from the data's 0.83 Å"
+            " (acquisition.pixel_size_A) by 44.6%; at most 2% is accepted: resample the reference",
+        ),
+        error_type="CampaignReferenceError",
+    ),
+    Manual(
+        "reference-map-other-bucket",
+        _inline(_manifest(reference={"map": "s3://someone-elses-bucket/map.mrc", "pixel_size_A": 0.83})),
+        ("reference.map: must be in this stack's input bucket {bucket} or results bucket",),
+        error_type="CampaignReferenceError",
     ),
     Manual(
         "settings-wrong-type",
@@ -625,6 +686,29 @@ def _seed_oversized_record(cloud: LocalCloud) -> None:
     )
 
 
+def _seed_references(cloud: LocalCloud) -> None:
+    """A reference map in the input bucket; a run that failed; a campaign whose reference (its files
+    present) was made at 1.06 Å per pixel, where the spike's data has 0.83 Å."""
+    s3 = cloud.client("s3")
+    s3.put_object(Bucket=cloud.input_bucket, Key="references/RBD/map.mrc", Body=b"\0" * 1024)
+    store = runs.store()
+    store.create_run("FAILED-RUN-0123", status="FAILED", dataset="OLD")
+    prefix = "campaigns/RBD-BINDERS/reference/"
+    s3.put_object(Bucket=cloud.results_bucket, Key=prefix + "map.mrc", Body=b"\0" * 1024)
+    campaigns.claim_reference(
+        store,
+        "RBD-BINDERS",
+        ReferenceSource(
+            kind="campaign",
+            folder_uri=f"s3://{cloud.results_bucket}/{prefix}",
+            map="map.mrc",
+            pixel_size_A=1.06,
+            run_id="RBD-FIRST-0001",
+            campaign="RBD-BINDERS",
+        ),
+    )
+
+
 def _cleanup_results(cloud: LocalCloud) -> list[dict[str, Any]]:
     return [d.result or {} for d in cloud.deliveries if d.function.endswith("CleanupFunction")]
 
@@ -695,6 +779,7 @@ def batch() -> Iterator[Batch]:
 
         # a run whose record can no longer be written (it holds a slot, like an admitted run)
         _seed_oversized_record(cloud)
+        _seed_references(cloud)
 
         sfn = cloud.client("stepfunctions")
         for m in MANUALS:
@@ -724,8 +809,10 @@ def batch() -> Iterator[Batch]:
         yield b
 
 
-def _assert_rejected_at_validate(b: Batch, run_id: str, expected: tuple[str, ...]) -> str:
-    """The run failed at Validate with a ManifestError naming ``expected``, mailed once, no cluster.
+def _assert_rejected_at_validate(
+    b: Batch, run_id: str, expected: tuple[str, ...], error_type: str = "ManifestError"
+) -> str:
+    """The run failed at Validate with ``error_type`` naming ``expected``, mailed once, no cluster.
     Returns the recorded message."""
     cloud = b.cloud
     desc = b.finished[run_id]
@@ -733,7 +820,7 @@ def _assert_rejected_at_validate(b: Batch, run_id: str, expected: tuple[str, ...
     record = cloud.run_record(run_id)
     assert record is not None
     error = record["error"]
-    assert error["type"] == "ManifestError", error
+    assert error["type"] == error_type, error
     assert error["step"] == "validate"
     for fragment in expected:
         assert fragment in error["message"], (fragment, error["message"])
@@ -741,7 +828,7 @@ def _assert_rejected_at_validate(b: Batch, run_id: str, expected: tuple[str, ...
 
     (mail,) = [m for m in b.mails if m["attributes"].get("run_id") == run_id]
     assert mail["attributes"]["event"] == "failed"
-    assert mail["subject"].endswith("failed at validate: ManifestError")
+    assert mail["subject"].endswith(f"failed at validate: {error_type}")
     for fragment in expected:
         assert fragment in mail["message"]
     assert NO_CLUSTER in mail["message"]
@@ -760,7 +847,7 @@ def _assert_rejected_at_validate(b: Batch, run_id: str, expected: tuple[str, ...
 def test_bad_manifest_upload_fails_at_validate(batch: Batch, case: Upload) -> None:
     key = f"datasets/{case.folder}/{case.name}"
     run_id, _ = batch.started_run(key)
-    message = _assert_rejected_at_validate(batch, run_id, case.expected)
+    message = _assert_rejected_at_validate(batch, run_id, case.expected, case.error_type)
     assert "\n" not in message
     assert len(message) <= 2000
 
@@ -920,7 +1007,8 @@ def test_every_execution_is_accounted_for(batch: Batch) -> None:
 
 @pytest.mark.parametrize("case", MANUALS, ids=lambda c: c.id)
 def test_bad_manual_start_fails_at_validate(batch: Batch, case: Manual) -> None:
-    message = _assert_rejected_at_validate(batch, case.name, case.expected)
+    expected = tuple(_fill(e, bucket=batch.cloud.input_bucket) for e in case.expected)
+    message = _assert_rejected_at_validate(batch, case.name, expected, case.error_type)
     assert "\n" not in message
     assert len(message) <= 2000
 

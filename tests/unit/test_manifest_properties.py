@@ -91,6 +91,22 @@ SPECIAL: dict[str, st.SearchStrategy[Any]] = {
     "pipeline.overrides": overrides,
     "pipeline.preset": st.none() | st.text(max_size=20),
     "symmetry": symmetries,
+    "compound": st.none() | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9 ._#()-]{0,40}[A-Za-z0-9]", fullmatch=True),
+    # one source: an earlier run, or a map in S3 with its pixel size (and files in its folder)
+    "reference": st.none()
+    | st.builds(lambda run: {"run": run}, st.from_regex(r"[A-Za-z0-9_-]{1,80}", fullmatch=True))
+    | st.builds(
+        lambda folder, px, mask: {
+            "map": f"s3://{folder}/map.mrc",
+            "pixel_size_A": px,
+            **({"mask": f"s3://{folder}/mask.mrc"} if mask else {}),
+        },
+        st.from_regex(r"[a-z0-9]{3,20}/[A-Za-z0-9._-]{1,10}", fullmatch=True).filter(
+            lambda f: f.split("/")[1] not in (".", "..")
+        ),
+        st.floats(0.2, 20.0),
+        st.booleans(),
+    ),
 }
 
 

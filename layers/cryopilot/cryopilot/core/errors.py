@@ -44,6 +44,14 @@ class ManifestError(CryopilotError):
     label = "invalid manifest"
 
 
+class CampaignReferenceError(CryopilotError):
+    """A repeat run's reference cannot be used: an unknown or unfinished reference run, a map missing
+    from S3, a pixel size too far from the new data's. Never retried; found at Validate, so no
+    cluster is made."""
+
+    label = "unusable reference"
+
+
 class EventError(CryopilotError):
     """An event StartRun cannot act on (wrong shape, another bucket, not a manifest)."""
 

@@ -31,7 +31,7 @@ from cryopilot.core.validation import (
     printable,
     validation_message,
 )
-from cryopilot.domain.location import NAME_PATTERN
+from cryopilot.domain.location import NAME_PATTERN, RUN_ID_PATTERN, S3_FOLDER_RE
 
 #: Largest manifest accepted, in bytes.
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -251,6 +251,81 @@ class StorageHints(_Strict):
     )
 
 
+#: Longest ``compound`` (the chemist's identifier of the ligand), in characters.
+MAX_COMPOUND_CHARS = 64
+
+
+def check_compound(value: str) -> str:
+    """The chemist's identifier of a compound: printable text on one line (it goes into every mail
+    subject and report), without surrounding spaces."""
+    if not value or value.strip() != value:
+        raise ValueError("must be non-empty text without surrounding spaces")
+    if not value.isprintable():
+        raise ValueError("must be printable text on one line (no control or invisible characters)")
+    return value
+
+
+def check_reference_file(value: str) -> str:
+    """An ``s3://bucket/folder/.../name.mrc(s)`` file of a reference solved elsewhere: the bucket
+    by S3's naming rules, the folders and the name by the rule of dataset folders."""
+    folder, _, name = value.rpartition("/")
+    if not S3_FOLDER_RE.fullmatch(folder + "/") or not re.fullmatch(r"[A-Za-z0-9._-]{1,255}", name):
+        raise ValueError(
+            "must be an s3://bucket/folder/file URI whose folders and file name are ASCII letters,"
+            " digits, '.', '_' and '-'"
+        )
+    if not name.endswith((".mrc", ".mrcs", ".map")):
+        raise ValueError("must be an MRC file (.mrc, .mrcs or .map)")
+    return value
+
+
+_S3_FILE = Annotated[str, Field(max_length=MAX_TEXT_CHARS), AfterValidator(check_reference_file)]
+
+
+class ReferenceSpec(_Strict):
+    """``reference:``: the structure a repeat run starts from, when it is not the campaign's own
+    (see the README's "Repeat structures")."""
+
+    run: Annotated[str, Field(pattern=RUN_ID_PATTERN)] | None = Field(
+        default=None, description="an earlier cryopilot run of this stack whose results are the reference"
+    )
+    map: _S3_FILE | None = Field(default=None, description="a map solved elsewhere, s3://…/map.mrc")
+    pixel_size_A: Annotated[float, Strict(), Field(gt=0.1, le=20.0)] | None = Field(
+        default=None, description="the map's pixel size in Å (with map)"
+    )
+    mask: _S3_FILE | None = Field(default=None, description="its mask (with map), in the map's folder")
+    templates: _S3_FILE | None = Field(
+        default=None, description="2D class averages to pick with (with map), in the map's folder"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.run is None) == (self.map is None):
+            raise ValueError("name either run (an earlier run's id) or map (an s3:// map), not both or none")
+        if self.run is not None and (self.pixel_size_A, self.mask, self.templates) != (None, None, None):
+            raise ValueError("pixel_size_A, mask and templates go with map, not with run")
+        if self.map is not None and self.pixel_size_A is None:
+            raise ValueError("a map needs its pixel_size_A")
+        if self.map is not None:
+            folder = self.map.rpartition("/")[0]
+            for name, value in (("mask", self.mask), ("templates", self.templates)):
+                if value is not None and value.rpartition("/")[0] != folder:
+                    raise ValueError(f"{name} must be in the map's folder ({folder}/)")
+        return self
+
+
+class RepeatThresholds(_Strict):
+    """``repeat:``: when a repeat run's mail says plainly that it did worse than its reference."""
+
+    max_resolution_loss_A: Annotated[float, Strict(), Field(ge=0, le=20)] = Field(
+        default=0.5, description="how much worse (Å) the final map may be than the reference's"
+    )
+    min_particle_yield: Annotated[float, Strict(), Field(ge=0, le=10)] = Field(
+        default=0.5,
+        description="the final map's particles, as a fraction of the reference's, below which it is flagged",
+    )
+
+
 class Manifest(_Strict):
     """A dataset manifest (see the README's manifest reference)."""
 
@@ -267,6 +342,16 @@ class Manifest(_Strict):
     )
     limits: Limits = Field(default_factory=Limits)
     storage: StorageHints = Field(default_factory=StorageHints)
+    campaign: Annotated[str, Field(pattern=DATASET_RE)] | None = Field(
+        default=None, description="one target, many compounds: the campaign this dataset belongs to"
+    )
+    compound: Annotated[str, Field(max_length=MAX_COMPOUND_CHARS), AfterValidator(check_compound)] | None = (
+        Field(default=None, description="the chemist's identifier of the compound (mails and reports)")
+    )
+    reference: ReferenceSpec | None = Field(
+        default=None, description="the reference of a repeat run, when not the campaign's own"
+    )
+    repeat: RepeatThresholds = Field(default_factory=RepeatThresholds)
     export: Literal["results", "project"] = Field(
         default="results",
         description="results: the map, half maps, mask, FSC and particles; project: those and the"

@@ -87,8 +87,23 @@ class RunRecord(_Item):
     admitted_at: str | None = None
     admitted_epoch: float | None = None
     slot_released_at: str | None = None
+    # the campaign (domain.campaign)
+    campaign: str | None = None
+    compound: str | None = None
+    #: a repeat run's reference as Validate resolved it: ``source`` (a ``ReferenceSource``),
+    #: ``inputs`` (the ``ReferenceInputs`` the plan took) and ``association_uri`` (the S3 folder of
+    #: the cluster's ``reference`` data repository association, None when inside the data's)
+    reference: dict[str, Any] | None = None
+    #: the manifest's ``repeat`` thresholds, and how the run compared with its reference
+    repeat_thresholds: dict[str, Any] | None = None
+    repeat_verdict: dict[str, Any] | None = None
+    #: the final map's pixel size and box as planned (what a run that becomes a reference gives)
+    map_pixel_size_A: float | None = None
+    map_box_pix: int | None = None
     # the plan
     preset: str | None = None
+    #: why the run took its preset (named by the manifest, the campaign's reference, the input kind)
+    preset_reason: str | None = None
     layout: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
     started_at: str | None = None

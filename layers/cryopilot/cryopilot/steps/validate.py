@@ -5,7 +5,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ValidationError
 
-from cryopilot.adapters import aws, preflight, runs, subscriptions
+from cryopilot.adapters import aws, campaigns, preflight, runs, subscriptions
 from cryopilot.adapters.datasize import measure_prefix
 from cryopilot.adapters.execution_input import ExecutionInput, RunSettings
 from cryopilot.adapters.manifests import head_version
@@ -14,6 +14,7 @@ from cryopilot.adapters.pricing import queue_nodes
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import (
+    CampaignReferenceError,
     EventError,
     ManifestError,
     PreflightError,
@@ -23,7 +24,7 @@ from cryopilot.core.errors import (
 )
 from cryopilot.core.naming import cluster_name_for
 from cryopilot.core.validation import excerpt
-from cryopilot.domain import limits, placement, storage
+from cryopilot.domain import campaign, limits, placement, storage
 from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.clusterconfig.mounts import FSX_DATA_DIR
 from cryopilot.domain.location import (
@@ -132,6 +133,11 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
         data_uri = f"s3://{location.bucket}/{manifest_prefix(location.key)}"
         location_doc = location.model_dump()
 
+    reference = resolve_reference(manifest, source=source, data_uri=data_uri, run_id=run_id)
+    preset_name, preset_reason = campaign.choose_preset(manifest, reference)
+    manifest = manifest.model_copy(
+        update={"pipeline": manifest.pipeline.model_copy(update={"preset": preset_name})}
+    )
     stages = placement.plan(
         manifest,
         data_dir=f"{FSX_DATA_DIR}/",
@@ -139,7 +145,8 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
         gpu8_fallback_types=settings.fallback_gpu8_types,
         catalogue=Catalogue.for_deployment(settings.price_overrides),
     )
-    # who may receive the dataset's mails: a manifest in the bucket speaks for its folder only
+    # who may receive the dataset's mails (and join its campaign): a manifest in the bucket speaks
+    # for its folder only
     if folder is not None:
         check_dataset_folder(manifest, folder, source=source)
     check_notify_domains(manifest, settings.notify_domains, source=source)
@@ -160,6 +167,7 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
             exec_input=exec_input,
         ),
         **storage_fields(fsx, data),
+        **campaign_fields(manifest, stages, reference, data_uri=data_uri, preset_reason=preset_reason),
     )
     try:
         storage.check_limit(fsx, settings.max_fsx_tib)
@@ -170,6 +178,8 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
     _preflight(run_id, manifest, data_uri, data)
     store.put_context(run_id, **context_fields(manifest, exec_input, started_epoch=clock.now()))
     _subscribe(manifest)
+    if manifest.campaign:
+        campaigns.add_run(store, manifest.campaign, run_id)
     logger.info(
         "manifest valid", extra={"run_id": run_id, "dataset": manifest.dataset, "stages": len(stages)}
     )
@@ -212,6 +222,97 @@ def record_fields(
         "export_mode": manifest.export,
         "current_step": "validated",
     }
+
+
+def resolve_reference(
+    manifest: Manifest, *, source: str, data_uri: str, run_id: str
+) -> campaign.ReferenceSource | None:
+    """The run's reference: the manifest's ``reference`` (an earlier run, or a map in one of the
+    stack's buckets), else its campaign's, else none. A reference that cannot be used is one
+    :class:`CampaignReferenceError` naming the field and the rule: an unknown or unfinished run, a
+    pixel size beyond :data:`~cryopilot.domain.campaign.PIXEL_SIZE_TOLERANCE` of the data's, a file
+    missing from S3."""
+    settings = get_settings()
+    store = runs.store()
+    spec = manifest.reference
+    ref: campaign.ReferenceSource | None
+    if spec is None:
+        if not manifest.campaign:
+            return None
+        ref = campaigns.reference_of(store, manifest.campaign)
+        where = f"{source}: campaign {manifest.campaign}"
+        if ref is None:
+            return None
+    elif spec.run is not None:
+        where = f"{source}: reference.run"
+        item = store.get_run_item(spec.run, campaigns.RUN_FIELDS)
+        if item is None:
+            raise CampaignReferenceError(f"{where}: no run {spec.run!r} in this stack's run table")
+        if item.get("status") != "SUCCEEDED":
+            raise CampaignReferenceError(
+                f"{where}: run {spec.run} has not succeeded (status {item.get('status')}); only a run"
+                " that made its map can be a reference"
+            )
+        folder = f"s3://{settings.results_bucket}/runs/{spec.run}/results/"
+        ref = campaign.reference_from_run(item, folder_uri=folder, kind="run")
+        if ref is None:
+            raise CampaignReferenceError(f"{where}: run {spec.run} exported no map to be a reference")
+    else:
+        where = f"{source}: reference.map"
+        assert spec.map is not None  # the manifest's rule: with map, its pixel_size_A
+        assert spec.pixel_size_A is not None
+        folder, _, map_name = spec.map.rpartition("/")
+        folder += "/"
+        bucket = folder.removeprefix("s3://").partition("/")[0]
+        if bucket not in (settings.input_bucket, settings.results_bucket):
+            raise CampaignReferenceError(
+                f"{where}: must be in this stack's input bucket {settings.input_bucket} or results"
+                f" bucket {settings.results_bucket} (got {excerpt(spec.map)})"
+            )
+        own_results = f"s3://{settings.results_bucket}/runs/{run_id}/"
+        for inside, what in ((data_uri, "the dataset's folder"), (own_results, "the run's results folder")):
+            if inside and inside.startswith(folder):
+                raise CampaignReferenceError(
+                    f"{where}: its folder {folder} holds {what}: put the reference in a folder of its own"
+                )
+        ref = campaign.ReferenceSource(
+            kind="map",
+            folder_uri=folder,
+            map=map_name,
+            mask=None if spec.mask is None else spec.mask.rpartition("/")[2],
+            templates=None if spec.templates is None else spec.templates.rpartition("/")[2],
+            pixel_size_A=spec.pixel_size_A,
+        )
+    campaign.check_pixel_size(ref, manifest.acquisition.pixel_size_A, where=where)
+    campaigns.check_files_exist(aws.client("s3"), ref, where=where)
+    return ref
+
+
+def campaign_fields(
+    manifest: Manifest,
+    stages: list[PlannedStage],
+    reference: campaign.ReferenceSource | None,
+    *,
+    data_uri: str,
+    preset_reason: str,
+) -> dict[str, Any]:
+    """What Validate writes on the run record about its campaign, its reference and its map."""
+    pixel, box = campaign.map_geometry(manifest, stages)
+    fields: dict[str, Any] = {
+        "campaign": manifest.campaign,
+        "compound": manifest.compound,
+        "preset_reason": preset_reason,
+        "map_pixel_size_A": pixel,
+        "map_box_pix": box,
+    }
+    if reference is not None:
+        fields["reference"] = {
+            "source": reference.model_dump(exclude_none=True),
+            "inputs": reference.inputs(data_uri=data_uri).model_dump(exclude_none=True),
+            "association_uri": reference.folder_uri if reference.needs_association(data_uri) else None,
+        }
+        fields["repeat_thresholds"] = manifest.repeat.model_dump()
+    return fields
 
 
 def storage_fields(fsx: storage.StoragePlan, data: storage.DataSize | None) -> dict[str, Any]:

@@ -56,6 +56,7 @@ from cryopilot.domain.clusterconfig.mounts import (
     FSX_MOUNT_DIR,
     FSX_PROJECT_DIR,
     FSX_PROJECTS_PATH,
+    FSX_REFERENCE_PATH,
     FSX_RESULTS_PATH,
     PROJECT_PREFIX,
     RESULTS_PREFIX,
@@ -326,6 +327,20 @@ def build_cluster_config(request: ClusterRequest, params: ClusterParams) -> Clus
                     name="projects",
                     data_repository_path=f"{request.results_s3_uri}{PROJECT_PREFIX}",
                     file_system_path=FSX_PROJECTS_PATH,
+                ),
+                # A repeat run's reference (domain/campaign.py): read like the data, lazily, from
+                # its own folder (the campaign's in the results bucket, or a map's elsewhere).
+                *(
+                    [
+                        DataRepositoryAssociation(
+                            name="reference",
+                            data_repository_path=request.reference_s3_uri,
+                            file_system_path=FSX_REFERENCE_PATH,
+                            batch_import_meta_data_on_create=True,
+                        )
+                    ]
+                    if request.reference_s3_uri
+                    else []
                 ),
             ],
         ),

@@ -15,6 +15,11 @@ FSX_PROJECTS_PATH = "/projects"
 FSX_PROJECT_DIR = FSX_MOUNT_DIR + FSX_PROJECTS_PATH
 #: The dataset as the jobs read it: the data repository association's lazily imported S3 prefix.
 FSX_DATA_DIR = FSX_MOUNT_DIR + FSX_DATA_PATH
+#: A repeat run's reference (map, mask, class averages): a data repository association of its own,
+#: linked to the reference's S3 folder (``campaigns/<campaign>/reference/`` of the results bucket, or
+#: the folder of a map solved elsewhere), lazily imported like the data.
+FSX_REFERENCE_PATH = "/reference"
+FSX_REFERENCE_DIR = FSX_MOUNT_DIR + FSX_REFERENCE_PATH
 #: Instance-store NVMe of compute nodes, mounted (RAID 0 when several) by ParallelCluster;
 #: the cryoSPARC lanes use it as the particle cache (``--ssdpath``).
 SCRATCH_MOUNT_DIR = "/scratch"

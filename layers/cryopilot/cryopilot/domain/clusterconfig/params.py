@@ -295,6 +295,11 @@ class ClusterRequest(_Input):
     fsx_throughput_mb_per_tib: Literal[125, 250, 500, 1000] | None = Field(
         default=None, description="FSx throughput tier the run's storage model chose"
     )
+    reference_s3_uri: str | None = Field(
+        default=None,
+        description="s3://bucket/prefix/ of a repeat run's reference files (linked read-only into"
+        " /fsx/reference), when they are not in the dataset's folder",
+    )
     tags: dict[str, str] = Field(default_factory=dict, description="extra tags for every resource")
     gpu8_static_nodes: Annotated[int, Field(ge=0, le=1)] = Field(
         default=0,
@@ -323,6 +328,11 @@ class ClusterRequest(_Input):
     @classmethod
     def _data(cls, value: str) -> str:
         return _s3_prefix(value, "data_s3_uri")
+
+    @field_validator("reference_s3_uri")
+    @classmethod
+    def _reference(cls, value: str | None) -> str | None:
+        return None if value is None else _s3_prefix(value, "reference_s3_uri")
 
     @field_validator("results_s3_uri")
     @classmethod
@@ -354,4 +364,8 @@ class ClusterRequest(_Input):
         a, b = self.data_s3_uri, self.results_s3_uri
         if a.startswith(b) or b.startswith(a):
             raise ValueError("data_s3_uri and results_s3_uri must not contain one another")
+        ref = self.reference_s3_uri
+        for other, name in ((a, "data_s3_uri"), (b, "results_s3_uri")):
+            if ref is not None and (ref.startswith(other) or other.startswith(ref)):
+                raise ValueError(f"reference_s3_uri and {name} must not contain one another")
         return self

@@ -1,0 +1,256 @@
+"""Campaigns: one target, many compounds, and the reference a repeat run starts from.
+
+A manifest names a ``campaign`` and a ``compound``. The first run of a campaign that succeeds
+becomes its reference: its map, mask, the 2D class averages its Select 2D kept (and the JSON naming
+them), the box and pixel size of the map, its resolution and particles. The files are copied to the
+results bucket under :func:`reference_prefix`, and the campaign's item in the run table records the
+rest (:class:`ReferenceSource`). A manifest may also name its reference itself (``reference:``): an
+earlier run, or a map solved elsewhere with its pixel size.
+
+Validate resolves the reference to a :class:`ReferenceSource` (its S3 folder and file names) and to
+the :class:`~cryopilot.domain.reference.ReferenceInputs` the plan takes (where the files appear on
+the cluster: the FSx data repository association of the reference's folder,
+:data:`~cryopilot.domain.clusterconfig.mounts.FSX_REFERENCE_DIR`). Pure logic: no AWS.
+"""
+
+import statistics
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from cryopilot.core.errors import CampaignReferenceError
+from cryopilot.domain.clusterconfig.mounts import FSX_DATA_DIR, FSX_REFERENCE_DIR
+from cryopilot.domain.manifest import Manifest, RepeatThresholds
+from cryopilot.domain.reference import ReferenceInputs
+from cryopilot.protocol.stage import PlannedStage
+
+#: The preset a campaign run with a reference takes when its manifest names none.
+REPEAT_PRESET = "repeat"
+
+#: How far (relative) a reference's pixel size may be from the new data's. Within it, the
+#: reference is used at its own pixel size: the import jobs are told that size
+#: (``ReferenceInputs.pixel_size_A``) and cryoSPARC works in Å from it; the reference map is
+#: low-pass filtered to 20-30 Å before it seeds a refinement, and a 2 % scale error moves a point
+#: 50 Å from the centre by 1 Å, far below that resolution. Beyond it, the run is refused at Validate:
+#: resample the reference to the data's pixel size first (e.g. cryoSPARC's Volume Tools).
+PIXEL_SIZE_TOLERANCE = 0.02
+
+#: Below the results bucket: a campaign's folder (its reference's files and its page).
+CAMPAIGNS_PREFIX = "campaigns/"
+
+#: The export's file kinds a reference keeps (``ExportedFile.kind``).
+REFERENCE_KINDS = ("map", "mask", "class_averages", "selected_classes")
+
+#: cryoSPARC's extraction job type: its box and Fourier-crop box set the map's pixel size.
+EXTRACT_JOB_TYPE = "extract_micrographs_multi"
+
+
+def campaign_prefix(campaign: str) -> str:
+    return f"{CAMPAIGNS_PREFIX}{campaign}/"
+
+
+def reference_prefix(campaign: str) -> str:
+    """Where a campaign's reference files are kept in the results bucket."""
+    return f"{campaign_prefix(campaign)}reference/"
+
+
+class ReferenceSource(BaseModel):
+    """Where a reference is, in S3, and what it is (recorded on the campaign and on each run that
+    uses it)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    kind: Literal["campaign", "run", "map"]
+    #: the folder holding the files, ``s3://bucket/prefix/`` (one data repository association)
+    folder_uri: str
+    map: str
+    mask: str | None = None
+    templates: str | None = None
+    selected: str | None = None
+    pixel_size_A: float
+    box_pix: int | None = None
+    resolution_A: float | None = None
+    particles: int | None = None
+    run_id: str | None = None
+    campaign: str | None = None
+    compound: str | None = None
+
+    @property
+    def map_uri(self) -> str:
+        return self.folder_uri + self.map
+
+    def files(self) -> list[str]:
+        return [f for f in (self.map, self.mask, self.templates, self.selected) if f]
+
+    def inputs(self, *, data_uri: str | None = None) -> ReferenceInputs:
+        """The reference as the cluster sees it. Its folder is the run's ``reference`` association
+        (``/fsx/reference``), or, when it lies inside the run's own data folder, the data's."""
+        base = FSX_REFERENCE_DIR
+        if data_uri and self.folder_uri.startswith(data_uri):
+            base = (FSX_DATA_DIR + "/" + self.folder_uri[len(data_uri) :]).rstrip("/")
+
+        def path(name: str | None) -> str | None:
+            return None if name is None else f"{base}/{name}"
+
+        return ReferenceInputs(
+            run_id=self.run_id,
+            map_path=f"{base}/{self.map}",
+            mask_path=path(self.mask),
+            templates_path=path(self.templates),
+            pixel_size_A=self.pixel_size_A,
+            box_pix=self.box_pix,
+            resolution_A=self.resolution_A,
+            particles=self.particles,
+        )
+
+    def needs_association(self, data_uri: str) -> bool:
+        """Whether the cluster needs an association of its own for the reference's folder."""
+        return not self.folder_uri.startswith(data_uri)
+
+
+def map_geometry(manifest: Manifest, stages: Sequence[PlannedStage]) -> tuple[float, int | None]:
+    """The final map's pixel size (Å) and box (pixels): the last extraction's box, Fourier-cropped
+    to its ``bin_size_pix`` if it has one, at the data's pixel size; the data's pixel size when the
+    plan extracts nothing."""
+    pixel = float(manifest.acquisition.pixel_size_A)
+    extract = [s for s in stages if s.job_type == EXTRACT_JOB_TYPE]
+    if not extract:
+        return pixel, None
+    box = extract[-1].params.get("box_size_pix")
+    binned = extract[-1].params.get("bin_size_pix") or box
+    if not isinstance(box, int) or not isinstance(binned, int) or binned <= 0:
+        return pixel, None
+    return round(pixel * box / binned, 4), binned
+
+
+def check_pixel_size(reference: ReferenceSource, data_pixel_A: float, *, where: str) -> None:
+    """A reference whose pixel size is more than :data:`PIXEL_SIZE_TOLERANCE` from the data's is
+    refused (one line naming both and the tolerance)."""
+    ref = reference.pixel_size_A
+    off = abs(ref - data_pixel_A) / data_pixel_A
+    if off > PIXEL_SIZE_TOLERANCE:
+        raise CampaignReferenceError(
+            f"{where}: the reference's pixel size {ref:g} Å differs from the data's"
+            f" {data_pixel_A:g} Å (acquisition.pixel_size_A) by {off:.1%}; at most"
+            f" {PIXEL_SIZE_TOLERANCE:.0%} is accepted: resample the reference to the data's pixel size"
+        )
+
+
+def choose_preset(manifest: Manifest, reference: ReferenceSource | None) -> tuple[str, str]:
+    """The preset a run takes and why (recorded on the run as ``preset_reason``)."""
+    if manifest.pipeline.preset:
+        why = "named by the manifest (pipeline.preset)"
+        if reference is not None:
+            why += f"; a reference exists ({describe(reference)}) but the manifest asks for this preset"
+        return manifest.pipeline.preset, why
+    if reference is not None:
+        why = f"the run has a reference ({describe(reference)}) and the manifest names no preset"
+        return REPEAT_PRESET, why
+    if manifest.campaign:
+        return manifest.input.kind, (
+            f"campaign {manifest.campaign} has no reference yet: a full run (input.kind), which becomes"
+            " its reference if it succeeds"
+        )
+    return manifest.input.kind, "the input kind (input.kind): the manifest names no preset"
+
+
+def describe(reference: ReferenceSource) -> str:
+    if reference.kind == "campaign":
+        return f"campaign {reference.campaign}'s reference, run {reference.run_id}"
+    if reference.kind == "run":
+        return f"run {reference.run_id}"
+    return f"map {reference.map_uri}"
+
+
+def reference_from_run(
+    run: dict[str, Any], *, folder_uri: str, kind: Literal["campaign", "run"]
+) -> ReferenceSource | None:
+    """A finished run's results as a reference (None when its export has no map). ``run``: the
+    run record's fields (``results``, ``map_pixel_size_A``, ``map_box_pix``, ...)."""
+    files = {f.get("kind"): f.get("name") or str(f.get("key", "")).rpartition("/")[2]
+             for f in (run.get("results") or {}).get("files") or []}  # fmt: skip
+    if not files.get("map") or not run.get("map_pixel_size_A"):
+        return None
+    final = max((s for s in (run.get("stages") or {}).values() if s.get("num_particles")),
+                key=lambda s: s.get("completed_at") or 0, default=None)  # fmt: skip
+    return ReferenceSource(
+        kind=kind,
+        folder_uri=folder_uri,
+        map=files["map"],
+        mask=files.get("mask"),
+        templates=files.get("class_averages"),
+        selected=files.get("selected_classes"),
+        pixel_size_A=float(run["map_pixel_size_A"]),
+        box_pix=run.get("map_box_pix"),
+        resolution_A=run.get("resolution_A"),
+        particles=None if final is None else int(final["num_particles"]),
+        run_id=run.get("run_id"),
+        campaign=run.get("campaign"),
+        compound=run.get("compound"),
+    )
+
+
+class RepeatVerdict(BaseModel):
+    """How a repeat run compares with its reference, against the manifest's thresholds."""
+
+    reference_resolution_A: float | None
+    resolution_A: float | None
+    resolution_loss_A: float | None
+    particles: int | None
+    reference_particles: int | None
+    particle_yield: float | None
+    thresholds: RepeatThresholds
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def judge_repeat(
+    resolution_A: float | None,
+    particles: int | None,
+    reference: ReferenceSource,
+    thresholds: RepeatThresholds,
+) -> RepeatVerdict:
+    """The repeat run's map against its reference: worse by more than
+    ``max_resolution_loss_A``, or fewer particles than ``min_particle_yield`` of the reference's,
+    is a problem the mail says plainly. A map with no resolution did not improve at all."""
+    problems = []
+    loss = None
+    ref_res = reference.resolution_A
+    if resolution_A is None:
+        problems.append("the run reported no final resolution: the map did not improve")
+    elif ref_res is not None:
+        loss = round(resolution_A - ref_res, 3)
+        if loss > thresholds.max_resolution_loss_A:
+            problems.append(
+                f"the map did not improve: {resolution_A:.2f} Å is {loss:.2f} Å worse than the reference's"
+                f" {ref_res:.2f} Å (threshold repeat.max_resolution_loss_A ="
+                f" {thresholds.max_resolution_loss_A:g} Å)"
+            )
+    ratio = None
+    if particles is not None and reference.particles:
+        ratio = round(particles / reference.particles, 3)
+        if ratio < thresholds.min_particle_yield:
+            problems.append(
+                f"low particle yield: {particles:,} particles in the final map, {ratio:.0%} of the"
+                f" reference's {reference.particles:,} (threshold repeat.min_particle_yield ="
+                f" {thresholds.min_particle_yield:g})"
+            )
+    return RepeatVerdict(
+        reference_resolution_A=ref_res,
+        resolution_A=resolution_A,
+        resolution_loss_A=loss,
+        particles=particles,
+        reference_particles=reference.particles,
+        particle_yield=ratio,
+        thresholds=thresholds,
+        problems=problems,
+    )
+
+
+def median(values: Sequence[float | None]) -> float | None:
+    found = [float(v) for v in values if v is not None]
+    return statistics.median(found) if found else None
