@@ -354,6 +354,14 @@ def _status(args: argparse.Namespace) -> int:
 
 
 @_operator
+def _campaign(args: argparse.Namespace) -> int:
+    from cryopilot_ops import ops
+
+    print(ops.campaign_view(_stack(args), args.name), end="")
+    return 0
+
+
+@_operator
 def _watch(args: argparse.Namespace) -> int:
     from cryopilot_ops import ops
 
@@ -654,6 +662,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--limit", type=int, default=20, help="how many recent runs to list")
     _add_stack_flags(status)
     status.set_defaults(func=_status)
+
+    campaign = sub.add_parser(
+        "campaign", help="every run of a campaign: compound, date, resolution, particles, time, cost, links"
+    )
+    campaign.add_argument("name", metavar="NAME")
+    _add_stack_flags(campaign)
+    campaign.set_defaults(func=_campaign)
 
     watch = sub.add_parser("watch", help="show a run's progress until it ends")
     watch.add_argument("run_id", metavar="RUN_ID")

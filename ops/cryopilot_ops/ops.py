@@ -17,15 +17,17 @@ from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
-from cryopilot.adapters import admission, subscriptions
+from cryopilot.adapters import admission, campaigns, subscriptions
 from cryopilot.adapters.runs import RunStore
 from cryopilot.core.errors import ManifestError
 from cryopilot.core.formatting import fmt_duration
 from cryopilot.core.status import CLUSTER_DELETE_AWAITS_CREATE, EXECUTION_OVER
 from cryopilot.domain.billing import cost_text
+from cryopilot.domain.campaign import campaign_prefix
 from cryopilot.domain.location import data_uri_problem, foreign_bucket, run_id_for
 from cryopilot.domain.manifest import Manifest, parse_manifest
 from cryopilot.domain.record import RunRecord, StageRecord
+from cryopilot.domain.report import campaign as campaign_page
 from cryopilot.domain.subscriptions import policy_for, without_dataset
 from cryopilot.protocol.stage import PlannedStage
 from pydantic import Field
@@ -147,6 +149,24 @@ def get_run(stack: Stack, run_id: str) -> RunView:
     if run.status == "QUEUED":
         _with_queue_positions(store, [run])
     return run
+
+
+def campaign_view(stack: Stack, name: str) -> str:
+    """``cryopilot campaign NAME``: every run of the campaign (compound, date, resolution,
+    particles, time to structure, cost, links to its map and report), as the campaign page lists
+    them; :class:`OperatorError` when the stack has no such campaign."""
+    store = _store(stack)
+    item = campaigns.get(store, name)
+    if item is None:
+        raise OperatorError(f"no campaign {name} in stack {stack.name}", EXIT_NOT_FOUND)
+    rows = campaign_page.rows_for(
+        campaigns.runs_of(store, name),
+        results_bucket=stack.results_bucket,
+        reference_run=item.get("reference_run_id"),
+    )
+    text = campaign_page.render_text(name, rows, item.get("reference"))
+    page = f"s3://{stack.results_bucket}/{campaign_prefix(name)}campaign.html"
+    return text + f"page: {page}\n"
 
 
 def list_runs(stack: Stack, limit: int = 20) -> list[RunView]:

@@ -34,6 +34,7 @@ CLUSTER_FIELDS = [
     "layout",
     "data_bytes",
     "fsx_storage_gib",
+    "reference",
     "fsx_throughput_mb_per_tib",
 ]
 

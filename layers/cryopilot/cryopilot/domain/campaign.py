@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from cryopilot.core.errors import CampaignReferenceError
 from cryopilot.domain.clusterconfig.mounts import FSX_DATA_DIR, FSX_REFERENCE_DIR
 from cryopilot.domain.manifest import Manifest, RepeatThresholds
+from cryopilot.domain.record import RunRecord
 from cryopilot.domain.reference import ReferenceInputs
 from cryopilot.protocol.stage import PlannedStage
 
@@ -254,3 +255,17 @@ def judge_repeat(
 def median(values: Sequence[float | None]) -> float | None:
     found = [float(v) for v in values if v is not None]
     return statistics.median(found) if found else None
+
+
+def final_particles(run: RunRecord) -> int | None:
+    """Particles of the run's last stage (in completion order) that counted any."""
+    done = [s for s in run.stages.values() if s.num_particles is not None]
+    if not done:
+        return None
+    return int(max(done, key=lambda s: s.completed_at or 0).num_particles or 0)
+
+
+def time_to_structure(run: RunRecord) -> float | None:
+    if run.started_epoch is None or run.export_finished_at is None:
+        return None
+    return float(run.export_finished_at) - float(run.started_epoch)

@@ -121,6 +121,95 @@ def _what_was_exported(run: RunRecord) -> list[str]:
     ]
 
 
+class CampaignContext(BaseModel):
+    """What a campaign run's "done" mail compares it with: its reference (its run and compound)
+    and the median of the campaign's other runs that succeeded."""
+
+    reference_run: str | None = None
+    reference_compound: str | None = None
+    others: int = 0
+    median_resolution_A: float | None = None
+    median_time_to_structure_seconds: float | None = None
+
+
+def _label(run: RunRecord) -> str:
+    """The dataset, and its compound when the manifest named one (every mail's subject)."""
+    dataset = str(run.dataset or run.run_id)
+    return f"{dataset} ({run.compound})" if run.compound else dataset
+
+
+def _compound_lines(run: RunRecord) -> list[str]:
+    lines = []
+    if run.compound:
+        lines.append(f"Compound: {run.compound}" + (f" (campaign {run.campaign})" if run.campaign else ""))
+    elif run.campaign:
+        lines.append(f"Campaign: {run.campaign}")
+    if run.preset_reason and (run.campaign or run.reference):
+        lines.append(f"Preset: {run.preset} ({run.preset_reason})")
+    return lines
+
+
+#: The verdict's problems in a few words, for the subject.
+_PROBLEM_WORDS = (("did not improve", "map did NOT improve"), ("particle yield", "low particle yield"))
+
+
+def _verdict_words(run: RunRecord) -> list[str]:
+    problems = (run.repeat_verdict or {}).get("problems") or []
+    return [words for key, words in _PROBLEM_WORDS if any(key in str(p) for p in problems)]
+
+
+def _campaign_lines(run: RunRecord, campaign: CampaignContext | None, elapsed: float) -> list[str]:
+    """A repeat run against its reference and the campaign's median; the verdict's problems, plainly."""
+    lines: list[str] = []
+    verdict = run.repeat_verdict or {}
+    if verdict:
+        ref_res = verdict.get("reference_resolution_A")
+        res = verdict.get("resolution_A")
+        who = ""
+        if campaign is not None and campaign.reference_run:
+            who = f" (run {campaign.reference_run}" + (
+                f", compound {campaign.reference_compound})" if campaign.reference_compound else ")"
+            )
+        text = f"Compared with the reference{who}: resolution "
+        text += f"{res:.2f} Å" if res is not None else "unknown"
+        text += f" against {ref_res:.2f} Å" if ref_res is not None else " (the reference's is unknown)"
+        if verdict.get("resolution_loss_A") is not None:
+            text += f" ({float(verdict['resolution_loss_A']):+.2f} Å)"
+        if verdict.get("particles") is not None and verdict.get("reference_particles"):
+            text += (
+                f"; particles {int(verdict['particles']):,} against {int(verdict['reference_particles']):,}"
+                f" ({float(verdict.get('particle_yield') or 0):.0%})"
+            )
+        lines.append(text)
+    if campaign is not None and campaign.others:
+        parts = []
+        if campaign.median_resolution_A is not None:
+            delta = (
+                f" (this run {run.resolution_A - campaign.median_resolution_A:+.2f} Å)"
+                if run.resolution_A
+                else ""
+            )
+            parts.append(f"resolution {campaign.median_resolution_A:.2f} Å{delta}")
+        if campaign.median_time_to_structure_seconds is not None:
+            parts.append(
+                f"time to structure {fmt_duration(campaign.median_time_to_structure_seconds)}"
+                f" (this run {fmt_duration(elapsed)})"
+            )
+        if parts:
+            lines.append(
+                f"Campaign median of {campaign.others} other run(s) that succeeded: " + "; ".join(parts)
+            )
+    problems = verdict.get("problems") or []
+    lines += [f"WARNING: {p}." for p in problems]
+    if problems:
+        lines.append(
+            "This run is NOT a success against its reference: check the map and the reference before"
+            " using it (a wrong reference, another protein, or a bad dataset). To run it without the"
+            " reference, name the full preset in the manifest (pipeline.preset: movies or micrographs)."
+        )
+    return lines
+
+
 def _cost(run: RunRecord) -> str | None:
     return f"${float(run.cost_usd):,.0f}" if run.cost_usd is not None else None
 
@@ -148,9 +237,16 @@ def _storage_cost_line(run: RunRecord) -> list[str]:
 
 
 def succeeded(
-    run: RunRecord, plan: Sequence[PlannedStage], *, region: str, results_bucket: str, now: float
+    run: RunRecord,
+    plan: Sequence[PlannedStage],
+    *,
+    region: str,
+    results_bucket: str,
+    now: float,
+    campaign: CampaignContext | None = None,
 ) -> Mail:
-    """The mail of a run that made its map: resolution, time, cost, results, stages, decisions."""
+    """The mail of a run that made its map: resolution, time, cost, results, stages, decisions; for
+    a campaign's run, its compound and how it compares with the reference and the campaign."""
     run_id = run.run_id
     dataset = run.dataset if run.dataset is not None else run_id
     res = run.resolution_A
@@ -159,8 +255,10 @@ def succeeded(
     results = run.results or {}
     lines = [
         f"cryopilot finished run {run_id} for dataset {dataset}.",
+        *_compound_lines(run),
         "",
         f"Final resolution: {res_txt} (gold-standard FSC 0.143)",
+        *_campaign_lines(run, campaign, elapsed_seconds(run, now)),
         f"Time to structure: {elapsed}",
         f"Cost: {_cost_line(run)}",
         *_storage_cost_line(run),
@@ -181,10 +279,12 @@ def succeeded(
         f"Execution: {_console_link(run, region)}",
     ]
     cost = _cost(run)
+    warned = _verdict_words(run)
+    done = f"done, {' and '.join(warned)}" if warned else "done"
     return Mail(
         kind="succeeded",
         subject=_subject(
-            f"[cryopilot] {dataset} done: {res_txt} in {elapsed}" + (f", {cost}" if cost else "")
+            f"[cryopilot] {_label(run)} {done}: {res_txt} in {elapsed}" + (f", {cost}" if cost else "")
         ),
         body="\n".join(lines),
         attributes={"dataset": dataset},
@@ -215,6 +315,7 @@ def failed(run: RunRecord, plan: Sequence[PlannedStage], *, region: str, stack_n
         )
     lines = [
         f"cryopilot run {run_id} for dataset {dataset} failed.",
+        *_compound_lines(run),
         "",
         f"Failed at: {stage_title}",
         f"Reason: {error.get('type', 'error')}: {reason}",
@@ -241,7 +342,7 @@ def failed(run: RunRecord, plan: Sequence[PlannedStage], *, region: str, stack_n
         lines += ["", *_where_the_data_is(run)]
     if run.stages and step.startswith("stage:"):
         lines += ["", "Stages:", *_stage_table(run, plan)]
-    subject = f"[cryopilot] {dataset} failed at {stage_title}: {error.get('type', 'error')}"
+    subject = f"[cryopilot] {_label(run)} failed at {stage_title}: {error.get('type', 'error')}"
     return Mail(
         kind="failed", subject=_subject(subject), body="\n".join(lines), attributes={"dataset": str(dataset)}
     )
@@ -268,7 +369,7 @@ def execution_ended(run: RunRecord, status: str, action: str) -> Mail:
     ended = "was superseded by a new manifest version" if superseded else ENDED[status]
     if succeeded:
         ended = "succeeded"
-    subject = f"[cryopilot] {dataset} {ended}" + (
+    subject = f"[cryopilot] {_label(run)} {ended}" + (
         " - cluster NOT deleted" if action == "delete_failed" else ""
     )
     first = (
@@ -281,6 +382,7 @@ def execution_ended(run: RunRecord, status: str, action: str) -> Mail:
     body = "\n".join(
         [
             first,
+            *_compound_lines(run),
             *([f"It was {error.get('message')}."] if superseded else []),
             "",
             cluster_line,

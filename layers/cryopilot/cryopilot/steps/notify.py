@@ -5,12 +5,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from cryopilot.adapters import runs
+from cryopilot.adapters import campaigns, runs
 from cryopilot.adapters.observability import MetricUnit, logger, metrics
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import RecordTooLargeError, parse_error
 from cryopilot.domain import mails
+from cryopilot.domain.campaign import median, time_to_structure
 from cryopilot.domain.record import RunRecord
 
 
@@ -90,8 +91,32 @@ def success_mail(run_id: str) -> Mail:
         region=settings.region,
         results_bucket=settings.results_bucket,
         now=clock.now(),
+        campaign=campaign_context(run),
     )
     return _note_mail_on_record(run_id, mail)
+
+
+def campaign_context(run: RunRecord) -> mails.CampaignContext | None:
+    """What a campaign run's "done" mail compares it with: its reference and the median of the
+    campaign's other runs that succeeded."""
+    if not run.campaign:
+        return None
+    store = runs.store()
+    item = campaigns.get(store, run.campaign) or {}
+    reference = item.get("reference") or {}
+    source = (run.reference or {}).get("source") or reference
+    others = [
+        m
+        for m in campaigns.runs_of(store, run.campaign)
+        if m.run_id != run.run_id and m.status == "SUCCEEDED"
+    ]
+    return mails.CampaignContext(
+        reference_run=source.get("run_id"),
+        reference_compound=source.get("compound"),
+        others=len(others),
+        median_resolution_A=median([m.resolution_A for m in others]),
+        median_time_to_structure_seconds=median([time_to_structure(m) for m in others]),
+    )
 
 
 def failure_mail(run_id: str) -> Mail:

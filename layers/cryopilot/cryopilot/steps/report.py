@@ -16,15 +16,18 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from cryopilot.adapters import aws, runs
+from cryopilot.adapters import aws, campaigns, runs
 from cryopilot.adapters.observability import logger
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import ReportError
 from cryopilot.domain import billing
+from cryopilot.domain.campaign import ReferenceSource, campaign_prefix, final_particles, judge_repeat
 from cryopilot.domain.catalogue import Catalogue, CostingError, UnknownInstanceType
 from cryopilot.domain.clusterconfig.scaling import SCALEDOWN_IDLE_SECONDS
+from cryopilot.domain.manifest import RepeatThresholds
 from cryopilot.domain.record import RunRecord
+from cryopilot.domain.report import campaign as campaign_page
 from cryopilot.domain.report.data import report_data_from_run
 from cryopilot.domain.report.render import render_all
 from cryopilot.domain.storage import DEPLOYMENT_TYPE, SHARED_SNAPSHOT_GIB
@@ -122,6 +125,43 @@ def instance_types(gpu8_instance_type: str | None) -> dict[str, str]:
     return get_settings().queue_instance_types(gpu8_instance_type or None)
 
 
+def repeat_verdict(run: RunRecord) -> dict[str, Any] | None:
+    """How a repeat run's map compares with its reference (None without a reference)."""
+    source = (run.reference or {}).get("source")
+    if not source:
+        return None
+    thresholds = RepeatThresholds.model_validate(run.repeat_thresholds or {})
+    verdict = judge_repeat(
+        run.resolution_A, final_particles(run), ReferenceSource.model_validate(source), thresholds
+    )
+    return verdict.model_dump(mode="json")
+
+
+def _campaign(run_id: str, name: str, *, succeeded: bool) -> None:
+    """The campaign's side of a run's report: a run that succeeded becomes the campaign's reference
+    when it has none (its files copied to the campaign's folder), and the campaign's page is
+    written again with every run."""
+    store = runs.store()
+    bucket = get_settings().results_bucket
+    s3 = aws.client("s3")
+    if succeeded:
+        item = store.get_run_item(run_id) or {}
+        promoted = campaigns.promote(store, s3, bucket, {**item, "status": "SUCCEEDED"})
+        if promoted is not None:
+            logger.info("campaign reference", extra={"campaign": name, "run_id": run_id})
+    members = campaigns.runs_of(store, name)
+    members = [m.model_copy(update={"status": "SUCCEEDED"}) if m.run_id == run_id and succeeded else m
+               for m in members]  # fmt: skip
+    item = campaigns.get(store, name) or {}
+    reference = item.get("reference")
+    rows = campaign_page.rows_for(members, results_bucket=bucket, reference_run=item.get("reference_run_id"))
+    prefix = campaign_prefix(name)
+    types = {"campaign.md": "text/markdown; charset=utf-8", "campaign.html": "text/html; charset=utf-8",
+             "campaign.png": "image/png"}  # fmt: skip
+    for file_name, body in campaign_page.render_all(name, rows, reference).items():
+        s3.put_object(Bucket=bucket, Key=prefix + file_name, Body=body, ContentType=types[file_name])
+
+
 def write(run_id: str) -> ReportStep:
     store = runs.store()
     item = store.get_run_item(run_id)
@@ -129,9 +169,13 @@ def write(run_id: str) -> ReportStep:
         raise ReportError(f"run {run_id} has no record; nothing to report")
     run = RunRecord.model_validate(item)
     plan = store.get_plan(run_id)
-    if run.status == "RUNNING" and run.export_finished_at:
+    succeeded = run.status == "RUNNING" and bool(run.export_finished_at)
+    if succeeded:
         # the success path writes the report between the export and the final mail
         item = {**item, "status": "SUCCEEDED"}
+    verdict = repeat_verdict(run) if succeeded else None
+    if verdict is not None:
+        item["repeat_verdict"] = verdict
     # the renderer takes the record and the plan as they are stored
     data = report_data_from_run(
         item,
@@ -182,6 +226,10 @@ def write(run_id: str) -> ReportStep:
         fields["gpu_hours_paid"] = round(paid, 2)
     if data.gpu_hours_busy is not None:
         fields["gpu_hours_busy"] = round(data.gpu_hours_busy, 2)
+    if verdict is not None:
+        fields["repeat_verdict"] = verdict
     store.update_run(run_id, **fields)
+    if run.campaign:
+        _campaign(run_id, run.campaign, succeeded=succeeded)
     logger.info("report written", extra={"uri": step.html_uri, "cost_usd": step.cost_usd})
     return step

@@ -25,6 +25,11 @@ class ReportData(BaseModel):
     dataset: str
     status: str
     preset: str | None = None
+    preset_reason: str | None = None
+    campaign: str | None = None
+    compound: str | None = None
+    #: a repeat run against its reference (``RepeatVerdict`` fields), when it has one
+    repeat_verdict: dict[str, Any] | None = None
     created_at: datetime | None = None
     started_at: datetime | None = None
     cluster_ready_at: datetime | None = None
@@ -290,6 +295,12 @@ def report_data_from_run(
         dataset=str(run.get("dataset") or run.get("run_id") or "?"),
         status=status,
         preset=str(run["preset"]) if run.get("preset") else None,
+        preset_reason=str(run["preset_reason"]) if run.get("preset_reason") else None,
+        campaign=str(run["campaign"]) if run.get("campaign") else None,
+        compound=str(run["compound"]) if run.get("compound") else None,
+        repeat_verdict=dict(run["repeat_verdict"])
+        if isinstance(run.get("repeat_verdict"), Mapping)
+        else None,
         created_at=created,
         started_at=started,
         cluster_ready_at=_when(run.get("cluster_ready_at")),

@@ -119,3 +119,31 @@ def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     return buf.getvalue()
+
+
+def render_campaign_png(campaign: str, points: list[tuple[str, float | None, float | None]]) -> bytes:
+    """A campaign's chart: per compound (in run order), the final resolution (Å, left axis, bars)
+    and the time to structure (hours, right axis, line), as PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.set_title(f"campaign {campaign}: resolution and time per compound", parse_math=False)
+    if not points:
+        ax.set_axis_off()
+        ax.text(
+            0.5, 0.5, "no run has succeeded yet", ha="center", va="center", color="#666", parse_math=False
+        )
+        return _png(fig)
+    xs = list(range(len(points)))
+    ax.bar(xs, [p[1] or 0.0 for p in points], color="#3b6fb6", width=0.5, label="resolution (Å)")
+    ax.set_ylabel("resolution (Å, lower is better)")
+    ax.set_xticks(xs, [p[0] for p in points], rotation=30, ha="right", fontsize=8)
+    right = ax.twinx()
+    right.plot(xs, [None if p[2] is None else p[2] / 3600 for p in points], "o-", color="#e08a2c")
+    right.set_ylabel("time to structure (h)")
+    right.set_ylim(bottom=0)
+    fig.tight_layout()
+    return _png(fig)

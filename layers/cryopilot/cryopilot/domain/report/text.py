@@ -113,6 +113,10 @@ def summary_lines(data: ReportData) -> list[tuple[str, str]]:
     """(label, value) pairs of the summary, as plain text."""
     lines: list[tuple[str, str]] = []
     at_least = "at least " if data.lower_bounds else ""
+    if data.compound:
+        lines.append(("Compound", data.compound))
+    if data.campaign:
+        lines.append(("Campaign", data.campaign))
     if data.time_to_structure_seconds is not None:
         lines.append(("Time to structure", fmt_duration(data.time_to_structure_seconds)))
     elif data.elapsed_seconds is not None:
@@ -121,7 +125,12 @@ def summary_lines(data: ReportData) -> list[tuple[str, str]]:
         lines.append(("Resolution", f"{resolution_text(data.resolution_A)} (gold-standard FSC 0.143)"))
     lines.extend(_cost_lines(data, at_least))
     if data.preset:
-        lines.append(("Preset", data.preset))
+        lines.append(("Preset", data.preset + (f" ({data.preset_reason})" if data.preset_reason else "")))
+    verdict = data.repeat_verdict or {}
+    if verdict:
+        ref = verdict.get("reference_resolution_A")
+        lines.append(("Reference", f"{resolution_text(ref)}" if ref is not None else "resolution unknown"))
+        lines.extend(("WARNING", str(problem)) for problem in verdict.get("problems") or [])
     lines.append(("Run", data.run_id))
     lines.append(("Started", _time(data.started_at)))
     lines.append(("Finished", _time(data.finished_at)))

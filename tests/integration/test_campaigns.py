@@ -1,0 +1,161 @@
+"""Campaigns end to end, through the state machine on one local stack: the first run of a campaign
+that succeeds becomes its reference (recorded, its files kept under the campaign's prefix), a later
+run of the campaign takes that reference (its cluster gets the reference's data repository
+association), its "done" mail compares it with the reference and the campaign, the campaign page
+and ``cryopilot campaign`` list every run."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+from cryopilot_ops import ops
+from cryopilot_sim.clock import VirtualClock
+from cryopilot_sim.harness import LocalCloud
+
+from tests.conftest import EVENTS
+
+pytestmark = pytest.mark.slow
+
+CAMPAIGN = "RBD-BINDERS"
+SPIKE = yaml.safe_load((EVENTS / "manifests" / "spike.yaml").read_text())
+
+
+def _manifest(dataset: str, compound: str, **extra: Any) -> str:
+    doc = copy.deepcopy(SPIKE)
+    doc.update(dataset=dataset, campaign=CAMPAIGN, compound=compound, **extra)
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+@dataclass
+class Campaign:
+    cloud: LocalCloud
+    first: dict[str, Any]
+    second: dict[str, Any]
+
+
+def _run(cloud: LocalCloud, folder: str, manifest: str) -> dict[str, Any]:
+    """Drop a dataset and wait for the one execution it starts."""
+    before = {e["executionArn"] for e in cloud.executions()}
+    cloud.drop_dataset(folder, manifest)
+    cloud.drain_events()
+    (new,) = [e for e in cloud.executions() if e["executionArn"] not in before]
+    return cloud.wait_for_execution(new["executionArn"], timeout=300)
+
+
+@pytest.fixture(scope="module")
+def campaign() -> Iterator[Campaign]:
+    with LocalCloud(clock=VirtualClock(), profile="spike") as cloud:
+        first = _run(cloud, "RBD-CP-0001", _manifest("RBD-CP-0001", "CP-0001"))
+        second = _run(
+            cloud, "RBD-CP-0002", _manifest("RBD-CP-0002", "CP-0002", pipeline={"preset": "micrographs"})
+        )
+        yield Campaign(cloud, first, second)
+
+
+def _mail(cloud: LocalCloud, run_id: str, event: str = "succeeded") -> dict[str, Any]:
+    (mail,) = [
+        m
+        for m in cloud.mails()
+        if m["attributes"].get("run_id") == run_id and m["attributes"].get("event") == event
+    ]
+    return mail
+
+
+def test_the_first_run_that_succeeds_becomes_the_campaigns_reference(campaign: Campaign) -> None:
+    cloud = campaign.cloud
+    run_id = campaign.first["name"]
+    assert campaign.first["status"] == "SUCCEEDED", (cloud.run_record(run_id) or {}).get("error")
+    record = cloud.run_record(run_id)
+    assert record is not None
+    assert (record["campaign"], record["compound"]) == (CAMPAIGN, "CP-0001")
+    assert record["preset"] == "micrographs"
+    assert "has no reference yet" in record["preset_reason"]
+    assert record.get("reference") is None
+
+    from cryopilot.adapters import campaigns, runs
+
+    item = campaigns.get(runs.store(), CAMPAIGN)
+    assert item is not None
+    assert item["reference_run_id"] == run_id
+    ref = item["reference"]
+    assert ref["folder_uri"] == f"s3://{cloud.results_bucket}/campaigns/{CAMPAIGN}/reference/"
+    assert ref["pixel_size_A"] > 0
+    assert ref["resolution_A"] == record["resolution_A"]
+    assert ref["particles"] > 0
+    # the map, its mask and the selected class averages are kept under the campaign's prefix
+    s3 = cloud.client("s3")
+    listing = s3.list_objects_v2(Bucket=cloud.results_bucket, Prefix=f"campaigns/{CAMPAIGN}/reference/")
+    kept = {o["Key"].rsplit("/", 1)[1] for o in listing.get("Contents", [])}
+    assert {ref["map"], ref["mask"], ref["templates"], ref["selected"]} <= kept, kept
+    exported = {f["kind"]: f for f in record["results"]["files"]}
+    for kind, name in (("map", ref["map"]), ("class_averages", ref["templates"])):
+        head = s3.head_object(Bucket=cloud.results_bucket, Key=f"campaigns/{CAMPAIGN}/reference/{name}")
+        assert head["ContentLength"] == exported[kind]["size"]
+
+    mail = _mail(cloud, run_id)
+    assert "(CP-0001)" in mail["subject"]
+    assert f"Compound: CP-0001 (campaign {CAMPAIGN})" in mail["message"]
+
+
+def test_a_later_run_takes_the_campaigns_reference(campaign: Campaign) -> None:
+    cloud = campaign.cloud
+    first, run_id = campaign.first["name"], campaign.second["name"]
+    assert campaign.second["status"] == "SUCCEEDED", (cloud.run_record(run_id) or {}).get("error")
+    record = cloud.run_record(run_id)
+    assert record is not None
+    source = record["reference"]["source"]
+    assert (source["kind"], source["run_id"]) == ("campaign", first)
+    inputs = record["reference"]["inputs"]
+    assert inputs["map_path"] == f"/fsx/reference/{source['map']}"
+    assert inputs["pixel_size_A"] == source["pixel_size_A"]
+    assert record["reference"]["association_uri"] == source["folder_uri"]
+    assert "but the manifest asks for this preset" in record["preset_reason"]
+
+    # the cluster's FSx links the reference's folder at /fsx/reference
+    (create,) = [
+        r.body
+        for r in cloud.pcluster.requests_for("create_cluster")
+        if r.status < 300 and r.body.get("clusterName") == record["cluster_name"]
+    ]
+    config = yaml.safe_load(create["clusterConfiguration"])
+    (fsx,) = [s for s in config["SharedStorage"] if s["StorageType"] == "FsxLustre"]
+    dras = {d["Name"]: d for d in fsx["FsxLustreSettings"]["DataRepositoryAssociations"]}
+    assert dras["reference"]["DataRepositoryPath"] == source["folder_uri"]
+    assert dras["reference"]["FileSystemPath"] == "/reference"
+
+    # its mail names its compound and compares it with the reference and the campaign
+    mail = _mail(cloud, run_id)
+    assert "(CP-0002)" in mail["subject"]
+    body = mail["message"]
+    assert f"Compared with the reference (run {first}, compound CP-0001): resolution" in body
+    assert "Campaign median of 1 other run(s) that succeeded: resolution" in body
+    verdict = record["repeat_verdict"]
+    assert verdict["reference_resolution_A"] == source["resolution_A"]
+    assert verdict["resolution_A"] == record["resolution_A"]
+
+
+def test_the_campaign_page_and_the_cli_list_every_run(campaign: Campaign) -> None:
+    cloud = campaign.cloud
+    s3 = cloud.client("s3")
+    page = s3.get_object(Bucket=cloud.results_bucket, Key=f"campaigns/{CAMPAIGN}/campaign.md")["Body"].read()
+    text = page.decode()
+    assert "CP-0001" in text
+    assert "CP-0002" in text
+    assert "(reference)" in text
+    png = s3.get_object(Bucket=cloud.results_bucket, Key=f"campaigns/{CAMPAIGN}/campaign.png")["Body"].read()
+    assert png.startswith(b"\x89PNG")
+
+    shown = ops.campaign_view(cloud.operator_stack(), CAMPAIGN)
+    lines = shown.splitlines()
+    assert lines[0].startswith(f"campaign {CAMPAIGN}: 2 run(s), 2 succeeded, median resolution")
+    rows = [ln for ln in lines if ln.startswith("CP-000")]
+    assert [r.split()[0] for r in rows] == ["CP-0001", "CP-0002"]
+    for run in (campaign.first["name"], campaign.second["name"]):
+        assert f"{run}: map s3://{cloud.results_bucket}/runs/{run}/results/" in shown
+    with pytest.raises(ops.OperatorError, match="no campaign NOPE"):
+        ops.campaign_view(cloud.operator_stack(), "NOPE")
