@@ -862,6 +862,16 @@ def test_a_byte_order_mark_is_skipped(batch: Batch, case: Upload) -> None:
     assert message == f"s3://{batch.cloud.input_bucket}/{key}: {VOLTAGE_MESSAGE}"
 
 
+def test_a_refused_reference_mail_names_the_compound(batch: Batch) -> None:
+    key = "datasets/BAD-campaign-reference-pixel-size/cryopilot.yaml"
+    run_id, _ = batch.started_run(key)
+    (mail,) = [m for m in batch.mails if m["attributes"].get("run_id") == run_id]
+    assert mail["subject"].startswith(
+        "[cryopilot] BAD-campaign-reference-pixel-size (CP-7) failed at validate"
+    )
+    assert "Compound: CP-7 (campaign RBD-BINDERS)" in mail["message"]
+
+
 def test_a_refused_manifest_subscribes_no_address(batch: Batch) -> None:
     # Validate refused these manifests before any address was subscribed to any dataset's mails
     sns = batch.cloud.client("sns")

@@ -133,6 +133,8 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
         data_uri = f"s3://{location.bucket}/{manifest_prefix(location.key)}"
         location_doc = location.model_dump()
 
+    if manifest.campaign or manifest.compound:  # the failure mail of a refused reference names them
+        store.update_run(run_id, campaign=manifest.campaign, compound=manifest.compound)
     reference = resolve_reference(manifest, source=source, data_uri=data_uri, run_id=run_id)
     preset_name, preset_reason = campaign.choose_preset(manifest, reference)
     manifest = manifest.model_copy(
