@@ -91,7 +91,9 @@ def test_the_first_run_that_succeeds_becomes_the_campaigns_reference(campaign: C
     s3 = cloud.client("s3")
     listing = s3.list_objects_v2(Bucket=cloud.results_bucket, Prefix=f"campaigns/{CAMPAIGN}/reference/")
     kept = {o["Key"].rsplit("/", 1)[1] for o in listing.get("Contents", [])}
-    assert {ref["map"], ref["mask"], ref["templates"], ref["selected"]} <= kept, kept
+    assert {ref["map"], ref["mask"], ref["templates"], ref["selected"], "reference.json"} <= kept, kept
+    assert ref["box_pix"] > 0
+    assert any(d.startswith("select2d: ") for d in ref["decisions"]), ref["decisions"]
     exported = {f["kind"]: f for f in record["results"]["files"]}
     for kind, name in (("map", ref["map"]), ("class_averages", ref["templates"])):
         head = s3.head_object(Bucket=cloud.results_bucket, Key=f"campaigns/{CAMPAIGN}/reference/{name}")

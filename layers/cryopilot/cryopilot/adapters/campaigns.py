@@ -8,6 +8,7 @@ run's exported results to ``campaigns/<campaign>/reference/`` of the results buc
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -18,11 +19,14 @@ from cryopilot.core.errors import CampaignReferenceError
 from cryopilot.domain.campaign import ReferenceSource, reference_from_run, reference_prefix
 from cryopilot.domain.record import RunRecord
 
+#: The reference's own account, in its folder.
+REFERENCE_DOC = "reference.json"
+
 #: The run record's fields a campaign view and a reference read.
 RUN_FIELDS = [
     "status", "dataset", "campaign", "compound", "created_at", "started_epoch", "export_finished_at",
     "finished_epoch", "resolution_A", "cost_usd", "results", "report", "stages", "preset",
-    "map_pixel_size_A", "map_box_pix", "repeat_verdict", "reference",
+    "map_pixel_size_A", "map_box_pix", "repeat_verdict", "reference", "decisions",
 ]  # fmt: skip
 
 
@@ -118,6 +122,13 @@ def promote(store: RunStore, s3: Any, bucket: str, run: dict[str, Any]) -> Refer
     for kind, name in names.items():
         if name and keys.get(kind):
             s3.copy_object(Bucket=bucket, Key=dest + name, CopySource={"Bucket": bucket, "Key": keys[kind]})
+    # what the files are (run, pixel size, box, resolution, particles, decisions), beside them
+    s3.put_object(
+        Bucket=bucket,
+        Key=dest + REFERENCE_DOC,
+        Body=json.dumps(source.model_dump(mode="json"), indent=1).encode(),
+        ContentType="application/json",
+    )
     return source
 
 

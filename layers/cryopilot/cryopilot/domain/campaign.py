@@ -17,9 +17,10 @@ import statistics
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from cryopilot.core.errors import CampaignReferenceError
+from cryopilot.core.validation import clip, printable
 from cryopilot.domain.clusterconfig.mounts import FSX_DATA_DIR, FSX_REFERENCE_DIR
 from cryopilot.domain.manifest import Manifest, RepeatThresholds
 from cryopilot.domain.record import RunRecord
@@ -42,6 +43,11 @@ CAMPAIGNS_PREFIX = "campaigns/"
 
 #: The export's file kinds a reference keeps (``ExportedFile.kind``).
 REFERENCE_KINDS = ("map", "mask", "class_averages", "selected_classes")
+
+#: A reference keeps at most this many of its run's decisions, each at most this long (the
+#: campaign's item stays small).
+MAX_DECISIONS = 30
+MAX_DECISION_CHARS = 400
 
 #: cryoSPARC's extraction job type: its box and Fourier-crop box set the map's pixel size.
 EXTRACT_JOB_TYPE = "extract_micrographs_multi"
@@ -76,6 +82,8 @@ class ReferenceSource(BaseModel):
     run_id: str | None = None
     campaign: str | None = None
     compound: str | None = None
+    #: the automatic decisions of the reference run, one line each (stage: summary)
+    decisions: list[str] = Field(default_factory=list)
 
     @property
     def map_uri(self) -> str:
@@ -175,8 +183,14 @@ def reference_from_run(
         return None
     final = max((s for s in (run.get("stages") or {}).values() if s.get("num_particles")),
                 key=lambda s: s.get("completed_at") or 0, default=None)  # fmt: skip
+    decisions = [
+        clip(printable(f"{d.get('stage_id')}: {d.get('summary')}"), MAX_DECISION_CHARS)
+        for d in (run.get("decisions") or [])[:MAX_DECISIONS]
+        if isinstance(d, dict)
+    ]
     return ReferenceSource(
         kind=kind,
+        decisions=decisions,
         folder_uri=folder_uri,
         map=files["map"],
         mask=files.get("mask"),
