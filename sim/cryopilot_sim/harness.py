@@ -787,7 +787,7 @@ class LocalCloud:
         fsx_storage = next(
             (s for s in config.get("SharedStorage") or [] if s.get("StorageType") == "FsxLustre"), None
         )
-        mount = os.path.join(self._fsx_mounts, cluster_name)
+        mount = self.fsx_mount(cluster_name)
         os.makedirs(mount, exist_ok=True)
         self._make_shared_volume(cluster_name, config)
         if fsx_storage is None:
@@ -816,9 +816,40 @@ class LocalCloud:
         self.fsx.register(
             SimFileSystem(fs_id, cluster_name, mount, associations_from_config(config), project_files)
         )
+        self._import_reference(mount, settings)
         with self._lock:
             self.file_systems[cluster_name] = fs_id
         return mount
+
+    def fsx_mount(self, cluster_name: str) -> str:
+        """The directory standing in for a cluster's FSx mount on its head node (kept after the
+        cluster is gone, for tests to read)."""
+        return os.path.join(self._fsx_mounts, cluster_name)
+
+    def _import_reference(self, mount: str, settings: dict[str, Any]) -> None:
+        """A repeat run's reference appears on the head node's FSx mount, at the directory of its
+        data repository association: FSx imports a linked S3 object's metadata when the association
+        is created (``BatchImportMetaDataOnCreate``) and its bytes when a file is first read (FSx for
+        Lustre user guide, "Lazy load"). The reader cannot tell the two apart, so the bytes are
+        copied here at once. Only the reference's association: the data's objects are a listing
+        of the profile's movies, not their bytes."""
+        from cryopilot.domain.clusterconfig.mounts import FSX_REFERENCE_PATH
+
+        s3 = self.client("s3")
+        for dra in settings.get("DataRepositoryAssociations") or []:
+            if dra.get("FileSystemPath") != FSX_REFERENCE_PATH:
+                continue
+            bucket, _, prefix = str(dra["DataRepositoryPath"]).removeprefix("s3://").partition("/")
+            target = os.path.join(mount, FSX_REFERENCE_PATH.strip("/"))
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    rel = obj["Key"][len(prefix) :]
+                    if not rel or rel.endswith("/"):
+                        continue
+                    path = os.path.join(target, *rel.split("/"))
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    with open(path, "wb") as fh:
+                        fh.write(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
 
     def _make_shared_volume(self, cluster_name: str, config: dict[str, Any]) -> None:
         """The EBS /shared volume, in moto, with the configuration's Tags (propagated to all the

@@ -7,6 +7,7 @@ and ``cryopilot campaign`` list every run."""
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +130,9 @@ def test_a_later_run_takes_the_campaigns_reference(campaign: Campaign) -> None:
     dras = {d["Name"]: d for d in fsx["FsxLustreSettings"]["DataRepositoryAssociations"]}
     assert dras["reference"]["DataRepositoryPath"] == source["folder_uri"]
     assert dras["reference"]["FileSystemPath"] == "/reference"
+    # and its files appear there (the local stand-in of the head node's FSx mount)
+    shown = os.listdir(os.path.join(cloud.fsx_mount(record["cluster_name"]), "reference"))
+    assert {source["map"], source["mask"], source["templates"]} <= set(shown), shown
 
     # its mail names its compound and compares it with the reference and the campaign
     mail = _mail(cloud, run_id)
