@@ -32,6 +32,7 @@ from cryopilot.domain.presets import (
     load_preset,
     profile_stage_id,
 )
+from cryopilot.domain.reference import ReferenceInputs
 from cryopilot.protocol.stage import PlannedStage
 
 __all__ = ["compare", "lane_nodes", "place", "place_stages", "plan"]
@@ -79,8 +80,12 @@ def plan(
     queue_types: dict[str, str] | None = None,
     gpu8_fallback_types: Sequence[str] = (),
     catalogue: Catalogue | None = None,
+    reference: ReferenceInputs | None = None,
 ) -> list[PlannedStage]:
     """The manifest's stages (:func:`cryopilot.domain.presets.expand`), placed (:func:`place_stages`).
+
+    ``reference``: the campaign reference of a repeat run (the preset's ``${reference.<field>}``
+    values), as :func:`~cryopilot.domain.presets.expand` takes it.
 
     ``queue_types`` (queue → instance type; default: the cluster's defaults) and ``catalogue``
     (prices and speeds; default: the shipped one) are what the placement weighs;
@@ -88,7 +93,8 @@ def plan(
     """
     preset = load_preset(manifest.preset_name)
     cat = catalogue if catalogue is not None else Catalogue.load()
-    placed = place_stages(expand(manifest, data_dir=data_dir), preset, manifest, queue_types, cat)
+    stages = expand(manifest, data_dir=data_dir, reference=reference)
+    placed = place_stages(stages, preset, manifest, queue_types, cat)
     check_gpus_fit_lanes(placed, manifest, lane_nodes(queue_types, gpu8_fallback_types, cat))
     return placed
 
