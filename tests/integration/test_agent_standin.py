@@ -19,7 +19,7 @@ from cryopilot.protocol.agent import AgentFailure, ExportResult, KillResult, Sta
 from cryopilot.protocol.stage import PlannedStage
 from cryopilot_agent.cli import encode_spec, main
 from cryopilot_sim.clock import VirtualClock
-from cryopilot_sim.cryosparc_standin import CryoSparcStandIn
+from cryopilot_sim.cryosparc_standin import CryoSparcStandIn, load_profiles
 from moto import mock_aws
 
 EMAIL = "pilot@example.org"
@@ -326,6 +326,14 @@ def test_repeat_preset_runs_from_the_reference_without_ab_initio(clock: VirtualC
     final = results["nurefine"].stages[0].resolution_A
     assert final is not None
     assert abs(final - 2.8) < 0.1
+    # each job ran for its profiles.yaml figure (no Slurm nodes here: every GPU at Table 1's speed):
+    # the template picker the blob picker's, a hetero round Table 1's total / the dataset's rounds
+    cgrp = load_profiles()["profiles"]["cgrp"]
+    minutes = {sid: (j.completed_at - j.started_at) / 60 for sid, j in jobs.items()}
+    assert minutes["pick"] == pytest.approx(cgrp["minutes"]["pick"])
+    assert minutes["hetero1"] == pytest.approx(cgrp["minutes"]["hetero"] / cgrp["hetero_rounds"])
+    assert minutes["import_reference"] == pytest.approx(cgrp["minutes"]["import"])
+    assert minutes["nurefine"] == pytest.approx(cgrp["minutes"]["nurefine"])
 
 
 @pytest.mark.slow
@@ -351,7 +359,7 @@ def test_the_repeat_jobs_are_held_to_the_register(agent: Agent) -> None:
         agent, "run-repeat-bad", ref.model_copy(update={"params": {**ref.params, "volume_path": "x"}})
     )
     assert (f.error_type, "volume_path" in f.message) == ("APIError", True)
-    for sid in ("import", "motion", "ctf", "import_templates"):
+    for sid in ("import_templates", "import", "motion", "ctf"):
         agent.run_stage("run-repeat-bad", stages[sid])
     pick = stages["pick"]
     wrong = [

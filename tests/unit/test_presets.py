@@ -400,10 +400,10 @@ def repeat_plan(**extra: Any) -> dict[str, Any]:
 def test_repeat_preset_skips_blob_picking_2d_and_ab_initio() -> None:
     stages = repeat_plan()
     assert list(stages) == [
-        "import",
         "import_reference",
         "import_decoy",
         "import_templates",
+        "import",  # last of the imports: motion correction reads it next
         "motion",
         "ctf",
         "pick",
