@@ -60,16 +60,21 @@ def place(
     return estimate(plan, layout.model_copy(update={"time_budget_seconds": budget}), cat, **kwargs)
 
 
-def compare(profile: str, catalogue: Catalogue | None = None, **kwargs: Any) -> tuple[Estimate, Estimate]:
+def compare(
+    profile: str, catalogue: Catalogue | None = None, *, preset: str | None = None, **kwargs: Any
+) -> tuple[Estimate, Estimate]:
     """(white-paper layout, cryopilot layout) estimates of a Table 1 profile, the second placed
     by :func:`place` on the default cluster's queues.
 
-    ``kwargs`` go to :func:`estimate` (region, create/delete/launch/idle durations).
+    ``preset``: another preset on the profile's dataset (``repeat``), timed as
+    :func:`~cryopilot.domain.estimate.plan_for_profile` says. ``kwargs`` go to :func:`estimate`
+    (region, create/delete/launch/idle durations).
     """
     cat = catalogue if catalogue is not None else Catalogue.load()
+    the_plan = plan_for_profile(profile, preset)
     return (
-        estimate(profile, Layout.whitepaper(), cat, **kwargs),
-        place(profile, Layout.cryopilot(), cat, **kwargs),
+        estimate(the_plan, Layout.whitepaper(), cat, **kwargs),
+        place(the_plan, Layout.cryopilot(), cat, **kwargs),
     )
 
 
