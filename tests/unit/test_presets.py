@@ -473,8 +473,8 @@ def test_expand_resolves_reference_values_and_refuses_them_without_a_reference()
     with pytest.raises(ManifestError) as info:
         expand(m, data_dir=DATA_DIR)
     assert str(info.value) == (
-        "preset repeat: import_reference.volume_blob_path: ${reference.map_path} needs a campaign "
-        "reference (a repeat run), and this run has none"
+        "pipeline.preset: preset repeat needs a campaign reference (import_reference.volume_blob_path"
+        " is ${reference.map_path}) and this run has none; a full run is pipeline: {preset: movies}"
     )
     with pytest.raises(ManifestError, match="needs a campaign reference"):
         plan(m, data_dir=DATA_DIR)

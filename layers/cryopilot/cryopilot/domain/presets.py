@@ -194,8 +194,10 @@ def _missing(key: str, refs: dict[str, Any], where: str) -> ManifestError:
     if key.startswith(REFERENCE_PREFIX):
         field = "box_pix" if key == _BINNED_REFERENCE_BOX else key.removeprefix(REFERENCE_PREFIX)
         if not any(k.startswith(REFERENCE_PREFIX) for k in refs):
+            preset, _, at = where.partition(": ")
             return ManifestError(
-                f"{where}: ${{{key}}} needs a campaign reference (a repeat run), and this run has none"
+                f"pipeline.preset: {preset} needs a campaign reference ({at} is ${{{key}}}) and this"
+                " run has none; a full run is pipeline: {preset: movies}"
             )
         return ManifestError(f"{where}: ${{{key}}}: the run's reference has no {field}")
     return ManifestError(f"{where}: unknown reference ${{{key}}}")
