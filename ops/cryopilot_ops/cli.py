@@ -205,7 +205,7 @@ def _estimate(args: argparse.Namespace) -> int:
     from cryopilot.domain.estimate import Layout, estimate, plan_from_stages
     from cryopilot.domain.placement import compare, place
 
-    from cryopilot_ops.estimate_view import render_comparison
+    from cryopilot_ops.estimate_view import render_comparison, render_full_vs_repeat
 
     kwargs: dict[str, Any] = {"region": args.region}
     try:
@@ -213,6 +213,9 @@ def _estimate(args: argparse.Namespace) -> int:
         catalogue = Catalogue.for_deployment(os.environ.get(PRICE_OVERRIDES_ENV))
         if args.price:
             catalogue = catalogue.with_overrides(parse_price_overrides(args.price))
+        if args.manifest and args.preset:
+            print("cryopilot estimate: --preset applies to --profile, not to a manifest", file=sys.stderr)
+            return 2
         if args.manifest:
             from cryopilot.domain.manifest import parse_manifest
             from cryopilot.domain.placement import plan
@@ -231,8 +234,15 @@ def _estimate(args: argparse.Namespace) -> int:
             kwargs["storage_plan"] = plan_for_manifest(manifest, planned, None)
             wp = estimate(the_plan, Layout.whitepaper(), catalogue, **kwargs)
             cp = place(the_plan, Layout.cryopilot(), catalogue, **kwargs)
+        elif args.preset == "repeat":
+            profile = args.profile or "cgrp"
+            full = compare(profile, catalogue, **kwargs)
+            wp, cp = compare(profile, catalogue, preset="repeat", **kwargs)
+            print(render_comparison(wp, cp))
+            print(render_full_vs_repeat(full, (wp, cp)))
+            return 0
         else:
-            wp, cp = compare(args.profile or "cgrp", catalogue, **kwargs)
+            wp, cp = compare(args.profile or "cgrp", catalogue, preset=args.preset, **kwargs)
     except ManifestError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -633,6 +643,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["cgrp", "glp1r", "spike"],
         help="the white paper's dataset whose stage times to use (default: cgrp; for a manifest,"
         " cgrp for movies and spike for micrographs)",
+    )
+    est.add_argument(
+        "--preset",
+        choices=["movies", "micrographs", "repeat"],
+        help="with --profile: run the profile's dataset through this preset (default: its own);"
+        " repeat: a repeat structure from a campaign reference, timed with the dataset's Table 1"
+        " figures for the stages it keeps, and set against the full pipeline",
     )
     est.add_argument(
         "--price",

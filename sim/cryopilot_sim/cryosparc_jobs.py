@@ -25,9 +25,12 @@ DurationFn = Callable[[str, "SimJob"], float]
 STAGE_OF_TYPE = {
     "import_movies": "import",
     "import_micrographs": "import",
+    "import_volumes": "import",  # the reference's files: minutes, like the data's import
+    "import_templates": "import",
     "patch_motion_correction_multi": "motion",
     "patch_ctf_estimation_multi": "ctf",
     "blob_picker_gpu": "pick",
+    "template_picker_gpu": "pick",  # the repeat preset's picker, timed with the blob picker's figure
     "extract_micrographs_multi": "extract",
     "class_2D_new": "class2d",
     "select_2D": "select2d",
@@ -80,6 +83,11 @@ class SimJob:
     class_info: list[dict[str, Any]] = field(default_factory=list)
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     stage_key: str = ""
+    #: The stand-in's model of a repeat run (see ``CryoSparcStandIn.wrong_reference``): the job
+    #: read, directly or through its inputs, an imported volume (``seeded``) and one of another
+    #: protein than the dataset's (``other_protein``).
+    seeded: bool = False
+    other_protein: bool = False
 
 
 @dataclass

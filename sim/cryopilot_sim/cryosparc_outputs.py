@@ -4,7 +4,9 @@ and small real files), as plausible and as repeatable (seeded) as the tests need
 
 from __future__ import annotations
 
+import fnmatch
 import io
+import posixpath
 import random
 import struct
 from typing import TYPE_CHECKING, Any
@@ -49,12 +51,24 @@ def _stack_bytes(n: int, count: int, psize: float, seed: int) -> bytes:
     return _mrc(data, psize)
 
 
+#: Particles the template picker finds, per particle of the profile. The blob picker's are 1.6 (its
+#: many false picks); picks from good templates are fewer and cleaner. A stand-in figure: no source
+#: gives the ratio.
+TEMPLATE_PICKS_PER_PARTICLE = 1.25
+#: Images the stand-in reports for an imported template stack (it does not read the file on FSx;
+#: no decision reads the number).
+IMPORTED_TEMPLATES = 12
+
+
 class JobOutputs:
     """What finished jobs produce (a mixin of :class:`~cryopilot_sim.cryosparc_standin.CryoSparcStandIn`)."""
 
     profile: dict[str, Any]
     profile_name: str
     seed: int
+    #: fnmatch patterns of imported reference files that are another protein than the dataset's
+    #: (:meth:`~cryopilot_sim.cryosparc_standin.CryoSparcStandIn.wrong_reference`).
+    other_protein_paths: list[str]
 
     if TYPE_CHECKING:
 
@@ -140,14 +154,49 @@ class JobOutputs:
             )
         return info
 
+    def _is_other_protein(self, path: str) -> bool:
+        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.other_protein_paths)
+
+    def _lineage(self, job: SimJob, p: SimProject) -> None:
+        """What the job read: an imported volume (``seeded``), another protein (``other_protein``)."""
+        parents = [p.jobs.get(c.job_uid) for c in job.connections]
+        job.seeded = any(par.seeded for par in parents if par is not None)
+        job.other_protein = any(par.other_protein for par in parents if par is not None)
+
+    def _complete_import(self, job: SimJob, p: SimProject) -> None:
+        """Import 3D Volumes / Import Templates: the file, linked into the job's directory."""
+        if job.type == "import_volumes":
+            source = str(job.params.get("volume_blob_path", ""))
+            psize = float(job.params.get("volume_psize", 1.0))
+            path = f"{job.uid}/imported/{posixpath.basename(source) or 'volume.mrc'}"
+            p.files[path] = _mrc_bytes(16, psize, seed=job.num)
+            job.seeded = True
+            job.other_protein = self._is_other_protein(source)
+            dataset = {"map/path": path, "map/shape": [16, 16, 16], "map/psize_A": psize}
+            self._put_output(job, "imported_volume_1", 1, dataset=dataset)
+        else:
+            source = str(job.params.get("templates_blob_path", ""))
+            psize = float(job.params.get("templates_psize", 1.0))
+            path = f"{job.uid}/imported/{posixpath.basename(source) or 'templates.mrcs'}"
+            p.files[path] = _stack_bytes(16, IMPORTED_TEMPLATES, psize, seed=job.num)
+            job.other_protein = self._is_other_protein(source)
+            dataset = {"blob/path": path, "blob/idx": 0, "blob/shape": [16, 16]}
+            self._put_output(job, "imported_templates", IMPORTED_TEMPLATES, dataset=dataset)
+
     def _complete(self, job: SimJob, at: float) -> None:
         self._release_node(job, at)
         p = self._project(job.project_uid)
+        self._lineage(job, p)
         prof = self.profile
         n_mics = int(prof["movies"])
         psize = 1.0
         t = job.type
-        if t == "import_movies":
+        if t in ("import_volumes", "import_templates"):
+            self._complete_import(job, p)
+        elif t == "template_picker_gpu":
+            self._put_output(job, "micrographs", self._input_count(job, "micrographs", p))
+            self._put_output(job, "particles", int(prof["particles"] * TEMPLATE_PICKS_PER_PARTICLE))
+        elif t == "import_movies":
             self._put_output(job, "imported_movies", n_mics)
         elif t == "import_micrographs":
             self._put_output(job, "imported_micrographs", n_mics)
@@ -197,18 +246,43 @@ class JobOutputs:
         job.completed_at = at
         job.end_at = None
 
-    def _complete_classes(self, job: SimJob, p: SimProject) -> None:
+    def _class_model(self, job: SimJob, k: int) -> tuple[list[float], list[float]]:
+        """(weight of its share of the particles, FSC resolution) of each of the job's ``k`` classes.
+
+        Unseeded (ab initio, hetero from ab-initio volumes): one class at random is the good one.
+        Seeded by an imported reference (the repeat preset: class 0 from the reference, the others
+        from decoys): class 0 is the good one and keeps most particles. With a reference of another
+        protein (:meth:`~cryopilot_sim.cryosparc_standin.CryoSparcStandIn.wrong_reference`) no class
+        is good: class 0 keeps few particles and every class stays at junk resolutions. Real
+        cryoSPARC's outcome with a wrong reference is not specified anywhere; this is a model of it.
+        """
         rng = self._rng(job)
+        final = float(self.profile["resolution_A"])
+        if job.type == "hetero_refine" and job.seeded:
+            if job.other_protein:
+                shares = [rng.uniform(0.03, 0.08)] + [rng.uniform(0.5, 1.0) for _ in range(k - 1)]
+                rest = sum(shares[1:]) or 1.0
+                shares = [shares[0]] + [(1 - shares[0]) * s / rest for s in shares[1:]]
+                return shares, [rng.uniform(10.0, 18.0) for _ in range(k)]
+            top = rng.uniform(0.6, 0.8) if k > 1 else 1.0
+            others = [rng.uniform(0.5, 1.0) for _ in range(k - 1)]
+            rest = sum(others) or 1.0
+            shares = [top] + [(1 - top) * s / rest for s in others]
+            return shares, [final * rng.uniform(1.25, 1.6)] + [rng.uniform(9.0, 16.0) for _ in others]
+        good = rng.randrange(k)
+        weights = [rng.uniform(0.1, 0.3) for _ in range(k)]
+        weights[good] = rng.uniform(0.9, 1.6)
+        res = [final * rng.uniform(1.25, 1.6) if i == good else rng.uniform(6.5, 14.0) for i in range(k)]
+        return weights, res
+
+    def _complete_classes(self, job: SimJob, p: SimProject) -> None:
         k = self._num_classes(job)
         n = self._input_count(job, "particles", p)
-        good = rng.randrange(k)
-        shares = [rng.uniform(0.1, 0.3) for _ in range(k)]
-        shares[good] = rng.uniform(0.9, 1.6)
+        shares, resolutions = self._class_model(job, k)
         total = sum(shares)
-        final = float(self.profile["resolution_A"])
         for i in range(k):
             count = int(n * shares[i] / total)
-            res = final * rng.uniform(1.25, 1.6) if i == good else rng.uniform(6.5, 14.0)
+            res = resolutions[i]
             stats: dict[str, Any] = {}
             if job.type == "hetero_refine":
                 stats = {"fsc_info_best": {"radwn_final_A": round(res, 3)}, "version": 0}
@@ -237,7 +311,11 @@ class JobOutputs:
     def _complete_refinement(self, job: SimJob, p: SimProject, psize: float) -> None:
         rng = self._rng(job)
         n = self._input_count(job, "particles", p)
-        res = round(float(self.profile["resolution_A"]) + rng.uniform(-0.04, 0.04), 3)
+        final = float(self.profile["resolution_A"])
+        if job.other_protein:  # refined from another protein's map, on junk particles (a model)
+            res = round(max(2.5 * final, 7.5) + rng.uniform(-0.3, 0.3), 3)
+        else:
+            res = round(final + rng.uniform(-0.04, 0.04), 3)
         box = 32
         radwns = list(range(box // 2))
         nyq = 2 * psize * (box / 2) / (box / 2)

@@ -11,7 +11,8 @@ validate against the client's own models.
 It enforces the register of job types in ``cryopilot/presets/job_types.yaml`` (an unknown job type,
 parameter, input or output name is a 422 the client raises as ``APIError``), runs queued jobs once
 their inputs are complete for the minutes of ``profiles.yaml`` on a simulated clock, produces outputs
-with plausible statistics and small real files, and injects faults (:meth:`CryoSparcStandIn.inject`).
+with plausible statistics and small real files, and injects faults (:meth:`CryoSparcStandIn.inject`)
+or a reference of the wrong protein (:meth:`CryoSparcStandIn.wrong_reference`).
 
 This module is the REST/RPC surface (the OpenAPI document, routes, handlers and the documents they
 answer); the job model and its timing are in :mod:`cryopilot_sim.cryosparc_jobs`, what finished jobs
@@ -175,6 +176,7 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         #: their bytes there and fail when one is full (``cryopilot_sim.cryosparc_bytes``).
         self.volumes: Any = None
         self._data_loaded: set[str] = set()
+        self.other_protein_paths: list[str] = []
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -247,6 +249,21 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
             raise ValueError(f"unknown job type {job_type!r}")
         with self._lock:
             self._faults.append({"kind": kind, "job_type": job_type, "occurrence": occurrence})
+
+    def wrong_reference(self, pattern: str = "*") -> None:
+        """Model a repeat run whose reference is another protein than the dataset's: every file an
+        Import 3D Volumes or Import Templates job imports whose path matches the fnmatch
+        ``pattern`` is of that other protein. A heterogeneous refinement seeded with it then keeps
+        few particles in the reference's class, every class stays at junk resolutions, and the
+        refinement that follows ends far from the dataset's resolution
+        (:meth:`~cryopilot_sim.cryosparc_outputs.JobOutputs._class_model`).
+
+        This is the stand-in's model, not cryoSPARC's documented behaviour: what a real instance
+        produces from a wrong reference is not specified anywhere (it depends on the two proteins);
+        the model only has it fail the way the repeat run's checks must notice.
+        """
+        with self._lock:
+            self.other_protein_paths.append(pattern)
 
     # ---------------------------------------------------------------- HTTP plumbing
 

@@ -145,3 +145,31 @@ def test_built_function_imports_with_tracing_on_as_in_lambda(runtime_python: Pat
     """With ``Tracing: Active`` in Lambda, Powertools' Tracer loads the X-Ray SDK from the layer."""
     loaded = _import_built(runtime_python, logical, LAMBDA_TASK_ROOT=str(BUILD / logical))
     assert "aws_xray_sdk.core" in loaded["heavy"]
+
+
+def test_built_layer_ships_bytecode_lambda_uses_without_checking_the_source() -> None:
+    """Lambda's /opt is read-only: a module without usable bytecode is compiled at every cold start.
+    The layer's Makefile ships an unchecked-hash .pyc (PEP 552: flags 0b01) for every module, made
+    from the very source beside it."""
+    import importlib.util
+
+    layer = BUILD / "CryopilotLayer" / "python"
+    if not layer.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("no sam build output: make test runs `make build` first")
+        pytest.skip("run `make build` first")
+    sources = sorted(layer.rglob("*.py"))
+    assert any(p.parts[-2:] == ("cryopilot", "__init__.py") for p in sources)
+    problems = []
+    for source in sources:
+        cached = Path(importlib.util.cache_from_source(str(source)))
+        if not cached.is_file():
+            problems.append(f"{source.relative_to(layer)}: no bytecode")
+            continue
+        header = cached.read_bytes()[:16]
+        flags = int.from_bytes(header[4:8], "little")
+        if header[:4] != importlib.util.MAGIC_NUMBER or flags != 0b01:
+            problems.append(f"{source.relative_to(layer)}: not unchecked-hash bytecode of this Python")
+        elif header[8:16] != importlib.util.source_hash(source.read_bytes()):
+            problems.append(f"{source.relative_to(layer)}: bytecode of another source")
+    assert not problems, problems[:10]

@@ -14,11 +14,12 @@ import boto3
 import pytest
 from cryopilot.domain.manifest import Manifest, manifest_from_dict
 from cryopilot.domain.placement import plan
+from cryopilot.domain.reference import ReferenceInputs
 from cryopilot.protocol.agent import AgentFailure, ExportResult, KillResult, StatusResult, SubmitResult
 from cryopilot.protocol.stage import PlannedStage
 from cryopilot_agent.cli import encode_spec, main
 from cryopilot_sim.clock import VirtualClock
-from cryopilot_sim.cryosparc_standin import CryoSparcStandIn
+from cryopilot_sim.cryosparc_standin import CryoSparcStandIn, load_profiles
 from moto import mock_aws
 
 EMAIL = "pilot@example.org"
@@ -263,6 +264,115 @@ def test_micrographs_preset_runs_with_symmetry(clock: VirtualClock) -> None:
         assert job.params["refine_symmetry"] == "C3"
         assert results["import"].stages[0].jobs[0].job_type == "import_micrographs"
         assert results["hetero1"].stages[0].decisions[0].kind == "choose_hetero_class"
+
+
+REFERENCE = ReferenceInputs(
+    run_id="cgrp-first",
+    map_path="/fsx/reference/cgrp-first/map.mrc",
+    mask_path="/fsx/reference/cgrp-first/mask.mrc",
+    templates_path="/fsx/reference/cgrp-first/templates_selected.mrcs",
+    pixel_size_A=0.83,
+    box_pix=218,
+    resolution_A=2.8,
+)
+
+
+def run_repeat(clock: VirtualClock, *, wrong_reference: bool) -> tuple[dict[str, StatusResult], Any]:
+    stages = plan(movies_manifest(preset="repeat"), data_dir="/fsx/data/", reference=REFERENCE)
+    with CryoSparcStandIn(clock, "cgrp", email=EMAIL, password=PASSWORD) as cs:
+        if wrong_reference:
+            cs.wrong_reference("/fsx/reference/cgrp-first/*")
+        results = run_pipeline(Agent(cs.base_url, clock), "cgrp-repeat", stages)
+        jobs = {s.id: cs.job_by_title("cgrp-repeat", f"cryopilot:{s.id}") for s in stages}
+    return results, jobs
+
+
+@pytest.mark.slow
+def test_repeat_preset_runs_from_the_reference_without_ab_initio(clock: VirtualClock) -> None:
+    results, jobs = run_repeat(clock, wrong_reference=False)
+    assert not any(
+        j.type in ("homo_abinit", "class_2D_new", "select_2D", "blob_picker_gpu") for j in jobs.values()
+    )
+    # the reference's files, imported on a lane, feed the picker, the hetero seeds and the refinement
+    ref, decoy = jobs["import_reference"], jobs["import_decoy"]
+    assert (ref.type, ref.lane, ref.params["volume_blob_path"]) == (
+        "import_volumes",
+        "gpu8",
+        REFERENCE.map_path,
+    )
+    assert decoy.params["volume_blob_path"] == REFERENCE.mask_path
+    assert jobs["import_templates"].outputs["imported_templates"]["type"] == "template"
+    assert jobs["pick"].type == "template_picker_gpu"
+    assert [(c.input, c.job_uid) for c in jobs["pick"].connections][-1] == (
+        "templates",
+        jobs["import_templates"].uid,
+    )
+    assert jobs["extract"].params["box_size_pix"] == REFERENCE.box_pix
+    hetero1 = jobs["hetero1"]
+    assert [(c.job_uid, c.output) for c in hetero1.connections if c.input == "volume"] == [
+        (ref.uid, "imported_volume_1"),
+        (decoy.uid, "imported_volume_1"),
+    ]
+    assert hetero1.params["multirefine_res_init"] == 30
+    nu = jobs["nurefine"]
+    assert [(c.job_uid, c.output) for c in nu.connections if c.input == "volume"] == [
+        (ref.uid, "imported_volume_1")
+    ]
+    # the reference's class keeps most particles at the best resolution: the rule chooses it
+    for h in ("hetero1", "hetero2"):
+        (d,) = results[h].stages[0].decisions
+        assert d.numbers["chosen_class"] == 0
+        assert d.numbers["classes"][0]["num_particles"] > 0.5 * d.numbers["particles_total"]
+    final = results["nurefine"].stages[0].resolution_A
+    assert final is not None
+    assert abs(final - 2.8) < 0.1
+    # each job ran for its profiles.yaml figure (no Slurm nodes here: every GPU at Table 1's speed):
+    # the template picker the blob picker's, a hetero round Table 1's total / the dataset's rounds
+    cgrp = load_profiles()["profiles"]["cgrp"]
+    minutes = {sid: (j.completed_at - j.started_at) / 60 for sid, j in jobs.items()}
+    assert minutes["pick"] == pytest.approx(cgrp["minutes"]["pick"])
+    assert minutes["hetero1"] == pytest.approx(cgrp["minutes"]["hetero"] / cgrp["hetero_rounds"])
+    assert minutes["import_reference"] == pytest.approx(cgrp["minutes"]["import"])
+    assert minutes["nurefine"] == pytest.approx(cgrp["minutes"]["nurefine"])
+
+
+@pytest.mark.slow
+def test_a_wrong_reference_keeps_few_particles_and_ends_in_a_much_worse_map(clock: VirtualClock) -> None:
+    results, _jobs = run_repeat(clock, wrong_reference=True)
+    (d,) = results["hetero1"].stages[0].decisions
+    seeded = d.numbers["classes"][0]
+    assert seeded["num_particles"] < 0.1 * d.numbers["particles_total"]
+    assert all(c["res_A"] >= 9.0 for c in d.numbers["classes"])
+    final = results["nurefine"].stages[0].resolution_A
+    assert final is not None
+    assert final > 2 * 2.8
+
+
+def test_the_repeat_jobs_are_held_to_the_register(agent: Agent) -> None:
+    """Import 3D Volumes, Import Templates and the Template Picker are refused a parameter or a
+    connection they do not have, as the other job types are."""
+    stages = {
+        s.id: s for s in plan(movies_manifest(preset="repeat"), data_dir="/fsx/d/", reference=REFERENCE)
+    }
+    ref = stages["import_reference"]
+    f = _failure(
+        agent, "run-repeat-bad", ref.model_copy(update={"params": {**ref.params, "volume_path": "x"}})
+    )
+    assert (f.error_type, "volume_path" in f.message) == ("APIError", True)
+    for sid in ("import_templates", "import", "motion", "ctf"):
+        agent.run_stage("run-repeat-bad", stages[sid])
+    pick = stages["pick"]
+    wrong = [
+        c.model_copy(update={"stage": "ctf", "output": "exposures"}) if c.input == "templates" else c
+        for c in pick.inputs
+    ]
+    f = _failure(agent, "run-repeat-bad", pick.model_copy(update={"inputs": wrong}))
+    assert f.error_type == "APIError"
+    assert (
+        "Cannot connect patch_ctf_estimation_multi output exposures (exposure) to input templates"
+        in f.message
+    )
+    assert agent.run_stage("run-repeat-bad", pick).stages[0].state == "completed"
 
 
 def test_submit_is_idempotent(agent: Agent) -> None:

@@ -156,6 +156,14 @@ UPLOADS = [
         ("pipeline.preset: unknown preset 'tomography'", "known presets: micrographs, movies"),
     ),
     Upload(
+        "repeat-without-a-reference",
+        _yaml(_manifest("cgrp.yaml", pipeline={"preset": "repeat"})),
+        (
+            "pipeline.preset: preset repeat needs a campaign reference (import_reference.volume_blob_path"
+            " is ${reference.map_path}) and this run has none; a full run is pipeline: {preset: movies}",
+        ),
+    ),
+    Upload(
         "unknown-stage",
         _yaml(_manifest(pipeline={"overrides": {"refine3d": {"compute_num_gpus": 2}}})),
         ("pipeline.overrides.refine3d: no stage 'refine3d' in preset micrographs",),

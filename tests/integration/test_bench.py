@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from cryopilot.domain.billing import NODES_BILLED
 from cryopilot.domain.catalogue import Catalogue
 from cryopilot_sim import bench
@@ -106,3 +107,67 @@ def test_the_fsx_file_system_is_sized_used_and_paid_for(results: dict) -> None:
         # mail), before the deletion, so the record's is the larger by about those 10 minutes
         record = r["record_storage_cost_usd"]
         assert r["fsx_cost_usd"] < record < r["fsx_cost_usd"] * 1.03, key
+
+
+# --- the repeat rows (issue 17): their reference, assumptions and targets, without a run -----------
+
+
+def test_repeat_rows_run_for_the_movie_datasets_with_the_full_runs_reference() -> None:
+    assert bench.REPEAT_PROFILES == ("cgrp", "glp1r")
+    ref = bench.bench_reference("cgrp")
+    # the box and pixel size a full run of the same manifest extracts at
+    from cryopilot.domain.manifest import manifest_from_dict
+    from cryopilot.domain.presets import expand
+
+    _, text, _ = bench._manifest("cgrp", "whitepaper")
+    full = {s.id: s for s in expand(manifest_from_dict(yaml.safe_load(text)), data_dir="/fsx/data/")}
+    assert ref.box_pix == full["extract"].params["box_size_pix"]
+    assert ref.pixel_size_A == full["import"].params["psize_A"]
+    # the repeat row's manifest: the repeat preset on cryopilot's layout, without the full run's overrides
+    _, text, _ = bench._manifest("glp1r", "repeat")
+    assert yaml.safe_load(text)["pipeline"] == {"preset": "repeat", "layout": "cryopilot"}
+
+
+def test_repeat_assumptions_print_each_stages_figure_from_profiles() -> None:
+    from cryopilot.domain.catalogue import load_profiles
+
+    lines = bench.repeat_assumptions(["cgrp", "glp1r"])
+    for name in ("cgrp", "glp1r"):
+        prof = load_profiles()[name]
+        stages = next(line for line in lines if line.strip().startswith(f"{name} stages:"))
+        assert f"pick {prof.minutes['pick']:g} min (Table 1's blob picker)" in stages
+        per_round = prof.minutes["hetero"] / prof.hetero_rounds
+        assert (
+            f"hetero2 {per_round:g} min (Table 1 hetero {prof.minutes['hetero']:g} min /"
+            f" {prof.hetero_rounds} rounds)" in stages
+        )
+        assert f"nurefine {prof.minutes['nurefine']:g} min (Table 1)" in stages
+        assert "abinit" not in stages
+        assert "class2d" not in stages
+
+
+def _row(profile: str, layout: str, hours: float, cost: float) -> dict:
+    return {"profile": profile, "layout": layout, "time_to_structure_h": hours, "cost_usd": cost}
+
+
+@pytest.mark.parametrize(
+    ("hours", "cost", "met"),
+    [(16.0, 170.0, (True, True)), (16.6, 170.0, (False, True)), (10.0, 180.0, (True, False))],
+)
+def test_repeat_targets_are_45_percent_of_the_time_and_20_percent_of_the_cost(
+    hours: float, cost: float, met: tuple[bool, bool]
+) -> None:
+    results = {
+        "cgrp/whitepaper": _row("cgrp", "whitepaper", 36.0, 850.0),
+        "cgrp/repeat": _row("cgrp", "repeat", hours, cost),
+    }
+    checks = bench._repeat_targets(results)
+    assert [c for c, _, _ in checks] == [
+        "cgrp/repeat: time to structure <= 45 % of the white paper's",
+        "cgrp/repeat: cost <= 20 % of the white-paper layout's",
+    ]
+    assert tuple(ok for _, ok, _ in checks) == met
+    # without the white paper's row there is nothing to compare with: said, not passed
+    (only,) = bench._repeat_targets({"cgrp/repeat": _row("cgrp", "repeat", hours, cost)})
+    assert only[1] is False
+    assert "run cgrp/whitepaper too" in only[2]

@@ -96,3 +96,28 @@ def test_the_estimate_prints_the_shared_snapshots_cost_apart(capsys: pytest.Capt
     assert whitepaper == cryopilot == pytest.approx(25 * 0.05 * 720 / 730, abs=0.01)
     assert "/shared EBS snapshot: 25 GiB" in out
     assert "https://aws.amazon.com/ebs/pricing/" in out
+
+
+def test_repeat_estimate_sets_the_repeat_against_the_full_pipeline(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["estimate", "--profile", "glp1r", "--preset", "repeat"]) == 0
+    out = capsys.readouterr().out
+    assert "GLP-1 receptor (EMPIAR-10673), repeat preset: white-paper layout vs cryopilot layout" in out
+    rows = {line.split()[0] for line in out.splitlines() if line.strip()}
+    assert {"import_reference", "pick", "hetero1", "hetero2", "nurefine"} <= rows
+    assert not {"class2d", "select2d", "abinit", "hetero3"} & rows
+    block = out[out.index("full pipeline against repeat") :]
+    assert "full, white paper" in block
+    assert "repeat, cryopilot" in block
+    for label in ("time to structure", "cost", "GPU-hours paid", "utilisation (busy / paid)"):
+        assert f"\n{label} " in block
+    share = next(line for line in block.splitlines() if "repeat on cryopilot's layout:" in line)
+    time_share, cost_share = (float(part.split(" %")[0].split()[-1]) for part in share.split(",")[:2])
+    assert 0 < time_share < 100
+    assert 0 < cost_share < 100
+
+
+def test_preset_is_for_profiles_only(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", str(EVENTS / "manifests" / "spike.yaml"), "--preset", "repeat"]) == 2
+    assert "--preset applies to --profile, not to a manifest" in capsys.readouterr().err

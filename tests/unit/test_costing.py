@@ -147,6 +147,71 @@ def test_plan_from_preset_stages_matches_the_profile_plan() -> None:
     ]
 
 
+@pytest.mark.parametrize("profile", ["cgrp", "glp1r"])
+def test_repeat_plan_takes_the_profiles_own_figures(profile: str) -> None:
+    """A repeat run is timed with the dataset's Table 1 figures for the stages it keeps
+    (profiles.yaml's repeat notes): nothing of its own."""
+    prof = load_profiles()[profile]
+    figure_of = {"import_reference": "import", "import_decoy": "import", "import_templates": "import"}
+    p = plan_for_profile(profile, "repeat")
+    assert not {s.kind for s in p.stages} & {"class2d", "select2d", "abinit"}
+    assert [s.id for s in p.stages if s.kind == "hetero"] == ["hetero1", "hetero2"]
+    for s in p.stages:
+        kind = figure_of.get(s.id) or ("hetero" if s.id.startswith("hetero") else s.id)
+        assert s.kind == kind, s.id
+        expected = prof.minutes[s.kind] / (prof.hetero_rounds if s.kind == "hetero" else 1)
+        assert s.minutes == pytest.approx(expected), s.id
+        assert s.gpus == prof.stage_gpus[s.kind]
+    # the template picker takes the blob picker's figure
+    assert next(s for s in p.stages if s.id == "pick").minutes == prof.minutes["pick"]
+
+
+def test_repeat_plan_follows_the_profile_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a copy of today's figures: other Table 1 figures give another repeat plan."""
+    from cryopilot.domain import estimate as estimate_module
+
+    real = load_profiles()["cgrp"]
+    doubled = real.model_copy(
+        update={"minutes": {k: 2 * v for k, v in real.minutes.items()}, "hetero_rounds": 2}
+    )
+    monkeypatch.setattr(estimate_module, "get_profile", lambda name: doubled)
+    p = {s.id: s.minutes for s in plan_for_profile("cgrp", "repeat").stages}
+    assert p["nurefine"] == 2 * real.minutes["nurefine"]
+    assert p["pick"] == 2 * real.minutes["pick"]
+    assert p["hetero1"] == pytest.approx(2 * real.minutes["hetero"] / 2)
+
+
+def test_placing_a_repeat_run_uses_the_same_figures_as_its_estimate() -> None:
+    """The plan a real repeat run is placed with (placement.plan → plan_from_stages) and the
+    estimate's plan for the profile agree stage by stage."""
+    from cryopilot.domain.reference import ReferenceInputs
+
+    manifest = manifest_from_dict(
+        {
+            "dataset": "CGRP-2026-12",
+            "input": {"kind": "movies", "glob": "movies/*.tif"},
+            "acquisition": {"pixel_size_A": 0.83, "voltage_kV": 300, "cs_mm": 2.7, "total_dose_e_per_A2": 60},
+            "particle": {"diameter_A": 120},
+            "pipeline": {"preset": "repeat"},
+        }
+    )
+    reference = ReferenceInputs(
+        map_path="/fsx/reference/r/map.mrc",
+        mask_path="/fsx/reference/r/mask.mrc",
+        templates_path="/fsx/reference/r/t.mrcs",
+        pixel_size_A=0.83,
+        box_pix=218,
+    )
+    planned = preset_plan(manifest, data_dir="/fsx/data/", reference=reference)
+    from_stages = plan_from_stages(planned, "cgrp")
+    direct = plan_for_profile("cgrp", "repeat")
+    assert [(s.id, s.kind, s.gpus, s.minutes) for s in from_stages.stages] == [
+        (s.id, s.kind, s.gpus, s.minutes) for s in direct.stages
+    ]
+    # each placed stage's expected time is its figure's (GPU stages: scaled by the queue's speed)
+    assert all(s.expected_seconds is not None for s in planned)
+
+
 def test_unknown_profile_is_an_error() -> None:
     with pytest.raises(CostingError, match="unknown profile 'nope'; known: cgrp, glp1r, spike"):
         plan_for_profile("nope")

@@ -9,11 +9,21 @@ import pytest
 from cryopilot.core.errors import ManifestError
 from cryopilot.domain.manifest import Manifest, manifest_from_dict
 from cryopilot.domain.placement import lane_nodes, plan
-from cryopilot.domain.presets import job_types, load_preset, preset_names
+from cryopilot.domain.presets import expand, job_types, load_preset, preset_names
+from cryopilot.domain.reference import ReferenceInputs
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.cryosparc_standin import STAGE_OF_TYPE, CryoSparcStandIn, load_profiles
 
 DATA_DIR = "/fsx/datasets/CGRP-2026-11/"
+REFERENCE = ReferenceInputs(
+    run_id="cgrp-first",
+    map_path="/fsx/reference/cgrp-first/map.mrc",
+    mask_path="/fsx/reference/cgrp-first/mask.mrc",
+    templates_path="/fsx/reference/cgrp-first/templates_selected.mrcs",
+    pixel_size_A=0.83,
+    box_pix=218,
+    resolution_A=2.8,
+)
 
 
 def manifest(kind: str = "movies", **extra: Any) -> Manifest:
@@ -28,7 +38,7 @@ def manifest(kind: str = "movies", **extra: Any) -> Manifest:
 
 
 def test_both_presets_load() -> None:
-    assert preset_names() == ["micrographs", "movies"]
+    assert preset_names() == ["micrographs", "movies", "repeat"]
     movies = load_preset("movies")
     assert [s.id for s in movies.stages] == [
         "import",
@@ -49,7 +59,7 @@ def test_both_presets_load() -> None:
 
 
 def test_unknown_preset_names_the_known_ones() -> None:
-    with pytest.raises(ManifestError, match="micrographs, movies"):
+    with pytest.raises(ManifestError, match="micrographs, movies, repeat"):
         load_preset("tomography")
     with pytest.raises(ManifestError, match="unknown preset"):
         plan(manifest(pipeline={"preset": "nope"}), data_dir=DATA_DIR)
@@ -179,11 +189,13 @@ def test_override_of_a_stage_the_preset_lacks_is_rejected() -> None:
         )
 
 
-def test_every_name_in_both_presets_is_in_the_standin_register() -> None:
+def test_every_name_in_every_preset_is_in_the_standin_register() -> None:
     register = CryoSparcStandIn(VirtualClock(), "cgrp").register
+    assert len(preset_names()) == 3
     for name in preset_names():
         kind = "micrographs" if name == "micrographs" else "movies"
-        stages = plan(manifest(kind, pipeline={"preset": name}), data_dir=DATA_DIR)
+        reference = REFERENCE if name == "repeat" else None
+        stages = plan(manifest(kind, pipeline={"preset": name}), data_dir=DATA_DIR, reference=reference)
         job_type_of: dict[str, str] = {}
         for stage in stages:
             spec = register.get(stage.job_type)
@@ -371,3 +383,113 @@ def test_every_register_parameter_says_what_an_override_may_be() -> None:
                 assert pspec["min"] <= pspec["max"], (name, param)
             if pspec["type"] == "string":
                 assert pspec.get("format") in ("path", "symmetry") or pspec.get("pattern"), (name, param)
+
+
+# --- the repeat preset and its reference ----------------------------------------------------------
+
+
+def repeat_plan(**extra: Any) -> dict[str, Any]:
+    return {
+        s.id: s
+        for s in plan(
+            manifest(pipeline={"preset": "repeat", **extra}), data_dir=DATA_DIR, reference=REFERENCE
+        )
+    }
+
+
+def test_repeat_preset_skips_blob_picking_2d_and_ab_initio() -> None:
+    stages = repeat_plan()
+    assert list(stages) == [
+        "import_reference",
+        "import_decoy",
+        "import_templates",
+        "import",  # last of the imports: motion correction reads it next
+        "motion",
+        "ctf",
+        "pick",
+        "extract",
+        "hetero1",
+        "hetero2",
+        "reextract",
+        "nurefine",
+    ]
+    types = {s.job_type for s in stages.values()}
+    assert not types & {"blob_picker_gpu", "class_2D_new", "select_2D", "homo_abinit"}
+    assert stages["pick"].job_type == "template_picker_gpu"
+    assert [s.decision.kind for s in stages.values() if s.decision] == ["choose_hetero_class"] * 2
+    # the same rule and numbers as the full pipeline's
+    full = {s.id: s for s in plan(manifest(), data_dir=DATA_DIR)}
+    assert stages["hetero1"].decision == full["hetero1"].decision
+
+
+def test_repeat_preset_takes_the_references_files_box_and_pixel_size() -> None:
+    stages = repeat_plan()
+    ref, decoy, templates = stages["import_reference"], stages["import_decoy"], stages["import_templates"]
+    assert ref.params == {
+        "volume_blob_path": REFERENCE.map_path,
+        "volume_out_name": "map",
+        "volume_psize": 0.83,
+    }
+    assert decoy.params["volume_blob_path"] == REFERENCE.mask_path
+    assert templates.params == {"templates_blob_path": REFERENCE.templates_path, "templates_psize": 0.83}
+    assert {s.lane for s in (ref, decoy, templates)} == {"gpu8"}  # worker jobs, on motion's queue
+    # template picking at the reference's box: its templates feed the picker, extraction uses its box
+    assert [(i.input, i.stage, i.output) for i in stages["pick"].inputs] == [
+        ("micrographs", "ctf", "exposures"),
+        ("templates", "import_templates", "imported_templates"),
+    ]
+    assert stages["extract"].params["box_size_pix"] == 218
+    assert stages["extract"].params["bin_size_pix"] == 110
+    assert stages["reextract"].params["box_size_pix"] == 218
+    # hetero seeded with the low-passed reference (class 0) and the decoy; fewer rounds
+    assert [(i.input, i.stage, i.output) for i in stages["hetero1"].inputs] == [
+        ("particles", "extract", "particles"),
+        ("volume", "import_reference", "imported_volume_1"),
+        ("volume", "import_decoy", "imported_volume_1"),
+    ]
+    assert 20 <= stages["hetero1"].params["multirefine_res_init"] <= 30
+    # non-uniform refinement from the low-passed reference, not from a hetero class
+    assert [(i.input, i.stage, i.output) for i in stages["nurefine"].inputs] == [
+        ("particles", "reextract", "particles"),
+        ("volume", "import_reference", "imported_volume_1"),
+    ]
+    assert 20 <= stages["nurefine"].params["refine_res_init"] <= 30
+
+
+def test_repeat_preset_overrides_and_a_forced_full_run() -> None:
+    stages = repeat_plan(overrides={"hetero": {"rounds": 1, "multirefine_res_init": 20}})
+    assert [s for s in stages if s.startswith("hetero")] == ["hetero1"]
+    assert stages["hetero1"].params["multirefine_res_init"] == 20
+    # a manifest that asks for the full pipeline gets it, reference or not
+    full = plan(manifest(pipeline={"preset": "movies"}), data_dir=DATA_DIR, reference=REFERENCE)
+    assert "abinit" in [s.id for s in full]
+
+
+def test_expand_resolves_reference_values_and_refuses_them_without_a_reference() -> None:
+    m = manifest(pipeline={"preset": "repeat"})
+    stages = {s.id: s for s in expand(m, data_dir=DATA_DIR, reference=REFERENCE)}
+    assert stages["import_reference"].params["volume_blob_path"] == REFERENCE.map_path
+    assert stages["import_reference"].params["volume_psize"] == 0.83  # a number stays a number
+    with pytest.raises(ManifestError) as info:
+        expand(m, data_dir=DATA_DIR)
+    assert str(info.value) == (
+        "pipeline.preset: preset repeat needs a campaign reference (import_reference.volume_blob_path"
+        " is ${reference.map_path}) and this run has none; a full run is pipeline: {preset: movies}"
+    )
+    with pytest.raises(ManifestError, match="needs a campaign reference"):
+        plan(m, data_dir=DATA_DIR)
+    # a reference without a field the preset needs: the field is named
+    bare = ReferenceInputs(map_path="/fsx/reference/x/map.mrc", pixel_size_A=1.1)
+    with pytest.raises(ManifestError) as info:
+        expand(m, data_dir=DATA_DIR, reference=bare)
+    assert str(info.value) == (
+        "preset repeat: import_decoy.volume_blob_path: ${reference.mask_path}: "
+        "the run's reference has no mask_path"
+    )
+    no_box = REFERENCE.model_copy(update={"box_pix": None})
+    with pytest.raises(
+        ManifestError, match=re.escape("${reference.box_pix}: the run's reference has no box_pix")
+    ):
+        expand(m, data_dir=DATA_DIR, reference=no_box)
+    # the other presets do not need one, and ignore one they are given
+    assert expand(manifest(), data_dir=DATA_DIR, reference=REFERENCE) == expand(manifest(), data_dir=DATA_DIR)

@@ -36,6 +36,7 @@ __all__ = [
     "ProfileStorage",
     "StoragePrice",
     "UnknownInstanceType",
+    "figure_of",
     "get_profile",
     "load_profiles",
     "parse_price_overrides",
@@ -380,7 +381,7 @@ class ProfileStorage(_Model):
 
 
 #: The white paper's dataset whose Table 1 times stand in for a manifest's own, per preset.
-PROFILE_FOR_PRESET = {"movies": "cgrp", "micrographs": "spike"}
+PROFILE_FOR_PRESET = {"movies": "cgrp", "micrographs": "spike", "repeat": "cgrp"}
 
 
 @cache
@@ -403,6 +404,14 @@ def load_profiles() -> dict[str, Profile]:
         name: Profile.model_validate({"name": name, "stage_gpus": gpus, **{k: p[k] for k in keep}})
         for name, p in raw["profiles"].items()
     }
+
+
+@cache
+def figure_of() -> dict[str, str]:
+    """Stage id → the ``profiles.yaml`` stage whose Table 1 figure it takes, where they differ
+    (``repeat.figure_of``: the repeat preset's imports of the reference's files)."""
+    raw = _read_data("profiles.yaml")
+    return dict((raw.get("repeat") or {}).get("figure_of") or {})
 
 
 def get_profile(name: str) -> Profile:

@@ -39,7 +39,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cryopilot.core.queues import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE
 from cryopilot.domain import billing, storage
-from cryopilot.domain.catalogue import DEFAULT_REGION, Catalogue, CostingError, get_profile, load_profiles
+from cryopilot.domain.catalogue import (
+    DEFAULT_REGION,
+    Catalogue,
+    CostingError,
+    figure_of,
+    get_profile,
+    load_profiles,
+)
 from cryopilot.domain.clusterconfig.params import ClusterParams
 from cryopilot.domain.clusterconfig.scaling import SCALEDOWN_IDLE_SECONDS
 from cryopilot.domain.presets import REPEATED_STAGE, load_preset, profile_stage_id
@@ -102,16 +109,25 @@ class Plan(_Model):
     table1_total_minutes: float | None = None
 
 
-def plan_for_profile(name: str) -> Plan:
-    """The stages of profile ``name`` in its preset's order, hetero split into its Table 1 rounds."""
+def plan_for_profile(name: str, preset: str | None = None) -> Plan:
+    """The stages of profile ``name`` in its preset's order, hetero split into its Table 1 rounds.
+
+    ``preset``: another preset run on the same dataset (``repeat``: a repeat structure of it), timed
+    with the profile's own Table 1 figures for the stages it keeps, as ``profiles.yaml`` documents:
+    a stage takes the figure of the Table 1 stage of its id (the repeat preset's template picker,
+    ``pick``, the blob picker's), each hetero round the profile's hetero total divided by its Table 1
+    rounds, for the preset's rounds; a stage Table 1 has no figure for takes none.
+    """
     profile = get_profile(name)
-    preset = load_preset(profile.preset)
-    known = {s.id for s in preset.stages}
+    if preset is not None and preset != profile.preset:
+        return _plan_for_other_preset(name, preset)
+    preset_def = load_preset(profile.preset)
+    known = {s.id for s in preset_def.stages}
     unknown = sorted(set(profile.minutes) - known)
     if unknown:
         raise CostingError(f"profile {name}: stages {unknown} are not in preset {profile.preset}")
     stages: list[PlanStage] = []
-    for stage in preset.stages:
+    for stage in preset_def.stages:
         if stage.id not in profile.minutes:
             continue  # the white paper did not run it for this dataset
         gpus = profile.stage_gpus[stage.id]
@@ -129,6 +145,34 @@ def plan_for_profile(name: str) -> Plan:
     )
 
 
+def _plan_for_other_preset(name: str, preset: str) -> Plan:
+    """Profile ``name``'s dataset through ``preset`` (see :func:`plan_for_profile`)."""
+    profile = get_profile(name)
+    stages: list[PlanStage] = []
+    for stage in load_preset(preset).stages:
+        rounds = (stage.rounds or 1) if stage.id == REPEATED_STAGE else 1
+        ids = (
+            [f"{REPEATED_STAGE}{k}" for k in range(1, rounds + 1)]
+            if stage.id == REPEATED_STAGE
+            else [stage.id]
+        )
+        for sid in ids:
+            stages.append(_timed(sid, stage.gpus, profile))
+    return Plan(name=name, title=f"{profile.title}, {preset} preset", stages=stages)
+
+
+def _timed(stage_id: str, gpus: int, profile: Any) -> PlanStage:
+    """One stage timed with ``profile``'s figure for its kind (``profiles.yaml``: the stage's own,
+    or the one ``repeat.figure_of`` names; a hetero round: the hetero total divided by the
+    profile's rounds; no figure: 0), with Table 1's GPUs for that kind."""
+    base = profile_stage_id(stage_id)
+    kind = figure_of().get(base, base)
+    minutes = profile.minutes.get(kind, 0.0)
+    if kind == REPEATED_STAGE:
+        minutes /= profile.hetero_rounds
+    return PlanStage(id=stage_id, kind=kind, gpus=profile.stage_gpus.get(kind, gpus), minutes=minutes)
+
+
 def plan_from_stages(planned: Sequence[PlannedStage], profile: str) -> Plan:
     """A plan for the stages :func:`cryopilot.domain.placement.plan` made, timed with profile ``profile``.
 
@@ -136,14 +180,7 @@ def plan_from_stages(planned: Sequence[PlannedStage], profile: str) -> Plan:
     profile has no time for takes none. GPU counts are Table 1's, whatever the stage asks for.
     """
     prof = get_profile(profile)
-    stages = []
-    for p in planned:
-        kind = profile_stage_id(p.id)
-        minutes = prof.minutes.get(kind, 0.0)
-        if kind == REPEATED_STAGE:
-            minutes /= prof.hetero_rounds
-        stages.append(PlanStage(id=p.id, kind=kind, gpus=prof.stage_gpus.get(kind, p.gpus), minutes=minutes))
-    return Plan(name=profile, title=prof.title, stages=stages)
+    return Plan(name=profile, title=prof.title, stages=[_timed(p.id, p.gpus, prof) for p in planned])
 
 
 # --- layouts -------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from cryopilot.domain.presets import (
     load_preset,
     profile_stage_id,
 )
+from cryopilot.domain.reference import ReferenceInputs
 from cryopilot.protocol.stage import PlannedStage
 
 __all__ = ["compare", "lane_nodes", "place", "place_stages", "plan"]
@@ -59,16 +60,21 @@ def place(
     return estimate(plan, layout.model_copy(update={"time_budget_seconds": budget}), cat, **kwargs)
 
 
-def compare(profile: str, catalogue: Catalogue | None = None, **kwargs: Any) -> tuple[Estimate, Estimate]:
+def compare(
+    profile: str, catalogue: Catalogue | None = None, *, preset: str | None = None, **kwargs: Any
+) -> tuple[Estimate, Estimate]:
     """(white-paper layout, cryopilot layout) estimates of a Table 1 profile, the second placed
     by :func:`place` on the default cluster's queues.
 
-    ``kwargs`` go to :func:`estimate` (region, create/delete/launch/idle durations).
+    ``preset``: another preset on the profile's dataset (``repeat``), timed as
+    :func:`~cryopilot.domain.estimate.plan_for_profile` says. ``kwargs`` go to :func:`estimate`
+    (region, create/delete/launch/idle durations).
     """
     cat = catalogue if catalogue is not None else Catalogue.load()
+    the_plan = plan_for_profile(profile, preset)
     return (
-        estimate(profile, Layout.whitepaper(), cat, **kwargs),
-        place(profile, Layout.cryopilot(), cat, **kwargs),
+        estimate(the_plan, Layout.whitepaper(), cat, **kwargs),
+        place(the_plan, Layout.cryopilot(), cat, **kwargs),
     )
 
 
@@ -79,8 +85,12 @@ def plan(
     queue_types: dict[str, str] | None = None,
     gpu8_fallback_types: Sequence[str] = (),
     catalogue: Catalogue | None = None,
+    reference: ReferenceInputs | None = None,
 ) -> list[PlannedStage]:
     """The manifest's stages (:func:`cryopilot.domain.presets.expand`), placed (:func:`place_stages`).
+
+    ``reference``: the campaign reference of a repeat run (the preset's ``${reference.<field>}``
+    values), as :func:`~cryopilot.domain.presets.expand` takes it.
 
     ``queue_types`` (queue → instance type; default: the cluster's defaults) and ``catalogue``
     (prices and speeds; default: the shipped one) are what the placement weighs;
@@ -88,7 +98,8 @@ def plan(
     """
     preset = load_preset(manifest.preset_name)
     cat = catalogue if catalogue is not None else Catalogue.load()
-    placed = place_stages(expand(manifest, data_dir=data_dir), preset, manifest, queue_types, cat)
+    stages = expand(manifest, data_dir=data_dir, reference=reference)
+    placed = place_stages(stages, preset, manifest, queue_types, cat)
     check_gpus_fit_lanes(placed, manifest, lane_nodes(queue_types, gpu8_fallback_types, cat))
     return placed
 

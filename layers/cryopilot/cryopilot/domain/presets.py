@@ -7,6 +7,10 @@ the :class:`PlannedStage` list the state machine submits one by one through the 
 A preset's ``placement`` says how each GPU stage's queue (lane) is chosen: unless a stage pins its
 ``lane``, :func:`cryopilot.domain.placement.plan` applies it to what :func:`expand` makes.
 
+A preset may also use the values of a repeat run's reference (``${reference.<field>}``, see
+:class:`cryopilot.domain.reference.ReferenceInputs`); :func:`expand` resolves them from the
+``reference`` it is given, and refuses such a preset without one.
+
 ``presets/job_types.yaml`` is the register of cryoSPARC job types (parameters, inputs, outputs) the
 presets use; an override naming a parameter its job type does not have is a :class:`ManifestError`.
 """
@@ -23,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cryopilot.core.errors import ManifestError
 from cryopilot.core.validation import excerpt
 from cryopilot.domain.manifest import Manifest, check_relative_path, check_symmetry
+from cryopilot.domain.reference import REFERENCE_PREFIX, ReferenceInputs
 from cryopilot.protocol.stage import (
     DecisionDef,
     InputConnection,
@@ -146,13 +151,29 @@ def _in_folder(data_dir: str, path: str) -> str:
     return (data_dir if data_dir.endswith("/") else data_dir + "/") + path
 
 
-def _references(manifest: Manifest, data_dir: str) -> dict[str, Any]:
+#: A value made from the reference's box (not a field of it): the Fourier-crop box of a first
+#: extraction at the reference's box, by the rule of ``${box_pix_binned}``.
+_BINNED_REFERENCE_BOX = REFERENCE_PREFIX + "box_pix_binned"
+
+
+def _binned(box: int) -> int:
+    """The Fourier-crop box of a first extraction at ``box``: about half of it, even, at least 64."""
+    return min(box, max(64, _even_up(box / 2)))
+
+
+def _references(manifest: Manifest, data_dir: str, reference: ReferenceInputs | None) -> dict[str, Any]:
     acq = manifest.acquisition
     diameter = manifest.particle.diameter_A
     box = max(64, _even_up(1.5 * diameter / acq.pixel_size_A))
-    binned = min(box, max(64, _even_up(box / 2)))
+    binned = _binned(box)
     base = data_dir if data_dir.endswith("/") else data_dir + "/"
+    of_reference: dict[str, Any] = {}
+    if reference is not None:
+        of_reference = dict(reference.placeholders())
+        if reference.box_pix is not None:
+            of_reference[_BINNED_REFERENCE_BOX] = _binned(reference.box_pix)
     return {
+        **of_reference,
         "data_glob": base + manifest.input.glob,
         "gain_ref": base + acq.gain_reference if acq.gain_reference else None,
         "acquisition.pixel_size_A": acq.pixel_size_A,
@@ -167,6 +188,21 @@ def _references(manifest: Manifest, data_dir: str) -> dict[str, Any]:
     }
 
 
+def _missing(key: str, refs: dict[str, Any], where: str) -> ManifestError:
+    """The refusal of a ``${key}`` that ``refs`` lacks: a reference value without a reference
+    (or one the reference does not have) says so; any other name is unknown."""
+    if key.startswith(REFERENCE_PREFIX):
+        field = "box_pix" if key == _BINNED_REFERENCE_BOX else key.removeprefix(REFERENCE_PREFIX)
+        if not any(k.startswith(REFERENCE_PREFIX) for k in refs):
+            preset, _, at = where.partition(": ")
+            return ManifestError(
+                f"pipeline.preset: {preset} needs a campaign reference ({at} is ${{{key}}}) and this"
+                " run has none; a full run is pipeline: {preset: movies}"
+            )
+        return ManifestError(f"{where}: ${{{key}}}: the run's reference has no {field}")
+    return ManifestError(f"{where}: unknown reference ${{{key}}}")
+
+
 def _resolve(value: Any, refs: dict[str, Any], where: str) -> Any:
     if not isinstance(value, str):
         return value
@@ -174,12 +210,12 @@ def _resolve(value: Any, refs: dict[str, Any], where: str) -> Any:
     if whole:
         key = whole.group(1)
         if key not in refs:
-            raise ManifestError(f"{where}: unknown reference ${{{key}}}")
+            raise _missing(key, refs, where)
         return refs[key]
 
     def sub(m: re.Match[str]) -> str:
         if m.group(1) not in refs:
-            raise ManifestError(f"{where}: unknown reference ${{{m.group(1)}}}")
+            raise _missing(m.group(1), refs, where)
         return str(refs[m.group(1)])
 
     return _REF.sub(sub, value)
@@ -274,7 +310,9 @@ def _connections(
     return out
 
 
-def expand(manifest: Manifest, *, data_dir: str) -> list[PlannedStage]:
+def expand(
+    manifest: Manifest, *, data_dir: str, reference: ReferenceInputs | None = None
+) -> list[PlannedStage]:
     """The stages of the manifest's preset with final parameter values, in submission order; a GPU
     stage has a lane only if the preset pins one (:func:`cryopilot.domain.placement.plan` places
     the others).
@@ -282,11 +320,15 @@ def expand(manifest: Manifest, *, data_dir: str) -> list[PlannedStage]:
     ``data_dir`` is where the dataset folder is mounted on the cluster. Parameters are the preset's
     defaults, then manifest references resolved, then ``manifest.pipeline.overrides`` (by stage id;
     ``hetero`` applies to every round, ``hetero3`` to one; ``{hetero: {rounds: N}}`` sets N).
+
+    ``reference``: the run's campaign reference (a repeat run), whose
+    :meth:`~cryopilot.domain.reference.ReferenceInputs.placeholders` give the preset's
+    ``${reference.<field>}`` values; a preset naming one without it is a :class:`ManifestError`.
     """
     preset = load_preset(manifest.preset_name)
     overrides = manifest.pipeline.overrides
     rounds_override = _check_overrides(preset, overrides)
-    refs = _references(manifest, data_dir)
+    refs = _references(manifest, data_dir, reference)
 
     repeated = next((s for s in preset.stages if s.id == REPEATED_STAGE), None)
     n_rounds = rounds_override or (repeated.rounds if repeated and repeated.rounds else 1)
