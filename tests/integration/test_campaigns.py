@@ -22,13 +22,16 @@ from tests.conftest import EVENTS
 
 pytestmark = pytest.mark.slow
 
-CAMPAIGN = "RBD-BINDERS"
-SPIKE = yaml.safe_load((EVENTS / "manifests" / "spike.yaml").read_text())
+CAMPAIGN = "CGRP-RAMP1"
+CGRP = yaml.safe_load((EVENTS / "manifests" / "cgrp.yaml").read_text())
+DATA = {"movies/m0001.tif": b"\x00" * 64, "movies/m0002.tif": b"\x01" * 64, "gain/gain_ref.mrc": b"g" * 32}
 
 
-def _manifest(dataset: str, compound: str, **extra: Any) -> str:
-    doc = copy.deepcopy(SPIKE)
-    doc.update(dataset=dataset, campaign=CAMPAIGN, compound=compound, **extra)
+def _manifest(dataset: str, compound: str) -> str:
+    """The CGRP manifest of a campaign's compound, naming no preset (the campaign decides)."""
+    doc = copy.deepcopy(CGRP)
+    del doc["pipeline"]
+    doc.update(dataset=dataset, campaign=CAMPAIGN, compound=compound)
     return yaml.safe_dump(doc, sort_keys=False)
 
 
@@ -37,12 +40,13 @@ class Campaign:
     cloud: LocalCloud
     first: dict[str, Any]
     second: dict[str, Any]
+    wrong: dict[str, Any]
 
 
 def _run(cloud: LocalCloud, folder: str, manifest: str) -> dict[str, Any]:
     """Drop a dataset and wait for the one execution it starts."""
     before = {e["executionArn"] for e in cloud.executions()}
-    cloud.drop_dataset(folder, manifest)
+    cloud.drop_dataset(folder, manifest, DATA)
     cloud.drain_events()
     (new,) = [e for e in cloud.executions() if e["executionArn"] not in before]
     return cloud.wait_for_execution(new["executionArn"], timeout=300)
@@ -50,12 +54,15 @@ def _run(cloud: LocalCloud, folder: str, manifest: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def campaign() -> Iterator[Campaign]:
-    with LocalCloud(clock=VirtualClock(), profile="spike") as cloud:
-        first = _run(cloud, "RBD-CP-0001", _manifest("RBD-CP-0001", "CP-0001"))
-        second = _run(
-            cloud, "RBD-CP-0002", _manifest("RBD-CP-0002", "CP-0002", pipeline={"preset": "micrographs"})
-        )
-        yield Campaign(cloud, first, second)
+    """Three compounds of one campaign, dropped one after the other: the first makes the reference,
+    the second repeats from it, the third repeats from a reference that is another protein (the
+    cryoSPARC stand-in's model of a wrong reference, for the clusters made from then on)."""
+    with LocalCloud(clock=VirtualClock(), profile="cgrp") as cloud:
+        first = _run(cloud, "CGRP-CP-0001", _manifest("CGRP-CP-0001", "CP-0001"))
+        second = _run(cloud, "CGRP-CP-0002", _manifest("CGRP-CP-0002", "CP-0002"))
+        cloud.cryosparc_setup.append(lambda cs: cs.wrong_reference("/fsx/reference/*"))
+        wrong = _run(cloud, "CGRP-CP-0003", _manifest("CGRP-CP-0003", "CP-0003"))
+        yield Campaign(cloud, first, second, wrong)
 
 
 def _mail(cloud: LocalCloud, run_id: str, event: str = "succeeded") -> dict[str, Any]:
@@ -74,7 +81,7 @@ def test_the_first_run_that_succeeds_becomes_the_campaigns_reference(campaign: C
     record = cloud.run_record(run_id)
     assert record is not None
     assert (record["campaign"], record["compound"]) == (CAMPAIGN, "CP-0001")
-    assert record["preset"] == "micrographs"
+    assert record["preset"] == "movies"
     assert "has no reference yet" in record["preset_reason"]
     assert record.get("reference") is None
 
@@ -105,7 +112,7 @@ def test_the_first_run_that_succeeds_becomes_the_campaigns_reference(campaign: C
     assert f"Compound: CP-0001 (campaign {CAMPAIGN})" in mail["message"]
 
 
-def test_a_later_run_takes_the_campaigns_reference(campaign: Campaign) -> None:
+def test_a_later_run_repeats_from_the_campaigns_reference(campaign: Campaign) -> None:
     cloud = campaign.cloud
     first, run_id = campaign.first["name"], campaign.second["name"]
     assert campaign.second["status"] == "SUCCEEDED", (cloud.run_record(run_id) or {}).get("error")
@@ -117,7 +124,16 @@ def test_a_later_run_takes_the_campaigns_reference(campaign: Campaign) -> None:
     assert inputs["map_path"] == f"/fsx/reference/{source['map']}"
     assert inputs["pixel_size_A"] == source["pixel_size_A"]
     assert record["reference"]["association_uri"] == source["folder_uri"]
-    assert "but the manifest asks for this preset" in record["preset_reason"]
+    assert record["preset"] == "repeat"
+    assert record["preset_reason"].startswith(
+        f"the run has a reference (campaign {CAMPAIGN}'s reference, run {first})"
+    )
+    # no ab initio (nor blob picking or 2D classification): the reference's files are imported
+    job_types = {t for stage in record["stages"].values() for t in stage["job_types"]}
+    assert "homo_abinit" not in job_types
+    assert {"import_volumes", "import_templates", "template_picker_gpu", "hetero_refine"} <= job_types
+    first_types = {t for st in (cloud.run_record(first) or {})["stages"].values() for t in st["job_types"]}
+    assert "homo_abinit" in first_types
 
     # the cluster's FSx links the reference's folder at /fsx/reference
     (create,) = [
@@ -143,6 +159,28 @@ def test_a_later_run_takes_the_campaigns_reference(campaign: Campaign) -> None:
     verdict = record["repeat_verdict"]
     assert verdict["reference_resolution_A"] == source["resolution_A"]
     assert verdict["resolution_A"] == record["resolution_A"]
+    assert verdict["problems"] == [], verdict  # the right reference: within the thresholds
+    assert "did NOT improve" not in mail["subject"]
+    assert "WARNING" not in body
+
+
+def test_a_wrong_reference_ends_with_a_mail_that_says_the_map_did_not_improve(campaign: Campaign) -> None:
+    cloud = campaign.cloud
+    run_id = campaign.wrong["name"]
+    assert campaign.wrong["status"] == "SUCCEEDED", (cloud.run_record(run_id) or {}).get("error")
+    record = cloud.run_record(run_id)
+    assert record is not None
+    assert record["preset"] == "repeat"
+    verdict = record["repeat_verdict"]
+    assert verdict["resolution_loss_A"] > 0.5
+    mail = _mail(cloud, run_id)
+    assert mail["subject"].startswith("[cryopilot] CGRP-CP-0003 (CP-0003) done, map did NOT improve")
+    assert "WARNING: the map did not improve:" in mail["message"]
+    assert "This run is NOT a success against its reference" in mail["message"]
+    # the campaign's reference is still the first run
+    from cryopilot.adapters import campaigns, runs
+
+    assert (campaigns.get(runs.store(), CAMPAIGN) or {})["reference_run_id"] == campaign.first["name"]
 
 
 def test_the_campaign_page_and_the_cli_list_every_run(campaign: Campaign) -> None:
@@ -158,9 +196,12 @@ def test_the_campaign_page_and_the_cli_list_every_run(campaign: Campaign) -> Non
 
     shown = ops.campaign_view(cloud.operator_stack(), CAMPAIGN)
     lines = shown.splitlines()
-    assert lines[0].startswith(f"campaign {CAMPAIGN}: 2 run(s), 2 succeeded, median resolution")
+    assert lines[0].startswith(f"campaign {CAMPAIGN}: 3 run(s), 3 succeeded, median resolution")
     rows = [ln for ln in lines if ln.startswith("CP-000")]
-    assert [r.split()[0] for r in rows] == ["CP-0001", "CP-0002"]
+    assert [r.split()[0] for r in rows] == ["CP-0001", "CP-0002", "CP-0003"]
+    assert "(reference)" in rows[0]
+    assert "⚠" in rows[2]
+    assert any(ln.startswith("  CP-0003: the map did not improve") for ln in lines)
     for run in (campaign.first["name"], campaign.second["name"]):
         assert f"{run}: map s3://{cloud.results_bucket}/runs/{run}/results/" in shown
     with pytest.raises(ops.OperatorError, match="no campaign NOPE"):

@@ -48,9 +48,13 @@ def test_a_pixel_size_beyond_the_tolerance_is_refused_in_one_line() -> None:
 
 
 def test_a_campaign_run_with_a_reference_and_no_preset_takes_repeat() -> None:
+    movies = manifest_from_dict({**SPIKE, "campaign": "RBD", "input": {"kind": "movies", "glob": "m/*.tif"}})
+    assert choose_preset(movies, REF)[0] == "repeat"
+    assert choose_preset(movies, None)[0] == "movies"
     manifest = manifest_from_dict({**SPIKE, "campaign": "RBD"})
-    assert choose_preset(manifest, REF)[0] == "repeat"
-    assert choose_preset(manifest, None)[0] == "micrographs"
+    name, why = choose_preset(manifest, REF)  # micrographs: the repeat preset starts from movies
+    assert name == "micrographs"
+    assert "the repeat preset starts from raw movies" in why
     forced = manifest_from_dict({**SPIKE, "campaign": "RBD", "pipeline": {"preset": "micrographs"}})
     name, why = choose_preset(forced, REF)
     assert name == "micrographs"

@@ -30,6 +30,9 @@ from cryopilot.protocol.stage import PlannedStage
 #: The preset a campaign run with a reference takes when its manifest names none.
 REPEAT_PRESET = "repeat"
 
+#: The input the repeat preset starts from (its first stages import and motion-correct movies).
+REPEAT_INPUT_KIND = "movies"
+
 #: How far (relative) a reference's pixel size may be from the new data's. Within it, the
 #: reference is used at its own pixel size: the import jobs are told that size
 #: (``ReferenceInputs.pixel_size_A``) and cryoSPARC works in Å from it; the reference map is
@@ -153,9 +156,14 @@ def choose_preset(manifest: Manifest, reference: ReferenceSource | None) -> tupl
         if reference is not None:
             why += f"; a reference exists ({describe(reference)}) but the manifest asks for this preset"
         return manifest.pipeline.preset, why
-    if reference is not None:
+    if reference is not None and manifest.input.kind == REPEAT_INPUT_KIND:
         why = f"the run has a reference ({describe(reference)}) and the manifest names no preset"
         return REPEAT_PRESET, why
+    if reference is not None:
+        return manifest.input.kind, (
+            f"the run has a reference ({describe(reference)}), but the repeat preset starts from raw"
+            f" movies and the input is {manifest.input.kind}: the full pipeline, compared with the reference"
+        )
     if manifest.campaign:
         return manifest.input.kind, (
             f"campaign {manifest.campaign} has no reference yet: a full run (input.kind), which becomes"

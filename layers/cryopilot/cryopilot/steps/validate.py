@@ -146,6 +146,7 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
         queue_types=settings.queue_instance_types(),
         gpu8_fallback_types=settings.fallback_gpu8_types,
         catalogue=Catalogue.for_deployment(settings.price_overrides),
+        reference=None if reference is None else reference.inputs(data_uri=data_uri),
     )
     # who may receive the dataset's mails (and join its campaign): a manifest in the bucket speaks
     # for its folder only
