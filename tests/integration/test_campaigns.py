@@ -160,6 +160,11 @@ def test_a_later_run_repeats_from_the_campaigns_reference(campaign: Campaign) ->
     assert verdict["reference_resolution_A"] == source["resolution_A"]
     assert verdict["resolution_A"] == record["resolution_A"]
     assert verdict["problems"] == [], verdict  # the right reference: within the thresholds
+    report = cloud.client("s3").get_object(Bucket=cloud.results_bucket, Key=f"runs/{run_id}/report/report.md")
+    text = report["Body"].read().decode()
+    assert "**Compound:** CP-0002" in text
+    assert f"**Campaign:** {CAMPAIGN}" in text
+    assert "**Preset:** repeat (the run has a reference" in text
     assert "did NOT improve" not in mail["subject"]
     assert "WARNING" not in body
 
