@@ -150,7 +150,10 @@ def test_a_later_run_repeats_from_the_campaigns_reference(campaign: Campaign) ->
     shown = os.listdir(os.path.join(cloud.fsx_mount(record["cluster_name"]), "reference"))
     assert {source["map"], source["mask"], source["templates"]} <= set(shown), shown
 
-    # its mail names its compound and compares it with the reference and the campaign
+    # its mails name its compound; the "done" mail compares it with the reference and the campaign
+    started = _mail(cloud, run_id, "started")
+    assert started["subject"].startswith("[cryopilot] CGRP-CP-0002 (CP-0002) started:")
+    assert "(preset repeat: the run has a reference" in started["message"]
     mail = _mail(cloud, run_id)
     assert "(CP-0002)" in mail["subject"]
     body = mail["message"]

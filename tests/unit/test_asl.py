@@ -141,6 +141,11 @@ def test_started_mail_subject_fits_sns_for_the_longest_dataset_name() -> None:
     assert not re.fullmatch(DATASET_RE, "D" * 49)
     subject = template.group(1).replace("{}", longest, 1).replace("{}", "99", 1)
     assert len(subject) < 100, subject
+    # the subject carries the run's label: the dataset and its compound, clipped
+    from cryopilot.steps.validate import MAX_LABEL_CHARS
+
+    assert "$.run.label" in fmt
+    assert len(template.group(1).replace("{}", "L" * MAX_LABEL_CHARS, 1).replace("{}", "99", 1)) < 100
 
 
 def test_a_started_mail_that_cannot_be_sent_does_not_stop_the_run() -> None:

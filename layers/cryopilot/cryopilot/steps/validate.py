@@ -23,7 +23,7 @@ from cryopilot.core.errors import (
     StorageLimitError,
 )
 from cryopilot.core.naming import cluster_name_for
-from cryopilot.core.validation import excerpt
+from cryopilot.core.validation import clip, excerpt
 from cryopilot.domain import campaign, limits, placement, storage
 from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.clusterconfig.mounts import FSX_DATA_DIR
@@ -58,6 +58,9 @@ class ValidatedRun(BaseModel):
     stage_titles: str
     data_s3_uri: str
     settings: RunSettings
+    #: the dataset, and its compound when the manifest names one (the "started" mail's subject)
+    label: str = ""
+    preset_reason: str = ""
 
 
 def _location_from_uri(uri: str) -> ManifestLocation:
@@ -195,7 +198,21 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
         stage_titles=titles,
         data_s3_uri=data_uri,
         settings=exec_input.settings,
+        label=mail_label(manifest),
+        preset_reason=preset_reason,
     )
+
+
+#: Longest label a "started" mail's subject carries (SNS subjects are under 100 characters).
+MAX_LABEL_CHARS = 60
+
+
+def mail_label(manifest: Manifest) -> str:
+    """The dataset, and its compound in brackets when the manifest names one, at most
+    :data:`MAX_LABEL_CHARS` long."""
+    if not manifest.compound:
+        return manifest.dataset
+    return clip(f"{manifest.dataset} ({manifest.compound})", MAX_LABEL_CHARS)
 
 
 def record_fields(
