@@ -3,8 +3,14 @@ verdict against its reference, and how its "done" mail says it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
 import pytest
 import yaml
+from cryopilot.adapters import campaigns
+from cryopilot.adapters.runs import RunStore
 from cryopilot.core.errors import CampaignReferenceError
 from cryopilot.domain import mails
 from cryopilot.domain.campaign import (
@@ -16,6 +22,7 @@ from cryopilot.domain.campaign import (
 )
 from cryopilot.domain.manifest import RepeatThresholds, manifest_from_dict
 from cryopilot.domain.record import RunRecord
+from moto import mock_aws
 
 from tests.conftest import EVENTS
 
@@ -104,3 +111,59 @@ def test_the_done_mail_of_a_worse_repeat_run_says_so_plainly() -> None:
     assert (
         "Campaign median of 1 other run(s) that succeeded: resolution 2.80 Å (this run +4.70 Å)" in mail.body
     )
+
+
+# ------------------------------------------------------------------ the reference's promotion
+@pytest.fixture
+def aws() -> Iterator[tuple[RunStore, Any]]:
+    with mock_aws():
+        ddb = boto3.resource("dynamodb", region_name="us-east-1")
+        table = ddb.create_table(
+            TableName="campaign-test",
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="results")
+        yield RunStore(table), s3
+
+
+def _finished(run_id: str, s3: Any) -> dict[str, Any]:
+    files = []
+    for kind, name in (("map", "J9_map.mrc"), ("mask", "J9_mask.mrc"), ("class_averages", "J5_avg.mrcs")):
+        key = f"runs/{run_id}/results/{name}"
+        s3.put_object(Bucket="results", Key=key, Body=kind.encode())
+        files.append({"kind": kind, "name": name, "key": key, "size": len(kind)})
+    return {
+        "run_id": run_id,
+        "campaign": "RBD",
+        "compound": "CP-1",
+        "results": {"files": files},
+        "map_pixel_size_A": 0.83,
+        "map_box_pix": 400,
+        "resolution_A": 2.8,
+        "stages": {"nurefine": {"num_particles": 1000, "completed_at": 5.0}},
+        "decisions": [{"stage_id": "hetero1", "summary": "kept class 0"}],
+    }
+
+
+def _kept(s3: Any) -> set[str]:
+    listing = s3.list_objects_v2(Bucket="results", Prefix="campaigns/RBD/reference/")
+    return {o["Key"].rsplit("/", 1)[1] for o in listing.get("Contents", [])}
+
+
+def test_the_first_run_is_promoted_once_and_a_retry_copies_again(aws: tuple[RunStore, Any]) -> None:
+    store, s3 = aws
+    first = campaigns.promote(store, s3, "results", _finished("RBD-1", s3))
+    assert first is not None
+    assert (first.run_id, first.particles, first.box_pix) == ("RBD-1", 1000, 400)
+    assert first.decisions == ["hetero1: kept class 0"]
+    assert _kept(s3) == {"J9_map.mrc", "J9_mask.mrc", "J5_avg.mrcs", "reference.json"}
+    # a retried report step of the same run (its copy cut short) copies again
+    s3.delete_object(Bucket="results", Key="campaigns/RBD/reference/J9_map.mrc")
+    assert campaigns.promote(store, s3, "results", _finished("RBD-1", s3)) is not None
+    assert "J9_map.mrc" in _kept(s3)
+    # another run of the campaign does not replace the reference
+    assert campaigns.promote(store, s3, "results", _finished("RBD-2", s3)) is None
+    assert campaigns.reference_of(store, "RBD").run_id == "RBD-1"  # type: ignore[union-attr]

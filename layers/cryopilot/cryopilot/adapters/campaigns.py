@@ -104,9 +104,13 @@ def runs_of(store: RunStore, campaign: str) -> list[RunRecord]:
 def promote(store: RunStore, s3: Any, bucket: str, run: dict[str, Any]) -> ReferenceSource | None:
     """Make a run that succeeded its campaign's reference when the campaign has none: claim it on
     the campaign's item, then copy its map, mask and class averages to the campaign's folder.
-    None when it has no campaign, the campaign has a reference, or its export holds no map."""
+    None when it has no campaign, the campaign has another run's reference, or its export holds
+    no map."""
     campaign = run.get("campaign")
-    if not campaign or reference_of(store, campaign) is not None:
+    if not campaign:
+        return None
+    existing = reference_of(store, campaign)
+    if existing is not None and existing.run_id != run.get("run_id"):
         return None
     source = reference_from_run(
         run, folder_uri=f"s3://{bucket}/{reference_prefix(campaign)}", kind="campaign"
@@ -117,7 +121,9 @@ def promote(store: RunStore, s3: Any, bucket: str, run: dict[str, Any]) -> Refer
     dest = reference_prefix(campaign)
     names = {"map": source.map, "mask": source.mask, "class_averages": source.templates,
              "selected_classes": source.selected}  # fmt: skip
-    if not claim_reference(store, campaign, source):
+    # claimed first, so two runs ending together cannot both copy; a retried report step of the
+    # run that claimed it copies again (the copies are idempotent)
+    if existing is None and not claim_reference(store, campaign, source):
         return None
     for kind, name in names.items():
         if name and keys.get(kind):
