@@ -487,6 +487,12 @@ MANUALS = [
         error_type="CampaignReferenceError",
     ),
     Manual(
+        "reference-map-not-mrc",
+        _inline(_manifest(reference={"map": "s3://{bucket}/references/RBD/map.mrc", "pixel_size_A": 0.83})),
+        ("reference.map: the map's header gives a size of 0 x 0 x 0: not an MRC map of at most 2048",),
+        error_type="CampaignReferenceError",
+    ),
+    Manual(
         "reference-map-other-bucket",
         _inline(_manifest(reference={"map": "s3://someone-elses-bucket/map.mrc", "pixel_size_A": 0.83})),
         ("reference.map: must be in this stack's input bucket {bucket} or results bucket",),

@@ -27,12 +27,26 @@ CGRP = yaml.safe_load((EVENTS / "manifests" / "cgrp.yaml").read_text())
 DATA = {"movies/m0001.tif": b"\x00" * 64, "movies/m0002.tif": b"\x01" * 64, "gain/gain_ref.mrc": b"g" * 32}
 
 
-def _manifest(dataset: str, compound: str) -> str:
+def _manifest(dataset: str, compound: str, **extra: Any) -> str:
     """The CGRP manifest of a campaign's compound, naming no preset (the campaign decides)."""
     doc = copy.deepcopy(CGRP)
     del doc["pipeline"]
-    doc.update(dataset=dataset, campaign=CAMPAIGN, compound=compound)
+    doc.update(dataset=dataset, campaign=CAMPAIGN, compound=compound, **extra)
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+def _solved_elsewhere(cloud: LocalCloud, run_id: str) -> dict[str, Any]:
+    """A reference "solved elsewhere": the first run's map, mask and class averages, uploaded to a
+    folder of the input bucket, named by ``reference.map`` with its pixel size."""
+    s3 = cloud.client("s3")
+    files = {f["kind"]: f for f in (cloud.run_record(run_id) or {})["results"]["files"]}
+    folder = f"s3://{cloud.input_bucket}/references/CGRP/"
+    named = {}
+    for kind, field in (("map", "map"), ("mask", "mask"), ("class_averages", "templates")):
+        body = s3.get_object(Bucket=cloud.results_bucket, Key=files[kind]["key"])["Body"].read()
+        s3.put_object(Bucket=cloud.input_bucket, Key=f"references/CGRP/{files[kind]['name']}", Body=body)
+        named[field] = folder + files[kind]["name"]
+    return {**named, "pixel_size_A": 0.83}
 
 
 @dataclass
@@ -41,6 +55,7 @@ class Campaign:
     first: dict[str, Any]
     second: dict[str, Any]
     wrong: dict[str, Any]
+    elsewhere: dict[str, Any]
 
 
 def _run(cloud: LocalCloud, folder: str, manifest: str) -> dict[str, Any]:
@@ -60,9 +75,14 @@ def campaign() -> Iterator[Campaign]:
     with LocalCloud(clock=VirtualClock(), profile="cgrp") as cloud:
         first = _run(cloud, "CGRP-CP-0001", _manifest("CGRP-CP-0001", "CP-0001"))
         second = _run(cloud, "CGRP-CP-0002", _manifest("CGRP-CP-0002", "CP-0002"))
+        reference = _solved_elsewhere(cloud, first["name"])
+        elsewhere_doc = copy.deepcopy(CGRP)
+        del elsewhere_doc["pipeline"]
+        elsewhere_doc.update(dataset="CGRP-ELSEWHERE", compound="CP-9000", reference=reference)
+        elsewhere = _run(cloud, "CGRP-ELSEWHERE", yaml.safe_dump(elsewhere_doc, sort_keys=False))
         cloud.cryosparc_setup.append(lambda cs: cs.wrong_reference("/fsx/reference/*"))
         wrong = _run(cloud, "CGRP-CP-0003", _manifest("CGRP-CP-0003", "CP-0003"))
-        yield Campaign(cloud, first, second, wrong)
+        yield Campaign(cloud, first, second, wrong, elsewhere)
 
 
 def _mail(cloud: LocalCloud, run_id: str, event: str = "succeeded") -> dict[str, Any]:
@@ -214,3 +234,23 @@ def test_the_campaign_page_and_the_cli_list_every_run(campaign: Campaign) -> Non
         assert f"{run}: map s3://{cloud.results_bucket}/runs/{run}/results/" in shown
     with pytest.raises(ops.OperatorError, match="no campaign NOPE"):
         ops.campaign_view(cloud.operator_stack(), "NOPE")
+
+
+def test_a_map_solved_elsewhere_is_the_reference_of_a_run_outside_any_campaign(campaign: Campaign) -> None:
+    cloud = campaign.cloud
+    run_id = campaign.elsewhere["name"]
+    assert campaign.elsewhere["status"] == "SUCCEEDED", (cloud.run_record(run_id) or {}).get("error")
+    record = cloud.run_record(run_id)
+    assert record is not None
+    assert record["campaign"] is None
+    assert record["preset"] == "repeat"
+    source = record["reference"]["source"]
+    assert (source["kind"], source["folder_uri"]) == ("map", f"s3://{cloud.input_bucket}/references/CGRP/")
+    assert record["reference"]["inputs"]["templates_path"] == f"/fsx/reference/{source['templates']}"
+    job_types = {t for stage in record["stages"].values() for t in stage["job_types"]}
+    assert "homo_abinit" not in job_types
+    shown = os.listdir(os.path.join(cloud.fsx_mount(record["cluster_name"]), "reference"))
+    assert {source["map"], source["mask"], source["templates"]} <= set(shown), shown
+    # compared with the map (whose resolution and particles it does not know): no false alarm
+    assert record["repeat_verdict"]["problems"] == []
+    assert "Compared with the reference: resolution" in _mail(cloud, run_id)["message"]

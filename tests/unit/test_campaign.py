@@ -3,6 +3,7 @@ verdict against its reference, and how its "done" mail says it."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from cryopilot.domain.campaign import (
     check_pixel_size,
     choose_preset,
     judge_repeat,
+    mrc_box,
 )
 from cryopilot.domain.manifest import RepeatThresholds, manifest_from_dict
 from cryopilot.domain.record import RunRecord
@@ -167,3 +169,22 @@ def test_the_first_run_is_promoted_once_and_a_retry_copies_again(aws: tuple[RunS
     # another run of the campaign does not replace the reference
     assert campaigns.promote(store, s3, "results", _finished("RBD-2", s3)) is None
     assert campaigns.reference_of(store, "RBD").run_id == "RBD-1"  # type: ignore[union-attr]
+
+
+def _header(nx: int, ny: int, nz: int, order: str = "<", stamp: bytes = b"\x44\x44\x00\x00") -> bytes:
+    header = bytearray(1024)
+    struct.pack_into(f"{order}3i", header, 0, nx, ny, nz)
+    header[212:216] = stamp
+    return bytes(header)
+
+
+def test_a_maps_box_is_read_from_its_mrc_header() -> None:
+    assert mrc_box(_header(400, 400, 400), where="reference.map") == 400
+    assert mrc_box(_header(256, 256, 256, ">", b"\x11\x11\x00\x00"), where="reference.map") == 256
+    assert mrc_box(_header(64, 64, 64, "<", b"\x00" * 4), where="reference.map") == 64  # no stamp
+    with pytest.raises(
+        CampaignReferenceError, match="the map is 400 x 400 x 200 pixels; a reference map is a cube"
+    ):
+        mrc_box(_header(400, 400, 200), where="reference.map")
+    with pytest.raises(CampaignReferenceError, match="less than an MRC header"):
+        mrc_box(b"MRC?", where="reference.map")

@@ -16,7 +16,13 @@ from botocore.exceptions import ClientError
 from cryopilot.adapters.runs import RunStore, _to_ddb, decode
 from cryopilot.core import clock
 from cryopilot.core.errors import CampaignReferenceError
-from cryopilot.domain.campaign import ReferenceSource, reference_from_run, reference_prefix
+from cryopilot.domain.campaign import (
+    MRC_HEADER_BYTES,
+    ReferenceSource,
+    mrc_box,
+    reference_from_run,
+    reference_prefix,
+)
 from cryopilot.domain.record import RunRecord
 
 #: The reference's own account, in its folder.
@@ -136,6 +142,22 @@ def promote(store: RunStore, s3: Any, bucket: str, run: dict[str, Any]) -> Refer
         ContentType="application/json",
     )
     return source
+
+
+def read_box(s3: Any, reference: ReferenceSource, *, where: str) -> ReferenceSource:
+    """A map solved elsewhere with its box, read from the MRC header (a ranged GetObject of its
+    first :data:`~cryopilot.domain.campaign.MRC_HEADER_BYTES`)."""
+    bucket, _, prefix = reference.folder_uri.removeprefix("s3://").partition("/")
+    try:
+        header = s3.get_object(
+            Bucket=bucket, Key=prefix + reference.map, Range=f"bytes=0-{MRC_HEADER_BYTES - 1}"
+        )["Body"].read()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise CampaignReferenceError(
+            f"{where}: the map {reference.map_uri} cannot be read ({code})"
+        ) from None
+    return reference.model_copy(update={"box_pix": mrc_box(header, where=where)})
 
 
 def check_files_exist(s3: Any, reference: ReferenceSource, *, where: str) -> None:

@@ -14,6 +14,7 @@ the cluster: the FSx data repository association of the reference's folder,
 """
 
 import statistics
+import struct
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -291,3 +292,31 @@ def time_to_structure(run: RunRecord) -> float | None:
     if run.started_epoch is None or run.export_finished_at is None:
         return None
     return float(run.export_finished_at) - float(run.started_epoch)
+
+
+#: Bytes of an MRC file's main header (MRC2014: 256 four-byte words).
+MRC_HEADER_BYTES = 1024
+#: The largest box a reference map may have (the register's bound on ``box_size_pix``).
+MAX_BOX_PIX = 2048
+
+
+def mrc_box(header: bytes, *, where: str) -> int:
+    """The box (pixels) of a cubic MRC map from its header: words 1-3 are NX, NY, NZ (32-bit
+    integers; MRC2014, www.ccpem.ac.uk/mrc_format/mrc2014.php), in the byte order the machine stamp
+    (bytes 213-216) gives: 0x44 0x44 little-endian, 0x11 0x11 big-endian; files without a stamp are
+    read little-endian. A header that is not an MRC map's, or a map that is not a cube, is one
+    :class:`CampaignReferenceError` line."""
+    if len(header) < MRC_HEADER_BYTES:
+        raise CampaignReferenceError(f"{where}: the map has {len(header)} bytes, less than an MRC header")
+    order = ">" if header[212:214] == b"\x11\x11" else "<"
+    nx, ny, nz = struct.unpack_from(f"{order}3i", header, 0)
+    if not all(0 < n <= MAX_BOX_PIX for n in (nx, ny, nz)):
+        raise CampaignReferenceError(
+            f"{where}: the map's header gives a size of {nx} x {ny} x {nz}: not an MRC map of at most"
+            f" {MAX_BOX_PIX} pixels a side"
+        )
+    if not nx == ny == nz:
+        raise CampaignReferenceError(
+            f"{where}: the map is {nx} x {ny} x {nz} pixels; a reference map is a cube"
+        )
+    return int(nx)

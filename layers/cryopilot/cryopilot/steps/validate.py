@@ -305,6 +305,8 @@ def resolve_reference(
         )
     campaign.check_pixel_size(ref, manifest.acquisition.pixel_size_A, where=where)
     campaigns.check_files_exist(aws.client("s3"), ref, where=where)
+    if ref.box_pix is None:  # a map solved elsewhere: its box is in its header
+        ref = campaigns.read_box(aws.client("s3"), ref, where=where)
     return ref
 
 
