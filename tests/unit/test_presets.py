@@ -241,6 +241,13 @@ def test_register_rejects_names_it_does_not_have() -> None:
     assert "compute_num_gpus" not in register["select_2D"].params
 
 
+def test_register_low_pass_defaults_are_the_sources_ones() -> None:
+    """The initial low-pass defaults as the scipion-em-cryosparc2 protocols send them."""
+    register = job_types()
+    assert register["nonuniform_refine_new"].params["refine_res_init"]["default"] == 30
+    assert register["hetero_refine"].params["multirefine_res_init"]["default"] == 20
+
+
 def test_register_entries_cite_sources_and_match_profiles() -> None:
     for name, spec in job_types().items():
         assert spec.source.strip(), name
