@@ -83,7 +83,7 @@ demo: $(VENV)/.installed ## one whole run, locally (DEMO_ARGS="--profile spike -
 	$(VENV)/bin/cryopilot demo $(DEMO_ARGS)
 
 .PHONY: bench
-bench: $(VENV)/.installed ## the white paper's 3 datasets x 2 layouts through the state machine; writes build/bench/results.json
+bench: $(VENV)/.installed ## the white paper's 3 datasets x 2 layouts, and CGRP and GLP-1R as repeat structures, through the state machine; writes build/bench/results.json
 	@mkdir -p build/bench
 	$(PY) -m cryopilot_sim.bench --log build/bench/bench.log $(BENCH_ARGS)
 	@if [ -d .aws-sam/build ]; then $(PY) -m cryopilot_sim.coldstart; \

@@ -219,16 +219,22 @@ def _estimate(args: argparse.Namespace) -> int:
         if args.manifest:
             from cryopilot.domain.manifest import parse_manifest
             from cryopilot.domain.placement import plan
+            from cryopilot.domain.presets import assumed_reference, needs_reference
             from cryopilot.domain.storage import plan_for_manifest
 
             data = _read_manifest_bytes(args.manifest, args.region)
             manifest = parse_manifest(data, source=args.manifest)
             profile = args.profile or PROFILE_FOR_PRESET[manifest.preset_name]
-            planned = plan(manifest, data_dir="/fsx/data", catalogue=catalogue)
+            # a repeat preset's reference is the campaign's, known at Validate: the estimate needs
+            # only its box, the one a full run of this manifest extracts at
+            reference = assumed_reference(manifest) if needs_reference(manifest.preset_name) else None
+            planned = plan(manifest, data_dir="/fsx/data", catalogue=catalogue, reference=reference)
             the_plan = plan_from_stages(planned, profile)
             print(
                 f"{manifest.dataset}: preset {manifest.preset_name}, stage times of the white paper's"
-                f" {profile} dataset (Table 1)\n"
+                f" {profile} dataset (Table 1)"
+                + (", reference box assumed from this manifest" if reference else "")
+                + "\n"
             )
             # the FSx file system the storage model gives this manifest (data: the preset's dataset)
             kwargs["storage_plan"] = plan_for_manifest(manifest, planned, None)

@@ -89,21 +89,12 @@ def bench_reference(profile: str) -> Any:
     leaves (:class:`~cryopilot.domain.reference.ReferenceInputs`): its files under
     ``/fsx/reference/<profile>/``, the manifest's pixel size and the box the full run extracted at."""
     from cryopilot.domain.manifest import manifest_from_dict
-    from cryopilot.domain.presets import expand
-    from cryopilot.domain.reference import ReferenceInputs
+    from cryopilot.domain.presets import assumed_reference
 
     _, text, _ = _manifest(profile, "cryopilot")
     manifest = manifest_from_dict(yaml.safe_load(text))
-    full = {s.id: s for s in expand(manifest, data_dir="/fsx/data/")}
-    base = f"/fsx/reference/{profile}"
-    return ReferenceInputs(
-        run_id=f"{profile}-reference",
-        map_path=f"{base}/map.mrc",
-        mask_path=f"{base}/mask.mrc",
-        templates_path=f"{base}/templates_selected.mrcs",
-        pixel_size_A=manifest.acquisition.pixel_size_A,
-        box_pix=int(full["reextract"].params["box_size_pix"]),
-    )
+    reference = assumed_reference(manifest, f"/fsx/reference/{profile}")
+    return reference.model_copy(update={"run_id": f"{profile}-reference"})
 
 
 @contextlib.contextmanager

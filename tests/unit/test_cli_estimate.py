@@ -121,3 +121,20 @@ def test_repeat_estimate_sets_the_repeat_against_the_full_pipeline(
 def test_preset_is_for_profiles_only(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["estimate", str(EVENTS / "manifests" / "spike.yaml"), "--preset", "repeat"]) == 2
     assert "--preset applies to --profile, not to a manifest" in capsys.readouterr().err
+
+
+def test_a_repeat_manifest_is_estimated_at_the_box_a_full_run_would_use(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    text = (EVENTS / "manifests" / "cgrp.yaml").read_text().replace("preset: movies", "preset: repeat")
+    assert "preset: repeat" in text
+    manifest = tmp_path / "compound-7.yaml"
+    manifest.write_text(text)
+    assert main(["estimate", str(manifest)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "preset repeat, stage times of the white paper's cgrp dataset (Table 1), reference box assumed" in out
+    )
+    rows = {line.split()[0] for line in out.splitlines() if line.strip()}
+    assert {"import_reference", "hetero2", "nurefine"} <= rows
+    assert "abinit" not in rows

@@ -241,6 +241,13 @@ def test_register_rejects_names_it_does_not_have() -> None:
     assert "compute_num_gpus" not in register["select_2D"].params
 
 
+def test_register_low_pass_defaults_are_the_sources_ones() -> None:
+    """The initial low-pass defaults as the scipion-em-cryosparc2 protocols send them."""
+    register = job_types()
+    assert register["nonuniform_refine_new"].params["refine_res_init"]["default"] == 30
+    assert register["hetero_refine"].params["multirefine_res_init"]["default"] == 20
+
+
 def test_register_entries_cite_sources_and_match_profiles() -> None:
     for name, spec in job_types().items():
         assert spec.source.strip(), name
@@ -493,3 +500,19 @@ def test_expand_resolves_reference_values_and_refuses_them_without_a_reference()
         expand(m, data_dir=DATA_DIR, reference=no_box)
     # the other presets do not need one, and ignore one they are given
     assert expand(manifest(), data_dir=DATA_DIR, reference=REFERENCE) == expand(manifest(), data_dir=DATA_DIR)
+
+
+def test_which_presets_need_a_reference_and_the_one_a_full_run_would_leave() -> None:
+    from cryopilot.domain.presets import assumed_reference, needs_reference
+
+    assert [n for n in preset_names() if needs_reference(n)] == ["repeat"]
+    m = manifest()
+    ref = assumed_reference(m, "/fsx/reference/c1/")
+    full = {s.id: s for s in expand(m, data_dir=DATA_DIR)}
+    assert (ref.pixel_size_A, ref.box_pix) == (0.83, full["extract"].params["box_size_pix"])
+    assert ref.map_path == "/fsx/reference/c1/map.mrc"
+    repeat = {
+        s.id: s for s in expand(manifest(pipeline={"preset": "repeat"}), data_dir=DATA_DIR, reference=ref)
+    }
+    assert repeat["extract"].params["box_size_pix"] == full["extract"].params["box_size_pix"]
+    assert repeat["extract"].params["bin_size_pix"] == full["extract"].params["bin_size_pix"]

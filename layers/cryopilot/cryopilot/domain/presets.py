@@ -188,6 +188,30 @@ def _references(manifest: Manifest, data_dir: str, reference: ReferenceInputs | 
     }
 
 
+def needs_reference(name: str) -> bool:
+    """Whether preset ``name`` names ``${reference.<field>}`` (a repeat preset)."""
+    return any(
+        isinstance(v, str) and f"${{{REFERENCE_PREFIX}" in v
+        for stage in load_preset(name).stages
+        for v in stage.params.values()
+    )
+
+
+def assumed_reference(manifest: Manifest, folder: str = "/fsx/reference/assumed") -> ReferenceInputs:
+    """The reference a full run of ``manifest`` would leave, for what needs one before a campaign
+    has it (an estimate, the benchmark): its files under ``folder`` (names only: nothing reads
+    them), the manifest's pixel size, and the box the full pipeline extracts at (``${box_pix}``)."""
+    acq = manifest.acquisition
+    base = folder.rstrip("/")
+    return ReferenceInputs(
+        map_path=f"{base}/map.mrc",
+        mask_path=f"{base}/mask.mrc",
+        templates_path=f"{base}/templates_selected.mrcs",
+        pixel_size_A=acq.pixel_size_A,
+        box_pix=_references(manifest, "/", None)["box_pix"],
+    )
+
+
 def _missing(key: str, refs: dict[str, Any], where: str) -> ManifestError:
     """The refusal of a ``${key}`` that ``refs`` lacks: a reference value without a reference
     (or one the reference does not have) says so; any other name is unknown."""
