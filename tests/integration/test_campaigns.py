@@ -7,6 +7,7 @@ and ``cryopilot campaign`` list every run."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,21 +68,42 @@ def _run(cloud: LocalCloud, folder: str, manifest: str) -> dict[str, Any]:
     return cloud.wait_for_execution(new["executionArn"], timeout=300)
 
 
+def _start_coarse(cloud: LocalCloud, name: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """A manual start of ``doc`` (its data uploaded first) polling its stages at most every 30 min,
+    for the runs whose stages' timeline does not matter here; the finished execution."""
+    s3 = cloud.client("s3")
+    for rel, body in DATA.items():
+        s3.put_object(Bucket=cloud.input_bucket, Key=f"datasets/{doc['dataset']}/{rel}", Body=body)
+    start = {
+        "manifest_inline": doc,
+        "data_s3_uri": f"s3://{cloud.input_bucket}/datasets/{doc['dataset']}/",
+        "settings": {"min_poll_seconds": 1800, "max_poll_seconds": 14400},
+    }
+    arn = cloud.client("stepfunctions").start_execution(
+        stateMachineArn=cloud.state_machine_arn, name=name, input=json.dumps(start)
+    )["executionArn"]
+    return cloud.wait_for_execution(arn, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def campaign() -> Iterator[Campaign]:
-    """Three compounds of one campaign, dropped one after the other: the first makes the reference,
-    the second repeats from it, the third repeats from a reference that is another protein (the
-    cryoSPARC stand-in's model of a wrong reference, for the clusters made from then on)."""
+    """Two compounds of one campaign dropped one after the other: the first makes the reference,
+    the second repeats from it. Then, started by hand with coarse polls (their timelines do not
+    matter here): a run outside any campaign from a map named in its manifest, and a third
+    compound whose reference is another protein (the cryoSPARC stand-in's model of a wrong
+    reference, for the clusters made from then on)."""
     with LocalCloud(clock=VirtualClock(), profile="cgrp") as cloud:
         first = _run(cloud, "CGRP-CP-0001", _manifest("CGRP-CP-0001", "CP-0001"))
         second = _run(cloud, "CGRP-CP-0002", _manifest("CGRP-CP-0002", "CP-0002"))
-        reference = _solved_elsewhere(cloud, first["name"])
         elsewhere_doc = copy.deepcopy(CGRP)
         del elsewhere_doc["pipeline"]
+        reference = _solved_elsewhere(cloud, first["name"])
         elsewhere_doc.update(dataset="CGRP-ELSEWHERE", compound="CP-9000", reference=reference)
-        elsewhere = _run(cloud, "CGRP-ELSEWHERE", yaml.safe_dump(elsewhere_doc, sort_keys=False))
+        elsewhere = _start_coarse(cloud, "CGRP-ELSEWHERE-manual", elsewhere_doc)
         cloud.cryosparc_setup.append(lambda cs: cs.wrong_reference("/fsx/reference/*"))
-        wrong = _run(cloud, "CGRP-CP-0003", _manifest("CGRP-CP-0003", "CP-0003"))
+        wrong = _start_coarse(
+            cloud, "CGRP-CP-0003-manual", yaml.safe_load(_manifest("CGRP-CP-0003", "CP-0003"))
+        )
         yield Campaign(cloud, first, second, wrong, elsewhere)
 
 
