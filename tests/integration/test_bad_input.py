@@ -318,6 +318,12 @@ UPLOADS = [
         error_type="CampaignReferenceError",
     ),
     Upload(
+        "reference-run-predates-campaigns",
+        _yaml(_manifest(dataset="BAD-reference-run-predates-campaigns", reference={"run": "OLD-RUN-0123"})),
+        ("reference.run: run OLD-RUN-0123 recorded no map pixel size (it predates campaigns)",),
+        error_type="CampaignReferenceError",
+    ),
+    Upload(
         "campaign-reference-pixel-size",
         _yaml(
             _manifest(dataset="BAD-campaign-reference-pixel-size", campaign="RBD-BINDERS", compound="CP-7")
@@ -707,6 +713,7 @@ def _seed_references(cloud: LocalCloud) -> None:
     s3.put_object(Bucket=cloud.input_bucket, Key="references/RBD/map.mrc", Body=b"\0" * 1024)
     store = runs.store()
     store.create_run("FAILED-RUN-0123", status="FAILED", dataset="OLD")
+    store.create_run("OLD-RUN-0123", status="SUCCEEDED", dataset="OLD", resolution_A=3.1)
     prefix = "campaigns/RBD-BINDERS/reference/"
     s3.put_object(Bucket=cloud.results_bucket, Key=prefix + "map.mrc", Body=b"\0" * 1024)
     campaigns.claim_reference(

@@ -273,6 +273,11 @@ def resolve_reference(
                 f"{where}: run {spec.run} has not succeeded (status {item.get('status')}); only a run"
                 " that made its map can be a reference"
             )
+        if not item.get("map_pixel_size_A"):
+            raise CampaignReferenceError(
+                f"{where}: run {spec.run} recorded no map pixel size (it predates campaigns): name its"
+                " map with reference.map and pixel_size_A instead"
+            )
         folder = f"s3://{settings.results_bucket}/runs/{spec.run}/results/"
         ref = campaign.reference_from_run(item, folder_uri=folder, kind="run")
         if ref is None:
