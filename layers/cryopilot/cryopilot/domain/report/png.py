@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -142,7 +143,8 @@ def render_campaign_png(campaign: str, points: list[tuple[str, float | None, flo
     ax.set_ylabel("resolution (Å, lower is better)")
     ax.set_xticks(xs, [p[0] for p in points], rotation=30, ha="right", fontsize=8)
     right = ax.twinx()
-    right.plot(xs, [None if p[2] is None else p[2] / 3600 for p in points], "o-", color="#e08a2c")
+    # NaN leaves a gap where a run has no time to structure
+    right.plot(xs, [math.nan if p[2] is None else p[2] / 3600 for p in points], "o-", color="#e08a2c")
     right.set_ylabel("time to structure (h)")
     right.set_ylim(bottom=0)
     fig.tight_layout()
