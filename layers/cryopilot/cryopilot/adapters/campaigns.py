@@ -13,7 +13,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from cryopilot.adapters.runs import RunStore, _to_ddb, decode
+from cryopilot.adapters.runs import RunStore, to_ddb, decode
 from cryopilot.core import clock
 from cryopilot.core.errors import CampaignReferenceError
 from cryopilot.domain.campaign import (
@@ -84,7 +84,7 @@ def claim_reference(store: RunStore, campaign: str, reference: ReferenceSource) 
             ConditionExpression="attribute_not_exists(#ref)",
             ExpressionAttributeNames={"#ref": "reference"},
             ExpressionAttributeValues={
-                ":ref": _to_ddb(reference.model_dump(exclude_none=True)),
+                ":ref": to_ddb(reference.model_dump(exclude_none=True)),
                 ":run": reference.run_id,
                 ":now": clock.now_iso(),
             },

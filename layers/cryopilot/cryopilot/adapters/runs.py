@@ -32,7 +32,7 @@ from cryopilot.domain.record import RunContext, RunRecord
 from cryopilot.protocol.stage import PlannedStage
 
 
-def _to_ddb(value: Any) -> Any:
+def to_ddb(value: Any) -> Any:
     """Python → DynamoDB-ready value (floats as Decimal)."""
     return json.loads(json.dumps(value), parse_float=Decimal)
 
@@ -142,7 +142,7 @@ class RunStore:
         }
         try:
             with _sized(f"run record {run_id}", fields):
-                self.table.put_item(Item=_to_ddb(item), ConditionExpression="attribute_not_exists(pk)")
+                self.table.put_item(Item=to_ddb(item), ConditionExpression="attribute_not_exists(pk)")
         except ClientError as exc:
             if _condition_failed(exc):
                 return False
@@ -187,7 +187,7 @@ class RunStore:
         never stays RUNNING for want of space."""
         item = self.table.get_item(Key=run_key(run_id), ConsistentRead=True).get("Item") or {}
         kept = {k: v for k, v in item.items() if k in ESSENTIAL_FIELDS}
-        kept.update(_to_ddb({**fields, "record_truncated": True, "updated_at": clock.now_iso()}))
+        kept.update(to_ddb({**fields, "record_truncated": True, "updated_at": clock.now_iso()}))
         self.table.put_item(Item={**run_key(run_id), "kind": "run", "run_id": run_id, **kept})
 
     def update_existing_run(self, run_id: str, *, only_if: str | None = None, **fields: Any) -> bool:
@@ -249,7 +249,7 @@ class RunStore:
                 Key=run_key(run_id),
                 UpdateExpression="SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields))),
                 ExpressionAttributeNames=names,
-                ExpressionAttributeValues=_to_ddb(values),
+                ExpressionAttributeValues=to_ddb(values),
                 **extra,
             )
 
@@ -290,7 +290,7 @@ class RunStore:
                 Key=run_key(run_id),
                 UpdateExpression=f"SET {sets}, updated_at = :now",
                 ExpressionAttributeNames=names,
-                ExpressionAttributeValues=_to_ddb(values),
+                ExpressionAttributeValues=to_ddb(values),
             )
 
     def append_to(self, run_id: str, field: str, *entries: Any) -> None:
@@ -304,7 +304,7 @@ class RunStore:
                 Key=run_key(run_id),
                 UpdateExpression="SET #f = list_append(if_not_exists(#f, :empty), :new), updated_at = :now",
                 ExpressionAttributeNames={"#f": field},
-                ExpressionAttributeValues=_to_ddb(
+                ExpressionAttributeValues=to_ddb(
                     {":empty": [], ":new": list(entries), ":now": clock.now_iso()}
                 ),
             )
@@ -316,7 +316,7 @@ class RunStore:
         stages = [s.model_dump(mode="json") for s in plan]
         with _sized(f"plan of run {run_id}", {"plan": stages}):
             self.table.put_item(
-                Item=_to_ddb({"pk": f"plan#{run_id}", "kind": "plan", "run_id": run_id, "plan": stages})
+                Item=to_ddb({"pk": f"plan#{run_id}", "kind": "plan", "run_id": run_id, "plan": stages})
             )
 
     def get_plan(self, run_id: str) -> list[PlannedStage]:
@@ -345,7 +345,7 @@ class RunStore:
                 Key={"pk": f"ctx#{run_id}"},
                 UpdateExpression="SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields))),
                 ExpressionAttributeNames=names,
-                ExpressionAttributeValues=_to_ddb(values),
+                ExpressionAttributeValues=to_ddb(values),
             )
 
     def put_context_cost(self, run_id: str, stage_id: str, cost_usd: float) -> None:
@@ -355,7 +355,7 @@ class RunStore:
             Key={"pk": f"ctx#{run_id}"},
             UpdateExpression="SET #c.#s = :v",
             ExpressionAttributeNames={"#c": "costs", "#s": stage_id},
-            ExpressionAttributeValues=_to_ddb({":v": cost_usd}),
+            ExpressionAttributeValues=to_ddb({":v": cost_usd}),
         )
 
     def get_context(self, run_id: str) -> RunContext | None:
@@ -378,7 +378,7 @@ class RunStore:
             "created_at": clock.now_iso(),
         }
         try:
-            self.table.put_item(Item=_to_ddb(item), ConditionExpression="attribute_not_exists(pk)")
+            self.table.put_item(Item=to_ddb(item), ConditionExpression="attribute_not_exists(pk)")
         except ClientError as exc:
             if not _condition_failed(exc):
                 raise
@@ -393,7 +393,7 @@ class RunStore:
             Key={"pk": f"folder#{folder_digest}"},
             UpdateExpression="SET #k = :kind, run_id = :run, manifest = :loc, updated_at = :now",
             ExpressionAttributeNames={"#k": "kind"},
-            ExpressionAttributeValues=_to_ddb(
+            ExpressionAttributeValues=to_ddb(
                 {":kind": "folder", ":run": run_id, ":loc": location, ":now": clock.now_iso()}
             ),
             ReturnValues="UPDATED_OLD",

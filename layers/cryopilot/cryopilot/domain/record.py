@@ -4,7 +4,8 @@ Step Functions is the source of truth for *what happens*; the record says what h
 current step, cluster, stage times, job ids, decisions, resolution, cost, error) for the mails, the
 report, the janitor and the operator's CLI. These models are its schema: every field a step writes
 is declared here, so a reader sees the whole record in one place. ``adapters.runs.RunStore`` reads
-and writes them; nothing else touches the table's items.
+and writes them (``adapters.campaigns`` a campaign's own item, ``campaign#<name>``, through the
+store's table and encoding); nothing else touches the table's items.
 
 Three items make a run, so that a stage poll reads a few hundred bytes rather than the whole record:
 
