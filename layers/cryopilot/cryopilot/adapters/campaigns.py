@@ -13,7 +13,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from cryopilot.adapters.runs import RunStore, to_ddb, decode
+from cryopilot.adapters.runs import RunStore, decode, to_ddb
 from cryopilot.core import clock
 from cryopilot.core.errors import CampaignReferenceError
 from cryopilot.domain.campaign import (
