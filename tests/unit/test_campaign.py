@@ -171,6 +171,26 @@ def test_the_first_run_is_promoted_once_and_a_retry_copies_again(aws: tuple[RunS
     assert campaigns.reference_of(store, "RBD").run_id == "RBD-1"  # type: ignore[union-attr]
 
 
+def test_a_run_worse_than_the_reference_its_manifest_named_never_becomes_the_campaigns(
+    aws: tuple[RunStore, Any],
+) -> None:
+    """The first run of a campaign given a reference by its manifest (``reference: <run id>`` or a
+    map solved elsewhere) whose map did worse than it is not the campaign's reference: nothing is
+    claimed, nothing copied, and the next run that succeeds without a problem becomes it."""
+    store, s3 = aws
+    worse = judge_repeat(7.5, 1000, REF, RepeatThresholds())
+    assert worse.problems
+    run = {**_finished("RBD-1", s3), "repeat_verdict": worse.model_dump(mode="json")}
+    assert campaigns.promote(store, s3, "results", run) is None
+    assert campaigns.reference_of(store, "RBD") is None
+    assert _kept(s3) == set()
+    # a run compared with its reference and found no worse is promoted as any other
+    fine = judge_repeat(2.9, 390_000, REF, RepeatThresholds())
+    run = {**_finished("RBD-2", s3), "repeat_verdict": fine.model_dump(mode="json")}
+    assert campaigns.promote(store, s3, "results", run) is not None
+    assert campaigns.reference_of(store, "RBD").run_id == "RBD-2"  # type: ignore[union-attr]
+
+
 def _header(nx: int, ny: int, nz: int, order: str = "<", stamp: bytes = b"\x44\x44\x00\x00") -> bytes:
     header = bytearray(1024)
     struct.pack_into(f"{order}3i", header, 0, nx, ny, nz)

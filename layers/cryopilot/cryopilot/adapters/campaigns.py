@@ -110,10 +110,13 @@ def runs_of(store: RunStore, campaign: str) -> list[RunRecord]:
 def promote(store: RunStore, s3: Any, bucket: str, run: dict[str, Any]) -> ReferenceSource | None:
     """Make a run that succeeded its campaign's reference when the campaign has none: claim it on
     the campaign's item, then copy its map, mask and class averages to the campaign's folder.
-    None when it has no campaign, the campaign has another run's reference, or its export holds
-    no map."""
+    None when it has no campaign, the campaign has another run's reference, its export holds no
+    map, or it did worse than a reference it was given (its repeat verdict names a problem: a
+    reference named by its manifest, for a campaign that has none yet)."""
     campaign = run.get("campaign")
     if not campaign:
+        return None
+    if (run.get("repeat_verdict") or {}).get("problems"):
         return None
     existing = reference_of(store, campaign)
     if existing is not None and existing.run_id != run.get("run_id"):

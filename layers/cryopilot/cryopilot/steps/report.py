@@ -137,15 +137,15 @@ def repeat_verdict(run: RunRecord) -> dict[str, Any] | None:
     return verdict.model_dump(mode="json")
 
 
-def _campaign(run_id: str, name: str, *, succeeded: bool, promote: bool) -> None:
-    """The campaign's side of a run's report: a run that succeeded (and, ``promote``, did not do
-    worse than a reference it was given) becomes the campaign's reference when it has none (its
-    files copied to the campaign's folder), and the campaign's page is written again with every
-    run."""
+def _campaign(run_id: str, name: str, *, succeeded: bool) -> None:
+    """The campaign's side of a run's report: a run that succeeded becomes the campaign's reference
+    when it has none and it did not do worse than a reference it was given
+    (:func:`~cryopilot.adapters.campaigns.promote` decides; its files copied to the campaign's
+    folder), and the campaign's page is written again with every run."""
     store = runs.store()
     bucket = get_settings().results_bucket
     s3 = aws.client("s3")
-    if promote:
+    if succeeded:
         item = store.get_run_item(run_id) or {}
         promoted = campaigns.promote(store, s3, bucket, {**item, "status": "SUCCEEDED"})
         if promoted is not None:
@@ -231,8 +231,6 @@ def write(run_id: str) -> ReportStep:
         fields["repeat_verdict"] = verdict
     store.update_run(run_id, **fields)
     if run.campaign:
-        # a run that did worse than the reference it was given never becomes its campaign's
-        trusted = succeeded and not (verdict or {}).get("problems")
-        _campaign(run_id, run.campaign, succeeded=succeeded, promote=trusted)
+        _campaign(run_id, run.campaign, succeeded=succeeded)
     logger.info("report written", extra={"uri": step.html_uri, "cost_usd": step.cost_usd})
     return step
