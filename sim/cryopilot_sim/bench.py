@@ -17,11 +17,12 @@ timestamps, the nodes' bill, the execution history, the Lambda invocation counts
 
 Layouts: ``whitepaper`` is a manifest with ``pipeline: {layout: whitepaper}`` (every GPU stage on
 gpu8, one node held for the run); ``cryopilot`` is the preset's placement; ``repeat`` is a repeat
-structure of the dataset (``pipeline: {preset: repeat}``, cryopilot's placement) from a campaign
-reference, for the movie datasets (CGRP, GLP-1R). The reference is the one a full run of the same
-manifest would leave (:func:`bench_reference`: its map, mask and selected class averages on FSx, at
-the box and pixel size that run used); Validate is handed it as the plan's ``reference``, since
-the bench runs one dataset, not a campaign. The repeat stages' times are Table 1's for the stages
+structure of the dataset (``pipeline: {preset: repeat}``, cryopilot's placement) for the movie
+datasets (CGRP, GLP-1R): the second run of a campaign (:func:`campaign_of`) whose first run is the
+profile's full run on cryopilot's layout, on the same local stack (:func:`run_rows`). That run
+becomes the campaign's reference when its report is written, as any first run of a campaign does,
+and Validate takes the reference from the campaign for the repeat run, as in production. The
+repeat stages' times are Table 1's for the stages
 kept (``profiles.yaml``, the repeat notes): every figure of a repeat row is, again, read back from
 the simulated run.
 """
@@ -66,7 +67,16 @@ MAX_REPEAT_TIME_RATIO = 0.45
 MAX_REPEAT_COST_RATIO = 0.20
 
 
-def _manifest(profile: str, layout: str) -> tuple[str, str, dict[str, bytes]]:
+#: The campaign of a profile's repeat row: its full run (cryopilot's layout) is the first run, the
+#: repeat row the second (the next compound).
+def campaign_of(profile: str) -> str:
+    return f"{profile.upper()}-BENCH"
+
+
+def _manifest(profile: str, layout: str, *, campaign: bool = False) -> tuple[str, str, dict[str, bytes]]:
+    """(folder, manifest, files) of the row. ``campaign``: the full run made the first run of the
+    profile's campaign (:func:`campaign_of`). The repeat row is always the campaign's second: another
+    dataset folder, the next compound."""
     from cryopilot_sim.demo import sample_dataset
 
     folder, text, files = sample_dataset(profile)
@@ -79,40 +89,13 @@ def _manifest(profile: str, layout: str) -> tuple[str, str, dict[str, bytes]]:
         pipeline["preset"] = "repeat"
         pipeline["layout"] = "cryopilot"
         pipeline.pop("overrides", None)
+        folder = f"{folder}-REPEAT"
+        doc.update(dataset=folder, campaign=campaign_of(profile), compound=f"{profile.upper()}-CP-0002")
     else:
         pipeline["layout"] = layout
+        if campaign:
+            doc.update(campaign=campaign_of(profile), compound=f"{profile.upper()}-CP-0001")
     return folder, yaml.safe_dump(doc, sort_keys=False), files
-
-
-def bench_reference(profile: str) -> Any:
-    """The campaign reference of a repeat row: what a full run of the profile's sample manifest
-    leaves (:class:`~cryopilot.domain.reference.ReferenceInputs`): its files under
-    ``/fsx/reference/<profile>/``, the manifest's pixel size and the box the full run extracted at."""
-    from cryopilot.domain.manifest import manifest_from_dict
-    from cryopilot.domain.presets import assumed_reference
-
-    _, text, _ = _manifest(profile, "cryopilot")
-    manifest = manifest_from_dict(yaml.safe_load(text))
-    reference = assumed_reference(manifest, f"/fsx/reference/{profile}")
-    return reference.model_copy(update={"run_id": f"{profile}-reference"})
-
-
-@contextlib.contextmanager
-def _reference_for_validate(reference: Any) -> Iterator[None]:
-    """Validate plans the run with ``reference`` when it is given none (see the module docstring)."""
-    from unittest import mock
-
-    from cryopilot.domain import placement
-
-    real = placement.plan
-
-    def plan(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("reference") is None:
-            kwargs["reference"] = reference
-        return real(*args, **kwargs)
-
-    with mock.patch.object(placement, "plan", plan):
-        yield
 
 
 def _when(value: Any) -> float | None:
@@ -123,7 +106,30 @@ def _when(value: Any) -> float | None:
 
 
 def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, Any]:
-    """One run; its figures (see the module docstring)."""
+    """One row (the repeat row: the second run of its campaign, see :func:`run_rows`)."""
+    return run_rows(profile, [layout], timeout=timeout)[layout]
+
+
+def run_rows(profile: str, layouts: list[str], *, timeout: float = 900.0) -> dict[str, dict[str, Any]]:
+    """The rows of ``profile`` for ``layouts`` (see the module docstring), each run on a local stack
+    of its own, but for ``repeat``: it is the second run of a campaign on the stack of that
+    campaign's first run, the profile's full run on cryopilot's layout (the ``cryopilot`` row when
+    it is asked for, else run for the reference only), and Validate takes the reference from the
+    campaign as it does for any run."""
+    rows: dict[str, dict[str, Any]] = {}
+    for layout in layouts:
+        if layout == "repeat":
+            pair = _runs(profile, ["cryopilot", "repeat"], campaign=True, timeout=timeout)
+            rows["repeat"] = pair["repeat"]
+            if "cryopilot" in layouts:
+                rows["cryopilot"] = pair["cryopilot"]
+        elif not (layout == "cryopilot" and "repeat" in layouts):
+            rows.update(_runs(profile, [layout], campaign=False, timeout=timeout))
+    return {layout: rows[layout] for layout in layouts}
+
+
+def _runs(profile: str, layouts: list[str], *, campaign: bool, timeout: float) -> dict[str, dict[str, Any]]:
+    """``layouts`` run one after the other on one local stack, each row its own run's figures."""
     from cryopilot.domain.catalogue import PRICE_OVERRIDES_ENV, Catalogue
 
     from cryopilot_sim.harness import LocalCloud
@@ -138,41 +144,53 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
         pcluster_options={"create_seconds": create, "delete_seconds": delete},
         model_bytes=True,
     )
-    wall0 = time.monotonic()
     from cryopilot.adapters.observability import logger as lambda_logger  # sets the Lambdas' level first
 
     quiet = logging.getLogger(lambda_logger.name)
     level = quiet.level
+    rows = {}
     with cloud, contextlib.ExitStack() as restore:
         restore.callback(quiet.setLevel, level)  # the process goes on logging as before
-        if layout == "repeat":
-            restore.enter_context(_reference_for_validate(bench_reference(profile)))
         quiet.setLevel(logging.WARNING)  # the Lambdas' INFO lines
-        folder, text, files = _manifest(profile, layout)
-        glob = yaml.safe_load(text)["input"]["glob"]
-        stage_profile_data(cloud.input_bucket, f"datasets/{folder}/", profile, glob)
-        cloud.drop_dataset(folder, text, files)
-        deadline = time.monotonic() + 30
-        while not cloud.executions():
-            if time.monotonic() > deadline:
-                raise RuntimeError("the upload started no execution")
-            time.sleep(0.05)
-        arn = cloud.executions()[0]["executionArn"]
-        desc = cloud.wait_for_execution(arn, timeout=timeout)
-        cloud.drain_events()
-        run_id = arn.rsplit(":", 1)[1]
-        record = cloud.run_record(run_id) or {}
-        history = cloud.history(arn)
-        invocations = sum(fn.invocations for fn in cloud.functions.values())
-        cluster = str(record.get("cluster_name") or "")
-        cs = cloud.cryosparc_by_cluster.get(cluster)
-        nodes = cloud.compute_nodes.get(cluster)
-        volumes = cloud.volumes_by_cluster.get(cluster)
-        created = cloud.pcluster.history.get(cluster, {})
-        delete_requests = cloud.pcluster.delete_requests.get(cluster, [])
+        for layout in layouts:
+            rows[layout] = _run_on(cloud, clock, cat, profile, layout, campaign=campaign, timeout=timeout)
+    return rows
+
+
+def _run_on(
+    cloud: Any, clock: VirtualClock, cat: Any, profile: str, layout: str, *, campaign: bool, timeout: float
+) -> dict[str, Any]:
+    """One run on ``cloud``: the dataset dropped, the execution it starts waited for; its figures."""
+    wall0 = time.monotonic()
+    invocations0 = sum(fn.invocations for fn in cloud.functions.values())
+    before = {e["executionArn"] for e in cloud.executions()}
+    folder, text, files = _manifest(profile, layout, campaign=campaign)
+    glob = yaml.safe_load(text)["input"]["glob"]
+    stage_profile_data(cloud.input_bucket, f"datasets/{folder}/", profile, glob)
+    cloud.drop_dataset(folder, text, files)
+    deadline = time.monotonic() + 30
+    while not (started := [e for e in cloud.executions() if e["executionArn"] not in before]):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the upload started no execution")
+        time.sleep(0.05)
+    arn = started[0]["executionArn"]
+    desc = cloud.wait_for_execution(arn, timeout=timeout)
+    cloud.drain_events()
+    run_id = arn.rsplit(":", 1)[1]
+    record = cloud.run_record(run_id) or {}
+    history = cloud.history(arn)
+    invocations = sum(fn.invocations for fn in cloud.functions.values()) - invocations0
+    cluster = str(record.get("cluster_name") or "")
+    cs = cloud.cryosparc_by_cluster.get(cluster)
+    nodes = cloud.compute_nodes.get(cluster)
+    volumes = cloud.volumes_by_cluster.get(cluster)
+    created = cloud.pcluster.history.get(cluster, {})
+    delete_requests = cloud.pcluster.delete_requests.get(cluster, [])
     wall = time.monotonic() - wall0
     if desc["status"] != "SUCCEEDED" or cs is None or nodes is None:
         raise RuntimeError(f"{profile}/{layout}: run ended {desc['status']}: {record.get('error')}")
+    if layout == "repeat" and not (record.get("reference") or {}).get("source"):
+        raise RuntimeError(f"{profile}/repeat: Validate took no reference from the campaign")
 
     jobs = [j for p in cs.projects.values() for j in p.jobs.values() if j.completed_at is not None]
     by_uid = {j.uid: j for j in jobs}
@@ -280,6 +298,8 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
         "queues": sorted({j.lane for j in gpu_jobs if j.lane}),
         "jobs": timeline,
         "wall_seconds": wall,
+        # the repeat row's reference, as Validate took it from the campaign (the run record's)
+        "reference": ((record.get("reference") or {}).get("source") or None),
     }
 
 
@@ -405,9 +425,10 @@ def _repeat_targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, bool,
     return checks
 
 
-def repeat_assumptions(profiles: list[str]) -> list[str]:
-    """What the repeat rows assume, one line each: the reference, each stage's time and where it
-    comes from (``profiles.yaml``), and the costs' inputs."""
+def repeat_assumptions(profiles: list[str], references: dict[str, Any] | None = None) -> list[str]:
+    """What the repeat rows assume, one line each: the reference (``references``: the one each
+    profile's repeat run took from its campaign, as its run record has it), each stage's time and
+    where it comes from (``profiles.yaml``), and the costs' inputs."""
     from cryopilot.domain.catalogue import PRICE_OVERRIDES_ENV, Catalogue, get_profile
     from cryopilot.domain.estimate import plan_for_profile
     from cryopilot.domain.presets import REPEATED_STAGE, load_preset
@@ -427,12 +448,14 @@ def repeat_assumptions(profiles: list[str]) -> list[str]:
         " min (catalogue timings); prices and GPU speeds: the catalogue's, as for the other rows",
     ]
     for profile in profiles:
-        ref = bench_reference(profile)
+        ref = (references or {}).get(profile) or {}
         prof = get_profile(profile)
         lines.append(
-            f"  {profile}: reference {ref.run_id} ({ref.map_path}, its mask and class averages), pixel"
-            f" size {ref.pixel_size_A} A, box {ref.box_pix} px (the full run's); the same dataset"
-            f" ({prof.movies} movies, {prof.size_tb} TB) and FSx file system as the full run"
+            f"  {profile}: reference: campaign {campaign_of(profile)}'s first run, the full run on"
+            f" cryopilot's layout ({ref.get('run_id', 'its run')}: {ref.get('map', 'its map')}, mask and"
+            f" class averages, pixel size {ref.get('pixel_size_A', '-')} A, box {ref.get('box_pix', '-')}"
+            f" px, {ref.get('resolution_A', '-')} A), taken by Validate from the campaign; the same"
+            f" dataset ({prof.movies} movies, {prof.size_tb} TB) and FSx file system as the full run"
         )
         stages = []
         for st in plan_for_profile(profile, "repeat").stages:
@@ -524,13 +547,15 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     with _stdout_to(args.log):
         for profile in profiles:
-            for layout in layouts:
-                if layout == "repeat" and profile not in REPEAT_PROFILES:
-                    continue  # the repeat preset starts from movies: no repeat row for micrographs
-                print(f"==> {profile}/{layout} ...", file=sys.stderr, flush=True)
-                r = run_one(profile, layout)
+            # the repeat preset starts from movies: no repeat row for micrographs
+            rows = [x for x in layouts if x != "repeat" or profile in REPEAT_PROFILES]
+            print(f"==> {profile}: {', '.join(rows)} ...", file=sys.stderr, flush=True)
+            if "repeat" in rows and "cryopilot" not in rows:
+                print("    (and the full run the repeat row's campaign starts with)", file=sys.stderr)
+            for layout, r in run_rows(profile, rows).items():
                 results[f"{profile}/{layout}"] = r
-                print(f"    done in {r['wall_seconds']:.1f} s of wall time", file=sys.stderr, flush=True)
+                wall = r["wall_seconds"]
+                print(f"    {layout} done in {wall:.1f} s of wall time", file=sys.stderr, flush=True)
     checks = _targets(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
@@ -544,10 +569,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(_table(results))
     print()
-    repeated = [r["profile"] for r in results.values() if r["layout"] == "repeat"]
+    repeated = {r["profile"]: r.get("reference") for r in results.values() if r["layout"] == "repeat"}
     if repeated:
         print("Assumptions of the repeat rows:")
-        for line in repeat_assumptions(repeated):
+        for line in repeat_assumptions(list(repeated), repeated):
             print(f"  {line}")
         print()
     for check, ok, figure in checks:

@@ -112,26 +112,57 @@ def test_the_fsx_file_system_is_sized_used_and_paid_for(results: dict) -> None:
 # --- the repeat rows (issue 17): their reference, assumptions and targets, without a run -----------
 
 
-def test_repeat_rows_run_for_the_movie_datasets_with_the_full_runs_reference() -> None:
+def test_repeat_rows_are_the_second_run_of_a_campaign_whose_first_is_the_full_run() -> None:
     assert bench.REPEAT_PROFILES == ("cgrp", "glp1r")
-    ref = bench.bench_reference("cgrp")
-    # the box and pixel size a full run of the same manifest extracts at
-    from cryopilot.domain.manifest import manifest_from_dict
-    from cryopilot.domain.presets import expand
-
-    _, text, _ = bench._manifest("cgrp", "whitepaper")
-    full = {s.id: s for s in expand(manifest_from_dict(yaml.safe_load(text)), data_dir="/fsx/data/")}
-    assert ref.box_pix == full["extract"].params["box_size_pix"]
-    assert ref.pixel_size_A == full["import"].params["psize_A"]
+    full_folder, text, _ = bench._manifest("cgrp", "cryopilot", campaign=True)
+    full = yaml.safe_load(text)
+    rep_folder, text, _ = bench._manifest("cgrp", "repeat")
+    rep = yaml.safe_load(text)
+    # one campaign, two compounds, two dataset folders: Validate takes the repeat run's reference
+    # from the campaign (no reference named in the manifest)
+    assert full["campaign"] == rep["campaign"] == bench.campaign_of("cgrp")
+    assert full["compound"] != rep["compound"]
+    assert full_folder != rep_folder == rep["dataset"]
+    assert "reference" not in rep
+    assert full["pipeline"]["layout"] == "cryopilot"
     # the repeat row's manifest: the repeat preset on cryopilot's layout, without the full run's overrides
     _, text, _ = bench._manifest("glp1r", "repeat")
     assert yaml.safe_load(text)["pipeline"] == {"preset": "repeat", "layout": "cryopilot"}
+    # the other rows are no campaign's
+    assert "campaign" not in yaml.safe_load(bench._manifest("cgrp", "whitepaper")[1])
+
+
+def test_the_repeat_row_runs_after_its_campaigns_full_run_on_one_stack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stacks: list[tuple[list[str], bool]] = []
+
+    def runs(profile: str, layouts: list[str], *, campaign: bool, timeout: float) -> dict:
+        stacks.append((layouts, campaign))
+        return {x: {"layout": x, "stack": len(stacks)} for x in layouts}
+
+    monkeypatch.setattr(bench, "_runs", runs)
+    rows = bench.run_rows("cgrp", ["whitepaper", "cryopilot", "repeat"])
+    # the cryopilot row is the campaign's first run: not run twice
+    assert stacks == [(["whitepaper"], False), (["cryopilot", "repeat"], True)]
+    assert list(rows) == ["whitepaper", "cryopilot", "repeat"]
+    assert rows["cryopilot"]["stack"] == rows["repeat"]["stack"] == 2
+    # the repeat row alone still runs the full run first, for its reference, and shows no row of it
+    stacks.clear()
+    assert list(bench.run_rows("glp1r", ["repeat"])) == ["repeat"]
+    assert stacks == [(["cryopilot", "repeat"], True)]
 
 
 def test_repeat_assumptions_print_each_stages_figure_from_profiles() -> None:
     from cryopilot.domain.catalogue import load_profiles
 
-    lines = bench.repeat_assumptions(["cgrp", "glp1r"])
+    ref = {"run_id": "CGRP-1", "map": "J9_map.mrc", "pixel_size_A": 0.83, "box_pix": 384, "resolution_A": 2.9}
+    lines = bench.repeat_assumptions(["cgrp", "glp1r"], {"cgrp": ref})
+    # the reference printed is the one the repeat run took from its campaign
+    (line,) = [x for x in lines if x.strip().startswith("cgrp: reference")]
+    assert "campaign CGRP-BENCH's first run" in line
+    assert "CGRP-1: J9_map.mrc" in line
+    assert "pixel size 0.83 A, box 384 px, 2.9 A" in line
     for name in ("cgrp", "glp1r"):
         prof = load_profiles()[name]
         stages = next(line for line in lines if line.strip().startswith(f"{name} stages:"))
