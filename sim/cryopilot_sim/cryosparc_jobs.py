@@ -27,6 +27,7 @@ STAGE_OF_TYPE = {
     "import_micrographs": "import",
     "import_volumes": "import",  # the reference's files: minutes, like the data's import
     "import_templates": "import",
+    "create_templates": "import",  # projections of the imported reference map: minutes, as its import
     "patch_motion_correction_multi": "motion",
     "patch_ctf_estimation_multi": "ctf",
     "blob_picker_gpu": "pick",

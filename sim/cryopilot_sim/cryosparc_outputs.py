@@ -58,6 +58,9 @@ TEMPLATE_PICKS_PER_PARTICLE = 1.25
 #: Images the stand-in reports for an imported template stack (it does not read the file on FSx;
 #: no decision reads the number).
 IMPORTED_TEMPLATES = 12
+#: Projections Create Templates makes of its volume in the stand-in (the job's own default count is
+#: not in a public source; no decision reads the number).
+PROJECTED_TEMPLATES = 20
 
 
 class JobOutputs:
@@ -183,6 +186,17 @@ class JobOutputs:
             dataset = {"blob/path": path, "blob/idx": 0, "blob/shape": [16, 16]}
             self._put_output(job, "imported_templates", IMPORTED_TEMPLATES, dataset=dataset)
 
+    def _complete_projections(self, job: SimJob, p: SimProject) -> None:
+        """Create Templates: projections of its input volume (output ``templates``, template type,
+        as CryoWizard reads it), at the volume's pixel size; what the volume was (another protein)
+        carries over, as for any job (``_lineage``)."""
+        volume = next((p.jobs.get(c.job_uid) for c in job.connections if c.input == "volume"), None)
+        psize = float(volume.params.get("volume_psize", 1.0)) if volume is not None else 1.0
+        path = f"{job.uid}/templates.mrcs"
+        p.files[path] = _stack_bytes(16, PROJECTED_TEMPLATES, psize, seed=job.num)
+        dataset = {"blob/path": path, "blob/idx": 0, "blob/shape": [16, 16]}
+        self._put_output(job, "templates", PROJECTED_TEMPLATES, dataset=dataset)
+
     def _complete(self, job: SimJob, at: float) -> None:
         self._release_node(job, at)
         p = self._project(job.project_uid)
@@ -193,6 +207,8 @@ class JobOutputs:
         t = job.type
         if t in ("import_volumes", "import_templates"):
             self._complete_import(job, p)
+        elif t == "create_templates":
+            self._complete_projections(job, p)
         elif t == "template_picker_gpu":
             self._put_output(job, "micrographs", self._input_count(job, "micrographs", p))
             self._put_output(job, "particles", int(prof["particles"] * TEMPLATE_PICKS_PER_PARTICLE))

@@ -277,8 +277,11 @@ REFERENCE = ReferenceInputs(
 )
 
 
-def run_repeat(clock: VirtualClock, *, wrong_reference: bool) -> tuple[dict[str, StatusResult], Any]:
-    stages = plan(movies_manifest(preset="repeat"), data_dir="/fsx/data/", reference=REFERENCE)
+def run_repeat(
+    clock: VirtualClock, *, wrong_reference: bool, options: dict[str, str] | None = None
+) -> tuple[dict[str, StatusResult], Any]:
+    pipeline: dict[str, Any] = {"preset": "repeat", **({"options": options} if options else {})}
+    stages = plan(movies_manifest(**pipeline), data_dir="/fsx/data/", reference=REFERENCE)
     with CryoSparcStandIn(clock, "cgrp", email=EMAIL, password=PASSWORD) as cs:
         if wrong_reference:
             cs.wrong_reference("/fsx/reference/cgrp-first/*")
@@ -348,6 +351,35 @@ def test_a_wrong_reference_keeps_few_particles_and_ends_in_a_much_worse_map(cloc
     assert final > 2 * 2.8
 
 
+@pytest.mark.slow
+def test_repeat_preset_with_templates_projected_from_the_reference_map(clock: VirtualClock) -> None:
+    """``pipeline.options.templates: projections``: Create Templates projects the imported
+    reference map and feeds the Template Picker; no Import Templates; the run ends as the default
+    route's. A wrong reference's map carries over to the projections and the picks made with them."""
+    results, jobs = run_repeat(clock, wrong_reference=False, options={"templates": "projections"})
+    assert "import_templates" not in jobs
+    create, ref = jobs["create_templates"], jobs["import_reference"]
+    assert (create.type, create.lane) == ("create_templates", "gpu8")
+    assert [(c.input, c.job_uid, c.output) for c in create.connections] == [
+        ("volume", ref.uid, "imported_volume_1")
+    ]
+    assert create.outputs["templates"]["type"] == "template"
+    assert [(c.input, c.job_uid, c.output) for c in jobs["pick"].connections][-1] == (
+        "templates",
+        create.uid,
+        "templates",
+    )
+    final = results["nurefine"].stages[0].resolution_A
+    assert final is not None
+    assert abs(final - 2.8) < 0.1
+    clock2 = VirtualClock()
+    results, jobs = run_repeat(clock2, wrong_reference=True, options={"templates": "projections"})
+    assert jobs["create_templates"].other_protein
+    wrong = results["nurefine"].stages[0].resolution_A
+    assert wrong is not None
+    assert wrong > 2 * 2.8
+
+
 def test_the_repeat_jobs_are_held_to_the_register(agent: Agent) -> None:
     """Import 3D Volumes, Import Templates and the Template Picker are refused a parameter or a
     connection they do not have, as the other job types are."""
@@ -373,6 +405,21 @@ def test_the_repeat_jobs_are_held_to_the_register(agent: Agent) -> None:
         in f.message
     )
     assert agent.run_stage("run-repeat-bad", pick).stages[0].state == "completed"
+
+
+def test_create_templates_is_held_to_the_register(agent: Agent) -> None:
+    """Create Templates (the projections route) is refused a parameter or a connection it does
+    not have, as the other job types are; with the register's names it runs."""
+    manifest = movies_manifest(preset="repeat", options={"templates": "projections"})
+    stages = {s.id: s for s in plan(manifest, data_dir="/fsx/d/", reference=REFERENCE)}
+    agent.run_stage("run-create-bad", stages["import_reference"])
+    create = stages["create_templates"]
+    f = _failure(agent, "run-create-bad", create.model_copy(update={"params": {"templates_psize": 1.0}}))
+    assert (f.error_type, "templates_psize" in f.message) == ("APIError", True)
+    wrong = [c.model_copy(update={"input": "volumes"}) for c in create.inputs]
+    f = _failure(agent, "run-create-bad", create.model_copy(update={"inputs": wrong}))
+    assert (f.error_type, "volumes" in f.message) == ("APIError", True)
+    assert agent.run_stage("run-create-bad", create).stages[0].state == "completed"
 
 
 def test_submit_is_idempotent(agent: Agent) -> None:

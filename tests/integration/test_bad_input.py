@@ -169,6 +169,11 @@ UPLOADS = [
         ("pipeline.overrides.refine3d: no stage 'refine3d' in preset micrographs",),
     ),
     Upload(
+        "unknown-option",
+        _yaml(_manifest(pipeline={"options": {"templates": "projections"}})),
+        ("pipeline.options.templates: preset micrographs has no option 'templates' (options: none)",),
+    ),
+    Upload(
         "unknown-parameter",
         _yaml(_manifest(pipeline={"overrides": {"extract": {"box_size": 256}}})),
         ("pipeline.overrides.extract.box_size:", "has no parameter 'box_size'"),

@@ -89,6 +89,12 @@ SPECIAL: dict[str, st.SearchStrategy[Any]] = {
     "acquisition.gain_reference": st.none() | paths,
     "notify": st.lists(emails, max_size=3),
     "pipeline.overrides": overrides,
+    # a preset's options: the repeat preset's, or names and choices no preset has
+    "pipeline.options": st.dictionaries(
+        st.sampled_from(["templates"]) | st.from_regex(r"[a-z][a-z0-9_]{0,15}", fullmatch=True),
+        st.sampled_from(["class_averages", "projections"]) | st.text(max_size=20),
+        max_size=2,
+    ),
     "pipeline.preset": st.none() | st.text(max_size=20),
     "symmetry": symmetries,
     "compound": st.none() | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9 ._#()-]{0,40}[A-Za-z0-9]", fullmatch=True),

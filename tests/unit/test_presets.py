@@ -516,3 +516,57 @@ def test_which_presets_need_a_reference_and_the_one_a_full_run_would_leave() -> 
     }
     assert repeat["extract"].params["box_size_pix"] == full["extract"].params["box_size_pix"]
     assert repeat["extract"].params["bin_size_pix"] == full["extract"].params["bin_size_pix"]
+
+
+def test_repeat_templates_default_to_the_references_class_averages() -> None:
+    """The issue asks for the reference's selected 2D class averages: the default route, by
+    Import Templates (whose parameter and output names are unverified: see job_types.yaml)."""
+    stages = repeat_plan()
+    assert "create_templates" not in stages
+    assert stages["import_templates"].job_type == "import_templates"
+    assert [(i.stage, i.output) for i in stages["pick"].inputs if i.input == "templates"] == [
+        ("import_templates", "imported_templates")
+    ]
+    assert repeat_plan(options={"templates": "class_averages"}).keys() == stages.keys()
+
+
+def test_repeat_templates_from_projections_of_the_reference_map() -> None:
+    """``pipeline.options.templates: projections``: Create Templates projects the imported
+    reference map (input volume, output templates, as CryoWizard drives it); no Import Templates."""
+    stages = repeat_plan(options={"templates": "projections"})
+    assert list(stages)[:4] == ["import_reference", "import_decoy", "create_templates", "import"]
+    assert "import_templates" not in stages
+    create = stages["create_templates"]
+    assert (create.job_type, create.lane, create.gpus, create.params) == ("create_templates", "gpu8", 0, {})
+    assert [(i.input, i.stage, i.output) for i in create.inputs] == [
+        ("volume", "import_reference", "imported_volume_1")
+    ]
+    assert [(i.input, i.stage, i.output) for i in stages["pick"].inputs] == [
+        ("micrographs", "ctf", "exposures"),
+        ("templates", "create_templates", "templates"),
+    ]
+    spec = job_types()["create_templates"]
+    assert "custom-workflow" in spec.source or "tools-workflow" in spec.source
+    assert "cryowizard" in spec.source
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"templates": "blobs"},
+            "pipeline.options.templates: must be one of class_averages, projections (got 'blobs')",
+        ),
+        (
+            {"picker": "topaz"},
+            "pipeline.options.picker: preset repeat has no option 'picker' (options: templates)",
+        ),
+    ],
+)
+def test_a_preset_option_it_does_not_have_is_refused_in_one_line(options: dict, message: str) -> None:
+    with pytest.raises(ManifestError) as info:
+        repeat_plan(options=options)
+    assert str(info.value) == message
+    # the full pipeline has no options at all
+    with pytest.raises(ManifestError, match=r"preset movies has no option 'templates' \(options: none\)"):
+        plan(manifest(pipeline={"options": {"templates": "projections"}}), data_dir=DATA_DIR)

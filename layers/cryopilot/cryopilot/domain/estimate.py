@@ -149,7 +149,8 @@ def _plan_for_other_preset(name: str, preset: str) -> Plan:
     """Profile ``name``'s dataset through ``preset`` (see :func:`plan_for_profile`)."""
     profile = get_profile(name)
     stages: list[PlanStage] = []
-    for stage in load_preset(preset).stages:
+    preset_def = load_preset(preset)
+    for stage in preset_def.stages_for(preset_def.chosen({})):  # the preset's default options
         rounds = (stage.rounds or 1) if stage.id == REPEATED_STAGE else 1
         ids = (
             [f"{REPEATED_STAGE}{k}" for k in range(1, rounds + 1)]

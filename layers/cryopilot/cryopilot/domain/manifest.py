@@ -46,6 +46,8 @@ MAX_TEXT_CHARS = 512
 MAX_NAME_CHARS = 64
 #: Most stages ``pipeline.overrides`` may name, and most parameters per stage.
 MAX_OVERRIDE_STAGES = 32
+#: A preset's options a manifest may choose (``pipeline.options``); a preset has a few at most.
+MAX_PIPELINE_OPTIONS = 8
 MAX_OVERRIDE_PARAMS = 16
 #: Most bytes ``pipeline.overrides`` may take as JSON (non-ASCII characters written \uXXXX).
 MAX_OVERRIDES_BYTES = 32 * 1024
@@ -207,6 +209,14 @@ class Pipeline(_Strict):
         default_factory=dict,
         max_length=MAX_OVERRIDE_STAGES,
         description="per-stage cryoSPARC parameters, {stage id: {parameter: value}}",
+    )
+    options: dict[
+        Annotated[str, Field(max_length=MAX_NAME_CHARS)],
+        Annotated[str, Field(max_length=MAX_NAME_CHARS)],
+    ] = Field(
+        default_factory=dict,
+        max_length=MAX_PIPELINE_OPTIONS,
+        description="the preset's options, {option: choice} (e.g. the repeat preset's templates)",
     )
     layout: Literal["cryopilot", "whitepaper"] = Field(
         default="cryopilot",

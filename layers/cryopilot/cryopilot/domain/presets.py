@@ -55,12 +55,16 @@ class OutputRef(_Model):
 
     stage: str
     output: str
+    #: the preset's options this connection is made for (all of them must hold); None: always
+    when: dict[str, str] | None = None
 
 
 class StageDef(_Model):
     id: str
     title: str
     job_type: str
+    #: the preset's options this stage runs for (all of them must hold); None: always
+    when: dict[str, str] | None = None
     lane: Lane | None = None
     gpus: int = Field(ge=0, le=8)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -80,11 +84,44 @@ class PlacementDef(_Model):
     tolerance_percent: float = Field(default=0.0, ge=0, le=100)
 
 
+class OptionDef(_Model):
+    """A choice a manifest may make (``pipeline.options``): ``choices``, and the one taken
+    without it."""
+
+    default: str
+    choices: list[str] = Field(min_length=2)
+
+
 class Preset(_Model):
     name: str
     description: str
     placement: PlacementDef | None = None
+    options: dict[str, OptionDef] = Field(default_factory=dict)
     stages: list[StageDef]
+
+    def chosen(self, asked: dict[str, str]) -> dict[str, str]:
+        """The preset's options with the manifest's choices (``pipeline.options``) applied; an
+        unknown option or choice is a one-line :class:`ManifestError`."""
+        for name, choice in asked.items():
+            if name not in self.options:
+                known = ", ".join(self.options) or "none"
+                raise ManifestError(
+                    f"pipeline.options.{name}: preset {self.name} has no option {name!r} (options: {known})"
+                )
+            if choice not in self.options[name].choices:
+                raise ManifestError(
+                    f"pipeline.options.{name}: must be one of {', '.join(self.options[name].choices)}"
+                    f" (got {excerpt(choice)})"
+                )
+        return {name: asked.get(name, opt.default) for name, opt in self.options.items()}
+
+    def stages_for(self, chosen: dict[str, str]) -> list["StageDef"]:
+        """The stages run with the options ``chosen`` (:meth:`chosen`)."""
+        return [s for s in self.stages if _applies(s.when, chosen)]
+
+
+def _applies(when: dict[str, str] | None, chosen: dict[str, str]) -> bool:
+    return when is None or all(chosen.get(k) == v for k, v in when.items())
 
 
 class JobTypeSpec(_Model):
@@ -318,11 +355,17 @@ def override_problem(pspec: dict[str, Any], value: Any, *, required: bool = Fals
 
 
 def _connections(
-    inputs: dict[str, list[OutputRef]], *, previous: str | None, last_round: str | None
+    inputs: dict[str, list[OutputRef]],
+    *,
+    previous: str | None,
+    last_round: str | None,
+    chosen: dict[str, str],
 ) -> list[InputConnection]:
     out: list[InputConnection] = []
     for input_name, refs in inputs.items():
         for ref in refs:
+            if not _applies(ref.when, chosen):
+                continue
             stage = ref.stage
             if stage == "previous":
                 if previous is None:
@@ -350,6 +393,7 @@ def expand(
     ``${reference.<field>}`` values; a preset naming one without it is a :class:`ManifestError`.
     """
     preset = load_preset(manifest.preset_name)
+    chosen = preset.chosen(manifest.pipeline.options)
     overrides = manifest.pipeline.overrides
     rounds_override = _check_overrides(preset, overrides)
     refs = _references(manifest, data_dir, reference)
@@ -359,7 +403,7 @@ def expand(
     last_round = f"{REPEATED_STAGE}{n_rounds}" if repeated is not None else None
 
     planned: list[PlannedStage] = []
-    for stage in preset.stages:
+    for stage in preset.stages_for(chosen):
         instances: list[tuple[str, str, dict[str, list[OutputRef]], str | None]] = []
         if stage.id == REPEATED_STAGE:
             for k in range(1, n_rounds + 1):
@@ -398,6 +442,7 @@ def expand(
                         inputs,
                         previous=previous,
                         last_round=None if stage.id == REPEATED_STAGE else last_round,
+                        chosen=chosen,
                     ),
                     decision=stage.decision,
                     time_limit_seconds=round(stage.time_limit_hours * 3600),
