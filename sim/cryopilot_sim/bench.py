@@ -169,11 +169,11 @@ def _run_on(
     stage_profile_data(cloud.input_bucket, f"datasets/{folder}/", profile, glob)
     cloud.drop_dataset(folder, text, files)
     deadline = time.monotonic() + 30
-    while not (started := [e for e in cloud.executions() if e["executionArn"] not in before]):
+    while not (new_runs := [e for e in cloud.executions() if e["executionArn"] not in before]):
         if time.monotonic() > deadline:
             raise RuntimeError("the upload started no execution")
         time.sleep(0.05)
-    arn = started[0]["executionArn"]
+    arn = new_runs[0]["executionArn"]
     desc = cloud.wait_for_execution(arn, timeout=timeout)
     cloud.drain_events()
     run_id = arn.rsplit(":", 1)[1]
