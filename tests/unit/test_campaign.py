@@ -22,8 +22,9 @@ from cryopilot.domain.campaign import (
     judge_repeat,
     mrc_box,
 )
-from cryopilot.domain.manifest import RepeatThresholds, manifest_from_dict
+from cryopilot.domain.manifest import manifest_from_dict
 from cryopilot.domain.record import RunRecord
+from cryopilot.domain.reference import RepeatThresholds
 from moto import mock_aws
 
 from tests.conftest import EVENTS

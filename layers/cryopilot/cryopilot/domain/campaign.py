@@ -16,17 +16,19 @@ the cluster: the FSx data repository association of the reference's folder,
 import statistics
 import struct
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from cryopilot.core.errors import CampaignReferenceError
 from cryopilot.core.validation import clip, printable
 from cryopilot.domain.clusterconfig.mounts import FSX_DATA_DIR, FSX_REFERENCE_DIR
-from cryopilot.domain.manifest import Manifest, RepeatThresholds
 from cryopilot.domain.record import RunRecord
-from cryopilot.domain.reference import ReferenceInputs
+from cryopilot.domain.reference import ReferenceInputs, RepeatThresholds
 from cryopilot.protocol.stage import PlannedStage
+
+if TYPE_CHECKING:  # only a type here: a mail that compares runs need not load the manifest (YAML)
+    from cryopilot.domain.manifest import Manifest
 
 #: The preset a campaign run with a reference takes when its manifest names none.
 REPEAT_PRESET = "repeat"
@@ -122,7 +124,7 @@ class ReferenceSource(BaseModel):
         return not self.folder_uri.startswith(data_uri)
 
 
-def map_geometry(manifest: Manifest, stages: Sequence[PlannedStage]) -> tuple[float, int | None]:
+def map_geometry(manifest: "Manifest", stages: Sequence[PlannedStage]) -> tuple[float, int | None]:
     """The final map's pixel size (Å) and box (pixels): the last extraction's box, Fourier-cropped
     to its ``bin_size_pix`` if it has one, at the data's pixel size; the data's pixel size when the
     plan extracts nothing."""
@@ -150,7 +152,7 @@ def check_pixel_size(reference: ReferenceSource, data_pixel_A: float, *, where: 
         )
 
 
-def choose_preset(manifest: Manifest, reference: ReferenceSource | None) -> tuple[str, str]:
+def choose_preset(manifest: "Manifest", reference: ReferenceSource | None) -> tuple[str, str]:
     """The preset a run takes and why (recorded on the run as ``preset_reason``)."""
     if manifest.pipeline.preset:
         why = "named by the manifest (pipeline.preset)"

@@ -32,6 +32,7 @@ from cryopilot.core.validation import (
     validation_message,
 )
 from cryopilot.domain.location import NAME_PATTERN, RUN_ID_PATTERN, S3_FOLDER_RE
+from cryopilot.domain.reference import RepeatThresholds
 
 #: Largest manifest accepted, in bytes.
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -322,18 +323,6 @@ class ReferenceSpec(_Strict):
                 if value is not None and value.rpartition("/")[0] != folder:
                     raise ValueError(f"{name} must be in the map's folder ({folder}/)")
         return self
-
-
-class RepeatThresholds(_Strict):
-    """``repeat:``: when a repeat run's mail says plainly that it did worse than its reference."""
-
-    max_resolution_loss_A: Annotated[float, Strict(), Field(ge=0, le=20)] = Field(
-        default=0.5, description="how much worse (Å) the final map may be than the reference's"
-    )
-    min_particle_yield: Annotated[float, Strict(), Field(ge=0, le=10)] = Field(
-        default=0.5,
-        description="the final map's particles, as a fraction of the reference's, below which it is flagged",
-    )
 
 
 class Manifest(_Strict):

@@ -8,7 +8,9 @@ the paths where the files appear on the cluster's FSx, and the plan
 A preset that names ``${reference.…}`` cannot be planned without one.
 """
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 #: Placeholder prefix a preset uses for the reference's values, e.g. ``${reference.map_path}``.
 REFERENCE_PREFIX = "reference."
@@ -36,3 +38,19 @@ class ReferenceInputs(BaseModel):
         return {
             REFERENCE_PREFIX + name: value for name, value in self.model_dump().items() if value is not None
         }
+
+
+class RepeatThresholds(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False, defer_build=True
+    )
+
+    """``repeat:``: when a repeat run's mail says plainly that it did worse than its reference."""
+
+    max_resolution_loss_A: Annotated[float, Strict(), Field(ge=0, le=20)] = Field(
+        default=0.5, description="how much worse (Å) the final map may be than the reference's"
+    )
+    min_particle_yield: Annotated[float, Strict(), Field(ge=0, le=10)] = Field(
+        default=0.5,
+        description="the final map's particles, as a fraction of the reference's, below which it is flagged",
+    )

@@ -25,8 +25,8 @@ from cryopilot.domain import billing
 from cryopilot.domain.campaign import ReferenceSource, campaign_prefix, final_particles, judge_repeat
 from cryopilot.domain.catalogue import Catalogue, CostingError, UnknownInstanceType
 from cryopilot.domain.clusterconfig.scaling import SCALEDOWN_IDLE_SECONDS
-from cryopilot.domain.manifest import RepeatThresholds
 from cryopilot.domain.record import RunRecord
+from cryopilot.domain.reference import RepeatThresholds
 from cryopilot.domain.report import campaign as campaign_page
 from cryopilot.domain.report.data import report_data_from_run
 from cryopilot.domain.report.render import render_all
