@@ -13,7 +13,9 @@ use and its cost (capacity × the catalogue's rate per GB-month × the cluster's
 of ``cost_usd``.
 
 Nothing here is an estimate: every figure is read back from what the simulated run did (the jobs'
-timestamps, the nodes' bill, the execution history, the Lambda invocation counts).
+timestamps, the nodes' bill, the execution history, the Lambda invocation counts). The run record's
+own bill (``record_cost_usd``: the nodes the controller listed through ``describeClusterInstances``,
+launch to end) is checked against the simulated EC2 bill: they agree within 1 %.
 
 Layouts: ``whitepaper`` is a manifest with ``pipeline: {layout: whitepaper}`` (every GPU stage on
 gpu8, one node held for the run); ``cryopilot`` is the preset's placement.
@@ -51,6 +53,8 @@ MAX_COST_RATIO = 0.30
 MAX_TIME_RATIO = 1.05
 MAX_DELETE_LAG_S = 60.0
 MAX_TRANSITIONS_36H = 1000
+#: The run record's bill (the nodes it listed) against the simulated EC2 bill.
+RECORD_BILL_TOLERANCE = 0.01
 
 
 def _manifest(profile: str, layout: str) -> tuple[str, str, dict[str, bytes]]:
@@ -208,6 +212,7 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
         "record_stage_cost_usd": record.get("stage_cost_usd"),
         "record_storage_cost_usd": record.get("storage_cost_usd"),
         "record_gpu_hours_paid": record.get("gpu_hours_paid"),
+        "record_nodes_listed": len(record.get("compute_nodes") or {}),
         "max_gap_s": max(gaps, default=0.0),
         "mean_gap_s": statistics.fmean(gaps) if gaps else 0.0,
         "max_controller_gap_s": max(controller_gaps, default=0.0),
@@ -293,6 +298,16 @@ def _targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
                 (f"{profile}: cryopilot time within 5 %", tratio <= MAX_TIME_RATIO, f"{tratio - 1:+.1%}"),
             ]
     for key, r in results.items():
+        recorded, billed = r.get("record_cost_usd"), r["compute_cost_usd"]
+        err = recorded / billed - 1 if recorded is not None and billed else None
+        checks.append(
+            (
+                f"{key}: the run record's node bill within 1 % of the simulated EC2 bill",
+                err is not None and abs(err) <= RECORD_BILL_TOLERANCE,
+                f"record ${recorded} ({r.get('record_cost_basis')}, {r['record_nodes_listed']} nodes listed)"
+                f" vs ${billed:.2f} billed" + (f" ({err:+.2%})" if err is not None else ""),
+            )
+        )
         lag = r["delete_lag_s"]
         checks.append(
             (f"{key}: delete within 60 s of export", lag is not None and lag <= MAX_DELETE_LAG_S, f"{lag} s")

@@ -489,6 +489,8 @@ class SlurmNodes:
             for i, n in enumerate(self.nodes):
                 if n.launched_at > now or (n.terminated_at is not None and n.terminated_at <= now):
                     continue
+                if not n.static and not n.busy and now > n.idle_from + self.idle:
+                    continue  # Slurm powered it down (ScaledownIdletime), whether or not a job came since
                 listed.append(
                     {
                         "index": i,

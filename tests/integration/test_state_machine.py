@@ -115,6 +115,14 @@ def test_successful_run(cloud: LocalCloud) -> None:
     assert "cost_usd" not in record["stages"]["select2d"]  # interactive: on the cryoSPARC master
     assert record["cost_usd"] > 0  # the report's total, quoted in the final mail
     assert record["decisions"], "the 2D selection and class choices must be recorded"
+    # the run's bill is the nodes that ran (describeClusterInstances), as EC2 bills them: within 1 %
+    (cluster,) = cloud.compute_nodes
+    bill = cloud.compute_nodes[cluster].bill()
+    assert record["cost_basis"] == "node lifetimes"
+    assert record["cost_usd"] == pytest.approx(sum(line["cost_usd"] for line in bill), rel=0.01)
+    assert record["gpu_hours_paid"] == pytest.approx(sum(line["gpu_hours"] for line in bill), rel=0.01)
+    assert record["compute_nodes"]
+    assert record["nodes_cost_usd"] > 0  # the polls' bill so far
 
     s3 = cloud.client("s3")
     for f in record["results"]["files"]:
@@ -144,6 +152,7 @@ def test_successful_run(cloud: LocalCloud) -> None:
     assert subjects[1].startswith("[cryopilot] CGRP-2026-11 done: 2.")
     assert "Å in " in subjects[1]
     assert "Automatic decisions" in mails[1]["message"]
+    assert f"GPU-hours: {record['gpu_hours_paid']:,.1f} paid for" in mails[1]["message"]
     assert all(m["attributes"]["run_id"] == run_id for m in mails)
 
     assert cloud.pcluster.clusters() == {}, "the cluster must be gone"

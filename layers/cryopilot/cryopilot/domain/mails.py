@@ -13,7 +13,7 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from cryopilot.core.formatting import fmt_duration
-from cryopilot.domain.billing import cost_text
+from cryopilot.domain.billing import NODE_LIFETIMES, cost_text
 from cryopilot.domain.record import RunRecord
 from cryopilot.protocol.stage import PlannedStage
 
@@ -131,6 +131,14 @@ def _cost_line(run: RunRecord) -> str:
     return cost_text(float(run.cost_usd), run.cost_basis, digits=0)
 
 
+def _gpu_hours_line(run: RunRecord) -> list[str]:
+    """The GPU-hours the nodes that ran were paid for, when the bill counts them (``node lifetimes``)."""
+    if run.cost_basis != NODE_LIFETIMES or run.gpu_hours_paid is None:
+        return []
+    busy = f", {float(run.gpu_hours_busy):,.1f} of them busy" if run.gpu_hours_busy is not None else ""
+    return [f"  GPU-hours: {float(run.gpu_hours_paid):,.1f} paid for{busy}"]
+
+
 def _storage_cost_line(run: RunRecord) -> list[str]:
     """The FSx file system's estimated cost, when the report recorded it (``storage_cost_usd``)."""
     if run.storage_cost_usd is None or not run.fsx_storage_gib:
@@ -163,6 +171,7 @@ def succeeded(
         f"Final resolution: {res_txt} (gold-standard FSC 0.143)",
         f"Time to structure: {elapsed}",
         f"Cost: {_cost_line(run)}",
+        *_gpu_hours_line(run),
         *_storage_cost_line(run),
         f"Results: {results.get('uri', '(not exported)')}",
     ]

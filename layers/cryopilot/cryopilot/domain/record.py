@@ -133,6 +133,10 @@ class RunRecord(_Item):
     #: the GPU nodes seen (describeClusterInstances), by instance id: ``{"instance_type", "queue",
     #: "launched_at", "last_seen", "ended_by"}`` (domain.nodes)
     compute_nodes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: what those nodes cost so far, and their GPU-hours (each up to now, or to its last listing's
+    #: successor): written by the stage polls, superseded by ``cost_usd`` once the report has run
+    nodes_cost_usd: float | None = None
+    nodes_gpu_hours: float | None = None
     resolution_A: float | None = None
     # the end
     export_started_at: float | None = None

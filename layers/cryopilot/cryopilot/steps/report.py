@@ -170,7 +170,13 @@ def write(run_id: str) -> ReportStep:
     # stage has an end; otherwise what the stages' own times cost (a lower bound).
     if step.cost_usd is not None:
         fields["cost_usd"] = step.cost_usd
-        fields["cost_basis"] = billing.NODES_BILLED if data.billed_usd is not None else billing.STAGE_TIME
+        fields["cost_basis"] = (
+            billing.NODE_LIFETIMES
+            if data.billed_from_nodes
+            else billing.NODES_BILLED
+            if data.billed_usd is not None
+            else billing.STAGE_TIME
+        )
     if data.cost_usd is not None:
         fields["stage_cost_usd"] = _round(data.cost_usd)
     if fsx is not None:

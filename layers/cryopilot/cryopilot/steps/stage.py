@@ -15,7 +15,7 @@ from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import AgentError, CryopilotError, JobFailedError, JobKilledError, JobStuckError
 from cryopilot.domain import billing, capacity, limits, nodes
-from cryopilot.domain.catalogue import Catalogue
+from cryopilot.domain.catalogue import Catalogue, CostingError
 from cryopilot.domain.record import RunContext
 from cryopilot.protocol.agent import KillResult, LaneState, StageStatus, StatusResult, SubmitResult
 from cryopilot.protocol.stage import PlannedStage
@@ -130,9 +130,32 @@ def observe_nodes(run_id: str, ctx: RunContext) -> RunContext:
         now,
     )
     types = nodes.queue_types(merged)
-    store.update_run(run_id, compute_nodes=merged)
+    store.update_run(run_id, compute_nodes=merged, **nodes_so_far(merged, now))
     store.put_context(run_id, nodes_checked_epoch=now, queue_types=types)
     return ctx.model_copy(update={"nodes_checked_epoch": now, "queue_types": types})
+
+
+def nodes_so_far(merged: dict[str, dict[str, Any]], now: float) -> dict[str, float]:
+    """The bill so far of the nodes listed (``nodes_cost_usd``, ``nodes_gpu_hours``): each node from
+    its launch to now, or to the listing that no longer had it (an upper bound within one listing;
+    the report places each end exactly). Empty when a type has no price."""
+    settings = get_settings()
+    try:
+        catalogue = Catalogue.for_deployment(settings.price_overrides)
+    except CostingError:
+        return {}
+
+    def price(instance_type: str) -> float | None:
+        try:
+            return float(catalogue.price(instance_type, settings.region))
+        except CostingError:
+            return None
+
+    lives = billing.node_lives(merged, prices=price, jobs={}, idle_seconds=0.0, until=now)
+    if lives is None:
+        return {}
+    cost, gpu_hours = billing.lifetime_bill(lives)
+    return {"nodes_cost_usd": round(cost, 2), "nodes_gpu_hours": round(gpu_hours, 2)}
 
 
 def stage_cost(ctx: RunContext, stage: PlannedStage, rec: dict[str, Any]) -> float | None:

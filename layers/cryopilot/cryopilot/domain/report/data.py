@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from cryopilot.domain import billing
 from cryopilot.domain.billing import node_bill
 from cryopilot.domain.nodes import queue_types
-from cryopilot.domain.report.rows import GPUS_PER_NODE, MASTER_QUEUE, StageRow
+from cryopilot.domain.report.rows import GPUS_PER_NODE, MASTER_QUEUE, NodeRow, StageRow
 
 _PLACEMENT_RE = re.compile(r"^\s*(?P<type>\S+)\s+in\s+(?P<subnet>subnet-[0-9a-zA-Z]+)\s*$")
 
@@ -51,6 +51,11 @@ class ReportData(BaseModel):
         "time included (see :func:`node_bill`)",
     )
     billed_gpu_hours: float | None = Field(default=None, description="GPUs of the nodes × hours billed")
+    billed_from_nodes: bool = Field(
+        default=False,
+        description="billed_usd bills the nodes the run listed (describeClusterInstances), launch to end",
+    )
+    nodes: list[NodeRow] = Field(default_factory=list, description="the GPU nodes that ran")
     lower_bounds: bool = Field(
         default=False,
         description="a compute stage started but has no end time: cost and GPU-hours count the others only",
@@ -181,6 +186,51 @@ def _row(
     )
 
 
+def _node_lifetimes(
+    listed: Mapping[str, Any],
+    rows: Sequence[StageRow],
+    prices: Callable[[str], float | None],
+    idle_seconds: float,
+    until: float,
+    held: frozenset[str],
+) -> tuple[list[NodeRow], tuple[float, float]] | None:
+    """The nodes the run listed, each with the end it is billed to, and their bill (USD, GPU-hours):
+    :func:`billing.lifetime_bill`, the stages' jobs placing each node's end. None when a node has
+    no launch time or its type no price."""
+    nodes = {
+        str(k): v
+        for k, v in listed.items()
+        if isinstance(v, Mapping) and v.get("instance_type") and _number(v.get("launched_at")) is not None
+    }
+    if not nodes:
+        return None
+    jobs: dict[str, list[billing.Job]] = {}
+    for r in rows:
+        if r.nodes is None or (r.submitted_at or r.started_at) is None:
+            continue
+        went = (r.submitted_at or r.started_at).timestamp()  # type: ignore[union-attr]
+        end = r.completed_at.timestamp() if r.completed_at else until  # unended: up to the end
+        start = r.started_at.timestamp() if r.started_at else went
+        jobs.setdefault(r.queue, []).append(billing.Job(went=went, start=start, end=end, nodes=r.nodes))
+    lives = billing.node_lives(
+        nodes, prices=prices, jobs=jobs, idle_seconds=idle_seconds, until=until, held=held
+    )
+    if lives is None:
+        return None
+    out = [
+        NodeRow(
+            node_id=node_id,
+            queue=life.queue,
+            instance_type=life.instance_type,
+            launched_at=datetime.fromtimestamp(life.launched_at, tz=UTC),
+            ended_at=datetime.fromtimestamp(life.ended_at, tz=UTC),
+            cost_usd=life.cost_usd,
+        )
+        for node_id, life in sorted(lives.items(), key=lambda kv: kv[1].launched_at)
+    ]
+    return out, billing.lifetime_bill(lives)
+
+
 def report_data_from_run(
     run: dict[str, Any],
     plan: list[dict[str, Any]],
@@ -266,6 +316,22 @@ def report_data_from_run(
             until=structure_end if status == "SUCCEEDED" else finished,
         )
 
+    node_rows: list[NodeRow] = []
+    bill_end = structure_end if status == "SUCCEEDED" else finished
+    listed = run.get("compute_nodes")
+    if (
+        prices is not None
+        and idle_seconds is not None
+        and isinstance(listed, Mapping)
+        and listed
+        and bill_end
+    ):
+        held = frozenset({"gpu8"}) if run.get("layout") == "whitepaper" else frozenset()
+        lives = _node_lifetimes(listed, rows, prices, idle_seconds, bill_end.timestamp(), held)
+        if lives is not None:
+            node_rows, lifetime = lives
+            billed = lifetime
+
     error_doc = run.get("error")
     error: str | None = None
     failed_at: str | None = None
@@ -310,6 +376,8 @@ def report_data_from_run(
         gpu_hours_busy=busy,
         billed_usd=billed[0] if billed else None,
         billed_gpu_hours=billed[1] if billed else None,
+        billed_from_nodes=bool(node_rows) and billed is not None,
+        nodes=node_rows,
         lower_bounds=any(
             r.nodes is not None and r.started_at is not None and r.wall_seconds is None for r in rows
         ),

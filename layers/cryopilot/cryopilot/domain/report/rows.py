@@ -34,3 +34,14 @@ class StageRow(BaseModel):
     num_particles: int | None = None
     num_micrographs: int | None = None
     resolution_A: float | None = None
+
+
+class NodeRow(BaseModel):
+    """One GPU node the run's cluster launched, as its listings saw it, and the time it was billed."""
+
+    node_id: str
+    queue: str
+    instance_type: str
+    launched_at: datetime
+    ended_at: datetime = Field(description="its end as billed (billing.node_end)")
+    cost_usd: float | None = None
