@@ -515,7 +515,8 @@ def test_no_p4d_at_node_launch_fails_over_to_p4de_inside_the_cluster(cloud: Loca
 
 
 def test_no_capacity_in_any_gpu8_resource_fails_fast_with_capacity_error() -> None:
-    with LocalCloud(clock=VirtualClock(), parameters={"CapacityWaitMinutes": 10}) as cloud:
+    parameters = {"CapacityWaitMinutes": 10, "CapacityMailMinutes": 5}
+    with LocalCloud(clock=VirtualClock(), parameters=parameters) as cloud:
         for itype in ("p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge"):
             cloud.inject_capacity(itype)
         cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
@@ -543,6 +544,16 @@ def test_no_capacity_in_any_gpu8_resource_fails_fast_with_capacity_error() -> No
         failure = cloud.mails()[-1]
         assert failure["subject"].endswith(": CapacityError"), failure["subject"]
         assert "no capacity in any compute resource" in failure["message"]
+        # one mail once the stage had waited CapacityMailMinutes, before the failure
+        waiting = [m for m in cloud.mails() if "waiting for GPU capacity" in m["subject"]]
+        assert len(waiting) == 1, [m["subject"] for m in cloud.mails()]
+        (mail,) = waiting
+        assert mail["subject"] == f"[cryopilot] CGRP-2026-11 waiting for GPU capacity: {stage['title']}"
+        assert "waiting for capacity on gpu8 since " in mail["message"]
+        assert "CapacityWaitMinutes (10 min)" in mail["message"]
+        assert mail["attributes"]["run_id"] == desc["name"]
+        assert [m["subject"] for m in cloud.mails()].index(mail["subject"]) < len(cloud.mails()) - 1
+        assert any(m["kind"] == "capacity_waiting" for m in record["mails"])
         assert "RecordFailure" in cloud.states_entered(desc["executionArn"])
         assert cloud.pcluster.clusters() == {}
 

@@ -61,6 +61,8 @@ class Settings(BaseModel):
     insufficient_capacity_timeout_seconds: int = Field(default=1800, ge=60, le=86400)
     #: a stage waiting this long with every compute resource of its queue down fails (CapacityError)
     capacity_wait_minutes: float = Field(default=60.0, gt=0)
+    #: a stage waiting this long for capacity sends one mail (domain.mails.capacity_waiting)
+    capacity_mail_minutes: float = Field(default=30.0, gt=0)
     max_run_hours: float = 72.0
     #: Runs holding a cluster at once; the others wait in the queue (cryopilot.adapters.admission).
     max_concurrent_runs: int = Field(default=10, ge=1, le=1000)

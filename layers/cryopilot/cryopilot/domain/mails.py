@@ -3,6 +3,7 @@ to a :class:`Mail`. The steps read the record, call these, publish to SNS and no
 the record (``mails``).
 
 * :func:`succeeded` and :func:`failed`: the end of a run (the state machine publishes them);
+* :func:`capacity_waiting`: a stage has waited ``CapacityMailMinutes`` for GPU capacity (once per stage);
 * :func:`execution_ended`: an execution that ended outside the state machine's own catches;
 * :func:`janitor`: what a janitor pass did.
 """
@@ -389,3 +390,34 @@ def janitor(
             )
         lines.append("The runs' results in the results bucket are never deleted by cryopilot.")
     return Mail(kind="janitor", subject=subject, body="\n".join(lines), attributes={"event": "janitor"})
+
+
+def capacity_waiting(
+    run: RunRecord,
+    stage_title: str,
+    note: str,
+    waited_seconds: float,
+    *,
+    fail_minutes: float,
+) -> Mail:
+    """A stage has waited ``waited_seconds`` for GPU capacity (``note``: the lane's capacity, as
+    :func:`cryopilot.domain.capacity.note` words it); the run goes on waiting."""
+    dataset = run.dataset if run.dataset is not None else run.run_id
+    lines = [
+        f"cryopilot run {run.run_id} for dataset {dataset} has waited {fmt_duration(waited_seconds)}"
+        f" for GPU capacity at the stage '{stage_title}'.",
+        "",
+        note,
+        "",
+        "ParallelCluster keeps trying the queue's compute resources in turn; the run goes on waiting and"
+        " needs nothing from you. If every compute resource of the queue stays down for"
+        f" CapacityWaitMinutes ({fail_minutes:g} min), the run fails with CapacityError and its cluster"
+        " is deleted. You will get a mail then, or when the structure is done. The cluster's head node"
+        " is paid while the stage waits.",
+    ]
+    return Mail(
+        kind="capacity_waiting",
+        subject=_subject(f"[cryopilot] {dataset} waiting for GPU capacity: {stage_title}"),
+        body="\n".join(lines),
+        attributes={"dataset": str(dataset)},
+    )

@@ -14,11 +14,20 @@ from cryopilot.adapters.pricing import queue_nodes
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import AgentError, CryopilotError, JobFailedError, JobKilledError, JobStuckError
-from cryopilot.domain import billing, capacity, limits, nodes
+from cryopilot.domain import billing, capacity, limits, mails, nodes
 from cryopilot.domain.catalogue import Catalogue, CostingError
-from cryopilot.domain.record import RunContext
+from cryopilot.domain.record import RunContext, RunRecord
 from cryopilot.protocol.agent import KillResult, LaneState, StageStatus, StatusResult, SubmitResult
 from cryopilot.protocol.stage import PlannedStage
+
+
+class StageMail(BaseModel):
+    """``$.stage.mail``: a mail the state machine publishes before the next wait (a stage that has
+    waited ``CapacityMailMinutes`` for capacity), or None."""
+
+    subject: str
+    message: str
+    dataset: str = "unknown"
 
 
 class StageStep(BaseModel):
@@ -34,6 +43,7 @@ class StageStep(BaseModel):
     done: bool = False
     last: bool = False
     next_index: int
+    mail: StageMail | None = None
 
 
 def _run(run_id: str) -> tuple[RunContext, list[PlannedStage]]:
@@ -201,11 +211,12 @@ def _count_duration(stage_id: str, rec: dict[str, Any]) -> None:
 
 def watch_capacity(
     run_id: str, ctx: RunContext, stage: PlannedStage, lane: LaneState, rec: dict[str, Any]
-) -> bool:
+) -> tuple[bool, StageMail | None]:
     """Record what the stage's lane says of its capacity (``rec``: the stage's record, updated; the
     run's ``capacity_events`` when it changes), and fail the run (:class:`CapacityError`) when no node
     can come: a launch error ParallelCluster does not fail over, or every compute resource of the
-    lane down for ``CapacityWaitMinutes``. True while the stage waits for capacity."""
+    lane down for ``CapacityWaitMinutes``. (True while the stage waits for capacity, and the mail to
+    send once it has waited ``CapacityMailMinutes``: once per stage.)"""
     settings = get_settings()
     store = runs.store()
     now = clock.now()
@@ -213,7 +224,7 @@ def watch_capacity(
     view = capacity.lane_capacity(lane, types)
     before = ctx.capacity.get(stage.id) or {}
     if not view.down and not before.get("since"):
-        return False  # nothing down, nothing waited for: the common case writes nothing
+        return False, None  # nothing down, nothing waited for: the common case writes nothing
     since: float | None = None
     all_down_since: float | None = None
     if view.waiting:
@@ -230,11 +241,11 @@ def watch_capacity(
     if text != before.get("note"):
         store.append_to(run_id, "capacity_events", {"stage": stage.id, "at": now, "note": text})
         logger.info("capacity", extra={"run_id": run_id, "stage": stage.id, "note": text})
-    state = {"since": since, "all_down_since": all_down_since, "note": text}
+    state = {"since": since, "all_down_since": all_down_since, "note": text, "mailed": before.get("mailed")}
     if state != before:
         store.put_context(run_id, capacity={**ctx.capacity, stage.id: state})
     if not view.waiting:
-        return False
+        return False, None
     catalogue = Catalogue.for_deployment(settings.price_overrides)
     vcpus = {t: catalogue.instances[t].vcpus for t in types if t in catalogue.instances}
     try:
@@ -249,7 +260,20 @@ def watch_capacity(
     except CryopilotError:
         store.update_stage(run_id, stage.id, **rec)
         raise
-    return True
+    assert since is not None  # waiting
+    if before.get("mailed") or now - since < settings.capacity_mail_minutes * 60.0:
+        return True, None
+    store.put_context(run_id, capacity={**ctx.capacity, stage.id: {**state, "mailed": now}})
+    run = store.get_run(run_id, ["dataset"])
+    mail = mails.capacity_waiting(
+        run or RunRecord(run_id=run_id),
+        stage.title,
+        text,
+        now - since,
+        fail_minutes=settings.capacity_wait_minutes,
+    )
+    store.append_to(run_id, "mails", {"kind": mail.kind, "subject": mail.subject, "at": clock.now_iso()})
+    return True, StageMail(subject=mail.subject, message=mail.body, dataset=mail.attributes["dataset"])
 
 
 def submit_argv(run_id: str, stage: PlannedStage) -> list[str]:
@@ -310,7 +334,7 @@ def poll(run_id: str, step: StageStep) -> StageStep:
     rec["polls"] = step.polls + 1
     rec["last_wait_seconds"] = step.wait_seconds  # the poll interval that led to this poll
     lane = next((lane for lane in result.lanes if lane.lane == stage.lane), None)
-    waiting = watch_capacity(run_id, ctx, stage, lane, rec) if lane is not None else False
+    waiting, mail = watch_capacity(run_id, ctx, stage, lane, rec) if lane is not None else (False, None)
     ctx = observe_nodes(run_id, ctx)
     cost = stage_cost(ctx, stage, rec)
     if cost is not None:
@@ -334,7 +358,13 @@ def poll(run_id: str, step: StageStep) -> StageStep:
         if status.resolution_A is not None:
             store.update_run(run_id, resolution_A=status.resolution_A)
         return step.model_copy(
-            update={"state": "completed", "polls": step.polls + 1, "waited_seconds": waited, "done": True}
+            update={
+                "state": "completed",
+                "polls": step.polls + 1,
+                "waited_seconds": waited,
+                "done": True,
+                "mail": None,
+            }
         )
     limits.check_hours(ctx.limits, ctx.started_epoch, clock.now())
     limit = stage.time_limit_seconds
@@ -358,5 +388,6 @@ def poll(run_id: str, step: StageStep) -> StageStep:
             "polls": step.polls + 1,
             "waited_seconds": waited,
             "wait_seconds": wait,
+            "mail": mail,
         }
     )
