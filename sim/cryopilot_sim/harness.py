@@ -761,6 +761,8 @@ class LocalCloud:
         )
         base_url = cs.start()
         cs.slurm = self._compute_nodes_for(cluster_name)
+        if cs.slurm is not None:  # headnode-setup.sh registers one lane per Slurm queue (--lanes)
+            cs.lanes = {q.name: q.gpus for q in cs.slurm.queues.values()}
         if self.model_bytes:
             cs.volumes = self._volumes_for(cluster_name)
         self.cryosparc_by_cluster[cluster_name] = cs

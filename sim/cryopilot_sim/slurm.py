@@ -359,7 +359,7 @@ class SlurmNodes:
     def interruption(self, job: str) -> tuple[float, float] | None:
         """(notice, reclaimed) of the Spot node ``job`` runs on, if EC2 interrupts it."""
         with self._lock:
-            node = next((n for n in self.nodes if job in n.jobs), None)
+            node = next((n for n in reversed(self.nodes) if job in n.jobs), None)  # its latest node
         if node is None or node.interrupted_at is None or node.notice_at is None:
             return None
         return node.notice_at, node.interrupted_at
@@ -378,7 +378,7 @@ class SlurmNodes:
         """Divisor of a stage's wall time on the node ``job`` got (1.0 for stages not GPU-bound)."""
         with self._lock:
             wait = self.waits.get(job)
-            node = next((n for n in self.nodes if job in n.jobs), None)
+            node = next((n for n in reversed(self.nodes) if job in n.jobs), None)  # its latest node
         if node is None or stage_kind not in self.gpu_bound:
             return self.speed(wait.queue, stage_kind) if wait else 1.0
         return node.speed

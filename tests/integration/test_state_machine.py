@@ -578,3 +578,57 @@ def test_a_p_instance_quota_of_zero_fails_within_two_polls(cloud: LocalCloud) ->
     assert [f.code for f in cloud.compute_nodes[cluster].failures] == ["VcpuLimitExceeded"]  # no fail-over
     assert "L-417A185B" in cloud.mails()[-1]["message"]
     assert cloud.pcluster.clusters() == {}
+
+
+# --- Spot where it is safe ------------------------------------------------------------------------
+
+
+def _spot_manifest() -> str:
+    import yaml
+
+    doc = yaml.safe_load(_manifest("cgrp.yaml"))
+    doc.setdefault("pipeline", {})["capacity"] = "spot-where-safe"
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def test_a_stage_lost_to_a_spot_interruption_completes_on_demand(cloud: LocalCloud) -> None:
+    from cryopilot.adapters import runs
+    from cryopilot.domain.spot_policy import safe_stages
+
+    for code in ("L-7212CCBC", "L-3819A6DF"):  # the account's Spot quotas (0 in a new account)
+        name, _ = cloud.ec2_quotas[code]
+        cloud.ec2_quotas[code] = (name, 1152.0)
+    cloud.inject_spot_interruption(after_seconds=600)  # the first Spot node given a job
+    cloud.drop_dataset("CGRP-2026-11", _spot_manifest(), DATA)
+    desc = _only_execution(cloud)
+    run_id = desc["name"]
+    record = cloud.run_record(run_id)
+    assert desc["status"] == "SUCCEEDED", (record or {}).get("error")
+    assert record is not None
+    plan = runs.store().get_plan(run_id)
+    spot = [s for s in plan if s.lane and s.lane.endswith("-spot")]
+    assert [s.id for s in spot] == safe_stages(plan) != []
+    assert plan[-1].lane is None or not plan[-1].lane.endswith("-spot")  # never the final refinement
+    assert record["capacity"] == "spot-where-safe"
+    assert record["spot_queues"]
+    (cluster,) = cloud.compute_nodes
+    queues = {q.name: q.capacity_type for q in cloud.compute_nodes[cluster].queues.values()}
+    assert {queues[f"{q}-spot"] for q in record["spot_queues"]} == {"SPOT"}
+    # the interrupted stage: its job lost with its Spot node, then run again On-Demand
+    (hit,) = [sid for sid, st in record["stages"].items() if st.get("spot_interruptions")]
+    stage = record["stages"][hit]
+    assert stage["state"] == "completed"
+    lost = stage["spot_interruptions"][0]
+    assert lost["lane"].endswith("-spot")
+    assert "Spot instance interrupted" in lost["error"]
+    assert stage["resubmitted_on"] == lost["lane"].removesuffix("-spot")
+    bill = cloud.compute_nodes[cluster].bill()
+    interrupted = [b for b in bill if b["interrupted_at"] is not None]
+    assert len(interrupted) == 1
+    assert interrupted[0]["spot"] is True
+    # both attempts are paid: the Spot node up to its interruption, the On-Demand node after
+    assert record["cost_basis"] == "node lifetimes"
+    assert record["cost_usd"] == pytest.approx(sum(b["cost_usd"] for b in bill), rel=0.01)
+    notes = [e["note"] for e in record["capacity_events"] if e["stage"] == hit]
+    assert any("lost on Spot" in n and "resubmitted on" in n for n in notes), notes
+    assert cloud.pcluster.clusters() == {}

@@ -328,7 +328,10 @@ def test_iso_stage_times_are_read_like_epoch_seconds() -> None:
 
 
 def test_gpus_per_node_names_the_cluster_queues() -> None:
-    assert set(GPUS_PER_NODE) == set(GPU_QUEUES)
+    from cryopilot.core.queues import LANES
+
+    assert set(GPUS_PER_NODE) == set(LANES)  # the GPU queues and their Spot twins
+    assert {q for q in GPUS_PER_NODE if not q.endswith("-spot")} == set(GPU_QUEUES)
 
 
 @pytest.mark.parametrize(

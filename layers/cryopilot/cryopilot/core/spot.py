@@ -7,10 +7,7 @@ gets a twin queue of the same compute resources with ``CapacityType: SPOT``: ``<
 
 from __future__ import annotations
 
-from cryopilot.core.queues import GPU_QUEUES
-
-#: Suffix of the Spot twin of a GPU queue.
-SPOT_SUFFIX = "-spot"
+from cryopilot.core.queues import GPU_QUEUES, SPOT_SUFFIX
 
 
 def spot_queue(queue: str) -> str:

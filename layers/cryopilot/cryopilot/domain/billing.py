@@ -289,16 +289,22 @@ def node_end(
     spans: Sequence[Span],
     until: float,
     held: bool = False,
+    reclaimed: Sequence[float] = (),
 ) -> float:
     """When one listed node (``domain.nodes``: ``launched_at``, ``last_seen``, ``ended_by``) stopped
     being paid. It was up at ``last_seen`` and gone by ``ended_by`` (``until``, the run's end or now,
     while it is still listed); inside that bracket its end is Slurm's (:func:`node_spans` of its
     queue's jobs: the span that started closest to its launch), since listings come minutes apart.
-    A ``held`` (static) node is paid until the bracket's end."""
+    A ``held`` (static) node is paid until the bracket's end; a Spot node EC2 reclaimed
+    (``reclaimed``: when the jobs of its queue died with their node) until that moment, if it lies
+    in the bracket: EC2 takes it then, with no idle time."""
     launched = float(node["launched_at"])
     ended_by = node.get("ended_by")
     upper = min(float(ended_by), until) if ended_by is not None else until
     lower = min(upper, max(launched, float(node.get("last_seen") or launched)))
+    taken = [t for t in reclaimed if lower <= t <= upper]
+    if taken:
+        return max(launched, min(taken))
     if held or not spans:
         return max(launched, upper)
     span = min(spans, key=lambda s: abs(s.start - launched))
@@ -330,6 +336,7 @@ def node_lives(
     until: float,
     held: frozenset[str] = frozenset(),
     node_gpus: Mapping[str, int] = NOMINAL_QUEUE_GPUS,
+    reclaimed: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, NodeLife] | None:
     """The nodes that ran (``compute_nodes`` of the run record, by instance id), each from its launch
     to :func:`node_end` at its own type's price. ``jobs`` are each queue's jobs (for the ends),
@@ -346,7 +353,13 @@ def node_lives(
             return None
         queue = str(node.get("queue") or "")
         launched = float(node["launched_at"])
-        end = node_end(node, spans=spans.get(queue, ()), until=until, held=queue in held)
+        end = node_end(
+            node,
+            spans=spans.get(queue, ()),
+            until=until,
+            held=queue in held,
+            reclaimed=(reclaimed or {}).get(queue, ()),
+        )
         cost = max(0.0, end - launched) / 3600 * price
         lives[node_id] = NodeLife(queue, instance, launched, end, cost, node_gpus.get(queue, 0))
     return lives

@@ -50,6 +50,10 @@ class StageRecord(_Item):
     resolution_A: float | None = None
     killed_for_time: bool | None = None
     error: str | None = None
+    #: the Spot interruptions of its jobs (``{"at", "job", "lane", "error"}``), and the On-Demand lane
+    #: it was resubmitted on (``capacity: spot-where-safe``)
+    spot_interruptions: list[dict[str, Any]] = Field(default_factory=list)
+    resubmitted_on: str | None = None
     #: the lane's capacity as the last poll saw it, e.g. "waiting for capacity on gpu8 since 10:42 UTC:
     #: p4d.24xlarge InsufficientInstanceCapacity; trying p4de.24xlarge" (domain.capacity)
     capacity_note: str | None = None
@@ -90,6 +94,9 @@ class RunRecord(_Item):
     # the plan
     preset: str | None = None
     layout: str | None = None
+    #: the manifest's ``pipeline.capacity``, and the GPU queues whose Spot twin a stage is planned on
+    capacity: str | None = None
+    spot_queues: list[str] = Field(default_factory=list)
     settings: dict[str, Any] = Field(default_factory=dict)
     started_at: str | None = None
     started_epoch: float | None = None
@@ -181,6 +188,8 @@ class RunContext(_Item):
     #: per stage id, while it waits for capacity: ``{"since", "all_down_since", "note"}``
     capacity: dict[str, Any] = Field(default_factory=dict)
     cluster_name: str | None = None
+    #: per stage id, the On-Demand lane a stage lost to a Spot interruption was resubmitted on
+    lanes: dict[str, str] = Field(default_factory=dict)
     #: when the run's nodes were last listed, and each queue's type as its latest node has it
     nodes_checked_epoch: float | None = None
     queue_types: dict[str, str] = Field(default_factory=dict)

@@ -14,10 +14,18 @@ from cryopilot.adapters.pricing import queue_nodes
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import AgentError, CryopilotError, JobFailedError, JobKilledError, JobStuckError
+from cryopilot.core.spot import is_spot_queue, on_demand_queue
 from cryopilot.domain import billing, capacity, limits, mails, nodes
 from cryopilot.domain.catalogue import Catalogue, CostingError
 from cryopilot.domain.record import RunContext, RunRecord
-from cryopilot.protocol.agent import KillResult, LaneState, StageStatus, StatusResult, SubmitResult
+from cryopilot.protocol.agent import (
+    KillResult,
+    LaneState,
+    RequeueResult,
+    StageStatus,
+    StatusResult,
+    SubmitResult,
+)
 from cryopilot.protocol.stage import PlannedStage
 
 
@@ -220,7 +228,7 @@ def watch_capacity(
     settings = get_settings()
     store = runs.store()
     now = clock.now()
-    types = settings.queue_compute_types(ctx.gpu8_instance_type).get(lane.lane, [])
+    types = settings.queue_compute_types(ctx.gpu8_instance_type, spot=True).get(lane.lane, [])
     view = capacity.lane_capacity(lane, types)
     before = ctx.capacity.get(stage.id) or {}
     if not view.down and not before.get("since"):
@@ -320,10 +328,46 @@ def submit(run_id: str, index: int) -> StageStep:
     )
 
 
+def resubmit_on_demand(run_id: str, ctx: RunContext, stage: PlannedStage, status: StageStatus) -> bool:
+    """A stage whose job failed on a Spot lane (its node reclaimed by a Spot interruption, as a
+    rule) goes once to the lane's On-Demand queue: the failed jobs are queued again there, the stage
+    records the interruption and the run's capacity events say so. False when the stage is not on
+    Spot or was resubmitted already (the failure then fails the run, as on any lane)."""
+    if not is_spot_queue(stage.lane) or stage.id in ctx.lanes:
+        return False
+    assert stage.lane is not None
+    lane = on_demand_queue(stage.lane)
+    store = runs.store()
+    now = clock.now()
+    failed = [j for j in status.jobs if j.status == "failed"]
+    agent = agent_for(run_id, ctx.head_node_instance_id)
+    agent.call(["requeue", "--project", run_id, "--stage", stage.id, "--lane", lane], RequeueResult)
+    lost = [
+        {
+            "at": now,
+            "job": j.uid,
+            "lane": stage.lane,
+            "ended_at": j.completed_at,
+            "error": j.error or "failed",
+        }
+        for j in failed
+    ]
+    store.put_context(run_id, lanes={**ctx.lanes, stage.id: lane})
+    store.update_stage(run_id, stage.id, state="queued", spot_interruptions=lost, resubmitted_on=lane)
+    jobs = ", ".join(j.uid for j in failed) or "?"
+    error = failed[0].error if failed else "failed"
+    note = f"{stage.lane}: job {jobs} lost on Spot ({error}); resubmitted on {lane}"
+    store.append_to(run_id, "capacity_events", {"stage": stage.id, "at": now, "note": note})
+    logger.info("stage resubmitted on demand", extra={"run_id": run_id, "stage": stage.id, "note": note})
+    return True
+
+
 def poll(run_id: str, step: StageStep) -> StageStep:
     store = runs.store()
     ctx, plan = _run(run_id)
     stage = plan[step.index]
+    if stage.id in ctx.lanes:  # resubmitted On-Demand after a Spot interruption
+        stage = stage.model_copy(update={"lane": ctx.lanes[stage.id]})
     waited = step.waited_seconds + step.wait_seconds
     agent = agent_for(run_id, ctx.head_node_instance_id)
     result = agent.call(["status", "--project", run_id, "--stage", stage.id], StatusResult)
@@ -342,6 +386,16 @@ def poll(run_id: str, step: StageStep) -> StageStep:
     store.update_stage(run_id, stage.id, **rec)
     if cost is not None and ctx.limits.get("max_cost_usd"):
         store.put_context_cost(run_id, stage.id, cost)
+    if status.state == "failed" and resubmit_on_demand(run_id, ctx, stage, status):
+        return step.model_copy(
+            update={
+                "state": "queued",
+                "polls": step.polls + 1,
+                "waited_seconds": waited,
+                "wait_seconds": int(ctx.settings.get("min_poll_seconds", 60)),
+                "mail": None,
+            }
+        )
     if status.state == "failed":
         failed = [j for j in status.jobs if j.status == "failed"]
         detail = "; ".join(

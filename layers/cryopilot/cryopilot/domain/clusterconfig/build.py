@@ -179,7 +179,9 @@ def queue_gpus(params: ClusterParams) -> dict[str, int]:
 
 def headnode_setup_args(request: ClusterRequest, params: ClusterParams) -> list[str]:
     """Arguments of ``headnode-setup.sh``: non-secret values only (the secret's ARN, not the licence)."""
-    lanes = ",".join(f"{q}:{n}" for q, n in queue_gpus(params).items())
+    gpus = queue_gpus(params)
+    gpus.update({spot_queue(q): gpus[q] for q in request.spot_queues})  # a Spot twin is a lane too
+    lanes = ",".join(f"{q}:{n}" for q, n in gpus.items())
     return [
         "--region",
         params.region,

@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from cryopilot.core.queues import GPU_QUEUES
+from cryopilot.core.spot import spot_queue
 from cryopilot.domain import billing
 from cryopilot.domain.billing import node_bill
 from cryopilot.domain.nodes import queue_types
@@ -166,7 +168,11 @@ def _row(
                 went=started.timestamp(), start=started.timestamp(), end=completed.timestamp(), nodes=nodes
             )
             cost = billing.run_time_cost(node, job)
+    lost = next((x for x in rec.get("spot_interruptions") or [] if isinstance(x, Mapping)), None)
     return StageRow(
+        lost_at=_when(lost.get("ended_at") or lost.get("at")) if lost else None,
+        requeued_at=_when(lost.get("at")) if lost else None,
+        resubmitted_on=str(rec["resubmitted_on"]) if rec.get("resubmitted_on") else None,
         stage_id=stage_id,
         title=str(title),
         queue=queue,
@@ -184,6 +190,10 @@ def _row(
         num_micrographs=_int(rec.get("num_micrographs")),
         resolution_A=_number(rec.get("resolution_A")),
     )
+
+
+#: Id prefix of a node no listing saw (a Spot node reclaimed between two listings).
+UNLISTED = "unlisted:"
 
 
 def _node_lifetimes(
@@ -205,20 +215,52 @@ def _node_lifetimes(
     if not nodes:
         return None
     jobs: dict[str, list[billing.Job]] = {}
+    reclaimed: dict[str, list[float]] = {}
     for r in rows:
         if r.nodes is None or (r.submitted_at or r.started_at) is None:
             continue
         went = (r.submitted_at or r.started_at).timestamp()  # type: ignore[union-attr]
         end = r.completed_at.timestamp() if r.completed_at else until  # unended: up to the end
         start = r.started_at.timestamp() if r.started_at else went
+        if r.lost_at is not None and r.requeued_at is not None and r.resubmitted_on:
+            # two attempts: on Spot until its node was reclaimed, then On-Demand from the requeue
+            lost = r.lost_at.timestamp()
+            jobs.setdefault(r.queue, []).append(billing.Job(went=went, start=went, end=lost, nodes=r.nodes))
+            reclaimed.setdefault(r.queue, []).append(lost)
+            seen = any(
+                n.get("queue") == r.queue and went - 1 <= float(n["launched_at"]) <= lost
+                for n in nodes.values()
+            )
+            if not seen and r.instance_type:
+                # a Spot node that came and went between two listings: launched when the stage
+                # went to Slurm, reclaimed when its job died (an estimate; the report says so)
+                nodes[f"{UNLISTED}{r.stage_id}"] = {
+                    "instance_type": r.instance_type,
+                    "queue": r.queue,
+                    "launched_at": went,
+                    "last_seen": lost,
+                    "ended_by": lost,
+                }
+            went = r.requeued_at.timestamp()
+            jobs.setdefault(r.resubmitted_on, []).append(
+                billing.Job(went=went, start=max(start, went), end=end, nodes=r.nodes)
+            )
+            continue
         jobs.setdefault(r.queue, []).append(billing.Job(went=went, start=start, end=end, nodes=r.nodes))
     lives = billing.node_lives(
-        nodes, prices=prices, jobs=jobs, idle_seconds=idle_seconds, until=until, held=held
+        nodes,
+        prices=prices,
+        jobs=jobs,
+        idle_seconds=idle_seconds,
+        until=until,
+        held=held,
+        reclaimed=reclaimed,
     )
     if lives is None:
         return None
     out = [
         NodeRow(
+            listed=not node_id.startswith(UNLISTED),
             node_id=node_id,
             queue=life.queue,
             instance_type=life.instance_type,
@@ -257,6 +299,8 @@ def report_data_from_run(
     seen = run.get("compute_nodes")
     if isinstance(seen, Mapping) and seen:
         types.update(queue_types(seen))
+    # a Spot twin runs its queue's types
+    row_types = {**{spot_queue(q): t for q, t in types.items() if q in GPU_QUEUES}, **types}
 
     stages = run.get("stages")
     records: Mapping[str, Any] = stages if isinstance(stages, Mapping) else {}
@@ -267,7 +311,7 @@ def report_data_from_run(
     rows = []
     for p in planned:
         rec = records.get(str(p["id"]))
-        rows.append(_row(p, rec if isinstance(rec, Mapping) else {}, types, prices))
+        rows.append(_row(p, rec if isinstance(rec, Mapping) else {}, row_types, prices))
 
     created = _when(run.get("created_at"))
     started = _when(run.get("started_epoch")) or _when(run.get("started_at")) or created
