@@ -631,4 +631,17 @@ def test_a_stage_lost_to_a_spot_interruption_completes_on_demand(cloud: LocalClo
     assert record["cost_usd"] == pytest.approx(sum(b["cost_usd"] for b in bill), rel=0.01)
     notes = [e["note"] for e in record["capacity_events"] if e["stage"] == hit]
     assert any("lost on Spot" in n and "resubmitted on" in n for n in notes), notes
+    # the mail and the report say which stages ran on Spot and what it saved
+    least, most = record["spot_saved_usd"]
+    assert 0 <= least < most  # Spot may cost up to the On-Demand price: it saves from nothing
+    assert f"{hit} (interrupted; completed on {stage['resubmitted_on']})" in record["spot_summary"]
+    done = cloud.mails()[-1]
+    assert done["subject"].startswith("[cryopilot] CGRP-2026-11 done:")
+    assert f"Spot: {record['spot_summary']}" in done["message"]
+    s3 = cloud.client("s3")
+    report = s3.get_object(Bucket=cloud.results_bucket, Key=f"runs/{run_id}/report/report.md")
+    text = report["Body"].read().decode()
+    (spot_line,) = [ln for ln in text.splitlines() if ln.startswith("- **Spot:** on Spot: ")]
+    assert f"{hit} (interrupted; completed on {stage['resubmitted_on']})" in spot_line
+    assert f"unlisted:{hit}" in text  # the Spot node no listing saw, in the node table
     assert cloud.pcluster.clusters() == {}

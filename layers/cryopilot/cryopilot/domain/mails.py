@@ -173,6 +173,7 @@ def succeeded(
         f"Time to structure: {elapsed}",
         f"Cost: {_cost_line(run)}",
         *_gpu_hours_line(run),
+        *([f"  Spot: {run.spot_summary}"] if run.spot_summary else []),
         *_storage_cost_line(run),
         f"Results: {results.get('uri', '(not exported)')}",
     ]

@@ -164,6 +164,9 @@ class RunRecord(_Item):
     snapshot_cost_usd: float | None = None
     gpu_hours_paid: float | None = None
     gpu_hours_busy: float | None = None
+    #: the stages that ran on Spot and what Spot saved, (least, most) USD (steps/report.py)
+    spot_summary: str | None = None
+    spot_saved_usd: list[float] | None = None
     error: dict[str, Any] | None = None
     finished_at: str | None = None
     finished_epoch: float | None = None

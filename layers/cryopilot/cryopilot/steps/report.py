@@ -56,6 +56,12 @@ def _price_lookup() -> Callable[[str], float | None] | None:
     return price
 
 
+def _spot_share() -> tuple[float, float] | None:
+    """The catalogue's (cheapest, dearest) Spot price as a share of On-Demand."""
+    share = Catalogue.for_deployment(get_settings().price_overrides).spot
+    return (share.low, share.high) if share is not None else None
+
+
 def _round(value: float | None) -> float | None:
     return round(value, 2) if value is not None else None
 
@@ -140,6 +146,7 @@ def write(run_id: str) -> ReportStep:
         # the placement's gpu8 type is on the step context, not the record: the configured types
         instance_types=instance_types(None),
         idle_seconds=SCALEDOWN_IDLE_SECONDS,
+        spot_share=_spot_share(),
     )
     fsx = storage_cost(run)
     snapshot = snapshot_cost(run)
@@ -188,6 +195,10 @@ def write(run_id: str) -> ReportStep:
         fields["gpu_hours_paid"] = round(paid, 2)
     if data.gpu_hours_busy is not None:
         fields["gpu_hours_busy"] = round(data.gpu_hours_busy, 2)
+    if data.spot:
+        fields["spot_summary"] = data.spot
+    if data.spot_saved_usd is not None:
+        fields["spot_saved_usd"] = [round(v, 2) for v in data.spot_saved_usd]
     store.update_run(run_id, **fields)
     logger.info("report written", extra={"uri": step.html_uri, "cost_usd": step.cost_usd})
     return step

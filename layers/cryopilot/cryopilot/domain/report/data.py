@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from cryopilot.core.queues import GPU_QUEUES
-from cryopilot.core.spot import spot_queue
+from cryopilot.core.spot import is_spot_queue, spot_queue
 from cryopilot.domain import billing
 from cryopilot.domain.billing import node_bill
 from cryopilot.domain.nodes import queue_types
@@ -58,6 +58,10 @@ class ReportData(BaseModel):
         description="billed_usd bills the nodes the run listed (describeClusterInstances), launch to end",
     )
     nodes: list[NodeRow] = Field(default_factory=list, description="the GPU nodes that ran")
+    spot: str | None = Field(default=None, description="the stages that ran on Spot, and what Spot saved")
+    spot_saved_usd: tuple[float, float] | None = Field(
+        default=None, description="(least, most) Spot saved against the On-Demand bill of its nodes"
+    )
     lower_bounds: bool = Field(
         default=False,
         description="a compute stage started but has no end time: cost and GPU-hours count the others only",
@@ -273,6 +277,33 @@ def _node_lifetimes(
     return out, billing.lifetime_bill(lives)
 
 
+def _spot_summary(
+    rows: Sequence[StageRow], nodes: Sequence[NodeRow], share: tuple[float, float] | None
+) -> tuple[str | None, tuple[float, float] | None]:
+    """Which stages ran on Spot (a Spot twin's lane), which of them were interrupted and finished
+    On-Demand, and what Spot saved: the Spot nodes' bill at On-Demand rates × (1 − the share)."""
+    on_spot = [r for r in rows if is_spot_queue(r.queue)]
+    if not on_spot:
+        return None, None
+    names = [
+        r.stage_id + (f" (interrupted; completed on {r.resubmitted_on})" if r.resubmitted_on else "")
+        for r in on_spot
+    ]
+    text = "on Spot: " + ", ".join(names)
+    billed = [n.cost_usd for n in nodes if is_spot_queue(n.queue) and n.cost_usd is not None]
+    if not billed or share is None:
+        return text, None
+    full = sum(billed)
+    low, high = share
+    saved = (full * (1 - high), full * (1 - low))
+    text += (
+        f". Their Spot nodes: ${full:,.2f} at On-Demand rates (the bill counts them so); at Spot prices"
+        f" of {low:.0%}–{high:.0%} of On-Demand they cost ${full * low:,.2f}–${full * high:,.2f},"
+        f" saving ${saved[0]:,.2f}–${saved[1]:,.2f}"
+    )
+    return text, saved
+
+
 def report_data_from_run(
     run: dict[str, Any],
     plan: list[dict[str, Any]],
@@ -281,6 +312,7 @@ def report_data_from_run(
     results: Sequence[tuple[str, str]] = (),
     instance_types: Mapping[str, str] | None = None,
     idle_seconds: float | None = None,
+    spot_share: tuple[float, float] | None = None,
 ) -> ReportData:
     """The report of ``run`` (a run record) following ``plan`` (its planned stages, in order).
 
@@ -289,7 +321,8 @@ def report_data_from_run(
     results are listed. ``instance_types`` (queue → type, e.g. the stack's configured types) fills
     in the queues whose type the record does not say; the record's placement wins for gpu8.
     ``idle_seconds`` (Slurm's ScaledownIdletime) enables the estimate of the nodes' bill
-    (:func:`node_bill`).
+    (:func:`node_bill`). ``spot_share``: the catalogue's (cheapest, dearest) Spot price as a share
+    of On-Demand, for what the stages on Spot saved.
     """
     label, gpu8_type, subnet = _placement(run)
     types: dict[str, str] = {str(k): str(v) for k, v in (instance_types or {}).items() if v}
@@ -376,6 +409,8 @@ def report_data_from_run(
             node_rows, lifetime = lives
             billed = lifetime
 
+    spot_text, saved = _spot_summary(rows, node_rows, spot_share)
+
     error_doc = run.get("error")
     error: str | None = None
     failed_at: str | None = None
@@ -422,6 +457,8 @@ def report_data_from_run(
         billed_gpu_hours=billed[1] if billed else None,
         billed_from_nodes=bool(node_rows) and billed is not None,
         nodes=node_rows,
+        spot=spot_text,
+        spot_saved_usd=saved,
         lower_bounds=any(
             r.nodes is not None and r.started_at is not None and r.wall_seconds is None for r in rows
         ),

@@ -155,6 +155,8 @@ def summary_lines(data: ReportData) -> list[tuple[str, str]]:
     if data.placements_tried:
         lines.append(("No capacity for", "; ".join(data.placements_tried)))
     lines.extend(("Capacity", event) for event in data.capacity_events)
+    if data.spot:
+        lines.append(("Spot", data.spot))
     if data.storage:
         lines.append(("Storage", data.storage))
     if data.exported:
