@@ -208,6 +208,7 @@ def _estimate(args: argparse.Namespace) -> int:
     from cryopilot_ops.estimate_view import render_comparison
 
     kwargs: dict[str, Any] = {"region": args.region}
+    spot_lines: list[str] = []
     try:
         # the deployment's overrides (as the Lambdas get them), then --price
         catalogue = Catalogue.for_deployment(os.environ.get(PRICE_OVERRIDES_ENV))
@@ -231,6 +232,10 @@ def _estimate(args: argparse.Namespace) -> int:
             kwargs["storage_plan"] = plan_for_manifest(manifest, planned, None)
             wp = estimate(the_plan, Layout.whitepaper(), catalogue, **kwargs)
             cp = place(the_plan, Layout.cryopilot(), catalogue, **kwargs)
+            if manifest.pipeline.capacity == "spot-where-safe" and catalogue.spot is not None:
+                from cryopilot.domain.spot_policy import estimate_lines
+
+                spot_lines = estimate_lines(planned, cp, catalogue.spot)
         else:
             wp, cp = compare(args.profile or "cgrp", catalogue, **kwargs)
     except ManifestError as exc:
@@ -243,6 +248,8 @@ def _estimate(args: argparse.Namespace) -> int:
         print(f"cryopilot estimate: {exc}", file=sys.stderr)
         return 2
     print(render_comparison(wp, cp))
+    if spot_lines:
+        print("\n" + "\n".join(spot_lines))
     return 0
 
 

@@ -96,3 +96,27 @@ def test_the_estimate_prints_the_shared_snapshots_cost_apart(capsys: pytest.Capt
     assert whitepaper == cryopilot == pytest.approx(25 * 0.05 * 720 / 730, abs=0.01)
     assert "/shared EBS snapshot: 25 GiB" in out
     assert "https://aws.amazon.com/ebs/pricing/" in out
+
+
+def test_a_spot_where_safe_manifest_estimate_shows_the_spot_stages_and_a_cost_range(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import re
+
+    import yaml
+
+    doc = yaml.safe_load((EVENTS / "manifests" / "cgrp.yaml").read_text())
+    doc.setdefault("pipeline", {})["capacity"] = "spot-where-safe"
+    path = tmp_path / "cgrp-spot.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["estimate", str(path)]) == 0
+    out = capsys.readouterr().out
+    (stages,) = [ln for ln in out.splitlines() if ln.startswith("capacity: spot-where-safe: on Spot first: ")]
+    assert "motion" in stages
+    assert "nurefine" not in stages  # never the final refinement
+    (costs,) = re.findall(r"the cryopilot layout costs \$([\d,.]+)–\$([\d,.]+)", out)
+    low, high = (float(c.replace(",", "")) for c in costs)
+    assert low < high
+    assert "https://aws.amazon.com/ec2/spot/pricing/ (NOT verified)" in out
+    assert main(["estimate", str(EVENTS / "manifests" / "cgrp.yaml")]) == 0
+    assert "spot-where-safe" not in capsys.readouterr().out  # On-Demand: no Spot lines

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from cryopilot.domain.catalogue import SpotShare
+from cryopilot.domain.estimate import Estimate
+from cryopilot.domain.presets import profile_stage_id
 from cryopilot.protocol.stage import PlannedStage
 
 Capacity = Literal["on-demand", "spot-where-safe"]
@@ -43,3 +45,23 @@ def savings_range(on_demand_usd: Mapping[str, float], share: SpotShare) -> tuple
     on Spot saves: their cost × (1 − the dearest share) to × (1 − the cheapest)."""
     total = sum(on_demand_usd.values())
     return total * (1 - share.high), total * (1 - share.low)
+
+
+def estimate_lines(plan: Sequence[PlannedStage], placed: Estimate, share: SpotShare) -> list[str]:
+    """What ``cryopilot estimate`` adds for ``capacity: spot-where-safe``: the stages on Spot and
+    the range of the run's cost (``placed``: the cryopilot layout's estimate of the plan)."""
+    ids = safe_stages(plan)
+    safe = set(ids) | {profile_stage_id(s) for s in ids}  # the estimate's rows: either id
+    costs = {r.stage: r.cost_usd for r in placed.rows if r.stage in safe}
+    if not costs:
+        return ["capacity: spot-where-safe: no stage is safe for Spot (all On-Demand)"]
+    least, most = savings_range(costs, share)
+    return [
+        f"capacity: spot-where-safe: on Spot first: {', '.join(sorted(costs))}"
+        f" (the rule: expected under {SAFE_MAX_SECONDS // 3600} h, never the final refinement)",
+        f"  their run time costs ${sum(costs.values()):,.2f} On-Demand;"
+        f" Spot at {share.low:.0%}–{share.high:.0%} of On-Demand saves ${least:,.2f}–${most:,.2f}:"
+        f" the cryopilot layout costs ${placed.cost_usd - most:,.2f}–${placed.cost_usd - least:,.2f}",
+        f"  Spot prices: {share.source} ({'verified' if share.verified else 'NOT verified'});"
+        " an interrupted stage runs again On-Demand (not in this range)",
+    ]
