@@ -18,7 +18,9 @@ own bill (``record_cost_usd``: the nodes the controller listed through ``describ
 launch to end) is checked against the simulated EC2 bill: they agree within 1 %.
 
 Layouts: ``whitepaper`` is a manifest with ``pipeline: {layout: whitepaper}`` (every GPU stage on
-gpu8, one node held for the run); ``cryopilot`` is the preset's placement.
+gpu8, one node held for the run); ``cryopilot`` is the preset's placement; ``spot-where-safe`` (CGRP
+and GLP-1R only) is that placement with ``capacity: spot-where-safe``: its cost is a range (Spot
+nodes at the catalogue's Spot share of On-Demand), printed as a share of the white paper's.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ from cryopilot_sim.datasets import stage_profile_data
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "build" / "bench" / "results.json"
 PROFILES = ("cgrp", "glp1r", "spike")
-LAYOUTS = ("whitepaper", "cryopilot")
+LAYOUTS = ("whitepaper", "cryopilot", "spot-where-safe")
+#: The profiles the spot-where-safe layout runs for (the two 36-hour datasets).
+SPOT_PROFILES = ("cgrp", "glp1r")
 
 #: Targets of the issue, checked on the figures (never on wall time).
 TABLE1_TOLERANCE = 0.01
@@ -62,7 +66,10 @@ def _manifest(profile: str, layout: str) -> tuple[str, str, dict[str, bytes]]:
 
     folder, text, files = sample_dataset(profile)
     doc = yaml.safe_load(text)
-    doc.setdefault("pipeline", {})["layout"] = layout
+    if layout == "spot-where-safe":  # the preset's placement, with the Spot policy's safe stages on Spot
+        doc.setdefault("pipeline", {}).update(layout="cryopilot", capacity="spot-where-safe")
+    else:
+        doc.setdefault("pipeline", {})["layout"] = layout
     return folder, yaml.safe_dump(doc, sort_keys=False), files
 
 
@@ -97,6 +104,9 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
     with cloud, contextlib.ExitStack() as restore:
         restore.callback(quiet.setLevel, level)  # the process goes on logging as before
         quiet.setLevel(logging.WARNING)  # the Lambdas' INFO lines
+        if layout == "spot-where-safe":  # an account that may buy Spot (a new one's quotas are 0)
+            for code in ("L-7212CCBC", "L-3819A6DF"):
+                cloud.ec2_quotas[code] = (cloud.ec2_quotas[code][0], 1152.0)
         folder, text, files = _manifest(profile, layout)
         glob = yaml.safe_load(text)["input"]["glob"]
         stage_profile_data(cloud.input_bucket, f"datasets/{folder}/", profile, glob)
@@ -177,6 +187,10 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
     bill = nodes.bill()
     paid_gpu_h = sum(line["gpu_hours"] for line in bill)
     compute_cost = sum(line["cost_usd"] for line in bill)
+    # Spot nodes are billed here at the On-Demand price, the most they cost; the catalogue's Spot
+    # share of On-Demand gives the range they may cost instead
+    spot_cost = sum(line["cost_usd"] for line in bill if line["spot"])
+    share = cat.spot
     started = float(record.get("started_epoch") or created.get("created_at") or 0.0)
     finished = float(record.get("finished_epoch") or clock.now())
     head_type = str(created and yaml.safe_load(created["config"])["HeadNode"]["InstanceType"])
@@ -204,6 +218,16 @@ def run_one(profile: str, layout: str, *, timeout: float = 900.0) -> dict[str, A
         "idle_gpu_hours": paid_gpu_h - busy / 3600,
         "cost_usd": compute_cost + head_cost + fsx["fsx_cost_usd"],
         "compute_cost_usd": compute_cost,
+        "spot_nodes_cost_usd": spot_cost,
+        "cost_usd_range": [
+            compute_cost + head_cost + fsx["fsx_cost_usd"] - spot_cost * (1 - s)
+            for s in ((share.low, share.high) if share is not None else (1.0, 1.0))
+        ],
+        "spot_stages": sorted(
+            sid
+            for sid, st in (record.get("stages") or {}).items()
+            if str(st.get("lane") or "").endswith("-spot")
+        ),
         "head_node_cost_usd": head_cost,
         **fsx,
         # what the controller itself told (run record, report, mail): its estimate of the same bill
@@ -332,6 +356,25 @@ def _targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
     return checks
 
 
+def _spot_ratios(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Each spot-where-safe run's cost as a share of the white paper's layout: a range, since Spot
+    prices move (the catalogue's Spot share of On-Demand)."""
+    lines = []
+    for profile in SPOT_PROFILES:
+        wp, sp = results.get(f"{profile}/whitepaper"), results.get(f"{profile}/spot-where-safe")
+        if not wp or not sp:
+            continue
+        low, high = (c / wp["cost_usd"] for c in sp["cost_usd_range"])
+        cp = results.get(f"{profile}/cryopilot")
+        beside = f"; cryopilot (On-Demand) {cp['cost_usd'] / wp['cost_usd']:.1%}" if cp else ""
+        stages = ", ".join(sp["spot_stages"])
+        lines.append(
+            f"  {profile}: spot-where-safe costs {low:.1%}–{high:.1%} of the white paper's layout"
+            f" (Spot at the catalogue's share of On-Demand; stages on Spot: {stages}){beside}"
+        )
+    return lines
+
+
 def _money(value: Any) -> str:
     return f"{float(value):.2f}" if value is not None else "-"
 
@@ -405,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     with _stdout_to(args.log):
         for profile in profiles:
             for layout in layouts:
+                if layout == "spot-where-safe" and profile not in SPOT_PROFILES:
+                    continue
                 print(f"==> {profile}/{layout} ...", file=sys.stderr, flush=True)
                 r = run_one(profile, layout)
                 results[f"{profile}/{layout}"] = r
@@ -424,6 +469,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for check, ok, figure in checks:
         print(f"  [{'met' if ok else 'MISSED'}] {check}: {figure}")
+    ratios = _spot_ratios(results)
+    if ratios:
+        print()
+        print("\n".join(ratios))
     print(f"\nwritten: {args.out}")
     return 0
 

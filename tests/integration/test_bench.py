@@ -107,3 +107,20 @@ def test_the_fsx_file_system_is_sized_used_and_paid_for(results: dict) -> None:
         # mail), before the deletion, so the record's is the larger by about those 10 minutes
         record = r["record_storage_cost_usd"]
         assert r["fsx_cost_usd"] < record < r["fsx_cost_usd"] * 1.03, key
+
+
+def test_the_spot_layout_is_the_placement_with_spot_where_safe_and_its_ratio_a_range() -> None:
+    import yaml
+
+    _folder, text, _files = bench._manifest("cgrp", "spot-where-safe")
+    pipeline = yaml.safe_load(text)["pipeline"]
+    assert (pipeline["layout"], pipeline["capacity"]) == ("cryopilot", "spot-where-safe")
+    results = {
+        "cgrp/whitepaper": {"cost_usd": 200.0},
+        "cgrp/cryopilot": {"cost_usd": 70.0},
+        "cgrp/spot-where-safe": {"cost_usd_range": [40.0, 70.0], "spot_stages": ["ctf", "motion"]},
+    }
+    (line,) = bench._spot_ratios(results)
+    assert "cgrp: spot-where-safe costs 20.0%–35.0% of the white paper's layout" in line
+    assert "stages on Spot: ctf, motion" in line
+    assert line.endswith("cryopilot (On-Demand) 35.0%")
