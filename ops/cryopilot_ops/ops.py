@@ -227,8 +227,8 @@ def render_status(run: RunView, execution: str | None, now: float | None = None)
             lines.append(f"GPU-hours {float(run.gpu_hours_paid):,.1f} paid for")
     elif run.nodes_cost_usd is not None:
         lines.append(
-            f"cost so far about ${float(run.nodes_cost_usd):,.2f} (the GPU nodes that ran, "
-            f"{len(run.compute_nodes)} listed; {float(run.nodes_gpu_hours or 0):,.1f} GPU-hours)"
+            f"cost so far about ${float(run.nodes_cost_usd):,.2f} (compute nodes that ran: "
+            f"{len(run.compute_nodes)} listed, {float(run.nodes_gpu_hours or 0):,.1f} GPU-hours)"
         )
     elif stage_costs:
         lines.append(f"cost so far {cost_text(sum(stage_costs), None)}")
