@@ -645,3 +645,16 @@ def test_a_stage_lost_to_a_spot_interruption_completes_on_demand(cloud: LocalClo
     assert f"{hit} (interrupted; completed on {stage['resubmitted_on']})" in spot_line
     assert f"unlisted:{hit}" in text  # the Spot node no listing saw, in the node table
     assert cloud.pcluster.clusters() == {}
+
+
+def test_spot_where_safe_without_a_spot_quota_fails_at_validate(cloud: LocalCloud) -> None:
+    # the local account, like a new one, has 0 vCPUs for Spot P instances
+    assert cloud.ec2_quotas["L-7212CCBC"][1] == 0.0
+    cloud.drop_dataset("CGRP-2026-11", _spot_manifest(), DATA)
+    desc = _only_execution(cloud)
+    assert desc["status"] == "FAILED"
+    record = cloud.run_record(desc["name"])
+    assert record is not None
+    assert record["error"]["type"] == "PreflightError"
+    assert "quota L-7212CCBC: 'All P Spot Instance Requests' is 0 vCPUs" in record["error"]["message"]
+    assert not list(cloud.pcluster.requests_for("create_cluster"))
