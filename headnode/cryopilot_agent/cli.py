@@ -117,6 +117,10 @@ def _parser() -> _Parser:
     kill = verbs.add_parser("kill", add_help=False)
     kill.add_argument("--project", required=True)
     kill.add_argument("--stage", required=True)
+    requeue = verbs.add_parser("requeue", add_help=False)
+    requeue.add_argument("--project", required=True)
+    requeue.add_argument("--stage", required=True)
+    requeue.add_argument("--lane", required=True)
     export = verbs.add_parser("export", add_help=False)
     export.add_argument("--project", required=True)
     export.add_argument("--stage", required=True)
@@ -160,6 +164,8 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> BaseModel:
         return with_lanes(driver.status(args.project, list(args.stage)))
     if args.verb == "kill":
         return driver.kill(args.project, args.stage)
+    if args.verb == "requeue":
+        return driver.requeue(args.project, args.stage, args.lane)
     rel, local = export_dir(settings.fsx_mount, args.dest)
     if args.partial:
         return driver.export_partial(args.project, args.stage, rel, local)

@@ -25,6 +25,7 @@ from cryopilot.protocol.agent import (
     ExportResult,
     JobInfo,
     KillResult,
+    RequeueResult,
     StageState,
     StageStatus,
     StatusResult,
@@ -390,6 +391,28 @@ class Driver:
                 job.kill()
                 killed.append(job.uid)
         return KillResult(stage_id=stage_id, killed=killed)
+
+    # ------------------------------------------------------------------ requeue
+
+    def requeue(self, run_id: str, stage_id: str, lane: str) -> RequeueResult:
+        """Queue the stage's failed jobs again on ``lane`` (a stage lost with its Spot node goes to
+        the On-Demand lane): each is cleared back to building, its parameters and inputs kept
+        (cryosparc-tools' ``JobController.clear``), then queued."""
+        project = self.find_project(run_id)
+        ws = self.find_workspace(project) if project else None
+        if project is None or ws is None:
+            raise StageNotFoundError(f"no cryoSPARC project for run {run_id}")
+        jobs = self.stage_jobs(project, ws, stage_id)
+        if not jobs:
+            raise StageNotFoundError(f"stage {stage_id} of run {run_id} has no jobs")
+        requeued = []
+        for job in jobs:
+            if job.model.status == "failed":
+                job.clear()
+                job.queue(lane)
+                requeued.append(job.uid)
+        self._jobs = None
+        return RequeueResult(stage_id=stage_id, lane=lane, requeued=requeued)
 
     # ------------------------------------------------------------------ export
 

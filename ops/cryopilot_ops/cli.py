@@ -208,6 +208,7 @@ def _estimate(args: argparse.Namespace) -> int:
     from cryopilot_ops.estimate_view import render_comparison, render_full_vs_repeat
 
     kwargs: dict[str, Any] = {"region": args.region}
+    spot_lines: list[str] = []
     try:
         # the deployment's overrides (as the Lambdas get them), then --price
         catalogue = Catalogue.for_deployment(os.environ.get(PRICE_OVERRIDES_ENV))
@@ -240,6 +241,10 @@ def _estimate(args: argparse.Namespace) -> int:
             kwargs["storage_plan"] = plan_for_manifest(manifest, planned, None)
             wp = estimate(the_plan, Layout.whitepaper(), catalogue, **kwargs)
             cp = place(the_plan, Layout.cryopilot(), catalogue, **kwargs)
+            if manifest.pipeline.capacity == "spot-where-safe" and catalogue.spot is not None:
+                from cryopilot.domain.spot_policy import estimate_lines
+
+                spot_lines = estimate_lines(planned, cp, catalogue.spot)
         elif args.preset == "repeat":
             profile = args.profile or "cgrp"
             full = compare(profile, catalogue, **kwargs)
@@ -259,6 +264,8 @@ def _estimate(args: argparse.Namespace) -> int:
         print(f"cryopilot estimate: {exc}", file=sys.stderr)
         return 2
     print(render_comparison(wp, cp))
+    if spot_lines:
+        print("\n" + "\n".join(spot_lines))
     return 0
 
 

@@ -243,6 +243,13 @@ def render_status(run: RunView, execution: str | None, now: float | None = None)
     stage_costs = [float(s.cost_usd) for s in run.stages.values() if s.cost_usd is not None]
     if run.cost_usd is not None:
         lines.append(f"cost {cost_text(float(run.cost_usd), run.cost_basis)}")
+        if run.gpu_hours_paid is not None:
+            lines.append(f"GPU-hours {float(run.gpu_hours_paid):,.1f} paid for")
+    elif run.nodes_cost_usd is not None:
+        lines.append(
+            f"cost so far about ${float(run.nodes_cost_usd):,.2f} (compute nodes that ran: "
+            f"{len(run.compute_nodes)} listed, {float(run.nodes_gpu_hours or 0):,.1f} GPU-hours)"
+        )
     elif stage_costs:
         lines.append(f"cost so far {cost_text(sum(stage_costs), None)}")
     if run.error:

@@ -13,7 +13,9 @@ use and its cost (capacity × the catalogue's rate per GB-month × the cluster's
 of ``cost_usd``.
 
 Nothing here is an estimate: every figure is read back from what the simulated run did (the jobs'
-timestamps, the nodes' bill, the execution history, the Lambda invocation counts).
+timestamps, the nodes' bill, the execution history, the Lambda invocation counts). The run record's
+own bill (``record_cost_usd``: the nodes the controller listed through ``describeClusterInstances``,
+launch to end) is checked against the simulated EC2 bill: they agree within 1 %.
 
 Layouts: ``whitepaper`` is a manifest with ``pipeline: {layout: whitepaper}`` (every GPU stage on
 gpu8, one node held for the run); ``cryopilot`` is the preset's placement; ``repeat`` is a repeat
@@ -22,9 +24,10 @@ datasets (CGRP, GLP-1R): the second run of a campaign (:func:`campaign_of`) whos
 profile's full run on cryopilot's layout, on the same local stack (:func:`run_rows`). That run
 becomes the campaign's reference when its report is written, as any first run of a campaign does,
 and Validate takes the reference from the campaign for the repeat run, as in production. The
-repeat stages' times are Table 1's for the stages
-kept (``profiles.yaml``, the repeat notes): every figure of a repeat row is, again, read back from
-the simulated run.
+repeat stages' times are Table 1's for the stages kept (``profiles.yaml``, the repeat notes): every
+figure of a repeat row is, again, read back from the simulated run. ``spot-where-safe`` (CGRP and
+GLP-1R only) is cryopilot's placement with ``capacity: spot-where-safe``: its cost is a range (Spot
+nodes at the catalogue's Spot share of On-Demand), printed as a share of the white paper's.
 """
 
 from __future__ import annotations
@@ -50,9 +53,11 @@ from cryopilot_sim.datasets import stage_profile_data
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "build" / "bench" / "results.json"
 PROFILES = ("cgrp", "glp1r", "spike")
-LAYOUTS = ("whitepaper", "cryopilot", "repeat")
+LAYOUTS = ("whitepaper", "cryopilot", "spot-where-safe", "repeat")
 #: The datasets a repeat row is run for: the repeat preset starts from movies.
 REPEAT_PROFILES = ("cgrp", "glp1r")
+#: The profiles the spot-where-safe layout runs for (the two 36-hour datasets).
+SPOT_PROFILES = ("cgrp", "glp1r")
 
 #: Targets of the issue, checked on the figures (never on wall time).
 TABLE1_TOLERANCE = 0.01
@@ -65,6 +70,8 @@ MAX_TRANSITIONS_36H = 1000
 #: the white paper's layout: time to structure and cost.
 MAX_REPEAT_TIME_RATIO = 0.45
 MAX_REPEAT_COST_RATIO = 0.20
+#: The run record's bill (the nodes it listed) against the simulated EC2 bill.
+RECORD_BILL_TOLERANCE = 0.01
 
 
 #: The campaign of a profile's repeat row: its full run (cryopilot's layout) is the first run, the
@@ -91,6 +98,8 @@ def _manifest(profile: str, layout: str, *, campaign: bool = False) -> tuple[str
         pipeline.pop("overrides", None)
         folder = f"{folder}-REPEAT"
         doc.update(dataset=folder, campaign=campaign_of(profile), compound=f"{profile.upper()}-CP-0002")
+    elif layout == "spot-where-safe":  # the preset's placement, with the Spot policy's safe stages on Spot
+        pipeline.update(layout="cryopilot", capacity="spot-where-safe")
     else:
         pipeline["layout"] = layout
         if campaign:
@@ -161,6 +170,9 @@ def _run_on(
     cloud: Any, clock: VirtualClock, cat: Any, profile: str, layout: str, *, campaign: bool, timeout: float
 ) -> dict[str, Any]:
     """One run on ``cloud``: the dataset dropped, the execution it starts waited for; its figures."""
+    if layout == "spot-where-safe":  # an account that may buy Spot (a new one's quotas are 0)
+        for code in ("L-7212CCBC", "L-3819A6DF"):
+            cloud.ec2_quotas[code] = (cloud.ec2_quotas[code][0], 1152.0)
     wall0 = time.monotonic()
     invocations0 = sum(fn.invocations for fn in cloud.functions.values())
     before = {e["executionArn"] for e in cloud.executions()}
@@ -246,6 +258,10 @@ def _run_on(
     bill = nodes.bill()
     paid_gpu_h = sum(line["gpu_hours"] for line in bill)
     compute_cost = sum(line["cost_usd"] for line in bill)
+    # Spot nodes are billed here at the On-Demand price, the most they cost; the catalogue's Spot
+    # share of On-Demand gives the range they may cost instead
+    spot_cost = sum(line["cost_usd"] for line in bill if line["spot"])
+    share = cat.spot
     started = float(record.get("started_epoch") or created.get("created_at") or 0.0)
     finished = float(record.get("finished_epoch") or clock.now())
     head_type = str(created and yaml.safe_load(created["config"])["HeadNode"]["InstanceType"])
@@ -273,6 +289,16 @@ def _run_on(
         "idle_gpu_hours": paid_gpu_h - busy / 3600,
         "cost_usd": compute_cost + head_cost + fsx["fsx_cost_usd"],
         "compute_cost_usd": compute_cost,
+        "spot_nodes_cost_usd": spot_cost,
+        "cost_usd_range": [
+            compute_cost + head_cost + fsx["fsx_cost_usd"] - spot_cost * (1 - s)
+            for s in ((share.low, share.high) if share is not None else (1.0, 1.0))
+        ],
+        "spot_stages": sorted(
+            sid
+            for sid, st in (record.get("stages") or {}).items()
+            if str(st.get("lane") or "").endswith("-spot")
+        ),
         "head_node_cost_usd": head_cost,
         **fsx,
         # what the controller itself told (run record, report, mail): its estimate of the same bill
@@ -281,6 +307,7 @@ def _run_on(
         "record_stage_cost_usd": record.get("stage_cost_usd"),
         "record_storage_cost_usd": record.get("storage_cost_usd"),
         "record_gpu_hours_paid": record.get("gpu_hours_paid"),
+        "record_nodes_listed": len(record.get("compute_nodes") or {}),
         "max_gap_s": max(gaps, default=0.0),
         "mean_gap_s": statistics.fmean(gaps) if gaps else 0.0,
         "max_controller_gap_s": max(controller_gaps, default=0.0),
@@ -369,6 +396,16 @@ def _targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]]:
             ]
     checks += _repeat_targets(results)
     for key, r in results.items():
+        recorded, billed = r.get("record_cost_usd"), r["compute_cost_usd"]
+        err = recorded / billed - 1 if recorded is not None and billed else None
+        checks.append(
+            (
+                f"{key}: the run record's node bill within 1 % of the simulated EC2 bill",
+                err is not None and abs(err) <= RECORD_BILL_TOLERANCE,
+                f"record ${recorded} ({r.get('record_cost_basis')}, {r['record_nodes_listed']} nodes listed)"
+                f" vs ${billed:.2f} billed" + (f" ({err:+.2%})" if err is not None else ""),
+            )
+        )
         lag = r["delete_lag_s"]
         checks.append(
             (f"{key}: delete within 60 s of export", lag is not None and lag <= MAX_DELETE_LAG_S, f"{lag} s")
@@ -475,6 +512,25 @@ def repeat_assumptions(profiles: list[str], references: dict[str, Any] | None = 
     return lines
 
 
+def _spot_ratios(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Each spot-where-safe run's cost as a share of the white paper's layout: a range, since Spot
+    prices move (the catalogue's Spot share of On-Demand)."""
+    lines = []
+    for profile in SPOT_PROFILES:
+        wp, sp = results.get(f"{profile}/whitepaper"), results.get(f"{profile}/spot-where-safe")
+        if not wp or not sp:
+            continue
+        low, high = (c / wp["cost_usd"] for c in sp["cost_usd_range"])
+        cp = results.get(f"{profile}/cryopilot")
+        beside = f"; cryopilot (On-Demand) {cp['cost_usd'] / wp['cost_usd']:.1%}" if cp else ""
+        stages = ", ".join(sp["spot_stages"])
+        lines.append(
+            f"  {profile}: spot-where-safe costs {low:.1%}–{high:.1%} of the white paper's layout"
+            f" (Spot at the catalogue's share of On-Demand; stages on Spot: {stages}){beside}"
+        )
+    return lines
+
+
 def _money(value: Any) -> str:
     return f"{float(value):.2f}" if value is not None else "-"
 
@@ -547,8 +603,14 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     with _stdout_to(args.log):
         for profile in profiles:
-            # the repeat preset starts from movies: no repeat row for micrographs
-            rows = [x for x in layouts if x != "repeat" or profile in REPEAT_PROFILES]
+            # the repeat preset starts from movies: no repeat row for micrographs; Spot for the
+            # 36-hour datasets only
+            rows = [
+                x
+                for x in layouts
+                if (x != "repeat" or profile in REPEAT_PROFILES)
+                and (x != "spot-where-safe" or profile in SPOT_PROFILES)
+            ]
             print(f"==> {profile}: {', '.join(rows)} ...", file=sys.stderr, flush=True)
             if "repeat" in rows and "cryopilot" not in rows:
                 print("    (and the full run the repeat row's campaign starts with)", file=sys.stderr)
@@ -577,6 +639,10 @@ def main(argv: list[str] | None = None) -> int:
         print()
     for check, ok, figure in checks:
         print(f"  [{'met' if ok else 'MISSED'}] {check}: {figure}")
+    ratios = _spot_ratios(results)
+    if ratios:
+        print()
+        print("\n".join(ratios))
     print(f"\nwritten: {args.out}")
     return 0
 

@@ -17,7 +17,7 @@ from cryopilot.domain.presets import JobTypeSpec
 
 from cryopilot_sim.clock import Clock
 
-FaultKind = Literal["fail", "kill", "stuck", "nospace"]
+FaultKind = Literal["fail", "kill", "stuck", "nospace", "node_lost"]
 DurationFn = Callable[[str, "SimJob"], float]
 
 #: profiles.yaml stage id per job type (extract_micrographs_multi is "extract" the first time in a
@@ -168,6 +168,11 @@ class JobTiming:
                         self._finish(job, "failed", job.end_at)
                     elif job.fault == "nospace":  # its file system filled up (error set when it did)
                         self._finish(job, "failed", job.end_at)
+                    elif job.fault == "node_lost":  # its Spot node was reclaimed
+                        job.error = (
+                            "Job's node was lost (Spot instance interrupted); Slurm ended it: NODE_FAIL"
+                        )
+                        self._finish(job, "failed", job.end_at)
                     elif job.fault == "kill":
                         job.error = "Job killed by an external signal (injected fault)"
                         self._finish(job, "killed", job.end_at)
@@ -201,7 +206,12 @@ class JobTiming:
             if ready > start:  # waiting for its node: Slurm has it, cryoSPARC says "launched"
                 job.status = "launched"
             start = job.started_at = ready
-        if job.fault == "stuck":
+        lost = self.slurm.interruption(job.uid) if self.slurm is not None and job.lane is not None else None
+        if lost is not None and job.fault != "stuck" and lost[1] < start + duration:
+            # EC2 reclaims the job's Spot node two minutes after its notice: the job dies with it
+            job.fault = "node_lost"
+            job.end_at = lost[1]
+        elif job.fault == "stuck":
             job.end_at = None
         elif job.fault in ("fail", "kill"):
             job.end_at = start + duration / 2

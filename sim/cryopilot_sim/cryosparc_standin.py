@@ -56,6 +56,8 @@ from cryopilot_sim.cryosparc_outputs import JobOutputs
 
 API_PREFIX = "/api/cmd"
 VERSION = "v5.0.3"
+#: The lanes headnode-setup.sh registers by default (one per Slurm queue of --lanes); a stand-in
+#: attached to a cluster registers that cluster's queues instead (``CryoSparcStandIn.lanes``).
 LANES = {"gpu8": 8, "gpu4": 4, "gpu1": 1}
 
 
@@ -172,6 +174,8 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         #: The cluster's compute nodes (``cryopilot_sim.slurm.SlurmNodes``): when set, a lane job
         #: starts once its node is up and runs at its GPU's speed; None = every job starts at once.
         self.slurm: Any = None
+        #: The cluster lanes registered (name → GPUs per job).
+        self.lanes: dict[str, int] = dict(LANES)
         #: The cluster's file systems (``cryopilot_sim.filesystems.Volumes``): when set, jobs write
         #: their bytes there and fail when one is full (``cryopilot_sim.cryosparc_bytes``).
         self.volumes: Any = None
@@ -568,6 +572,9 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
                 response=job,
             ),
             route("post", pj + "/kill", "jobs.kill", self._kill, response=job),
+            # cryosparc-tools' JobController.clear calls api.jobs.clear: "Clears a job to get it back
+            # to building state (do not clear params or inputs)"
+            route("post", pj + "/clear", "jobs.clear", self._clear, response=job),
             route(
                 "put",
                 pj + "/title",
@@ -673,7 +680,7 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
             "last_name": "Pilot",
             "emails": [{"address": self.email, "verified": True}],
             "roles": {"__global_roles__": ["admin"]},
-            "lanes": list(LANES),
+            "lanes": list(self.lanes),
         }
 
     def _project_doc(self, p: SimProject) -> dict[str, Any]:
@@ -790,7 +797,9 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         return self._user_doc()
 
     def _lanes(self) -> list[dict[str, Any]]:
-        return [{"name": n, "type": "cluster", "title": f"{n} ({g} GPUs per job)"} for n, g in LANES.items()]
+        return [
+            {"name": n, "type": "cluster", "title": f"{n} ({g} GPUs per job)"} for n, g in self.lanes.items()
+        ]
 
     def _job_register(self) -> dict[str, Any]:
         specs = []
@@ -1005,8 +1014,8 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         job = self._job(project_uid, job_uid)
         self._building(job)
         spec = self._spec(job.type)
-        if lane is not None and lane not in LANES:
-            raise ApiError(422, f"Unknown lane {lane!r}; lanes: {', '.join(LANES)}")
+        if lane is not None and lane not in self.lanes:
+            raise ApiError(422, f"Unknown lane {lane!r}; lanes: {', '.join(self.lanes)}")
         if spec.interactive and lane is not None:
             raise ApiError(422, f"{job.type} is interactive and runs on the master only (no lane)")
         if spec.gpu and lane is None:
@@ -1017,9 +1026,9 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
             # a worker job has nowhere to run. The real instance's exact answer is not documented;
             # this stand-in refuses it at once rather than leave it queued forever.
             raise ApiError(422, f"{job.type} runs on a worker: queue it to a lane (no master workstation)")
-        if lane is not None and int(job.params.get("compute_num_gpus", 1)) > LANES[lane]:
+        if lane is not None and int(job.params.get("compute_num_gpus", 1)) > self.lanes[lane]:
             raise ApiError(
-                422, f"Lane {lane} has {LANES[lane]} GPU(s) per job; compute_num_gpus is too large"
+                422, f"Lane {lane} has {self.lanes[lane]} GPU(s) per job; compute_num_gpus is too large"
             )
         for name, ispec in spec.inputs.items():
             if sum(1 for c in job.connections if c.input == name) < int(ispec.get("count_min", 0)):
@@ -1041,6 +1050,26 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
                 f"Job {project_uid}-{job_uid} is {job.status}; only a queued or running job can be killed",
             )
         self._finish(job, "killed", self.clock.now())
+        return self._job_doc(job)
+
+    def _clear(self, project_uid: str, job_uid: str) -> dict[str, Any]:
+        job = self._job(project_uid, job_uid)
+        if job.status in ("queued", "launched", "started", "running", "waiting"):
+            raise ApiError(422, f"Job {project_uid}-{job_uid} is {job.status}; kill it before clearing it")
+        job.status = "building"
+        job.lane = None
+        for attr in (
+            "queued_at",
+            "started_at",
+            "waiting_at",
+            "completed_at",
+            "failed_at",
+            "killed_at",
+            "end_at",
+        ):
+            setattr(job, attr, None)
+        job.error = None
+        job.fault = None
         return self._job_doc(job)
 
     def _set_title(self, project_uid: str, job_uid: str, title: str) -> dict[str, Any]:

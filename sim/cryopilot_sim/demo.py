@@ -101,6 +101,12 @@ REHEARSALS: dict[str, Rehearsal] = {
         "CapacityError",
         (_failed_mail("CapacityError", "VcpuLimitExceeded", "L-417A185B", _CLEAN),),
     ),
+    "spot-interrupt": Rehearsal(
+        "SUCCEEDED",
+        "capacity: spot-where-safe, and EC2 interrupts the first Spot node (two minutes' notice):"
+        " its stage is resubmitted On-Demand once and completes",
+        mails=(MailExpected(("{dataset} done: ",), ("Spot: on Spot: ", "(interrupted; completed on ")),),
+    ),
     "head-node-capacity": Rehearsal(
         "SUCCEEDED",
         "no head-node capacity in the first subnet: the cluster is created in the next placement",
@@ -320,6 +326,13 @@ def _inject(cloud: LocalCloud, fail: str, runs: int = 1) -> None:
         for instance_type in cloud.settings_queue_types():
             if instance_type.startswith("p"):
                 cloud.inject_capacity(instance_type, "VcpuLimitExceeded")
+    elif fail == "spot-interrupt":
+        # the account may buy Spot (a new account's Spot quotas are often 0: preflight says so)
+        for code in ("L-7212CCBC", "L-3819A6DF"):
+            name, _ = cloud.ec2_quotas[code]
+            cloud.ec2_quotas[code] = (name, 1152.0)
+        for _ in range(runs):
+            cloud.inject_spot_interruption(after_seconds=600)
     elif fail == "delete-failed":
         # the success path's delete, the failure path's retry, the cleanup function's: all fail
         cloud.pcluster.inject("delete_failed", count=3 * runs)
@@ -542,6 +555,13 @@ def _verdict(
     }
 
 
+def with_spot_where_safe(manifest: str) -> str:
+    """The manifest with ``pipeline: {capacity: spot-where-safe}``."""
+    doc = yaml.safe_load(manifest)
+    doc.setdefault("pipeline", {})["capacity"] = "spot-where-safe"
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
 def _scenario_checks(
     cloud: LocalCloud,
     fail: str,
@@ -577,6 +597,12 @@ def _scenario_checks(
             polls = rec.stages[stage].polls if stage in rec.stages else None
             if polls is None or polls > 2:
                 problems.append(f"the quota failure took {polls} polls of stage {stage} (at most 2)")
+    elif fail == "spot-interrupt":
+        hit = [sid for sid, st in rec.stages.items() if st.spot_interruptions]
+        if len(hit) != 1:
+            problems.append(f"expected one stage lost to the Spot interruption: {hit}")
+        elif rec.stages[hit[0]].state != "completed" or not rec.stages[hit[0]].resubmitted_on:
+            problems.append(f"stage {hit[0]} did not complete On-Demand: {rec.stages[hit[0]]}")
     elif fail == "job-stuck":
         stage = (rec.error or {}).get("step", "").removeprefix("stage:")
         if stage not in rec.stages or not rec.stages[stage].killed_for_time:
@@ -711,6 +737,8 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     folder, manifest, files = sample_dataset(options.profile)
     if options.fail == "missing-data":
         manifest, files = with_missing_data(manifest, files)
+    if options.fail == "spot-interrupt":
+        manifest = with_spot_where_safe(manifest)
     limit = options.max_concurrent_runs or int(load_template()["Parameters"]["MaxConcurrentRuns"]["Default"])
     cloud = LocalCloud(clock=clock, profile=options.profile, parameters={"MaxConcurrentRuns": limit})
     with cloud:

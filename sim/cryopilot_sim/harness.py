@@ -172,6 +172,8 @@ class LocalCloud:
         self.compute_nodes: dict[str, Any] = {}
         #: EC2 launch errors of GPU types (:meth:`inject_capacity`): (instance type, code, until).
         self.capacity_faults: list[tuple[str, str, float]] = []
+        #: seconds after a Spot node is ready that EC2 interrupts it, one per Spot node to come
+        self.spot_interruptions: list[float] = []
         #: Each cluster's cryoSPARC stand-in, kept after deletion (its jobs' timestamps).
         self.cryosparc_by_cluster: dict[str, Any] = {}
         #: Each cluster's file systems (``cryopilot_sim.filesystems.Volumes``) with ``model_bytes``.
@@ -759,6 +761,8 @@ class LocalCloud:
         )
         base_url = cs.start()
         cs.slurm = self._compute_nodes_for(cluster_name)
+        if cs.slurm is not None:  # headnode-setup.sh registers one lane per Slurm queue (--lanes)
+            cs.lanes = {q.name: q.gpus for q in cs.slurm.queues.values()}
         if self.model_bytes:
             cs.volumes = self._volumes_for(cluster_name)
         self.cryosparc_by_cluster[cluster_name] = cs
@@ -924,6 +928,8 @@ class LocalCloud:
         )
         for instance_type, code, end in self.capacity_faults:
             nodes.set_capacity(instance_type, code, end=end)
+        for after in self.spot_interruptions:
+            nodes.interrupt_spot(after)
         with self._lock:
             self.compute_nodes[cluster_name] = nodes
         return nodes
@@ -936,6 +942,12 @@ class LocalCloud:
         by ParallelCluster, any other (``VcpuLimitExceeded``) leaves the node down."""
         end = float("inf") if seconds is None else self.clock.now() + seconds
         self.capacity_faults.append((instance_type, code, end))
+
+    def inject_spot_interruption(self, after_seconds: float = 600.0) -> None:
+        """The next Spot node of the clusters made from now on gets EC2's interruption notice
+        ``after_seconds`` after it is ready, and is reclaimed two minutes later
+        (``cryopilot_sim.slurm.SPOT_NOTICE_SECONDS``): the job on it fails."""
+        self.spot_interruptions.append(float(after_seconds))
 
     def settings_queue_types(self, queue: str | None = None) -> list[str]:
         """The stack's instance types of one GPU queue's compute resources (or of every queue)."""

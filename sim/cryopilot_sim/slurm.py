@@ -24,6 +24,12 @@ ParallelCluster reports them (user guide, "Slurm cluster fast insufficient capac
 
 Cluster creation never depends on it: the queues scale from zero.
 
+A queue with ``CapacityType: SPOT`` buys Spot nodes. A Spot interruption
+(:meth:`SlurmNodes.interrupt_spot`) follows the EC2 user guide ("Spot Instance interruption
+notices"): EC2 gives the notice two minutes (:data:`SPOT_NOTICE_SECONDS`) before it reclaims the
+instance; from then the node is gone (no longer listed by describeClusterInstances, billed up to
+that moment) and the job that ran on it is lost.
+
 Prices and GPU speeds come from the controller's own instance catalogue (``cryopilot.domain.catalogue``), so a
 figure the benchmark prints is the figure an estimate would print for the same timeline.
 """
@@ -58,6 +64,9 @@ DEFAULT_CAPACITY_TIMEOUT = 600.0
 #: clustermgtd's loop (``loop_time``, 60 s by default): a failed launch is handled, and the job
 #: requeued, one loop after it.
 CLUSTERMGTD_LOOP_SECONDS = 60.0
+#: EC2's Spot interruption notice comes two minutes before the instance is reclaimed (EC2 user
+#: guide, "Spot Instance interruption notices").
+SPOT_NOTICE_SECONDS = 120.0
 
 
 @dataclass
@@ -83,6 +92,8 @@ class QueueSpec:
     speed: float  # cryoSPARC throughput of one GPU relative to the reference GPU (A100)
     #: The queue's compute resources in order of preference (default: one, of ``instance_type``).
     resources: list[ResourceSpec] = field(default_factory=list)
+    #: ``CapacityType`` of the queue: ``ONDEMAND`` or ``SPOT``.
+    capacity_type: str = "ONDEMAND"
 
     def __post_init__(self) -> None:
         if not self.resources:
@@ -152,6 +163,10 @@ class Node:
     idle_from: float = 0.0
     terminated_at: float | None = None
     jobs: list[str] = field(default_factory=list)
+    spot: bool = False
+    #: A Spot interruption: its notice, and when EC2 reclaims the node (notice + two minutes).
+    notice_at: float | None = None
+    interrupted_at: float | None = None
 
     def hours(self) -> float:
         end = self.terminated_at if self.terminated_at is not None else self.launched_at
@@ -186,6 +201,8 @@ class SlurmNodes:
         #: Every job's wait for its node, by job key.
         self.waits: dict[str, JobWait] = {}
         self._serial: dict[tuple[str, str], int] = {}
+        #: Spot interruptions still to come: seconds into its next job that a Spot node's notice comes.
+        self._spot_interruptions: list[float] = []
         self._lock = threading.Lock()
         for q in queues:
             for r in q.resources:
@@ -206,6 +223,7 @@ class SlurmNodes:
             resource=r.name,
             name=self._node_name(q.name, r.name, static=static),
             speed=r.speed,
+            spot=q.capacity_type == "SPOT",
         )
         self.nodes.append(node)
         return node
@@ -261,6 +279,7 @@ class SlurmNodes:
             first = resources[0]
             queues.append(
                 QueueSpec(
+                    capacity_type=str(queue.get("CapacityType") or "ONDEMAND"),
                     name=str(queue["Name"]),
                     instance_type=first.instance_type,
                     gpus=first.gpus,
@@ -331,6 +350,20 @@ class SlurmNodes:
             t += CLUSTERMGTD_LOOP_SECONDS  # the job is requeued one clustermgtd loop later
         return None, None
 
+    def interrupt_spot(self, after_seconds: float, count: int = 1) -> None:
+        """The next ``count`` Spot nodes to be given a job get EC2's interruption notice
+        ``after_seconds`` after the job starts, and are reclaimed :data:`SPOT_NOTICE_SECONDS` later."""
+        with self._lock:
+            self._spot_interruptions += [float(after_seconds)] * count
+
+    def interruption(self, job: str) -> tuple[float, float] | None:
+        """(notice, reclaimed) of the Spot node ``job`` runs on, if EC2 interrupts it."""
+        with self._lock:
+            node = next((n for n in reversed(self.nodes) if job in n.jobs), None)  # its latest node
+        if node is None or node.interrupted_at is None or node.notice_at is None:
+            return None
+        return node.notice_at, node.interrupted_at
+
     # -- jobs -------------------------------------------------------------------------------------
 
     def speed(self, queue: str, stage_kind: str) -> float:
@@ -345,13 +378,16 @@ class SlurmNodes:
         """Divisor of a stage's wall time on the node ``job`` got (1.0 for stages not GPU-bound)."""
         with self._lock:
             wait = self.waits.get(job)
-            node = next((n for n in self.nodes if job in n.jobs), None)
+            node = next((n for n in reversed(self.nodes) if job in n.jobs), None)  # its latest node
         if node is None or stage_kind not in self.gpu_bound:
             return self.speed(wait.queue, stage_kind) if wait else 1.0
         return node.speed
 
     def _retire_idle(self, t: float) -> None:
         for node in self.nodes:
+            if node.terminated_at is None and node.interrupted_at is not None and node.interrupted_at <= t:
+                node.terminated_at = node.interrupted_at  # reclaimed by EC2 (Spot interruption)
+                continue
             idle_out = node.terminated_at is None and not node.static and not node.busy
             if idle_out and t > node.idle_from + self.idle:
                 node.terminated_at = node.idle_from + self.idle
@@ -363,7 +399,14 @@ class SlurmNodes:
             if queue not in self.queues:
                 raise KeyError(f"no queue {queue!r} in this cluster")
             self._retire_idle(t)
-            free = [n for n in self.nodes if n.queue == queue and n.terminated_at is None and not n.busy]
+            free = [
+                n
+                for n in self.nodes
+                if n.queue == queue
+                and n.terminated_at is None
+                and not n.busy
+                and (n.notice_at is None or n.notice_at > t)  # no job goes to a node under notice
+            ]
             launched: float | None = None
             if free:
                 node: Node | None = min(free, key=lambda n: n.ready_at)
@@ -384,6 +427,9 @@ class SlurmNodes:
                 return None
             node.busy += 1
             node.jobs.append(job)
+            if node.spot and node.interrupted_at is None and self._spot_interruptions:
+                node.notice_at = max(t, node.ready_at) + self._spot_interruptions.pop(0)
+                node.interrupted_at = node.notice_at + SPOT_NOTICE_SECONDS
             return max(t, node.ready_at)
 
     def release(self, queue: str, t: float, job: str = "") -> None:
@@ -422,6 +468,8 @@ class SlurmNodes:
                     if n.queue != q.name or n.resource != r.name or n.launched_at > now:
                         continue
                     if n.terminated_at is not None and n.terminated_at <= now:
+                        continue
+                    if n.interrupted_at is not None and n.interrupted_at <= now:
                         continue
                     state = "alloc#" if now < n.ready_at else ("alloc" if n.busy else "idle")
                     rows.append((q.name, n.name, state, ""))
@@ -489,6 +537,10 @@ class SlurmNodes:
             for i, n in enumerate(self.nodes):
                 if n.launched_at > now or (n.terminated_at is not None and n.terminated_at <= now):
                     continue
+                if not n.static and not n.busy and now > n.idle_from + self.idle:
+                    continue  # Slurm powered it down (ScaledownIdletime), whether or not a job came since
+                if n.interrupted_at is not None and n.interrupted_at <= now:
+                    continue  # reclaimed by EC2 after its Spot interruption notice
                 listed.append(
                     {
                         "index": i,
@@ -505,6 +557,11 @@ class SlurmNodes:
     def bill(self) -> list[dict[str, Any]]:
         """One line per node that ran: queue, type, GPUs, launch/termination times, hours, cost."""
         with self._lock:
+            for n in self.nodes:  # a reclaimed Spot node is billed up to the moment EC2 took it
+                if n.interrupted_at is not None and (
+                    n.terminated_at is None or n.terminated_at > n.interrupted_at
+                ):
+                    n.terminated_at = n.interrupted_at
             return [
                 {
                     "queue": n.queue,
@@ -512,6 +569,8 @@ class SlurmNodes:
                     "compute_resource": n.resource,
                     "gpus": n.gpus,
                     "static": n.static,
+                    "spot": n.spot,
+                    "interrupted_at": n.interrupted_at,
                     "launched_at": n.launched_at,
                     "terminated_at": n.terminated_at,
                     "hours": n.hours(),

@@ -674,3 +674,61 @@ def test_slurm_commands_are_found_where_parallelcluster_puts_them(monkeypatch: p
     monkeypatch.setattr(agent_slurm.subprocess, "run", fake_run)
     assert agent_slurm.run_command(agent_slurm.SINFO).startswith("gpu8|")
     assert ran == [["/opt/slurm/bin/sinfo", *agent_slurm.SINFO[1:]]]
+
+
+def test_a_spot_interruption_reclaims_the_node_two_minutes_after_its_notice_and_its_job_fails(
+    standin: CryoSparcStandIn, agent: Agent, clock: VirtualClock
+) -> None:
+    """EC2 user guide, "Spot Instance interruption notices": the notice comes two minutes before
+    EC2 reclaims the instance. The Slurm/EC2 stand-in's node is then gone (no longer listed, billed
+    up to that moment) and the cryoSPARC job on it fails."""
+    import yaml
+    from cryopilot.domain.clusterconfig.build import build_cluster_config, render_yaml
+    from cryopilot.domain.clusterconfig.params import ClusterParams
+    from cryopilot_sim.slurm import SPOT_NOTICE_SECONDS, SlurmNodes
+
+    from tests.conftest import make_cluster_request
+
+    params = ClusterParams(
+        region="us-east-1",
+        head_node_subnet_id="subnet-0123456789abcdef0",
+        compute_subnet_ids=["subnet-0aaaaaaaaaaaaaaa1"],
+        licence_secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:cryosparc-licence-AbCdEf",
+        bootstrap_s3_uri="s3://cryopilot-assets/bootstrap/",
+        results_s3_uri="s3://cryopilot-results/runs/",
+    )
+    request = make_cluster_request("run-spot", spot_queues=["gpu8"])
+    doc = yaml.safe_load(render_yaml(build_cluster_config(request, params)))
+    assert [q.get("CapacityType") for q in doc["Scheduling"]["SlurmQueues"]][-1] == "SPOT"
+    # the cryoSPARC stand-in's lanes are the On-Demand queues: let its gpu8 lane buy Spot, as gpu8-spot does
+    gpu8 = next(q for q in doc["Scheduling"]["SlurmQueues"] if q["Name"] == "gpu8")
+    gpu8["CapacityType"] = "SPOT"
+    nodes = SlurmNodes.from_cluster_config(yaml.safe_dump(doc), ready_at=clock.now())
+    assert nodes.queues["gpu8-spot"].capacity_type == "SPOT"
+    standin.slurm = nodes
+    stages = plan(movies_manifest(), data_dir="/fsx/d/")
+    motion = next(s for s in stages if s.lane == "gpu8" and s.id != "import")
+    for spec in stages[: stages.index(motion)]:
+        agent.run_stage("run-spot", spec)
+    nodes.interrupt_spot(after_seconds=600)  # the next Spot node given a job: motion correction's
+    agent.submit("run-spot", motion)
+    job_uid = agent.status("run-spot", motion.id).stages[0].jobs[0].uid
+    (node,) = [n for n in nodes.nodes if job_uid in n.jobs]
+    assert node.spot
+    started = max(node.ready_at, clock.now())
+    assert node.notice_at == started + 600
+    assert node.interrupted_at == node.notice_at + SPOT_NOTICE_SECONDS
+    clock.advance(max(0.0, node.notice_at - clock.now()) + 1)  # under notice: still there
+    assert node.instance_type in [i["instance_type"] for i in nodes.instances(clock.now())]
+    assert agent.status("run-spot", motion.id).stages[0].state == "running"
+    clock.advance(SPOT_NOTICE_SECONDS)  # reclaimed
+    listed = nodes.instances(clock.now())
+    assert all(i["launched_at"] != node.launched_at for i in listed), listed
+    status = agent.status("run-spot", motion.id).stages[0]
+    assert status.state == "failed"
+    (lost,) = [j for j in status.jobs if j.uid == job_uid]
+    assert lost.status == "failed"
+    assert "Spot instance interrupted" in (lost.error or "")
+    (line,) = [b for b in nodes.bill() if job_uid in b["jobs"]]
+    assert line["spot"] is True
+    assert line["terminated_at"] == node.interrupted_at  # billed up to the moment EC2 took it

@@ -110,6 +110,17 @@ UPLOADS = [
         ("nested too deeply",),
         name="cryopilot.json",
     ),
+    # capacity
+    Upload(
+        "capacity-unknown",
+        _yaml(_manifest(pipeline={"capacity": "spot"})),
+        ("pipeline.capacity: Input should be 'on-demand' or 'spot-where-safe' (got 'spot')",),
+    ),
+    Upload(
+        "spot-with-the-white-papers-layout",
+        _yaml(_manifest(pipeline={"layout": "whitepaper", "capacity": "spot-where-safe"})),
+        ("pipeline: capacity: spot-where-safe needs layout: cryopilot",),
+    ),
     # wrong types
     Upload(
         "voltage-as-text",

@@ -178,6 +178,16 @@ def test_no_p4d_at_node_launch_runs_on_the_next_compute_resource(tmp_path: Path)
     assert "p4de.24xlarge" in text
 
 
+def test_a_spot_interruption_is_rehearsed_and_the_stage_completes_on_demand(tmp_path: Path) -> None:
+    summary = _rehearse(tmp_path, "spot-interrupt")
+    _assert_clean_end(summary, "SUCCEEDED", None)
+    subject, text = _outbox(tmp_path)[-1]
+    assert subject.startswith(f"[cryopilot] {DATASET} done: ")
+    assert "Spot: on Spot: " in text
+    assert "(interrupted; completed on gpu" in text
+    assert "lost on Spot" in text  # the run's capacity events
+
+
 @pytest.mark.parametrize(
     ("fail", "words"),
     [

@@ -115,6 +115,14 @@ def test_successful_run(cloud: LocalCloud) -> None:
     assert "cost_usd" not in record["stages"]["select2d"]  # interactive: on the cryoSPARC master
     assert record["cost_usd"] > 0  # the report's total, quoted in the final mail
     assert record["decisions"], "the 2D selection and class choices must be recorded"
+    # the run's bill is the nodes that ran (describeClusterInstances), as EC2 bills them: within 1 %
+    (cluster,) = cloud.compute_nodes
+    bill = cloud.compute_nodes[cluster].bill()
+    assert record["cost_basis"] == "node lifetimes"
+    assert record["cost_usd"] == pytest.approx(sum(line["cost_usd"] for line in bill), rel=0.01)
+    assert record["gpu_hours_paid"] == pytest.approx(sum(line["gpu_hours"] for line in bill), rel=0.01)
+    assert record["compute_nodes"]
+    assert record["nodes_cost_usd"] > 0  # the polls' bill so far
 
     s3 = cloud.client("s3")
     for f in record["results"]["files"]:
@@ -144,6 +152,7 @@ def test_successful_run(cloud: LocalCloud) -> None:
     assert subjects[1].startswith("[cryopilot] CGRP-2026-11 done: 2.")
     assert "Å in " in subjects[1]
     assert "Automatic decisions" in mails[1]["message"]
+    assert f"GPU-hours: {record['gpu_hours_paid']:,.1f} paid for" in mails[1]["message"]
     assert all(m["attributes"]["run_id"] == run_id for m in mails)
 
     assert cloud.pcluster.clusters() == {}, "the cluster must be gone"
@@ -506,7 +515,8 @@ def test_no_p4d_at_node_launch_fails_over_to_p4de_inside_the_cluster(cloud: Loca
 
 
 def test_no_capacity_in_any_gpu8_resource_fails_fast_with_capacity_error() -> None:
-    with LocalCloud(clock=VirtualClock(), parameters={"CapacityWaitMinutes": 10}) as cloud:
+    parameters = {"CapacityWaitMinutes": 10, "CapacityMailMinutes": 5}
+    with LocalCloud(clock=VirtualClock(), parameters=parameters) as cloud:
         for itype in ("p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge"):
             cloud.inject_capacity(itype)
         cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
@@ -534,6 +544,16 @@ def test_no_capacity_in_any_gpu8_resource_fails_fast_with_capacity_error() -> No
         failure = cloud.mails()[-1]
         assert failure["subject"].endswith(": CapacityError"), failure["subject"]
         assert "no capacity in any compute resource" in failure["message"]
+        # one mail once the stage had waited CapacityMailMinutes, before the failure
+        waiting = [m for m in cloud.mails() if "waiting for GPU capacity" in m["subject"]]
+        assert len(waiting) == 1, [m["subject"] for m in cloud.mails()]
+        (mail,) = waiting
+        assert mail["subject"] == f"[cryopilot] CGRP-2026-11 waiting for GPU capacity: {stage['title']}"
+        assert "waiting for capacity on gpu8 since " in mail["message"]
+        assert "CapacityWaitMinutes (10 min)" in mail["message"]
+        assert mail["attributes"]["run_id"] == desc["name"]
+        assert [m["subject"] for m in cloud.mails()].index(mail["subject"]) < len(cloud.mails()) - 1
+        assert any(m["kind"] == "capacity_waiting" for m in record["mails"])
         assert "RecordFailure" in cloud.states_entered(desc["executionArn"])
         assert cloud.pcluster.clusters() == {}
 
@@ -558,3 +578,83 @@ def test_a_p_instance_quota_of_zero_fails_within_two_polls(cloud: LocalCloud) ->
     assert [f.code for f in cloud.compute_nodes[cluster].failures] == ["VcpuLimitExceeded"]  # no fail-over
     assert "L-417A185B" in cloud.mails()[-1]["message"]
     assert cloud.pcluster.clusters() == {}
+
+
+# --- Spot where it is safe ------------------------------------------------------------------------
+
+
+def _spot_manifest() -> str:
+    import yaml
+
+    doc = yaml.safe_load(_manifest("cgrp.yaml"))
+    doc.setdefault("pipeline", {})["capacity"] = "spot-where-safe"
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def test_a_stage_lost_to_a_spot_interruption_completes_on_demand(cloud: LocalCloud) -> None:
+    from cryopilot.adapters import runs
+    from cryopilot.domain.spot_policy import safe_stages
+
+    for code in ("L-7212CCBC", "L-3819A6DF"):  # the account's Spot quotas (0 in a new account)
+        name, _ = cloud.ec2_quotas[code]
+        cloud.ec2_quotas[code] = (name, 1152.0)
+    cloud.inject_spot_interruption(after_seconds=600)  # the first Spot node given a job
+    cloud.drop_dataset("CGRP-2026-11", _spot_manifest(), DATA)
+    desc = _only_execution(cloud)
+    run_id = desc["name"]
+    record = cloud.run_record(run_id)
+    assert desc["status"] == "SUCCEEDED", (record or {}).get("error")
+    assert record is not None
+    plan = runs.store().get_plan(run_id)
+    spot = [s for s in plan if s.lane and s.lane.endswith("-spot")]
+    assert [s.id for s in spot] == safe_stages(plan) != []
+    assert plan[-1].lane is None or not plan[-1].lane.endswith("-spot")  # never the final refinement
+    assert record["capacity"] == "spot-where-safe"
+    assert record["spot_queues"]
+    (cluster,) = cloud.compute_nodes
+    queues = {q.name: q.capacity_type for q in cloud.compute_nodes[cluster].queues.values()}
+    assert {queues[f"{q}-spot"] for q in record["spot_queues"]} == {"SPOT"}
+    # the interrupted stage: its job lost with its Spot node, then run again On-Demand
+    (hit,) = [sid for sid, st in record["stages"].items() if st.get("spot_interruptions")]
+    stage = record["stages"][hit]
+    assert stage["state"] == "completed"
+    lost = stage["spot_interruptions"][0]
+    assert lost["lane"].endswith("-spot")
+    assert "Spot instance interrupted" in lost["error"]
+    assert stage["resubmitted_on"] == lost["lane"].removesuffix("-spot")
+    bill = cloud.compute_nodes[cluster].bill()
+    interrupted = [b for b in bill if b["interrupted_at"] is not None]
+    assert len(interrupted) == 1
+    assert interrupted[0]["spot"] is True
+    # both attempts are paid: the Spot node up to its interruption, the On-Demand node after
+    assert record["cost_basis"] == "node lifetimes"
+    assert record["cost_usd"] == pytest.approx(sum(b["cost_usd"] for b in bill), rel=0.01)
+    notes = [e["note"] for e in record["capacity_events"] if e["stage"] == hit]
+    assert any("lost on Spot" in n and "resubmitted on" in n for n in notes), notes
+    # the mail and the report say which stages ran on Spot and what it saved
+    least, most = record["spot_saved_usd"]
+    assert 0 <= least < most  # Spot may cost up to the On-Demand price: it saves from nothing
+    assert f"{hit} (interrupted; completed on {stage['resubmitted_on']})" in record["spot_summary"]
+    done = cloud.mails()[-1]
+    assert done["subject"].startswith("[cryopilot] CGRP-2026-11 done:")
+    assert f"Spot: {record['spot_summary']}" in done["message"]
+    s3 = cloud.client("s3")
+    report = s3.get_object(Bucket=cloud.results_bucket, Key=f"runs/{run_id}/report/report.md")
+    text = report["Body"].read().decode()
+    (spot_line,) = [ln for ln in text.splitlines() if ln.startswith("- **Spot:** on Spot: ")]
+    assert f"{hit} (interrupted; completed on {stage['resubmitted_on']})" in spot_line
+    assert f"unlisted:{hit}" in text  # the Spot node no listing saw, in the node table
+    assert cloud.pcluster.clusters() == {}
+
+
+def test_spot_where_safe_without_a_spot_quota_fails_at_validate(cloud: LocalCloud) -> None:
+    # the local account, like a new one, has 0 vCPUs for Spot P instances
+    assert cloud.ec2_quotas["L-7212CCBC"][1] == 0.0
+    cloud.drop_dataset("CGRP-2026-11", _spot_manifest(), DATA)
+    desc = _only_execution(cloud)
+    assert desc["status"] == "FAILED"
+    record = cloud.run_record(desc["name"])
+    assert record is not None
+    assert record["error"]["type"] == "PreflightError"
+    assert "quota L-7212CCBC: 'All P Spot Instance Requests' is 0 vCPUs" in record["error"]["message"]
+    assert not list(cloud.pcluster.requests_for("create_cluster"))

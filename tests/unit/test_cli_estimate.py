@@ -138,3 +138,25 @@ def test_a_repeat_manifest_is_estimated_at_the_box_a_full_run_would_use(
     rows = {line.split()[0] for line in out.splitlines() if line.strip()}
     assert {"import_reference", "hetero2", "nurefine"} <= rows
     assert "abinit" not in rows
+def test_a_spot_where_safe_manifest_estimate_shows_the_spot_stages_and_a_cost_range(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import re
+
+    import yaml
+
+    doc = yaml.safe_load((EVENTS / "manifests" / "cgrp.yaml").read_text())
+    doc.setdefault("pipeline", {})["capacity"] = "spot-where-safe"
+    path = tmp_path / "cgrp-spot.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["estimate", str(path)]) == 0
+    out = capsys.readouterr().out
+    (stages,) = [ln for ln in out.splitlines() if ln.startswith("capacity: spot-where-safe: on Spot first: ")]
+    assert "motion" in stages
+    assert "nurefine" not in stages  # never the final refinement
+    (costs,) = re.findall(r"the cryopilot layout costs \$([\d,.]+)–\$([\d,.]+)", out)
+    low, high = (float(c.replace(",", "")) for c in costs)
+    assert low < high
+    assert "https://aws.amazon.com/ec2/spot/pricing/ (NOT verified)" in out
+    assert main(["estimate", str(EVENTS / "manifests" / "cgrp.yaml")]) == 0
+    assert "spot-where-safe" not in capsys.readouterr().out  # On-Demand: no Spot lines

@@ -135,6 +135,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {},
     ),
     "rocky9-gpu1-g5": ({"os": "rocky9", "gpu1_instance_type": "g5.2xlarge"}, {}),
+    "spot-where-safe-on-every-queue": ({}, {"spot_queues": ["gpu8", "gpu4", "gpu1"]}),
+    "spot-gpu1-only": ({"gpu1_fallback_instance_types": []}, {"spot_queues": ["gpu1"]}),
     "gpu8-fails-over-to-a-type-without-efa": (
         {"gpu8_fallback_instance_types": ["g6e.48xlarge", "p5.48xlarge"], "gpu1_fallback_instance_types": []},
         {"gpu8_static_nodes": 1},
@@ -160,6 +162,22 @@ def test_every_capacity_fallback_loads_with_the_parallelcluster_schema(index: in
     assert gpu8.networking.subnet_ids == [plan.params.compute_subnet_ids[0]]
     assert plan.params.gpu8_instance_type in plan.label
     assert plan.params.compute_subnet_ids[0] in plan.label
+
+
+def test_spot_where_safe_adds_a_spot_twin_of_each_queue_it_uses() -> None:
+    request = make_cluster_request(spot_queues=["gpu8", "gpu1"], gpu8_static_nodes=1)
+    _config, document = check(request, make_params())
+    queues = {q["Name"]: q for q in document["Scheduling"]["SlurmQueues"]}
+    assert list(queues) == ["gpu8", "gpu4", "gpu1", "gpu8-spot", "gpu1-spot"]
+    assert queues["gpu8"].get("CapacityType", "ONDEMAND") == "ONDEMAND"
+    for name in ("gpu8", "gpu1"):
+        twin = queues[f"{name}-spot"]
+        assert twin["CapacityType"] == "SPOT"
+        assert [r["InstanceType"] for r in twin["ComputeResources"]] == [
+            r["InstanceType"] for r in queues[name]["ComputeResources"]
+        ]
+        assert all(r.get("MinCount", 0) == 0 for r in twin["ComputeResources"])  # never a static Spot node
+    assert "gpu4-spot" not in queues
 
 
 def test_capacity_fallbacks_try_other_subnets_only() -> None:

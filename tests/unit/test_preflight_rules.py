@@ -175,3 +175,25 @@ def test_a_fallback_type_beyond_a_quota_only_warns() -> None:
     assert "may run 4 x p5.48xlarge at once: 768" in warn.detail
     # a quota the configured placement already fails is not warned about twice
     assert preflight.check_fallback_quotas(needs, fallbacks, {"L-417A185B": 0.0}, "us-east-1") == []
+
+
+def test_a_run_that_buys_spot_needs_the_spot_quota_of_each_family_it_buys() -> None:
+    from cryopilot.adapters.preflight import node_needs
+    from cryopilot.adapters.settings import Settings
+    from cryopilot.domain.catalogue import Catalogue
+
+    settings = Settings()
+    catalogue = Catalogue.load()
+    on_demand = preflight.vcpu_needs(node_needs(settings, catalogue))
+    assert not {"L-7212CCBC", "L-3819A6DF"} & set(on_demand)  # no Spot queue, no Spot quota
+    spot = preflight.vcpu_needs(node_needs(settings, catalogue, spot_queues=["gpu8", "gpu4"]))
+    # the Spot twins at the queues' largest counts, beside the On-Demand queues (same need there)
+    assert {c: n for c, (_, n, _) in spot.items() if c in on_demand} == {
+        c: n for c, (_, n, _) in on_demand.items()
+    }
+    gpu8 = settings.queue_instance_types()["gpu8"]
+    gpu4 = settings.queue_instance_types()["gpu4"]
+    assert spot["L-7212CCBC"][0] == "All P Spot Instance Requests"
+    assert spot["L-7212CCBC"][2] == [f"4 x {gpu8}"]
+    assert spot["L-3819A6DF"][2] == [f"4 x {gpu4}"]
+    assert spot["L-7212CCBC"][1] == 4 * catalogue.instance(gpu8).vcpus

@@ -265,11 +265,11 @@ def test_the_lanes_the_agent_speaks_are_the_queue_registry() -> None:
     """protocol.stage.Lane (what the head node accepts) names the same queues as core.queues."""
     from typing import get_args
 
-    from cryopilot.core.queues import GPU_QUEUES, NOMINAL_QUEUE_GPUS
+    from cryopilot.core.queues import GPU_QUEUES, LANES, NOMINAL_QUEUE_GPUS, SPOT_QUEUES
     from cryopilot.protocol.stage import Lane
 
-    assert get_args(Lane) == GPU_QUEUES
-    assert tuple(NOMINAL_QUEUE_GPUS) == GPU_QUEUES
+    assert get_args(Lane) == LANES == GPU_QUEUES + SPOT_QUEUES
+    assert tuple(NOMINAL_QUEUE_GPUS) == LANES
 
 
 # --- override values: their parameter's type, range and path rules (job_types.yaml) -------------

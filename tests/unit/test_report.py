@@ -328,7 +328,10 @@ def test_iso_stage_times_are_read_like_epoch_seconds() -> None:
 
 
 def test_gpus_per_node_names_the_cluster_queues() -> None:
-    assert set(GPUS_PER_NODE) == set(GPU_QUEUES)
+    from cryopilot.core.queues import LANES
+
+    assert set(GPUS_PER_NODE) == set(LANES)  # the GPU queues and their Spot twins
+    assert {q for q in GPUS_PER_NODE if not q.endswith("-spot")} == set(GPU_QUEUES)
 
 
 @pytest.mark.parametrize(
@@ -582,3 +585,56 @@ def test_render_all_names_the_three_files() -> None:
     assert b"timeline.png" in files["report.md"]
     assert b'<img src="timeline.png"' in files["report.html"]
     assert files["report.md"].decode("utf-8").startswith("# CGRP-2026-11")
+
+
+# --- the bill from the nodes that ran ---------------------------------------------------------------
+
+
+def _with_nodes(run: dict[str, Any]) -> dict[str, Any]:
+    """The nodes the run listed: gpu8's from motion correction until its listing after 2D
+    classification's end; gpu1's from ab-initio, still listed at the last poll."""
+    run["compute_nodes"] = {
+        "i-8": {
+            "instance_type": "p4d.24xlarge",
+            "queue": "gpu8",
+            "launched_at": T0 + 1140,
+            "last_seen": T0 + 14000,
+            "ended_by": T0 + 16000,
+        },
+        "i-1": {
+            "instance_type": "g6e.2xlarge",
+            "queue": "gpu1",
+            "launched_at": T0 + 14400,
+            "last_seen": T0 + 39000,
+            "ended_by": None,
+        },
+    }
+    return run
+
+
+def test_the_bill_is_the_nodes_that_ran_each_ending_as_slurm_stops_it() -> None:
+    data = _data(_with_nodes(_run()), idle_seconds=300)
+    assert data.billed_from_nodes
+    # gpu8: launch to 2D classification's end + ScaledownIdletime (inside its two listings);
+    # gpu1: launch to the refinement's end + idle, the export's end
+    gpu8 = (14400 + 300 - 1140) / 3600
+    gpu1 = (39600 + 300 - 14400) / 3600
+    assert data.billed_usd == pytest.approx(gpu8 * 32.0 + gpu1 * 2.0)
+    assert data.billed_gpu_hours == pytest.approx(gpu8 * 8 + gpu1 * 1)
+    assert [(n.node_id, n.instance_type) for n in data.nodes] == [
+        ("i-8", "p4d.24xlarge"),
+        ("i-1", "g6e.2xlarge"),
+    ]
+    assert cost_text(data.billed_usd, "node lifetimes") in render_markdown(data)
+    assert "## GPU nodes" in render_markdown(data)
+    assert "<h2>GPU nodes</h2>" in render_html(data)
+    assert render_gantt_png(data) != render_gantt_png(_data(_run(), idle_seconds=300))  # the nodes drawn
+
+
+def test_a_node_gone_before_slurm_would_stop_it_is_billed_to_its_listings() -> None:
+    run = _with_nodes(_run())
+    run["compute_nodes"]["i-8"].update(last_seen=T0 + 6000, ended_by=T0 + 7000)  # gone mid-stage
+    data = _data(run, idle_seconds=300)
+    (gpu8,) = [n for n in data.nodes if n.queue == "gpu8"]
+    assert (gpu8.ended_at.timestamp() - T0) == 7000
+    assert gpu8.cost_usd == pytest.approx((7000 - 1140) / 3600 * 32.0)

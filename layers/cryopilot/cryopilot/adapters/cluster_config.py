@@ -68,6 +68,7 @@ def config_yaml_for(run: RunRecord | Mapping[str, Any], settings: Settings) -> s
         fsx_throughput_mb_per_tib=run.fsx_throughput_mb_per_tib,
         gpu8_static_nodes=1 if run.layout == "whitepaper" else 0,
         reference_s3_uri=(run.reference or {}).get("association_uri"),
+        spot_queues=run.spot_queues,
     )
     placement = placements(settings)[run.placement_attempt or 0]
     return str(render_yaml(build_cluster_config(request, placement.params)))

@@ -32,6 +32,7 @@ CLUSTER_FIELDS = [
     "placement_attempt",
     "abandoned_clusters",
     "layout",
+    "spot_queues",
     "data_bytes",
     "fsx_storage_gib",
     "reference",

@@ -63,22 +63,25 @@ def _code(exc: Exception) -> str:
     return type(exc).__name__
 
 
-def node_needs(settings: Settings, catalogue: Catalogue, gpu8: str | None = None) -> list[NodeNeed]:
+def node_needs(
+    settings: Settings, catalogue: Catalogue, gpu8: str | None = None, spot_queues: Sequence[str] = ()
+) -> list[NodeNeed]:
     """The head node and each GPU queue at its largest node count (the cluster configuration's
-    ``MaxCount`` of each queue: :class:`ClusterParams`' defaults), all On-Demand: no queue of the
-    cluster buys Spot. ``gpu8``: the type a capacity fallback gives the gpu8 queue."""
+    ``MaxCount`` of each queue: :class:`ClusterParams`' defaults), On-Demand; and the Spot twin of
+    each of ``spot_queues`` (the queues a run's ``capacity: spot-where-safe`` puts stages on Spot)
+    at the same count, counted against the Spot quota of its family. ``gpu8``: the type a capacity
+    fallback gives the gpu8 queue."""
     fields = ClusterParams.model_fields
-    counts = {
-        settings.head_node_instance_type: 1,
-    }
+    counts: dict[tuple[str, str], int] = {(settings.head_node_instance_type, "ONDEMAND"): 1}
     queues = settings.queue_instance_types(gpu8)
-    for instance_type, field in (
-        (queues["gpu8"], "max_gpu8_nodes"),
-        (queues["gpu4"], "max_gpu4_nodes"),
-        (queues["gpu1"], "max_gpu1_nodes"),
-    ):
-        counts[instance_type] = counts.get(instance_type, 0) + int(fields[field].default)
-    return [NodeNeed(t, n, catalogue.instance(t).vcpus) for t, n in counts.items()]
+    for queue, field in (("gpu8", "max_gpu8_nodes"), ("gpu4", "max_gpu4_nodes"), ("gpu1", "max_gpu1_nodes")):
+        for capacity in ("ONDEMAND", "SPOT") if queue in spot_queues else ("ONDEMAND",):
+            key = (queues[queue], capacity)
+            counts[key] = counts.get(key, 0) + int(fields[field].default)
+    return [
+        NodeNeed(t, n, catalogue.instance(t).vcpus, capacity)  # type: ignore[arg-type]
+        for (t, capacity), n in counts.items()
+    ]
 
 
 def _quota_values(codes: Sequence[str]) -> dict[str, float | str]:
@@ -236,14 +239,18 @@ def _data(inputs: DataInputs) -> list[CheckResult]:
     )
 
 
-def run_checks(settings: Settings, data: DataInputs | None = None) -> list[CheckResult]:
-    """Every preflight check of the stack (and, with ``data``, of one manifest's data), in order."""
+def run_checks(
+    settings: Settings, data: DataInputs | None = None, spot_queues: Sequence[str] = ()
+) -> list[CheckResult]:
+    """Every preflight check of the stack (and, with ``data``, of one manifest's data), in order;
+    ``spot_queues``: the GPU queues the run buys Spot on too (their Spot quotas are checked)."""
     region = settings.region
     catalogue = Catalogue.for_deployment(settings.price_overrides)
     try:
-        needs = preflight.vcpu_needs(node_needs(settings, catalogue))
+        needs = preflight.vcpu_needs(node_needs(settings, catalogue, spot_queues=spot_queues))
         fallbacks = {
-            t: preflight.vcpu_needs(node_needs(settings, catalogue, t)) for t in settings.fallback_gpu8_types
+            t: preflight.vcpu_needs(node_needs(settings, catalogue, t, spot_queues))
+            for t in settings.fallback_gpu8_types
         }
     except CryopilotError as exc:  # an instance type the catalogue does not know: its vCPUs unknown
         results = [CheckResult("quotas", "fail", str(exc), "configure a type of the catalogue")]

@@ -17,7 +17,8 @@ def queue_nodes(settings: Settings, gpu8_instance_type: str | None = None) -> di
     except CostingError:
         return {}
     nodes = {}
-    for queue, instance_type in settings.queue_instance_types(gpu8_instance_type).items():
+    # a Spot twin is priced On-Demand: the most a Spot node is paid (its default maximum price)
+    for queue, instance_type in settings.queue_instance_types(gpu8_instance_type, spot=True).items():
         try:
             nodes[queue] = billing.node_type(catalogue, instance_type, settings.region)
         except CostingError:

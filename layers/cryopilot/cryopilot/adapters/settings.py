@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cryopilot.core.queues import SPOT_SUFFIX
+
 ENV_PREFIX = "CRYOPILOT_"
 
 
@@ -61,6 +63,8 @@ class Settings(BaseModel):
     insufficient_capacity_timeout_seconds: int = Field(default=1800, ge=60, le=86400)
     #: a stage waiting this long with every compute resource of its queue down fails (CapacityError)
     capacity_wait_minutes: float = Field(default=60.0, gt=0)
+    #: a stage waiting this long for capacity sends one mail (domain.mails.capacity_waiting)
+    capacity_mail_minutes: float = Field(default=30.0, gt=0)
     max_run_hours: float = 72.0
     #: Runs holding a cluster at once; the others wait in the queue (cryopilot.adapters.admission).
     max_concurrent_runs: int = Field(default=10, ge=1, le=1000)
@@ -85,24 +89,32 @@ class Settings(BaseModel):
         value = self.fsx_throughput_mb_per_tib.strip().lower()
         return None if value in ("", "auto") else int(value)
 
-    def queue_instance_types(self, gpu8: str | None = None) -> dict[str, str]:
-        """Instance type of each GPU queue; ``gpu8``: the type a run's capacity fallback chose."""
-        return {
+    def queue_instance_types(self, gpu8: str | None = None, *, spot: bool = False) -> dict[str, str]:
+        """Instance type of each GPU queue; ``gpu8``: the type a run's capacity fallback chose;
+        ``spot``: each queue's Spot twin too (the same types)."""
+        types = {
             "gpu8": gpu8 or self.gpu8_instance_type,
             "gpu4": self.gpu4_instance_type,
             "gpu1": self.gpu1_instance_type,
         }
+        if spot:
+            types.update({q + SPOT_SUFFIX: t for q, t in list(types.items())})
+        return types
 
-    def queue_compute_types(self, gpu8: str | None = None) -> dict[str, list[str]]:
-        """Instance types of each GPU queue's compute resources, in order of preference."""
+    def queue_compute_types(self, gpu8: str | None = None, *, spot: bool = False) -> dict[str, list[str]]:
+        """Instance types of each GPU queue's compute resources, in order of preference (``spot``:
+        each queue's Spot twin too, with the same)."""
         fallbacks = {
             "gpu8": self.fallback_gpu8_types,
             "gpu4": self.fallback_gpu4_types,
             "gpu1": self.fallback_gpu1_types,
         }
-        return {
+        types = {
             q: list(dict.fromkeys([t, *fallbacks[q]])) for q, t in self.queue_instance_types(gpu8).items()
         }
+        if spot:
+            types.update({q + SPOT_SUFFIX: ts for q, ts in list(types.items())})
+        return types
 
     @property
     def fallback_gpu8_types(self) -> list[str]:

@@ -21,6 +21,11 @@ billing:
 
 :func:`cryopilot.domain.estimate.estimate` replays a plan on these rules, the Stage step's cost so
 far uses :func:`run_time_cost`, and the report's :func:`node_bill` bills the recorded stage times.
+Once the run has listed its nodes (ParallelCluster's ``describeClusterInstances``, kept on the record
+as ``compute_nodes``), :func:`node_lives` and :func:`lifetime_bill` bill those nodes instead: each
+from its launch time to its end, at its own type's price. A listing says a node's launch exactly
+but its end only within two listings (seen at one, gone at the next); the end is placed inside that
+bracket by the same rules (:func:`node_end`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryopilot.core.queues import NOMINAL_QUEUE_GPUS
 
@@ -38,14 +43,19 @@ if TYPE_CHECKING:  # only a type here: a function that formats costs need not lo
 
 __all__ = [
     "NODES_BILLED",
+    "NODE_LIFETIMES",
     "STAGE_TIME",
     "Job",
+    "NodeLife",
     "NodeType",
     "QueueBill",
     "Span",
     "bill_queue",
     "cost_text",
+    "lifetime_bill",
     "node_bill",
+    "node_end",
+    "node_lives",
     "node_spans",
     "node_type",
     "node_up",
@@ -58,6 +68,8 @@ HOURS_PER_MONTH = 730
 
 #: ``cost_basis`` of a run record whose ``cost_usd`` is :func:`node_bill`'s estimate
 NODES_BILLED = "nodes billed"
+#: ``cost_basis`` of a run record whose ``cost_usd`` bills the nodes that ran (:func:`lifetime_bill`)
+NODE_LIFETIMES = "node lifetimes"
 #: ``cost_basis`` of a run record whose ``cost_usd`` counts the stages' own run time only
 STAGE_TIME = "stage time"
 
@@ -268,9 +280,101 @@ def node_bill(
     return cost, gpu_hours
 
 
+# --- the bill of the nodes that ran ------------------------------------------------------------------
+
+
+def node_end(
+    node: Mapping[str, Any],
+    *,
+    spans: Sequence[Span],
+    until: float,
+    held: bool = False,
+    reclaimed: Sequence[float] = (),
+) -> float:
+    """When one listed node (``domain.nodes``: ``launched_at``, ``last_seen``, ``ended_by``) stopped
+    being paid. It was up at ``last_seen`` and gone by ``ended_by`` (``until``, the run's end or now,
+    while it is still listed); inside that bracket its end is Slurm's (:func:`node_spans` of its
+    queue's jobs: the span that started closest to its launch), since listings come minutes apart.
+    A ``held`` (static) node is paid until the bracket's end; a Spot node EC2 reclaimed
+    (``reclaimed``: when the jobs of its queue died with their node) until that moment, if it lies
+    in the bracket: EC2 takes it then, with no idle time."""
+    launched = float(node["launched_at"])
+    ended_by = node.get("ended_by")
+    upper = min(float(ended_by), until) if ended_by is not None else until
+    lower = min(upper, max(launched, float(node.get("last_seen") or launched)))
+    taken = [t for t in reclaimed if lower <= t <= upper]
+    if taken:
+        return max(launched, min(taken))
+    if held or not spans:
+        return max(launched, upper)
+    span = min(spans, key=lambda s: abs(s.start - launched))
+    return max(launched, min(upper, max(lower, span.end)))
+
+
+@dataclass(frozen=True)
+class NodeLife:
+    """One listed node as billed: its queue and type, launch and end (epoch seconds), cost, GPUs."""
+
+    queue: str
+    instance_type: str
+    launched_at: float
+    ended_at: float
+    cost_usd: float
+    gpus: int
+
+    @property
+    def gpu_hours(self) -> float:
+        return max(0.0, self.ended_at - self.launched_at) / 3600 * self.gpus
+
+
+def node_lives(
+    nodes: Mapping[str, Mapping[str, Any]],
+    *,
+    prices: Callable[[str], float | None],
+    jobs: Mapping[str, Sequence[Job]],
+    idle_seconds: float,
+    until: float,
+    held: frozenset[str] = frozenset(),
+    node_gpus: Mapping[str, int] = NOMINAL_QUEUE_GPUS,
+    reclaimed: Mapping[str, Sequence[float]] | None = None,
+) -> dict[str, NodeLife] | None:
+    """The nodes that ran (``compute_nodes`` of the run record, by instance id), each from its launch
+    to :func:`node_end` at its own type's price. ``jobs`` are each queue's jobs (for the ends),
+    ``until`` the run's end (or now), ``node_gpus`` each queue's GPUs per node (a queue's compute
+    resources all have the same). None without nodes, or for a type without a price."""
+    if not nodes:
+        return None
+    spans = {q: node_spans(js, idle_seconds=idle_seconds, until=until) for q, js in jobs.items()}
+    lives: dict[str, NodeLife] = {}
+    for node_id, node in nodes.items():
+        instance = str(node["instance_type"])
+        price = prices(instance)
+        if price is None:
+            return None
+        queue = str(node.get("queue") or "")
+        launched = float(node["launched_at"])
+        end = node_end(
+            node,
+            spans=spans.get(queue, ()),
+            until=until,
+            held=queue in held,
+            reclaimed=(reclaimed or {}).get(queue, ()),
+        )
+        cost = max(0.0, end - launched) / 3600 * price
+        lives[node_id] = NodeLife(queue, instance, launched, end, cost, node_gpus.get(queue, 0))
+    return lives
+
+
+def lifetime_bill(lives: Mapping[str, NodeLife]) -> tuple[float, float]:
+    """(USD, GPU-hours) of :func:`node_lives`: what EC2 bills for the nodes that ran."""
+    return sum(n.cost_usd for n in lives.values()), sum(n.gpu_hours for n in lives.values())
+
+
 def cost_text(cost: float, basis: str | None, digits: int = 2) -> str:
     """A run's cost with what it counts (the run record's ``cost_usd`` and ``cost_basis``)."""
     money = f"${cost:,.{digits}f}"
+    if basis == NODE_LIFETIMES:
+        return f"about {money} (GPU nodes on demand, billed from the nodes that ran: launch to end)"
     if basis == NODES_BILLED:
         return f"about {money} (GPU nodes on demand, launch and idle included, estimated from stage times)"
     return f"at least {money} (GPU nodes on demand: the stages' run time only)"

@@ -34,6 +34,7 @@ __all__ = [
     "PriceRecord",
     "Profile",
     "ProfileStorage",
+    "SpotShare",
     "StoragePrice",
     "UnknownInstanceType",
     "figure_of",
@@ -158,6 +159,28 @@ class StoragePrices(_Model):
     ebs_snapshot: dict[str, StoragePrice] = Field(default_factory=dict)
 
 
+class SpotShare(_Model):
+    """What a Spot node costs as a share of its On-Demand price: a range, since Spot prices move
+    (EC2 sets them from supply and demand and changes them gradually), with its source."""
+
+    low: float = Field(gt=0, le=1, description="the cheapest Spot price, as a share of On-Demand")
+    high: float = Field(gt=0, le=1, description="the dearest Spot price cryopilot pays, as a share")
+    source: str
+    as_of: date | None
+    verified: bool
+    note: str
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.low > self.high:
+            raise ValueError("spot: low must not exceed high")
+        return self
+
+    def usd_per_hour(self, on_demand: float) -> tuple[float, float]:
+        """(lowest, highest) Spot USD per hour of a type whose On-Demand price is ``on_demand``."""
+        return on_demand * self.low, on_demand * self.high
+
+
 class Catalogue(_Model):
     """Instance types with GPUs, prices and speed; load with :meth:`load` or :meth:`for_deployment`."""
 
@@ -166,6 +189,7 @@ class Catalogue(_Model):
     speed_table: SpeedTable
     timings: Timings
     storage: StoragePrices | None = None
+    spot: SpotShare | None = None
     price_overrides: dict[str, float] = Field(default_factory=dict)
     speed_overrides: dict[str, float] = Field(default_factory=dict)
 
@@ -341,6 +365,7 @@ def _shipped_catalogue() -> Catalogue:
             "speed_table": raw["speed"],
             "timings": raw["timings"],
             "storage": raw.get("storage"),
+            "spot": raw.get("spot"),
         }
     )
 

@@ -3,6 +3,7 @@ to a :class:`Mail`. The steps read the record, call these, publish to SNS and no
 the record (``mails``).
 
 * :func:`succeeded` and :func:`failed`: the end of a run (the state machine publishes them);
+* :func:`capacity_waiting`: a stage has waited ``CapacityMailMinutes`` for GPU capacity (once per stage);
 * :func:`execution_ended`: an execution that ended outside the state machine's own catches;
 * :func:`janitor`: what a janitor pass did.
 """
@@ -13,7 +14,7 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from cryopilot.core.formatting import fmt_duration
-from cryopilot.domain.billing import cost_text
+from cryopilot.domain.billing import NODE_LIFETIMES, cost_text
 from cryopilot.domain.record import RunRecord
 from cryopilot.protocol.stage import PlannedStage
 
@@ -220,6 +221,14 @@ def _cost_line(run: RunRecord) -> str:
     return cost_text(float(run.cost_usd), run.cost_basis, digits=0)
 
 
+def _gpu_hours_line(run: RunRecord) -> list[str]:
+    """The GPU-hours the nodes that ran were paid for, when the bill counts them (``node lifetimes``)."""
+    if run.cost_basis != NODE_LIFETIMES or run.gpu_hours_paid is None:
+        return []
+    busy = f", {float(run.gpu_hours_busy):,.1f} of them busy" if run.gpu_hours_busy is not None else ""
+    return [f"  GPU-hours: {float(run.gpu_hours_paid):,.1f} paid for{busy}"]
+
+
 def _storage_cost_line(run: RunRecord) -> list[str]:
     """The FSx file system's estimated cost, when the report recorded it (``storage_cost_usd``)."""
     if run.storage_cost_usd is None or not run.fsx_storage_gib:
@@ -261,6 +270,8 @@ def succeeded(
         *_campaign_lines(run, campaign, elapsed_seconds(run, now)),
         f"Time to structure: {elapsed}",
         f"Cost: {_cost_line(run)}",
+        *_gpu_hours_line(run),
+        *([f"  Spot: {run.spot_summary}"] if run.spot_summary else []),
         *_storage_cost_line(run),
         f"Results: {results.get('uri', '(not exported)')}",
     ]
@@ -482,3 +493,34 @@ def janitor(
             )
         lines.append("The runs' results in the results bucket are never deleted by cryopilot.")
     return Mail(kind="janitor", subject=subject, body="\n".join(lines), attributes={"event": "janitor"})
+
+
+def capacity_waiting(
+    run: RunRecord,
+    stage_title: str,
+    note: str,
+    waited_seconds: float,
+    *,
+    fail_minutes: float,
+) -> Mail:
+    """A stage has waited ``waited_seconds`` for GPU capacity (``note``: the lane's capacity, as
+    :func:`cryopilot.domain.capacity.note` words it); the run goes on waiting."""
+    dataset = run.dataset if run.dataset is not None else run.run_id
+    lines = [
+        f"cryopilot run {run.run_id} for dataset {dataset} has waited {fmt_duration(waited_seconds)}"
+        f" for GPU capacity at the stage '{stage_title}'.",
+        "",
+        note,
+        "",
+        "ParallelCluster keeps trying the queue's compute resources in turn; the run goes on waiting and"
+        " needs nothing from you. If every compute resource of the queue stays down for"
+        f" CapacityWaitMinutes ({fail_minutes:g} min), the run fails with CapacityError and its cluster"
+        " is deleted. You will get a mail then, or when the structure is done. The cluster's head node"
+        " is paid while the stage waits.",
+    ]
+    return Mail(
+        kind="capacity_waiting",
+        subject=_subject(f"[cryopilot] {dataset} waiting for GPU capacity: {stage_title}"),
+        body="\n".join(lines),
+        attributes={"dataset": str(dataset)},
+    )

@@ -225,6 +225,22 @@ class Pipeline(_Strict):
         " zero; whitepaper: every GPU stage on the gpu8 queue with one node held for the whole run",
     )
 
+    capacity: Literal["on-demand", "spot-where-safe"] = Field(
+        default="on-demand",
+        description="on-demand: every node On-Demand; spot-where-safe: the stages the Spot policy marks"
+        " safe (expected under 4 h, never the final refinement) run on Spot first, and a stage lost to"
+        " a Spot interruption is resubmitted On-Demand once",
+    )
+
+    @model_validator(mode="after")
+    def _spot_needs_scaling_queues(self) -> Self:
+        if self.capacity == "spot-where-safe" and self.layout == "whitepaper":
+            raise ValueError(
+                "capacity: spot-where-safe needs layout: cryopilot (the white paper's layout holds one"
+                " On-Demand node for the run)"
+            )
+        return self
+
     @field_validator("overrides")
     @classmethod
     def _overrides_in_all(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

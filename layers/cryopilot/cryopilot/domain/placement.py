@@ -13,6 +13,8 @@ from typing import Any
 
 from cryopilot.core.errors import ManifestError
 from cryopilot.core.queues import GPU8_QUEUE, GPU_QUEUES
+from cryopilot.core.spot import on_demand_queue, spot_queue
+from cryopilot.domain import spot_policy
 from cryopilot.domain.catalogue import PROFILE_FOR_PRESET, Catalogue
 from cryopilot.domain.estimate import (
     HEAD_QUEUE,
@@ -101,6 +103,12 @@ def plan(
     stages = expand(manifest, data_dir=data_dir, reference=reference)
     placed = place_stages(stages, preset, manifest, queue_types, cat)
     check_gpus_fit_lanes(placed, manifest, lane_nodes(queue_types, gpu8_fallback_types, cat))
+    if manifest.pipeline.capacity == "spot-where-safe":
+        safe = set(spot_policy.safe_stages(placed))
+        placed = [
+            s.model_copy(update={"lane": spot_queue(s.lane)}) if s.id in safe and s.lane else s
+            for s in placed
+        ]
     return placed
 
 
@@ -140,7 +148,7 @@ def check_gpus_fit_lanes(
     overrides = manifest.pipeline.overrides
     for stage in stages:
         gpus = stage.params.get(GPU_PARAM)
-        node = nodes.get(stage.lane or "")
+        node = nodes.get(on_demand_queue(stage.lane or ""))
         if not isinstance(gpus, int) or node is None or gpus <= node[1]:
             continue
         instance_type, per_node = node

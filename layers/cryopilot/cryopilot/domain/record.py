@@ -51,6 +51,10 @@ class StageRecord(_Item):
     resolution_A: float | None = None
     killed_for_time: bool | None = None
     error: str | None = None
+    #: the Spot interruptions of its jobs (``{"at", "job", "lane", "error"}``), and the On-Demand lane
+    #: it was resubmitted on (``capacity: spot-where-safe``)
+    spot_interruptions: list[dict[str, Any]] = Field(default_factory=list)
+    resubmitted_on: str | None = None
     #: the lane's capacity as the last poll saw it, e.g. "waiting for capacity on gpu8 since 10:42 UTC:
     #: p4d.24xlarge InsufficientInstanceCapacity; trying p4de.24xlarge" (domain.capacity)
     capacity_note: str | None = None
@@ -106,6 +110,9 @@ class RunRecord(_Item):
     #: why the run took its preset (named by the manifest, the campaign's reference, the input kind)
     preset_reason: str | None = None
     layout: str | None = None
+    #: the manifest's ``pipeline.capacity``, and the GPU queues whose Spot twin a stage is planned on
+    capacity: str | None = None
+    spot_queues: list[str] = Field(default_factory=list)
     settings: dict[str, Any] = Field(default_factory=dict)
     started_at: str | None = None
     started_epoch: float | None = None
@@ -149,6 +156,10 @@ class RunRecord(_Item):
     #: the GPU nodes seen (describeClusterInstances), by instance id: ``{"instance_type", "queue",
     #: "launched_at", "last_seen", "ended_by"}`` (domain.nodes)
     compute_nodes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: what those nodes cost so far, and their GPU-hours (each up to now, or to its last listing's
+    #: successor): written by the stage polls, superseded by ``cost_usd`` once the report has run
+    nodes_cost_usd: float | None = None
+    nodes_gpu_hours: float | None = None
     resolution_A: float | None = None
     # the end
     export_started_at: float | None = None
@@ -169,6 +180,9 @@ class RunRecord(_Item):
     snapshot_cost_usd: float | None = None
     gpu_hours_paid: float | None = None
     gpu_hours_busy: float | None = None
+    #: the stages that ran on Spot and what Spot saved, (least, most) USD (steps/report.py)
+    spot_summary: str | None = None
+    spot_saved_usd: list[float] | None = None
     error: dict[str, Any] | None = None
     finished_at: str | None = None
     finished_epoch: float | None = None
@@ -193,6 +207,8 @@ class RunContext(_Item):
     #: per stage id, while it waits for capacity: ``{"since", "all_down_since", "note"}``
     capacity: dict[str, Any] = Field(default_factory=dict)
     cluster_name: str | None = None
+    #: per stage id, the On-Demand lane a stage lost to a Spot interruption was resubmitted on
+    lanes: dict[str, str] = Field(default_factory=dict)
     #: when the run's nodes were last listed, and each queue's type as its latest node has it
     nodes_checked_epoch: float | None = None
     queue_types: dict[str, str] = Field(default_factory=dict)

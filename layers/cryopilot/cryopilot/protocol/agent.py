@@ -109,6 +109,16 @@ class KillResult(_Model):
     killed: list[str] = Field(default_factory=list, description="uids of the jobs killed")
 
 
+class RequeueResult(_Model):
+    """``requeue``: the stage's failed jobs cleared and queued again, on ``lane``."""
+
+    ok: Literal[True] = True
+    verb: Literal["requeue"] = "requeue"
+    stage_id: str
+    lane: str
+    requeued: list[str] = Field(default_factory=list, description="uids of the jobs queued again")
+
+
 class ExportedFile(_Model):
     kind: str = Field(
         description="map, half_map_a, half_map_b, mask, fsc, particles, class_averages, selected_classes;"

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Lane = Literal["gpu8", "gpu4", "gpu1"]
+#: A GPU queue, or its Spot twin (core.queues.LANES)
+Lane = Literal["gpu8", "gpu4", "gpu1", "gpu8-spot", "gpu4-spot", "gpu1-spot"]
 DecisionKind = Literal["select_2d_classes", "choose_hetero_class"]
 
 #: Tag put in the title of every job cryopilot creates: ``cryopilot:<stage id>``.

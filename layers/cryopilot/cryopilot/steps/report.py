@@ -59,6 +59,12 @@ def _price_lookup() -> Callable[[str], float | None] | None:
     return price
 
 
+def _spot_share() -> tuple[float, float] | None:
+    """The catalogue's (cheapest, dearest) Spot price as a share of On-Demand."""
+    share = Catalogue.for_deployment(get_settings().price_overrides).spot
+    return (share.low, share.high) if share is not None else None
+
+
 def _round(value: float | None) -> float | None:
     return round(value, 2) if value is not None else None
 
@@ -185,6 +191,7 @@ def write(run_id: str) -> ReportStep:
         # the placement's gpu8 type is on the step context, not the record: the configured types
         instance_types=instance_types(None),
         idle_seconds=SCALEDOWN_IDLE_SECONDS,
+        spot_share=_spot_share(),
     )
     fsx = storage_cost(run)
     snapshot = snapshot_cost(run)
@@ -215,7 +222,13 @@ def write(run_id: str) -> ReportStep:
     # stage has an end; otherwise what the stages' own times cost (a lower bound).
     if step.cost_usd is not None:
         fields["cost_usd"] = step.cost_usd
-        fields["cost_basis"] = billing.NODES_BILLED if data.billed_usd is not None else billing.STAGE_TIME
+        fields["cost_basis"] = (
+            billing.NODE_LIFETIMES
+            if data.billed_from_nodes
+            else billing.NODES_BILLED
+            if data.billed_usd is not None
+            else billing.STAGE_TIME
+        )
     if data.cost_usd is not None:
         fields["stage_cost_usd"] = _round(data.cost_usd)
     if fsx is not None:
@@ -229,6 +242,10 @@ def write(run_id: str) -> ReportStep:
         fields["gpu_hours_busy"] = round(data.gpu_hours_busy, 2)
     if verdict is not None:
         fields["repeat_verdict"] = verdict
+    if data.spot:
+        fields["spot_summary"] = data.spot
+    if data.spot_saved_usd is not None:
+        fields["spot_saved_usd"] = [round(v, 2) for v in data.spot_saved_usd]
     store.update_run(run_id, **fields)
     if run.campaign:
         _campaign(run_id, run.campaign, succeeded=succeeded)

@@ -14,11 +14,28 @@ from cryopilot.adapters.pricing import queue_nodes
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import AgentError, CryopilotError, JobFailedError, JobKilledError, JobStuckError
-from cryopilot.domain import billing, capacity, limits, nodes
-from cryopilot.domain.catalogue import Catalogue
-from cryopilot.domain.record import RunContext
-from cryopilot.protocol.agent import KillResult, LaneState, StageStatus, StatusResult, SubmitResult
+from cryopilot.core.spot import is_spot_queue, on_demand_queue
+from cryopilot.domain import billing, capacity, limits, mails, nodes
+from cryopilot.domain.catalogue import Catalogue, CostingError
+from cryopilot.domain.record import RunContext, RunRecord
+from cryopilot.protocol.agent import (
+    KillResult,
+    LaneState,
+    RequeueResult,
+    StageStatus,
+    StatusResult,
+    SubmitResult,
+)
 from cryopilot.protocol.stage import PlannedStage
+
+
+class StageMail(BaseModel):
+    """``$.stage.mail``: a mail the state machine publishes before the next wait (a stage that has
+    waited ``CapacityMailMinutes`` for capacity), or None."""
+
+    subject: str
+    message: str
+    dataset: str = "unknown"
 
 
 class StageStep(BaseModel):
@@ -34,6 +51,7 @@ class StageStep(BaseModel):
     done: bool = False
     last: bool = False
     next_index: int
+    mail: StageMail | None = None
 
 
 def _run(run_id: str) -> tuple[RunContext, list[PlannedStage]]:
@@ -130,9 +148,32 @@ def observe_nodes(run_id: str, ctx: RunContext) -> RunContext:
         now,
     )
     types = nodes.queue_types(merged)
-    store.update_run(run_id, compute_nodes=merged)
+    store.update_run(run_id, compute_nodes=merged, **nodes_so_far(merged, now))
     store.put_context(run_id, nodes_checked_epoch=now, queue_types=types)
     return ctx.model_copy(update={"nodes_checked_epoch": now, "queue_types": types})
+
+
+def nodes_so_far(merged: dict[str, dict[str, Any]], now: float) -> dict[str, float]:
+    """The bill so far of the nodes listed (``nodes_cost_usd``, ``nodes_gpu_hours``): each node from
+    its launch to now, or to the listing that no longer had it (an upper bound within one listing;
+    the report places each end exactly). Empty when a type has no price."""
+    settings = get_settings()
+    try:
+        catalogue = Catalogue.for_deployment(settings.price_overrides)
+    except CostingError:
+        return {}
+
+    def price(instance_type: str) -> float | None:
+        try:
+            return float(catalogue.price(instance_type, settings.region))
+        except CostingError:
+            return None
+
+    lives = billing.node_lives(merged, prices=price, jobs={}, idle_seconds=0.0, until=now)
+    if lives is None:
+        return {}
+    cost, gpu_hours = billing.lifetime_bill(lives)
+    return {"nodes_cost_usd": round(cost, 2), "nodes_gpu_hours": round(gpu_hours, 2)}
 
 
 def stage_cost(ctx: RunContext, stage: PlannedStage, rec: dict[str, Any]) -> float | None:
@@ -178,19 +219,20 @@ def _count_duration(stage_id: str, rec: dict[str, Any]) -> None:
 
 def watch_capacity(
     run_id: str, ctx: RunContext, stage: PlannedStage, lane: LaneState, rec: dict[str, Any]
-) -> bool:
+) -> tuple[bool, StageMail | None]:
     """Record what the stage's lane says of its capacity (``rec``: the stage's record, updated; the
     run's ``capacity_events`` when it changes), and fail the run (:class:`CapacityError`) when no node
     can come: a launch error ParallelCluster does not fail over, or every compute resource of the
-    lane down for ``CapacityWaitMinutes``. True while the stage waits for capacity."""
+    lane down for ``CapacityWaitMinutes``. (True while the stage waits for capacity, and the mail to
+    send once it has waited ``CapacityMailMinutes``: once per stage.)"""
     settings = get_settings()
     store = runs.store()
     now = clock.now()
-    types = settings.queue_compute_types(ctx.gpu8_instance_type).get(lane.lane, [])
+    types = settings.queue_compute_types(ctx.gpu8_instance_type, spot=True).get(lane.lane, [])
     view = capacity.lane_capacity(lane, types)
     before = ctx.capacity.get(stage.id) or {}
     if not view.down and not before.get("since"):
-        return False  # nothing down, nothing waited for: the common case writes nothing
+        return False, None  # nothing down, nothing waited for: the common case writes nothing
     since: float | None = None
     all_down_since: float | None = None
     if view.waiting:
@@ -207,11 +249,11 @@ def watch_capacity(
     if text != before.get("note"):
         store.append_to(run_id, "capacity_events", {"stage": stage.id, "at": now, "note": text})
         logger.info("capacity", extra={"run_id": run_id, "stage": stage.id, "note": text})
-    state = {"since": since, "all_down_since": all_down_since, "note": text}
+    state = {"since": since, "all_down_since": all_down_since, "note": text, "mailed": before.get("mailed")}
     if state != before:
         store.put_context(run_id, capacity={**ctx.capacity, stage.id: state})
     if not view.waiting:
-        return False
+        return False, None
     catalogue = Catalogue.for_deployment(settings.price_overrides)
     vcpus = {t: catalogue.instances[t].vcpus for t in types if t in catalogue.instances}
     try:
@@ -226,7 +268,20 @@ def watch_capacity(
     except CryopilotError:
         store.update_stage(run_id, stage.id, **rec)
         raise
-    return True
+    assert since is not None  # waiting
+    if before.get("mailed") or now - since < settings.capacity_mail_minutes * 60.0:
+        return True, None
+    store.put_context(run_id, capacity={**ctx.capacity, stage.id: {**state, "mailed": now}})
+    run = store.get_run(run_id, ["dataset"])
+    mail = mails.capacity_waiting(
+        run or RunRecord(run_id=run_id),
+        stage.title,
+        text,
+        now - since,
+        fail_minutes=settings.capacity_wait_minutes,
+    )
+    store.append_to(run_id, "mails", {"kind": mail.kind, "subject": mail.subject, "at": clock.now_iso()})
+    return True, StageMail(subject=mail.subject, message=mail.body, dataset=mail.attributes["dataset"])
 
 
 def submit_argv(run_id: str, stage: PlannedStage) -> list[str]:
@@ -273,10 +328,46 @@ def submit(run_id: str, index: int) -> StageStep:
     )
 
 
+def resubmit_on_demand(run_id: str, ctx: RunContext, stage: PlannedStage, status: StageStatus) -> bool:
+    """A stage whose job failed on a Spot lane (its node reclaimed by a Spot interruption, as a
+    rule) goes once to the lane's On-Demand queue: the failed jobs are queued again there, the stage
+    records the interruption and the run's capacity events say so. False when the stage is not on
+    Spot or was resubmitted already (the failure then fails the run, as on any lane)."""
+    if not is_spot_queue(stage.lane) or stage.id in ctx.lanes:
+        return False
+    assert stage.lane is not None
+    lane = on_demand_queue(stage.lane)
+    store = runs.store()
+    now = clock.now()
+    failed = [j for j in status.jobs if j.status == "failed"]
+    agent = agent_for(run_id, ctx.head_node_instance_id)
+    agent.call(["requeue", "--project", run_id, "--stage", stage.id, "--lane", lane], RequeueResult)
+    lost = [
+        {
+            "at": now,
+            "job": j.uid,
+            "lane": stage.lane,
+            "ended_at": j.completed_at,
+            "error": j.error or "failed",
+        }
+        for j in failed
+    ]
+    store.put_context(run_id, lanes={**ctx.lanes, stage.id: lane})
+    store.update_stage(run_id, stage.id, state="queued", spot_interruptions=lost, resubmitted_on=lane)
+    jobs = ", ".join(j.uid for j in failed) or "?"
+    error = failed[0].error if failed else "failed"
+    note = f"{stage.lane}: job {jobs} lost on Spot ({error}); resubmitted on {lane}"
+    store.append_to(run_id, "capacity_events", {"stage": stage.id, "at": now, "note": note})
+    logger.info("stage resubmitted on demand", extra={"run_id": run_id, "stage": stage.id, "note": note})
+    return True
+
+
 def poll(run_id: str, step: StageStep) -> StageStep:
     store = runs.store()
     ctx, plan = _run(run_id)
     stage = plan[step.index]
+    if stage.id in ctx.lanes:  # resubmitted On-Demand after a Spot interruption
+        stage = stage.model_copy(update={"lane": ctx.lanes[stage.id]})
     waited = step.waited_seconds + step.wait_seconds
     agent = agent_for(run_id, ctx.head_node_instance_id)
     result = agent.call(["status", "--project", run_id, "--stage", stage.id], StatusResult)
@@ -287,7 +378,7 @@ def poll(run_id: str, step: StageStep) -> StageStep:
     rec["polls"] = step.polls + 1
     rec["last_wait_seconds"] = step.wait_seconds  # the poll interval that led to this poll
     lane = next((lane for lane in result.lanes if lane.lane == stage.lane), None)
-    waiting = watch_capacity(run_id, ctx, stage, lane, rec) if lane is not None else False
+    waiting, mail = watch_capacity(run_id, ctx, stage, lane, rec) if lane is not None else (False, None)
     ctx = observe_nodes(run_id, ctx)
     cost = stage_cost(ctx, stage, rec)
     if cost is not None:
@@ -295,6 +386,16 @@ def poll(run_id: str, step: StageStep) -> StageStep:
     store.update_stage(run_id, stage.id, **rec)
     if cost is not None and ctx.limits.get("max_cost_usd"):
         store.put_context_cost(run_id, stage.id, cost)
+    if status.state == "failed" and resubmit_on_demand(run_id, ctx, stage, status):
+        return step.model_copy(
+            update={
+                "state": "queued",
+                "polls": step.polls + 1,
+                "waited_seconds": waited,
+                "wait_seconds": int(ctx.settings.get("min_poll_seconds", 60)),
+                "mail": None,
+            }
+        )
     if status.state == "failed":
         failed = [j for j in status.jobs if j.status == "failed"]
         detail = "; ".join(
@@ -311,7 +412,13 @@ def poll(run_id: str, step: StageStep) -> StageStep:
         if status.resolution_A is not None:
             store.update_run(run_id, resolution_A=status.resolution_A)
         return step.model_copy(
-            update={"state": "completed", "polls": step.polls + 1, "waited_seconds": waited, "done": True}
+            update={
+                "state": "completed",
+                "polls": step.polls + 1,
+                "waited_seconds": waited,
+                "done": True,
+                "mail": None,
+            }
         )
     limits.check_hours(ctx.limits, ctx.started_epoch, clock.now())
     limit = stage.time_limit_seconds
@@ -335,5 +442,6 @@ def poll(run_id: str, step: StageStep) -> StageStep:
             "polls": step.polls + 1,
             "waited_seconds": waited,
             "wait_seconds": wait,
+            "mail": mail,
         }
     )

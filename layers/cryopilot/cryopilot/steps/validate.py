@@ -23,6 +23,8 @@ from cryopilot.core.errors import (
     StorageLimitError,
 )
 from cryopilot.core.naming import cluster_name_for
+from cryopilot.core.queues import GPU_QUEUES
+from cryopilot.core.spot import is_spot_queue, spot_queue
 from cryopilot.core.validation import clip, excerpt
 from cryopilot.domain import campaign, limits, placement, storage
 from cryopilot.domain.catalogue import Catalogue
@@ -181,7 +183,7 @@ def validate(execution_name: str, execution_arn: str, raw_input: Any) -> Validat
         store.update_run(run_id, current_step="validate")
         raise
     _check_cost_ceiling(run_id, manifest, stages)
-    _preflight(run_id, manifest, data_uri, data)
+    _preflight(run_id, manifest, data_uri, data, spot_queues(stages))
     store.put_context(run_id, **context_fields(manifest, exec_input, started_epoch=clock.now()))
     _subscribe(manifest)
     if manifest.campaign:
@@ -213,6 +215,10 @@ def mail_label(manifest: Manifest) -> str:
     if not manifest.compound:
         return manifest.dataset
     return clip(f"{manifest.dataset} ({manifest.compound})", MAX_LABEL_CHARS)
+def spot_queues(stages: list[PlannedStage]) -> list[str]:
+    """The GPU queues whose Spot twin some stage is planned on (``capacity: spot-where-safe``)."""
+    lanes = {s.lane for s in stages if is_spot_queue(s.lane)}
+    return [q for q in GPU_QUEUES if spot_queue(q) in lanes]
 
 
 def record_fields(
@@ -231,6 +237,8 @@ def record_fields(
         "manifest": location_doc,
         "preset": manifest.preset_name,
         "layout": manifest.pipeline.layout,
+        "capacity": manifest.pipeline.capacity,
+        "spot_queues": spot_queues(stages),
         "stages": {
             s.id: {"title": s.title, "lane": s.lane, "gpus": s.gpus, "state": "pending"} for s in stages
         },
@@ -394,11 +402,18 @@ def _data_inputs(manifest: Manifest, data_uri: str, data: storage.DataSize) -> p
     )
 
 
-def _preflight(run_id: str, manifest: Manifest, data_uri: str, data: storage.DataSize | None) -> None:
+def _preflight(
+    run_id: str,
+    manifest: Manifest,
+    data_uri: str,
+    data: storage.DataSize | None,
+    spot: list[str] | None = None,
+) -> None:
     """The preflight checks (:mod:`cryopilot.adapters.preflight`), recorded on the run; a failed
-    one ends the run here (:class:`PreflightError`), before any cluster exists."""
+    one ends the run here (:class:`PreflightError`), before any cluster exists. ``spot``: the
+    queues whose Spot twin the run uses (their Spot quotas are checked too)."""
     inputs = None if data is None else _data_inputs(manifest, data_uri, data)
-    results = preflight.run_checks(get_settings(), inputs)
+    results = preflight.run_checks(get_settings(), inputs, spot or ())
     store = runs.store()
     store.update_run(run_id, preflight=preflight.results_doc(results))
     if failed(results):

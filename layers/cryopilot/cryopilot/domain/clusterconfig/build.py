@@ -13,6 +13,7 @@ import yaml
 # Tag keys cryopilot puts on every cluster resource (the janitor and cost reports read them).
 from cryopilot.core.naming import TAG_DATASET, TAG_RUN_ID, TAG_STACK
 from cryopilot.core.queues import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE
+from cryopilot.core.spot import spot_queue
 from cryopilot.domain.capacity import resource_name
 from cryopilot.domain.catalogue import Catalogue
 from cryopilot.domain.clusterconfig.models import (
@@ -179,7 +180,9 @@ def queue_gpus(params: ClusterParams) -> dict[str, int]:
 
 def headnode_setup_args(request: ClusterRequest, params: ClusterParams) -> list[str]:
     """Arguments of ``headnode-setup.sh``: non-secret values only (the secret's ARN, not the licence)."""
-    lanes = ",".join(f"{q}:{n}" for q, n in queue_gpus(params).items())
+    gpus = queue_gpus(params)
+    gpus.update({spot_queue(q): gpus[q] for q in request.spot_queues})  # a Spot twin is a lane too
+    lanes = ",".join(f"{q}:{n}" for q, n in gpus.items())
     return [
         "--region",
         params.region,
@@ -287,6 +290,21 @@ def build_cluster_config(request: ClusterRequest, params: ClusterParams) -> Clus
 
     gpu4 = plain_queue(GPU4_QUEUE, queue_compute_types(params)[GPU4_QUEUE], params.max_gpu4_nodes)
     gpu1 = plain_queue(GPU1_QUEUE, queue_compute_types(params)[GPU1_QUEUE], params.max_gpu1_nodes)
+    on_demand = [gpu8, gpu4, gpu1]
+    # A queue's CapacityType covers all its compute resources, so Spot takes a twin queue: the same
+    # compute resources (dynamic only) and networking, CapacityType SPOT, scaling from zero. Its
+    # default Spot maximum price is the On-Demand price (user guide, SlurmQueues / CapacityType, SpotPrice).
+    spot = [
+        q.model_copy(
+            update={
+                "name": spot_queue(q.name),
+                "capacity_type": "SPOT",
+                "compute_resources": [r.model_copy(update={"min_count": 0}) for r in q.compute_resources],
+            }
+        )
+        for q in on_demand
+        if q.name in request.spot_queues
+    ]
 
     shared = SharedStorage(
         name="shared",
@@ -353,7 +371,7 @@ def build_cluster_config(request: ClusterRequest, params: ClusterParams) -> Clus
         head_node=head_node,
         scheduling=Scheduling(
             slurm_settings=SlurmSettings(scaledown_idletime=params.scaledown_idletime_minutes),
-            slurm_queues=[gpu8, gpu4, gpu1],
+            slurm_queues=[*on_demand, *spot],
         ),
         shared_storage=[shared, fsx],
         monitoring=Monitoring(

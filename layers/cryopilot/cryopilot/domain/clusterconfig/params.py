@@ -306,6 +306,11 @@ class ClusterRequest(_Input):
         description="gpu8 nodes kept up for the whole run (1 reproduces the white paper's layout: one"
         " p4d node held from cluster creation to deletion); 0 = the queue scales to zero",
     )
+    spot_queues: list[Literal["gpu8", "gpu4", "gpu1"]] = Field(
+        default_factory=list,
+        description="GPU queues some of whose stages may run on Spot (the manifest's capacity:"
+        " spot-where-safe): each gets a Spot twin, <queue>-spot (core.spot)",
+    )
 
     @field_validator("fsx_storage_gib")
     @classmethod

@@ -10,10 +10,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from cryopilot.core.queues import GPU_QUEUES
+from cryopilot.core.spot import is_spot_queue, spot_queue
 from cryopilot.domain import billing
 from cryopilot.domain.billing import node_bill
 from cryopilot.domain.nodes import queue_types
-from cryopilot.domain.report.rows import GPUS_PER_NODE, MASTER_QUEUE, StageRow
+from cryopilot.domain.report.rows import GPUS_PER_NODE, MASTER_QUEUE, NodeRow, StageRow
 
 _PLACEMENT_RE = re.compile(r"^\s*(?P<type>\S+)\s+in\s+(?P<subnet>subnet-[0-9a-zA-Z]+)\s*$")
 
@@ -56,6 +58,15 @@ class ReportData(BaseModel):
         "time included (see :func:`node_bill`)",
     )
     billed_gpu_hours: float | None = Field(default=None, description="GPUs of the nodes × hours billed")
+    billed_from_nodes: bool = Field(
+        default=False,
+        description="billed_usd bills the nodes the run listed (describeClusterInstances), launch to end",
+    )
+    nodes: list[NodeRow] = Field(default_factory=list, description="the GPU nodes that ran")
+    spot: str | None = Field(default=None, description="the stages that ran on Spot, and what Spot saved")
+    spot_saved_usd: tuple[float, float] | None = Field(
+        default=None, description="(least, most) Spot saved against the On-Demand bill of its nodes"
+    )
     lower_bounds: bool = Field(
         default=False,
         description="a compute stage started but has no end time: cost and GPU-hours count the others only",
@@ -166,7 +177,11 @@ def _row(
                 went=started.timestamp(), start=started.timestamp(), end=completed.timestamp(), nodes=nodes
             )
             cost = billing.run_time_cost(node, job)
+    lost = next((x for x in rec.get("spot_interruptions") or [] if isinstance(x, Mapping)), None)
     return StageRow(
+        lost_at=_when(lost.get("ended_at") or lost.get("at")) if lost else None,
+        requeued_at=_when(lost.get("at")) if lost else None,
+        resubmitted_on=str(rec["resubmitted_on"]) if rec.get("resubmitted_on") else None,
         stage_id=stage_id,
         title=str(title),
         queue=queue,
@@ -186,6 +201,114 @@ def _row(
     )
 
 
+#: Id prefix of a node no listing saw (a Spot node reclaimed between two listings).
+UNLISTED = "unlisted:"
+
+
+def _node_lifetimes(
+    listed: Mapping[str, Any],
+    rows: Sequence[StageRow],
+    prices: Callable[[str], float | None],
+    idle_seconds: float,
+    until: float,
+    held: frozenset[str],
+) -> tuple[list[NodeRow], tuple[float, float]] | None:
+    """The nodes the run listed, each with the end it is billed to, and their bill (USD, GPU-hours):
+    :func:`billing.lifetime_bill`, the stages' jobs placing each node's end. None when a node has
+    no launch time or its type no price."""
+    nodes = {
+        str(k): v
+        for k, v in listed.items()
+        if isinstance(v, Mapping) and v.get("instance_type") and _number(v.get("launched_at")) is not None
+    }
+    if not nodes:
+        return None
+    jobs: dict[str, list[billing.Job]] = {}
+    reclaimed: dict[str, list[float]] = {}
+    for r in rows:
+        if r.nodes is None or (r.submitted_at or r.started_at) is None:
+            continue
+        went = (r.submitted_at or r.started_at).timestamp()  # type: ignore[union-attr]
+        end = r.completed_at.timestamp() if r.completed_at else until  # unended: up to the end
+        start = r.started_at.timestamp() if r.started_at else went
+        if r.lost_at is not None and r.requeued_at is not None and r.resubmitted_on:
+            # two attempts: on Spot until its node was reclaimed, then On-Demand from the requeue
+            lost = r.lost_at.timestamp()
+            jobs.setdefault(r.queue, []).append(billing.Job(went=went, start=went, end=lost, nodes=r.nodes))
+            reclaimed.setdefault(r.queue, []).append(lost)
+            seen = any(
+                n.get("queue") == r.queue and went - 1 <= float(n["launched_at"]) <= lost
+                for n in nodes.values()
+            )
+            if not seen and r.instance_type:
+                # a Spot node that came and went between two listings: launched when the stage
+                # went to Slurm, reclaimed when its job died (an estimate; the report says so)
+                nodes[f"{UNLISTED}{r.stage_id}"] = {
+                    "instance_type": r.instance_type,
+                    "queue": r.queue,
+                    "launched_at": went,
+                    "last_seen": lost,
+                    "ended_by": lost,
+                }
+            went = r.requeued_at.timestamp()
+            jobs.setdefault(r.resubmitted_on, []).append(
+                billing.Job(went=went, start=max(start, went), end=end, nodes=r.nodes)
+            )
+            continue
+        jobs.setdefault(r.queue, []).append(billing.Job(went=went, start=start, end=end, nodes=r.nodes))
+    lives = billing.node_lives(
+        nodes,
+        prices=prices,
+        jobs=jobs,
+        idle_seconds=idle_seconds,
+        until=until,
+        held=held,
+        reclaimed=reclaimed,
+    )
+    if lives is None:
+        return None
+    out = [
+        NodeRow(
+            listed=not node_id.startswith(UNLISTED),
+            node_id=node_id,
+            queue=life.queue,
+            instance_type=life.instance_type,
+            launched_at=datetime.fromtimestamp(life.launched_at, tz=UTC),
+            ended_at=datetime.fromtimestamp(life.ended_at, tz=UTC),
+            cost_usd=life.cost_usd,
+        )
+        for node_id, life in sorted(lives.items(), key=lambda kv: kv[1].launched_at)
+    ]
+    return out, billing.lifetime_bill(lives)
+
+
+def _spot_summary(
+    rows: Sequence[StageRow], nodes: Sequence[NodeRow], share: tuple[float, float] | None
+) -> tuple[str | None, tuple[float, float] | None]:
+    """Which stages ran on Spot (a Spot twin's lane), which of them were interrupted and finished
+    On-Demand, and what Spot saved: the Spot nodes' bill at On-Demand rates × (1 − the share)."""
+    on_spot = [r for r in rows if is_spot_queue(r.queue)]
+    if not on_spot:
+        return None, None
+    names = [
+        r.stage_id + (f" (interrupted; completed on {r.resubmitted_on})" if r.resubmitted_on else "")
+        for r in on_spot
+    ]
+    text = "on Spot: " + ", ".join(names)
+    billed = [n.cost_usd for n in nodes if is_spot_queue(n.queue) and n.cost_usd is not None]
+    if not billed or share is None:
+        return text, None
+    full = sum(billed)
+    low, high = share
+    saved = (full * (1 - high), full * (1 - low))
+    text += (
+        f". Their Spot nodes: ${full:,.2f} at On-Demand rates (the bill counts them so); at Spot prices"
+        f" of {low:.0%}–{high:.0%} of On-Demand they cost ${full * low:,.2f}–${full * high:,.2f},"
+        f" saving ${saved[0]:,.2f}–${saved[1]:,.2f}"
+    )
+    return text, saved
+
+
 def report_data_from_run(
     run: dict[str, Any],
     plan: list[dict[str, Any]],
@@ -194,6 +317,7 @@ def report_data_from_run(
     results: Sequence[tuple[str, str]] = (),
     instance_types: Mapping[str, str] | None = None,
     idle_seconds: float | None = None,
+    spot_share: tuple[float, float] | None = None,
 ) -> ReportData:
     """The report of ``run`` (a run record) following ``plan`` (its planned stages, in order).
 
@@ -202,7 +326,8 @@ def report_data_from_run(
     results are listed. ``instance_types`` (queue → type, e.g. the stack's configured types) fills
     in the queues whose type the record does not say; the record's placement wins for gpu8.
     ``idle_seconds`` (Slurm's ScaledownIdletime) enables the estimate of the nodes' bill
-    (:func:`node_bill`).
+    (:func:`node_bill`). ``spot_share``: the catalogue's (cheapest, dearest) Spot price as a share
+    of On-Demand, for what the stages on Spot saved.
     """
     label, gpu8_type, subnet = _placement(run)
     types: dict[str, str] = {str(k): str(v) for k, v in (instance_types or {}).items() if v}
@@ -212,6 +337,8 @@ def report_data_from_run(
     seen = run.get("compute_nodes")
     if isinstance(seen, Mapping) and seen:
         types.update(queue_types(seen))
+    # a Spot twin runs its queue's types
+    row_types = {**{spot_queue(q): t for q, t in types.items() if q in GPU_QUEUES}, **types}
 
     stages = run.get("stages")
     records: Mapping[str, Any] = stages if isinstance(stages, Mapping) else {}
@@ -222,7 +349,7 @@ def report_data_from_run(
     rows = []
     for p in planned:
         rec = records.get(str(p["id"]))
-        rows.append(_row(p, rec if isinstance(rec, Mapping) else {}, types, prices))
+        rows.append(_row(p, rec if isinstance(rec, Mapping) else {}, row_types, prices))
 
     created = _when(run.get("created_at"))
     started = _when(run.get("started_epoch")) or _when(run.get("started_at")) or created
@@ -270,6 +397,24 @@ def report_data_from_run(
             held_from=_when(run.get("cluster_ready_at")),
             until=structure_end if status == "SUCCEEDED" else finished,
         )
+
+    node_rows: list[NodeRow] = []
+    bill_end = structure_end if status == "SUCCEEDED" else finished
+    listed = run.get("compute_nodes")
+    if (
+        prices is not None
+        and idle_seconds is not None
+        and isinstance(listed, Mapping)
+        and listed
+        and bill_end
+    ):
+        held = frozenset({"gpu8"}) if run.get("layout") == "whitepaper" else frozenset()
+        lives = _node_lifetimes(listed, rows, prices, idle_seconds, bill_end.timestamp(), held)
+        if lives is not None:
+            node_rows, lifetime = lives
+            billed = lifetime
+
+    spot_text, saved = _spot_summary(rows, node_rows, spot_share)
 
     error_doc = run.get("error")
     error: str | None = None
@@ -321,6 +466,10 @@ def report_data_from_run(
         gpu_hours_busy=busy,
         billed_usd=billed[0] if billed else None,
         billed_gpu_hours=billed[1] if billed else None,
+        billed_from_nodes=bool(node_rows) and billed is not None,
+        nodes=node_rows,
+        spot=spot_text,
+        spot_saved_usd=saved,
         lower_bounds=any(
             r.nodes is not None and r.started_at is not None and r.wall_seconds is None for r in rows
         ),

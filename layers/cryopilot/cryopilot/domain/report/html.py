@@ -10,9 +10,11 @@ from cryopilot.core.formatting import fmt_duration
 from cryopilot.domain.report.data import ReportData
 from cryopilot.domain.report.text import (
     LINK_SCHEMES,
+    NODE_HEADER,
     cost_cell,
     decision_parts,
     instance_cell,
+    node_cells,
     resolution_text,
     summary_lines,
     total_money,
@@ -93,6 +95,25 @@ def render_html(data: ReportData, *, png_name: str = "timeline.png") -> str:
         "</tbody>",
         "</table>",
     ]
+
+    if data.nodes:
+        out += [
+            "<h2>GPU nodes</h2>",
+            "<table>",
+            "<thead><tr>" + "".join(f"<th>{_h(h)}</th>" for h in NODE_HEADER) + "</tr></thead>",
+            "<tbody>",
+            *(
+                "<tr>"
+                + "".join(
+                    f'<td class="num">{_h(c)}</td>' if i >= 5 else f"<td>{_h(c)}</td>"
+                    for i, c in enumerate(cells)
+                )
+                + "</tr>"
+                for cells in node_cells(data)
+            ),
+            "</tbody>",
+            "</table>",
+        ]
 
     if data.decisions:
         out += ["<h2>Automatic decisions</h2>", "<ul>"]

@@ -8,9 +8,11 @@ from cryopilot.core.formatting import fmt_duration
 from cryopilot.domain.report.data import ReportData
 from cryopilot.domain.report.text import (
     LINK_SCHEMES,
+    NODE_HEADER,
     cost_cell,
     decision_parts,
     instance_cell,
+    node_cells,
     resolution_text,
     summary_lines,
     total_money,
@@ -61,6 +63,18 @@ def render_markdown(data: ReportData) -> str:
             f"{_md(wall_cell(r))} | {cost_cell(r)} |"
         )
     out.append(f"| **Total** | | | | **{fmt_duration(total_wall(data)) or '—'}** | **{total_money(data)}** |")
+
+    if data.nodes:
+        out += [
+            "",
+            "## GPU nodes",
+            "",
+            "The nodes the cluster launched (ParallelCluster's describeClusterInstances), as billed.",
+            "",
+            "| " + " | ".join(NODE_HEADER) + " |",
+            "|---|---|---|---|---|--:|--:|",
+            *("| " + " | ".join(_md(c) for c in cells) + " |" for cells in node_cells(data)),
+        ]
 
     if data.decisions:
         out += ["", "## Automatic decisions", ""]

@@ -1,4 +1,5 @@
-"""The report's timeline: the stages on a time axis, one lane per queue, as a PNG (matplotlib)."""
+"""The report's timeline: the stages on a time axis, one lane per queue, with the GPU nodes each
+queue had up (their lifetimes, as billed) drawn under its stages, as a PNG (matplotlib)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,21 @@ def render_gantt_png(data: ReportData) -> bytes:
             end = start
         bars.append((r, start, max(end, start)))
     right = max(end for _, _, end in bars)
+    # the nodes that ran, under their queue's stages: what the bill counts, launch to end
+    node_bars = [(n, hours(n.launched_at), hours(n.ended_at)) for n in data.nodes if n.queue in lanes]
+    right = max([right] + [end for _, _, end in node_bars])
+    for n, start, end in node_bars:
+        y = len(lanes) - 1 - lanes.index(n.queue)
+        ax.broken_barh(
+            [(start, max(end - start, 0.0))],
+            (y - 0.62, 0.1),
+            facecolors="#bbbbbb",
+            edgecolors=_colour(n.queue, lanes),
+            linewidth=0.6,
+        )
+        ax.text(
+            start, y - 0.56, n.instance_type, ha="left", va="top", fontsize=6, color="#555", parse_math=False
+        )
     thinnest = max(right, 0.1) * 0.004  # keep instant stages visible
     per_lane: dict[str, int] = {}
     for r, start, end in bars:
@@ -106,7 +122,7 @@ def render_gantt_png(data: ReportData) -> bytes:
     if data.cluster_ready_at is not None and data.cluster_ready_at >= origin:
         ax.axvline(hours(data.cluster_ready_at), color="#999", linestyle=":", linewidth=1)
     ax.set_yticks(range(len(lanes)), list(reversed(lanes)))
-    ax.set_ylim(-0.8, len(lanes) - 0.2)
+    ax.set_ylim(-1.0 if node_bars else -0.8, len(lanes) - 0.2)
     ax.set_xlim(0, max(right, 0.1) * 1.03)
     ax.set_xlabel("hours since the run started")
     ax.grid(axis="x", color="#e5e5e5", linewidth=0.8)

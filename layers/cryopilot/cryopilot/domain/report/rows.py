@@ -34,3 +34,22 @@ class StageRow(BaseModel):
     num_particles: int | None = None
     num_micrographs: int | None = None
     resolution_A: float | None = None
+    #: a stage lost to a Spot interruption: when its job died with its Spot node, when it was
+    #: queued again and the On-Demand lane it then ran on
+    lost_at: datetime | None = None
+    requeued_at: datetime | None = None
+    resubmitted_on: str | None = None
+
+
+class NodeRow(BaseModel):
+    """One GPU node the run's cluster launched, as its listings saw it, and the time it was billed."""
+
+    node_id: str
+    queue: str
+    instance_type: str
+    launched_at: datetime
+    ended_at: datetime = Field(description="its end as billed (billing.node_end)")
+    cost_usd: float | None = None
+    listed: bool = Field(
+        default=True, description="False: no listing saw it (a Spot node reclaimed between two listings)"
+    )

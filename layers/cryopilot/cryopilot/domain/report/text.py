@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryopilot.core.formatting import fmt_duration
-from cryopilot.domain.billing import NODES_BILLED, STAGE_TIME, cost_text
+from cryopilot.domain.billing import NODE_LIFETIMES, NODES_BILLED, STAGE_TIME, cost_text
 from cryopilot.domain.report.data import ReportData
 from cryopilot.domain.report.rows import MASTER_QUEUE, StageRow
 
@@ -93,7 +93,8 @@ def _cost_lines(data: ReportData, at_least: str) -> list[tuple[str, str]]:
     Slurm's idle time included) when every compute stage has an end, else the stages' own run
     time; the stage table's costs are always the latter, so the summary says how they differ."""
     if data.billed_usd is not None:
-        cost = cost_text(data.billed_usd, NODES_BILLED) + "; head node not included"
+        basis = NODE_LIFETIMES if data.billed_from_nodes else NODES_BILLED
+        cost = cost_text(data.billed_usd, basis) + "; head node not included"
         if data.cost_usd is not None:
             cost += (
                 f". The stages' own run time, in the table below, comes to {_money(data.cost_usd)};"
@@ -107,6 +108,26 @@ def _cost_lines(data: ReportData, at_least: str) -> list[tuple[str, str]]:
         cost, paid = "unknown", data.gpu_hours_paid
     hours = f"{at_least}{_hours(paid)} paid for, {at_least}{_hours(data.gpu_hours_busy)} of them busy"
     return [("Cost", cost), ("GPU-hours", hours)]
+
+
+#: Header of the report's node table (:func:`node_cells`).
+NODE_HEADER = ("Node", "Queue", "Instance", "Launched", "Ended", "Hours", "Cost")
+
+
+def node_cells(data: ReportData) -> list[tuple[str, ...]]:
+    """One row per GPU node that ran (the nodes the run listed), as the bill counts it."""
+    return [
+        (
+            n.node_id,
+            n.queue,
+            n.instance_type,
+            _time(n.launched_at),
+            _time(n.ended_at),
+            _hours((n.ended_at - n.launched_at).total_seconds() / 3600),
+            _money(n.cost_usd),
+        )
+        for n in data.nodes
+    ]
 
 
 def summary_lines(data: ReportData) -> list[tuple[str, str]]:
@@ -143,6 +164,8 @@ def summary_lines(data: ReportData) -> list[tuple[str, str]]:
     if data.placements_tried:
         lines.append(("No capacity for", "; ".join(data.placements_tried)))
     lines.extend(("Capacity", event) for event in data.capacity_events)
+    if data.spot:
+        lines.append(("Spot", data.spot))
     if data.storage:
         lines.append(("Storage", data.storage))
     if data.exported:
