@@ -196,6 +196,8 @@ class LocalCloud:
         self.enforcer: Any = None
         self.sessions: dict[str, Any] = {}
         self.state_machine_role: str | None = None
+        #: every head node's cluster, by instance id (kept after the cluster is gone)
+        self.instance_clusters: dict[str, str] = {}
         self._current = threading.local()
 
     # ---------------------------------------------------------------- lifecycle
@@ -547,8 +549,11 @@ class LocalCloud:
         import yaml
 
         if ":instance/" in arn:
-            node = self.head_nodes.get(arn.rsplit("/", 1)[1])
-            record = self.pcluster.history.get(node.cluster_name) if node else None
+            # a terminated instance keeps its tags for a while (EC2 shows it as terminated), so
+            # IAM still sees them and SSM answers InvalidInstanceId: the head nodes of deleted
+            # clusters are remembered
+            cluster = self.instance_clusters.get(arn.rsplit("/", 1)[1])
+            record = self.pcluster.history.get(cluster) if cluster else None
             config = yaml.safe_load(record["config"]) if record else {}
             return {str(t["Key"]): str(t["Value"]) for t in (config or {}).get("Tags") or []}
         if ":fsx:" in arn and ":file-system/" in arn:
@@ -914,6 +919,7 @@ class LocalCloud:
         }
         with self._lock:
             self.head_nodes[instance_id] = HeadNode(cluster_name, instance_id, cs, env)
+            self.instance_clusters[instance_id] = cluster_name
 
     def _make_file_system(self, cluster_name: str, cs: Any) -> str:
         """The cluster's FSx for Lustre file system, as ParallelCluster makes it from the

@@ -339,7 +339,9 @@ class Enforcer:
             if need.resource != "*":
                 for key, value in self.resource_tags(need.resource).items():
                     context[f"aws:ResourceTag/{key}"] = value
-                    context[f"{need.resource.split(':')[2]}:resourceTag/{key}"] = value
+                    # the service-specific key is the action's service's (ssm:resourceTag/... for
+                    # ssm:SendCommand on an EC2 instance)
+                    context[f"{need.action.split(':')[0]}:resourceTag/{key}"] = value
             if not decide(role.documents, need.action, need.resource, context):
                 with self._lock:
                     self.denied.append((role_id, need.action, need.resource))

@@ -41,6 +41,8 @@ def _resolver() -> Resolver:
         r.refs[logical] = name
         if res["Type"] == "AWS::Serverless::Function":
             r.attrs[(logical, "Arn")] = f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{name}"
+        elif res["Type"] == "AWS::DynamoDB::Table":
+            r.attrs[(logical, "Arn")] = f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{name}"
         elif res["Type"] == "AWS::SNS::Topic":
             r.refs[logical] = f"arn:aws:sns:{REGION}:{ACCOUNT_ID}:{name}"
             r.attrs[(logical, "TopicName")] = name
@@ -110,16 +112,17 @@ def test_the_state_machine_check_fails_when_a_grant_is_missing(translated: dict[
 
 
 def test_sam_policy_templates_are_expanded(translated: dict[str, Any]) -> None:
-    """DynamoDBCrudPolicy becomes the actions SAM's policy_templates.json lists, on the table."""
-    role = translated["Resources"]["StartRunFunction"]["Properties"]["Role"]["Fn::GetAtt"][0]
-    documents = [
-        _resolver().resolve(p["PolicyDocument"])
-        for p in translated["Resources"][role]["Properties"]["Policies"]
-    ]
+    """SNSPublishMessagePolicy becomes what SAM's policy_templates.json lists: sns:Publish on the topic."""
+    role = translated["Resources"]["CleanupFunction"]["Properties"]["Role"]["Fn::GetAtt"][0]
+    policies = translated["Resources"][role]["Properties"]["Policies"]
+    documents = [_resolver().resolve(p["PolicyDocument"]) for p in policies]
+    topic = f"arn:aws:sns:{REGION}:{ACCOUNT_ID}:{STACK}-NotificationTopic"
+    assert iam.decide(documents, "sns:Publish", topic, {})
+    assert not iam.decide(documents, "sns:Publish", topic + "-other", {})
+    assert not iam.decide(documents, "sns:DeleteTopic", topic, {})
     table = f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{STACK}-RunsTable"
     assert iam.decide(documents, "dynamodb:UpdateItem", table, {})
-    assert not iam.decide(documents, "dynamodb:DeleteTable", table, {})
-    assert not iam.decide(documents, "dynamodb:UpdateItem", table.replace("RunsTable", "Other"), {})
+    assert not iam.decide(documents, "dynamodb:Scan", table, {})  # no DynamoDBCrudPolicy any more
 
 
 # ------------------------------------------------------------------------------ the evaluator
@@ -209,3 +212,29 @@ def test_calls_map_to_the_actions_iam_checks() -> None:
         ("ssm:SendCommand", f"arn:aws:ssm:{REGION}::document/AWS-RunShellScript"),
         ("ssm:SendCommand", f"arn:aws:ec2:{REGION}:{ACCOUNT_ID}:instance/i-1"),
     ]
+
+
+def test_a_tag_condition_reads_the_tags_of_the_resource_the_call_touches() -> None:
+    """ssm:SendCommand on a head node: the condition names ``ssm:resourceTag/...`` (the action's
+    service), the tags are the instance's."""
+    from botocore.exceptions import ClientError
+
+    tags = {"i-1": {"cryopilot:stack": "prod"}, "i-2": {"cryopilot:stack": "dev"}}
+    enforcer = iam.Enforcer(REGION, "1", lambda arn: tags.get(arn.rsplit("/", 1)[-1], {}))
+    doc = {
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "ssm:SendCommand",
+                "Resource": f"arn:aws:ssm:{REGION}::document/AWS-*",
+            },
+            _DOC["Statement"][2],
+        ]
+    }
+    enforcer.add(iam.Role("StageRole", "stage", "arn:aws:iam::1:role/stage", [doc]))
+    send = {"DocumentName": "AWS-RunShellScript", "InstanceIds": ["i-1"]}
+    enforcer.check("StageRole", "s", "ssm", "SendCommand", send)
+    assert enforcer.used["StageRole"]["ssm:SendCommand"] == 2
+    with pytest.raises(ClientError, match=r"AccessDeniedException.*ssm:SendCommand.*instance/i-2"):
+        enforcer.check("StageRole", "s", "ssm", "SendCommand", {**send, "InstanceIds": ["i-2"]})
+    assert enforcer.denied == [("StageRole", "ssm:SendCommand", "arn:aws:ec2:us-east-1:1:instance/i-2")]
