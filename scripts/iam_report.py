@@ -24,7 +24,8 @@ from cryopilot_sim.iam import USED_DIR, granted_actions, translated_template
 from cryopilot_sim.template import ROOT, TEMPLATE_PATH
 
 REPORT = ROOT / "build" / "iam" / "report.md"
-_JUSTIFIED = re.compile(r"#\s*iam-unused:\s*(?P<actions>[^-]+?)\s+-\s+\S")
+_ACTION = r"[\w-]+:[\w*]+"
+_JUSTIFIED = re.compile(rf"#\s*iam-unused:\s*(?P<actions>{_ACTION}(?:\s*,\s*{_ACTION})*)\s+-\s+\S")
 
 
 def blocks(text: str) -> dict[str, str]:

@@ -198,6 +198,8 @@ class LocalCloud:
         self.state_machine_role: str | None = None
         #: every head node's cluster, by instance id (kept after the cluster is gone)
         self.instance_clusters: dict[str, str] = {}
+        #: each role session's access key id -> (role logical id, session name)
+        self.role_keys: dict[str, tuple[str, str]] = {}
         self._current = threading.local()
 
     # ---------------------------------------------------------------- lifecycle
@@ -249,6 +251,8 @@ class LocalCloud:
         self.pcluster.on_deleted = self._detach_head_node
         self.pcluster.on_delete_requested = self._shut_down_compute
         self.pcluster.compute_instances = self._cluster_instances
+        if self.enforcer is not None:
+            self.pcluster.authorize = self._authorize_api
         params = {
             "ParallelClusterApiUrl": endpoint,
             "NotificationEmail": "structures@example.org",
@@ -556,6 +560,11 @@ class LocalCloud:
             record = self.pcluster.history.get(cluster) if cluster else None
             config = yaml.safe_load(record["config"]) if record else {}
             return {str(t["Key"]): str(t["Value"]) for t in (config or {}).get("Tags") or []}
+        if ":snapshot/" in arn or ":volume/" in arn:
+            found = self.client("ec2").describe_tags(
+                Filters=[{"Name": "resource-id", "Values": [arn.rsplit("/", 1)[1]]}]
+            )["Tags"]
+            return {t["Key"]: t["Value"] for t in found}
         if ":fsx:" in arn and ":file-system/" in arn:
             try:
                 tags = self.client("fsx").list_tags_for_resource(ResourceARN=arn)["Tags"]
@@ -616,7 +625,24 @@ class LocalCloud:
             region_name=REGION,
         )
         self.enforcer.watch(session.events, role_logical, session_name)
+        self.role_keys[creds["AccessKeyId"]] = (role_logical, session_name)
         return session
+
+    def _authorize_api(self, access_key_id: str, method: str, path: str) -> str | None:
+        """API Gateway's IAM authorization of a ParallelCluster API call: a role's caller needs
+        ``execute-api:Invoke`` on ``<api id>/<stage>/<METHOD>/<path>`` (the API id read from the
+        URL as the template reads it). Callers that are not a stack role (the operator) pass."""
+        from cryopilot_sim import iam
+
+        found = self.role_keys.get(access_key_id)
+        if found is None:
+            return None
+        role, session_name = found
+        endpoint = str(self.pcluster.endpoint)
+        api_id = endpoint.split("/")[2].split(".")[0]
+        route = f"{api_id}/{self.pcluster.stage}/{method}/{path.lstrip('/')}"
+        need = iam.Need("execute-api:Invoke", f"arn:aws:execute-api:{REGION}:{ACCOUNT_ID}:{route}")
+        return str(self.enforcer.refusal(role, session_name, need) or "") or None
 
     def revoke(self, logical_id: str, action: str) -> None:
         """Cut one action from the role of a function or state machine (by logical id), as if

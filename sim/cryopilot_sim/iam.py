@@ -109,23 +109,34 @@ class UnsupportedCondition(ValueError):
     pass
 
 
-def _condition_holds(condition: dict[str, Any], context: dict[str, str]) -> bool:
-    """IAM condition evaluation for single-valued keys (every key this template names): each
-    operator's each key must hold; a key with several values holds if any does (negated
-    operators: if none matches); a missing key fails unless the operator ends in ``IfExists``
-    (negated operators hold on a missing key, as IAM evaluates them)."""
+def _condition_holds(condition: dict[str, Any], context: dict[str, Any]) -> bool:
+    """IAM condition evaluation: each operator's each key must hold; a condition value list holds
+    if any value does (negated operators: if none matches); a missing key fails unless the
+    operator ends in ``IfExists`` (negated operators hold on a missing key). Multi-valued keys
+    (``aws:TagKeys``) take the set operators: ``ForAllValues:`` holds if every request value
+    matches a condition value (and on no value), ``ForAnyValue:`` if one does."""
     lowered = {k.lower(): v for k, v in context.items()}
     for op, keys in condition.items():
-        base = op.removesuffix("IfExists")
-        if base not in _OPS:
+        qualifier, _, base = op.rpartition(":")
+        base = base.removesuffix("IfExists")
+        if base not in _OPS or qualifier not in ("", "ForAllValues", "ForAnyValue"):
             raise UnsupportedCondition(f"condition operator {op} is not supported by the local evaluator")
         for key, wanted in keys.items():
             got = lowered.get(key.lower())
+            values = [str(w) for w in _as_list(wanted)]
+            if qualifier:
+                given = [str(g) for g in _as_list(got if got is not None else [])]
+                matched = [any(_OPS[base](w, g) for w in values) for g in given]
+                if qualifier == "ForAllValues" and not all(matched):
+                    return False
+                if qualifier == "ForAnyValue" and not any(matched):
+                    return False
+                continue
             if got is None:
                 if op.endswith("IfExists") or base in _NEGATED:
                     continue
                 return False
-            values = [str(w) for w in _as_list(wanted)]
+            got = str(got)
             if base in _NEGATED:
                 if not all(_OPS[base](w, got) for w in values):
                     return False
@@ -134,7 +145,7 @@ def _condition_holds(condition: dict[str, Any], context: dict[str, str]) -> bool
     return True
 
 
-def _matches(statement: dict[str, Any], action: str, resource: str, context: dict[str, str]) -> bool:
+def _matches(statement: dict[str, Any], action: str, resource: str, context: dict[str, Any]) -> bool:
     if "Action" in statement:
         if not any(_wildcard(a, action, ignore_case=True) for a in _as_list(statement["Action"])):
             return False
@@ -148,7 +159,7 @@ def _matches(statement: dict[str, Any], action: str, resource: str, context: dic
     return _condition_holds(statement.get("Condition") or {}, context)
 
 
-def decide(documents: Iterable[dict[str, Any]], action: str, resource: str, context: dict[str, str]) -> bool:
+def decide(documents: Iterable[dict[str, Any]], action: str, resource: str, context: dict[str, Any]) -> bool:
     """IAM's identity-policy evaluation: an explicit Deny wins, else an Allow is needed."""
     allowed = False
     for doc in documents:
@@ -193,6 +204,8 @@ class Need:
 
     action: str
     resource: str
+    #: the request's own condition keys (``aws:RequestTag/...``, ``aws:TagKeys``)
+    context: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def needs(prefix: str, op: str, params: dict[str, Any], region: str, account: str) -> list[Need]:
@@ -258,6 +271,15 @@ def needs(prefix: str, op: str, params: dict[str, Any], region: str, account: st
             for i in params.get("InstanceIds") or []
         ]
         return out
+    if prefix == "ec2" and op in ("CreateTags", "DeleteTags"):
+        tags = params.get("Tags") or []
+        context: dict[str, Any] = {"aws:TagKeys": [t["Key"] for t in tags]}
+        context |= {f"aws:RequestTag/{t['Key']}": str(t.get("Value", "")) for t in tags}
+        return [
+            Need(f"ec2:{op}", _ec2_arn(r, region, account), context) for r in params.get("Resources") or []
+        ]
+    if prefix == "ec2" and op == "DeleteSnapshot":
+        return [Need("ec2:DeleteSnapshot", _ec2_arn(params.get("SnapshotId", ""), region, account))]
     if prefix == "secretsmanager" and "SecretId" in params:
         secret = params["SecretId"]
         if not secret.startswith("arn:"):
@@ -278,6 +300,14 @@ def needs(prefix: str, op: str, params: dict[str, Any], region: str, account: st
     if prefix == "sqs" and "QueueUrl" in params:
         return [Need(f"sqs:{op}", f"{arn}:{str(params['QueueUrl']).rstrip('/').rsplit('/', 1)[-1]}")]
     return [Need(f"{prefix}:{op}", "*")]
+
+
+def _ec2_arn(resource_id: str, region: str, account: str) -> str:
+    """An EC2 resource's ARN by its id (a snapshot's ARN has no account)."""
+    kind = {"snap": "snapshot", "vol": "volume", "i": "instance"}.get(resource_id.split("-", 1)[0])
+    if kind is None:
+        return "*"
+    return f"arn:aws:ec2:{region}:{'' if kind == 'snapshot' else account}:{kind}/{resource_id}"
 
 
 #: The error each service answers a denied call with (its API reference's common errors).
@@ -327,7 +357,7 @@ class Enforcer:
         events.register("before-parameter-build", check, unique_id=f"cryopilot-iam-{role_id}")
 
     def check(self, role_id: str, session_name: str, prefix: str, op: str, params: dict[str, Any]) -> None:
-        role = self.roles[role_id]
+        """Raise the service's AccessDenied error unless the role allows every need of the call."""
         if (prefix, op) == ("sts", "GetCallerIdentity"):
             return  # IAM never denies it
         for need in needs(prefix, op, params, self.region, self.account):
@@ -335,25 +365,34 @@ class Enforcer:
                 # moto 5.2.5 writes a fixed account (111222333444) into every DataSync ARN
                 # (moto/datasync/models.py); AWS writes the owner's: IAM sees this account's
                 need = Need(need.action, need.resource.replace(":111222333444:", f":{self.account}:"))
-            context = {"aws:SecureTransport": "true", "aws:RequestedRegion": self.region}
-            if need.resource != "*":
-                for key, value in self.resource_tags(need.resource).items():
-                    context[f"aws:ResourceTag/{key}"] = value
-                    # the service-specific key is the action's service's (ssm:resourceTag/... for
-                    # ssm:SendCommand on an EC2 instance)
-                    context[f"{need.action.split(':')[0]}:resourceTag/{key}"] = value
-            if not decide(role.documents, need.action, need.resource, context):
-                with self._lock:
-                    self.denied.append((role_id, need.action, need.resource))
-                principal = f"arn:aws:sts::{self.account}:assumed-role/{role.name}/{session_name}"
-                message = (
-                    f"User: {principal} is not authorized to perform: {need.action} on resource: "
-                    f"{need.resource} because no identity-based policy allows the {need.action} action"
-                )
+            message = self.refusal(role_id, session_name, need)
+            if message:
                 code = _DENIED_CODE.get(prefix, "AccessDeniedException")
                 raise ClientError({"Error": {"Code": code, "Message": message}}, op)
+
+    def refusal(self, role_id: str, session_name: str, need: Need) -> str | None:
+        """IAM's AccessDenied message if the role does not allow ``need`` (recorded), else None
+        (the action recorded as used)."""
+        role = self.roles[role_id]
+        context: dict[str, Any] = {"aws:SecureTransport": "true", "aws:RequestedRegion": self.region}
+        context |= need.context
+        if need.resource != "*":
+            for key, value in self.resource_tags(need.resource).items():
+                context[f"aws:ResourceTag/{key}"] = value
+                # the service-specific key is the action's service's (ssm:resourceTag/... for
+                # ssm:SendCommand on an EC2 instance)
+                context[f"{need.action.split(':')[0]}:resourceTag/{key}"] = value
+        if not decide(role.documents, need.action, need.resource, context):
             with self._lock:
-                self.used[role_id][need.action] += 1
+                self.denied.append((role_id, need.action, need.resource))
+            principal = f"arn:aws:sts::{self.account}:assumed-role/{role.name}/{session_name}"
+            return (
+                f"User: {principal} is not authorized to perform: {need.action} on resource: "
+                f"{need.resource} because no identity-based policy allows the {need.action} action"
+            )
+        with self._lock:
+            self.used[role_id][need.action] += 1
+        return None
 
     def revoke(self, role_id: str, action: str) -> None:
         """Remove one action from every statement of a role (the mutation tests' knife)."""

@@ -238,3 +238,50 @@ def test_a_tag_condition_reads_the_tags_of_the_resource_the_call_touches() -> No
     with pytest.raises(ClientError, match=r"AccessDeniedException.*ssm:SendCommand.*instance/i-2"):
         enforcer.check("StageRole", "s", "ssm", "SendCommand", {**send, "InstanceIds": ["i-2"]})
     assert enforcer.denied == [("StageRole", "ssm:SendCommand", "arn:aws:ec2:us-east-1:1:instance/i-2")]
+
+
+def test_the_report_reads_a_justification_in_the_granting_resource_only() -> None:
+    from scripts.iam_report import blocks, justified
+
+    text = (
+        "Resources:\n"
+        "  OneFunction:\n"
+        "    Properties:\n"
+        "      # iam-unused: sqs:SendMessage, execute-api:Invoke - Lambda sends there itself\n"
+        "      # iam-unused: s3:GetObject\n"
+        "  Other:\n"
+        "    Type: x\n"
+        "Outputs:\n"
+        "  # iam-unused: sns:Publish - not a resource\n"
+    )
+    found = blocks(text)
+    assert set(found) == {"OneFunction", "Other"}
+    # an action without a reason justifies nothing
+    assert justified(found["OneFunction"]) == {"sqs:sendmessage", "execute-api:invoke"}
+    assert justified(found["Other"]) == set()
+
+
+def test_tagging_a_snapshot_is_limited_to_the_keys_and_stack_the_policy_names() -> None:
+    doc = {
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "ec2:CreateTags",
+                "Resource": "arn:aws:ec2:us-east-1::snapshot/*",
+                "Condition": {
+                    "ForAllValues:StringEquals": {"aws:TagKeys": ["cryopilot:stack", "cryopilot:run-id"]},
+                    "StringEquals": {"aws:RequestTag/cryopilot:stack": "prod"},
+                },
+            }
+        ]
+    }
+
+    def allowed(tags: dict[str, str], resource: str = "snap-1") -> bool:
+        params = {"Resources": [resource], "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
+        (need,) = iam.needs("ec2", "CreateTags", params, REGION, ACCOUNT_ID)
+        return iam.decide([doc], need.action, need.resource, need.context)
+
+    assert allowed({"cryopilot:stack": "prod", "cryopilot:run-id": "r1"})
+    assert not allowed({"cryopilot:stack": "dev", "cryopilot:run-id": "r1"})
+    assert not allowed({"cryopilot:stack": "prod", "Name": "x"})  # a key the policy does not list
+    assert not allowed({"cryopilot:stack": "prod"}, resource="vol-1")  # not a snapshot

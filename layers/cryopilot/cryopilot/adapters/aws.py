@@ -32,6 +32,13 @@ def use_sessions(current: Callable[[], Any] | None) -> None:
     reset()
 
 
+def credentials() -> Any:
+    """The credentials clients are built with now (None: the default chain's), for requests
+    signed by hand (the ParallelCluster API)."""
+    session = _session()
+    return None if session is None else session.get_credentials()
+
+
 def client(service: str) -> Any:
     return _client(service, _session())
 
