@@ -615,6 +615,7 @@ class LocalCloud:
 
     def _role_session(self, role_logical: str, session_name: str) -> Any:
         """A boto3 session with the role's credentials (moto STS AssumeRole), every call checked."""
+        assert self.resolver is not None
         creds = self.client("sts").assume_role(
             RoleArn=str(self.resolver.attrs[(role_logical, "Arn")]), RoleSessionName=session_name
         )["Credentials"]
