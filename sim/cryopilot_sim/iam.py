@@ -194,8 +194,6 @@ _DDB_TRANSACT = {
     "Update": "UpdateItem",
     "Delete": "DeleteItem",
 }
-#: IAM service prefixes that differ from botocore's signing name.
-_PREFIX = {"states": "states", "servicequotas": "servicequotas"}
 
 
 @dataclass(frozen=True)
@@ -350,9 +348,9 @@ class Enforcer:
         """Check every call of a botocore event system (a session's or a client's)."""
 
         def check(params: dict[str, Any], model: Any, **_: Any) -> None:
-            service = model.service_model
-            prefix = _PREFIX.get(service.signing_name, service.signing_name)
-            self.check(role_id, session_name, prefix, model.name, params)
+            # the IAM prefix is the service's signing name for every service called here
+            # (stepfunctions signs as "states", service-quotas as "servicequotas")
+            self.check(role_id, session_name, model.service_model.signing_name, model.name, params)
 
         events.register("before-parameter-build", check, unique_id=f"cryopilot-iam-{role_id}")
 
