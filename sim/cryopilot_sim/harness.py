@@ -619,15 +619,8 @@ class LocalCloud:
         creds = self.client("sts").assume_role(
             RoleArn=str(self.resolver.attrs[(role_logical, "Arn")]), RoleSessionName=session_name
         )["Credentials"]
-        session = boto3.Session(
-            aws_access_key_id=creds["AccessKeyId"],
-            aws_secret_access_key=creds["SecretAccessKey"],
-            aws_session_token=creds["SessionToken"],
-            region_name=REGION,
-        )
-        self.enforcer.watch(session.events, role_logical, session_name)
         self.role_keys[creds["AccessKeyId"]] = (role_logical, session_name)
-        return session
+        return _RoleSession(self.enforcer, role_logical, session_name, creds)
 
     def _authorize_api(self, access_key_id: str, method: str, path: str) -> str | None:
         """API Gateway's IAM authorization of a ParallelCluster API call: a role's caller needs
@@ -1288,6 +1281,39 @@ class LocalCloud:
         from cryopilot.adapters import runs
 
         return runs.store().get_run_item(run_id)
+
+
+class _RoleSession:
+    """A role's session for ``cryopilot.adapters.aws.use_sessions``: clients and resources with
+    the role's credentials, every call checked by the enforcer. Built from boto3's default
+    session (one loader: a ``boto3.Session`` per role would parse every service model again)."""
+
+    def __init__(self, enforcer: Any, role: str, session_name: str, creds: dict[str, Any]) -> None:
+        from botocore.credentials import Credentials
+
+        self._enforcer = enforcer
+        self._role = role
+        self._session_name = session_name
+        self._keys = {
+            "aws_access_key_id": creds["AccessKeyId"],
+            "aws_secret_access_key": creds["SecretAccessKey"],
+            "aws_session_token": creds["SessionToken"],
+            "region_name": REGION,
+        }
+        self._credentials = Credentials(creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
+
+    def client(self, service: str, **kwargs: Any) -> Any:
+        made = boto3.client(service, **self._keys, **kwargs)
+        self._enforcer.watch(made.meta.events, self._role, self._session_name)
+        return made
+
+    def resource(self, service: str, **kwargs: Any) -> Any:
+        made = boto3.resource(service, **self._keys, **kwargs)
+        self._enforcer.watch(made.meta.client.meta.events, self._role, self._session_name)
+        return made
+
+    def get_credentials(self) -> Any:
+        return self._credentials
 
 
 def _aws_env() -> dict[str, str]:
