@@ -61,22 +61,37 @@ security: $(TOOLS_VENV)/.installed ## checkov on template.yaml, offline; fails o
 	  --skip-download --compact --quiet
 
 .PHONY: build
-build: $(TOOLS_VENV)/.installed $(VENV)/.installed ## sam build (no Docker: uses the venv's python3.12)
+build: $(TOOLS_VENV)/.installed $(VENV)/.installed $(SAM_TRANSLATED) ## sam build (no Docker: uses the venv's python3.12)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(TOOLS_VENV)/bin/sam build --template template.yaml
 
 # Test processes: CI has 2 cores; each process runs its own local stack (moto is per process).
 PYTEST_WORKERS ?= 2
 
+# template.yaml as `sam deploy` sends it to CloudFormation (SAM policy templates expanded): the
+# local stack creates every role from it. The translator pins its own pydantic: tools venv.
+SAM_TRANSLATED := build/sam/translated.json
+$(SAM_TRANSLATED): template.yaml scripts/sam_translate.py $(TOOLS_VENV)/.installed
+	@mkdir -p $(@D)
+	$(TOOLS_VENV)/bin/python scripts/sam_translate.py template.yaml > $@.tmp && mv $@.tmp $@
+
+.PHONY: translate
+translate: $(SAM_TRANSLATED) ## template.yaml translated by the pinned aws-sam-translator
+
 .PHONY: pytest
-pytest: $(VENV)/.installed ## the test suite with coverage, in PYTEST_WORKERS processes
+pytest: $(VENV)/.installed $(SAM_TRANSLATED) ## the test suite with coverage, in PYTEST_WORKERS processes
+	@rm -rf build/iam/used
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup --cov --cov-report=term-missing:skip-covered
+
+.PHONY: iam-report
+iam-report: $(VENV)/.installed $(SAM_TRANSLATED) ## per role: actions granted vs used by the test runs (after pytest)
+	PYTHONPATH=$(CURDIR)/sim:$(CURDIR)/layers/cryopilot $(PY) scripts/iam_report.py
 
 .PHONY: test-fast
 test-fast: $(VENV)/.installed ## the tests not marked slow, while editing (under a minute)
 	$(VENV)/bin/pytest -m "not slow" -n 2 --dist loadgroup
 
 .PHONY: test
-test: lint validate security build pytest ## everything CI runs
+test: lint validate security build pytest iam-report ## everything CI runs
 
 .PHONY: demo
 demo: $(VENV)/.installed ## one whole run, locally (DEMO_ARGS="--profile spike --fail job")

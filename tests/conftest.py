@@ -22,6 +22,9 @@ os.environ.update(
         "AWS_EC2_METADATA_DISABLED": "true",
         "POWERTOOLS_TRACE_DISABLED": "true",
         "SAM_CLI_TELEMETRY": "0",
+        # Every local stack enforces IAM: each function runs with its own role's policies, as SAM
+        # generates them (cryopilot_sim.iam); a missing permission fails the test that needs it.
+        "CRYOPILOT_IAM": "enforce",
     }
 )
 

@@ -12,6 +12,9 @@
   - SSM Run Command runs ``cryopilot-agent`` in-process against the simulated head node's
     cryoSPARC stand-in, and an instance that is not (or no longer) a head node is refused with
     ``InvalidInstanceId``, as SSM refuses it.
+* IAM is enforced (``cryopilot_sim.iam``): every role is created with the policies SAM generates
+  (``template.yaml`` translated by the pinned aws-sam-translator), each function's calls carry its
+  own role's credentials and are checked against them, and the actions each role used are recorded.
 * The ParallelCluster API is the local stand-in (HTTP, SigV4), cryoSPARC is a stand-in per head
   node (HTTP, spoken to by the real cryosparc-tools client).
 
@@ -144,6 +147,9 @@ class LocalCloud:
     #: options of the FSx stand-in (cryopilot_sim.fsx_standin.FsxStandIn): ``task_seconds``,
     #: ``fail_next``
     fsx_options: dict[str, Any] = field(default_factory=dict)
+    #: IAM enforcement (cryopilot_sim.iam): ``enforce`` (the test suite: the translated template
+    #: is required), ``auto`` (enforced when the SAM translator is installed: the demo) or ``off``.
+    iam: str = field(default_factory=lambda: os.environ.get("CRYOPILOT_IAM", "auto"))
 
     def __post_init__(self) -> None:
         self.template = load_template()
@@ -187,6 +193,16 @@ class LocalCloud:
         #: Each local subnet's route table and NAT gateway (:meth:`_create_account`).
         self.route_tables: dict[str, str] = {}
         self.nat_gateways: dict[str, str] = {}
+        #: The IAM enforcer (None when not enforced), each function's role session by function
+        #: name, and the state machine's role (logical id).
+        self.enforcer: Any = None
+        self.sessions: dict[str, Any] = {}
+        self.state_machine_role: str | None = None
+        #: every head node's cluster, by instance id (kept after the cluster is gone)
+        self.instance_clusters: dict[str, str] = {}
+        #: each role session's access key id -> (role logical id, session name)
+        self.role_keys: dict[str, tuple[str, str]] = {}
+        self._current = threading.local()
 
     # ---------------------------------------------------------------- lifecycle
     def __enter__(self) -> LocalCloud:
@@ -223,6 +239,12 @@ class LocalCloud:
         self._fsx_mounts = st.enter_context(tempfile.TemporaryDirectory(prefix="fsx-"))
         self._install_seams()
         self._create_account()
+        self._start_iam()
+        if self.enforcer is not None:
+            # from here on (the custom resources' Create included) a function's clients are its role's
+            aws.use_sessions(lambda: getattr(self._current, "session", None))
+            st.callback(aws.use_sessions, None)
+            st.callback(self.enforcer.write_used)
         options = {"script_exists": self._s3_object_exists, **self.pcluster_options}
         self.pcluster = PClusterStandIn(self.clock, **options)
         endpoint = self.pcluster.start()
@@ -231,6 +253,8 @@ class LocalCloud:
         self.pcluster.on_deleted = self._detach_head_node
         self.pcluster.on_delete_requested = self._shut_down_compute
         self.pcluster.compute_instances = self._cluster_instances
+        if self.enforcer is not None:
+            self.pcluster.authorize = self._authorize_api
         params = {
             "ParallelClusterApiUrl": endpoint,
             "NotificationEmail": "structures@example.org",
@@ -486,6 +510,8 @@ class LocalCloud:
             )
 
         iam = self.client("iam")
+        #: each of the template's managed policies' document, by ARN
+        self._managed_documents: dict[str, dict[str, Any]] = {}
         for logical, res in resources_of_type(tpl, "AWS::IAM::ManagedPolicy").items():
             props = r.resolve(res["Properties"])
             arn = iam.create_policy(
@@ -494,11 +520,134 @@ class LocalCloud:
                 PolicyDocument=json.dumps(props["PolicyDocument"]),
             )["Policy"]["Arn"]
             r.refs[logical] = arn
+            self._managed_documents[arn] = props["PolicyDocument"]
+        # resources the harness does not create but roles name (a dead-letter queue's ARN)
+        for logical in resources_of_type(tpl, "AWS::SQS::Queue"):
+            r.attrs.setdefault(
+                (logical, "Arn"), f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{self.stack_name}-{logical}"
+            )
 
         r.refs["CryopilotLayer"] = f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:layer:{self.stack_name}-layer:1"
         self._create_functions()
         self._create_custom_resources()
         self._create_state_machines()
+
+    # ---------------------------------------------------------------- IAM
+    def _start_iam(self) -> None:
+        from cryopilot_sim import iam
+
+        if self.iam not in ("enforce", "auto", "off"):
+            raise ValueError(f"iam={self.iam!r}: enforce, auto or off")
+        if self.iam == "off":
+            return
+        try:
+            self.translated = iam.translated_template()
+        except FileNotFoundError:
+            if self.iam == "enforce":
+                raise
+            return
+        self.enforcer = iam.Enforcer(REGION, ACCOUNT_ID, self._resource_tags)
+
+    def _resource_tags(self, arn: str) -> dict[str, str]:
+        """The tags IAM sees on a resource (``aws:ResourceTag/*``, ``<service>:resourceTag/*``):
+        a head node's are its cluster configuration's Tags (ParallelCluster propagates them to the
+        instances), a file system's are moto's."""
+        import yaml
+
+        if ":instance/" in arn:
+            # a terminated instance keeps its tags for a while (EC2 shows it as terminated), so
+            # IAM still sees them and SSM answers InvalidInstanceId: the head nodes of deleted
+            # clusters are remembered
+            cluster = self.instance_clusters.get(arn.rsplit("/", 1)[1])
+            record = self.pcluster.history.get(cluster) if cluster else None
+            config = yaml.safe_load(record["config"]) if record else {}
+            return {str(t["Key"]): str(t["Value"]) for t in (config or {}).get("Tags") or []}
+        if ":snapshot/" in arn or ":volume/" in arn:
+            found = self.client("ec2").describe_tags(
+                Filters=[{"Name": "resource-id", "Values": [arn.rsplit("/", 1)[1]]}]
+            )["Tags"]
+            return {t["Key"]: t["Value"] for t in found}
+        if ":fsx:" in arn and ":file-system/" in arn:
+            try:
+                tags = self.client("fsx").list_tags_for_resource(ResourceARN=arn)["Tags"]
+            except Exception:
+                return {}
+            return {t["Key"]: t["Value"] for t in tags}
+        return {}
+
+    def _translated_role(self, role_logical: str) -> str:
+        """Create a role exactly as the translated template declares it (inline policies, the
+        template's managed policies attached), register it with the enforcer and assume it:
+        returns its ARN."""
+        from cryopilot_sim import iam
+
+        r = self.resolver
+        assert r is not None
+        props = self.translated["Resources"][role_logical]["Properties"]
+        name = f"{self.stack_name}-{role_logical}"[:64]
+        client = self.client("iam")
+        arn = str(
+            client.create_role(
+                RoleName=name, AssumeRolePolicyDocument=json.dumps(props["AssumeRolePolicyDocument"])
+            )["Role"]["Arn"]
+        )
+        documents: list[dict[str, Any]] = []
+        for policy in props.get("Policies") or []:
+            doc = r.resolve(policy["PolicyDocument"])
+            # IAM reads a document without Version as 2008-10-17 (no policy variables: ours use
+            # none); moto refuses one, so moto gets it with the current Version
+            client.put_role_policy(
+                RoleName=name,
+                PolicyName=policy["PolicyName"],
+                PolicyDocument=json.dumps({"Version": "2012-10-17", **doc}),
+            )
+            documents.append(doc)
+        aws_managed = []
+        for ref in props.get("ManagedPolicyArns") or []:
+            policy_arn = str(r.resolve(ref))
+            if policy_arn.startswith("arn:aws:iam::aws:policy/"):
+                aws_managed.append(policy_arn)  # AWS's own (moto does not load them): not the template's
+                continue
+            client.attach_role_policy(RoleName=name, PolicyArn=policy_arn)
+            documents.append(self._managed_documents[policy_arn])
+        self.enforcer.add(iam.Role(role_logical, name, arn, documents, aws_managed))
+        r.refs[role_logical] = name
+        r.attrs[(role_logical, "Arn")] = arn
+        return arn
+
+    def _role_session(self, role_logical: str, session_name: str) -> Any:
+        """A boto3 session with the role's credentials (moto STS AssumeRole), every call checked."""
+        assert self.resolver is not None
+        creds = self.client("sts").assume_role(
+            RoleArn=str(self.resolver.attrs[(role_logical, "Arn")]), RoleSessionName=session_name
+        )["Credentials"]
+        self.role_keys[creds["AccessKeyId"]] = (role_logical, session_name)
+        return _RoleSession(self.enforcer, role_logical, session_name, creds)
+
+    def _authorize_api(self, access_key_id: str, method: str, path: str) -> str | None:
+        """API Gateway's IAM authorization of a ParallelCluster API call: a role's caller needs
+        ``execute-api:Invoke`` on ``<api id>/<stage>/<METHOD>/<path>`` (the API id read from the
+        URL as the template reads it). Callers that are not a stack role (the operator) pass."""
+        from cryopilot_sim import iam
+
+        found = self.role_keys.get(access_key_id)
+        if found is None:
+            return None
+        role, session_name = found
+        endpoint = str(self.pcluster.endpoint)
+        api_id = endpoint.split("/")[2].split(".")[0]
+        route = f"{api_id}/{self.pcluster.stage}/{method}/{path.lstrip('/')}"
+        need = iam.Need("execute-api:Invoke", f"arn:aws:execute-api:{REGION}:{ACCOUNT_ID}:{route}")
+        return str(self.enforcer.refusal(role, session_name, need) or "") or None
+
+    def revoke(self, logical_id: str, action: str) -> None:
+        """Cut one action from the role of a function or state machine (by logical id), as if
+        ``template.yaml`` had never granted it: the next call that needs it is denied."""
+        if self.enforcer is None:
+            raise RuntimeError("IAM is not enforced on this local stack")
+        props = self.translated["Resources"][logical_id]["Properties"]
+        role = (props.get("Role") or props.get("RoleArn"))["Fn::GetAtt"][0]
+        self.enforcer.revoke(role, action)
 
     def _role(self, name: str, service: str) -> str:
         iam = self.client("iam")
@@ -523,7 +672,11 @@ class LocalCloud:
         for logical, res in resources_of_type(self.template, "AWS::Serverless::Function").items():
             props = res["Properties"]
             name = f"{self.stack_name}-{logical}"
-            role = self._role(f"{name}-role", "lambda.amazonaws.com")
+            if self.enforcer is not None:
+                role_logical = self.translated["Resources"][logical]["Properties"]["Role"]["Fn::GetAtt"][0]
+                role = self._translated_role(role_logical)
+            else:
+                role = self._role(f"{name}-role", "lambda.amazonaws.com")
             arn = lam.create_function(
                 FunctionName=name,
                 Runtime=props.get("Runtime", globals_fn.get("Runtime")),
@@ -535,6 +688,8 @@ class LocalCloud:
             code_dir = ROOT / props["CodeUri"]
             handler = props.get("Handler", globals_fn.get("Handler"))
             self.functions[name] = LocalFunction(logical, name, arn, code_dir, handler)
+            if self.enforcer is not None:
+                self.sessions[name] = self._role_session(role_logical, name)
             r.refs[logical] = name
             r.attrs[(logical, "Arn")] = arn
             if props.get("AutoPublishAlias"):
@@ -601,7 +756,12 @@ class LocalCloud:
             subs = {k: str(v) for k, v in r.resolve(props.get("DefinitionSubstitutions", {})).items()}
             definition = substitute_definition(definition, subs)
             name = r.resolve(props["Name"])
-            role = self._role(f"{name}-role", "states.amazonaws.com")
+            if self.enforcer is not None:
+                role_logical = self.translated["Resources"][logical]["Properties"]["RoleArn"]["Fn::GetAtt"][0]
+                role = self._translated_role(role_logical)
+                self.state_machine_role = role_logical
+            else:
+                role = self._role(f"{name}-role", "states.amazonaws.com")
             arn = sfn.create_state_machine(
                 name=name, definition=definition, roleArn=role, type=props.get("Type", "STANDARD")
             )["stateMachineArn"]
@@ -647,6 +807,10 @@ class LocalCloud:
             aws_request_id=f"req-{fn.invocations:06d}",
             log_group_name=f"/aws/lambda/{fn.name}",
         )
+        # the function's calls carry its own role's credentials (as on Lambda); a nested
+        # invocation (one function invoking another) restores the caller's afterwards
+        outer = getattr(self._current, "session", None)
+        self._current.session = self.sessions.get(fn.name)
         try:
             result = getattr(module, fn.handler.rsplit(".", 1)[1])(event, ctx)
         except Exception as exc:
@@ -655,6 +819,8 @@ class LocalCloud:
                 "errorMessage": str(exc),
                 "stackTrace": traceback.format_tb(exc.__traceback__)[-3:],
             }
+        finally:
+            self._current.session = outer
         return True, result
 
     # ---------------------------------------------------------------- EventBridge → Lambda
@@ -777,6 +943,7 @@ class LocalCloud:
         }
         with self._lock:
             self.head_nodes[instance_id] = HeadNode(cluster_name, instance_id, cs, env)
+            self.instance_clusters[instance_id] = cluster_name
 
     def _make_file_system(self, cluster_name: str, cs: Any) -> str:
         """The cluster's FSx for Lustre file system, as ParallelCluster makes it from the
@@ -1157,6 +1324,39 @@ class LocalCloud:
         from cryopilot.adapters import runs
 
         return runs.store().get_run_item(run_id)
+
+
+class _RoleSession:
+    """A role's session for ``cryopilot.adapters.aws.use_sessions``: clients and resources with
+    the role's credentials, every call checked by the enforcer. Built from boto3's default
+    session (one loader: a ``boto3.Session`` per role would parse every service model again)."""
+
+    def __init__(self, enforcer: Any, role: str, session_name: str, creds: dict[str, Any]) -> None:
+        from botocore.credentials import Credentials
+
+        self._enforcer = enforcer
+        self._role = role
+        self._session_name = session_name
+        self._keys = {
+            "aws_access_key_id": creds["AccessKeyId"],
+            "aws_secret_access_key": creds["SecretAccessKey"],
+            "aws_session_token": creds["SessionToken"],
+            "region_name": REGION,
+        }
+        self._credentials = Credentials(creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
+
+    def client(self, service: str, **kwargs: Any) -> Any:
+        made = boto3.client(service, **self._keys, **kwargs)
+        self._enforcer.watch(made.meta.events, self._role, self._session_name)
+        return made
+
+    def resource(self, service: str, **kwargs: Any) -> Any:
+        made = boto3.resource(service, **self._keys, **kwargs)
+        self._enforcer.watch(made.meta.client.meta.events, self._role, self._session_name)
+        return made
+
+    def get_credentials(self) -> Any:
+        return self._credentials
 
 
 def _aws_env() -> dict[str, str]:

@@ -192,6 +192,11 @@ class PClusterStandIn:
         self.region = region
         self.stage = stage.strip("/")
         self.credentials = credentials
+        #: API Gateway's IAM authorization of the caller (set by the harness when IAM is
+        #: enforced): ``authorize(access_key_id, method, path_after_stage)`` returns the
+        #: AccessDenied message for a caller whose policies do not allow execute-api:Invoke on
+        #: the route, or None
+        self.authorize: Callable[[str, str, str], str | None] | None = None
         self.page_size = page_size
         self.account_id = account_id
         #: Called as ``on_head_node(cluster_name, instance_id)`` when a cluster reaches CREATE_COMPLETE.
@@ -502,6 +507,12 @@ class PClusterStandIn:
                     " of date from HTTP"
                 },
             )
+        if self.authorize is not None:
+            path = urllib.parse.urlsplit(raw_path).path
+            denied = self.authorize(match["akid"], method, path[len(self.stage) + 1 :] or "/")
+            if denied:
+                # API Gateway, IAM authorization: 403 with the caller, action and route (its "Message")
+                raise _ApiError(403, {"Message": denied})
         if self.credentials is None:
             return
         if match["akid"] != self.credentials.access_key:

@@ -163,10 +163,19 @@ def install(harness: LocalCloud, st: ExitStack) -> None:
     def client_for(region: str, service: str, state_credentials: Any = None) -> Any:
         key = (region, service)  # moto signs every such client with the same fixed keys
         if key not in lambda_clients:
-            lambda_clients[key] = real_client_for(region=region, service=service)
+            made = real_client_for(region=region, service=service)
+            if harness.enforcer is not None and harness.state_machine_role is not None:
+                # the state machine's Lambda tasks are checked against its own role (its
+                # lambda:InvokeFunction grants), as Step Functions calls Lambda with that role
+                harness.enforcer.watch(made.meta.events, harness.state_machine_role, "states")
+            lambda_clients[key] = made
         return lambda_clients[key]
 
     st.enter_context(mock.patch.object(lambda_eval_utils, "boto_client_for", client_for))
+    # the state machine's SNS tasks (arn:aws:states:::sns:publish) too: checked against its role
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_sns
+
+    st.enter_context(mock.patch.object(state_task_service_sns, "boto_client_for", client_for))
     st.enter_context(
         mock.patch.object(json_path, "parse", functools.lru_cache(maxsize=1024)(json_path.parse))
     )

@@ -602,3 +602,14 @@ def test_a_new_manifest_version_takes_the_place_of_a_run_waiting_for_a_slot() ->
         assert second in record["error"]["message"]
         assert cloud.executions() == [], "the superseded run never starts"
         assert admission.read().holders == {"SOMEONE-ELSE"}
+
+
+def test_a_permission_cut_from_the_template_denies_the_call_that_needs_it(cloud: LocalCloud) -> None:
+    """Least privilege proven by execution: StartRun's role as SAM generates it, without
+    ``states:StartExecution``, cannot start the run its manifest asks for."""
+    cloud.revoke("StartRunFunction", "states:StartExecution")
+    _put_manifest(cloud, folder="SPIKE-CUT")
+    cloud.drain_events()
+    assert cloud.executions() == []
+    errors = [d.error or json.dumps(d.result) for d in cloud.deliveries if d.function == _start_fn(cloud)]
+    assert any("AccessDenied" in e and "states:StartExecution" in e for e in errors), errors

@@ -50,7 +50,7 @@ class Deletion(BaseModel):
 def api() -> PClusterClient:
     """The ParallelCluster API client (built once per Lambda container)."""
     settings = get_settings()
-    return PClusterClient(settings.pcluster_api_url, settings.region)
+    return PClusterClient(settings.pcluster_api_url, settings.region, credentials=aws.credentials())
 
 
 def request_deletion(run_id: str) -> Deletion:
