@@ -203,6 +203,8 @@ def test_repeat_targets_are_45_percent_of_the_time_and_20_percent_of_the_cost(
     (only,) = bench._repeat_targets({"cgrp/repeat": _row("cgrp", "repeat", hours, cost)})
     assert only[1] is False
     assert "run cgrp/whitepaper too" in only[2]
+
+
 def test_the_spot_layout_is_the_placement_with_spot_where_safe_and_its_ratio_a_range() -> None:
     import yaml
 

@@ -138,6 +138,8 @@ def test_a_repeat_manifest_is_estimated_at_the_box_a_full_run_would_use(
     rows = {line.split()[0] for line in out.splitlines() if line.strip()}
     assert {"import_reference", "hetero2", "nurefine"} <= rows
     assert "abinit" not in rows
+
+
 def test_a_spot_where_safe_manifest_estimate_shows_the_spot_stages_and_a_cost_range(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -215,6 +215,8 @@ def mail_label(manifest: Manifest) -> str:
     if not manifest.compound:
         return manifest.dataset
     return clip(f"{manifest.dataset} ({manifest.compound})", MAX_LABEL_CHARS)
+
+
 def spot_queues(stages: list[PlannedStage]) -> list[str]:
     """The GPU queues whose Spot twin some stage is planned on (``capacity: spot-where-safe``)."""
     lanes = {s.lane for s in stages if is_spot_queue(s.lane)}
