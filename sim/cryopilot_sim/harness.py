@@ -24,6 +24,7 @@ requirements/dev.txt).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import json
@@ -552,16 +553,13 @@ class LocalCloud:
         """The tags IAM sees on a resource (``aws:ResourceTag/*``, ``<service>:resourceTag/*``):
         a head node's are its cluster configuration's Tags (ParallelCluster propagates them to the
         instances), a file system's are moto's."""
-        import yaml
-
         if ":instance/" in arn:
             # a terminated instance keeps its tags for a while (EC2 shows it as terminated), so
             # IAM still sees them and SSM answers InvalidInstanceId: the head nodes of deleted
             # clusters are remembered
             cluster = self.instance_clusters.get(arn.rsplit("/", 1)[1])
             record = self.pcluster.history.get(cluster) if cluster else None
-            config = yaml.safe_load(record["config"]) if record else {}
-            return {str(t["Key"]): str(t["Value"]) for t in (config or {}).get("Tags") or []}
+            return dict(_config_tags(record["config"])) if record else {}
         if ":snapshot/" in arn or ":volume/" in arn:
             found = self.client("ec2").describe_tags(
                 Filters=[{"Name": "resource-id", "Values": [arn.rsplit("/", 1)[1]]}]
@@ -1421,3 +1419,13 @@ def _capacity_timeout(config_text: str) -> float:
     args = [str(a) for a in action.get("Args") or []]
     flag = "--insufficient-capacity-timeout"
     return float(args[args.index(flag) + 1]) if flag in args[:-1] else DEFAULT_CAPACITY_TIMEOUT
+
+
+@functools.lru_cache(maxsize=64)
+def _config_tags(config_text: str) -> tuple[tuple[str, str], ...]:
+    """The ``Tags`` of a cluster configuration (parsed once per configuration: IAM asks for a
+    head node's tags at every Run Command call)."""
+    import yaml
+
+    doc = yaml.safe_load(config_text) or {}
+    return tuple((str(t["Key"]), str(t["Value"])) for t in doc.get("Tags") or [])

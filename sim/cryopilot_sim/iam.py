@@ -23,6 +23,7 @@ SAM generates for its role, and every action a role uses is recorded (``make iam
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -80,10 +81,15 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+@functools.lru_cache(maxsize=4096)
+def _pattern(pattern: str, ignore_case: bool) -> re.Pattern[str]:
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile(regex, re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL)
+
+
 def _wildcard(pattern: str, value: str, *, ignore_case: bool = False) -> bool:
     """IAM's ``*`` and ``?`` (no other glob)."""
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, value, re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL) is not None
+    return _pattern(pattern, ignore_case).fullmatch(value) is not None
 
 
 def _string_ops() -> dict[str, Callable[[str, str], bool]]:
