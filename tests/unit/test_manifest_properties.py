@@ -163,9 +163,13 @@ def _from_schema(node: dict[str, Any], where: str = "") -> st.SearchStrategy[Any
 
 
 def _consistent(doc: dict[str, Any]) -> dict[str, Any]:
-    """Apply the one rule across fields: a gain reference only for raw movies."""
+    """Apply the rules across fields: a gain reference only for raw movies; Spot only on
+    cryopilot's layout."""
     if doc["input"]["kind"] == "micrographs":
         doc["acquisition"].pop("gain_reference", None)
+    pipeline = doc.get("pipeline") or {}
+    if pipeline.get("capacity") == "spot-where-safe" and pipeline.get("layout") == "whitepaper":
+        pipeline["layout"] = "cryopilot"
     return doc
 
 
