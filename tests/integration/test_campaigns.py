@@ -21,7 +21,8 @@ from cryopilot_sim.harness import LocalCloud
 
 from tests.conftest import EVENTS
 
-pytestmark = pytest.mark.slow
+# one worker builds the campaign (a full run, then its repeat) that every test here reads
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("campaigns")]
 
 CAMPAIGN = "CGRP-RAMP1"
 CGRP = yaml.safe_load((EVENTS / "manifests" / "cgrp.yaml").read_text())
