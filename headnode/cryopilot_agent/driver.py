@@ -377,7 +377,8 @@ class Driver:
 
     # ------------------------------------------------------------------ kill
 
-    def kill(self, run_id: str, stage_id: str) -> KillResult:
+    def _jobs_of_stage(self, run_id: str, stage_id: str) -> list[JobController]:
+        """The jobs of a stage the run submitted (kill, requeue); StageNotFoundError if none."""
         project = self.find_project(run_id)
         ws = self.find_workspace(project) if project else None
         if project is None or ws is None:
@@ -385,6 +386,10 @@ class Driver:
         jobs = self.stage_jobs(project, ws, stage_id)
         if not jobs:
             raise StageNotFoundError(f"stage {stage_id} of run {run_id} has no jobs")
+        return jobs
+
+    def kill(self, run_id: str, stage_id: str) -> KillResult:
+        jobs = self._jobs_of_stage(run_id, stage_id)
         killed = []
         for job in jobs:
             if job.model.status in ACTIVE:
@@ -398,13 +403,7 @@ class Driver:
         """Queue the stage's failed jobs again on ``lane`` (a stage lost with its Spot node goes to
         the On-Demand lane): each is cleared back to building, its parameters and inputs kept
         (cryosparc-tools' ``JobController.clear``), then queued."""
-        project = self.find_project(run_id)
-        ws = self.find_workspace(project) if project else None
-        if project is None or ws is None:
-            raise StageNotFoundError(f"no cryoSPARC project for run {run_id}")
-        jobs = self.stage_jobs(project, ws, stage_id)
-        if not jobs:
-            raise StageNotFoundError(f"stage {stage_id} of run {run_id} has no jobs")
+        jobs = self._jobs_of_stage(run_id, stage_id)
         requeued = []
         for job in jobs:
             if job.model.status == "failed":
