@@ -90,8 +90,14 @@ iam-report: $(VENV)/.installed $(SAM_TRANSLATED) ## per role: actions granted vs
 test-fast: $(VENV)/.installed ## the tests not marked slow, while editing (under a minute)
 	$(VENV)/bin/pytest -m "not slow" -n 2 --dist loadgroup
 
+# The three installs run at once (they wait on the network and on unpacking), then the static
+# checks two at a time (CI has 2 cores), then the suite, which needs both cores to itself.
 .PHONY: test
-test: lint validate security build pytest iam-report ## everything CI runs
+test: ## everything CI runs
+	@$(MAKE) --no-print-directory -j3 --output-sync=target setup
+	@$(MAKE) --no-print-directory -j2 --output-sync=target lint validate security build
+	@$(MAKE) --no-print-directory pytest
+	@$(MAKE) --no-print-directory iam-report
 
 .PHONY: demo
 demo: $(VENV)/.installed ## one whole run, locally (DEMO_ARGS="--profile spike --fail job")

@@ -284,14 +284,13 @@ class LocalCloud:
         worker = threading.Thread(target=self._deliver_events, name="eventbridge", daemon=True)
         worker.start()
         st.callback(self._stop_worker, worker)
-        self._watching = threading.Event()
-        self._watching.set()
+        self._unwatched = threading.Event()
         self._watcher = threading.Thread(target=self._watch_executions, name="sfn-events", daemon=True)
         self._watcher.start()
 
     def stop(self) -> None:
         if getattr(self, "_watcher", None) is not None:
-            self._watching.clear()  # the harness's own stops are not the user's: no events for them
+            self._unwatched.set()  # the harness's own stops are not the user's: no events for them
             self._watcher.join(timeout=10)
         self._stop_running_executions()
         for node in list(self.head_nodes.values()):
@@ -397,10 +396,10 @@ class LocalCloud:
         return self.resolver.refs[logical_id]
 
     def client(self, service: str) -> Any:
-        """A boto3 client of the local stack (one per service, kept: building one takes ~0.1 s)."""
+        """A boto3 client of the local stack, with the account's own keys (one per service)."""
         made = self._clients.get(service)
         if made is None:
-            made = self._clients[service] = boto3.client(service, region_name=REGION)
+            made = self._clients[service] = _account_client(service)
         return made
 
     @property
@@ -850,7 +849,7 @@ class LocalCloud:
         this seam does, for every execution that ends (the template's rules pick the statuses they want)."""
         seen: set[str] = set()
         sfn = self.client("stepfunctions")
-        while self._watching.is_set():
+        while not self._unwatched.is_set():
             try:
                 executions = sfn.list_executions(stateMachineArn=self.state_machine_arn)["executions"]
             except Exception:
@@ -875,7 +874,7 @@ class LocalCloud:
                         "resources": [e["executionArn"]],
                     }
                 )
-            time.sleep(0.2)
+            self._unwatched.wait(0.2)
 
     def run_schedule(self, function_logical_id: str) -> Any:
         """Fire a function's schedule now (EventBridge Scheduler does not run in moto): its answer."""
@@ -1322,6 +1321,29 @@ class LocalCloud:
         from cryopilot.adapters import runs
 
         return runs.store().get_run_item(run_id)
+
+
+_ACCOUNT_CLIENTS: dict[str, Any] = {}
+_ACCOUNT_CLIENTS_LOCK = threading.Lock()
+
+
+def _account_client(service: str) -> Any:
+    """One boto3 client per service for every local stack of the process: building one takes
+    ~50 ms, and a test session starts a stack per test. Sharing is safe: a client keeps no
+    state of the account it talks to (moto's backends do, and each stack resets them), its keys
+    are the fixed ones of :data:`FAKE_ENV`, and moto intercepts every client built after it was
+    imported, whether a mock was active then or not."""
+    with _ACCOUNT_CLIENTS_LOCK:
+        made = _ACCOUNT_CLIENTS.get(service)
+        if made is None:
+            made = _ACCOUNT_CLIENTS[service] = boto3.client(
+                service,
+                region_name=REGION,
+                aws_access_key_id=FAKE_ENV["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=FAKE_ENV["AWS_SECRET_ACCESS_KEY"],
+                aws_session_token=FAKE_ENV["AWS_SESSION_TOKEN"],
+            )
+        return made
 
 
 class _RoleSession:

@@ -8,6 +8,8 @@ silent pass-through.
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,14 @@ for _tag in _SHORT_TAGS:
 
 
 def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
+    """The template as a dict of its own (the caller may change it). Parsed once per version of
+    the file: a test session starts a local stack per test, and the parse takes ~0.1 s."""
+    stat = path.stat()
+    return copy.deepcopy(_parsed_template(path.resolve(), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_template(path: Path, mtime_ns: int, size: int) -> dict[str, Any]:
     with path.open(encoding="utf-8") as fh:
         doc = yaml.load(fh, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass with CFN tags only
     if not isinstance(doc, dict) or "Resources" not in doc:
