@@ -129,17 +129,27 @@ def _all_ended(cloud: LocalCloud) -> bool:
     )
 
 
-def test_demo_waits_for_the_queued_runs_and_reports_the_peak(tmp_path: Path) -> None:
-    """`cryopilot demo --datasets N` with fewer slots than datasets: the queued runs are waited
-    for too, and the summary says how many clusters existed at once. (First in the module: the
-    demo builds a local stack of its own, which cannot exist next to the batch's.)"""
+def test_demo_runs_datasets_at_once_waits_for_the_queued_and_reports_the_peak(tmp_path: Path) -> None:
+    """`cryopilot demo --datasets 3` with two slots: two independent runs at once (two concurrent
+    runs once raced the head node's bootstrap: a cluster reported CREATE_COMPLETE before its head
+    node answered), the third queued and waited for, and the summary says how many clusters
+    existed at once. (First in the module: the demo builds a local stack of its own, which cannot
+    exist next to the batch's.)"""
     summary = run_demo(
         DemoOptions(
-            profile="spike", pace=1e9, quiet=True, state_dir=tmp_path, datasets=2, max_concurrent_runs=1
+            profile="spike", pace=1e9, quiet=True, state_dir=tmp_path, datasets=3, max_concurrent_runs=2
         )
     )
-    assert [r["status"] for r in summary["runs"]] == ["SUCCEEDED", "SUCCEEDED"]
-    assert summary["concurrency"] == {"max_concurrent_runs": 1, "peak_clusters": 1}
+    runs = summary["runs"]
+    assert len({r["run_id"] for r in runs}) == 3
+    assert {r["dataset"] for r in runs} == {"SPIKE-FAB-07-01", "SPIKE-FAB-07-02", "SPIKE-FAB-07-03"}
+    assert [r["status"] for r in runs] == ["SUCCEEDED", "SUCCEEDED", "SUCCEEDED"]
+    assert all(r["cluster_deleted"] for r in runs)
+    assert summary["status"] == "SUCCEEDED"
+    assert len(summary["mails"]) == 6  # started and done, for each
+    # never more clusters than slots (the batch below checks the limit is reached, with a sampler)
+    assert summary["concurrency"]["max_concurrent_runs"] == 2
+    assert 1 <= summary["concurrency"]["peak_clusters"] <= 2
     assert summary["clusters_left"] == []
     assert summary["rehearsal"]["passed"], summary["rehearsal"]["problems"]
 

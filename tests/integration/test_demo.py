@@ -63,18 +63,3 @@ def test_local_run_with_a_failing_job_ends_in_a_failure_mail_and_no_cluster(tmp_
     assert "has been deleted" in failed
     # the failure path writes a report too (what ran, until where)
     assert (tmp_path / "reports" / summary["run_id"] / "timeline.png").exists()
-
-
-def test_datasets_dropped_at_once_become_independent_runs_and_leave_no_cluster(tmp_path: Path) -> None:
-    """(Two concurrent runs once raced the head node's bootstrap: a cluster reported
-    CREATE_COMPLETE before its head node answered.)"""
-    summary = run_demo(DemoOptions(profile="spike", pace=PACE, quiet=True, state_dir=tmp_path, datasets=2))
-    runs = summary["runs"]
-    assert len(runs) == 2
-    assert len({r["run_id"] for r in runs}) == 2
-    assert {r["dataset"] for r in runs} == {"SPIKE-FAB-07-01", "SPIKE-FAB-07-02"}
-    assert [r["status"] for r in runs] == ["SUCCEEDED", "SUCCEEDED"]
-    assert all(r["cluster_deleted"] for r in runs)
-    assert summary["clusters_left"] == []
-    assert summary["status"] == "SUCCEEDED"
-    assert len(summary["mails"]) == 4  # started and done, for each

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 from cryopilot_ops import ops
+from cryopilot_sim import demo
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.harness import LocalCloud
 
@@ -38,6 +39,26 @@ def _only_execution(cloud: LocalCloud) -> dict:
     execs = cloud.executions()
     assert len(execs) == 1, execs
     return cloud.wait_for_execution(execs[0]["executionArn"], timeout=240)
+
+
+def _assert_rehearsal_passes(cloud: LocalCloud, fail: str, desc: dict) -> None:
+    """The run also meets what `cryopilot demo --fail FAIL` expects of it (its verdict): the tests
+    of the capacity faults arm them as the demo does and check both in one run."""
+    run_id = desc["name"]
+    statuses = {run_id: desc["status"]}
+    cleanups = demo._await_cleanups(cloud, statuses)  # the cleanup function's answer to a failed run
+    verdict = demo._verdict(
+        cloud,
+        fail,
+        {run_id: desc["executionArn"]},
+        statuses,
+        {run_id: cloud.run_record(run_id) or {}},
+        cloud.mails(),
+        sorted(cloud.pcluster.clusters()),
+        cleanups,
+        [],
+    )
+    assert verdict["passed"], verdict["problems"]
 
 
 def _start_with_coarse_polls(cloud: LocalCloud, dataset: str = "CGRP-2026-11") -> dict:
@@ -484,7 +505,7 @@ def _gpu8_stage(record: dict) -> tuple[str, dict, float]:
 
 
 def test_no_p4d_at_node_launch_fails_over_to_p4de_inside_the_cluster(cloud: LocalCloud) -> None:
-    cloud.inject_capacity("p4d.24xlarge")
+    demo._inject(cloud, "capacity")  # no p4d.24xlarge capacity
     cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
     desc = _only_execution(cloud)
     run_id = desc["name"]
@@ -512,13 +533,14 @@ def test_no_p4d_at_node_launch_fails_over_to_p4de_inside_the_cluster(cloud: Loca
     hours = (stage["completed_at"] - stage["started_at"]) / 3600
     assert stage["cost_usd"] == pytest.approx(hours * Catalogue.load().price("p4de.24xlarge"), rel=1e-3)
     assert cloud.pcluster.clusters() == {}
+    _assert_rehearsal_passes(cloud, "capacity", desc)
 
 
 def test_no_capacity_in_any_gpu8_resource_fails_fast_with_capacity_error() -> None:
     parameters = {"CapacityWaitMinutes": 10, "CapacityMailMinutes": 5}
     with LocalCloud(clock=VirtualClock(), parameters=parameters) as cloud:
-        for itype in ("p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge"):
-            cloud.inject_capacity(itype)
+        demo._inject(cloud, "capacity-exhausted")  # no capacity for any type gpu8 lists
+        assert cloud.settings_queue_types("gpu8") == ["p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge"]
         cloud.drop_dataset("CGRP-2026-11", _manifest("cgrp.yaml"), DATA)
         desc = _only_execution(cloud)
         assert desc["status"] == "FAILED"
@@ -556,6 +578,7 @@ def test_no_capacity_in_any_gpu8_resource_fails_fast_with_capacity_error() -> No
         assert any(m["kind"] == "capacity_waiting" for m in record["mails"])
         assert "RecordFailure" in cloud.states_entered(desc["executionArn"])
         assert cloud.pcluster.clusters() == {}
+        _assert_rehearsal_passes(cloud, "capacity-exhausted", desc)
 
 
 def test_a_p_instance_quota_of_zero_fails_within_two_polls(cloud: LocalCloud) -> None:
@@ -578,28 +601,22 @@ def test_a_p_instance_quota_of_zero_fails_within_two_polls(cloud: LocalCloud) ->
     assert [f.code for f in cloud.compute_nodes[cluster].failures] == ["VcpuLimitExceeded"]  # no fail-over
     assert "L-417A185B" in cloud.mails()[-1]["message"]
     assert cloud.pcluster.clusters() == {}
+    # the demo's `quota` makes every P type's quota 0; here only p4d's is, to show no fail-over
+    _assert_rehearsal_passes(cloud, "quota", desc)
 
 
 # --- Spot where it is safe ------------------------------------------------------------------------
-
-
-def _spot_manifest() -> str:
-    import yaml
-
-    doc = yaml.safe_load(_manifest("cgrp.yaml"))
-    doc.setdefault("pipeline", {})["capacity"] = "spot-where-safe"
-    return yaml.safe_dump(doc, sort_keys=False)
 
 
 def test_a_stage_lost_to_a_spot_interruption_completes_on_demand(cloud: LocalCloud) -> None:
     from cryopilot.adapters import runs
     from cryopilot.domain.spot_policy import safe_stages
 
-    for code in ("L-7212CCBC", "L-3819A6DF"):  # the account's Spot quotas (0 in a new account)
-        name, _ = cloud.ec2_quotas[code]
-        cloud.ec2_quotas[code] = (name, 1152.0)
-    cloud.inject_spot_interruption(after_seconds=600)  # the first Spot node given a job
-    cloud.drop_dataset("CGRP-2026-11", _spot_manifest(), DATA)
+    # the account's Spot quotas raised (0 in a new account), and the first Spot node given a job
+    # interrupted 10 minutes after its launch
+    demo._inject(cloud, "spot-interrupt")
+    assert cloud.ec2_quotas["L-7212CCBC"][1] > 0
+    cloud.drop_dataset("CGRP-2026-11", demo.with_spot_where_safe(_manifest("cgrp.yaml")), DATA)
     desc = _only_execution(cloud)
     run_id = desc["name"]
     record = cloud.run_record(run_id)
@@ -645,12 +662,13 @@ def test_a_stage_lost_to_a_spot_interruption_completes_on_demand(cloud: LocalClo
     assert f"{hit} (interrupted; completed on {stage['resubmitted_on']})" in spot_line
     assert f"unlisted:{hit}" in text  # the Spot node no listing saw, in the node table
     assert cloud.pcluster.clusters() == {}
+    _assert_rehearsal_passes(cloud, "spot-interrupt", desc)
 
 
 def test_spot_where_safe_without_a_spot_quota_fails_at_validate(cloud: LocalCloud) -> None:
     # the local account, like a new one, has 0 vCPUs for Spot P instances
     assert cloud.ec2_quotas["L-7212CCBC"][1] == 0.0
-    cloud.drop_dataset("CGRP-2026-11", _spot_manifest(), DATA)
+    cloud.drop_dataset("CGRP-2026-11", demo.with_spot_where_safe(_manifest("cgrp.yaml")), DATA)
     desc = _only_execution(cloud)
     assert desc["status"] == "FAILED"
     record = cloud.run_record(desc["name"])
