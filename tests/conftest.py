@@ -46,6 +46,21 @@ def make_cluster_request(run_id: str = "cgrp-20260101T000000-1a2b", **overrides:
     return ClusterRequest(**values)
 
 
+def cgrp_reference() -> Any:
+    """A CGRP campaign's reference as Validate gives it to the plan: the first run's files on FSx."""
+    from cryopilot.domain.reference import ReferenceInputs
+
+    return ReferenceInputs(
+        run_id="cgrp-first",
+        map_path="/fsx/reference/cgrp-first/map.mrc",
+        mask_path="/fsx/reference/cgrp-first/mask.mrc",
+        templates_path="/fsx/reference/cgrp-first/templates_selected.mrcs",
+        pixel_size_A=0.83,
+        box_pix=218,
+        resolution_A=2.8,
+    )
+
+
 @pytest.fixture
 def manifest_text() -> str:
     return (EVENTS / "manifests" / "cgrp.yaml").read_text()

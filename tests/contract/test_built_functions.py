@@ -118,13 +118,12 @@ HEAVY = {
 #: The heavy modules a function may load, because it uses them: every other function loads none.
 MAY_LOAD = {
     "StartRunFunction": {"aws_lambda_powertools.utilities.parser.models.s3"},  # parses S3 events
-    # parses the manifest, reads the presets and the catalogue, estimates the run's time and cost
+    # parses the manifest (YAML), estimates the run's time and cost
     "ValidateFunction": {"yaml", "cryopilot.domain.estimate"},
-    # renders the cluster configuration (its schema) as YAML; the catalogue gives the queues' GPUs
+    # renders the cluster configuration (its schema) as YAML
     "ClusterFunction": {"yaml", "cryopilot.domain.clusterconfig.models"},
-    # prices the limits with the catalogue (instances.yaml) and the stages left with the estimate
-    "StageFunction": {"yaml", "cryopilot.domain.estimate"},
-    "ReportFunction": {"yaml"},  # prices the bill with the catalogue
+    # prices the stages left with the estimate (the catalogue and presets: their JSON twins)
+    "StageFunction": {"cryopilot.domain.estimate"},
 }
 
 
@@ -173,3 +172,64 @@ def test_built_layer_ships_bytecode_lambda_uses_without_checking_the_source() ->
         elif header[8:16] != importlib.util.source_hash(source.read_bytes()):
             problems.append(f"{source.relative_to(layer)}: bytecode of another source")
     assert not problems, problems[:10]
+
+
+def _built_layer() -> Path:
+    layer = BUILD / "CryopilotLayer" / "python"
+    if not layer.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("no sam build output: make test runs `make build` first")
+        pytest.skip("run `make build` first")
+    return layer
+
+
+def test_built_layer_ships_a_json_twin_equal_to_each_yaml_data_file() -> None:
+    """The layer's Makefile writes each data file's JSON twin (cryopilot.domain.datafiles): the same
+    values as the YAML, in what JSON can hold: dates as ISO strings, and a number as a mapping's
+    key (the FSx rates' throughput tiers) as its decimal string, which the models read back."""
+    import datetime
+
+    import yaml
+
+    def dates_as_text(value: object) -> object:
+        if isinstance(value, dict):
+            return {str(k): dates_as_text(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [dates_as_text(v) for v in value]
+        return value.isoformat() if isinstance(value, datetime.date) else value
+
+    domain = _built_layer() / "cryopilot" / "domain"
+    sources = sorted(domain.glob("presets/*.yaml")) + sorted(domain.glob("data/*.yaml"))
+    names = {p.name for p in sources}
+    assert {"job_types.yaml", "movies.yaml", "repeat.yaml", "instances.yaml", "profiles.yaml"} <= names
+    for source in sources:
+        twin = source.with_name(source.name + ".json")
+        assert twin.is_file(), f"{source.relative_to(domain)} has no JSON twin"
+        assert json.loads(twin.read_text()) == dates_as_text(yaml.safe_load(source.read_text())), source.name
+
+
+def test_the_built_layer_reads_its_data_files_without_pyyaml(runtime_python: Path) -> None:
+    """With only boto3 and the layer on the path (no venv), the catalogue, the profiles, every preset
+    and the job-type register load, and PyYAML is never imported."""
+    script = (
+        "import json, sys\n"
+        "from cryopilot.domain import catalogue, presets\n"
+        "c = catalogue.Catalogue.load(); catalogue.load_profiles()\n"
+        "plans = [presets.load_preset(n).name for n in presets.preset_names()]\n"
+        "presets.job_types()\n"
+        "fsx = c.fsx_price('PERSISTENT_2', 125).usd_per_gb_month\n"
+        "p4d = c.price('p4d.24xlarge', 'us-east-1')\n"
+        "print(json.dumps({'presets': plans, 'yaml': 'yaml' in sys.modules, 'fsx': fsx, 'p4d': p4d}))"
+    )
+    env = {"PYTHONPATH": str(_built_layer()), "PYTHONDONTWRITEBYTECODE": "1", "PATH": os.environ["PATH"]}
+    proc = subprocess.run([str(runtime_python), "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(out["presets"]) >= {"movies", "micrographs", "repeat"}
+    assert out["yaml"] is False
+    # the same figures as the YAML gives the source tree's catalogue (a tier keyed by a number)
+    from cryopilot.domain.catalogue import Catalogue
+
+    source = Catalogue.load()
+    assert out["fsx"] == source.fsx_price("PERSISTENT_2", 125).usd_per_gb_month
+    assert out["p4d"] == float(source.price("p4d.24xlarge", "us-east-1"))

@@ -14,13 +14,14 @@ import boto3
 import pytest
 from cryopilot.domain.manifest import Manifest, manifest_from_dict
 from cryopilot.domain.placement import plan
-from cryopilot.domain.reference import ReferenceInputs
 from cryopilot.protocol.agent import AgentFailure, ExportResult, KillResult, StatusResult, SubmitResult
 from cryopilot.protocol.stage import PlannedStage
 from cryopilot_agent.cli import encode_spec, main
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.cryosparc_standin import CryoSparcStandIn, load_profiles
 from moto import mock_aws
+
+from tests.conftest import cgrp_reference
 
 EMAIL = "pilot@example.org"
 PASSWORD = "not-a-real-password-42"
@@ -266,15 +267,7 @@ def test_micrographs_preset_runs_with_symmetry(clock: VirtualClock) -> None:
         assert results["hetero1"].stages[0].decisions[0].kind == "choose_hetero_class"
 
 
-REFERENCE = ReferenceInputs(
-    run_id="cgrp-first",
-    map_path="/fsx/reference/cgrp-first/map.mrc",
-    mask_path="/fsx/reference/cgrp-first/mask.mrc",
-    templates_path="/fsx/reference/cgrp-first/templates_selected.mrcs",
-    pixel_size_A=0.83,
-    box_pix=218,
-    resolution_A=2.8,
-)
+REFERENCE = cgrp_reference()
 
 
 def run_repeat(

@@ -14,16 +14,10 @@ from cryopilot.domain.reference import ReferenceInputs
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.cryosparc_standin import STAGE_OF_TYPE, CryoSparcStandIn, load_profiles
 
+from tests.conftest import cgrp_reference
+
 DATA_DIR = "/fsx/datasets/CGRP-2026-11/"
-REFERENCE = ReferenceInputs(
-    run_id="cgrp-first",
-    map_path="/fsx/reference/cgrp-first/map.mrc",
-    mask_path="/fsx/reference/cgrp-first/mask.mrc",
-    templates_path="/fsx/reference/cgrp-first/templates_selected.mrcs",
-    pixel_size_A=0.83,
-    box_pix=218,
-    resolution_A=2.8,
-)
+REFERENCE = cgrp_reference()
 
 
 def manifest(kind: str = "movies", **extra: Any) -> Manifest:
@@ -570,3 +564,26 @@ def test_a_preset_option_it_does_not_have_is_refused_in_one_line(options: dict, 
     # the full pipeline has no options at all
     with pytest.raises(ManifestError, match=r"preset movies has no option 'templates' \(options: none\)"):
         plan(manifest(pipeline={"options": {"templates": "projections"}}), data_dir=DATA_DIR)
+
+
+def test_an_override_of_a_stage_the_run_will_not_have_is_refused_not_ignored() -> None:
+    # a stage the options leave out
+    with pytest.raises(ManifestError) as info:
+        repeat_plan(
+            options={"templates": "projections"},
+            overrides={"import_templates": {"templates_psize": 0.83}},
+        )
+    assert str(info.value) == (
+        "pipeline.overrides.import_templates: stage 'import_templates' of preset repeat runs only with"
+        " pipeline.options templates: class_averages; this run has templates: projections"
+    )
+    # a round past the last one
+    with pytest.raises(ManifestError) as info:
+        repeat_plan(overrides={"hetero3": {"multirefine_res_init": 20}})
+    assert str(info.value) == (
+        "pipeline.overrides.hetero3: this run has 2 round(s) of hetero (hetero1 to hetero2;"
+        " hetero.rounds sets how many)"
+    )
+    # with a third round asked for, the same override applies
+    stages = repeat_plan(overrides={"hetero": {"rounds": 3}, "hetero3": {"multirefine_res_init": 20}})
+    assert stages["hetero3"].params["multirefine_res_init"] == 20

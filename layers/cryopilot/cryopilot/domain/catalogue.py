@@ -14,14 +14,13 @@ import math
 from collections.abc import Mapping
 from datetime import date
 from functools import cache
-from importlib import resources
 from typing import Any, Self
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cryopilot.core.errors import CryopilotError
 from cryopilot.core.queues import NOMINAL_QUEUE_GPUS
+from cryopilot.domain.datafiles import read_data_file
 
 __all__ = [
     "DEFAULT_REGION",
@@ -350,9 +349,7 @@ def parse_price_overrides(text: str | None) -> dict[str, float]:
 
 
 def _read_data(name: str) -> Any:
-    return yaml.safe_load(
-        resources.files("cryopilot.domain").joinpath("data", name).read_text(encoding="utf-8")
-    )
+    return read_data_file("data", name)
 
 
 @cache

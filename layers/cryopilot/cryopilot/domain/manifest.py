@@ -9,9 +9,9 @@ most :data:`MAX_MESSAGE_CHARS` long: past that the rest are counted, not listed)
 import json
 import math
 import re
+from functools import cache
 from typing import Annotated, Any, Literal, Self
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -392,25 +392,32 @@ class Manifest(_Strict):
         return self.pipeline.preset or self.input.kind
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+@cache
+def _unique_key_loader() -> Any:
     """PyYAML's safe loader, refusing a mapping that repeats a key (YAML 1.2 requires keys to be
-    unique; PyYAML would keep the last value silently)."""
+    unique; PyYAML would keep the last value silently). Made when a manifest is first parsed:
+    PyYAML costs a cold start tens of milliseconds, and of the functions only Validate parses
+    manifests (the others import this module for its models)."""
+    import yaml
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        self.flatten_mapping(node)
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:  # an unhashable key: the constructor below says so
-                continue
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {excerpt(key)}", key_node.start_mark
-                )
-        return super().construct_mapping(node, deep=deep)
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            self.flatten_mapping(node)
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the constructor below says so
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {excerpt(key)}", key_node.start_mark
+                    )
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -469,11 +476,13 @@ def parse_manifest(data: bytes, *, source: str = "manifest") -> Manifest:
     if not text.strip():
         raise _error(source, "is empty")
     fmt = "JSON" if source.endswith(".json") else "YAML"
+    import yaml  # see _unique_key_loader
+
     try:
         if fmt == "JSON":
             doc = json.loads(text, object_pairs_hook=_unique_keys)
         else:
-            doc = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+            doc = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader)
     except json.JSONDecodeError as exc:
         raise _error(source, f"is not valid JSON: {exc.msg} at line {exc.lineno}") from None
     except yaml.reader.ReaderError as exc:

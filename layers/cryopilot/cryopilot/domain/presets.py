@@ -21,11 +21,11 @@ from functools import cache
 from importlib import resources
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cryopilot.core.errors import ManifestError
 from cryopilot.core.validation import excerpt
+from cryopilot.domain.datafiles import read_data_file
 from cryopilot.domain.manifest import Manifest, check_relative_path, check_symmetry
 from cryopilot.domain.reference import REFERENCE_PREFIX, ReferenceInputs
 from cryopilot.protocol.stage import (
@@ -147,8 +147,8 @@ class JobTypeSpec(_Model):
         )
 
 
-def _read(name: str) -> str:
-    return resources.files("cryopilot.domain").joinpath("presets", name).read_text(encoding="utf-8")
+def _read(name: str) -> Any:
+    return read_data_file("presets", name)
 
 
 def preset_names() -> list[str]:
@@ -163,7 +163,7 @@ def preset_names() -> list[str]:
 @cache
 def job_types() -> dict[str, JobTypeSpec]:
     """The register of cryoSPARC job types used by the presets."""
-    raw = yaml.safe_load(_read("job_types.yaml"))
+    raw = _read("job_types.yaml")
     return {name: JobTypeSpec.model_validate(spec) for name, spec in raw.items()}
 
 
@@ -174,7 +174,7 @@ def load_preset(name: str) -> Preset:
     if name not in known:
         raise ManifestError(f"pipeline.preset: unknown preset {name!r}; known presets: {', '.join(known)}")
     try:
-        return Preset.model_validate(yaml.safe_load(_read(f"{name}.yaml")))
+        return Preset.model_validate(_read(f"{name}.yaml"))
     except ValidationError as exc:  # a broken preset file is a bug, but say where
         raise ManifestError(f"preset {name}: {exc}") from None
 
@@ -320,6 +320,29 @@ def _check_overrides(preset: Preset, overrides: dict[str, dict[str, Any]]) -> in
     return rounds
 
 
+def _check_overrides_apply(
+    preset: Preset, chosen: dict[str, str], overrides: dict[str, dict[str, Any]], n_rounds: int
+) -> None:
+    """An override of a stage the run will not have is refused, never ignored: a stage the
+    options leave out, or a round past the last."""
+    by_id = {s.id: s for s in preset.stages}
+    for stage_id in overrides:
+        m = re.fullmatch(rf"{REPEATED_STAGE}(\d+)", stage_id) if stage_id not in by_id else None
+        stage = by_id[REPEATED_STAGE if m else stage_id]
+        if not _applies(stage.when, chosen):
+            needs = ", ".join(f"{k}: {v}" for k, v in (stage.when or {}).items())
+            has = ", ".join(f"{k}: {chosen.get(k)}" for k in stage.when or {})
+            raise ManifestError(
+                f"pipeline.overrides.{stage_id}: stage {stage.id!r} of preset {preset.name} runs only with"
+                f" pipeline.options {needs}; this run has {has}"
+            )
+        if m and not 1 <= int(m.group(1)) <= n_rounds:
+            raise ManifestError(
+                f"pipeline.overrides.{stage_id}: this run has {n_rounds} round(s) of {REPEATED_STAGE}"
+                f" ({REPEATED_STAGE}1 to {REPEATED_STAGE}{n_rounds}; {REPEATED_STAGE}.rounds sets how many)"
+            )
+
+
 def override_problem(pspec: dict[str, Any], value: Any, *, required: bool = False) -> str | None:
     """What is wrong with ``value`` as an override of a parameter the register describes as
     ``pspec`` (see the comment at the top of ``presets/job_types.yaml``), or None."""
@@ -400,6 +423,7 @@ def expand(
 
     repeated = next((s for s in preset.stages if s.id == REPEATED_STAGE), None)
     n_rounds = rounds_override or (repeated.rounds if repeated and repeated.rounds else 1)
+    _check_overrides_apply(preset, chosen, overrides, n_rounds)
     last_round = f"{REPEATED_STAGE}{n_rounds}" if repeated is not None else None
 
     planned: list[PlannedStage] = []
