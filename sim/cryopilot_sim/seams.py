@@ -150,6 +150,8 @@ def install(harness: LocalCloud, st: ExitStack) -> None:
 
     st.enter_context(mock.patch.object(asl_parser.AmazonStateLanguageParser, "parse", staticmethod(parse)))
 
+    _install_dynamodb_speedups(st)
+
     # Two more per-state costs of moto's interpreter that depend on nothing that changes: it
     # builds a new boto3 Lambda client for every Task (milliseconds each) and parses every
     # JSONPath again at each evaluation (a parser built per call). Kept, they cost a sixth less
@@ -362,6 +364,68 @@ def install_fsx_tasks(harness: LocalCloud, st: ExitStack) -> None:
         ("describe_data_repository_tasks", harness.fsx.describe_tasks),
     ):
         st.enter_context(mock.patch.object(FSxResponse, name, answer(call), create=True))
+
+
+def _install_dynamodb_speedups(st: ExitStack) -> None:
+    """Two costs of moto's DynamoDB that are moto's own, with the same answers made faster.
+
+    Every stage poll reads and writes the run record, so moto's DynamoDB was a quarter of the
+    suite's CPU. Of that, half was serializing AttributeValues and a fifth projecting items:
+
+    * A ``ProjectionExpression`` of N attributes converted the whole item to plain values N times
+      (``Item.project`` calls ``to_regular_json`` once per path). When every path starts at a
+      different top-level attribute (no list index), the paths read disjoint parts of the item, so
+      one conversion serves them all; any other projection goes through moto's own code.
+    * The response serializer asks its attribute picker for each of an ``AttributeValue``'s ten
+      members (``S``, ``N``, ``M``, ...) though a value holds one. For a value that is a plain dict
+      of member names (how moto's items are), only the members it has are serialized, each as
+      moto's serializer does; anything else goes through moto's own code.
+
+    ``tests/unit/test_seams.py`` compares both with moto's own results.
+    """
+    from moto.core.serialize import ResponseSerializer
+    from moto.dynamodb.models import dynamo_type
+
+    real_project = dynamo_type.Item.project
+
+    def project(item: Any, projection_expressions: list[list[str]]) -> Any:
+        firsts = [expr[0] for expr in projection_expressions if expr]
+        if len(firsts) != len(projection_expressions) or len(set(firsts)) != len(firsts):
+            return real_project(item, projection_expressions)
+        if any("[" in first for first in firsts):
+            return real_project(item, projection_expressions)
+        regular = item.to_regular_json()
+        result: dict[str, Any] = {}
+        for expr in projection_expressions:  # the helpers moto's own project uses
+            dynamo_type.merge_dicts(result, dynamo_type.find_nested_key(expr, regular))
+        return dynamo_type.Item(
+            hash_key=item.hash_key,
+            range_key=item.range_key,
+            attrs=dynamo_type.serializer.serialize(result)["M"],
+        )
+
+    st.enter_context(mock.patch.object(dynamo_type.Item, "project", project))
+
+    real_structure = ResponseSerializer._serialize_type_structure
+
+    def serialize_structure(serializer: Any, serialized: Any, value: Any, shape: Any, key: str) -> None:
+        if (
+            shape.name != "AttributeValue"
+            or type(value) is not dict
+            or not value.keys() <= shape.members.keys()
+        ):
+            return real_structure(serializer, serialized, value, shape, key)
+        wrapper: Any = serializer.MAP_TYPE() if key else serialized
+        for member_key, member_shape in shape.members.items():
+            member_value = value.get(member_key)
+            if member_value is not None:
+                member_shape.parent = shape
+                serializer._serialize(wrapper, member_value, member_shape, member_key)
+        if key:
+            serializer._default_serialize(serialized, wrapper, shape, key)
+        return None
+
+    st.enter_context(mock.patch.object(ResponseSerializer, "_serialize_type_structure", serialize_structure))
 
 
 def _issued_version_id(version_id: str) -> bool:
