@@ -20,11 +20,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements/dev.txt layers/cryopilot/requirements.txt pyproject.toml
+$(VENV)/.installed: requirements/dev.txt requirements/pcluster.txt layers/cryopilot/requirements.txt pyproject.toml
 	@echo "==> setting up $(VENV) (Python 3.12)"
 	@test -x $(PY) || "$$(scripts/python312.sh)" -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -m pip install -q -r requirements/dev.txt
+	@$(PY) -m pip install -q --no-deps -r requirements/pcluster.txt
 	@$(PY) -m pip install -q --no-deps -e .
 	@touch $@
 

@@ -36,6 +36,9 @@ from cryopilot_sim.harness import LocalCloud
 
 from tests.conftest import EVENTS
 
+# One worker runs the whole module (under xdist): its batch of bad uploads is built once.
+pytestmark = pytest.mark.xdist_group("bad-input")
+
 BOM = b"\xef\xbb\xbf"
 DELETE = object()
 NO_CLUSTER = "No cluster was created."

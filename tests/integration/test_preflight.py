@@ -21,7 +21,8 @@ from cryopilot_sim.harness import LICENCE_SECRET_ARN, LocalCloud
 
 from tests.conftest import EVENTS
 
-pytestmark = pytest.mark.slow
+# one worker runs the module: its local stack (module fixture) is built once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("preflight")]
 
 NO_CLUSTER = "No cluster was created."
 SPIKE = yaml.safe_load((EVENTS / "manifests" / "spike.yaml").read_text())
