@@ -146,19 +146,23 @@ def test_built_function_imports_with_tracing_on_as_in_lambda(runtime_python: Pat
     assert "aws_xray_sdk.core" in loaded["heavy"]
 
 
-def test_built_layer_ships_bytecode_lambda_uses_without_checking_the_source() -> None:
-    """Lambda's /opt is read-only: a module without usable bytecode is compiled at every cold start.
-    The layer's Makefile ships an unchecked-hash .pyc (PEP 552: flags 0b01) for every module, made
-    from the very source beside it."""
+@pytest.mark.parametrize(
+    ("built", "module"), [("CryopilotLayer/python", "cryopilot"), ("ReportFunction", "matplotlib")]
+)
+def test_built_code_ships_bytecode_lambda_uses_without_checking_the_source(built: str, module: str) -> None:
+    """Lambda's /opt and /var/task are read-only: a module without usable bytecode is compiled at
+    every cold start. The Makefiles of the layer and of the report function (whose matplotlib and
+    python-dateutil sit in /var/task) ship an unchecked-hash .pyc (PEP 552: flags 0b01) for every
+    module, made from the very source beside it."""
     import importlib.util
 
-    layer = BUILD / "CryopilotLayer" / "python"
+    layer = BUILD / built
     if not layer.is_dir():
         if os.environ.get("CI"):
             pytest.fail("no sam build output: make test runs `make build` first")
         pytest.skip("run `make build` first")
     sources = sorted(layer.rglob("*.py"))
-    assert any(p.parts[-2:] == ("cryopilot", "__init__.py") for p in sources)
+    assert any(p.parts[-2:] == (module, "__init__.py") for p in sources)
     problems = []
     for source in sources:
         cached = Path(importlib.util.cache_from_source(str(source)))
