@@ -8,6 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# pinned dev requirements (pcluster, its validators), imported outright: missing, they fail the run
+import openapi_schema_validator
+import openapi_spec_validator
+import pcluster
+import pcluster.api.models as api_models
 import pytest
 import yaml
 from botocore.credentials import Credentials
@@ -20,11 +25,6 @@ from cryopilot_sim.pcluster_standin import FaultKind, PClusterStandIn, RecordedR
 from cryopilot_sim.slurm import SlurmNodes
 
 from tests.conftest import make_cluster_request
-
-pcluster = pytest.importorskip("pcluster")
-openapi_schema_validator = pytest.importorskip("openapi_schema_validator")
-openapi_spec_validator = pytest.importorskip("openapi_spec_validator")
-api_models = pytest.importorskip("pcluster.api.models")
 
 SPEC_PATH = Path(pcluster.__file__).parent / "api" / "openapi" / "openapi.yaml"
 REGION = "us-east-1"

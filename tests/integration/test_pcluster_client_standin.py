@@ -8,6 +8,7 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pcluster.schemas.cluster_schema  # noqa: F401 - pinned: fail, never skip, without it
 import pytest
 from botocore.credentials import Credentials
 from cryopilot.adapters.pcluster import (
@@ -33,8 +34,6 @@ from cryopilot.domain.clusterconfig.build import build_cluster_config, render_ya
 from cryopilot.domain.clusterconfig.params import ClusterParams, ClusterRequest, capacity_fallbacks
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.pcluster_standin import PClusterStandIn
-
-pytest.importorskip("pcluster.schemas.cluster_schema")
 
 REGION = "us-east-1"
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"

@@ -34,10 +34,11 @@ from tests.conftest import make_cluster_request
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-marshmallow = pytest.importorskip("marshmallow")
-cluster_schema = pytest.importorskip("pcluster.schemas.cluster_schema")
-fsx_validators = pytest.importorskip("pcluster.validators.fsx_validators")
-cluster_validators = pytest.importorskip("pcluster.validators.cluster_validators")
+# pinned dev requirements (pcluster, its validators), imported outright: missing, they fail the run
+import marshmallow
+import pcluster.schemas.cluster_schema as cluster_schema
+import pcluster.validators.cluster_validators as cluster_validators
+import pcluster.validators.fsx_validators as fsx_validators
 
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:cryopilot/cryosparc-licence-AbCdEf"
 SUBNETS = ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2", "subnet-0ccccccccccccccc3"]
