@@ -282,25 +282,29 @@ def _resolve(value: Any, refs: dict[str, Any], where: str) -> Any:
     return _REF.sub(sub, value)
 
 
+def _override_target(preset: Preset, stage_id: str) -> tuple[StageDef, int | None]:
+    """The preset stage an override key names, and the round it names (``hetero3``: the hetero
+    stage, round 3; ``hetero``: every round, None). A key naming no stage is a ManifestError."""
+    by_id = {s.id: s for s in preset.stages}
+    if stage_id in by_id:
+        return by_id[stage_id], None
+    m = re.fullmatch(rf"{REPEATED_STAGE}(\d+)", stage_id)
+    if m and REPEATED_STAGE in by_id:
+        return by_id[REPEATED_STAGE], int(m.group(1))
+    known = ", ".join(by_id)
+    raise ManifestError(
+        f"pipeline.overrides.{stage_id}: no stage {stage_id!r} in preset {preset.name} (stages: {known})"
+    )
+
+
 def _check_overrides(preset: Preset, overrides: dict[str, dict[str, Any]]) -> int | None:
     """Validate ``pipeline.overrides``; return the hetero round count it sets, if any."""
-    by_id = {s.id: s for s in preset.stages}
-    repeated = by_id.get(REPEATED_STAGE)
     rounds: int | None = None
     for stage_id, params in overrides.items():
-        base = stage_id
-        if stage_id not in by_id:
-            m = re.fullmatch(rf"{REPEATED_STAGE}(\d+)", stage_id)
-            if not (m and repeated is not None):
-                known = ", ".join(s.id for s in preset.stages)
-                raise ManifestError(
-                    f"pipeline.overrides.{stage_id}: no stage {stage_id!r} in preset {preset.name} "
-                    f"(stages: {known})"
-                )
-            base = REPEATED_STAGE
-        spec = job_types()[by_id[base].job_type]
+        stage, round_no = _override_target(preset, stage_id)
+        spec = job_types()[stage.job_type]
         for param, value in params.items():
-            if base == REPEATED_STAGE and stage_id == REPEATED_STAGE and param == ROUNDS_PARAM:
+            if stage.id == REPEATED_STAGE and round_no is None and param == ROUNDS_PARAM:
                 if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 20:
                     raise ManifestError(
                         f"pipeline.overrides.{stage_id}.{param}: must be an integer from 1 to 20"
@@ -309,7 +313,7 @@ def _check_overrides(preset: Preset, overrides: dict[str, dict[str, Any]]) -> in
                 continue
             if param not in spec.params:
                 raise ManifestError(
-                    f"pipeline.overrides.{stage_id}.{param}: job type {by_id[base].job_type} "
+                    f"pipeline.overrides.{stage_id}.{param}: job type {stage.job_type} "
                     f"has no parameter {param!r}"
                 )
             problem = override_problem(spec.params[param], value, required=param in spec.required_params)
@@ -325,10 +329,8 @@ def _check_overrides_apply(
 ) -> None:
     """An override of a stage the run will not have is refused, never ignored: a stage the
     options leave out, or a round past the last."""
-    by_id = {s.id: s for s in preset.stages}
     for stage_id in overrides:
-        m = re.fullmatch(rf"{REPEATED_STAGE}(\d+)", stage_id) if stage_id not in by_id else None
-        stage = by_id[REPEATED_STAGE if m else stage_id]
+        stage, round_no = _override_target(preset, stage_id)
         if not _applies(stage.when, chosen):
             needs = ", ".join(f"{k}: {v}" for k, v in (stage.when or {}).items())
             has = ", ".join(f"{k}: {chosen.get(k)}" for k in stage.when or {})
@@ -336,7 +338,7 @@ def _check_overrides_apply(
                 f"pipeline.overrides.{stage_id}: stage {stage.id!r} of preset {preset.name} runs only with"
                 f" pipeline.options {needs}; this run has {has}"
             )
-        if m and not 1 <= int(m.group(1)) <= n_rounds:
+        if round_no is not None and not 1 <= round_no <= n_rounds:
             raise ManifestError(
                 f"pipeline.overrides.{stage_id}: this run has {n_rounds} round(s) of {REPEATED_STAGE}"
                 f" ({REPEATED_STAGE}1 to {REPEATED_STAGE}{n_rounds}; {REPEATED_STAGE}.rounds sets how many)"
