@@ -3,9 +3,10 @@ Makefile; see cryopilot/domain/datafiles.py for why).
 
     python data_twins.py BUILT_PACKAGE_DIR
 
-Run with the layer's own packages first on the path, so it reads the YAML with the PyYAML the
-layer pins. What JSON cannot hold as it is: a date is written as its ISO string and an integer
-mapping key as its decimal string (the models read both back); anything else fails the build.
+Run with the built layer first on the path, so it reads the YAML with the PyYAML the layer pins
+and names each twin as the package reads it (``cryopilot.domain.datafiles.TWIN_SUFFIX``). What
+JSON cannot hold as it is: a date is written as its ISO string and an integer mapping key as its
+decimal string (the models read both back); anything else fails the build.
 """
 
 import datetime
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryopilot.domain.datafiles import TWIN_SUFFIX
 
 FOLDERS = ("domain/presets", "domain/data")
 
@@ -43,7 +45,7 @@ def main(package: Path) -> int:
             data = yaml.safe_load(source.read_text(encoding="utf-8"))
             _check_keys(data, source.name)
             text = json.dumps(data, default=_iso_date, separators=(",", ":"))
-            source.with_name(source.name + ".json").write_text(text, encoding="utf-8")
+            source.with_name(source.name + TWIN_SUFFIX).write_text(text, encoding="utf-8")
             written += 1
     if not written:
         print(f"no YAML data files under {package}", file=sys.stderr)

@@ -1329,7 +1329,7 @@ _ACCOUNT_CLIENTS_LOCK = threading.Lock()
 
 def _account_client(service: str) -> Any:
     """One boto3 client per service for every local stack of the process: building one takes
-    ~50 ms, and a test session starts a stack per test. Sharing is safe: a client keeps no
+    tens of milliseconds, and a test session starts a stack per test. Sharing is safe: a client keeps no
     state of the account it talks to (moto's backends do, and each stack resets them), its keys
     are the fixed ones of :data:`FAKE_ENV`, and moto intercepts every client built after it was
     imported, whether a mock was active then or not."""

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryopilot.domain.datafiles import TWIN_SUFFIX
 from cryopilot_sim.template import load_template, resources_of_type
 
 from tests.conftest import ROOT
@@ -22,6 +23,8 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.xdist_group("lambda-runtime")
 
 BUILD = ROOT / ".aws-sam" / "build"
+#: Where the built layer's packages are (its python/ folder, Lambda's /opt/python).
+LAYER_CODE = "CryopilotLayer/python"
 RUNTIME = ROOT / "build" / "lambda-runtime"
 TEMPLATE = load_template()
 FUNCTIONS = sorted(resources_of_type(TEMPLATE, "AWS::Serverless::Function"))
@@ -60,13 +63,20 @@ def _make_runtime_venv() -> None:
     staging.rename(RUNTIME)
 
 
-@pytest.fixture(scope="module")
-def runtime_python() -> Path:
-    """A bare venv holding what the Lambda runtime holds: boto3 (same version as pinned)."""
-    if not (BUILD / "CryopilotLayer").is_dir():
+def _built(part: str) -> Path:
+    """``part`` of the sam build output; a failure in CI (make test builds first), else a skip."""
+    path = BUILD / part
+    if not path.is_dir():
         if os.environ.get("CI"):
             pytest.fail("no sam build output: make test runs `make build` first")
         pytest.skip("run `make build` first")
+    return path
+
+
+@pytest.fixture(scope="module")
+def runtime_python() -> Path:
+    """A bare venv holding what the Lambda runtime holds: boto3 (same version as pinned)."""
+    _built(LAYER_CODE)
     import boto3
 
     ready = RUNTIME / "ready"
@@ -79,7 +89,7 @@ def _import_built(runtime_python: Path, logical: str, **env_extra: str) -> dict[
     """Import the built function's handler with only boto3 and the layer on the path; the
     modules it loaded (cryopilot's, and the heavy ones a handler should load only when used)."""
     code = BUILD / logical
-    layer = BUILD / "CryopilotLayer" / "python"
+    layer = BUILD / LAYER_CODE
     module, name = _handler(logical)
     assert (code / f"{module}.py").is_file()
     env = {
@@ -146,9 +156,7 @@ def test_built_function_imports_with_tracing_on_as_in_lambda(runtime_python: Pat
     assert "aws_xray_sdk.core" in loaded["heavy"]
 
 
-@pytest.mark.parametrize(
-    ("built", "module"), [("CryopilotLayer/python", "cryopilot"), ("ReportFunction", "matplotlib")]
-)
+@pytest.mark.parametrize(("built", "module"), [(LAYER_CODE, "cryopilot"), ("ReportFunction", "matplotlib")])
 def test_built_code_ships_bytecode_lambda_uses_without_checking_the_source(built: str, module: str) -> None:
     """Lambda's /opt and /var/task are read-only: a module without usable bytecode is compiled at
     every cold start. The Makefiles of the layer and of the report function (whose matplotlib and
@@ -156,11 +164,7 @@ def test_built_code_ships_bytecode_lambda_uses_without_checking_the_source(built
     module, made from the very source beside it."""
     import importlib.util
 
-    layer = BUILD / built
-    if not layer.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail("no sam build output: make test runs `make build` first")
-        pytest.skip("run `make build` first")
+    layer = _built(built)
     sources = sorted(layer.rglob("*.py"))
     assert any(p.parts[-2:] == (module, "__init__.py") for p in sources)
     problems = []
@@ -178,15 +182,6 @@ def test_built_code_ships_bytecode_lambda_uses_without_checking_the_source(built
     assert not problems, problems[:10]
 
 
-def _built_layer() -> Path:
-    layer = BUILD / "CryopilotLayer" / "python"
-    if not layer.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail("no sam build output: make test runs `make build` first")
-        pytest.skip("run `make build` first")
-    return layer
-
-
 def test_built_layer_ships_a_json_twin_equal_to_each_yaml_data_file() -> None:
     """The layer's Makefile writes each data file's JSON twin (cryopilot.domain.datafiles): the same
     values as the YAML, in what JSON can hold: dates as ISO strings, and a number as a mapping's
@@ -202,12 +197,12 @@ def test_built_layer_ships_a_json_twin_equal_to_each_yaml_data_file() -> None:
             return [dates_as_text(v) for v in value]
         return value.isoformat() if isinstance(value, datetime.date) else value
 
-    domain = _built_layer() / "cryopilot" / "domain"
+    domain = _built(LAYER_CODE) / "cryopilot" / "domain"
     sources = sorted(domain.glob("presets/*.yaml")) + sorted(domain.glob("data/*.yaml"))
     names = {p.name for p in sources}
     assert {"job_types.yaml", "movies.yaml", "repeat.yaml", "instances.yaml", "profiles.yaml"} <= names
     for source in sources:
-        twin = source.with_name(source.name + ".json")
+        twin = source.with_name(source.name + TWIN_SUFFIX)
         assert twin.is_file(), f"{source.relative_to(domain)} has no JSON twin"
         assert json.loads(twin.read_text()) == dates_as_text(yaml.safe_load(source.read_text())), source.name
 
@@ -225,7 +220,7 @@ def test_the_built_layer_reads_its_data_files_without_pyyaml(runtime_python: Pat
         "p4d = c.price('p4d.24xlarge', 'us-east-1')\n"
         "print(json.dumps({'presets': plans, 'yaml': 'yaml' in sys.modules, 'fsx': fsx, 'p4d': p4d}))"
     )
-    env = {"PYTHONPATH": str(_built_layer()), "PYTHONDONTWRITEBYTECODE": "1", "PATH": os.environ["PATH"]}
+    env = {"PYTHONPATH": str(_built(LAYER_CODE)), "PYTHONDONTWRITEBYTECODE": "1", "PATH": os.environ["PATH"]}
     proc = subprocess.run([str(runtime_python), "-c", script], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

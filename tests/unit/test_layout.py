@@ -65,8 +65,8 @@ ALLOWED_LOCAL_IMPORTS: dict[tuple[str, str], str] = {
         " PNG renderer imports it when it draws"
     ),
     ("cryopilot.domain.manifest", "yaml"): (
-        "PyYAML costs a cold start tens of milliseconds: loaded when a manifest is parsed (Validate,"
-        " StartRun), not by the functions that import the module for its models"
+        "PyYAML costs a cold start tens of milliseconds: loaded when a manifest is parsed (Validate, the"
+        " operator CLI), not by the functions that import the module for its models"
     ),
     ("cryopilot.domain.datafiles", "yaml"): (
         "the layer ships the data files' JSON twins: PyYAML is loaded only where none was built"
