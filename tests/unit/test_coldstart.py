@@ -51,3 +51,31 @@ def test_the_floor_comes_first_and_each_function_says_what_it_adds() -> None:
     assert lines[3].split()[:5] == ["SlowFunction", "330", "340", "200", "75"]
     assert lines[3].endswith("MISSED by 30 ms")
     assert lines[-1].startswith("0 of 1 functions"), "the floor is not a function"
+
+
+def test_imports_are_interleaved_so_a_change_of_load_shifts_every_row_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "CryopilotLayer" / "python").mkdir(parents=True)
+    (tmp_path / "template.yaml").write_text("{}")
+    monkeypatch.setattr(coldstart, "functions", lambda build: {"A": ("app", "h"), "B": ("app", "h")})
+    monkeypatch.setattr(coldstart, "_floor_code", lambda: tmp_path)
+    order: list[tuple[str, bool]] = []
+    clock = iter(range(1, 1000))
+
+    def fake_import(python: Path, build: Path, logical: str, handler: object, traced: bool, code=None):
+        order.append((logical, traced))
+        return {"wall_ms": float(next(clock)), "cpu_ms": 1.0}
+
+    monkeypatch.setattr(coldstart, "_import_once", fake_import)
+    timings = {t.function: t for t in coldstart.measure(tmp_path, runs=3, traced=True, python=tmp_path)}
+    floor = coldstart.FLOOR
+    assert order[:3] == [(floor, False), ("A", False), ("B", False)], "one unmeasured import each"
+    assert order[3:5] == [("A", True), ("B", True)], "and one traced, for the traced rows"
+    timed = [name for name, traced in order[5:] if not traced]
+    assert timed == [floor, "A", "B", "A", "B", floor, "B", floor, "A"], "each round rotates by one"
+    assert (floor, True) not in order, "the floor is never traced"
+    assert len(timings[floor].wall_ms) == len(timings["A"].wall_ms) == len(timings["A"].traced_ms) == 3
+    # the load drifts up by one ms per import: each row's median sits within one round of the others'
+    medians = [t.median for t in timings.values()]
+    assert max(medians) - min(medians) <= 5
