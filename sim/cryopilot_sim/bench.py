@@ -466,9 +466,10 @@ def repeat_assumptions(profiles: list[str], references: dict[str, Any] | None = 
     """What the repeat rows assume, one line each: the reference (``references``: the one each
     profile's repeat run took from its campaign, as its run record has it), each stage's time and
     where it comes from (``profiles.yaml``), and the costs' inputs."""
+    from cryopilot.core.naming import REPEATED_STAGE
     from cryopilot.domain.catalogue import PRICE_OVERRIDES_ENV, Catalogue, get_profile
     from cryopilot.domain.estimate import plan_for_profile
-    from cryopilot.domain.presets import REPEATED_STAGE, load_preset
+    from cryopilot.domain.presets import load_preset
 
     cat = Catalogue.for_deployment(os.environ.get(PRICE_OVERRIDES_ENV))
     t = cat.timings

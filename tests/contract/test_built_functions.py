@@ -128,12 +128,10 @@ HEAVY = {
 #: The heavy modules a function may load, because it uses them: every other function loads none.
 MAY_LOAD = {
     "StartRunFunction": {"aws_lambda_powertools.utilities.parser.models.s3"},  # parses S3 events
-    # parses the manifest (YAML), estimates the run's time and cost
-    "ValidateFunction": {"yaml", "cryopilot.domain.estimate"},
-    # renders the cluster configuration (its schema) as YAML
-    "ClusterFunction": {"yaml", "cryopilot.domain.clusterconfig.models"},
-    # prices the stages left with the estimate (the catalogue and presets: their JSON twins)
-    "StageFunction": {"cryopilot.domain.estimate"},
+    # estimates the run's time and cost (PyYAML: only when it parses a YAML manifest)
+    "ValidateFunction": {"cryopilot.domain.estimate"},
+    # builds the cluster configuration (its schema; PyYAML: only when it renders one)
+    "ClusterFunction": {"cryopilot.domain.clusterconfig.models"},
 }
 
 

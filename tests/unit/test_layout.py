@@ -68,6 +68,10 @@ ALLOWED_LOCAL_IMPORTS: dict[tuple[str, str], str] = {
         "PyYAML costs a cold start tens of milliseconds: loaded when a manifest is parsed (Validate, the"
         " operator CLI), not by the functions that import the module for its models"
     ),
+    ("cryopilot.domain.clusterconfig.build", "yaml"): (
+        "PyYAML costs a cold start tens of milliseconds: loaded when a configuration is rendered"
+        " (the Cluster function's create, fallback and dryrun), not by its check and delete polls"
+    ),
     ("cryopilot.domain.datafiles", "yaml"): (
         "the layer ships the data files' JSON twins: PyYAML is loaded only where none was built"
         " (the source tree)"

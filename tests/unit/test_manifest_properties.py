@@ -552,7 +552,8 @@ def _param_values(pspec: dict[str, Any]) -> st.SearchStrategy[Any]:
 @st.composite
 def accepted_manifests(draw: st.DrawFn) -> dict[str, Any]:
     """Manifests at the edges of every bound, with overrides drawn from the job-type register."""
-    from cryopilot.domain.presets import REPEATED_STAGE, ROUNDS_PARAM, job_types, load_preset
+    from cryopilot.core.naming import REPEATED_STAGE
+    from cryopilot.domain.presets import ROUNDS_PARAM, job_types, load_preset
 
     doc = copy.deepcopy(draw(manifests))
     kind = doc["input"]["kind"]
@@ -584,7 +585,8 @@ def accepted_manifests(draw: st.DrawFn) -> dict[str, Any]:
 def _largest(kind: str) -> dict[str, Any]:
     """The largest manifest Validate accepts for ``kind``: every stage and round overridden, every
     parameter set, each text at its longest in 3-byte characters, 20 addresses of 254 characters."""
-    from cryopilot.domain.presets import REPEATED_STAGE, ROUNDS_PARAM, job_types, load_preset
+    from cryopilot.core.naming import REPEATED_STAGE
+    from cryopilot.domain.presets import ROUNDS_PARAM, job_types, load_preset
 
     longest = "/".join(["漢" * 127] * 4)
     assert len(longest) <= MAX_TEXT_CHARS

@@ -1,4 +1,5 @@
-"""Names cryopilot gives to what it creates: clusters and their tags.
+"""Names cryopilot gives to what it creates: clusters and their tags, and the rounds of the
+repeated stage (``hetero1``, ``hetero2``, …).
 
 ParallelCluster's rule for a cluster name (``pcluster/constants.py``: ``PCLUSTER_NAME_REGEX``,
 ``PCLUSTER_NAME_MAX_LENGTH``; the API's models add the minimum of 5): a letter, then letters,
@@ -22,6 +23,10 @@ TAG_RUN_ID = "cryopilot:run-id"
 TAG_DATASET = "cryopilot:dataset"
 TAG_STACK = "cryopilot:stack"
 
+#: The stage a preset may repeat: its rounds are planned as ``hetero1``, ``hetero2``, …
+REPEATED_STAGE = "hetero"
+_ROUND_RE = re.compile(rf"{REPEATED_STAGE}\d+")
+
 
 def is_cluster_name(name: str) -> bool:
     return bool(CLUSTER_NAME_RE.match(name))
@@ -42,3 +47,8 @@ def cluster_name_for(run_id: str) -> str:
         name = f"{name[: CLUSTER_NAME_MAX_LENGTH - 9].rstrip('-')}-{digest}"
     assert is_cluster_name(name), name
     return name
+
+
+def profile_stage_id(stage_id: str) -> str:
+    """The profiles.yaml stage id of a planned stage (``hetero3`` → ``hetero``)."""
+    return REPEATED_STAGE if _ROUND_RE.fullmatch(stage_id) else stage_id

@@ -45,6 +45,9 @@ __all__ = [
 #: Region whose prices the catalogue holds and estimates use unless told otherwise.
 DEFAULT_REGION = "us-east-1"
 
+#: The instance type the white paper's Table 1 times were measured on.
+REFERENCE_INSTANCE_TYPE = "p4d.24xlarge"
+
 #: Environment variable the Lambdas' settings read the deployment's price overrides from (a JSON
 #: object, instance type → USD/hour); named in the messages about a malformed value.
 PRICE_OVERRIDES_ENV = "CRYOPILOT_PRICE_OVERRIDES"
@@ -307,6 +310,21 @@ class Catalogue(_Model):
         if gpu_model in self.speed_overrides:
             return self.speed_overrides[gpu_model]
         return self.speed_table.models[gpu_model].relative_throughput
+
+    def stage_seconds(
+        self, kind: str, minutes: float, instance_type: str, reference_instance_type: str
+    ) -> float:
+        """Run time of a stage of profiles.yaml id ``kind`` that takes ``minutes`` on the reference
+        instance type, on ``instance_type``."""
+        return minutes * 60.0 / self.speed_ratio(kind, instance_type, reference_instance_type)
+
+    def speed_ratio(self, kind: str, instance_type: str, reference_instance_type: str) -> float:
+        """How many times faster a stage of profiles.yaml id ``kind`` runs on ``instance_type``
+        than on the reference instance type: the GPUs' speed ratio when the stage is GPU-bound
+        (``speed.gpu_bound_stages``), 1.0 otherwise."""
+        if kind not in self.speed_table.gpu_bound_stages:
+            return 1.0
+        return self.speed(instance_type) / self.speed(reference_instance_type)
 
     def speed(self, instance_type: str) -> float:
         """cryoSPARC throughput of one GPU of ``instance_type`` relative to the reference GPU (A100)."""

@@ -37,10 +37,12 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cryopilot.core.naming import REPEATED_STAGE, profile_stage_id
 from cryopilot.core.queues import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE
 from cryopilot.domain import billing, storage
 from cryopilot.domain.catalogue import (
     DEFAULT_REGION,
+    REFERENCE_INSTANCE_TYPE,
     Catalogue,
     CostingError,
     figure_of,
@@ -49,7 +51,7 @@ from cryopilot.domain.catalogue import (
 )
 from cryopilot.domain.clusterconfig.params import ClusterParams
 from cryopilot.domain.clusterconfig.scaling import SCALEDOWN_IDLE_SECONDS
-from cryopilot.domain.presets import REPEATED_STAGE, load_preset, profile_stage_id
+from cryopilot.domain.presets import load_preset
 from cryopilot.protocol.stage import PlannedStage
 
 __all__ = [
@@ -73,9 +75,6 @@ __all__ = [
 def _cluster_default(name: str) -> Any:
     return ClusterParams.model_fields[name].get_default(call_default_factory=True)
 
-
-#: The instance type the white paper's Table 1 times were measured on.
-REFERENCE_INSTANCE_TYPE = "p4d.24xlarge"
 
 #: Queue name of the white-paper layout's single node.
 WHITEPAPER_QUEUE = "node"
@@ -443,15 +442,7 @@ def wall_seconds(
 ) -> float:
     """The stage's wall time on ``instance_type``: its reference time divided by the GPU's speed
     relative to the reference instance's when the stage is GPU-bound, unchanged otherwise."""
-    return stage.minutes * 60.0 / _speed_ratio(catalogue, stage, instance_type, reference_instance_type)
-
-
-def _speed_ratio(
-    catalogue: Catalogue, stage: PlanStage, instance_type: str, reference_instance_type: str
-) -> float:
-    if stage.kind not in catalogue.speed_table.gpu_bound_stages:
-        return 1.0
-    return catalogue.speed(instance_type) / catalogue.speed(reference_instance_type)
+    return catalogue.stage_seconds(stage.kind, stage.minutes, instance_type, reference_instance_type)
 
 
 @dataclass(frozen=True)
@@ -494,8 +485,8 @@ class _Replay:
 
     def speed_on(self, queue: str, stage: PlanStage) -> float:
         """Divisor of the stage's reference wall time on ``queue`` (1.0 when it is not GPU-bound)."""
-        return _speed_ratio(
-            self.cat, stage, self.nodes[queue].instance_type, self.plan.reference_instance_type
+        return self.cat.speed_ratio(
+            stage.kind, self.nodes[queue].instance_type, self.plan.reference_instance_type
         )
 
     def queues_with_enough_gpus(self, stage: PlanStage) -> list[str]:

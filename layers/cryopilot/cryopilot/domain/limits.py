@@ -4,7 +4,7 @@ before and during every stage.
 Pure arithmetic on what the run has spent and the estimate of what is left, priced by
 :mod:`cryopilot.domain.billing` like every other cost figure: the stages left are Table 1's times
 of the preset's white-paper dataset on the queues' nodes (whole nodes, the catalogue's GPU speed
-factors), their run time only (no launch, no idle), as in the estimate's ``wall_seconds``.
+factors), their run time only (no launch, no idle), as in the estimate (``Catalogue.stage_seconds``).
 """
 
 from __future__ import annotations
@@ -13,10 +13,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cryopilot.core.errors import RunLimitError
+from cryopilot.core.naming import REPEATED_STAGE, profile_stage_id
 from cryopilot.domain import billing
-from cryopilot.domain.catalogue import PROFILE_FOR_PRESET, Catalogue, CostingError, load_profiles
-from cryopilot.domain.estimate import REFERENCE_INSTANCE_TYPE, PlanStage, wall_seconds
-from cryopilot.domain.presets import REPEATED_STAGE, profile_stage_id
+from cryopilot.domain.catalogue import (
+    PROFILE_FOR_PRESET,
+    REFERENCE_INSTANCE_TYPE,
+    Catalogue,
+    CostingError,
+    load_profiles,
+)
 from cryopilot.protocol.stage import PlannedStage
 
 
@@ -40,12 +45,11 @@ def remaining_cost(
         if node is None or kind not in profile.minutes:
             continue
         minutes = profile.minutes[kind] / (profile.hetero_rounds if kind == REPEATED_STAGE else 1)
-        timed = PlanStage(id=stage.id, kind=kind, gpus=int(stage.gpus or 1), minutes=minutes)
         try:
-            seconds = wall_seconds(catalogue, timed, node.instance_type, REFERENCE_INSTANCE_TYPE)
+            seconds = catalogue.stage_seconds(kind, minutes, node.instance_type, REFERENCE_INSTANCE_TYPE)
         except CostingError:
             continue
-        job = billing.Job(went=0.0, start=0.0, end=seconds, nodes=node.nodes_for(timed.gpus))
+        job = billing.Job(went=0.0, start=0.0, end=seconds, nodes=node.nodes_for(int(stage.gpus or 1)))
         total += billing.run_time_cost(node, job)
     return total
 

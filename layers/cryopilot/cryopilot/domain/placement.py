@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cryopilot.core.errors import ManifestError
+from cryopilot.core.naming import REPEATED_STAGE, profile_stage_id
 from cryopilot.core.queues import GPU8_QUEUE, GPU_QUEUES
 from cryopilot.core.spot import on_demand_queue, spot_queue
 from cryopilot.domain import spot_policy
@@ -26,14 +27,7 @@ from cryopilot.domain.estimate import (
     plan_from_stages,
 )
 from cryopilot.domain.manifest import Manifest
-from cryopilot.domain.presets import (
-    REPEATED_STAGE,
-    PlacementDef,
-    Preset,
-    expand,
-    load_preset,
-    profile_stage_id,
-)
+from cryopilot.domain.presets import PlacementDef, Preset, expand, load_preset
 from cryopilot.domain.reference import ReferenceInputs
 from cryopilot.protocol.stage import PlannedStage
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cryopilot.core.errors import ManifestError
+from cryopilot.core.naming import REPEATED_STAGE
 from cryopilot.core.validation import excerpt
 from cryopilot.domain.datafiles import read_data_file
 from cryopilot.domain.manifest import Manifest, check_relative_path, check_symmetry
@@ -35,8 +36,7 @@ from cryopilot.protocol.stage import (
     PlannedStage,
 )
 
-#: Name of the repeated stage and of its "rounds" pseudo-parameter.
-REPEATED_STAGE = "hetero"
+#: Name of the repeated stage's "rounds" pseudo-parameter.
 ROUNDS_PARAM = "rounds"
 
 _REF = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
@@ -475,8 +475,3 @@ def expand(
                 )
             )
     return planned
-
-
-def profile_stage_id(stage_id: str) -> str:
-    """The profiles.yaml stage id of a planned stage (``hetero3`` → ``hetero``)."""
-    return REPEATED_STAGE if re.fullmatch(rf"{REPEATED_STAGE}\d+", stage_id) else stage_id

@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+from cryopilot.core.naming import profile_stage_id
 from cryopilot.domain.catalogue import SpotShare
 from cryopilot.domain.estimate import Estimate
-from cryopilot.domain.presets import profile_stage_id
 from cryopilot.protocol.stage import PlannedStage
 
 Capacity = Literal["on-demand", "spot-where-safe"]

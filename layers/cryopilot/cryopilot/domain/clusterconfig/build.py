@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-import yaml
-
 # Tag keys cryopilot puts on every cluster resource (the janitor and cost reports read them).
 from cryopilot.core.naming import TAG_DATASET, TAG_RUN_ID, TAG_STACK
 from cryopilot.core.queues import GPU1_QUEUE, GPU4_QUEUE, GPU8_QUEUE
@@ -389,5 +387,11 @@ def build_cluster_config(request: ClusterRequest, params: ClusterParams) -> Clus
 
 
 def render_yaml(config: ClusterConfig) -> str:
-    """The YAML text sent as ``clusterConfiguration``."""
+    """The YAML text sent as ``clusterConfiguration``.
+
+    PyYAML is loaded here, not with the module: of the Cluster function's actions only create,
+    fallback and dryrun render a configuration, and the check and delete polls, most of its
+    invocations, would pay its import at every cold start for nothing."""
+    import yaml
+
     return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False, width=1000)
