@@ -153,3 +153,63 @@ def test_a_started_mail_that_cannot_be_sent_does_not_stop_the_run() -> None:
     (catch,) = states["NotifyStarted"]["Catch"]
     assert catch["Next"] == "CreateCluster"
     assert catch["ResultPath"] == "$.notify_error"
+
+
+#: Seconds a Task state must outlast its function: the function's own timeout ends first, so
+#: Step Functions sees the function's error (a retried one, such as ``AgentTimeoutError``), never
+#: a ``States.Timeout`` that only the catch-all handles.
+TASK_MARGIN_SECONDS = 30
+
+
+def _function_timeouts() -> dict[str, int]:
+    tpl = load_template()
+    default = tpl["Globals"]["Function"]["Timeout"]
+    return {
+        logical: int(res["Properties"].get("Timeout", default))
+        for logical, res in resources_of_type(tpl, "AWS::Serverless::Function").items()
+    }
+
+
+def _lambda_tasks(asl: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """{state: (function logical id, TimeoutSeconds)} of every Task that invokes a function."""
+    out = {}
+    for name, st in _states(asl).items():
+        if st["Type"] == "Task" and st["Resource"].endswith(":states:::lambda:invoke"):
+            placeholder = st["Parameters"]["FunctionName"]
+            match = re.fullmatch(r"\$\{(\w+Function)Arn\}", placeholder)
+            assert match, f"{name}: FunctionName {placeholder} is not a function of the stack"
+            out[name] = (match.group(1), st["TimeoutSeconds"])
+    return out
+
+
+@pytest.mark.parametrize("path", ASL_FILES, ids=lambda p: p.name)
+def test_every_task_outlasts_its_function(path) -> None:
+    timeouts = _function_timeouts()
+    tasks = _lambda_tasks(json.loads(path.read_text()))
+    assert tasks
+    for name, (function, state_timeout) in tasks.items():
+        assert state_timeout >= timeouts[function] + TASK_MARGIN_SECONDS, (
+            f"{name} times out at {state_timeout} s, {function} only at {timeouts[function]} s"
+        )
+
+
+def test_agent_calls_end_before_their_function_does() -> None:
+    """A stage poll's agent calls (status, then a requeue or a kill), and the export's one call,
+    each bounded by its agent timeout, end before the function's timeout, with a margin for the
+    table and the ParallelCluster API."""
+    from cryopilot.adapters.settings import Settings
+    from cryopilot.steps import export, stage
+
+    timeouts = _function_timeouts()
+    field = Settings.model_fields["agent_timeout_seconds"]
+    largest = next(m.le for m in field.metadata if getattr(m, "le", None) is not None)
+    assert field.default <= largest
+    stage_calls = stage.AGENT_CALLS_PER_INVOCATION * largest
+    assert stage_calls + TASK_MARGIN_SECONDS <= timeouts["StageFunction"], stage_calls
+    assert timeouts["ExportFunction"] >= export.EXPORT_AGENT_TIMEOUT_SECONDS + TASK_MARGIN_SECONDS
+
+
+def test_state_machine_arns_follow_the_partition() -> None:
+    for path in ASL_FILES:
+        text = path.read_text()
+        assert "arn:aws:" not in text, f"{path.name} hard-codes the aws partition"

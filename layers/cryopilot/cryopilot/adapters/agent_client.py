@@ -145,8 +145,11 @@ def command_line(argv: list[str]) -> str:
     return shlex.join(["cryopilot-agent", *argv])
 
 
-def agent_for(run_id: str, head_node_instance_id: str | None) -> AgentClient:
-    """The agent on the run's head node."""
+def agent_for(
+    run_id: str, head_node_instance_id: str | None, timeout_seconds: int | None = None
+) -> AgentClient:
+    """The agent on the run's head node; each call bounded by ``timeout_seconds`` (the stack's
+    agent timeout by default)."""
     settings = get_settings()
     if not head_node_instance_id:
         raise AgentError(f"run {run_id} has no head node yet")
@@ -154,5 +157,5 @@ def agent_for(run_id: str, head_node_instance_id: str | None) -> AgentClient:
         head_node_instance_id,
         output_bucket=settings.artifacts_bucket,
         output_prefix=f"ssm-output/{run_id}",
-        timeout_seconds=settings.agent_timeout_seconds,
+        timeout_seconds=timeout_seconds or settings.agent_timeout_seconds,
     )

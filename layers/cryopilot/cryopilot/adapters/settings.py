@@ -71,7 +71,10 @@ class Settings(BaseModel):
     price_overrides: str = Field(
         default="", description="JSON {instance type: USD per hour}, passed to cryopilot.domain.catalogue"
     )
-    agent_timeout_seconds: int = 120
+    #: How long one agent verb may take (SSM ``executionTimeout`` and the wait for its answer). The
+    #: verbs answer at once; the bound covers a stuck node. Two calls of a stage poll must fit in
+    #: the Stage function's timeout (tests/unit/test_asl.py checks the order of these limits).
+    agent_timeout_seconds: int = Field(default=60, ge=10, le=75)
     #: NotifyAllowedDomains: the domains a manifest's ``notify`` addresses may be in (empty: any)
     notify_allowed_domains: str = Field(default="", description="comma-separated")
 

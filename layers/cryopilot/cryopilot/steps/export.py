@@ -40,6 +40,11 @@ from cryopilot.domain.clusterconfig.mounts import (
 from cryopilot.domain.record import RunRecord
 from cryopilot.protocol.agent import ExportResult
 
+#: How long the agent's export verb may take: it copies the maps and the particle files (gigabytes
+#: for a large dataset) into the results directory on the same FSx file system. One call, which
+#: must end before the Export function's own timeout (tests/unit/test_asl.py).
+EXPORT_AGENT_TIMEOUT_SECONDS = 600
+
 #: what a result set must hold
 REQUIRED_KINDS = ("map", "half_map_a", "half_map_b", "fsc")
 
@@ -87,7 +92,7 @@ def _agent_export(run: RunRecord, stage: str, *, partial: bool) -> ExportResult:
     dest = _export_dir(partial)
     argv = ["export", "--project", run.run_id, "--stage", stage, "--dest", dest]
     try:
-        return agent_for(run.run_id, run.head_node_instance_id).call(
+        return agent_for(run.run_id, run.head_node_instance_id, EXPORT_AGENT_TIMEOUT_SECONDS).call(
             [*argv, "--partial"] if partial else argv, ExportResult
         )
     except AgentError as exc:

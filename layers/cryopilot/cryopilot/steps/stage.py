@@ -90,6 +90,11 @@ def _stage_record(status: StageStatus) -> dict[str, Any]:
     return rec
 
 
+#: Agent calls one invocation makes at most: a poll asks for the status, then may requeue the stage
+#: (Spot interruption) or kill it (time limit). Each is bounded by the stack's agent timeout, and
+#: together they must end before the function's own timeout (tests/unit/test_asl.py).
+AGENT_CALLS_PER_INVOCATION = 2
+
 #: Share of the estimated time left that the next poll waits: the estimate is refined at every poll,
 #: so the waits halve towards the stage's end (a handful of polls per stage, few state transitions)
 #: and the end is seen at most ``min_poll_seconds`` late when progress is steady.
