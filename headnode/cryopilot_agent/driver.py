@@ -15,10 +15,13 @@ import io
 import json
 import os
 import re
+import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from cryopilot.protocol.agent import (
     Decision,
     ExportedFile,
@@ -34,6 +37,7 @@ from cryopilot.protocol.agent import (
 from cryopilot.protocol.stage import JOB_TITLE_PREFIX, PlannedStage, job_title
 from cryosparc.controllers.job import JobController
 from cryosparc.controllers.project import ProjectController
+from cryosparc.errors import APIError
 from cryosparc.models.job import Job
 
 from cryopilot_agent import decisions
@@ -45,6 +49,15 @@ WORKSPACE_TITLE = "cryopilot"
 DRAFT_PREFIX = "cryopilot-draft:"
 ACTIVE = ("queued", "launched", "started", "running", "waiting")
 _CLASS_OUT = re.compile(r"^(?P<base>.+_class_)(?P<k>\d+)$")
+
+#: How long Select 2D's ``finish`` may take to answer. cryosparc-tools' ``JobController.interact``
+#: waits 10 s by default; finishing writes the selected particles, so it gets longer, but a status
+#: call must still answer within the caller's agent timeout.
+FINISH_TIMEOUT_SECONDS = 30
+#: A Select 2D job still waiting this long after its last ``finish`` request is asked again: the
+#: request may have timed out or failed without reaching the job. Measured from the request time
+#: recorded in the job's description.
+FINISH_RETRY_SECONDS = 120
 
 
 class AgentUsageError(Exception):
@@ -153,9 +166,11 @@ def stage_state(jobs: list[Job]) -> StageState:
 
 
 class Driver:
-    def __init__(self, cs: CryoSPARC, *, project_root: str) -> None:
+    def __init__(self, cs: CryoSPARC, *, project_root: str, now: Callable[[], float] = time.time) -> None:
+        """``now``: epoch seconds (the head node's clock, which cryoSPARC's master shares)."""
         self.cs = cs
         self.project_root = project_root
+        self.now = now
         self._jobs: list[JobController] | None = None
 
     # ------------------------------------------------------------------ lookup
@@ -215,21 +230,49 @@ class Driver:
         """Make the decision a stage's job is waiting for, if it is time (idempotent)."""
         meta = _meta(job.model)
         rule = meta.get("decision_rule")
-        if not isinstance(rule, dict) or "decision" in meta:
+        if not isinstance(rule, dict):
             return
         kind = rule.get("kind")
         params = rule.get("params") or {}
-        if kind == "select_2d_classes" and job.model.status == "waiting":
-            classes = job.interact("get_class_info")
-            selected, decision = decisions.select_2d_classes(stage_id, list(classes), params)
-            for idx in selected:
-                job.interact("set_class_selected", {"class_idx": idx, "selected": True})
-            self._record(job, decision=decision.model_dump(mode="json"))
-            job.interact("finish")
-            job.refresh()
-        elif kind == "choose_hetero_class" and job.model.status == "completed":
+        status = job.model.status
+        if kind == "select_2d_classes" and status == "waiting":
+            if "decision" not in meta:
+                self._select_2d_classes(stage_id, job, params)
+            elif self._finish_due(meta):
+                self._request_finish(job)
+        elif kind == "choose_hetero_class" and status == "completed" and "decision" not in meta:
             _, decision = decisions.choose_hetero_class(stage_id, self._hetero_classes(job.model), params)
             self._record(job, decision=decision.model_dump(mode="json"))
+
+    def _select_2d_classes(self, stage_id: str, job: JobController, params: dict[str, Any]) -> None:
+        """Select the classes the rule keeps, record the decision, then ask the job to finish."""
+        classes = job.interact("get_class_info")
+        selected, decision = decisions.select_2d_classes(stage_id, list(classes), params)
+        for idx in selected:
+            job.interact("set_class_selected", {"class_idx": idx, "selected": True})
+        self._record(job, decision=decision.model_dump(mode="json"))
+        self._request_finish(job)
+
+    def _finish_due(self, meta: dict[str, Any]) -> bool:
+        """Whether a Select 2D job that has its decision but still waits should be asked to finish
+        again: no request recorded, or the last one at least FINISH_RETRY_SECONDS ago."""
+        requested = meta.get("finish_requested_at")
+        if not isinstance(requested, int | float):
+            return True
+        return self.now() - float(requested) >= FINISH_RETRY_SECONDS
+
+    def _request_finish(self, job: JobController) -> None:
+        """Ask a waiting Select 2D job to finish. The request time is recorded first, so a request
+        that times out, fails or is cut short is repeated by a later status call, no sooner than
+        FINISH_RETRY_SECONDS after it. The finish may complete after the call returns (cryosparc-tools'
+        custom-workflow example calls ``interact("finish")`` and then ``wait_for_done()``)."""
+        count = int(_meta(job.model).get("finish_requests") or 0) + 1
+        self._record(job, finish_requested_at=self.now(), finish_requests=count)
+        try:
+            job.interact("finish", timeout=FINISH_TIMEOUT_SECONDS)
+        except (APIError, httpx.HTTPError) as exc:
+            self._record(job, finish_error=f"{type(exc).__name__}: {exc}"[:300])
+        job.refresh()
 
     @staticmethod
     def _hetero_classes(job: Job) -> list[dict[str, Any]]:

@@ -89,6 +89,8 @@ class SimJob:
     #: protein than the dataset's (``other_protein``).
     seeded: bool = False
     other_protein: bool = False
+    #: Select 2D's ``finish`` requests: (simulated time, the ``timeout`` the caller gave).
+    finish_requests: list[tuple[float, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -162,6 +164,8 @@ class JobTiming:
                     self._launch(p, job, start)
                 if job.status == "launched" and job.started_at is not None and now >= job.started_at:
                     job.status = "running"
+                if job.status == "waiting" and job.end_at is not None and now >= job.end_at:
+                    self._complete(job, job.end_at)  # a finished Select 2D done writing its outputs
                 if job.status == "running" and job.end_at is not None and now >= job.end_at:
                     if job.fault == "fail":
                         job.error = f"Simulated failure of {job.type} (injected fault)"

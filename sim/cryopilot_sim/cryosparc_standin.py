@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
@@ -56,6 +56,11 @@ from cryopilot_sim.cryosparc_outputs import JobOutputs
 
 API_PREFIX = "/api/cmd"
 VERSION = "v5.0.3"
+#: Seconds from Select 2D's ``finish`` to its completion. cryosparc-tools' custom-workflow example
+#: calls ``interact("finish")`` and then ``wait_for_done()``: the job completes after the call
+#: returns, once it has written its outputs. How long that takes is not documented; a stand-in figure.
+FINISH_SECONDS = 20.0
+
 #: The lanes headnode-setup.sh registers by default (one per Slurm queue of --lanes); a stand-in
 #: attached to a cluster registers that cluster's queues instead (``CryoSparcStandIn.lanes``).
 LANES = {"gpu8": 8, "gpu4": 4, "gpu1": 1}
@@ -163,6 +168,12 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         self.projects: dict[str, SimProject] = {}
         self._tokens: set[str] = set()
         self._faults: list[dict[str, Any]] = []
+        self._finish_faults: list[dict[str, Any]] = []
+        #: Seconds from Select 2D's ``finish`` to its completion (0: complete within the call).
+        self.finish_seconds = FINISH_SECONDS
+        #: The status a finishing Select 2D shows until it completes. Not documented: "waiting"
+        #: (the default: the job looks as if nothing had happened) or "running".
+        self.finishing_status: Literal["waiting", "running"] = "waiting"
         self._launch_counts: dict[str, int] = {}
         self._lock = threading.RLock()
         self._counter = 0
@@ -253,6 +264,23 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
             raise ValueError(f"unknown job type {job_type!r}")
         with self._lock:
             self._faults.append({"kind": kind, "job_type": job_type, "occurrence": occurrence})
+
+    def fail_finish(
+        self, kind: Literal["timeout", "error"] = "timeout", *, acted: bool = False, times: int = 1
+    ) -> None:
+        """Make the next ``times`` Select 2D ``finish`` calls answer with an error: ``timeout`` (the
+        job did not answer within the call's ``timeout``) or ``error`` (the call failed). With
+        ``acted`` the job still got the request and finishes as usual; without, it keeps waiting.
+
+        cryosparc-tools documents the ``timeout`` of ``JobController.interact`` ("maximum time to
+        wait for the action to complete") but not what the server answers when it runs out, nor the
+        failures an interactive call can meet; the status codes and messages here are the
+        stand-in's.
+        """
+        if kind not in ("timeout", "error"):
+            raise ValueError(f"unknown finish fault {kind!r}")
+        with self._lock:
+            self._finish_faults.extend({"kind": kind, "acted": acted} for _ in range(times))
 
     def wrong_reference(self, pattern: str = "*") -> None:
         """Model a repeat run whose reference is another protein than the dataset's: every file an
@@ -1119,9 +1147,26 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
             job.class_info[idx]["selected"] = bool(body.get("selected", True))
             return {"class_idx": idx, "selected": job.class_info[idx]["selected"]}
         if endpoint == "finish":
-            self._complete(job, self.clock.now())
-            return True
+            return self._finish_select(job, timeout)
         raise ApiError(404, f"Unknown interactive endpoint {endpoint!r} for select_2D")
+
+    def _finish_select(self, job: SimJob, timeout: int) -> bool:
+        """Select 2D's ``finish``: the job completes ``finish_seconds`` later (at once with 0). A job
+        already finishing ignores another request (what the real job does then is not documented)."""
+        now = self.clock.now()
+        job.finish_requests.append((now, timeout))
+        fault = self._finish_faults.pop(0) if self._finish_faults else None
+        if fault is None or fault["acted"]:
+            if self.finish_seconds <= 0:
+                self._complete(job, now)
+            elif job.end_at is None:
+                job.end_at = now + self.finish_seconds
+                job.status = self.finishing_status
+        if fault is not None and fault["kind"] == "timeout":
+            raise ApiError(504, f"Timed out after {timeout} s waiting for job {job.uid} to answer finish")
+        if fault is not None:
+            raise ApiError(500, f"Job {job.uid} could not be sent finish")
+        return True
 
     # ---------------------------------------------------------------- inspection (tests, harness)
 

@@ -16,7 +16,8 @@ from cryopilot.domain.manifest import Manifest, manifest_from_dict
 from cryopilot.domain.placement import plan
 from cryopilot.protocol.agent import AgentFailure, ExportResult, KillResult, StatusResult, SubmitResult
 from cryopilot.protocol.stage import PlannedStage
-from cryopilot_agent.cli import encode_spec, main
+from cryopilot_agent.cli import _connect, encode_spec, main, settings_from_env
+from cryopilot_agent.driver import FINISH_RETRY_SECONDS, FINISH_TIMEOUT_SECONDS, Driver
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.cryosparc_standin import CryoSparcStandIn, load_profiles
 from moto import mock_aws
@@ -425,6 +426,82 @@ def test_submit_is_idempotent(agent: Agent) -> None:
     assert a.project_uid == b.project_uid
     assert a.workspace_uid == b.workspace_uid
     assert len(agent.status("run-idem").stages) == 1
+
+
+def driver_at(agent: Agent, clock: VirtualClock) -> Driver:
+    """What one agent command builds (a new client and driver), with the simulated clock as its
+    clock: the agent measures time between its calls, as the stand-in's jobs do."""
+    settings = settings_from_env(agent.env)
+    return Driver(_connect(settings), project_root=settings.project_root, now=clock.now)
+
+
+def run_up_to_select2d(agent: Agent, run: str) -> PlannedStage:
+    """Run a movies plan up to 2D classification; Select 2D's stage, not yet submitted."""
+    stages = plan(movies_manifest(), data_dir="/fsx/d/")
+    at = [s.id for s in stages].index("select2d")
+    for spec in stages[:at]:
+        assert agent.run_stage(run, spec).stages[0].state == "completed", spec.id
+    return stages[at]
+
+
+@pytest.mark.parametrize(("kind", "acted"), [("timeout", False), ("error", False), ("timeout", True)])
+def test_select2d_finish_is_asked_again_when_the_first_request_did_not_reach_the_job(
+    agent: Agent, standin: CryoSparcStandIn, clock: VirtualClock, kind: str, acted: bool
+) -> None:
+    select = run_up_to_select2d(agent, "run-finish")
+    standin.fail_finish(kind, acted=acted)  # type: ignore[arg-type]
+    submitted = driver_at(agent, clock).submit("run-finish", select)
+    job = standin.job_by_title("run-finish", "cryopilot:select2d")
+    assert job is not None
+    # the classes were chosen and the decision recorded; the finish answered with an error
+    (decision,) = submitted.stage.decisions
+    assert decision.numbers["selected"]
+    assert [timeout for _, timeout in job.finish_requests] == [FINISH_TIMEOUT_SECONDS]
+    assert FINISH_TIMEOUT_SECONDS > 10  # longer than interact's default
+    assert json.loads(job.description)["cryopilot"]["finish_error"].startswith("APIError")
+
+    def poll(seconds: float) -> Any:
+        clock.advance(seconds)
+        return driver_at(agent, clock).status("run-finish", ["select2d"]).stages[0]
+
+    if acted:  # the job got the request although the answer was an error: it finishes, once
+        stage = poll(standin.finish_seconds)
+        assert stage.state == "completed"
+        assert len(job.finish_requests) == 1
+        return
+    assert job.status == "waiting"
+    stage = poll(FINISH_RETRY_SECONDS - 1)  # too soon to ask again
+    assert stage.state == "running"
+    assert len(job.finish_requests) == 1
+    stage = poll(1)  # the request is FINISH_RETRY_SECONDS old: asked again, and this one arrives
+    assert len(job.finish_requests) == 2
+    assert job.finish_requests[1][0] - job.finish_requests[0][0] == FINISH_RETRY_SECONDS
+    stage = poll(standin.finish_seconds)
+    assert stage.state == "completed"
+    assert len(job.finish_requests) == 2
+    # one decision, as made the first time; the classes it selected are the job's output
+    assert [d.numbers["selected"] for d in stage.decisions] == [decision.numbers["selected"]]
+    assert sorted(c["class_idx"] for c in job.class_info if c["selected"]) == decision.numbers["selected"]
+    assert json.loads(job.description)["cryopilot"]["finish_requests"] == 2
+
+
+@pytest.mark.parametrize("finishing", ["waiting", "running"])
+def test_select2d_completes_after_finish_returns(
+    agent: Agent, standin: CryoSparcStandIn, clock: VirtualClock, finishing: str
+) -> None:
+    """cryosparc-tools' custom-workflow example: ``interact("finish")``, then ``wait_for_done()``.
+    Whatever the job shows until it is done, it is asked to finish once."""
+    standin.finishing_status = finishing  # type: ignore[assignment]
+    select = run_up_to_select2d(agent, "run-finishing")
+    first = driver_at(agent, clock).submit("run-finishing", select).stage
+    assert first.state == "running"
+    assert first.jobs[0].status == finishing
+    clock.advance(FINISH_RETRY_SECONDS + standin.finish_seconds)
+    stage = driver_at(agent, clock).status("run-finishing", ["select2d"]).stages[0]
+    assert stage.state == "completed"
+    job = standin.job_by_title("run-finishing", "cryopilot:select2d")
+    assert job is not None
+    assert len(job.finish_requests) == 1
 
 
 def test_status_of_unknown_run_and_stage(agent: Agent) -> None:
