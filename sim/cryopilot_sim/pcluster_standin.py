@@ -6,8 +6,9 @@ It follows the OpenAPI spec shipped in ``aws-parallelcluster`` (``pcluster/api/o
 paths under a stage (``/prod/v3/clusters...``), query parameters (``region``, ``dryrun``,
 ``rollbackOnFailure``, ``suppressValidators``, ``validationFailureLevel``, ``clusterStatus``,
 ``nextToken``), JSON bodies and status codes. Where ParallelCluster's code and its spec differ, it does
-what the code of 3.16.1 does: a create for an existing name answers 400 ``Cluster NAME already
-exists.`` (a 409 can still be injected).
+what the code of 3.16.1 does: a create for an existing name answers 400 ``Bad Request: Cluster NAME
+already exists.`` (``BadRequestClusterActionError``, whose answers ``errors.py`` prefixes with "Bad
+Request: "; a 409 can still be injected).
 
 * Auth: like API Gateway with IAM auth, a request without a SigV4 ``Authorization`` header for
   ``execute-api`` (and this region) gets 403; given ``credentials``, the signature itself is checked.
@@ -27,13 +28,27 @@ exists.`` (a 409 can still be injected).
   CREATE_FAILED with an ``InsufficientInstanceCapacity`` failure; optionally only for configs whose
   head node or static compute nodes are of ``instance_type`` (a queue scaling from zero never fails a
   creation: its capacity shows at node launch, see ``cryopilot_sim.slurm``), or only in
-  ``subnet_id``), ``create_failed`` (another reason) and ``delete_failed`` (DELETE_FAILED).
+  ``subnet_id``), ``create_failed`` (another reason), ``delete_failed`` (DELETE_FAILED) and
+  ``head_node_missing`` (the next ``count`` describes of a created cluster leave ``headNode`` out, as
+  ParallelCluster does when its EC2 call fails).
 * ``describeClusterInstances`` (GET ``/v3/clusters/{name}/instances``): the head node and the compute
   instances ``compute_instances`` reports (the harness's simulated Slurm nodes).
+* ``getClusterStackEvents`` (GET ``/v3/clusters/{name}/stackevents``): the cluster stack's events,
+  newest first as CloudFormation lists them, ``page_size`` a page with ``nextToken``.
 
-Note: the real API reports creation failures with its own codes (``ClusterCreationFailure``,
-``OnNodeConfiguredExecutionFailure``, ...); an EC2 capacity error reaches ``failures[]`` only through
-those. The stand-in reports the EC2 code directly so the controller's capacity path can be exercised.
+Creation failures are reported as ParallelCluster 3.16 reports them. ``failures[]`` holds one entry of
+its fixed list (``ClusterStack.get_cluster_creation_failure``, ``pcluster/models/cluster_resources.py``):
+a code and a fixed sentence, chosen by the text of the failed WaitCondition's reason; EC2's own error
+is only in the stack events, on the resource that failed. A head node without EC2 capacity: the
+``HeadNode`` instance fails with EC2's message, CloudFormation cancels the waiting
+``HeadNodeWaitCondition<timestamp>`` ("Resource creation cancelled"), so ``failures[]`` says
+``ResourceCreationFailure`` "Failed to create resources for head node bootstrap." (inferred from that
+code: no public source shows this exact failure). Static compute nodes are launched by the head
+node's clustermgtd, not by CloudFormation, so their shortage is nowhere in the stack's events; what a
+creation with static nodes short of capacity ends in is not documented. ``static_capacity_outcome``
+chooses: ``protected_mode`` (default: the fixed list's ``StaticNodeBootstrapFailure``, "Cluster has
+been set to PROTECTED mode due to failures detected in static node provisioning.") or ``completes``
+(the cluster is created and the shortage shows only at the nodes).
 """
 
 from __future__ import annotations
@@ -90,7 +105,9 @@ FaultKind = Literal[
     "create_failed_capacity",
     "create_failed",
     "delete_failed",
+    "head_node_missing",
 ]
+StaticCapacityOutcome = Literal["protected_mode", "completes"]
 _HTTP_FAULTS: dict[str, tuple[int, str]] = {
     "bad_request": (400, "Bad Request: injected fault"),
     "config_error": (400, "Invalid cluster configuration."),
@@ -144,6 +161,10 @@ class _Cluster:
     updated_at: float = 0.0
     fail_at: float | None = None
     failure: tuple[str, str] | None = None
+    #: The stack event of the resource that failed the creation: (logical id, type, reason); the
+    #: WaitCondition's own failure reason is ``wait_condition_reason``.
+    failed_resource: tuple[str, str, str] | None = None
+    wait_condition_reason: str = ""
     delete_started: float | None = None
     delete_fails: bool = False
     head_node: dict[str, Any] | None = None
@@ -216,6 +237,9 @@ class PClusterStandIn:
         #: Called as ``compute_instances(cluster_name)``: the cluster's compute instances now, each a
         #: dict with index, queue, instance_type, launched_at (epoch) and state (pending/running).
         self.compute_instances: Callable[[str], list[dict[str, Any]]] | None = None
+        #: What a creation whose static compute nodes have no capacity ends in (not documented; see
+        #: the module's docstring).
+        self.static_capacity_outcome: StaticCapacityOutcome = "protected_mode"
         #: Every request answered, in order.
         self.requests: list[RecordedRequest] = []
         self._clusters: dict[tuple[str, str], _Cluster] = {}
@@ -285,7 +309,7 @@ class PClusterStandIn:
         ``create_failed_capacity``, ``instance_type``/``subnet_id`` limit it to configurations that
         use that instance type / that compute subnet, so a fallback elsewhere succeeds.
         """
-        if kind not in _HTTP_FAULTS and kind not in _LIFECYCLE_FAULTS:
+        if kind not in _HTTP_FAULTS and kind not in _LIFECYCLE_FAULTS and kind != "head_node_missing":
             raise ValueError(f"unknown fault kind {kind!r}")
         if count < 1:
             raise ValueError("count must be at least 1")
@@ -563,6 +587,14 @@ class PClusterStandIn:
         ):
             operation = "describe_cluster_instances"
             name = urllib.parse.unquote(parts[2])
+        elif (
+            len(parts) == 4
+            and parts[:2] == ["v3", "clusters"]
+            and parts[3] == "stackevents"
+            and method == "GET"
+        ):
+            operation = "get_cluster_stack_events"
+            name = urllib.parse.unquote(parts[2])
         elif parts == ["v3", "images", "official"] and method == "GET":
             operation = "list_official_images"
         else:
@@ -588,6 +620,8 @@ class PClusterStandIn:
                 status, answer = self._describe_op(region, name or "")
             elif operation == "describe_cluster_instances":
                 status, answer = self._instances(region, name or "", query)
+            elif operation == "get_cluster_stack_events":
+                status, answer = self._stack_events_op(region, name or "", query)
             elif operation == "list_official_images":
                 status, answer = 200, self._official_images(query)
             else:
@@ -668,7 +702,7 @@ class PClusterStandIn:
             )
         with self._lock:
             if (region, name) in self._clusters:
-                raise _ApiError(400, {"message": f"Cluster {name} already exists."})
+                raise _ApiError(400, {"message": f"Bad Request: Cluster {name} already exists."})
         if len(name) > NAME_MAX_LENGTH:
             raise _ApiError(
                 400,
@@ -717,28 +751,28 @@ class PClusterStandIn:
         )
         if fault is not None and fault.kind == "create_failed_capacity":
             itype = fault.instance_type or head_type
-            cluster.fail_at = now + self.create_seconds / 2
-            cluster.failure = (
-                "InsufficientInstanceCapacity",
-                f"We currently do not have sufficient {itype} capacity in the Availability Zone you requested"
-                f" ({region}a). Our system will be working on provisioning additional capacity."
-                " (Service: AmazonEC2; Status Code: 500; Error Code: InsufficientInstanceCapacity)",
-            )
+            if itype == head_type:
+                cluster.fail_at = now + self.create_seconds / 2
+                cluster.failed_resource = (
+                    "HeadNode",
+                    "AWS::EC2::Instance",
+                    _ec2_capacity_message(itype, region),
+                )
+                cluster.wait_condition_reason = "Resource creation cancelled"
+            elif self.static_capacity_outcome == "protected_mode":
+                cluster.fail_at = now + self.create_seconds
+                cluster.wait_condition_reason = _PROTECTED_MODE
         elif fault is not None:
             cluster.fail_at = now + self.create_seconds
-            cluster.failure = (
-                "OnNodeConfiguredExecutionFailure",
-                "Failed to execute OnNodeConfigured script.",
-            )
+            cluster.wait_condition_reason = "Failed to execute OnNodeConfigured script (exit 1)"
         elif missing := self._missing_scripts(document):
             cluster.fail_at = now + self.create_seconds
-            cluster.failure = (
-                "OnNodeConfiguredDownloadFailure",
-                f"Failed to download OnNodeConfigured script {missing[0]}.",
-            )
+            cluster.wait_condition_reason = f"Failed to download OnNodeConfigured script {missing[0]}"
+        if cluster.fail_at is not None:
+            cluster.failure = _creation_failure(cluster.wait_condition_reason)
         with self._lock:
             if (region, name) in self._clusters:  # a concurrent create won
-                raise _ApiError(400, {"message": f"Cluster {name} already exists."})
+                raise _ApiError(400, {"message": f"Bad Request: Cluster {name} already exists."})
             self._clusters[(region, name)] = cluster
             return 202, {"cluster": self._summary(cluster)}
 
@@ -797,7 +831,112 @@ class PClusterStandIn:
     def _describe_op(self, region: str, name: str) -> tuple[int, dict[str, Any]]:
         cluster = self._find(region, name)
         with self._lock:
-            return 200, self._describe(cluster)
+            body = self._describe(cluster)
+        # ParallelCluster 3.16's describe_cluster drops headNode when its EC2 call fails (a
+        # ClusterActionError, EC2 throttling included) or finds no head node pending or running
+        if "headNode" in body and self._take_fault(
+            lambda f: f.kind == "head_node_missing" and f.cluster in (None, name)
+        ):
+            del body["headNode"]
+        return 200, body
+
+    def _stack_events_op(
+        self, region: str, name: str, query: dict[str, list[str]]
+    ) -> tuple[int, dict[str, Any]]:
+        """getClusterStackEvents (``cluster_logs_controller.get_cluster_stack_events``): the cluster
+        stack's events, CloudFormation's ``DescribeStackEvents`` with the keys' first letter
+        lowercased (``GetClusterStackEventsResponseContent``), a page at a time."""
+        cluster = self._find(region, name)
+        token = self._one(query, "nextToken")
+        start = 0
+        if token is not None:
+            try:
+                start = int(token.removeprefix("events-"))
+            except ValueError:
+                raise _ApiError(400, {"message": "Bad Request: invalid nextToken"}) from None
+        with self._lock:
+            events = self._stack_events(cluster)
+        answer: dict[str, Any] = {"events": events[start : start + self.page_size]}
+        if start + self.page_size < len(events):
+            answer["nextToken"] = f"events-{start + self.page_size}"
+        return 200, answer
+
+    def _stack_events(self, cluster: _Cluster) -> list[dict[str, Any]]:
+        """The events of the cluster's stack so far, newest first. Only the resources whose events
+        cryopilot or an operator reads are modelled: the stack itself, the ``HeadNode`` instance and
+        the ``HeadNodeWaitCondition<timestamp>`` whose reason names a failure (ParallelCluster's
+        ``cluster_stack.py``)."""
+        stack_id, stamp = cluster.stack_arn, datetime.fromtimestamp(cluster.created_at, UTC)
+        wait = "HeadNodeWaitCondition" + stamp.strftime("%Y%m%d%H%M%S")
+        seen: list[tuple[float, str, str, str, str]] = [
+            (
+                cluster.created_at,
+                cluster.name,
+                "AWS::CloudFormation::Stack",
+                "CREATE_IN_PROGRESS",
+                "User Initiated",
+            ),
+            (cluster.created_at + 20, "HeadNode", "AWS::EC2::Instance", "CREATE_IN_PROGRESS", ""),
+            (cluster.created_at + 20, wait, "AWS::CloudFormation::WaitCondition", "CREATE_IN_PROGRESS", ""),
+        ]
+        if cluster.phase == "create_failed" and cluster.fail_at is not None:
+            end, failed = cluster.fail_at, [wait]
+            if cluster.failed_resource is not None:
+                logical, kind, reason = cluster.failed_resource
+                seen.append((end - 1, logical, kind, "CREATE_FAILED", reason))
+                failed.insert(0, logical)
+            else:
+                seen.append((end - 60, "HeadNode", "AWS::EC2::Instance", "CREATE_COMPLETE", ""))
+            seen.append(
+                (
+                    end,
+                    wait,
+                    "AWS::CloudFormation::WaitCondition",
+                    "CREATE_FAILED",
+                    cluster.wait_condition_reason,
+                )
+            )
+            said = f"The following resource(s) failed to create: [{', '.join(sorted(failed))}]. "
+            seen.append((end, cluster.name, "AWS::CloudFormation::Stack", "CREATE_FAILED", said))
+            if cluster.rollback:
+                seen.append(
+                    (end + 1, cluster.name, "AWS::CloudFormation::Stack", "ROLLBACK_IN_PROGRESS", said)
+                )
+                seen.append((end + 60, cluster.name, "AWS::CloudFormation::Stack", "ROLLBACK_COMPLETE", ""))
+        elif cluster.phase != "creating":
+            ready = cluster.created_at + cluster.create_seconds
+            seen.append((cluster.created_at + 80, "HeadNode", "AWS::EC2::Instance", "CREATE_COMPLETE", ""))
+            seen.append((ready, wait, "AWS::CloudFormation::WaitCondition", "CREATE_COMPLETE", ""))
+            seen.append((ready, cluster.name, "AWS::CloudFormation::Stack", "CREATE_COMPLETE", ""))
+        if cluster.delete_started is not None:
+            seen.append(
+                (
+                    cluster.delete_started,
+                    cluster.name,
+                    "AWS::CloudFormation::Stack",
+                    "DELETE_IN_PROGRESS",
+                    "User Initiated",
+                )
+            )
+        events = []
+        for n, (at, logical, kind, status, reason) in enumerate(sorted(seen, key=lambda e: e[0])):
+            physical = stack_id if kind == "AWS::CloudFormation::Stack" else ""
+            if logical == "HeadNode" and cluster.head_node is not None:
+                physical = cluster.head_node["instanceId"]
+            event = {
+                "stackId": stack_id,
+                "eventId": f"{logical}-{status}-{n:04d}",
+                "stackName": cluster.name,
+                "logicalResourceId": logical,
+                "physicalResourceId": physical,
+                "resourceType": kind,
+                "timestamp": _iso(at),
+                "resourceStatus": status,
+            }
+            if reason:
+                event["resourceStatusReason"] = reason
+            events.append(event)
+        return events[::-1]
 
     def _instances(self, region: str, name: str, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
         """describeClusterInstances: the cluster's EC2 instances in state pending, running, stopping
@@ -921,6 +1060,90 @@ _CONFIG_ERROR_MESSAGE = (
     "The instance type 'p4d.24xlarge' is not supported in the Availability Zone of subnet "
     "subnet-0aaaaaaaaaaaaaaa1 (injected fault)."
 )
+
+
+#: The WaitCondition reason ParallelCluster 3.16 maps to ``StaticNodeBootstrapFailure``.
+_PROTECTED_MODE = (
+    "Cluster has been set to PROTECTED mode due to failures detected in static node provisioning"
+)
+
+#: ParallelCluster 3.16's creation failures (``get_cluster_creation_failure``): the first entry whose
+#: text is in the failed WaitCondition's reason gives the code and the fixed sentence of
+#: ``failures[]``; no match gives the general failure. The facts of its list, in its order.
+_CREATION_FAILURES: tuple[tuple[str, str, str], ...] = (
+    (
+        "This AMI was created with",
+        "AmiVersionMismatch",
+        "ParallelCluster version of the custom AMI is different than the cookbook."
+        " Please make them consistent.",
+    ),
+    (
+        "This AMI was not baked by ParallelCluster",
+        "InvalidAmi",
+        "The custom AMI is invalid. It needs to be created using build-image command by providing your AMI as"
+        " parent image.",
+    ),
+    (
+        "Failed to execute OnNodeConfigured script",
+        "OnNodeConfiguredExecutionFailure",
+        "Failed to execute OnNodeConfigured script.",
+    ),
+    (
+        "Failed to download OnNodeConfigured script",
+        "OnNodeConfiguredDownloadFailure",
+        "Failed to download OnNodeConfigured script.",
+    ),
+    (
+        "Failed to run OnNodeConfigured script",
+        "OnNodeConfiguredFailure",
+        "Failed to run OnNodeConfigured script.",
+    ),
+    (
+        "Failed to execute OnNodeStart script",
+        "OnNodeStartExecutionFailure",
+        "Failed to execute OnNodeStart script.",
+    ),
+    (
+        "Failed to download OnNodeStart script",
+        "OnNodeStartDownloadFailure",
+        "Failed to download OnNodeStart script.",
+    ),
+    ("Failed to run OnNodeStart script", "OnNodeStartFailure", "Failed to run OnNodeStart script."),
+    ("Failed to mount EBS volume", "EbsMountFailure", "Failed to mount EBS volume."),
+    ("Failed to mount EFS", "EfsMountFailure", "Failed to mount EFS."),
+    ("Failed to mount FSX", "FsxMountFailure", "Failed to mount FSX."),
+    ("Failed to mount RAID array", "RaidMountFailure", "Failed to mount RAID array."),
+    ("Failed to run chef recipe", "HeadNodeBootstrapFailure", "Failed to set up the head node."),
+    ("Failed to bootstrap the head node", "HeadNodeBootstrapFailure", "Failed to bootstrap the head node."),
+    (
+        "Resource creation cancelled",
+        "ResourceCreationFailure",
+        "Failed to create resources for head node bootstrap.",
+    ),
+    ("WaitCondition timed out", "HeadNodeBootstrapFailure", "Cluster creation timed out."),
+    (_PROTECTED_MODE, "StaticNodeBootstrapFailure", _PROTECTED_MODE + "."),
+)
+
+
+def _creation_failure(wait_condition_reason: str) -> tuple[str, str]:
+    """(failureCode, failureReason) of ``failures[]`` for the failed WaitCondition's reason."""
+    for text, code, sentence in _CREATION_FAILURES:
+        if wait_condition_reason and text in wait_condition_reason:
+            return code, sentence
+    return "ClusterCreationFailure", "Failed to create the cluster."
+
+
+def _ec2_capacity_message(instance_type: str, region: str) -> str:
+    """EC2's InsufficientInstanceCapacity message, as CloudFormation puts it in an instance's event
+    (EC2's text, then the service, status and error code in parentheses). The client also matches
+    the text alone, should the code not be there."""
+    return (
+        f"We currently do not have sufficient {instance_type} capacity in the Availability Zone you"
+        f" requested ({region}a). Our system will be working on provisioning additional capacity. You"
+        f" can currently get {instance_type} capacity by not specifying an Availability Zone in your"
+        f" request or choosing {region}b, {region}c. (Service: AmazonEC2; Status Code: 500; Error Code:"
+        " InsufficientInstanceCapacity; Request ID: 00000000-0000-4000-8000-000000000000; Proxy: null)"
+    )
 
 
 def _invalid(messages: list[str], validator: str = "ConfigSchemaValidator") -> dict[str, Any]:

@@ -35,6 +35,7 @@ OUR_OPERATIONS = {
     "delete_cluster",
     "list_clusters",
     "describe_cluster_instances",
+    "get_cluster_stack_events",
     "list_official_images",
 }
 
@@ -60,6 +61,7 @@ RESPONSE_MODELS = {
     ("describe_cluster_instances", 200): "DescribeClusterInstancesResponseContent",
     ("describe_cluster_instances", 400): "BadRequestExceptionResponseContent",
     ("list_official_images", 200): "ListOfficialImagesResponseContent",
+    ("get_cluster_stack_events", 200): "GetClusterStackEventsResponseContent",
 }
 
 
@@ -219,6 +221,11 @@ def recorded() -> Iterator[list[RecordedRequest]]:
         parsed.append(client.create_cluster(other, other_text))
         clock.sleep(900)
         parsed.append(client.describe_cluster(failed))  # CREATE_FAILED with failures
+        whole = client.failed_resources(failed)  # where EC2's error shows
+        assert any("capacity" in r.reason for r in whole)
+        standin.page_size = 2  # the same events, a page of two at a time, following nextToken
+        assert client.failed_resources(failed, max_pages=10) == whole
+        standin.page_size = 50
         parsed += client.list_clusters()
         parsed += client.list_clusters(cluster_status=["CREATE_FAILED", "CREATE_COMPLETE"])
         other_faults: tuple[FaultKind, ...] = ("throttle", "server_error", "bad_request")

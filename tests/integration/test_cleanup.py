@@ -192,6 +192,12 @@ def test_janitor_never_touches_another_stacks_or_a_running_runs_cluster(cloud: L
     assert report["checked"] == 1  # ours only
     assert report["actions"] == []
     assert "cryopilot-other-1" in cloud.pcluster.clusters()
+    # a cluster the API will not describe (400, as for a newer ParallelCluster's cluster) is
+    # passed over: the pass goes on with the others
+    cloud.pcluster.inject("bad_request", cluster="cryopilot-other-1", operation="describe_cluster")
+    report = cloud.run_schedule("CleanupFunction")
+    assert report["checked"] == 1
+    assert cloud.pcluster.pending_faults() == 0
 
 
 @pytest.mark.parametrize(

@@ -192,3 +192,27 @@ def test_run_stopped_before_any_map_says_nothing_was_exported(cloud: LocalCloud)
     record, failure = _assert_failed_cleanly(cloud, arn, "RunLimitError")
     assert record["partial_export"] == {"files": 0, "reason": "no stage had made a map yet"}
     assert "nothing was exported" in failure["message"]
+
+
+def test_a_complete_cluster_reported_without_its_head_node_is_checked_again(cloud: LocalCloud) -> None:
+    # ParallelCluster leaves headNode out of describeCluster when its EC2 call is throttled: the
+    # cluster is not ready yet, not a failure
+    cloud.pcluster.inject("head_node_missing", count=2)
+    arn = _start(cloud, "headless")
+    desc = cloud.wait_for_execution(arn, timeout=240)
+    assert desc["status"] == "SUCCEEDED", (cloud.run_record("headless") or {}).get("error")
+    assert cloud.pcluster.pending_faults() == 0  # both describes answered without a head node
+    assert _failed_tasks(cloud, arn) == []
+    checks = [
+        e for e in cloud.history(arn) if e.get("stateEnteredEventDetails", {}).get("name") == "CheckCluster"
+    ]
+    complete = [
+        r
+        for r in cloud.pcluster.requests_for("describe_cluster")
+        if r.response.get("clusterStatus") == "CREATE_COMPLETE"
+    ]
+    assert len(complete) >= 3
+    assert len(checks) >= 3
+    record = cloud.run_record("headless")
+    assert record is not None
+    assert record["head_node_instance_id"]

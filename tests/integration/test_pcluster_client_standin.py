@@ -14,6 +14,7 @@ from botocore.credentials import Credentials
 from cryopilot.adapters.pcluster import (
     ClusterInfo,
     PClusterClient,
+    api_error,
     cluster_is_ours,
     raise_for_cluster_failure,
 )
@@ -344,13 +345,24 @@ def test_capacity_failure_is_a_capacity_error_with_failures(
     info = client.describe_cluster(name)
     assert info.status == "CREATE_FAILED"
     assert info.cloudformation_stack_status == "CREATE_FAILED"  # rollbackOnFailure=false keeps the stack
-    assert [f.code for f in info.failures] == ["InsufficientInstanceCapacity"]
-    with pytest.raises(CapacityError) as caught:
+    # failures[] holds ParallelCluster's own fixed code and sentence, never EC2's error...
+    assert [(f.code, f.reason) for f in info.failures] == [
+        ("ResourceCreationFailure", "Failed to create resources for head node bootstrap.")
+    ]
+    with pytest.raises(ClusterCreateFailedError):
         raise_for_cluster_failure(info)
+    # ...which is in the stack's events, on the head node's instance
+    failed = {r.logical_id.rstrip("0123456789"): r for r in client.failed_resources(name)}
+    assert set(failed) == {name, "HeadNode", "HeadNodeWaitCondition"}  # newest first: the stack
+    assert failed["HeadNode"].resource_type == "AWS::EC2::Instance"
+    assert "sufficient m6i.2xlarge capacity" in failed["HeadNode"].reason
+    assert failed["HeadNodeWaitCondition"].reason == "Resource creation cancelled"
+    with pytest.raises(CapacityError) as caught:
+        raise_for_cluster_failure(info, list(failed.values()))
     details = caught.value.details
     assert details["instance_type"] == "m6i.2xlarge"
-    assert details["failures"][0]["code"] == "InsufficientInstanceCapacity"
-    assert "sufficient m6i.2xlarge capacity" in details["failures"][0]["reason"]
+    assert details["failures"][0]["code"] == "ResourceCreationFailure"
+    assert any("sufficient m6i.2xlarge capacity" in f["reason"] for f in details["failures"])
     # The failed cluster is deleted like any other.
     client.delete_cluster(name)
     clock.sleep(300)
@@ -368,12 +380,28 @@ def test_no_gpu_capacity_never_fails_a_creation_with_queues_scaling_from_zero(
     clock.sleep(900)
     assert client.describe_cluster(name).status == "CREATE_COMPLETE"
     assert standin.pending_faults() == 1  # nothing launched at creation is of that type
-    # with a static p4d node (the white paper's layout) the same shortage does fail the creation
+    # with a static p4d node (the white paper's layout) what the same shortage does is not
+    # documented: by default the stand-in ends the creation as a static node's failed provisioning
     static, static_text = config_for("run-static-p4d")
     static_text = static_text.replace("MinCount: 0", "MinCount: 1", 1)
     client.create_cluster(static, static_text)
     clock.sleep(900)
-    assert [f.code for f in client.describe_cluster(static).failures] == ["InsufficientInstanceCapacity"]
+    info = client.describe_cluster(static)
+    assert [f.code for f in info.failures] == ["StaticNodeBootstrapFailure"]
+    failed = client.failed_resources(static)
+    assert [r.resource_type for r in failed] == [
+        "AWS::CloudFormation::Stack",
+        "AWS::CloudFormation::WaitCondition",
+    ]
+    with pytest.raises(ClusterCreateFailedError):  # no EC2 message anywhere: not called capacity
+        raise_for_cluster_failure(info, failed)
+    # the other choice: the cluster is created, the shortage left to the node launches
+    standin.static_capacity_outcome = "completes"
+    standin.inject("create_failed_capacity", instance_type="p4d.24xlarge")
+    other, other_text = config_for("run-static-p4d-2")
+    client.create_cluster(other, other_text.replace("MinCount: 0", "MinCount: 1", 1))
+    clock.sleep(900)
+    assert client.describe_cluster(other).status == "CREATE_COMPLETE"
 
 
 @pytest.mark.parametrize(
@@ -399,8 +427,9 @@ def test_capacity_fallback_reaches_a_placement_with_capacity(
         client.create_cluster(name, text)
         clock.sleep(900)
         info = client.describe_cluster(name)
+        failed = client.failed_resources(name) if info.status == "CREATE_FAILED" else []
         try:
-            raise_for_cluster_failure(info)
+            raise_for_cluster_failure(info, failed)
         except CapacityError:
             client.delete_cluster(name)
             continue
@@ -420,12 +449,16 @@ def test_other_create_failure_is_not_a_capacity_error(
     info = client.describe_cluster(name)
     assert info.status == "CREATE_FAILED"
     assert info.cloudformation_stack_status == "ROLLBACK_COMPLETE"
+    failed = client.failed_resources(name)
     with pytest.raises(ClusterCreateFailedError) as caught:
-        raise_for_cluster_failure(info)
+        raise_for_cluster_failure(info, failed)
     assert not isinstance(caught.value, CapacityError)
-    assert caught.value.details["failures"] == [
-        {"code": "OnNodeConfiguredExecutionFailure", "reason": "Failed to execute OnNodeConfigured script."}
-    ]
+    assert caught.value.details["failures"][0] == {
+        "code": "OnNodeConfiguredExecutionFailure",
+        "reason": "Failed to execute OnNodeConfigured script.",
+    }
+    events = [f["reason"] for f in caught.value.details["failures"][1:]]
+    assert any("Failed to execute OnNodeConfigured script (" in r for r in events)  # the event's own
 
 
 def test_delete_failed_then_retried(
@@ -539,3 +572,45 @@ def test_an_unparseable_answer_is_an_api_error() -> None:
         )
     with pytest.raises(PClusterApiError):
         ClusterInfo.from_api({"clusterName": "cryopilot-x", "headNode": "i-123"})
+
+
+@pytest.mark.parametrize(
+    ("status", "payload", "expected"),
+    [
+        # ParallelCluster 3.16's own messages (pcluster/api/errors.py, models/cluster.py)
+        (400, {"message": "Bad Request: Cluster cryopilot-x already exists."}, ClusterAlreadyExistsError),
+        (400, {"message": "Cluster cryopilot-x already exists."}, ClusterAlreadyExistsError),
+        # "already exists" inside another message is not the name clash
+        (
+            400,
+            {"message": "Invalid cluster configuration: the bucket policy already exists"},
+            ClusterConfigError,
+        ),
+        # a validator throttled by EC2: a retry can pass
+        (
+            400,
+            {
+                "message": "Invalid cluster configuration: An error occurred (RequestLimitExceeded)"
+                " when calling the DescribeInstanceTypes operation: Request limit exceeded."
+            },
+            ThrottledError,
+        ),
+        # the API's role refused by S3 or CloudFormation: retrying changes nothing
+        (
+            500,
+            {
+                "message": "Failed when calling AWS service in cluster_stack: An error occurred"
+                " (AccessDenied) when calling the PutObject operation: Access Denied"
+            },
+            PClusterApiError,
+        ),
+        (500, {"message": "Internal server error"}, ThrottledError),
+        (504, {"message": "Endpoint request timed out"}, ThrottledError),
+        # API Gateway's IAM denial spells it "Message"
+        (403, {"Message": "User: arn:aws:sts::1:assumed-role/x is not authorized"}, PClusterApiError),
+    ],
+)
+def test_each_answer_maps_to_its_error(status: int, payload: dict[str, str], expected: type) -> None:
+    error = api_error("create_cluster", status=status, payload=payload, cluster_name="cryopilot-x")
+    assert type(error) is expected
+    assert error.details.get("api_message") == (payload.get("message") or payload.get("Message"))

@@ -20,17 +20,27 @@ other 400 on create / on any other operation               :class:`ClusterConfig
 409 on create                                              :class:`ClusterAlreadyExistsError`
 412 on a dry run                                           success (the configuration is valid)
 429, 5xx, connection errors, timeouts                      :class:`ThrottledError` (retried)
+400 naming a throttling error (a throttled validator)      :class:`ThrottledError` (retried)
+5xx naming AccessDenied (the API's own role refused)       :class:`PClusterApiError`
 anything else                                              :class:`PClusterApiError`
 =========================================================  =====================================
 
 ParallelCluster 3.16's own code answers a create for an existing name with 400 and the message
-``Cluster NAME already exists.`` (``BadRequestClusterActionError``) although its OpenAPI spec also
+``Bad Request: Cluster NAME already exists.`` (``BadRequestClusterActionError``; it answers so to a
+dry run too, as it checks the name before validating) although its OpenAPI spec also
 declares 409; both are treated as "already exists". That one message is matched by text because the
 API gives it no code of its own.
 
-Capacity: EC2's insufficient-capacity error codes (``InsufficientInstanceCapacity`` and relatives,
-the list ParallelCluster's fast capacity fail-over uses) or their messages in a cluster's
-``failures[]`` make :func:`raise_for_cluster_failure` raise :class:`CapacityError`.
+Capacity: a CREATE_FAILED cluster's ``failures[]`` never carries EC2's own error. ParallelCluster
+3.16 fills it with one entry of a fixed list (``ClusterStack.get_cluster_creation_failure`` in
+``pcluster/models/cluster_resources.py``: a code such as ``ResourceCreationFailure`` and a fixed
+sentence), chosen from the failed WaitCondition's reason. EC2's message ("We currently do not have
+sufficient p4d.24xlarge capacity…") is in the stack's events, on the resource that failed (the
+``HeadNode`` instance is in the cluster's root stack). So :meth:`PClusterClient.failed_resources`
+reads ``GET /v3/clusters/{name}/stackevents`` (``get_cluster_stack_events``) for the events that
+failed, and :func:`raise_for_cluster_failure` raises :class:`CapacityError` when one of them, or a
+failure, names an insufficient-capacity code (``InsufficientInstanceCapacity`` and relatives, the
+list ParallelCluster's fast capacity fail-over uses) or EC2's message.
 
 Credentials and the ``Authorization`` header never appear in an error, a log line or ``repr``.
 """
@@ -84,7 +94,10 @@ _CAPACITY_TEXT_RE = re.compile(
     re.IGNORECASE,
 )
 _INSTANCE_TYPE_IN_TEXT_RE = re.compile(r"\b([a-z][a-z0-9-]*\d[a-z0-9-]*\.\d*[a-z0-9]+)\b")
-_ALREADY_EXISTS_RE = re.compile(r"\balready exists\b", re.IGNORECASE)
+_THROTTLED_RE = re.compile(r"\b(?:Throttling|ThrottlingException|RequestLimitExceeded|Rate exceeded)\b")
+_DENIED_RE = re.compile(r"\b(?:AccessDenied|AccessDeniedException|UnauthorizedOperation)\b")
+#: The whole message, not any message saying "already exists" (a validator's could).
+_ALREADY_EXISTS_RE = re.compile(r"^(?:Bad Request: )?Cluster \S+ already exists\.?$")
 
 Operation = Literal[
     "create_cluster",
@@ -92,6 +105,7 @@ Operation = Literal[
     "delete_cluster",
     "list_clusters",
     "describe_cluster_instances",
+    "get_cluster_stack_events",
     "list_official_images",
 ]
 
@@ -219,6 +233,19 @@ class ClusterInstance(_Model):
             raise PClusterApiError(f"describe_cluster_instances: unparseable instance ({exc})") from None
 
 
+class FailedResource(_Model):
+    """A stack event of a resource that failed (``StackEvent`` of the OpenAPI spec whose
+    ``resourceStatus`` ends in ``_FAILED``): where EC2's own error shows."""
+
+    logical_id: str
+    resource_type: str
+    status: str
+    reason: str = ""
+
+    def as_failure(self) -> Failure:
+        return Failure(code=self.status, reason=f"{self.logical_id} ({self.resource_type}): {self.reason}")
+
+
 def _validation_message(item: Mapping[str, Any]) -> ValidationMessage:
     return ValidationMessage(
         level=str(item.get("level") or "ERROR"),
@@ -241,7 +268,8 @@ def api_error(
 ) -> CryopilotError:
     """The typed error for an answer of the API (``status`` None: no answer at all, see ``cause``)."""
     payload = payload or {}
-    api_message = str(payload.get("message") or "").strip()
+    # API Gateway's own answers (an IAM denial, a missing route) spell it "Message"
+    api_message = str(payload.get("message") or payload.get("Message") or "").strip()
     where = f"{operation}({cluster_name})" if cluster_name else operation
     details: dict[str, Any] = {"operation": operation, "status": status, "cluster_name": cluster_name}
     if api_message:
@@ -252,6 +280,14 @@ def api_error(
         return ThrottledError(f"ParallelCluster API unreachable during {where}: {reason}", **details)
 
     said = f": {api_message}" if api_message else ""
+    if status == 400 and _THROTTLED_RE.search(api_message):
+        # a validator that was throttled answers 400 "Invalid cluster configuration: …" with
+        # EC2's or IAM's throttling error (ParallelCluster 3.16 ``Cluster.validate_create_request``)
+        return ThrottledError(f"{where}: throttled while validating{said}", **details)
+    if 500 <= status <= 599 and _DENIED_RE.search(api_message):
+        # the API's own role was refused by AWS (500 "Failed when calling AWS service …"): no
+        # retry will change that
+        return PClusterApiError(f"{where}: HTTP {status}, the API was denied an AWS call{said}", **details)
     if status == 400:
         raw_errors = payload.get("configurationValidationErrors") or []
         errors = [_validation_message(e) for e in raw_errors if isinstance(e, Mapping)]
@@ -303,14 +339,16 @@ def _instance_type_in(failures: Sequence[Failure]) -> str | None:
     return None
 
 
-def raise_for_cluster_failure(info: ClusterInfo) -> None:
+def raise_for_cluster_failure(info: ClusterInfo, failed_resources: Sequence[FailedResource] = ()) -> None:
     """Raise the typed error for a failed cluster; return quietly for any other status.
 
-    CREATE_FAILED → :class:`CapacityError` when a failure is about capacity, else
-    :class:`ClusterCreateFailedError`; DELETE_FAILED → :class:`ClusterDeleteFailedError`.
-    The failures (code, reason) ride along in ``details["failures"]``.
+    CREATE_FAILED → :class:`CapacityError` when a failure, or a resource that failed in the stack's
+    events (``failed_resources``, see :meth:`PClusterClient.failed_resources`), is about capacity,
+    else :class:`ClusterCreateFailedError`; DELETE_FAILED → :class:`ClusterDeleteFailedError`.
+    The failures (code, reason) and the failed resources ride along in ``details["failures"]``.
     """
-    failures = [f.model_dump() for f in info.failures]
+    evidence = [*info.failures, *(r.as_failure() for r in failed_resources)]
+    failures = [f.model_dump() for f in evidence]
     base: dict[str, Any] = {
         "cluster_name": info.name,
         "status": info.status,
@@ -319,10 +357,12 @@ def raise_for_cluster_failure(info: ClusterInfo) -> None:
     }
     summary = "; ".join(f"{f.code}: {f.reason}".strip(": ") for f in info.failures) or "no reason given"
     if info.status == "CREATE_FAILED":
-        if any(is_capacity_failure(f) for f in info.failures):
+        capacity = [f for f in evidence if is_capacity_failure(f)]
+        if capacity:
+            said = "; ".join(f.reason for f in capacity[:1])
             raise CapacityError(
-                f"cluster {info.name}: no EC2 capacity ({summary})",
-                instance_type=_instance_type_in(info.failures),
+                f"cluster {info.name}: no EC2 capacity ({said})",
+                instance_type=_instance_type_in(capacity),
                 **base,
             )
         raise ClusterCreateFailedError(f"cluster {info.name} failed to create ({summary})", **base)
@@ -466,6 +506,45 @@ class PClusterClient:
             if not token:
                 return found
         raise PClusterApiError(f"describe_cluster_instances: more than {max_pages} pages")
+
+    def failed_resources(self, name: str, *, max_pages: int = 5) -> list[FailedResource]:
+        """The resources whose stack events say they failed (newest first, as CloudFormation lists
+        events), from ``GET /v3/clusters/{name}/stackevents``, following ``nextToken`` for at most
+        ``max_pages`` pages (a failed creation's events are in its first pages)."""
+        _check_name(name)
+        failed: list[FailedResource] = []
+        token: str | None = None
+        for _ in range(max_pages):
+            query: list[tuple[str, str]] = [("region", self.region)]
+            if token:
+                query.append(("nextToken", token))
+            status, payload = self._send(
+                "get_cluster_stack_events",
+                "GET",
+                f"/v3/clusters/{name}/stackevents",
+                query,
+                None,
+                cluster_name=name,
+            )
+            if status != 200:
+                raise api_error("get_cluster_stack_events", status=status, payload=payload, cluster_name=name)
+            events = payload.get("events")
+            if not isinstance(events, list):
+                raise PClusterApiError("get_cluster_stack_events: answer without an events list")
+            for event in events:
+                if isinstance(event, Mapping) and str(event.get("resourceStatus") or "").endswith("_FAILED"):
+                    failed.append(
+                        FailedResource(
+                            logical_id=str(event.get("logicalResourceId") or ""),
+                            resource_type=str(event.get("resourceType") or ""),
+                            status=str(event["resourceStatus"]),
+                            reason=str(event.get("resourceStatusReason") or ""),
+                        )
+                    )
+            token = payload.get("nextToken") or None
+            if not token:
+                break
+        return failed
 
     def delete_cluster(self, name: str, *, missing_ok: bool = False) -> ClusterInfo | None:
         """Start deleting a cluster (202). A missing cluster raises :class:`ClusterNotFoundError`,

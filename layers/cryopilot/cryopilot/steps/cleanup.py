@@ -28,7 +28,7 @@ from cryopilot.adapters import admission, aws, clusters, runs, snapshots
 from cryopilot.adapters.observability import MetricUnit, logger, metrics
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
-from cryopilot.core.errors import ClusterNotFoundError, CryopilotError, RecordTooLargeError
+from cryopilot.core.errors import ClusterNotFoundError, CryopilotError, PClusterApiError, RecordTooLargeError
 from cryopilot.core.naming import CLUSTER_NAME_PREFIX, TAG_RUN_ID, TAG_STACK
 from cryopilot.core.status import (
     CLUSTER_DELETE_AWAITS_CREATE,
@@ -215,6 +215,14 @@ def janitor(now: float | None = None) -> JanitorReport:
         try:
             info = clusters.api().describe_cluster(summary.name)
         except ClusterNotFoundError:
+            continue
+        except PClusterApiError as exc:
+            # e.g. 400 "Cluster … belongs to an incompatible ParallelCluster major version" (another
+            # stack's newer cluster: ParallelCluster 3.16 ``controllers/common.py``): not ours to
+            # judge, and no reason to stop looking at the others
+            logger.warning(
+                "janitor cannot describe a cluster", extra={"cluster": summary.name, "error": str(exc)}
+            )
             continue
         if info.tags.get(TAG_STACK) != settings.stack_name:
             continue  # another stack's cluster, or nobody's: never ours to delete

@@ -9,7 +9,7 @@ from cryopilot.adapters import aws, runs, snapshots
 from cryopilot.adapters.cluster_config import config_yaml_for, placements
 from cryopilot.adapters.clusters import CLUSTER_FIELDS, api, request_deletion, settle_pending_create
 from cryopilot.adapters.observability import logger
-from cryopilot.adapters.pcluster import raise_for_cluster_failure
+from cryopilot.adapters.pcluster import ClusterInfo, FailedResource, raise_for_cluster_failure
 from cryopilot.adapters.settings import get_settings
 from cryopilot.core import clock
 from cryopilot.core.errors import (
@@ -18,6 +18,7 @@ from cryopilot.core.errors import (
     ClusterNotFoundError,
     ClusterTimeoutError,
     CryopilotError,
+    PClusterApiError,
     RunStoppedError,
     TransientError,
     parse_error,
@@ -144,10 +145,15 @@ def check(run_id: str, polls: int, max_polls: int) -> ClusterStep:
     info = api().describe_cluster(name)
     if info.status != run.cluster_state:
         store.update_run(run_id, cluster_state=info.status)
-    raise_for_cluster_failure(info)
-    if info.status == "CREATE_COMPLETE":
-        if not info.head_node_instance_id:
-            raise ClusterTimeoutError(f"cluster {name} is complete but reports no head node")
+    raise_for_cluster_failure(info, _failed_resources(info))
+    if info.status == "CREATE_COMPLETE" and not info.head_node_instance_id:
+        # describeCluster leaves headNode out when its EC2 call fails (throttled, say) or finds no
+        # head node pending or running (ParallelCluster 3.16 ``cluster_operations_controller``
+        # ``describe_cluster``): not ready yet, look again at the next check
+        logger.warning(
+            "cluster complete but no head node reported", extra={"run_id": run_id, "cluster": name}
+        )
+    elif info.status == "CREATE_COMPLETE":
         store.update_run(
             run_id,
             head_node_instance_id=info.head_node_instance_id,
@@ -172,6 +178,20 @@ def check(run_id: str, polls: int, max_polls: int) -> ClusterStep:
     if polls >= max_polls:
         raise ClusterTimeoutError(f"cluster {name} still {info.status} after {polls} checks")
     return ClusterStep(name=name, status=info.status, polls=polls)
+
+
+def _failed_resources(info: ClusterInfo) -> list[FailedResource]:
+    """A failed creation's failed resources, where EC2's own error shows (none for any other
+    status). Throttled: the check is retried; any other API error leaves the failures alone."""
+    if info.status != "CREATE_FAILED":
+        return []
+    try:
+        return api().failed_resources(info.name)
+    except (PClusterApiError, ClusterNotFoundError) as exc:
+        logger.warning(
+            "cannot read the failed cluster's stack events", extra={"cluster": info.name, "error": str(exc)}
+        )
+        return []
 
 
 def _volume_ids(run_id: str, known: list[str]) -> list[str]:
