@@ -207,9 +207,3 @@ def test_agent_calls_end_before_their_function_does() -> None:
     stage_calls = stage.AGENT_CALLS_PER_INVOCATION * largest
     assert stage_calls + TASK_MARGIN_SECONDS <= timeouts["StageFunction"], stage_calls
     assert timeouts["ExportFunction"] >= export.EXPORT_AGENT_TIMEOUT_SECONDS + TASK_MARGIN_SECONDS
-
-
-def test_state_machine_arns_follow_the_partition() -> None:
-    for path in ASL_FILES:
-        text = path.read_text()
-        assert "arn:aws:" not in text, f"{path.name} hard-codes the aws partition"
