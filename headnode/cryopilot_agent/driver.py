@@ -124,6 +124,27 @@ def resolution_of(job: Job) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+#: Statuses a job reaches only once its main process has run (cryosparc-tools ``JobStatus``).
+HAS_RUN = frozenset({"running", "waiting", "completed"})
+
+
+def run_started_at(job: Job) -> datetime | None:
+    """When the job began running, its wait for a compute node excluded.
+
+    The docstrings of cryosparc-tools' models/job.py are the only source for these fields:
+    ``started_at`` is "When internal scheduler launches/submits" (a cluster job then still waits
+    in Slurm's queue for its node), ``launched_at`` "When job initial monitor process starts",
+    ``running_at`` "When job monitor process forks into main process". So: ``running_at`` when
+    set; else ``started_at`` if the status says the job ran (running, waiting, completed); else none
+    (queued, waiting for its node, or killed or failed before it ran).
+    """
+    if job.running_at is not None:
+        return job.running_at
+    if job.status in HAS_RUN:
+        return job.started_at
+    return None
+
+
 def job_info(job: Job) -> JobInfo:
     progress = 0.0
     if job.status == "completed":
@@ -140,7 +161,7 @@ def job_info(job: Job) -> JobInfo:
         gpus=job.spec.resource_spec.gpu,
         progress=progress,
         queued_at=_epoch(job.queued_at),
-        started_at=_epoch(job.started_at),
+        started_at=_epoch(run_started_at(job)),
         completed_at=_epoch(job.completed_at or job.failed_at or job.killed_at),
         num_particles=_count(job, "particle", ("particles_selected", "particles")),
         num_micrographs=_count(

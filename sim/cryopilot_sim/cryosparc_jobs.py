@@ -3,6 +3,15 @@
 Projects hold jobs (:class:`SimJob`); a queued job starts once its inputs are complete (and, with
 the cluster's Slurm nodes, once a node of its lane is up) and runs for the minutes that
 ``profiles.yaml`` gives its stage, on the simulated clock, unless a fault is injected.
+
+A job goes through the statuses in the order of cryosparc-tools' ``JobStatus`` (models/job.py;
+``JobController.wait_for_status`` lists them in the same order): ``queued``, ``launched``,
+``started``, ``running``, then ``completed`` (or ``waiting`` for an interactive job, ``failed``,
+``killed``). Its timestamps follow the docstrings of models/job.py, the only description of them:
+``started_at`` "When internal scheduler launches/submits" (the job becomes ``launched``; a lane job
+is then in Slurm's queue, waiting for its node), ``launched_at`` "When job initial monitor process
+starts" (on its node: ``started``), ``running_at`` "When job monitor process forks into main
+process" (``running``).
 """
 
 from __future__ import annotations
@@ -43,6 +52,11 @@ STAGE_OF_TYPE = {
 #: Minutes for a stage a profile does not list (e.g. the spike's short ab-initio).
 FALLBACK_MINUTES = 30.0
 
+#: Seconds from a job's monitor process starting (``started``) to its main process (``running``).
+#: Not documented; 0 by default, so that every stage runs for its profile's figure from the moment
+#: its node is up (:attr:`JobTiming.monitor_seconds`).
+MONITOR_SECONDS = 0.0
+
 
 def load_profiles() -> dict[str, Any]:
     text = resources.files("cryopilot.domain").joinpath("data", "profiles.yaml").read_text(encoding="utf-8")
@@ -72,7 +86,12 @@ class SimJob:
     status: str = "building"
     lane: str | None = None
     queued_at: float | None = None
+    #: submitted by the scheduler (to its lane's Slurm queue)
     started_at: float | None = None
+    #: its monitor process started (on its node)
+    launched_at: float | None = None
+    #: its main process started: the job runs
+    running_at: float | None = None
     waiting_at: float | None = None
     completed_at: float | None = None
     killed_at: float | None = None
@@ -114,6 +133,8 @@ class JobTiming:
     duration_fn: DurationFn | None
     projects: dict[str, SimProject]
     slurm: Any
+    #: Seconds from ``started`` to ``running`` (:data:`MONITOR_SECONDS`).
+    monitor_seconds: float
     _faults: list[dict[str, Any]]
     _launch_counts: dict[str, int]
 
@@ -162,7 +183,9 @@ class JobTiming:
                     if start > now:
                         continue
                     self._launch(p, job, start)
-                if job.status == "launched" and job.started_at is not None and now >= job.started_at:
+                if job.status == "launched" and job.launched_at is not None and now >= job.launched_at:
+                    job.status = "started"
+                if job.status == "started" and job.running_at is not None and now >= job.running_at:
                     job.status = "running"
                 if job.status == "waiting" and job.end_at is not None and now >= job.end_at:
                     self._complete(job, job.end_at)  # a finished Select 2D done writing its outputs
@@ -184,32 +207,36 @@ class JobTiming:
                         self._complete(job, job.end_at)
 
     def _launch(self, p: SimProject, job: SimJob, start: float) -> None:
+        """The scheduler submits the queued job at ``start``: ``launched``. An interactive job runs on
+        the master at once; a lane job's monitor starts once its node is up."""
         spec = self._spec(job.type)
+        job.status = "launched"
         job.started_at = start
         if job.type == "extract_micrographs_multi":
             earlier = [j for j in p.jobs.values() if j.type == job.type and j.num < job.num]
             job.stage_key = "reextract" if earlier else "extract"
         if spec.interactive:
+            job.launched_at = job.running_at = job.waiting_at = start
             job.status = "waiting"
-            job.waiting_at = start
             self._prepare_select(p, job)
             return
-        job.status = "running"
         job.fault = self._take_fault(job)
         duration = self._duration(job)
+        on_node = start
         if self.slurm is not None and job.lane is not None:
             kind = job.stage_key or STAGE_OF_TYPE.get(job.type, "")
             # the Slurm job's name, as the lane's submission script sets it
             ready = self.slurm.acquire(job.lane, start, job.uid, name=f"cryosparc_{p.uid}_{job.uid}")
             if ready is None:  # no node can be launched: Slurm keeps the job PENDING
-                job.status = "launched"
-                job.started_at = None
-                job.end_at = None
                 return
             duration /= self.slurm.job_speed(job.uid, kind)  # the speed of the node it got
-            if ready > start:  # waiting for its node: Slurm has it, cryoSPARC says "launched"
-                job.status = "launched"
-            start = job.started_at = ready
+            on_node = ready
+        job.launched_at = on_node
+        job.running_at = run_start = on_node + self.monitor_seconds
+        self._schedule_end(p, job, run_start, duration)
+
+    def _schedule_end(self, p: SimProject, job: SimJob, start: float, duration: float) -> None:
+        """When the job that runs from ``start`` ends, and how (its fault, its node, its bytes)."""
         lost = self.slurm.interruption(job.uid) if self.slurm is not None and job.lane is not None else None
         if lost is not None and job.fault != "stuck" and lost[1] < start + duration:
             # EC2 reclaims the job's Spot node two minutes after its notice: the job dies with it

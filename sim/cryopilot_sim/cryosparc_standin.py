@@ -41,9 +41,7 @@ from cryosparc.dataset import Dataset
 from cryopilot_sim.clock import Clock
 from cryopilot_sim.cryosparc_bytes import JobBytes
 from cryopilot_sim.cryosparc_jobs import (
-    STAGE_OF_TYPE as STAGE_OF_TYPE,  # the stand-in's register, as its users import it
-)
-from cryopilot_sim.cryosparc_jobs import (
+    MONITOR_SECONDS,
     Connection,
     DurationFn,
     FaultKind,
@@ -51,6 +49,9 @@ from cryopilot_sim.cryosparc_jobs import (
     SimJob,
     SimProject,
     load_profiles,
+)
+from cryopilot_sim.cryosparc_jobs import (
+    STAGE_OF_TYPE as STAGE_OF_TYPE,  # the stand-in's register, as its users import it
 )
 from cryopilot_sim.cryosparc_outputs import JobOutputs
 
@@ -169,6 +170,7 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         self._tokens: set[str] = set()
         self._faults: list[dict[str, Any]] = []
         self._finish_faults: list[dict[str, Any]] = []
+        self.monitor_seconds = MONITOR_SECONDS
         #: Seconds from Select 2D's ``finish`` to its completion (0: complete within the call).
         self.finish_seconds = FINISH_SECONDS
         #: The status a finishing Select 2D shows until it completes. Not documented: "waiting"
@@ -781,9 +783,10 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
             "build_errors": [],
             "created_at": _iso(job.created_at),
             "queued_at": _iso(job.queued_at),
-            "started_at": _iso(job.started_at) if job.status != "launched" else None,
-            "running_at": _iso(job.started_at) if job.status != "launched" else None,
-            "waiting_at": _iso(job.waiting_at),
+            "started_at": self._iso_past(job.started_at),
+            "launched_at": self._iso_past(job.launched_at),
+            "running_at": self._iso_past(job.running_at),
+            "waiting_at": self._iso_past(job.waiting_at),
             "completed_at": _iso(job.completed_at),
             "killed_at": _iso(job.killed_at),
             "failed_at": _iso(job.failed_at),
@@ -802,15 +805,19 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
             },
         }
 
+    def _iso_past(self, t: float | None) -> str | None:
+        """A timestamp the job has reached (a lane job's times are set ahead, when its node is known)."""
+        return _iso(t) if t is not None and t <= self.clock.now() else None
+
     def _progress(self, job: SimJob) -> float | None:
         if job.status == "completed":
             return 1.0
-        if job.status != "running" or job.started_at is None:
+        if job.status != "running" or job.running_at is None:
             return None
         if job.end_at is None:  # stuck: creeps towards, never reaches, the end
             return 0.5
-        span = max(job.end_at - job.started_at, 1e-9)
-        return max(0.0, min(0.99, (self.clock.now() - job.started_at) / span))
+        span = max(job.end_at - job.running_at, 1e-9)
+        return max(0.0, min(0.99, (self.clock.now() - job.running_at) / span))
 
     # ---------------------------------------------------------------- handlers: session
 
@@ -1089,6 +1096,8 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         for attr in (
             "queued_at",
             "started_at",
+            "launched_at",
+            "running_at",
             "waiting_at",
             "completed_at",
             "failed_at",

@@ -326,7 +326,7 @@ def test_repeat_preset_runs_from_the_reference_without_ab_initio(clock: VirtualC
     # each job ran for its profiles.yaml figure (no Slurm nodes here: every GPU at Table 1's speed):
     # the template picker the blob picker's, a hetero round Table 1's total / the dataset's rounds
     cgrp = load_profiles()["profiles"]["cgrp"]
-    minutes = {sid: (j.completed_at - j.started_at) / 60 for sid, j in jobs.items()}
+    minutes = {sid: (j.completed_at - j.running_at) / 60 for sid, j in jobs.items()}
     assert minutes["pick"] == pytest.approx(cgrp["minutes"]["pick"])
     assert minutes["hetero1"] == pytest.approx(cgrp["minutes"]["hetero"] / cgrp["hetero_rounds"])
     assert minutes["import_reference"] == pytest.approx(cgrp["minutes"]["import"])
@@ -706,6 +706,52 @@ def test_status_carries_the_lanes_slurm_state_as_parallelcluster_reports_a_faile
             (lane,) = agent.status("run-cap", gpu8.id).lanes
             assert [j.state for j in lane.jobs] == ["PENDING"]
             assert not [n for n in nodes.nodes if n.queue == "gpu8"]  # no node ever launched
+
+
+def test_a_job_waiting_for_its_node_is_not_reported_as_started(
+    standin: CryoSparcStandIn, agent: Agent, clock: VirtualClock
+) -> None:
+    """The job goes queued, launched, started, running, completed (cryosparc-tools' JobStatus), with
+    the timestamps models/job.py describes: ``started_at`` when the scheduler submits it to its lane
+    (its node is still booting), ``launched_at`` when its monitor starts on the node,
+    ``running_at`` when its main process does. The agent reports the job's start as
+    ``running_at``: the wait for the node is not time the job ran."""
+    standin.slurm = _nodes_for_default_cluster(clock, timeout=600)
+    standin.monitor_seconds = 30.0
+    imp = plan(movies_manifest(), data_dir="/fsx/d/")[0]
+    assert imp.lane == "gpu8"
+    submitted_at = clock.now()
+    project_uid = agent.submit("run-node-wait", imp).project_uid
+    job = standin.job_by_title("run-node-wait", "cryopilot:import")
+    assert job is not None
+    assert job.launched_at is not None
+    node_up = job.launched_at
+    assert node_up > submitted_at + 60  # a dynamic node boots first
+
+    def poll(at: float) -> tuple[Any, Any]:
+        clock.advance(at - clock.now())
+        (info,) = agent.status("run-node-wait", imp.id).stages[0].jobs
+        model = driver_at(agent, clock).cs.api.jobs.find_one(project_uid, info.uid)
+        return info, model
+
+    info, model = poll(node_up - 1)
+    assert (info.status, info.started_at) == ("launched", None)
+    assert model.started_at.timestamp() == submitted_at
+    assert (model.launched_at, model.running_at) == (None, None)
+    info, model = poll(node_up + 1)
+    assert (info.status, info.started_at) == ("started", None)
+    assert model.launched_at.timestamp() == node_up
+    assert model.running_at is None
+    info, model = poll(node_up + 31)
+    assert info.status == "running"
+    assert info.started_at == model.running_at.timestamp() == node_up + 30
+    assert model.started_at.timestamp() == submitted_at
+    assert job.end_at is not None
+    info, model = poll(job.end_at + 1)
+    assert info.status == "completed"
+    assert info.started_at == node_up + 30
+    assert info.completed_at is not None
+    assert info.completed_at - info.started_at < info.completed_at - submitted_at - 60
 
 
 def test_status_without_slurm_says_why_and_answers_the_stages(agent: Agent, clock: VirtualClock) -> None:
