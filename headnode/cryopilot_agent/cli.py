@@ -146,9 +146,19 @@ def encode_spec(spec: PlannedStage) -> str:
 
 
 def _connect(settings: Settings) -> Any:
+    """The client for ``settings.base_url``. ``CryoSPARC.__init__`` (cryosparc-tools' tools.py)
+    defaults ``host`` and ``base_port`` to ``CRYOSPARC_MASTER_HOSTNAME`` and ``CRYOSPARC_BASE_PORT``
+    as read when the module is imported, and refuses either together with a base URL; those can be
+    set in a cryoSPARC master's environment, so both are passed as None."""
     from cryosparc.tools import CryoSPARC
 
-    return CryoSPARC(settings.base_url, email=settings.email, password=settings.password)
+    return CryoSPARC(
+        settings.base_url,
+        host=None,
+        base_port=None,
+        email=settings.email,
+        password=settings.password,
+    )
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> BaseModel:

@@ -145,6 +145,13 @@ def run_started_at(job: Job) -> datetime | None:
     return None
 
 
+def last_error(job: Job) -> str | None:
+    """The message of the job's last error; its warnings (``RunError.warning``, cryosparc-tools'
+    models/job.py) are not errors."""
+    errors = [e.message for e in job.errors_run if not e.warning]
+    return errors[-1] if errors else None
+
+
 def job_info(job: Job) -> JobInfo:
     progress = 0.0
     if job.status == "completed":
@@ -167,7 +174,7 @@ def job_info(job: Job) -> JobInfo:
         num_micrographs=_count(
             job, "exposure", ("exposures", "micrographs", "imported_micrographs", "imported_movies")
         ),
-        error=job.errors_run[-1].message if job.errors_run else None,
+        error=last_error(job),
     )
 
 

@@ -791,7 +791,7 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
             "killed_at": _iso(job.killed_at),
             "failed_at": _iso(job.failed_at),
             "queued_to_lane": job.lane,
-            "errors_run": [{"message": job.error}] if job.error else [],
+            "errors_run": [{"message": job.error, "warning": False}] if job.error else [],
             "progress": [{"progress": progress}] if progress is not None else [],
             "parents": sorted({c.job_uid for c in job.connections}),
             "spec": {

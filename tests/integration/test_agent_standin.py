@@ -613,6 +613,26 @@ def test_bad_credentials_and_arguments(standin: CryoSparcStandIn, clock: Virtual
     assert doc["error_type"] == "UsageError"
 
 
+def test_the_agent_connects_on_a_master_whose_environment_names_its_host_and_port(
+    standin: CryoSparcStandIn, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cryosparc-tools' ``CryoSPARC.__init__`` takes its ``host`` and ``base_port`` defaults from
+    CRYOSPARC_MASTER_HOSTNAME and CRYOSPARC_BASE_PORT when tools.py is imported, and refuses either
+    with a base URL. On a cryoSPARC master they can be set; the agent still connects by URL."""
+    from cryosparc.tools import CryoSPARC
+
+    defaults = CryoSPARC.__init__.__kwdefaults__
+    assert defaults is not None
+    monkeypatch.setitem(defaults, "host", "headnode.internal")
+    monkeypatch.setitem(defaults, "base_port", "39000")
+    with pytest.raises(TypeError, match="Cannot specify host or base_port"):
+        CryoSPARC(standin.base_url, email=EMAIL, password=PASSWORD)
+    client = _connect(settings_from_env(Agent(standin.base_url, clock).env))
+    assert client.base_url == standin.base_url
+    rc, doc, _ = Agent(standin.base_url, clock)("status", "--project", "nothing-yet")
+    assert rc == 0, doc
+
+
 def test_credentials_from_secrets_manager(standin: CryoSparcStandIn, clock: VirtualClock) -> None:
     with mock_aws():
         sm = boto3.client("secretsmanager", region_name="us-east-1")

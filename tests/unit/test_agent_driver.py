@@ -1,0 +1,75 @@
+"""The agent's reading of cryoSPARC's job documents (cryosparc-tools' ``Job`` model), without a server."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from cryopilot_agent.driver import job_info, last_error, run_started_at
+from cryosparc.models.job import Job
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def job_model(**fields: Any) -> Job:
+    """A job document with the fields cryosparc-tools' ``Job`` requires, and ``fields``."""
+    doc: dict[str, Any] = {
+        "uid": "J7",
+        "uid_num": 7,
+        "project_uid": "P1",
+        "project_uid_num": 1,
+        "job_dir": "J7",
+        "job_dir_size_last_updated": T0.isoformat(),
+        "status_num": 0,
+        "build_errors": [],
+        "spec": {
+            "type": "nonuniform_refine_new",
+            "ui_tile_width": 1,
+            "ui_tile_height": 1,
+            "resource_spec": {"cpu": 4, "gpu": 1, "ram": 4},
+        },
+    }
+    doc.update(fields)
+    return Job.model_validate(doc)
+
+
+def at(seconds: float) -> str:
+    return datetime.fromtimestamp(T0.timestamp() + seconds, UTC).isoformat()
+
+
+def test_the_error_reported_is_the_last_that_is_not_a_warning() -> None:
+    job = job_model(
+        status="failed",
+        errors_run=[
+            {"message": "CUDA out of memory", "warning": False},
+            {"message": "Could not write the thumbnail", "warning": True},
+        ],
+    )
+    assert last_error(job) == "CUDA out of memory"
+    assert job_info(job).error == "CUDA out of memory"
+    only_warnings = job_model(status="completed", errors_run=[{"message": "slow disk", "warning": True}])
+    assert last_error(only_warnings) is None
+    assert last_error(job_model(status="completed")) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "times", "expected"),
+    [
+        ("launched", {"started_at": at(0)}, None),  # submitted to its lane, waiting for its node
+        ("started", {"started_at": at(0), "launched_at": at(400)}, None),
+        ("running", {"started_at": at(0), "launched_at": at(400), "running_at": at(430)}, 430),
+        ("completed", {"started_at": at(0), "launched_at": at(400), "running_at": at(430)}, 430),
+        ("completed", {"started_at": at(0)}, 0),  # ran, but no running_at recorded
+        ("killed", {"started_at": at(0)}, None),  # killed while it waited for its node
+        ("failed", {"started_at": at(0), "running_at": at(430)}, 430),
+    ],
+)
+def test_a_job_starts_when_its_main_process_runs(
+    status: str, times: dict[str, str], expected: float | None
+) -> None:
+    job = job_model(status=status, **times)
+    start = run_started_at(job)
+    assert (None if start is None else start.timestamp() - T0.timestamp()) == expected
+    reported = job_info(job).started_at
+    assert reported == (None if expected is None else T0.timestamp() + expected)
