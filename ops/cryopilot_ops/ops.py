@@ -517,7 +517,7 @@ _ENDED_UNSTARTED = {"CANCELLED": "was cancelled", "FAILED": "failed"}
 
 def _refuse_if_over(stack: Stack, run_id: str) -> str | None:
     """A manifest submitted again whose run is over and did not succeed: nothing starts (its run id
-    is taken, and Step Functions never reuses an execution's name), so say what happened and what
+    is taken: StartRun runs a manifest version once), so say what happened and what
     to do (:class:`OperatorError`, exit 1). A run still going, or one that succeeded, is no error."""
     execution = execution_status(stack, run_id)
     if execution in _ENDED:

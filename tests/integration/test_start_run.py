@@ -613,3 +613,36 @@ def test_a_permission_cut_from_the_template_denies_the_call_that_needs_it(cloud:
     assert cloud.executions() == []
     errors = [d.error or json.dumps(d.result) for d in cloud.deliveries if d.function == _start_fn(cloud)]
     assert any("AccessDenied" in e and "states:StartExecution" in e for e in errors), errors
+
+
+def test_a_version_run_long_ago_is_not_run_again_once_step_functions_forgets_it(
+    cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A STANDARD execution's name is unique for 90 days: then DescribeExecution answers
+    # ExecutionDoesNotExist and StartExecution would take the name again. The run's record remembers.
+    from cryopilot.adapters import admission, runs
+
+    head = _put_manifest(cloud, folder="SPIKE-OLD")
+    cloud.drain_events()
+    (first,) = cloud.executions()
+    runs.store().update_run(first["name"], status="SUCCEEDED")
+    monkeypatch.setattr(admission, "execution_status", lambda _run_id: None)  # 90 days later
+    # (moto never forgets a name, so a second start would look idempotent here: forbid it outright)
+    from cryopilot.steps import start_run
+
+    def started_again(*args: object) -> None:
+        raise AssertionError("the run was started again")
+
+    monkeypatch.setattr(start_run, "_admit_and_start", started_again)
+    event = json.loads((EVENTS / "s3-put.json").read_text())
+    obj = event["Records"][0]["s3"]
+    obj["bucket"]["name"] = cloud.input_bucket
+    obj["object"]["key"] = "datasets/SPIKE-OLD/cryopilot.yaml"
+    obj["object"]["versionId"] = head["VersionId"]
+    obj["object"]["eTag"] = head["ETag"].strip('"')
+    ok, result = cloud.invoke(_start_fn(cloud), event)
+    assert ok, result
+    (outcome,) = result["outcomes"]
+    assert outcome["status"] == "duplicate", outcome
+    assert outcome["run_id"] == first["name"]
+    assert len(cloud.executions()) == 1

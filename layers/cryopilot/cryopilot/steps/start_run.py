@@ -204,7 +204,8 @@ def _datasync_manifest(execution_arn: str) -> ManifestLocation:
 
 def start_for_manifest(location: ManifestLocation, *, trigger: str) -> StartOutcome:
     """Idempotent: the run id and execution name derive from the manifest version, the record
-    is created only if absent and Step Functions refuses a second execution of the same name.
+    is created only if absent, Step Functions refuses a second execution of the same name for 90
+    days, and after that the run's record, over, says the version has run.
 
     A run beyond ``MaxConcurrentRuns`` is not failed: it waits in the queue (status QUEUED) and
     starts, oldest first, when a slot frees (:mod:`cryopilot.adapters.admission`)."""
@@ -215,7 +216,7 @@ def start_for_manifest(location: ManifestLocation, *, trigger: str) -> StartOutc
     def outcome(status: StartStatus, **extra: Any) -> StartOutcome:
         return StartOutcome(status=status, run_id=run_id, execution_arn=arn, manifest=location.uri, **extra)
 
-    if not claimed and admission.execution_status(run_id) is not None:
+    if not claimed and _already_run(store, run_id):
         logger.info("duplicate event for a manifest version already seen", extra={"run_id": run_id})
         return outcome("duplicate")
     # also when a retried invocation finds its own claim (the first one died before starting the
@@ -237,6 +238,17 @@ def start_for_manifest(location: ManifestLocation, *, trigger: str) -> StartOutc
     if status == "started":
         logger.info("run started", extra={"run_id": run_id, "manifest": location.uri})
     return outcome(status, **_queue_details(status, position))
+
+
+def _already_run(store: runs.RunStore, run_id: str) -> bool:
+    """Whether a claimed manifest version's run exists: its execution, or, once Step Functions has
+    forgotten it (a STANDARD execution's name is unique for 90 days only: then DescribeExecution
+    answers ExecutionDoesNotExist), its record of a run that is over. False for a claim whose
+    first invocation died before it started anything."""
+    if admission.execution_status(run_id) is not None:
+        return True
+    record = store.get_run(run_id, ["status"])
+    return record is not None and record.is_over
 
 
 def supersede(old_run_id: str, new_run_id: str, location: ManifestLocation) -> None:
