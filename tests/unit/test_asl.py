@@ -207,3 +207,35 @@ def test_agent_calls_end_before_their_function_does() -> None:
     stage_calls = stage.AGENT_CALLS_PER_INVOCATION * largest
     assert stage_calls + TASK_MARGIN_SECONDS <= timeouts["StageFunction"], stage_calls
     assert timeouts["ExportFunction"] >= export.EXPORT_AGENT_TIMEOUT_SECONDS + TASK_MARGIN_SECONDS
+
+
+#: History events one stage poll adds (Wait, Task and Choice states entered and exited, the task
+#: scheduled, started and succeeded), rounded up.
+EVENTS_PER_POLL = 10
+#: Step Functions' quota: an execution with more history events fails, and no Catch applies.
+HISTORY_EVENTS_LIMIT = 25_000
+
+
+def test_a_run_whose_every_stage_overruns_stays_under_the_history_limit() -> None:
+    """Worst case: every stage of the longest built-in plan (its default rounds) stalls, polled
+    once a minute until the poll floor slows it, until the run's hour limit, with the cluster's
+    create and delete checks. (A manifest asking for 20 hetero rounds and stalling every one of
+    them could still reach the limit; Step Functions then fails the execution and the cleanup
+    function, on that event, deletes the cluster and mails.)"""
+    from cryopilot.adapters.settings import Settings
+    from cryopilot.domain.presets import load_preset, preset_names
+    from cryopilot.steps import stage as stages
+
+    def polls_in(seconds: float) -> int:
+        polls, t = 0, 0.0
+        while t < seconds:
+            t += max(60, stages.poll_floor(polls))
+            polls += 1
+        return polls
+
+    hours = Settings.model_fields["max_run_hours"].default
+    longest = max(sum(s.rounds or 1 for s in load_preset(name).stages) for name in preset_names())
+    best = max(longest * polls_in(hours * 3600 / longest), polls_in(hours * 3600))
+    cluster_polls = 2 * 90  # create and delete checks, each bounded by max_polls
+    events = (best + cluster_polls) * EVENTS_PER_POLL
+    assert events < HISTORY_EVENTS_LIMIT * 0.8, events

@@ -103,6 +103,24 @@ POLL_FRACTION = 0.5
 END_MARGIN_SECONDS = 5
 
 
+#: (polls, seconds): a stage polled this many times waits at least this long before its next poll.
+#: A Step Functions execution fails, uncaught, past 25,000 history events, and each poll adds about
+#: ten: a stage stuck, or waiting for capacity, for a day at one poll a minute would add 14,000.
+#: With these steps a stage polls at most 120 times in its first 6 hours and 4 an hour after
+#: that (tests/unit/test_asl.py bounds a whole run's events with them). A stage that ends normally
+#: polls a handful of times and never reaches them.
+POLL_BACKOFF: tuple[tuple[int, int], ...] = ((60, 300), (120, 900))
+
+
+def poll_floor(polls: int) -> int:
+    """The shortest wait before a stage's next poll, after ``polls`` polls (0: no floor yet)."""
+    floor = 0
+    for after, seconds in POLL_BACKOFF:
+        if polls >= after:
+            floor = seconds
+    return floor
+
+
 def _next_wait(stage: PlannedStage, status: StageStatus, waited: int, settings: dict[str, Any]) -> int:
     """Poll often when the stage is about to end, rarely while it has far to go: half the estimated
     time left, within [min_poll_seconds, max_poll_seconds], and once the end is near, just after it
@@ -436,10 +454,10 @@ def poll(run_id: str, step: StageStep) -> StageStep:
             stage=stage.id,
         )
     # waiting for capacity: look again soon (a fail-over or a hopeless wait shows within a poll or two)
-    wait = (
-        int(ctx.settings.get("min_poll_seconds", 60))
-        if waiting
-        else _next_wait(stage, status, waited, ctx.settings)
+    lo = int(ctx.settings.get("min_poll_seconds", 60))
+    wait = max(
+        lo if waiting else _next_wait(stage, status, waited, ctx.settings),
+        poll_floor(step.polls + 1),
     )
     return step.model_copy(
         update={
