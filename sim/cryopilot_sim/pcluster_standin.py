@@ -24,8 +24,10 @@ Request: "; a 409 can still be injected).
   deleteCluster of a CREATE_IN_PROGRESS cluster deletes it.
 * Faults (:meth:`PClusterStandIn.inject`): ``bad_request`` (400), ``config_error`` (400 with
   ``configurationValidationErrors``, as a failed validator answers), ``conflict`` (409), ``throttle``
-  (429, a burst of ``count``), ``server_error`` (500), ``create_failed_capacity`` (the create ends
-  CREATE_FAILED with an ``InsufficientInstanceCapacity`` failure; optionally only for configs whose
+  (429, a burst of ``count``), ``server_error`` (500), ``gateway_timeout`` (504 "Endpoint request
+  timed out", API Gateway's answer past its 29 s integration timeout, after the request was carried
+  out: a create creates the cluster), ``create_failed_capacity`` (the create ends
+  CREATE_FAILED for the head node's EC2 capacity, see below; optionally only for configs whose
   head node or static compute nodes are of ``instance_type`` (a queue scaling from zero never fails a
   creation: its capacity shows at node launch, see ``cryopilot_sim.slurm``), or only in
   ``subnet_id``), ``create_failed`` (another reason), ``delete_failed`` (DELETE_FAILED) and
@@ -106,6 +108,7 @@ FaultKind = Literal[
     "create_failed",
     "delete_failed",
     "head_node_missing",
+    "gateway_timeout",
 ]
 StaticCapacityOutcome = Literal["protected_mode", "completes"]
 _HTTP_FAULTS: dict[str, tuple[int, str]] = {
@@ -114,6 +117,9 @@ _HTTP_FAULTS: dict[str, tuple[int, str]] = {
     "conflict": (409, "Conflict: injected fault"),
     "throttle": (429, "Too Many Requests"),
     "server_error": (500, "Internal server error"),
+    # API Gateway's answer when the API's Lambda takes longer than its 29 s integration timeout;
+    # the request goes on and does what it was asked (a createCluster creates the cluster)
+    "gateway_timeout": (504, "Endpoint request timed out"),
 }
 _LIFECYCLE_FAULTS = {"create_failed_capacity", "create_failed", "delete_failed"}
 
@@ -602,12 +608,22 @@ class PClusterStandIn:
             return 403, {"message": "Missing Authentication Token"}, None
 
         fault = self._take_http_fault(operation, name)
+        if fault is not None and fault.kind == "gateway_timeout":
+            self._answer(operation, method, name, query, body)  # done all the same
+            status, message = _HTTP_FAULTS[fault.kind]
+            return status, {"message": message}, operation
         if fault is not None:
             status, message = _HTTP_FAULTS[fault.kind]
             if fault.kind == "config_error":  # as the API reports a validator's ERROR
                 return status, _invalid([_CONFIG_ERROR_MESSAGE], "InstanceTypeValidator"), operation
             return status, {"message": message}, operation
 
+        status, answer = self._answer(operation, method, name, query, body)
+        return status, answer, operation
+
+    def _answer(
+        self, operation: str, method: str, name: str | None, query: dict[str, list[str]], body: Any
+    ) -> tuple[int, dict[str, Any]]:
         # A head node's bootstrap (the callback) ends before the cluster reports CREATE_COMPLETE.
         self._fire(self._advance())
         try:
@@ -628,7 +644,7 @@ class PClusterStandIn:
                 status, answer = self._delete(region, name or "")
         except _ApiError as error:
             status, answer = error.status, error.body
-        return status, answer, operation
+        return status, answer
 
     @staticmethod
     def _one(query: dict[str, list[str]], key: str) -> str | None:

@@ -676,3 +676,22 @@ def test_spot_where_safe_without_a_spot_quota_fails_at_validate(cloud: LocalClou
     assert record["error"]["type"] == "PreflightError"
     assert "quota L-7212CCBC: 'All P Spot Instance Requests' is 0 vCPUs" in record["error"]["message"]
     assert not list(cloud.pcluster.requests_for("create_cluster"))
+
+
+def test_a_create_that_timed_out_at_the_gateway_but_was_done_is_adopted(cloud: LocalCloud) -> None:
+    # API Gateway answers 504 past its 29 s integration timeout while the API's Lambda goes on and
+    # creates the stack (aws-parallelcluster issue 4491): the retried create finds the run's own
+    # cluster (400 already exists) and adopts it; one cluster, never two
+    cloud.pcluster.inject("gateway_timeout", operation="create_cluster")
+    desc = _start_with_coarse_polls(cloud)
+    run_id = desc["name"]
+    assert desc["status"] == "SUCCEEDED", (cloud.run_record(run_id) or {}).get("error")
+    assert [r.status for r in cloud.pcluster.requests_for("create_cluster")] == [504, 400]
+    assert len(cloud.pcluster.history) == 1  # one cluster was created
+    failed = [
+        json.loads(e["taskFailedEventDetails"]["cause"])["errorType"]
+        for e in cloud.history(desc["executionArn"])
+        if e["type"] == "TaskFailed"
+    ]
+    assert failed == ["ThrottledError"]
+    assert cloud.pcluster.clusters() == {}

@@ -104,7 +104,9 @@ class ClusterTimeoutError(CryopilotError):
 
 
 class ClusterDeleteFailedError(TransientError):
-    """The cluster reached DELETE_FAILED; retried, then left to the janitor."""
+    """The cluster reached DELETE_FAILED. Transient: the next deletion may pass. No state retries
+    it: the run records it, mails that the cluster could not be confirmed deleted, and the janitor
+    asks again at each pass."""
 
     label = "cluster deletion failed"
 

@@ -82,6 +82,11 @@ def create(run_id: str) -> ClusterStep:
                 run_id, CLUSTER_CREATE_MAY_BE_PENDING, cluster_state="NOT_CREATED"
             )
         raise
+    if info.validation_messages:  # the validators' warnings of an accepted configuration
+        logger.warning(
+            "ParallelCluster accepted the configuration with warnings",
+            extra={"run_id": run_id, "validation_messages": [m.line() for m in info.validation_messages]},
+        )
     attempt = run.placement_attempt or 0
     label = placements(settings)[attempt].label
     if not store.update_run_if_cluster_state(
