@@ -39,6 +39,7 @@ from cryosparc.controllers.job import JobController
 from cryosparc.controllers.project import ProjectController
 from cryosparc.errors import APIError
 from cryosparc.models.job import Job
+from cryosparc.models.job_spec import Output
 
 from cryopilot_agent import decisions
 
@@ -122,6 +123,26 @@ def resolution_of(job: Job) -> float | None:
     best = volume.latest_summary_stats.get("fsc_info_best") or {}
     value = best.get("radwn_final_A") if isinstance(best, dict) else None
     return float(value) if isinstance(value, int | float) else None
+
+
+def particle_files(output: Output) -> list[tuple[str, str]]:
+    """(kind, project path) of each file holding the latest version of a particles output.
+
+    An output's results are its slots (blob, ctf, location, ...), each listing a file per version
+    (``OutputResult.metafiles``, cryosparc-tools' models/job_spec.py). The slots a job computed share
+    its main file; those passed through as-is from an input (``OutputResult.passthrough``) are in a
+    separate passthrough file (jobs.ipynb, "Datasets": ``J96_passthrough_particles.cs`` beside the
+    extracted particles). Each distinct latest file once: ``particles`` (main) before
+    ``particles_passthrough``, whatever the order of the results.
+    """
+    main: list[str] = []
+    passed: list[str] = []
+    for result in output.results:
+        if result.metafiles:
+            (passed if result.passthrough else main).append(result.metafiles[-1])
+    main = list(dict.fromkeys(main))
+    passed = [path for path in dict.fromkeys(passed) if path not in main]
+    return [("particles", path) for path in main] + [("particles_passthrough", path) for path in passed]
 
 
 #: Statuses a job reaches only once its main process has run (cryosparc-tools ``JobStatus``).
@@ -502,6 +523,10 @@ class Driver:
     ) -> list[ExportedFile]:
         """Write each (kind, name, project path or the bytes themselves) to ``local_dir/name`` (a
         directory of the FSx results association) and check its size there."""
+        names = [name for _, name, _ in sources]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ExportVerificationError(f"two exported files would be named {', '.join(repeated)}")
         os.makedirs(local_dir, exist_ok=True)
         files: list[ExportedFile] = []
         for kind, name, path in sources:
@@ -573,10 +598,9 @@ class Driver:
         if not sources:
             raise ExportVerificationError(f"job {job.uid}: its volume outputs have no map path")
         for name in ("particles", "particles_all_classes"):
-            out = outputs.get(name)
-            if out is not None and out.results and out.results[0].metafiles:
-                path = out.results[0].metafiles[-1]
-                sources.append(("particles", PurePosixPath(path).name, path))
+            particles = particle_files(outputs[name]) if name in outputs else []
+            if particles:
+                sources += [(kind, PurePosixPath(path).name, path) for kind, path in particles]
                 break
         files = self._write(project, local_dir, sources)
         return ExportResult(dest=dest, files=files, partial=True, project_dir=_project_dir(project))
@@ -596,14 +620,15 @@ class Driver:
             raise ExportVerificationError(f"job {job.uid} volume output has none of {', '.join(slots)}")
 
         particles = model.spec.outputs.root.get("particles")
-        if particles is None or not particles.results or not particles.results[0].metafiles:
+        particle_paths = particle_files(particles) if particles is not None else []
+        if not any(kind == "particles" for kind, _ in particle_paths):
             raise ExportVerificationError(f"job {job.uid} has no particles dataset")
         paths = [
             ("map", path_of("map")),
             ("half_map_a", path_of("map_half_A")),
             ("half_map_b", path_of("map_half_B")),
             ("mask", path_of("mask_fsc_auto", "mask_fsc", "mask_refine")),
-            ("particles", particles.results[0].metafiles[-1]),
+            *particle_paths,
         ]
         fsc = (model.spec.outputs.root["volume"].latest_summary_stats or {}).get("fsc_info_best") or {}
         fsc_doc = json.dumps({"job": f"{project.uid}-{job.uid}", "fsc_info_best": fsc}, indent=1)

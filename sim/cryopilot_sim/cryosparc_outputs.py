@@ -12,6 +12,7 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from cryopilot.domain.presets import JobTypeSpec
 from cryosparc.dataset import Dataset
 
 from cryopilot_sim.cryosparc_bytes import EXTRACTED_SHARE
@@ -63,6 +64,70 @@ IMPORTED_TEMPLATES = 12
 PROJECTED_TEMPLATES = 20
 
 
+#: The particle result slots each job type computes and writes into its particle outputs' main
+#: files; the slots its particle inputs carry that it does not write are passed through as-is, into
+#: ``<job>/<job>_passthrough_<output>.cs`` (``OutputResult.passthrough``, cryosparc-tools'
+#: models/job_spec.py). Sources: cryosparc-tools' docs/guides/jobs.ipynb (an Extract job's files
+#: include ``extracted_particles.cs`` and ``J96_passthrough_particles.cs``; its loaded particles
+#: have blob and location fields beside passed-through ctf and pick_stats; an Inspect Picks output
+#: writes location and passes ctf and pick_stats through) and tests/conftest.py (an ab-initio
+#: ``particles_class_0`` output: blob and ctf written, location and pick_stats passed through, in
+#: ``J1_passthrough_particles_class_0.cs``). The pickers', 2D classification's, Select 2D's and the
+#: refinements' lists are the stand-in's, by what each job computes (Select 2D only keeps rows).
+PARTICLE_SLOTS_WRITTEN: dict[str, tuple[str, ...]] = {
+    "blob_picker_gpu": ("location", "pick_stats"),
+    "template_picker_gpu": ("location", "pick_stats"),
+    "extract_micrographs_multi": ("blob", "location"),
+    "class_2D_new": ("blob", "alignments2D"),
+    "select_2D": (),
+    "homo_abinit": ("blob", "ctf", "alignments3D"),
+    "hetero_refine": ("blob", "ctf", "alignments3D", "alignments_class_3D"),
+    "nonuniform_refine_new": ("blob", "ctf", "alignments3D"),
+}
+#: The last iteration of the stand-in's refinement (its files are named J<n>_008_...).
+REFINE_ITERATIONS = 8
+#: Rows of a particle file the stand-in writes (its output counts the whole dataset's items).
+PARTICLE_SAMPLE_ROWS = 200
+
+
+def _result(slot: str, metafiles: list[str], num_items: int, *, passthrough: bool) -> dict[str, Any]:
+    """One ``OutputResult`` (models/job_spec.py): a slot's file per version, the latest last."""
+    return {
+        "name": slot,
+        "dtype": slot,
+        "versions": list(range(len(metafiles))),
+        "metafiles": list(metafiles),
+        "num_items": [num_items] * len(metafiles),
+        "passthrough": passthrough,
+    }
+
+
+def _slot_columns(job: SimJob, slot: str, rows: int) -> list[tuple[str, np.ndarray]]:
+    """A few of a particle slot's fields (names as in cryosparc-tools' jobs.ipynb and conftest)."""
+    idx = np.arange(rows, dtype=np.uint32)
+    if slot == "blob":
+        path = np.array([f"{job.uid}/extract/particles.mrc"] * rows, dtype=object)
+        return [("blob/path", path), ("blob/idx", idx)]
+    if slot == "location":
+        half = np.full(rows, 0.5, dtype=np.float32)
+        return [("location/micrograph_uid", idx.astype(np.uint64)), ("location/center_x_frac", half)]
+    if slot == "alignments3D":
+        return [("alignments3D/shift", np.zeros((rows, 2), dtype=np.float32))]
+    if slot in ("alignments2D", "alignments_class_3D"):
+        return [(f"{slot}/class", np.zeros(rows, dtype=np.uint32))]
+    return [(f"{slot}/value", np.zeros(rows, dtype=np.float32))]  # ctf, pick_stats: one field
+
+
+def _particle_file(job: SimJob, slots: list[str], rows: int) -> bytes:
+    """A small .cs file with ``rows`` particles (uids 1..rows in every file of the job) and ``slots``."""
+    columns: list[tuple[str, np.ndarray]] = [("uid", np.arange(1, rows + 1, dtype=np.uint64))]
+    for slot in slots:
+        columns += _slot_columns(job, slot, rows)
+    buf = io.BytesIO()
+    Dataset(columns).save(buf)
+    return buf.getvalue()
+
+
 class JobOutputs:
     """What finished jobs produce (a mixin of :class:`~cryopilot_sim.cryosparc_standin.CryoSparcStandIn`)."""
 
@@ -84,6 +149,8 @@ class JobOutputs:
         def _finish(self, job: SimJob, status: str, at: float) -> None: ...
 
         def _release_node(self, job: SimJob, at: float) -> None: ...
+
+        def _spec(self, job_type: str) -> JobTypeSpec: ...
 
     # ---------------------------------------------------------------- outputs
 
@@ -108,34 +175,60 @@ class JobOutputs:
         *,
         stats: dict[str, Any] | None = None,
         dataset: dict[str, Any] | None = None,
-        metafile: str | None = None,
+        metafiles: list[str] | None = None,
     ) -> None:
+        """Record an output of ``num_items`` items. ``metafiles``: its main file per version, the
+        latest last (default: one version, ``<job>/<job>_<name>.cs``)."""
         otype = self._output_names(job)[name]
         if dataset is not None:
             job.datasets[name] = dataset
-        result_name = {
-            "particle": "blob",
-            "exposure": "micrograph_blob",
-            "volume": "map",
-            "mask": "mask",
-        }.get(otype, "blob")
-        meta = metafile or f"{job.uid}/{job.uid}_{name}.cs"
+        files = metafiles or [f"{job.uid}/{job.uid}_{name}.cs"]
+        if otype == "particle":
+            results = self._particle_results(job, name, num_items, files)
+        else:
+            result_name = {"exposure": "micrograph_blob", "volume": "map", "mask": "mask"}.get(otype, "blob")
+            results = [_result(result_name, files, num_items, passthrough=False)]
         job.outputs[name] = {
             "type": otype,
             "title": name.replace("_", " ").capitalize(),
-            "results": [
-                {
-                    "name": result_name,
-                    "dtype": result_name,
-                    "versions": [0],
-                    "metafiles": [meta],
-                    "num_items": [num_items],
-                }
-            ],
+            "results": results,
             "num_items": num_items,
             "summary": {},
             "latest_summary_stats": stats or {},
         }
+
+    def _input_particle_slots(self, job: SimJob, p: SimProject) -> list[str]:
+        """The result slots of the particle outputs connected to the job's particle inputs."""
+        spec = self._spec(job.type)
+        slots: list[str] = []
+        for c in job.connections:
+            source = p.jobs.get(c.job_uid)
+            if spec.inputs.get(c.input, {}).get("type") != "particle" or source is None:
+                continue
+            for result in source.outputs.get(c.output, {}).get("results", []):
+                if result["name"] not in slots:
+                    slots.append(result["name"])
+        return slots
+
+    def _particle_results(
+        self, job: SimJob, name: str, num_items: int, main_files: list[str]
+    ) -> list[dict[str, Any]]:
+        """A particles output's results: the slots the job writes, in its main file (one per
+        version), then the slots its input carries that it does not write, passed through in
+        ``<job>/<job>_passthrough_<output>.cs`` (:data:`PARTICLE_SLOTS_WRITTEN`). The latest main
+        file and the passthrough file are written to the project, a sample of rows each."""
+        p = self._project(job.project_uid)
+        written = list(PARTICLE_SLOTS_WRITTEN.get(job.type, ()))
+        passed = [slot for slot in self._input_particle_slots(job, p) if slot not in written]
+        results = [_result(slot, main_files, num_items, passthrough=False) for slot in written]
+        rows = min(num_items, PARTICLE_SAMPLE_ROWS)
+        if written:
+            p.files[main_files[-1]] = _particle_file(job, written, rows)
+        if passed:
+            passthrough = f"{job.uid}/{job.uid}_passthrough_{name}.cs"
+            results += [_result(slot, [passthrough], num_items, passthrough=True) for slot in passed]
+            p.files[passthrough] = _particle_file(job, passed, rows)
+        return results
 
     def _prepare_select(self, p: SimProject, job: SimJob) -> None:
         src = next((p.jobs[c.job_uid] for c in job.connections if c.input == "templates"), None)
@@ -309,18 +402,7 @@ class JobOutputs:
             dataset = {"map/path": path, "map/shape": [16, 16, 16], "map/psize_A": 1.0}
             self._put_output(job, f"volume_class_{i}", 1, stats=stats, dataset=dataset)
         if "particles_all_classes" in self._output_names(job):
-            meta = f"{job.uid}/{job.uid}_particles_all_classes.cs"
-            sample = min(n, 200)
-            rows = Dataset(
-                [
-                    ("uid", np.arange(1, sample + 1, dtype=np.uint64)),
-                    ("alignments_class_3D/class", np.zeros(sample, dtype=np.uint32)),
-                ]
-            )
-            buf = io.BytesIO()
-            rows.save(buf)
-            p.files[meta] = buf.getvalue()
-            self._put_output(job, "particles_all_classes", n, metafile=meta)
+            self._put_output(job, "particles_all_classes", n)
         if "volumes_all_classes" in self._output_names(job):
             self._put_output(job, "volumes_all_classes", k)
 
@@ -352,9 +434,9 @@ class JobOutputs:
             "cfar": 0.78,
             "guinier_bfactor": -85.0,
             "processed_fraction": 1.0,
-            "version": 8,
+            "version": REFINE_ITERATIONS,
         }
-        pre = f"{job.uid}/{job.uid}_008"
+        pre = f"{job.uid}/{job.uid}_{REFINE_ITERATIONS:03d}"
         maps = {
             "map": f"{pre}_volume_map.mrc",
             "map_sharp": f"{pre}_volume_map_sharp.mrc",
@@ -370,22 +452,12 @@ class JobOutputs:
             dataset[f"{slot}/path"] = path
             dataset[f"{slot}/shape"] = [16, 16, 16]
             dataset[f"{slot}/psize_A"] = psize
-        particles_cs = f"{pre}_particles.cs"
-        sample = min(n, 200)
-        ds = Dataset(
-            [
-                ("uid", np.arange(1, sample + 1, dtype=np.uint64)),
-                ("blob/path", np.array([f"{job.uid}/extract/particles.mrc"] * sample, dtype=object)),
-                ("blob/idx", np.arange(sample, dtype=np.uint32)),
-                ("alignments3D/shift", np.zeros((sample, 2), dtype=np.float32)),
-            ]
-        )
-        buf = io.BytesIO()
-        ds.save(buf)
-        p.files[particles_cs] = buf.getvalue()
-        self._put_output(job, "particles", n, metafile=particles_cs)
+        # one particles file per iteration, the last the final one (tools' conftest lists each
+        # iteration's file as a version); only the final one's bytes are written
+        iterations = [f"{job.uid}/{job.uid}_{i:03d}_particles.cs" for i in range(REFINE_ITERATIONS + 1)]
+        self._put_output(job, "particles", n, metafiles=iterations)
         self._put_output(job, "particles_rejected", 0)
-        self._put_output(job, "volume", 1, stats=stats, dataset=dataset, metafile=f"{pre}_volume.cs")
+        self._put_output(job, "volume", 1, stats=stats, dataset=dataset, metafiles=[f"{pre}_volume.cs"])
         self._put_output(job, "mask", 1)
         self._put_output(job, "mask_fsc", 1)
         self._put_output(job, "mask_fsc_auto", 1)

@@ -20,6 +20,7 @@ from cryopilot_agent.cli import _connect, encode_spec, main, settings_from_env
 from cryopilot_agent.driver import FINISH_RETRY_SECONDS, FINISH_TIMEOUT_SECONDS, Driver
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.cryosparc_standin import CryoSparcStandIn, load_profiles
+from cryosparc.dataset import Dataset
 from moto import mock_aws
 
 from tests.conftest import cgrp_reference
@@ -225,9 +226,23 @@ def test_movies_preset_runs_to_final_resolution_and_exports(clock: VirtualClock)
                 "mask",
                 "fsc",
                 "particles",
+                "particles_passthrough",
                 "class_averages",
                 "selected_classes",
             }
+            # the particles: the final iteration's file of the slots the refinement computed, and
+            # the file of those it passed through from its input, rows matching by uid
+            nu = cs.job_by_title("cgrp-run-1", "cryopilot:nurefine")
+            assert nu is not None
+            (main,) = [f for f in exported.files if f.kind == "particles"]
+            (passed,) = [f for f in exported.files if f.kind == "particles_passthrough"]
+            assert main.name == f"{nu.uid}_008_particles.cs"
+            assert passed.name == f"{nu.uid}_passthrough_particles.cs"
+            main_ds = Dataset.load(os.path.join(fsx_mount, "results", main.name))
+            passed_ds = Dataset.load(os.path.join(fsx_mount, "results", passed.name))
+            assert {"blob/path", "alignments3D/shift"} <= set(main_ds.fields())
+            assert {"location/micrograph_uid", "pick_stats/value"} <= set(passed_ds.fields())
+            assert list(main_ds["uid"]) == list(passed_ds["uid"])
             # the 2D class averages Select 2D kept: the 2D job's stack, and which images were chosen
             by_kind = {f.kind: f for f in exported.files}
             with open(os.path.join(fsx_mount, "results", by_kind["class_averages"].name), "rb") as fh:

@@ -7,6 +7,7 @@ rehearsals of them, in test_demo_faults.py, whose verdicts check the retry and t
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -124,7 +125,8 @@ def test_export_that_keeps_failing_is_retried_then_fails_and_says_where_the_data
     # report too, so the failures give counts, not names), then the run fails
     assert _failed_tasks(cloud, arn).count("ExportError") == 1
     assert record["export"]["attempt"] == 3, record["error"]
-    assert all(f.endswith("8 of 8 files not exported") for f in record["export"]["failures"])
+    every = re.compile(r"(\d+) of \1 files not exported$")  # as many refused as there were
+    assert all(every.search(f) for f in record["export"]["failures"]), record["export"]["failures"]
     assert record["stages"]["nurefine"]["state"] == "completed"  # the map was made
     assert "snapshot" in failure["message"]
     assert "/shared" in failure["message"]

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from cryopilot_agent.driver import job_info, last_error, run_started_at
+from cryopilot_agent.driver import job_info, last_error, particle_files, run_started_at
 from cryosparc.models.job import Job
+from cryosparc.models.job_spec import Output
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -73,3 +74,49 @@ def test_a_job_starts_when_its_main_process_runs(
     assert (None if start is None else start.timestamp() - T0.timestamp()) == expected
     reported = job_info(job).started_at
     assert reported == (None if expected is None else T0.timestamp() + expected)
+
+
+def result(name: str, metafiles: list[str], *, passthrough: bool) -> dict[str, Any]:
+    versions = list(range(len(metafiles)))
+    return {
+        "name": name,
+        "dtype": name,
+        "versions": versions,
+        "metafiles": metafiles,
+        "num_items": [10] * len(metafiles),
+        "passthrough": passthrough,
+    }
+
+
+def test_particle_files_are_each_latest_file_of_the_output_main_first() -> None:
+    """As tools' tests/conftest.py shows an output: computed slots share one file per version,
+    passed-through slots share the passthrough file (or have none yet); the order of the results
+    says nothing."""
+    iterations = ["J9/J9_000_particles.cs", "J9/J9_004_particles.cs", "J9/J9_008_particles.cs"]
+    output = Output.model_validate(
+        {
+            "type": "particle",
+            "title": "Particles",
+            "results": [
+                result("location", ["J9/J9_passthrough_particles.cs"], passthrough=True),
+                result("blob", iterations, passthrough=False),
+                result("pick_stats", [], passthrough=True),
+                result("ctf", iterations, passthrough=False),
+                result("pick_stats", ["J9/J9_passthrough_particles.cs"], passthrough=True),
+                result("alignments3D", ["J9/J9_008_alignments.cs"], passthrough=False),
+            ],
+        }
+    )
+    assert particle_files(output) == [
+        ("particles", "J9/J9_008_particles.cs"),
+        ("particles", "J9/J9_008_alignments.cs"),
+        ("particles_passthrough", "J9/J9_passthrough_particles.cs"),
+    ]
+    only_passed = Output.model_validate(
+        {
+            "type": "particle",
+            "title": "Particles",
+            "results": [result("location", ["J9/p.cs"], passthrough=True)],
+        }
+    )
+    assert particle_files(only_passed) == [("particles_passthrough", "J9/p.cs")]

@@ -121,8 +121,10 @@ class RequeueResult(_Model):
 
 class ExportedFile(_Model):
     kind: str = Field(
-        description="map, half_map_a, half_map_b, mask, fsc, particles, class_averages, selected_classes;"
-        " class_map (partial)"
+        description="map, half_map_a, half_map_b, mask, fsc, particles, particles_passthrough,"
+        " class_averages, selected_classes; class_map (partial). particles: a file of the slots the job"
+        " computed; particles_passthrough: one of the slots it passed through from its input. Kinds"
+        " repeat: every class map, every particles file"
     )
     name: str = Field(description="the file's name in the export directory")
     size: int
