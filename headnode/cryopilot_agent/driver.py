@@ -3,7 +3,9 @@
 Jobs are found again by title: the job of stage ``motion`` is titled ``cryopilot:motion`` in the
 workspace ``cryopilot`` of the project titled with the run id. A job is created under a draft title
 (``cryopilot-draft:<stage>``) and given its final title only once it is connected, configured and
-queued, so a re-submit after a half-done submit starts over instead of adopting a broken job.
+queued. A re-submit after a half-done submit deletes a draft still building and starts over, and
+adopts a draft already queued (the submit stopped between queueing and titling it): the draft gets
+its final title instead of the stage getting a second job.
 
 The agent keeps no state of its own: the rule of a stage's decision and the decision itself (with
 its numbers) are stored as JSON in the description of the job they concern.
@@ -429,10 +431,23 @@ class Driver:
             connections.setdefault(conn.input, []).extend((src.uid, n) for n in names)
         return connections
 
+    def _drafts(self, project: ProjectController, ws: str, stage_id: str) -> list[JobController]:
+        """The stage's jobs still under their draft title: leftovers of an interrupted submit."""
+        return [j for j in self.jobs(project, ws) if j.model.title == DRAFT_PREFIX + stage_id]
+
+    def _adopt_queued_drafts(self, project: ProjectController, ws: str, stage_id: str) -> list[JobController]:
+        """Give their final title to the stage's drafts that are past ``building``: an interrupted
+        submit queued them but did not title them. They are the stage's jobs; queueing another would
+        run the stage twice."""
+        adopted = [d for d in self._drafts(project, ws, stage_id) if d.model.status != "building"]
+        for draft in adopted:
+            draft.set_title(job_title(stage_id))
+        return adopted
+
     def submit(self, run_id: str, spec: PlannedStage) -> SubmitResult:
         project = self.ensure_project(run_id)
         ws = self.ensure_workspace(project)
-        existing = self.stage_jobs(project, ws, spec.id)
+        existing = self.stage_jobs(project, ws, spec.id) or self._adopt_queued_drafts(project, ws, spec.id)
         if existing:
             return SubmitResult(
                 project_uid=project.uid,
@@ -440,9 +455,8 @@ class Driver:
                 stage=self.stage_status(spec.id, existing),
                 already_submitted=True,
             )
-        for stale in self.jobs(project, ws):  # leftovers of an interrupted submit
-            if stale.model.title == DRAFT_PREFIX + spec.id and stale.model.status == "building":
-                self.cs.api.jobs.delete(project.uid, stale.uid)
+        for draft in self._drafts(project, ws, spec.id):  # built, never queued: start over
+            self.cs.api.jobs.delete(project.uid, draft.uid)
         connections = self._connections(project, ws, spec)
         job = project.create_job(
             ws,

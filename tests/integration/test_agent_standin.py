@@ -594,6 +594,35 @@ def test_wrong_job_type_param_or_output_fails(agent: Agent) -> None:
     assert not agent.submit("run-bad", motion).already_submitted
 
 
+def test_a_submit_cut_short_after_queueing_is_adopted_not_queued_twice(
+    agent: Agent, standin: CryoSparcStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent queues a stage's job under its draft title, then titles it. A submit that ends in
+    between leaves a queued draft: the next submit gives it its title, and queues nothing."""
+    from cryosparc.controllers.job import JobController
+
+    imp = plan(movies_manifest(), data_dir="/fsx/d/")[0]
+    title_it = JobController.set_title
+
+    def cut_short(job: JobController, title: str) -> None:
+        raise ConnectionError("the agent's process ended here")
+
+    monkeypatch.setattr(JobController, "set_title", cut_short)
+    assert _failure(agent, "run-cut", imp).error_type == "ConnectionError"
+    monkeypatch.setattr(JobController, "set_title", title_it)
+    (project,) = [p for p in standin.projects.values() if p.title == "run-cut"]
+    (draft,) = project.jobs.values()
+    assert draft.title == "cryopilot-draft:import"
+    assert draft.status == "running"  # queued, and on its way
+
+    again = agent.submit("run-cut", imp)
+    assert again.already_submitted
+    assert [j.uid for j in again.stage.jobs] == [draft.uid]
+    assert [(j.uid, j.title) for j in project.jobs.values()] == [(draft.uid, "cryopilot:import")]
+    assert agent.submit("run-cut", imp).already_submitted
+    assert len(project.jobs) == 1
+
+
 def test_import_runs_on_a_lane_and_a_worker_job_without_one_is_refused(agent: Agent) -> None:
     """cryosparc-tools' ``Job.queue``: no lane means "run directly on the master or current
     workstation"; cryopilot's instance has no master workstation (its only targets are the cluster
