@@ -58,6 +58,34 @@ FALLBACK_MINUTES = 30.0
 MONITOR_SECONDS = 0.0
 
 
+@dataclass
+class QueueRules:
+    """What the stand-in does with queue requests whose answer cryoSPARC does not document.
+
+    ``default_lane``: a job that runs on a worker, queued without a lane. api.pyi ``jobs.enqueue``
+    documents "the queue for the given worker lane (default lane if not specified)"; which lane is an
+    instance's default is its configuration, which cryopilot never sets (headnode-setup.sh only
+    registers one lane per Slurm queue). With a lane name here the job goes to that lane, as
+    documented. With None (the default) the stand-in refuses the request: a stand-in rule, so that
+    a plan that leaves a worker job without a lane is seen at once rather than run on a lane nobody
+    chose.
+
+    ``oversized_gpus``: a job whose ``compute_num_gpus`` is more than one node of its lane has.
+    cryoSPARC documents no check of it at queue time; the lane's submission script
+    (cryosparc-cluster-script.sh) asks Slurm for that many GPUs on one node of the partition, which
+    Slurm cannot place. ``fail_at_launch`` (the default): queued, then failed when the scheduler
+    submits it (the message is the stand-in's). ``refuse``: refused at queue time, a stand-in rule.
+
+    ``interactive_on_lane``: an interactive job (Select 2D) queued to a lane. cryosparc-tools'
+    workflow example queues Select 2D without one, and nothing documents what a lane does with it.
+    ``refuse`` (the default, a stand-in rule) or ``master``: it runs on the master as without a lane.
+    """
+
+    default_lane: str | None = None
+    oversized_gpus: Literal["fail_at_launch", "refuse"] = "fail_at_launch"
+    interactive_on_lane: Literal["refuse", "master"] = "refuse"
+
+
 def load_profiles() -> dict[str, Any]:
     text = resources.files("cryopilot.domain").joinpath("data", "profiles.yaml").read_text(encoding="utf-8")
     doc: dict[str, Any] = yaml.safe_load(text)
@@ -101,13 +129,19 @@ class SimJob:
     error: str | None = None
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     class_info: list[dict[str, Any]] = field(default_factory=list)
-    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: what ``load_output`` of an output answers: its rows, each {field: value}
+    datasets: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     stage_key: str = ""
     #: The stand-in's model of a repeat run (see ``CryoSparcStandIn.wrong_reference``): the job
     #: read, directly or through its inputs, an imported volume (``seeded``) and one of another
     #: protein than the dataset's (``other_protein``).
     seeded: bool = False
     other_protein: bool = False
+    #: Deleted (models/job.py ``deleted``: "marked as deleted"): kept, so its uid is never reused,
+    #: but not listed by ``jobs.find`` (whose ``deleted`` defaults to False).
+    deleted: bool = False
+    #: Why the scheduler will fail the job when it submits it to its lane (a queue rule, below).
+    submit_error: str | None = None
     #: Select 2D's ``finish`` requests: (simulated time, the ``timeout`` the caller gave).
     finish_requests: list[tuple[float, int]] = field(default_factory=list)
 
@@ -175,6 +209,8 @@ class JobTiming:
         now = self.clock.now()
         for p in self.projects.values():
             for job in sorted(p.jobs.values(), key=lambda j: j.num):
+                if job.deleted:
+                    continue
                 if job.status == "queued":
                     parents = [p.jobs.get(c.job_uid) for c in job.connections]
                     if any(par is None or par.status != "completed" for par in parents):
@@ -219,6 +255,10 @@ class JobTiming:
             job.launched_at = job.running_at = job.waiting_at = start
             job.status = "waiting"
             self._prepare_select(p, job)
+            return
+        if job.submit_error is not None:  # the lane's scheduler refuses it (QueueRules.oversized_gpus)
+            job.error = job.submit_error
+            self._finish(job, "failed", start)
             return
         job.fault = self._take_fault(job)
         duration = self._duration(job)

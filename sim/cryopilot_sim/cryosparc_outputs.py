@@ -90,6 +90,11 @@ REFINE_ITERATIONS = 8
 PARTICLE_SAMPLE_ROWS = 200
 
 
+def _image_rows(path: str, indices: range) -> list[dict[str, Any]]:
+    """One row per image of the stack at ``path`` (``blob/idx``: its index in the stack)."""
+    return [{"blob/path": path, "blob/idx": i, "blob/shape": [16, 16]} for i in indices]
+
+
 def _result(slot: str, metafiles: list[str], num_items: int, *, passthrough: bool) -> dict[str, Any]:
     """One ``OutputResult`` (models/job_spec.py): a slot's file per version, the latest last."""
     return {
@@ -174,14 +179,15 @@ class JobOutputs:
         num_items: int,
         *,
         stats: dict[str, Any] | None = None,
-        dataset: dict[str, Any] | None = None,
+        rows: list[dict[str, Any]] | None = None,
         metafiles: list[str] | None = None,
     ) -> None:
-        """Record an output of ``num_items`` items. ``metafiles``: its main file per version, the
-        latest last (default: one version, ``<job>/<job>_<name>.cs``)."""
+        """Record an output of ``num_items`` items. ``rows``: what ``load_output`` answers for it;
+        ``metafiles``: its main file per version, the latest last (default: one version,
+        ``<job>/<job>_<name>.cs``)."""
         otype = self._output_names(job)[name]
-        if dataset is not None:
-            job.datasets[name] = dataset
+        if rows is not None:
+            job.datasets[name] = rows
         files = metafiles or [f"{job.uid}/{job.uid}_{name}.cs"]
         if otype == "particle":
             results = self._particle_results(job, name, num_items, files)
@@ -268,16 +274,16 @@ class JobOutputs:
             p.files[path] = _mrc_bytes(16, psize, seed=job.num)
             job.seeded = True
             job.other_protein = self._is_other_protein(source)
-            dataset = {"map/path": path, "map/shape": [16, 16, 16], "map/psize_A": psize}
-            self._put_output(job, "imported_volume_1", 1, dataset=dataset)
+            volume = {"map/path": path, "map/shape": [16, 16, 16], "map/psize_A": psize}
+            self._put_output(job, "imported_volume_1", 1, rows=[volume])
         else:
             source = str(job.params.get("templates_blob_path", ""))
             psize = float(job.params.get("templates_psize", 1.0))
             path = f"{job.uid}/imported/{posixpath.basename(source) or 'templates.mrcs'}"
             p.files[path] = _stack_bytes(16, IMPORTED_TEMPLATES, psize, seed=job.num)
             job.other_protein = self._is_other_protein(source)
-            dataset = {"blob/path": path, "blob/idx": 0, "blob/shape": [16, 16]}
-            self._put_output(job, "imported_templates", IMPORTED_TEMPLATES, dataset=dataset)
+            rows = _image_rows(path, range(IMPORTED_TEMPLATES))
+            self._put_output(job, "imported_templates", IMPORTED_TEMPLATES, rows=rows)
 
     def _complete_projections(self, job: SimJob, p: SimProject) -> None:
         """Create Templates: projections of its input volume (output ``templates``, template type,
@@ -287,8 +293,9 @@ class JobOutputs:
         psize = float(volume.params.get("volume_psize", 1.0)) if volume is not None else 1.0
         path = f"{job.uid}/templates.mrcs"
         p.files[path] = _stack_bytes(16, PROJECTED_TEMPLATES, psize, seed=job.num)
-        dataset = {"blob/path": path, "blob/idx": 0, "blob/shape": [16, 16]}
-        self._put_output(job, "templates", PROJECTED_TEMPLATES, dataset=dataset)
+        self._put_output(
+            job, "templates", PROJECTED_TEMPLATES, rows=_image_rows(path, range(PROJECTED_TEMPLATES))
+        )
 
     def _complete(self, job: SimJob, at: float) -> None:
         self._release_node(job, at)
@@ -328,8 +335,8 @@ class JobOutputs:
             # cryoSPARC names its last iteration's), each row of the output one image of it
             averages = f"{job.uid}/{job.uid}_020_class_averages.mrc"
             p.files[averages] = _stack_bytes(16, len(job.class_info), psize, seed=job.num)
-            job.datasets["class_averages"] = {"blob/path": averages, "blob/idx": 0, "blob/shape": [16, 16]}
-            self._put_output(job, "class_averages", len(job.class_info))
+            count = len(job.class_info)
+            self._put_output(job, "class_averages", count, rows=_image_rows(averages, range(count)))
         elif t == "select_2D":
             chosen = [c for c in job.class_info if c.get("selected")]
             if not chosen:
@@ -337,16 +344,13 @@ class JobOutputs:
                 self._finish(job, "failed", at)
                 return
             self._put_output(job, "particles_selected", sum(c["num_particles_total"] for c in chosen))
-            # Select 2D passes the 2D job's class averages on: the rows of the chosen classes
+            # Select 2D passes the 2D job's class averages on: the rows of the chosen classes, one
+            # each (the output's items are the selected classes)
             src = next((p.jobs[c.job_uid] for c in job.connections if c.input == "templates"), None)
-            from_2d = (src.datasets.get("class_averages") or {}).get("blob/path") if src else None
-            if from_2d:
-                job.datasets["templates_selected"] = {
-                    "blob/path": str(from_2d),
-                    "blob/idx": int(chosen[0]["class_idx"]),
-                    "blob/shape": [16, 16],
-                }
-            self._put_output(job, "templates_selected", len(chosen))
+            from_2d = src.datasets.get("class_averages") if src else None
+            chosen_idx = {int(c["class_idx"]) for c in chosen}
+            rows = [row for row in from_2d or [] if int(row["blob/idx"]) in chosen_idx]
+            self._put_output(job, "templates_selected", len(chosen), rows=rows if from_2d else None)
         elif t in ("homo_abinit", "hetero_refine"):
             self._complete_classes(job, p)
         elif t == "nonuniform_refine_new":
@@ -399,8 +403,8 @@ class JobOutputs:
             # each class volume is a map on disk, as cryoSPARC writes it (what a partial export takes)
             path = f"{job.uid}/{job.uid}_class_{i:02d}_final_volume.mrc"
             p.files[path] = _mrc_bytes(16, 1.0, seed=job.num * 100 + i)
-            dataset = {"map/path": path, "map/shape": [16, 16, 16], "map/psize_A": 1.0}
-            self._put_output(job, f"volume_class_{i}", 1, stats=stats, dataset=dataset)
+            volume = {"map/path": path, "map/shape": [16, 16, 16], "map/psize_A": 1.0}
+            self._put_output(job, f"volume_class_{i}", 1, stats=stats, rows=[volume])
         if "particles_all_classes" in self._output_names(job):
             self._put_output(job, "particles_all_classes", n)
         if "volumes_all_classes" in self._output_names(job):
@@ -446,18 +450,18 @@ class JobOutputs:
             "mask_fsc": f"{pre}_volume_mask_fsc.mrc",
             "mask_fsc_auto": f"{pre}_volume_mask_fsc_auto.mrc",
         }
-        dataset: dict[str, Any] = {}
+        volume: dict[str, Any] = {}
         for i, (slot, path) in enumerate(maps.items()):
             p.files[path] = _mrc_bytes(16, psize, seed=job.num * 10 + i)
-            dataset[f"{slot}/path"] = path
-            dataset[f"{slot}/shape"] = [16, 16, 16]
-            dataset[f"{slot}/psize_A"] = psize
+            volume[f"{slot}/path"] = path
+            volume[f"{slot}/shape"] = [16, 16, 16]
+            volume[f"{slot}/psize_A"] = psize
         # one particles file per iteration, the last the final one (tools' conftest lists each
         # iteration's file as a version); only the final one's bytes are written
         iterations = [f"{job.uid}/{job.uid}_{i:03d}_particles.cs" for i in range(REFINE_ITERATIONS + 1)]
         self._put_output(job, "particles", n, metafiles=iterations)
         self._put_output(job, "particles_rejected", 0)
-        self._put_output(job, "volume", 1, stats=stats, dataset=dataset, metafiles=[f"{pre}_volume.cs"])
+        self._put_output(job, "volume", 1, stats=stats, rows=[volume], metafiles=[f"{pre}_volume.cs"])
         self._put_output(job, "mask", 1)
         self._put_output(job, "mask_fsc", 1)
         self._put_output(job, "mask_fsc_auto", 1)

@@ -46,6 +46,7 @@ from cryopilot_sim.cryosparc_jobs import (
     DurationFn,
     FaultKind,
     JobTiming,
+    QueueRules,
     SimJob,
     SimProject,
     load_profiles,
@@ -65,6 +66,10 @@ FINISH_SECONDS = 20.0
 #: The lanes headnode-setup.sh registers by default (one per Slurm queue of --lanes); a stand-in
 #: attached to a cluster registers that cluster's queues instead (``CryoSparcStandIn.lanes``).
 LANES = {"gpu8": 8, "gpu4": 4, "gpu1": 1}
+
+
+#: Statuses of a job the scheduler holds (queued or launched to its end).
+ACTIVE = ("queued", "launched", "started", "running", "waiting")
 
 
 class ApiError(Exception):
@@ -171,6 +176,8 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         self._faults: list[dict[str, Any]] = []
         self._finish_faults: list[dict[str, Any]] = []
         self.monitor_seconds = MONITOR_SECONDS
+        #: What queue requests cryoSPARC's docs leave open get (:class:`QueueRules`).
+        self.queue_rules = QueueRules()
         #: Seconds from Select 2D's ``finish`` to its completion (0: complete within the call).
         self.finish_seconds = FINISH_SECONDS
         #: The status a finishing Select 2D shows until it completes. Not documented: "waiting"
@@ -780,6 +787,7 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
             "description": job.description,
             "status": job.status,
             "status_num": status_num,
+            "deleted": job.deleted,
             "build_errors": [],
             "created_at": _iso(job.created_at),
             "queued_at": _iso(job.queued_at),
@@ -935,6 +943,7 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
             if not query.get("project_uid") or p.uid in query["project_uid"]
             for j in p.jobs.values()
         ]
+        jobs = [j for j in jobs if j.deleted == bool(query.get("deleted", False))]
         if query.get("workspace_uid"):
             jobs = [j for j in jobs if j.workspace_uid in query["workspace_uid"]]
         if query.get("uid"):
@@ -988,10 +997,13 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         return self._job_doc(job)
 
     def _delete_job(self, project_uid: str, job_uid: str) -> None:
+        """api.pyi ``jobs.delete``: "Will kill (if running) and clearing the job before deleting".
+        The job is marked deleted (models/job.py ``deleted``), not removed: its uid is not reused."""
         job = self._job(project_uid, job_uid)
-        if job.status in ("queued", "launched", "started", "running", "waiting"):
+        if job.status in ACTIVE:
             self._finish(job, "killed", self.clock.now())
-        del self._project(project_uid).jobs[job_uid]
+        self._reset(job)
+        job.deleted = True
 
     def _building(self, job: SimJob) -> None:
         if job.status != "building":
@@ -1051,20 +1063,8 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         spec = self._spec(job.type)
         if lane is not None and lane not in self.lanes:
             raise ApiError(422, f"Unknown lane {lane!r}; lanes: {', '.join(self.lanes)}")
-        if spec.interactive and lane is not None:
-            raise ApiError(422, f"{job.type} is interactive and runs on the master only (no lane)")
-        if spec.gpu and lane is None:
-            raise ApiError(422, f"{job.type} needs GPUs: queue it to a lane")
-        if not spec.interactive and lane is None:
-            # cryosparc-tools' Job.queue: without a lane a job runs "directly on the master or current
-            # workstation"; cryopilot's instance registers cluster lanes only (headnode-setup.sh), so
-            # a worker job has nowhere to run. The real instance's exact answer is not documented;
-            # this stand-in refuses it at once rather than leave it queued forever.
-            raise ApiError(422, f"{job.type} runs on a worker: queue it to a lane (no master workstation)")
-        if lane is not None and int(job.params.get("compute_num_gpus", 1)) > self.lanes[lane]:
-            raise ApiError(
-                422, f"Lane {lane} has {self.lanes[lane]} GPU(s) per job; compute_num_gpus is too large"
-            )
+        lane = self._target_lane(job, spec, lane)
+        job.submit_error = self._oversized_gpus(job, lane)
         for name, ispec in spec.inputs.items():
             if sum(1 for c in job.connections if c.input == name) < int(ispec.get("count_min", 0)):
                 raise ApiError(422, f"Input {name!r} of {job.type} is required but not connected")
@@ -1077,9 +1077,40 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         self._tick()
         return self._job_doc(job)
 
+    def _target_lane(self, job: SimJob, spec: JobTypeSpec, lane: str | None) -> str | None:
+        """The lane the job is queued to, by :class:`QueueRules` where the docs are silent."""
+        rules = self.queue_rules
+        if spec.interactive:
+            if lane is not None and rules.interactive_on_lane == "refuse":  # a stand-in rule
+                raise ApiError(422, f"{job.type} is interactive and runs on the master only (no lane)")
+            return None
+        if lane is None and rules.default_lane is None:  # a stand-in rule (QueueRules.default_lane)
+            raise ApiError(
+                422, f"{job.type} runs on a worker: queue it to a lane (the stand-in has no default lane)"
+            )
+        return lane if lane is not None else rules.default_lane
+
+    def _oversized_gpus(self, job: SimJob, lane: str | None) -> str | None:
+        """Why a job asking more GPUs than its lane's nodes have will fail when submitted (None if
+        it does not); refused at once with ``QueueRules.oversized_gpus == "refuse"``."""
+        wanted = int(job.params.get("compute_num_gpus", 1))
+        if lane is None or wanted <= self.lanes[lane]:
+            return None
+        if self.queue_rules.oversized_gpus == "refuse":  # a stand-in rule
+            raise ApiError(
+                422, f"Lane {lane} has {self.lanes[lane]} GPU(s) per job; compute_num_gpus is too large"
+            )
+        # sbatch's refusal of a --gres request no node of the partition can meet; how cryoSPARC
+        # words a failed cluster submission is the stand-in's
+        return (
+            f"Cluster job submission to lane {lane} failed (asks {wanted} GPUs, nodes have "
+            f"{self.lanes[lane]}): sbatch: error: Batch job submission failed: Requested node "
+            "configuration is not available"
+        )
+
     def _kill(self, project_uid: str, job_uid: str) -> dict[str, Any]:
         job = self._job(project_uid, job_uid)
-        if job.status not in ("queued", "launched", "started", "running", "waiting"):
+        if job.status not in ACTIVE:
             raise ApiError(
                 422,
                 f"Job {project_uid}-{job_uid} is {job.status}; only a queued or running job can be killed",
@@ -1088,9 +1119,16 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         return self._job_doc(job)
 
     def _clear(self, project_uid: str, job_uid: str) -> dict[str, Any]:
+        """cryosparc-tools' jobs.ipynb: "A queued, completed, killed or failed job may be cleared".
+        A job the scheduler has launched must be killed first; a building job stays as it is."""
         job = self._job(project_uid, job_uid)
-        if job.status in ("queued", "launched", "started", "running", "waiting"):
+        if job.status in ACTIVE and job.status != "queued":
             raise ApiError(422, f"Job {project_uid}-{job_uid} is {job.status}; kill it before clearing it")
+        self._reset(job)
+        return self._job_doc(job)
+
+    def _reset(self, job: SimJob) -> None:
+        """Back to building, parameters and inputs kept (api.pyi ``jobs.clear``), outputs gone."""
         job.status = "building"
         job.lane = None
         for attr in (
@@ -1107,7 +1145,10 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
             setattr(job, attr, None)
         job.error = None
         job.fault = None
-        return self._job_doc(job)
+        job.submit_error = None
+        job.outputs = {}
+        job.datasets = {}
+        job.class_info = []
 
     def _set_title(self, project_uid: str, job_uid: str, title: str) -> dict[str, Any]:
         job = self._job(project_uid, job_uid)
@@ -1128,14 +1169,15 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         rows = job.datasets.get(output_name)
         if rows is None:
             raise ApiError(404, f"Output {output_name} of {job_uid} has no results (job is {job.status})")
-        cols: list[tuple[str, Any]] = [("uid", np.arange(1, 2, dtype=np.uint64))]
-        for key, value in rows.items():
-            if isinstance(value, str):
-                cols.append((key, np.array([value], dtype=object)))
-            elif isinstance(value, (list, int)):  # shapes, and indices (blob/idx): uint32 as cryoSPARC's
-                cols.append((key, np.array([value], dtype=np.uint32)))
+        cols: list[tuple[str, Any]] = [("uid", np.arange(1, len(rows) + 1, dtype=np.uint64))]
+        for key in rows[0] if rows else {}:
+            values = [row[key] for row in rows]
+            if isinstance(values[0], str):
+                cols.append((key, np.array(values, dtype=object)))
+            elif isinstance(values[0], (list, int)):  # shapes, indices (blob/idx): uint32 as cryoSPARC's
+                cols.append((key, np.array(values, dtype=np.uint32)))
             else:
-                cols.append((key, np.array([value], dtype=np.float32)))
+                cols.append((key, np.array(values, dtype=np.float32)))
         return b"".join(Dataset(cols).stream())
 
     def _interactive(
@@ -1183,6 +1225,6 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         for p in self.projects.values():
             if p.title == project_title:
                 for j in p.jobs.values():
-                    if j.title == title:
+                    if j.title == title and not j.deleted:
                         return j
         return None

@@ -252,7 +252,7 @@ def test_movies_preset_runs_to_final_resolution_and_exports(clock: VirtualClock)
             with open(os.path.join(fsx_mount, "results", by_kind["selected_classes"].name)) as fh:
                 chosen = json.load(fh)
             assert chosen["class_averages"] == by_kind["class_averages"].name
-            assert chosen["selected"], chosen
+            assert chosen["selected"] == numbers["selected"], chosen  # every class Select 2D kept
             for f in exported.files:
                 assert os.path.getsize(os.path.join(fsx_mount, "results", f.name)) == f.size > 0
             with open(
@@ -639,6 +639,97 @@ def test_import_runs_on_a_lane_and_a_worker_job_without_one_is_refused(agent: Ag
     f = _failure(agent, "run-no-lane", imp.model_copy(update={"lane": None}))
     assert f.error_type == "APIError"
     assert "import_movies runs on a worker" in f.message
+
+
+def test_a_worker_job_without_a_lane_goes_to_the_default_lane_when_there_is_one(
+    agent: Agent, standin: CryoSparcStandIn
+) -> None:
+    """api.pyi ``jobs.enqueue``: "default lane if not specified". The stand-in has one only when
+    told (``QueueRules.default_lane``); then a worker job queued without a lane runs there."""
+    standin.queue_rules.default_lane = "gpu4"
+    imp = plan(movies_manifest(), data_dir="/fsx/d/")[0]
+    st = agent.run_stage("run-default-lane", imp.model_copy(update={"lane": None})).stages[0]
+    assert (st.state, st.jobs[0].lane) == ("completed", "gpu4")
+
+
+@pytest.mark.parametrize("rule", ["fail_at_launch", "refuse"])
+def test_a_job_asking_more_gpus_than_its_lanes_nodes_have(
+    agent: Agent, standin: CryoSparcStandIn, rule: str
+) -> None:
+    """Not documented: by default it is queued and fails when submitted to its lane (Slurm cannot
+    place it); the stand-in can refuse it at queue time instead."""
+    standin.queue_rules.oversized_gpus = rule  # type: ignore[assignment]
+    stages = plan(movies_manifest(), data_dir="/fsx/d/")
+    agent.run_stage("run-gpus-" + rule, stages[0])
+    motion = stages[1]
+    assert motion.lane == "gpu8"
+    big = motion.model_copy(update={"params": {**motion.params, "compute_num_gpus": 16}})
+    if rule == "refuse":
+        f = _failure(agent, "run-gpus-" + rule, big)
+        assert (f.error_type, "compute_num_gpus is too large" in f.message) == ("APIError", True)
+        return
+    stage = agent.run_stage("run-gpus-" + rule, big).stages[0]
+    assert (stage.state, stage.jobs[0].status) == ("failed", "failed")
+    assert "Requested node configuration is not available" in (stage.jobs[0].error or "")
+    assert stage.jobs[0].started_at is None  # it never ran
+
+
+def test_an_interactive_job_queued_to_a_lane(agent: Agent, standin: CryoSparcStandIn) -> None:
+    """Not documented: the stand-in refuses it by default, or runs it on the master."""
+    select = run_up_to_select2d(agent, "run-select-lane")
+    on_lane = select.model_copy(update={"lane": "gpu1"})
+    f = _failure(agent, "run-select-lane", on_lane)
+    assert "runs on the master only" in f.message
+    standin.queue_rules.interactive_on_lane = "master"
+    stage = agent.run_stage("run-select-lane", on_lane).stages[0]
+    assert (stage.state, stage.jobs[0].lane) == ("completed", None)
+
+
+def test_select2d_templates_hold_one_row_per_selected_class(
+    agent: Agent, standin: CryoSparcStandIn, clock: VirtualClock
+) -> None:
+    select = run_up_to_select2d(agent, "run-templates")
+    stage = agent.run_stage("run-templates", select).stages[0]
+    (decision,) = stage.decisions
+    project_uid = agent.status("run-templates").project_uid
+    assert project_uid is not None
+    client = driver_at(agent, clock).cs
+    templates = client.find_job(project_uid, stage.jobs[0].uid).load_output("templates_selected")
+    assert sorted(int(i) for i in templates["blob/idx"]) == decision.numbers["selected"]
+    assert len(templates) == decision.numbers["classes_selected"]
+    assert len(set(templates["blob/path"])) == 1  # the 2D job's class-average stack
+
+
+def test_a_queued_job_may_be_cleared_and_a_deleted_job_keeps_its_uid(
+    agent: Agent, standin: CryoSparcStandIn, clock: VirtualClock
+) -> None:
+    """jobs.ipynb: "A queued, completed, killed or failed job may be cleared" (a running one must
+    be killed first). A deleted job is marked deleted (models/job.py ``deleted``), not listed by
+    default, and its uid is not given to the next job."""
+    from cryosparc.errors import APIError
+
+    stages = plan(movies_manifest(), data_dir="/fsx/d/")
+    agent.submit("run-clear", stages[0])  # import: runs for a while
+    agent.submit("run-clear", stages[1])  # motion: queued until the import completes
+    st = agent.status("run-clear")
+    assert st.project_uid is not None
+    imp_uid, motion_uid = (s.jobs[0].uid for s in st.stages)
+    assert st.stages[1].jobs[0].status == "queued"
+    client = driver_at(agent, clock).cs
+    motion = client.find_job(st.project_uid, motion_uid)
+    motion.clear()
+    assert motion.status == "building"
+    with pytest.raises(APIError, match="kill it before clearing it"):
+        client.find_job(st.project_uid, imp_uid).clear()
+
+    client.api.jobs.delete(st.project_uid, motion_uid)
+    listed = [j.uid for j in client.find_project(st.project_uid).find_jobs()]
+    assert listed == [imp_uid]
+    (gone,) = client.api.jobs.find(project_uid=[st.project_uid], deleted=True)
+    assert (gone.uid, gone.deleted) == (motion_uid, True)
+    again = agent.submit("run-clear", stages[1])  # the stage has no job: a new one
+    assert not again.already_submitted
+    assert again.stage.jobs[0].uid not in (imp_uid, motion_uid)
 
 
 def test_bad_credentials_and_arguments(standin: CryoSparcStandIn, clock: VirtualClock) -> None:
