@@ -11,8 +11,11 @@ validate against the client's own models.
 It enforces the register of job types in ``cryopilot/presets/job_types.yaml`` (an unknown job type,
 parameter, input or output name is a 422 the client raises as ``APIError``), runs queued jobs once
 their inputs are complete for the minutes of ``profiles.yaml`` on a simulated clock, produces outputs
-with plausible statistics and small real files, and injects faults (:meth:`CryoSparcStandIn.inject`)
-or a reference of the wrong protein (:meth:`CryoSparcStandIn.wrong_reference`).
+with plausible statistics and small real files, and injects faults (:meth:`CryoSparcStandIn.inject`,
+:meth:`CryoSparcStandIn.fail_finish`) or a reference of the wrong protein
+(:meth:`CryoSparcStandIn.wrong_reference`). Where cryoSPARC's behaviour is not documented, the
+stand-in's choice is named as such and can be switched (``finish_seconds``, ``finishing_status``,
+``monitor_seconds``, ``queue_rules``).
 
 This module is the REST/RPC surface (the OpenAPI document, routes, handlers and the documents they
 answer); the job model and its timing are in :mod:`cryopilot_sim.cryosparc_jobs`, what finished jobs
