@@ -207,7 +207,9 @@ def _run_on(
     jobs = [j for p in cs.projects.values() for j in p.jobs.values() if j.completed_at is not None]
     by_uid = {j.uid: j for j in jobs}
     gpu_jobs = [j for j in jobs if j.lane is not None]
-    busy = sum(int(j.params.get("compute_num_gpus", 1)) * (j.completed_at - j.started_at) for j in gpu_jobs)
+    # a job runs from running_at (its main process on the node: cryosparc-tools' models/job.py);
+    # started_at is its submission to the scheduler, before the wait for a node
+    busy = sum(int(j.params.get("compute_num_gpus", 1)) * (j.completed_at - j.running_at) for j in gpu_jobs)
     stage_of_job = {
         uid: sid for sid, st in (record.get("stages") or {}).items() for uid in (st.get("jobs") or [])
     }
@@ -223,18 +225,18 @@ def _run_on(
             "type": j.type,
             "lane": j.lane,
             "queued_at": j.queued_at,
-            "started_at": j.started_at,
+            "started_at": j.running_at,
             "completed_at": j.completed_at,
         }
         timeline.append(entry)
-        if not parents or j.started_at is None:
+        if not parents or j.running_at is None:
             continue
         ready = max(p.completed_at for p in parents if p.completed_at is not None)
-        gaps.append(j.started_at - ready)
-        entry["gap_s"] = j.started_at - ready
+        gaps.append(j.running_at - ready)
+        entry["gap_s"] = j.running_at - ready
         if j.queued_at is not None:
             controller_gaps.append(max(0.0, j.queued_at - ready))
-            node_waits.append(max(0.0, j.started_at - max(j.queued_at, ready)))
+            node_waits.append(max(0.0, j.running_at - max(j.queued_at, ready)))
             entry["controller_gap_s"] = controller_gaps[-1]
             # the end of the last parent is seen by a poll: its interval bounds the controller's gap
             last = max(parents, key=lambda p: p.completed_at or 0.0)
@@ -248,11 +250,11 @@ def _run_on(
 
     in_table1 = set(load_profiles()[profile].minutes) - {"import", "select2d"}
     not_in_table1 = sum(
-        j.completed_at - j.started_at
+        j.completed_at - j.running_at
         for j in jobs
-        if j.started_at is not None and (j.stage_key or STAGE_OF_TYPE.get(j.type, "")) not in in_table1
+        if j.running_at is not None and (j.stage_key or STAGE_OF_TYPE.get(j.type, "")) not in in_table1
     )
-    first_start = min(j.started_at for j in jobs if j.started_at is not None)
+    first_start = min(j.running_at for j in jobs if j.running_at is not None)
     last_end = max(j.completed_at for j in jobs if j.completed_at is not None)
 
     bill = nodes.bill()
