@@ -251,6 +251,12 @@ class PClusterStandIn:
         self._clusters: dict[tuple[str, str], _Cluster] = {}
         self._faults: list[_Fault] = []
         self._lock = threading.RLock()
+        # Held from a lifecycle step until its callbacks have run: a head node's bootstrap (which
+        # takes wall time) ends before anyone sees the cluster again, whichever thread stepped it.
+        # Without it, a caller that only looks (the demo's cluster count) could step a cluster to
+        # its head node while an API request in another thread saw CREATE_IN_PROGRESS until that
+        # bootstrap ended: simulated minutes that depended on the machine's speed.
+        self._step_lock = threading.RLock()
         self._validation_cache: dict[tuple[str, str], list[dict[str, str]] | None] = {}
         self._serial = 0
         self._server: ThreadingHTTPServer | None = None
@@ -328,7 +334,7 @@ class PClusterStandIn:
 
     def clusters(self) -> dict[str, str]:
         """The clusters that exist now (any region), name → clusterStatus."""
-        self._fire(self._advance())
+        self._step()
         with self._lock:
             return {c.name: self._status(c)[0] for c in self._clusters.values()}
 
@@ -341,6 +347,12 @@ class PClusterStandIn:
         raise KeyError(name)
 
     # -- lifecycle --------------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        """Move every cluster on to the simulated clock's now and run the callbacks that brings,
+        before any other thread sees the clusters."""
+        with self._step_lock:
+            self._fire(self._advance())
 
     def _advance(self) -> list[tuple[str, str, str | None]]:
         now = self.clock.now()
@@ -625,7 +637,7 @@ class PClusterStandIn:
         self, operation: str, method: str, name: str | None, query: dict[str, list[str]], body: Any
     ) -> tuple[int, dict[str, Any]]:
         # A head node's bootstrap (the callback) ends before the cluster reports CREATE_COMPLETE.
-        self._fire(self._advance())
+        self._step()
         try:
             region = self._one(query, "region") or self.region
             if operation == "create_cluster":

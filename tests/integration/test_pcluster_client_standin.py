@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -168,6 +169,36 @@ def test_lifecycle_create_complete_delete_gone(
     assert events[-1] == ("deleted", name)
     assert standin.clusters() == {}
     assert client.list_clusters() == []
+
+
+def test_a_cluster_is_complete_for_every_caller_once_its_head_node_bootstrap_has_run(
+    client: PClusterClient, standin: PClusterStandIn, clock: VirtualClock
+) -> None:
+    """Whichever thread steps a cluster to its head node, an API caller in another thread sees
+    CREATE_COMPLETE only after the bootstrap, and then at once: never CREATE_IN_PROGRESS for as long
+    as the bootstrap takes in wall time (that turned into simulated minutes in the demo)."""
+    booting, release = threading.Event(), threading.Event()
+
+    def slow_bootstrap(name: str, instance: str) -> None:
+        booting.set()
+        assert release.wait(10), "the test never let the bootstrap end"
+
+    standin.on_head_node = slow_bootstrap
+    name, text = config_for("run-boot")
+    client.create_cluster(name, text)
+    clock.sleep(900)
+    looker = threading.Thread(target=standin.clusters)  # only looks, as the demo's counter does
+    looker.start()
+    assert booting.wait(10), "the cluster was not stepped to its head node"
+    answers: list[ClusterInfo] = []
+    caller = threading.Thread(target=lambda: answers.append(client.describe_cluster(name)))
+    caller.start()
+    caller.join(0.5)
+    assert answers == [], "an API caller saw the cluster while its head node was still booting"
+    release.set()
+    caller.join(10)
+    looker.join(10)
+    assert [(a.status, a.head_node_instance_id is not None) for a in answers] == [("CREATE_COMPLETE", True)]
 
 
 def test_dryrun_passes_without_creating_anything(client: PClusterClient, standin: PClusterStandIn) -> None:
