@@ -84,6 +84,13 @@ _AUTH_RE = re.compile(
     r"/aws4_request, ?SignedHeaders=(?P<signed>[a-z0-9;-]+), ?Signature=(?P<signature>[0-9a-f]{64})$"
 )
 NODE_TYPES = frozenset({"HeadNode", "ComputeNode", "LoginNode"})
+
+#: The GET routes below a cluster (the OpenAPI spec's paths ``/v3/clusters/{clusterName}/<name>``)
+#: and their operations.
+_CLUSTER_SUBRESOURCES = {
+    "instances": "describe_cluster_instances",
+    "stackevents": "get_cluster_stack_events",
+}
 _SUPPRESS_RE = re.compile(r"^(ALL|type:[A-Za-z0-9]+)$")
 STATUS_FILTERS = frozenset(
     {
@@ -600,18 +607,10 @@ class PClusterStandIn:
         elif (
             len(parts) == 4
             and parts[:2] == ["v3", "clusters"]
-            and parts[3] == "instances"
+            and parts[3] in _CLUSTER_SUBRESOURCES
             and method == "GET"
         ):
-            operation = "describe_cluster_instances"
-            name = urllib.parse.unquote(parts[2])
-        elif (
-            len(parts) == 4
-            and parts[:2] == ["v3", "clusters"]
-            and parts[3] == "stackevents"
-            and method == "GET"
-        ):
-            operation = "get_cluster_stack_events"
+            operation = _CLUSTER_SUBRESOURCES[parts[3]]
             name = urllib.parse.unquote(parts[2])
         elif parts == ["v3", "images", "official"] and method == "GET":
             operation = "list_official_images"
@@ -875,19 +874,11 @@ class PClusterStandIn:
         stack's events, CloudFormation's ``DescribeStackEvents`` with the keys' first letter
         lowercased (``GetClusterStackEventsResponseContent``), a page at a time."""
         cluster = self._find(region, name)
-        token = self._one(query, "nextToken")
-        start = 0
-        if token is not None:
-            try:
-                start = int(token.removeprefix("events-"))
-            except ValueError:
-                raise _ApiError(400, {"message": "Bad Request: invalid nextToken"}) from None
+        start = self._page_start(query, "events-")
         with self._lock:
             events = self._stack_events(cluster)
-        answer: dict[str, Any] = {"events": events[start : start + self.page_size]}
-        if start + self.page_size < len(events):
-            answer["nextToken"] = f"events-{start + self.page_size}"
-        return 200, answer
+        page = events[start : start + self.page_size]
+        return 200, {"events": page, **self._next_token(start, len(events), "events-")}
 
     def _stack_events(self, cluster: _Cluster) -> list[dict[str, Any]]:
         """The events of the cluster's stack so far, newest first. Only the resources whose events
@@ -978,13 +969,7 @@ class PClusterStandIn:
                 400, {"message": f"Bad Request: '{node_type}' is not one of {sorted(NODE_TYPES)}"}
             )
         queue = self._one(query, "queueName")
-        token = self._one(query, "nextToken")
-        start = 0
-        if token is not None:
-            try:
-                start = int(token.removeprefix("instances-"))
-            except ValueError:
-                raise _ApiError(400, {"message": "Bad Request: invalid nextToken"}) from None
+        start = self._page_start(query, "instances-")
         with self._lock:
             cluster = self._clusters.get((region, name))
             instances: list[dict[str, Any]] = []
@@ -1013,10 +998,7 @@ class PClusterStandIn:
         if queue is not None:
             instances = [i for i in instances if i.get("queueName") == queue]
         page = instances[start : start + self.page_size]
-        answer: dict[str, Any] = {"instances": page}
-        if start + self.page_size < len(instances):
-            answer["nextToken"] = f"instances-{start + self.page_size}"
-        return 200, answer
+        return 200, {"instances": page, **self._next_token(start, len(instances), "instances-")}
 
     def _delete(self, region: str, name: str) -> tuple[int, dict[str, Any]]:
         cluster = self._find(region, name)
@@ -1045,13 +1027,7 @@ class PClusterStandIn:
                 raise _ApiError(
                     400, {"message": f"Bad Request: '{value}' is not one of {sorted(STATUS_FILTERS)}"}
                 )
-        token = self._one(query, "nextToken")
-        start = 0
-        if token is not None:
-            try:
-                start = int(token.removeprefix("page-"))
-            except ValueError:
-                raise _ApiError(400, {"message": "Bad Request: invalid nextToken"}) from None
+        start = self._page_start(query, "page-")
         with self._lock:
             clusters = sorted(
                 (c for (r, _), c in self._clusters.items() if r == region), key=lambda c: c.name
@@ -1059,10 +1035,23 @@ class PClusterStandIn:
             # Like ParallelCluster, a page is a page of stacks; the status filter applies within it.
             page = clusters[start : start + self.page_size]
             items = [self._summary(c) for c in page if not wanted or self._status(c)[0] in wanted]
-        answer: dict[str, Any] = {"clusters": items}
-        if start + self.page_size < len(clusters):
-            answer["nextToken"] = f"page-{start + self.page_size}"
-        return 200, answer
+        return 200, {"clusters": items, **self._next_token(start, len(clusters), "page-")}
+
+    def _page_start(self, query: dict[str, list[str]], prefix: str) -> int:
+        """Where the page a ``nextToken`` (``<prefix><index>``, of this stand-in's making) asks for
+        starts; 0 without one. Any other token is a 400, as the API answers a bad one."""
+        token = self._one(query, "nextToken")
+        if token is None:
+            return 0
+        try:
+            return int(token.removeprefix(prefix))
+        except ValueError:
+            raise _ApiError(400, {"message": "Bad Request: invalid nextToken"}) from None
+
+    def _next_token(self, start: int, total: int, prefix: str) -> dict[str, str]:
+        """``nextToken`` for the page after the one at ``start`` of ``total`` items, if there is one."""
+        following = start + self.page_size
+        return {"nextToken": f"{prefix}{following}"} if following < total else {}
 
     def record(self, entry: RecordedRequest) -> None:
         with self._lock:

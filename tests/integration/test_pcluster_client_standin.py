@@ -227,6 +227,8 @@ def test_list_follows_next_token_and_filters(
     list_calls = [r for r in standin.requests if r.operation == "list_clusters"]
     assert len(list_calls) == 3  # page size 2: three pages
     assert [r.query.get("nextToken") for r in list_calls] == [None, ["page-2"], ["page-4"]]
+    with pytest.raises(PClusterApiError, match=r"^list_clusters: more than 2 pages$"):
+        client.list_clusters(max_pages=2)  # a part of the list is never taken for the whole
     deleting = client.list_clusters(cluster_status=["DELETE_IN_PROGRESS"])
     assert [c.name for c in deleting] == [names[0]]
     assert {c.status for c in client.list_clusters(cluster_status=["CREATE_COMPLETE"])} == {"CREATE_COMPLETE"}

@@ -476,75 +476,45 @@ class PClusterClient:
         """The cluster's instances that EC2 lists as pending, running, stopping or stopped (a
         terminated node is not listed), following ``nextToken``."""
         _check_name(name)
-        found: list[ClusterInstance] = []
-        token: str | None = None
-        for _ in range(max_pages):
-            query: list[tuple[str, str]] = [("region", self.region)]
-            if node_type:
-                query.append(("nodeType", node_type))
-            if queue_name:
-                query.append(("queueName", queue_name))
-            if token:
-                query.append(("nextToken", token))
-            status, payload = self._send(
-                "describe_cluster_instances",
-                "GET",
-                f"/v3/clusters/{name}/instances",
-                query,
-                None,
-                cluster_name=name,
-            )
-            if status != 200:
-                raise api_error(
-                    "describe_cluster_instances", status=status, payload=payload, cluster_name=name
-                )
-            items = payload.get("instances")
-            if not isinstance(items, list):
-                raise PClusterApiError("describe_cluster_instances: answer without an instances list")
-            found.extend(ClusterInstance.from_api(i) for i in items if isinstance(i, Mapping))
-            token = payload.get("nextToken") or None
-            if not token:
-                return found
-        raise PClusterApiError(f"describe_cluster_instances: more than {max_pages} pages")
+        query: list[tuple[str, str]] = [("region", self.region)]
+        if node_type:
+            query.append(("nodeType", node_type))
+        if queue_name:
+            query.append(("queueName", queue_name))
+        items = self._items(
+            "describe_cluster_instances",
+            f"/v3/clusters/{name}/instances",
+            query,
+            "instances",
+            max_pages=max_pages,
+            cluster_name=name,
+        )
+        return [ClusterInstance.from_api(i) for i in items]
 
     def failed_resources(self, name: str, *, max_pages: int = 5) -> list[FailedResource]:
         """The resources whose stack events say they failed (newest first, as CloudFormation lists
         events), from ``GET /v3/clusters/{name}/stackevents``, following ``nextToken`` for at most
         ``max_pages`` pages (a failed creation's events are in its first pages)."""
         _check_name(name)
-        failed: list[FailedResource] = []
-        token: str | None = None
-        for _ in range(max_pages):
-            query: list[tuple[str, str]] = [("region", self.region)]
-            if token:
-                query.append(("nextToken", token))
-            status, payload = self._send(
-                "get_cluster_stack_events",
-                "GET",
-                f"/v3/clusters/{name}/stackevents",
-                query,
-                None,
-                cluster_name=name,
+        events = self._items(
+            "get_cluster_stack_events",
+            f"/v3/clusters/{name}/stackevents",
+            [("region", self.region)],
+            "events",
+            max_pages=max_pages,
+            cluster_name=name,
+            beyond_pages_ok=True,
+        )
+        return [
+            FailedResource(
+                logical_id=str(event.get("logicalResourceId") or ""),
+                resource_type=str(event.get("resourceType") or ""),
+                status=str(event["resourceStatus"]),
+                reason=str(event.get("resourceStatusReason") or ""),
             )
-            if status != 200:
-                raise api_error("get_cluster_stack_events", status=status, payload=payload, cluster_name=name)
-            events = payload.get("events")
-            if not isinstance(events, list):
-                raise PClusterApiError("get_cluster_stack_events: answer without an events list")
-            for event in events:
-                if isinstance(event, Mapping) and str(event.get("resourceStatus") or "").endswith("_FAILED"):
-                    failed.append(
-                        FailedResource(
-                            logical_id=str(event.get("logicalResourceId") or ""),
-                            resource_type=str(event.get("resourceType") or ""),
-                            status=str(event["resourceStatus"]),
-                            reason=str(event.get("resourceStatusReason") or ""),
-                        )
-                    )
-            token = payload.get("nextToken") or None
-            if not token:
-                break
-        return failed
+            for event in events
+            if str(event.get("resourceStatus") or "").endswith("_FAILED")
+        ]
 
     def delete_cluster(self, name: str, *, missing_ok: bool = False) -> ClusterInfo | None:
         """Start deleting a cluster (202). A missing cluster raises :class:`ClusterNotFoundError`,
@@ -568,25 +538,10 @@ class PClusterClient:
         self, *, cluster_status: list[str] | None = None, max_pages: int = 100
     ) -> list[ClusterInfo]:
         """Every cluster of the region (following ``nextToken``), optionally filtered by status."""
-        clusters: list[ClusterInfo] = []
-        token: str | None = None
-        for _ in range(max_pages):
-            query: list[tuple[str, str]] = [("region", self.region)]
-            for value in dict.fromkeys(cluster_status or []):
-                query.append(("clusterStatus", value))
-            if token:
-                query.append(("nextToken", token))
-            status, payload = self._send("list_clusters", "GET", "/v3/clusters", query, None)
-            if status != 200:
-                raise api_error("list_clusters", status=status, payload=payload)
-            items = payload.get("clusters")
-            if not isinstance(items, list):
-                raise PClusterApiError("list_clusters: answer without a clusters list")
-            clusters.extend(ClusterInfo.from_api(c) for c in items if isinstance(c, Mapping))
-            token = payload.get("nextToken") or None
-            if not token:
-                return clusters
-        raise PClusterApiError(f"list_clusters: more than {max_pages} pages")
+        query = [("region", self.region)]
+        query += [("clusterStatus", value) for value in dict.fromkeys(cluster_status or [])]
+        items = self._items("list_clusters", "/v3/clusters", query, "clusters", max_pages=max_pages)
+        return [ClusterInfo.from_api(c) for c in items]
 
     def official_image_versions(self) -> list[str]:
         """The ParallelCluster version of each official AMI the API lists (``GET /v3/images/official``,
@@ -644,6 +599,39 @@ class PClusterClient:
             self._credentials = creds
         frozen = creds.get_frozen_credentials()
         return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+    def _items(
+        self,
+        operation: Operation,
+        path: str,
+        query: list[tuple[str, str]],
+        key: str,
+        *,
+        max_pages: int,
+        cluster_name: str | None = None,
+        beyond_pages_ok: bool = False,
+    ) -> list[Mapping[str, Any]]:
+        """The objects of list ``key`` of a paged GET, page after page (``nextToken``), for at most
+        ``max_pages`` pages: more is a :class:`PClusterApiError`, or, with ``beyond_pages_ok``, the
+        objects of those pages."""
+        found: list[Mapping[str, Any]] = []
+        token: str | None = None
+        for _ in range(max_pages):
+            page_query = [*query, ("nextToken", token)] if token else query
+            status, payload = self._send(operation, "GET", path, page_query, None, cluster_name=cluster_name)
+            if status != 200:
+                raise api_error(operation, status=status, payload=payload, cluster_name=cluster_name)
+            items = payload.get(key)
+            if not isinstance(items, list):
+                article = "an" if key[0] in "aeiou" else "a"
+                raise PClusterApiError(f"{operation}: answer without {article} {key} list")
+            found.extend(i for i in items if isinstance(i, Mapping))
+            token = payload.get("nextToken") or None
+            if not token:
+                return found
+        if beyond_pages_ok:
+            return found
+        raise PClusterApiError(f"{operation}: more than {max_pages} pages")
 
     def _send(
         self,
