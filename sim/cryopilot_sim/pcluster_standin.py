@@ -918,6 +918,11 @@ class PClusterStandIn:
             said = f"The following resource(s) failed to create: [{', '.join(sorted(failed))}]. "
             seen.append((end, cluster.name, "AWS::CloudFormation::Stack", "CREATE_FAILED", said))
             if cluster.rollback:
+                # CloudFormation's own statuses, passed through: ParallelCluster's
+                # ``get_cluster_stack_events`` copies each event (``StackEvent``'s setter checks only
+                # for None) and validates answers against its spec only in its dev profile
+                # (``api/awslambda/entrypoint.py``), so ROLLBACK_* reach the caller although the
+                # spec's ``CloudFormationResourceStatus`` enum leaves them out.
                 seen.append(
                     (end + 1, cluster.name, "AWS::CloudFormation::Stack", "ROLLBACK_IN_PROGRESS", said)
                 )

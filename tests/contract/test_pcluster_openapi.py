@@ -225,6 +225,8 @@ def recorded() -> Iterator[list[RecordedRequest]]:
         assert any("capacity" in r.reason for r in whole)
         standin.page_size = 2  # the same events, a page of two at a time, following nextToken
         assert client.failed_resources(failed, max_pages=10) == whole
+        first = client.failed_resources(failed, max_pages=1)  # past its pages: what they held, no error
+        assert first == whole[: len(first)]
         standin.page_size = 50
         parsed += client.list_clusters()
         parsed += client.list_clusters(cluster_status=["CREATE_FAILED", "CREATE_COMPLETE"])
@@ -297,13 +299,28 @@ def test_the_scenario_covers_every_operation_and_answer(recorded: list[RecordedR
 
 
 def test_every_request_matches_the_spec(spec: dict[str, Any], recorded: list[RecordedRequest]) -> None:
-    problems = {f"{r.method} {r.path}?{r.query}": request_problems(spec, r) for r in recorded}
+    problems = {
+        f"#{i} {r.method} {r.path}?{r.query}": request_problems(spec, r) for i, r in enumerate(recorded)
+    }
     assert {k: v for k, v in problems.items() if v} == {}
+
+
+#: Where ParallelCluster's answers leave its own spec: a rollback's stack events carry CloudFormation's
+#: ROLLBACK_* statuses, which the API passes through (see the stand-in's ``_stack_events``) and
+#: the spec's ``CloudFormationResourceStatus`` enum leaves out.
+OUTSIDE_THE_SPEC = re.compile(
+    r"^response: events/\d+/resourceStatus: 'ROLLBACK_(IN_PROGRESS|COMPLETE)' is not one of "
+)
 
 
 def test_every_answer_matches_the_spec(spec: dict[str, Any], recorded: list[RecordedRequest]) -> None:
-    problems = {f"{r.method} {r.path} -> {r.status}": response_problems(spec, r) for r in recorded}
-    assert {k: v for k, v in problems.items() if v} == {}
+    problems = {
+        f"#{i} {r.method} {r.path} -> {r.status}": response_problems(spec, r) for i, r in enumerate(recorded)
+    }
+    passed_through = [p for found in problems.values() for p in found if OUTSIDE_THE_SPEC.match(p)]
+    assert passed_through, "the scenario shows a rollback's stack events"
+    left = {k: [p for p in v if not OUTSIDE_THE_SPEC.match(p)] for k, v in problems.items()}
+    assert {k: v for k, v in left.items() if v} == {}
 
 
 def test_every_answer_loads_into_the_api_models_of_aws_parallelcluster(
