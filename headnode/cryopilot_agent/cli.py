@@ -166,7 +166,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> BaseModel:
 
     spec = decode_spec(args.spec_b64) if args.verb == "submit" else None
     settings = settings_from_env(env)
-    driver = Driver(_connect(settings), project_root=settings.project_root)
+    driver = Driver(_connect(settings), project_root=settings.project_root, fsx_mount=settings.fsx_mount)
     if args.verb == "submit":
         assert spec is not None
         return driver.submit(args.project, spec)

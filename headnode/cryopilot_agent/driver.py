@@ -44,6 +44,7 @@ from cryosparc.models.job import Job
 from cryosparc.models.job_spec import Output
 
 from cryopilot_agent import decisions
+from cryopilot_agent.resample import ResampleError, resample_file
 
 if TYPE_CHECKING:
     from cryosparc.tools import CryoSPARC
@@ -52,6 +53,14 @@ WORKSPACE_TITLE = "cryopilot"
 DRAFT_PREFIX = "cryopilot-draft:"
 ACTIVE = ("queued", "launched", "started", "running", "waiting")
 _CLASS_OUT = re.compile(r"^(?P<base>.+_class_)(?P<k>\d+)$")
+
+#: Where the cluster mounts FSx for Lustre (the configuration's SharedStorage MountDir,
+#: ``cryopilot.domain.clusterconfig.mounts.FSX_MOUNT_DIR``, which the agent's bundle does not carry):
+#: the paths in a planned stage are below it. This node may mount the file system elsewhere
+#: (``CRYOPILOT_FSX_MOUNT``); on a cluster's head node it is the same directory.
+CLUSTER_FSX_MOUNT = "/fsx"
+#: Below a run's cryoSPARC project directory: the reference files the agent resampled.
+RESAMPLED_DIR = "cryopilot_resampled"
 
 #: How long Select 2D's ``finish`` may take to answer. cryosparc-tools' ``JobController.interact``
 #: waits 10 s by default; finishing writes the selected particles, so it gets longer, but a status
@@ -217,10 +226,19 @@ def stage_state(jobs: list[Job]) -> StageState:
 
 
 class Driver:
-    def __init__(self, cs: CryoSPARC, *, project_root: str, now: Callable[[], float] = time.time) -> None:
-        """``now``: epoch seconds (the head node's clock, which cryoSPARC's master shares)."""
+    def __init__(
+        self,
+        cs: CryoSPARC,
+        *,
+        project_root: str,
+        fsx_mount: str = CLUSTER_FSX_MOUNT,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        """``fsx_mount``: where this node mounts the cluster's FSx (:data:`CLUSTER_FSX_MOUNT`);
+        ``now``: epoch seconds (the head node's clock, which cryoSPARC's master shares)."""
         self.cs = cs
         self.project_root = project_root
+        self.fsx_mount = fsx_mount
         self.now = now
         self._jobs: list[JobController] | None = None
 
@@ -394,6 +412,36 @@ class Driver:
 
     # ------------------------------------------------------------------ submit
 
+    def on_this_node(self, path: str) -> str:
+        """Where a cluster path below :data:`CLUSTER_FSX_MOUNT` is on this node; others as they are."""
+        rel = PurePosixPath(path)
+        try:
+            inside = rel.relative_to(CLUSTER_FSX_MOUNT)
+        except ValueError:
+            return path
+        return os.path.join(self.fsx_mount, *inside.parts)
+
+    def _resampled(
+        self, project: ProjectController, spec: PlannedStage, params: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The stage's parameters with its reference file resampled (``spec.resample``): the new
+        file, in the project's :data:`RESAMPLED_DIR`, and its pixel size. Written again by a second
+        submit (the same bytes), never in the reference's own folder."""
+        how = spec.resample
+        assert how is not None
+        source = params.get(how.path)
+        if not isinstance(source, str) or not source:
+            raise AgentUsageError(f"{spec.id}: parameter {how.path} names no file to resample")
+        target = f"{_project_dir(project).rstrip('/')}/{RESAMPLED_DIR}/{spec.id}_{PurePosixPath(source).name}"
+        local = self.on_this_node(source)
+        if not os.path.isfile(local):
+            raise ResampleError(f"{spec.id}: {source} ({how.path}) is not on this node ({local})")
+        done = resample_file(
+            local, self.on_this_node(target), from_A=how.from_A, to_A=how.to_A, images=how.images
+        )
+        note = {**done.describe(how.from_A), "file": target, "source": source}
+        return {**params, how.path: target, how.pixel_size: done.pixel_size_A}, note
+
     def _upstream(self, project: ProjectController, ws: str, stage_id: str) -> JobController:
         jobs = self.stage_jobs(project, ws, stage_id)
         if not jobs:
@@ -458,18 +506,21 @@ class Driver:
         for draft in self._drafts(project, ws, spec.id):  # built, never queued: start over
             self.cs.api.jobs.delete(project.uid, draft.uid)
         connections = self._connections(project, ws, spec)
+        params = dict(spec.params)
+        meta: dict[str, Any] = {"stage": spec.id}
+        if spec.resample is not None:
+            params, meta["resampled"] = self._resampled(project, spec, params)
         job = project.create_job(
             ws,
             spec.job_type,
             connections={k: list(v) for k, v in connections.items()},
-            params=dict(spec.params),
+            params=params,
             title=DRAFT_PREFIX + spec.id,
             desc="",
         )
         if spec.decision is not None:
-            self._record(job, stage=spec.id, decision_rule=spec.decision.model_dump(mode="json"))
-        else:
-            self._record(job, stage=spec.id)
+            meta["decision_rule"] = spec.decision.model_dump(mode="json")
+        self._record(job, **meta)
         job.queue(spec.lane)
         job.set_title(job_title(spec.id))
         job.refresh()

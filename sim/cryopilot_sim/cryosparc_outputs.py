@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import fnmatch
 import io
+import os
 import posixpath
 import random
 import struct
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from cryopilot.domain.clusterconfig.mounts import FSX_MOUNT_DIR as CLUSTER_FSX_MOUNT
 from cryopilot.domain.presets import JobTypeSpec
 from cryosparc.dataset import Dataset
 
@@ -56,8 +58,8 @@ def _stack_bytes(n: int, count: int, psize: float, seed: int) -> bytes:
 #: many false picks); picks from good templates are fewer and cleaner. A stand-in figure: no source
 #: gives the ratio.
 TEMPLATE_PICKS_PER_PARTICLE = 1.25
-#: Images the stand-in reports for an imported template stack (it does not read the file on FSx;
-#: no decision reads the number).
+#: Images the stand-in reports for an imported template stack when it makes the file up (without a
+#: file system; no decision reads the number).
 IMPORTED_TEMPLATES = 12
 #: Projections Create Templates makes of its volume in the stand-in (the job's own default count is
 #: not in a public source; no decision reads the number).
@@ -142,6 +144,12 @@ class JobOutputs:
     #: fnmatch patterns of imported reference files that are another protein than the dataset's
     #: (:meth:`~cryopilot_sim.cryosparc_standin.CryoSparcStandIn.wrong_reference`).
     other_protein_paths: list[str]
+    #: Where this process holds the cluster's FSx (the mount a harness made), or None. When set, Import
+    #: 3D Volumes and Import Templates read the file they are given, as a real instance does: a file
+    #: missing or not MRC fails the job (cryoSPARC's own messages for these are not in a public
+    #: source; these are the stand-in's), and the import holds that file's bytes, box and image
+    #: count. When None, they make a small file up (tests of the agent alone, without a file system).
+    fsx_mount: str | None
 
     if TYPE_CHECKING:
 
@@ -265,25 +273,56 @@ class JobOutputs:
         job.seeded = any(par.seeded for par in parents if par is not None)
         job.other_protein = any(par.other_protein for par in parents if par is not None)
 
-    def _complete_import(self, job: SimJob, p: SimProject) -> None:
-        """Import 3D Volumes / Import Templates: the file, linked into the job's directory."""
+    def _import_source(self, job: SimJob) -> str:
+        key = "volume_blob_path" if job.type == "import_volumes" else "templates_blob_path"
+        return str(job.params.get(key, ""))
+
+    def _read_import(self, job: SimJob) -> tuple[bytes, tuple[int, int, int]] | str | None:
+        """The file an import job reads and its size (nx, ny, nz); a one-line problem when it cannot
+        be read; None when the stand-in has no file system (:attr:`fsx_mount`)."""
+        if self.fsx_mount is None:
+            return None
+        source = self._import_source(job)
+        inside = source.startswith(CLUSTER_FSX_MOUNT + "/")
+        rel = posixpath.relpath(source, CLUSTER_FSX_MOUNT) if inside else None
+        if rel is None or rel.startswith(".."):
+            return f"{source}: not a path on the cluster's file system ({CLUSTER_FSX_MOUNT})"
+        local = os.path.join(self.fsx_mount, *rel.split("/"))
+        try:
+            with open(local, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            return f"Could not open {source}: no such file"
+        if len(data) < 1024:
+            return f"{source} is not an MRC file ({len(data)} bytes)"
+        order = ">" if data[212:214] == b"\x11\x11" else "<"
+        nx, ny, nz, mode = struct.unpack_from(f"{order}4i", data, 0)
+        item = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}.get(mode)
+        if item is None or min(nx, ny, nz) <= 0 or len(data) < 1024 + nx * ny * nz * item:
+            return f"{source} is not an MRC file this reads (mode {mode}, {nx} x {ny} x {nz})"
+        return data, (nx, ny, nz)
+
+    def _complete_import(
+        self, job: SimJob, p: SimProject, read: tuple[bytes, tuple[int, int, int]] | None
+    ) -> None:
+        """Import 3D Volumes / Import Templates: the file (``read``, or one made up), linked into
+        the job's directory, at the pixel size the job is given."""
+        source = self._import_source(job)
+        job.other_protein = self._is_other_protein(source)
         if job.type == "import_volumes":
-            source = str(job.params.get("volume_blob_path", ""))
             psize = float(job.params.get("volume_psize", 1.0))
             path = f"{job.uid}/imported/{posixpath.basename(source) or 'volume.mrc'}"
-            p.files[path] = _mrc_bytes(16, psize, seed=job.num)
+            p.files[path] = read[0] if read else _mrc_bytes(16, psize, seed=job.num)
             job.seeded = True
-            job.other_protein = self._is_other_protein(source)
-            volume = {"map/path": path, "map/shape": [16, 16, 16], "map/psize_A": psize}
+            shape = list(read[1][::-1]) if read else [16, 16, 16]
+            volume = {"map/path": path, "map/shape": shape, "map/psize_A": psize}
             self._put_output(job, "imported_volume_1", 1, rows=[volume])
         else:
-            source = str(job.params.get("templates_blob_path", ""))
             psize = float(job.params.get("templates_psize", 1.0))
             path = f"{job.uid}/imported/{posixpath.basename(source) or 'templates.mrcs'}"
-            p.files[path] = _stack_bytes(16, IMPORTED_TEMPLATES, psize, seed=job.num)
-            job.other_protein = self._is_other_protein(source)
-            rows = _image_rows(path, range(IMPORTED_TEMPLATES))
-            self._put_output(job, "imported_templates", IMPORTED_TEMPLATES, rows=rows)
+            count = read[1][2] if read else IMPORTED_TEMPLATES
+            p.files[path] = read[0] if read else _stack_bytes(16, count, psize, seed=job.num)
+            self._put_output(job, "imported_templates", count, rows=_image_rows(path, range(count)))
 
     def _complete_projections(self, job: SimJob, p: SimProject) -> None:
         """Create Templates: projections of its input volume (output ``templates``, template type,
@@ -298,6 +337,11 @@ class JobOutputs:
         )
 
     def _complete(self, job: SimJob, at: float) -> None:
+        read = self._read_import(job) if job.type in ("import_volumes", "import_templates") else None
+        if isinstance(read, str):
+            job.error = read
+            self._finish(job, "failed", at)
+            return
         self._release_node(job, at)
         p = self._project(job.project_uid)
         self._lineage(job, p)
@@ -306,7 +350,7 @@ class JobOutputs:
         psize = 1.0
         t = job.type
         if t in ("import_volumes", "import_templates"):
-            self._complete_import(job, p)
+            self._complete_import(job, p, read)
         elif t == "create_templates":
             self._complete_projections(job, p)
         elif t == "template_picker_gpu":

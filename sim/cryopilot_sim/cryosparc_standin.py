@@ -204,6 +204,7 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         self.volumes: Any = None
         self._data_loaded: set[str] = set()
         self.other_protein_paths: list[str] = []
+        self.fsx_mount: str | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -297,10 +298,11 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
     def wrong_reference(self, pattern: str = "*") -> None:
         """Model a repeat run whose reference is another protein than the dataset's: every file an
         Import 3D Volumes or Import Templates job imports whose path matches the fnmatch
-        ``pattern`` is of that other protein. A heterogeneous refinement seeded with it then keeps
-        few particles in the reference's class, every class stays at junk resolutions, and the
-        refinement that follows ends far from the dataset's resolution
-        (:meth:`~cryopilot_sim.cryosparc_outputs.JobOutputs._class_model`).
+        ``pattern`` is of that other protein (the path the job is given: a reference the agent
+        resampled is imported from the run's project directory, ``*/cryopilot_resampled/*``). A
+        heterogeneous refinement seeded with it then keeps few particles in the reference's class,
+        every class stays at junk resolutions, and the refinement that follows ends far from the
+        dataset's resolution (:meth:`~cryopilot_sim.cryosparc_outputs.JobOutputs._class_model`).
 
         This is the stand-in's model, not cryoSPARC's documented behaviour: what a real instance
         produces from a wrong reference is not specified anywhere (it depends on the two proteins);

@@ -931,12 +931,14 @@ class LocalCloud:
         self.cryosparc_by_cluster[cluster_name] = cs
         for setup in self.cryosparc_setup:
             setup(cs)
+        mount = self._make_file_system(cluster_name, cs)
+        cs.fsx_mount = mount  # the master and its workers read the cluster's FSx
         env = {
             "CRYOSPARC_BASE_URL": base_url,
             "CRYOSPARC_EMAIL": email,
             "CRYOSPARC_PASSWORD": password,
             "CRYOPILOT_PROJECT_ROOT": f"/fsx/projects/{cluster_name}",
-            "CRYOPILOT_FSX_MOUNT": self._make_file_system(cluster_name, cs),
+            "CRYOPILOT_FSX_MOUNT": mount,
         }
         with self._lock:
             self.head_nodes[instance_id] = HeadNode(cluster_name, instance_id, cs, env)

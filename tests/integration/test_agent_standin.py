@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import numpy as np
 import pytest
 from cryopilot.domain.manifest import Manifest, manifest_from_dict
 from cryopilot.domain.placement import plan
@@ -20,6 +21,7 @@ from cryopilot_agent.cli import _connect, encode_spec, main, settings_from_env
 from cryopilot_agent.driver import FINISH_RETRY_SECONDS, FINISH_TIMEOUT_SECONDS, Driver
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.cryosparc_standin import CryoSparcStandIn, load_profiles
+from cryosparc import mrc
 from cryosparc.dataset import Dataset
 from moto import mock_aws
 
@@ -346,6 +348,87 @@ def test_repeat_preset_runs_from_the_reference_without_ab_initio(clock: VirtualC
     assert minutes["hetero1"] == pytest.approx(cgrp["minutes"]["hetero"] / cgrp["hetero_rounds"])
     assert minutes["import_reference"] == pytest.approx(cgrp["minutes"]["import"])
     assert minutes["nurefine"] == pytest.approx(cgrp["minutes"]["nurefine"])
+
+
+def _reference_on_fsx(fsx: str, pixel_A: float) -> None:
+    """The reference's map, mask and 4 class averages, on a local FSx mount, at ``pixel_A``."""
+    folder = os.path.join(fsx, "reference", "cgrp-first")
+    os.makedirs(folder)
+    grid = np.indices((32, 32, 32)).astype(np.float32) - 16
+    volume = np.exp(-((grid * pixel_A) ** 2).sum(axis=0) / (2 * 4.0**2)).astype(np.float32)
+    mrc.write(os.path.join(folder, "map.mrc"), volume, pixel_A)
+    mrc.write(os.path.join(folder, "mask.mrc"), (volume > 0.1).astype(np.float32), pixel_A)
+    mrc.write(os.path.join(folder, "templates_selected.mrcs"), volume[14:18], pixel_A)
+
+
+def test_a_reference_off_the_datas_pixel_size_is_resampled_and_imported_at_the_datas(
+    clock: VirtualClock, tmp_path: Any
+) -> None:
+    """A reference 1.2 % off the data's pixel size: the agent writes each file resampled into the
+    run's project directory and has the import read that file at the data's pixel size; the
+    stand-in, given the file system, imports what is there."""
+    fsx = str(tmp_path)
+    _reference_on_fsx(fsx, 0.84)
+    folder = tmp_path / "reference" / "cgrp-first"
+    originals = {n: (folder / n).read_bytes() for n in os.listdir(folder)}
+    reference = REFERENCE.model_copy(update={"pixel_size_A": 0.84})
+    stages = plan(movies_manifest(preset="repeat"), data_dir="/fsx/data/", reference=reference)
+    imports = [s for s in stages if s.resample is not None]
+    assert [s.id for s in imports] == ["import_reference", "import_decoy", "import_templates"]
+    with CryoSparcStandIn(clock, "cgrp", email=EMAIL, password=PASSWORD) as cs:
+        cs.fsx_mount = fsx
+        agent = Agent(cs.base_url, clock)
+        agent.env["CRYOPILOT_FSX_MOUNT"] = fsx
+        for spec in imports:
+            assert agent.run_stage("cgrp-repeat", spec).stages[0].state == "completed"
+        (project,) = cs.projects.values()
+        for spec, name in zip(imports, ("map.mrc", "mask.mrc", "templates_selected.mrcs"), strict=True):
+            job = cs.job_by_title("cgrp-repeat", f"cryopilot:{spec.id}")
+            assert job is not None
+            path_param, psize_param = spec.resample.path, spec.resample.pixel_size  # type: ignore[union-attr]
+            resampled = f"{project.project_dir}/cryopilot_resampled/{spec.id}_{name}"
+            assert (job.params[path_param], job.params[psize_param]) == (resampled, 0.83)
+            local = os.path.join(fsx, *resampled.removeprefix("/fsx/").split("/"))
+            header, data = mrc.read(local)
+            assert header.xlen / header.nx == pytest.approx(0.83)
+            assert data.shape[-1] == 32  # the reference's box is kept
+            # the import holds that file, as a real import reads it
+            (imported,) = [f for f in project.files if f.startswith(f"{job.uid}/imported/")]
+            with open(local, "rb") as fh:
+                assert project.files[imported] == fh.read()
+            recorded = json.loads(job.description)["cryopilot"]["resampled"]
+            assert recorded["source"] == spec.params[path_param]
+            assert (recorded["from_A"], recorded["pixel_size_A"], recorded["file"]) == (0.84, 0.83, resampled)
+        templates = cs.job_by_title("cgrp-repeat", "cryopilot:import_templates")
+        assert templates is not None
+        assert templates.outputs["imported_templates"]["num_items"] == 4  # the stack's 4 images
+        # a second submit adopts the job; the reference's own files were never written
+        assert agent.submit("cgrp-repeat", imports[0]).already_submitted
+    for name, data in originals.items():
+        assert (folder / name).read_bytes() == data
+
+
+def test_a_reference_file_missing_from_fsx_fails_the_submit_or_the_import(
+    clock: VirtualClock, tmp_path: Any
+) -> None:
+    reference = REFERENCE.model_copy(update={"pixel_size_A": 0.84})
+    planned = plan(movies_manifest(preset="repeat"), data_dir="/fsx/data/", reference=reference)
+    stages = {s.id: s for s in planned}
+    with CryoSparcStandIn(clock, "cgrp", email=EMAIL, password=PASSWORD) as cs:
+        cs.fsx_mount = str(tmp_path)
+        agent = Agent(cs.base_url, clock)
+        agent.env["CRYOPILOT_FSX_MOUNT"] = str(tmp_path)
+        failure = _failure(agent, "cgrp-repeat", stages["import_reference"])
+        assert failure.error_type == "ResampleError"
+        assert failure.message == (
+            f"import_reference: {REFERENCE.map_path} (volume_blob_path) is not on this node"
+            f" ({tmp_path}/reference/cgrp-first/map.mrc)"
+        )
+        # no resampling (the data's pixel size): the import itself reads the file, and fails
+        same = stages["import_reference"].model_copy(update={"resample": None})
+        status = agent.run_stage("cgrp-repeat", same).stages[0]
+        assert status.state == "failed"
+        assert status.jobs[0].error == f"Could not open {REFERENCE.map_path}: no such file"
 
 
 @pytest.mark.slow

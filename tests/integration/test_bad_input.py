@@ -349,7 +349,8 @@ UPLOADS = [
         ),
         (
             "campaign RBD-BINDERS: the reference's pixel size 1.06 Å differs from the data's 0.83 Å"
-            " (acquisition.pixel_size_A) by 27.7%; at most 2% is accepted",
+            " (acquisition.pixel_size_A) by 27.7%; a reference within 2% of it is resampled to it on the"
+            " cluster, one further off is refused",
         ),
         error_type="CampaignReferenceError",
     ),
@@ -507,7 +508,8 @@ MANUALS = [
         _inline(_manifest(reference={"map": "s3://{bucket}/references/RBD/map.mrc", "pixel_size_A": 1.2})),
         (
             "reference.map: the reference's pixel size 1.2 Å differs from the data's 0.83 Å"
-            " (acquisition.pixel_size_A) by 44.6%; at most 2% is accepted: resample the reference",
+            " (acquisition.pixel_size_A) by 44.6%; a reference within 2% of it is resampled to it on the"
+            " cluster, one further off is refused",
         ),
         error_type="CampaignReferenceError",
     ),

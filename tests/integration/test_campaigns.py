@@ -18,6 +18,7 @@ import yaml
 from cryopilot_ops import ops
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.harness import LocalCloud
+from cryosparc import mrc
 
 from tests.conftest import EVENTS
 
@@ -39,7 +40,8 @@ def _manifest(dataset: str, compound: str, **extra: Any) -> str:
 
 def _solved_elsewhere(cloud: LocalCloud, run_id: str) -> dict[str, Any]:
     """A reference "solved elsewhere": the first run's map, mask and class averages, uploaded to a
-    folder of the input bucket, named by ``reference.map`` with its pixel size."""
+    folder of the input bucket, named by ``reference.map`` with its pixel size: 0.84 Å, 1.2 % off
+    the data's 0.83 (another session's calibration), so the run resamples it."""
     s3 = cloud.client("s3")
     files = {f["kind"]: f for f in (cloud.run_record(run_id) or {})["results"]["files"]}
     folder = f"s3://{cloud.input_bucket}/references/CGRP/"
@@ -48,7 +50,7 @@ def _solved_elsewhere(cloud: LocalCloud, run_id: str) -> dict[str, Any]:
         body = s3.get_object(Bucket=cloud.results_bucket, Key=files[kind]["key"])["Body"].read()
         s3.put_object(Bucket=cloud.input_bucket, Key=f"references/CGRP/{files[kind]['name']}", Body=body)
         named[field] = folder + files[kind]["name"]
-    return {**named, "pixel_size_A": 0.83}
+    return {**named, "pixel_size_A": 0.84}
 
 
 @dataclass
@@ -272,8 +274,24 @@ def test_a_map_solved_elsewhere_is_the_reference_of_a_run_outside_any_campaign(c
     assert record["reference"]["inputs"]["templates_path"] == f"/fsx/reference/{source['templates']}"
     job_types = {t for stage in record["stages"].values() for t in stage["job_types"]}
     assert "homo_abinit" not in job_types
-    shown = os.listdir(os.path.join(cloud.fsx_mount(record["cluster_name"]), "reference"))
+    mount = cloud.fsx_mount(record["cluster_name"])
+    shown = os.listdir(os.path.join(mount, "reference"))
     assert {source["map"], source["mask"], source["templates"]} <= set(shown), shown
+    # 1.2 % off the data's pixel size: each file was resampled into the project, and imported at 0.83 Å
+    assert source["pixel_size_A"] == 0.84
+    cs = cloud.cryosparc_by_cluster[record["cluster_name"]]
+    for stage, path, psize, name in (
+        ("import_reference", "volume_blob_path", "volume_psize", source["map"]),
+        ("import_decoy", "volume_blob_path", "volume_psize", source["mask"]),
+        ("import_templates", "templates_blob_path", "templates_psize", source["templates"]),
+    ):
+        job = cs.job_by_title(run_id, f"cryopilot:{stage}")
+        assert job is not None, stage
+        assert job.status == "completed", stage
+        assert job.params[psize] == 0.83
+        assert job.params[path].endswith(f"/cryopilot_resampled/{stage}_{name}"), job.params[path]
+        header, _ = mrc.read(os.path.join(mount, job.params[path].removeprefix("/fsx/")))
+        assert header.xlen / header.nx == pytest.approx(0.83)
     # compared with the map (whose resolution and particles it does not know): no false alarm
     assert record["repeat_verdict"]["problems"] == []
     assert "Compared with the reference: resolution" in _mail(cloud, run_id)["message"]

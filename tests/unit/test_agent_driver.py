@@ -120,3 +120,18 @@ def test_particle_files_are_each_latest_file_of_the_output_main_first() -> None:
         }
     )
     assert particle_files(only_passed) == [("particles_passthrough", "J9/p.cs")]
+
+
+def test_a_planned_path_on_fsx_is_found_where_this_node_mounts_it() -> None:
+    """Planned paths are the cluster's (below the configuration's FSx MountDir); the agent reads
+    them where its node mounts the file system: the same directory on a head node."""
+    from cryopilot.domain.clusterconfig.mounts import FSX_MOUNT_DIR
+    from cryopilot_agent.driver import CLUSTER_FSX_MOUNT, Driver
+
+    assert CLUSTER_FSX_MOUNT == FSX_MOUNT_DIR
+    head_node = Driver(None, project_root="/fsx/projects")  # type: ignore[arg-type]
+    assert head_node.on_this_node("/fsx/reference/map.mrc") == "/fsx/reference/map.mrc"
+    elsewhere = Driver(None, project_root="/fsx/projects", fsx_mount="/mnt/lustre")  # type: ignore[arg-type]
+    assert elsewhere.on_this_node("/fsx/reference/map.mrc") == "/mnt/lustre/reference/map.mrc"
+    assert elsewhere.on_this_node("/fsxother/map.mrc") == "/fsxother/map.mrc"
+    assert elsewhere.on_this_node("/shared/map.mrc") == "/shared/map.mrc"

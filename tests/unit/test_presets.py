@@ -9,8 +9,9 @@ import pytest
 from cryopilot.core.errors import ManifestError
 from cryopilot.domain.manifest import Manifest, manifest_from_dict
 from cryopilot.domain.placement import lane_nodes, plan
-from cryopilot.domain.presets import expand, job_types, load_preset, preset_names
-from cryopilot.domain.reference import ReferenceInputs
+from cryopilot.domain.presets import Preset, expand, job_types, load_preset, preset_names
+from cryopilot.domain.reference import PIXEL_SIZE_TOLERANCE, SAME_PIXEL_SIZE, ReferenceInputs
+from cryopilot.protocol.stage import Resample
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.cryosparc_standin import STAGE_OF_TYPE, CryoSparcStandIn, load_profiles
 
@@ -457,6 +458,66 @@ def test_repeat_preset_takes_the_references_files_box_and_pixel_size() -> None:
     assert 20 <= stages["nurefine"].params["refine_res_init"] <= 30
 
 
+def test_a_reference_at_the_datas_pixel_size_is_imported_as_it_is() -> None:
+    stages = repeat_plan()
+    assert all(s.resample is None for s in stages.values())
+    # 0.05 % off (SAME_PIXEL_SIZE) is the same pixel size
+    near = REFERENCE.model_copy(update={"pixel_size_A": 0.83 * (1 + SAME_PIXEL_SIZE)})
+    planned = plan(manifest(pipeline={"preset": "repeat"}), data_dir=DATA_DIR, reference=near)
+    assert all(s.resample is None for s in planned)
+    # presets without a reference file resample nothing
+    assert all(s.resample is None for s in plan(manifest(), data_dir=DATA_DIR))
+
+
+@pytest.mark.parametrize("ref_pixel", [0.84, 0.82, 0.8305])
+def test_a_reference_a_little_off_the_datas_pixel_size_is_resampled_before_its_import(
+    ref_pixel: float,
+) -> None:
+    off = REFERENCE.model_copy(update={"pixel_size_A": ref_pixel})
+    planned = plan(manifest(pipeline={"preset": "repeat"}), data_dir=DATA_DIR, reference=off)
+    stages = {s.id: s for s in planned}
+    assert {s.id for s in planned if s.resample is not None} == {
+        "import_reference",
+        "import_decoy",
+        "import_templates",
+    }
+    for sid, path, psize, images in (
+        ("import_reference", "volume_blob_path", "volume_psize", False),
+        ("import_decoy", "volume_blob_path", "volume_psize", False),
+        ("import_templates", "templates_blob_path", "templates_psize", True),
+    ):
+        stage = stages[sid]
+        wanted = Resample(path=path, pixel_size=psize, images=images, from_A=ref_pixel, to_A=0.83)
+        assert stage.resample == wanted
+        assert stage.params[psize] == ref_pixel  # what the file is; the agent gives the job the new size
+    # the box is the reference's: the resampled files keep it
+    assert stages["extract"].params["box_size_pix"] == REFERENCE.box_pix
+    # the projections option makes its templates from the resampled map: nothing else to resample
+    projected = plan(
+        manifest(pipeline={"preset": "repeat", "options": {"templates": "projections"}}),
+        data_dir=DATA_DIR,
+        reference=off,
+    )
+    assert {s.id for s in projected if s.resample is not None} == {"import_reference", "import_decoy"}
+
+
+def test_a_pixel_size_override_beyond_the_tolerance_is_refused_not_resampled() -> None:
+    with pytest.raises(ManifestError) as err:
+        repeat_plan(overrides={"import_reference": {"volume_psize": 0.9}})
+    assert str(err.value) == (
+        "preset repeat: import_reference.volume_psize: 0.9 Å is 8.4% from the data's 0.83 Å; at most 2%"
+        " can be resampled"
+    )
+    assert PIXEL_SIZE_TOLERANCE == 0.02
+
+
+def test_a_preset_that_resamples_a_parameter_it_does_not_have_is_refused() -> None:
+    raw = load_preset("repeat").model_dump()
+    raw["stages"][0]["resample"] = {"path": "volume_path", "pixel_size": "volume_psize", "to": "${x}"}
+    with pytest.raises(ValueError, match="resample names 'volume_path', which is not one of its params"):
+        Preset.model_validate(raw)
+
+
 def test_repeat_preset_overrides_and_a_forced_full_run() -> None:
     stages = repeat_plan(overrides={"hetero": {"rounds": 1, "multirefine_res_init": 20}})
     assert [s for s in stages if s.startswith("hetero")] == ["hetero1"]
@@ -480,7 +541,7 @@ def test_expand_resolves_reference_values_and_refuses_them_without_a_reference()
     with pytest.raises(ManifestError, match="needs a campaign reference"):
         plan(m, data_dir=DATA_DIR)
     # a reference without a field the preset needs: the field is named
-    bare = ReferenceInputs(map_path="/fsx/reference/x/map.mrc", pixel_size_A=1.1)
+    bare = ReferenceInputs(map_path="/fsx/reference/x/map.mrc", pixel_size_A=0.83)
     with pytest.raises(ManifestError) as info:
         expand(m, data_dir=DATA_DIR, reference=bare)
     assert str(info.value) == (

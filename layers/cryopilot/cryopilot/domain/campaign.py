@@ -24,7 +24,7 @@ from cryopilot.core.errors import CampaignReferenceError
 from cryopilot.core.validation import clip, printable
 from cryopilot.domain.clusterconfig.mounts import FSX_DATA_DIR, FSX_REFERENCE_DIR
 from cryopilot.domain.record import RunRecord
-from cryopilot.domain.reference import ReferenceInputs, RepeatThresholds
+from cryopilot.domain.reference import PIXEL_SIZE_TOLERANCE, ReferenceInputs, RepeatThresholds
 from cryopilot.protocol.stage import PlannedStage
 
 if TYPE_CHECKING:  # only a type here: a mail that compares runs need not load the manifest (YAML)
@@ -36,13 +36,6 @@ REPEAT_PRESET = "repeat"
 #: The input the repeat preset starts from (its first stages import and motion-correct movies).
 REPEAT_INPUT_KIND = "movies"
 
-#: How far (relative) a reference's pixel size may be from the new data's. Within it, the
-#: reference is used at its own pixel size: the import jobs are told that size
-#: (``ReferenceInputs.pixel_size_A``) and cryoSPARC works in Å from it; the reference map is
-#: low-pass filtered to 20-30 Å before it seeds a refinement, and a 2 % scale error moves a point
-#: 50 Å from the centre by 1 Å, far below that resolution. Beyond it, the run is refused at Validate:
-#: resample the reference to the data's pixel size first (e.g. cryoSPARC's Volume Tools).
-PIXEL_SIZE_TOLERANCE = 0.02
 
 #: Below the results bucket: a campaign's folder (its reference's files and its page).
 CAMPAIGNS_PREFIX = "campaigns/"
@@ -140,15 +133,16 @@ def map_geometry(manifest: "Manifest", stages: Sequence[PlannedStage]) -> tuple[
 
 
 def check_pixel_size(reference: ReferenceSource, data_pixel_A: float, *, where: str) -> None:
-    """A reference whose pixel size is more than :data:`PIXEL_SIZE_TOLERANCE` from the data's is
-    refused (one line naming both and the tolerance)."""
+    """A reference whose pixel size is more than
+    :data:`~cryopilot.domain.reference.PIXEL_SIZE_TOLERANCE` from the data's is refused (one line
+    naming both and the tolerance); within it, the repeat preset resamples the reference's files."""
     ref = reference.pixel_size_A
     off = abs(ref - data_pixel_A) / data_pixel_A
     if off > PIXEL_SIZE_TOLERANCE:
         raise CampaignReferenceError(
             f"{where}: the reference's pixel size {ref:g} Å differs from the data's"
-            f" {data_pixel_A:g} Å (acquisition.pixel_size_A) by {off:.1%}; at most"
-            f" {PIXEL_SIZE_TOLERANCE:.0%} is accepted: resample the reference to the data's pixel size"
+            f" {data_pixel_A:g} Å (acquisition.pixel_size_A) by {off:.1%}; a reference within"
+            f" {PIXEL_SIZE_TOLERANCE:.0%} of it is resampled to it on the cluster, one further off is refused"
         )
 
 

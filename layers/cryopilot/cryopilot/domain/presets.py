@@ -21,19 +21,25 @@ from functools import cache
 from importlib import resources
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cryopilot.core.errors import ManifestError
 from cryopilot.core.naming import REPEATED_STAGE
 from cryopilot.core.validation import excerpt
 from cryopilot.domain.datafiles import read_data_file
 from cryopilot.domain.manifest import Manifest, check_relative_path, check_symmetry
-from cryopilot.domain.reference import REFERENCE_PREFIX, ReferenceInputs
+from cryopilot.domain.reference import (
+    PIXEL_SIZE_TOLERANCE,
+    REFERENCE_PREFIX,
+    SAME_PIXEL_SIZE,
+    ReferenceInputs,
+)
 from cryopilot.protocol.stage import (
     DecisionDef,
     InputConnection,
     Lane,
     PlannedStage,
+    Resample,
 )
 
 #: Name of the repeated stage's "rounds" pseudo-parameter.
@@ -59,6 +65,17 @@ class OutputRef(_Model):
     when: dict[str, str] | None = None
 
 
+class ResampleDef(_Model):
+    """A stage's file that is resampled to another pixel size before its job is made, when the two
+    differ (see ``repeat.yaml``): ``path`` and ``pixel_size`` name two of the stage's parameters,
+    ``to`` the pixel size wanted (a ``${...}`` value, e.g. the data's)."""
+
+    path: str
+    pixel_size: str
+    to: str
+    images: bool = False
+
+
 class StageDef(_Model):
     id: str
     title: str
@@ -72,7 +89,18 @@ class StageDef(_Model):
     next_round_inputs: dict[str, list[OutputRef]] | None = None
     rounds: int | None = Field(default=None, ge=1, le=20)
     decision: DecisionDef | None = None
+    resample: ResampleDef | None = None
     time_limit_hours: float = Field(gt=0, le=24 * 7)
+
+    @model_validator(mode="after")
+    def _resample_names_params(self) -> "StageDef":
+        if self.resample is not None:
+            for name in (self.resample.path, self.resample.pixel_size):
+                if name not in self.params:
+                    raise ValueError(
+                        f"stage {self.id}: resample names {name!r}, which is not one of its params"
+                    )
+        return self
 
 
 class PlacementDef(_Model):
@@ -282,6 +310,37 @@ def _resolve(value: Any, refs: dict[str, Any], where: str) -> Any:
     return _REF.sub(sub, value)
 
 
+def _resample(
+    spec: ResampleDef | None, params: dict[str, Any], refs: dict[str, Any], where: str
+) -> Resample | None:
+    """The resampling a stage's file needs: None when it has none, or when the file's pixel size
+    (its ``pixel_size`` parameter) is the one wanted to within :data:`SAME_PIXEL_SIZE`. A file
+    further than :data:`PIXEL_SIZE_TOLERANCE` from it is refused (Validate refuses such a reference
+    first; this holds an override of the pixel size to the same rule)."""
+    if spec is None or spec.path not in params:
+        return None
+    given, wanted = params.get(spec.pixel_size), _resolve(spec.to, refs, f"{where}.resample.to")
+    have, want = _angstrom(given), _angstrom(wanted)
+    if have is None or want is None:
+        raise ManifestError(f"{where}: resample needs two pixel sizes in Å (got {given!r} and {wanted!r})")
+    off = abs(have - want) / want
+    if off <= SAME_PIXEL_SIZE:
+        return None
+    if off > PIXEL_SIZE_TOLERANCE:
+        raise ManifestError(
+            f"{where}.{spec.pixel_size}: {have:g} Å is {off:.1%} from the data's {want:g} Å; at most"
+            f" {PIXEL_SIZE_TOLERANCE:.0%} can be resampled"
+        )
+    return Resample(path=spec.path, pixel_size=spec.pixel_size, images=spec.images, from_A=have, to_A=want)
+
+
+def _angstrom(value: Any) -> float | None:
+    """A positive number as a float, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    return float(value)
+
+
 def _override_target(preset: Preset, stage_id: str) -> tuple[StageDef, int | None]:
     """The preset stage an override key names, and the round it names (``hetero3``: the hetero
     stage, round 3; ``hetero``: every round, None). A key naming no stage is a ManifestError."""
@@ -471,6 +530,7 @@ def expand(
                         chosen=chosen,
                     ),
                     decision=stage.decision,
+                    resample=_resample(stage.resample, params, refs, f"preset {preset.name}: {stage_id}"),
                     time_limit_seconds=round(stage.time_limit_hours * 3600),
                 )
             )

@@ -12,6 +12,20 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
+#: How far (relative) a reference's pixel size may be from the new data's. Within it, the
+#: reference's map, mask and class averages are resampled to the data's pixel size on the cluster
+#: before cryoSPARC imports them (the ``resample`` of the repeat preset's import stages; the
+#: head-node agent does it in Fourier space at the files' own box, so particles, templates and maps
+#: keep one box). Beyond it, the run is refused at Validate: a reference whose pixel size is that far
+#: off is more likely another detector or a miscalibration than the same target's map, and keeping
+#: its box at the new pixel size would crop or pad it by more than a few pixels.
+PIXEL_SIZE_TOLERANCE = 0.02
+
+#: Two pixel sizes this close (relative) are the same: a file is not resampled for less. A pixel
+#: size is given to 3 or 4 significant figures; 0.05 % moves the edge of a 256-pixel box by a tenth
+#: of a pixel.
+SAME_PIXEL_SIZE = 0.0005
+
 #: Placeholder prefix a preset uses for the reference's values, e.g. ``${reference.map_path}``.
 REFERENCE_PREFIX = "reference."
 

@@ -260,7 +260,7 @@ def resolve_reference(
     """The run's reference: the manifest's ``reference`` (an earlier run, or a map in one of the
     stack's buckets), else its campaign's, else none. A reference that cannot be used is one
     :class:`CampaignReferenceError` naming the field and the rule: an unknown or unfinished run, a
-    pixel size beyond :data:`~cryopilot.domain.campaign.PIXEL_SIZE_TOLERANCE` of the data's, a file
+    pixel size beyond :data:`~cryopilot.domain.reference.PIXEL_SIZE_TOLERANCE` of the data's, a file
     missing from S3."""
     settings = get_settings()
     store = runs.store()
