@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import fnmatch
 import io
-import os
 import posixpath
 import random
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from cryopilot.domain.clusterconfig.mounts import FSX_MOUNT_DIR as CLUSTER_FSX_MOUNT
 from cryopilot.domain.presets import JobTypeSpec
 from cryosparc.dataset import Dataset
 
@@ -144,12 +143,13 @@ class JobOutputs:
     #: fnmatch patterns of imported reference files that are another protein than the dataset's
     #: (:meth:`~cryopilot_sim.cryosparc_standin.CryoSparcStandIn.wrong_reference`).
     other_protein_paths: list[str]
-    #: Where this process holds the cluster's FSx (the mount a harness made), or None. When set, Import
-    #: 3D Volumes and Import Templates read the file they are given, as a real instance does: a file
-    #: missing or not MRC fails the job (cryoSPARC's own messages for these are not in a public
-    #: source; these are the stand-in's), and the import holds that file's bytes, box and image
-    #: count. When None, they make a small file up (tests of the agent alone, without a file system).
-    fsx_mount: str | None
+    #: How the master and its workers read a file of the cluster's FSx (a path below /fsx; None: no
+    #: such file), or None. When set, Import 3D Volumes and Import Templates read the file they are
+    #: given, as a real instance does: a file missing or not MRC fails the job (cryoSPARC's own
+    #: messages for these are not in a public source; these are the stand-in's), and the import
+    #: holds that file's bytes, box and image count. When None, they make a small file up (tests of
+    #: the agent alone, without a file system). See :func:`cryopilot_sim.fsx_standin.lazy_reader`.
+    read_fsx: Callable[[str], bytes | None] | None
 
     if TYPE_CHECKING:
 
@@ -279,19 +279,12 @@ class JobOutputs:
 
     def _read_import(self, job: SimJob) -> tuple[bytes, tuple[int, int, int]] | str | None:
         """The file an import job reads and its size (nx, ny, nz); a one-line problem when it cannot
-        be read; None when the stand-in has no file system (:attr:`fsx_mount`)."""
-        if self.fsx_mount is None:
+        be read; None when the stand-in has no file system (:attr:`read_fsx`)."""
+        if self.read_fsx is None:
             return None
         source = self._import_source(job)
-        inside = source.startswith(CLUSTER_FSX_MOUNT + "/")
-        rel = posixpath.relpath(source, CLUSTER_FSX_MOUNT) if inside else None
-        if rel is None or rel.startswith(".."):
-            return f"{source}: not a path on the cluster's file system ({CLUSTER_FSX_MOUNT})"
-        local = os.path.join(self.fsx_mount, *rel.split("/"))
-        try:
-            with open(local, "rb") as fh:
-                data = fh.read()
-        except OSError:
+        data = self.read_fsx(source)
+        if data is None:
             return f"Could not open {source}: no such file"
         if len(data) < 1024:
             return f"{source} is not an MRC file ({len(data)} bytes)"

@@ -204,7 +204,7 @@ class CryoSparcStandIn(JobTiming, JobOutputs, JobBytes):
         self.volumes: Any = None
         self._data_loaded: set[str] = set()
         self.other_protein_paths: list[str] = []
-        self.fsx_mount: str | None = None
+        self.read_fsx: Callable[[str], bytes | None] | None = None
 
     # ---------------------------------------------------------------- lifecycle
 

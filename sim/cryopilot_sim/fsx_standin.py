@@ -29,6 +29,7 @@ real directory here) and the cryoSPARC stand-in's project files at their project
 from __future__ import annotations
 
 import os
+import posixpath
 import threading
 import uuid
 from collections.abc import Callable
@@ -273,3 +274,34 @@ def associations_from_config(config: dict[str, Any]) -> list[Association]:
             bucket, _, prefix = str(dra["DataRepositoryPath"]).removeprefix("s3://").partition("/")
             found.append(Association(str(dra["FileSystemPath"]), bucket, prefix))
     return found
+
+
+def lazy_reader(
+    mount: str, associations: list[Association], get_object: Callable[[str, str], bytes | None]
+) -> Callable[[str], bytes | None]:
+    """How a node reads a file of the file system (a path below /fsx; None: no such file): the file
+    in ``mount`` if it is there, else the S3 object a data repository association links it to,
+    loaded on this first read and kept in ``mount`` (FSx for Lustre user guide, "Lazy load": a
+    linked object's bytes come from S3 when its file is first read). ``get_object(bucket, key)``
+    gives an object's bytes, None when it does not exist."""
+
+    def read(path: str) -> bytes | None:
+        if not path.startswith(MOUNT + "/"):
+            return None
+        rel = posixpath.normpath(path[len(MOUNT) + 1 :])
+        if rel == "." or rel.startswith(".."):
+            return None
+        local = os.path.join(mount, *rel.split("/"))
+        if os.path.isfile(local):
+            with open(local, "rb") as fh:
+                return fh.read()
+        for association in (a for a in associations if a.holds(rel)):
+            body = get_object(association.bucket, association.key_for(rel))
+            if body is not None:
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                with open(local, "wb") as fh:
+                    fh.write(body)
+                return body
+        return None
+
+    return read

@@ -45,6 +45,7 @@ from typing import Any
 from unittest import mock
 
 import boto3
+from botocore.exceptions import ClientError
 
 from cryopilot_sim.clock import Clock, VirtualClock
 from cryopilot_sim.seams import RequestLock
@@ -932,7 +933,7 @@ class LocalCloud:
         for setup in self.cryosparc_setup:
             setup(cs)
         mount = self._make_file_system(cluster_name, cs)
-        cs.fsx_mount = mount  # the master and its workers read the cluster's FSx
+        cs.read_fsx = self._fsx_reader(cluster_name, mount)  # the master and its workers read FSx
         env = {
             "CRYOSPARC_BASE_URL": base_url,
             "CRYOSPARC_EMAIL": email,
@@ -990,6 +991,23 @@ class LocalCloud:
         with self._lock:
             self.file_systems[cluster_name] = fs_id
         return mount
+
+    def _fsx_reader(self, cluster_name: str, mount: str) -> Callable[[str], bytes | None]:
+        """How the cluster's nodes read its FSx (:func:`cryopilot_sim.fsx_standin.lazy_reader`)."""
+        import yaml
+
+        from cryopilot_sim.fsx_standin import associations_from_config, lazy_reader
+
+        record = self.pcluster.history.get(cluster_name)
+        associations = associations_from_config(yaml.safe_load(record["config"]) if record else {})
+
+        def get_object(bucket: str, key: str) -> bytes | None:
+            try:
+                return bytes(self.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
+            except ClientError:
+                return None
+
+        return lazy_reader(mount, associations, get_object)
 
     def fsx_mount(self, cluster_name: str) -> str:
         """The directory standing in for a cluster's FSx mount on its head node (kept after the

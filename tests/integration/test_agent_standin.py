@@ -21,6 +21,7 @@ from cryopilot_agent.cli import _connect, encode_spec, main, settings_from_env
 from cryopilot_agent.driver import FINISH_RETRY_SECONDS, FINISH_TIMEOUT_SECONDS, Driver
 from cryopilot_sim.clock import VirtualClock
 from cryopilot_sim.cryosparc_standin import CryoSparcStandIn, load_profiles
+from cryopilot_sim.fsx_standin import lazy_reader
 from cryosparc import mrc
 from cryosparc.dataset import Dataset
 from moto import mock_aws
@@ -376,7 +377,7 @@ def test_a_reference_off_the_datas_pixel_size_is_resampled_and_imported_at_the_d
     imports = [s for s in stages if s.resample is not None]
     assert [s.id for s in imports] == ["import_reference", "import_decoy", "import_templates"]
     with CryoSparcStandIn(clock, "cgrp", email=EMAIL, password=PASSWORD) as cs:
-        cs.fsx_mount = fsx
+        cs.read_fsx = lazy_reader(fsx, [], lambda bucket, key: None)
         agent = Agent(cs.base_url, clock)
         agent.env["CRYOPILOT_FSX_MOUNT"] = fsx
         for spec in imports:
@@ -415,7 +416,7 @@ def test_a_reference_file_missing_from_fsx_fails_the_submit_or_the_import(
     planned = plan(movies_manifest(preset="repeat"), data_dir="/fsx/data/", reference=reference)
     stages = {s.id: s for s in planned}
     with CryoSparcStandIn(clock, "cgrp", email=EMAIL, password=PASSWORD) as cs:
-        cs.fsx_mount = str(tmp_path)
+        cs.read_fsx = lazy_reader(str(tmp_path), [], lambda bucket, key: None)
         agent = Agent(cs.base_url, clock)
         agent.env["CRYOPILOT_FSX_MOUNT"] = str(tmp_path)
         failure = _failure(agent, "cgrp-repeat", stages["import_reference"])
