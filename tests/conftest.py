@@ -56,6 +56,7 @@ def cgrp_reference() -> Any:
         mask_path="/fsx/reference/cgrp-first/mask.mrc",
         templates_path="/fsx/reference/cgrp-first/templates_selected.mrcs",
         pixel_size_A=0.83,
+        templates_pixel_size_A=round(0.83 * 218 / 110, 6),  # 2D classes of particles cropped to 110
         box_pix=218,
         resolution_A=2.8,
     )

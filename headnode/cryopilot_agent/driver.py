@@ -126,6 +126,16 @@ def _project_dir(project: ProjectController) -> str:
     return str(project.dir)
 
 
+def _same_owner(path: str, project_dir: str) -> None:
+    """Give a file the agent wrote, and its folder, the owner of the project directory: the agent
+    runs as root (SSM Run Command), and cryoSPARC's user must be able to delete its project."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    owner = os.stat(project_dir)
+    for item in (os.path.dirname(path), path):
+        os.chown(item, owner.st_uid, owner.st_gid)
+
+
 def resolution_of(job: Job) -> float | None:
     """Final GSFSC resolution: ``volume`` output's ``latest_summary_stats.fsc_info_best.radwn_final_A``."""
     volume = job.spec.outputs.root.get("volume")
@@ -424,9 +434,10 @@ class Driver:
     def _resampled(
         self, project: ProjectController, spec: PlannedStage, params: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The stage's parameters with its reference file resampled (``spec.resample``): the new
-        file, in the project's :data:`RESAMPLED_DIR`, and its pixel size. Written again by a second
-        submit (the same bytes), never in the reference's own folder."""
+        """The stage's parameters with its reference map resampled (``spec.resample``): the new
+        file, in the project's :data:`RESAMPLED_DIR`, and its pixel size; never written in the
+        reference's own folder. A submit that starts over (no job queued yet) writes it again, the
+        same bytes."""
         how = spec.resample
         assert how is not None
         source = params.get(how.path)
@@ -436,9 +447,9 @@ class Driver:
         local = self.on_this_node(source)
         if not os.path.isfile(local):
             raise ResampleError(f"{spec.id}: {source} ({how.path}) is not on this node ({local})")
-        done = resample_file(
-            local, self.on_this_node(target), from_A=how.from_A, to_A=how.to_A, images=how.images
-        )
+        written = self.on_this_node(target)
+        done = resample_file(local, written, from_A=how.from_A, to_A=how.to_A)
+        _same_owner(written, self.on_this_node(_project_dir(project)))
         note = {**done.describe(how.from_A), "file": target, "source": source}
         return {**params, how.path: target, how.pixel_size: done.pixel_size_A}, note
 

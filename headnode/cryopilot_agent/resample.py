@@ -1,20 +1,22 @@
-"""Resampling a reference's map, mask or class averages to the data's pixel size, on the head node.
+"""Resampling a reference's map or mask to the data's pixel size, on the head node.
 
 A repeat run's reference may have been made at a pixel size a little off the new data's (another
 session, a recalibrated microscope; at most ``PIXEL_SIZE_TOLERANCE`` off, Validate refuses more).
-Before the import job of such a file is made, the agent writes a copy at the data's pixel size
+Before the import job of such a map is made, the agent writes a copy at the data's pixel size
 (:class:`cryopilot.protocol.stage.Resample`) and imports that.
 
 How, for a box of ``N`` pixels at ``a`` Å wanted at ``b`` Å: each new pixel ``j`` (0 to ``N - 1``)
 lies ``(j - N // 2) * b`` Å from the box centre, so at ``N // 2 + (j - N // 2) * b / a`` old
-pixels; the file is evaluated there by trigonometric (Fourier) interpolation, one axis after the
-other (a change of scale is separable): exactly what a Fourier crop or pad does, at any ratio, not
-only at the ratios of two box sizes (which cannot come within 0.1 % of a pixel size 0.1 % off).
+pixels; the map is evaluated there by trigonometric (Fourier) interpolation, one axis after the
+other (a change of scale is separable): what a Fourier crop or pad does, at any ratio, not only at
+the ratio of two box sizes.
 Frequencies above the new Nyquist frequency are left out when the pixel grows, so none aliases.
 The box is first padded with the mean of its edge, so that the few new pixels past the old edge
 (a pixel grown by 2 % reaches 1 % past each side) see that mean, not the opposite edge. The box,
 its centre (index ``N // 2``, cryoSPARC's and numpy's ``fftshift`` centre) and the values of the
-density are kept; a map is resampled in 3D, a stack of class averages image by image, in 2D.
+density are kept. A sharp edge rings, as with any Fourier resampling: a 0/1 mask comes out between
+about -0.3 and 1.2 at a 2 % change, harmless for the decoy it seeds, which the refinement low-passes
+to 30 Å.
 
 Only numpy, which cryosparc-tools needs, and cryosparc-tools' own MRC writer.
 """
@@ -32,15 +34,17 @@ import numpy as np
 PAD_MARGIN = 4
 
 MRC_HEADER_BYTES = 1024
-#: MRC2014 modes (www.ccpem.ac.uk/mrc_format/mrc2014.php) and their numpy types; mode 0 is signed
-#: 8-bit in MRC2014.
-MODES: dict[int, str] = {0: "i1", 1: "i2", 2: "f4", 6: "u2", 12: "f2"}
-#: The largest box resampled (a map of 2048^3 float32 is 32 GiB).
-MAX_BOX = 1024
+#: MRC modes (www.ccpem.ac.uk/mrc_format/mrc2014.php) and their numpy types, read as cryoSPARC reads
+#: them (cryosparc-tools' mrc.py): mode 0 unsigned 8-bit, which MRC2014 calls signed; a file that
+#: cryoSPARC would import as it is means the same resampled.
+MODES: dict[int, str] = {0: "u1", 1: "i2", 2: "f4", 6: "u2", 12: "f2"}
+#: The largest box resampled, ``cryopilot.domain.reference.MAX_RESAMPLE_BOX`` (Validate refuses a
+#: larger map that would need it): the time grows as the box to the fourth power.
+MAX_BOX = 512
 
 
 class ResampleError(Exception):
-    """The file cannot be resampled (not an MRC file this reads, not square or cubic, too big)."""
+    """The file cannot be resampled (not an MRC file this reads, not a cube, too big)."""
 
 
 @dataclass(frozen=True)
@@ -49,17 +53,10 @@ class Resampled:
 
     path: str
     box: int
-    count: int  # images in a stack; 1 for a map
     pixel_size_A: float
 
     def describe(self, from_A: float) -> dict[str, Any]:
-        return {
-            "file": self.path,
-            "box": self.box,
-            "images": self.count,
-            "from_A": from_A,
-            "pixel_size_A": self.pixel_size_A,
-        }
+        return {"file": self.path, "box": self.box, "from_A": from_A, "pixel_size_A": self.pixel_size_A}
 
 
 def read_mrc(path: str) -> tuple[np.ndarray, float | None]:
@@ -135,34 +132,33 @@ def interpolation_matrix(size: int, box: int, ratio: float) -> np.ndarray:
     return (kernel / size).astype(np.float32)
 
 
-def resample(data: np.ndarray, from_A: float, to_A: float, *, images: bool) -> np.ndarray:
-    """``data`` (a map ``(N, N, N)``, or with ``images`` a stack ``(k, N, N)``) at ``to_A`` Å per
-    pixel, same box."""
-    axes = (1, 2) if images else (0, 1, 2)
-    sides = {data.shape[a] for a in axes}
-    if len(sides) != 1:
-        kind = "images" if images else "map"
-        raise ResampleError(f"{kind} of {' x '.join(map(str, data.shape))} pixels: not square or cubic")
-    box = sides.pop()
+def resample(data: np.ndarray, from_A: float, to_A: float) -> np.ndarray:
+    """``data`` (a map ``(N, N, N)``) at ``to_A`` Å per pixel, same box."""
+    if len(set(data.shape)) != 1 or data.ndim != 3:
+        raise ResampleError(f"a map of {' x '.join(map(str, data.shape))} pixels is not a cube")
+    box = data.shape[0]
+    if box > MAX_BOX:
+        raise ResampleError(f"a map of {box} pixels a side; at most {MAX_BOX} are resampled")
     ratio = to_A / from_A
     size = box + 2 * (int(np.ceil(box * max(0.0, ratio - 1) / 2)) + PAD_MARGIN)
+    axes = (0, 1, 2)
     out = _pad(data.astype(np.float32), size, axes)
-    matrix = interpolation_matrix(size, box, ratio)
-    for axis in axes:
-        out = np.moveaxis(np.moveaxis(out, axis, -1) @ matrix.T, -1, axis)
+    matrix = interpolation_matrix(size, box, ratio).T
+    for axis in axes:  # one matrix product per axis: that axis last, the others flattened
+        moved = np.ascontiguousarray(np.moveaxis(out, axis, -1))
+        done = (moved.reshape(-1, moved.shape[-1]) @ matrix).reshape((*moved.shape[:-1], box))
+        out = np.moveaxis(done, -1, axis)
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def resample_file(source: str, target: str, *, from_A: float, to_A: float, images: bool) -> Resampled:
-    """Write ``source`` resampled from ``from_A`` to ``to_A`` Å to ``target`` (complete or absent:
-    written beside it, then renamed)."""
+def resample_file(source: str, target: str, *, from_A: float, to_A: float) -> Resampled:
+    """Write the map ``source`` resampled from ``from_A`` to ``to_A`` Å to ``target`` (complete or
+    absent: written beside it, then renamed)."""
     from cryosparc import mrc
 
     data, _ = read_mrc(source)
-    if not images and data.shape[0] == 1:
-        raise ResampleError(f"{source}: one image, not a map")
     try:
-        out = resample(data, from_A, to_A, images=images)
+        out = resample(data, from_A, to_A)
     except ResampleError as exc:
         raise ResampleError(f"{source}: {exc}") from None
     os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
@@ -173,4 +169,4 @@ def resample_file(source: str, target: str, *, from_A: float, to_A: float, image
     finally:
         if os.path.exists(partial):
             os.remove(partial)
-    return Resampled(path=target, box=out.shape[-1], count=out.shape[0] if images else 1, pixel_size_A=to_A)
+    return Resampled(path=target, box=out.shape[-1], pixel_size_A=to_A)

@@ -91,9 +91,11 @@ REFINE_ITERATIONS = 8
 PARTICLE_SAMPLE_ROWS = 200
 
 
-def _image_rows(path: str, indices: range) -> list[dict[str, Any]]:
-    """One row per image of the stack at ``path`` (``blob/idx``: its index in the stack)."""
-    return [{"blob/path": path, "blob/idx": i, "blob/shape": [16, 16]} for i in indices]
+def _image_rows(path: str, indices: range, psize: float | None = None) -> list[dict[str, Any]]:
+    """One row per image of the stack at ``path`` (``blob/idx``: its index in the stack; with
+    ``psize``, ``blob/psize_A``: its pixel size)."""
+    extra = {} if psize is None else {"blob/psize_A": psize}
+    return [{"blob/path": path, "blob/idx": i, "blob/shape": [16, 16], **extra} for i in indices]
 
 
 def _result(slot: str, metafiles: list[str], num_items: int, *, passthrough: bool) -> dict[str, Any]:
@@ -370,10 +372,12 @@ class JobOutputs:
             self._put_output(job, "particles", n)
             # the class averages: one MRC stack the job writes (J<n>_020_class_averages.mrc, as
             # cryoSPARC names its last iteration's), each row of the output one image of it
+            # at the pixel size of the particles classified (MRC header and blob/psize_A)
             averages = f"{job.uid}/{job.uid}_020_class_averages.mrc"
-            p.files[averages] = _stack_bytes(16, len(job.class_info), psize, seed=job.num)
+            at_A = self._particle_pixel_size(job, p)
+            p.files[averages] = _stack_bytes(16, len(job.class_info), at_A, seed=job.num)
             count = len(job.class_info)
-            self._put_output(job, "class_averages", count, rows=_image_rows(averages, range(count)))
+            self._put_output(job, "class_averages", count, rows=_image_rows(averages, range(count), at_A))
         elif t == "select_2D":
             chosen = [c for c in job.class_info if c.get("selected")]
             if not chosen:
@@ -395,6 +399,27 @@ class JobOutputs:
         job.status = "completed"
         job.completed_at = at
         job.end_at = None
+
+    def _particle_pixel_size(self, job: SimJob, p: SimProject) -> float:
+        """The pixel size of a job's particles, from its lineage: the imported movies' or
+        micrographs' ``psize_A``, times ``box_size_pix / bin_size_pix`` of each extraction on the way
+        (Fourier-cropping a box to ``bin_size_pix`` coarsens its pixel by that ratio); 1.0 without one.
+        Only the class averages use it: the stand-in's maps keep their fixed pixel size."""
+        factor, seen = 1.0, 0
+        while job is not None and seen < 64:
+            seen += 1
+            if job.type in ("import_movies", "import_micrographs"):
+                return round(float(job.params.get("psize_A", 1.0)) * factor, 6)
+            wanted = "micrographs" if job.type == "extract_micrographs_multi" else "particles"
+            if job.type == "extract_micrographs_multi":
+                box = job.params.get("box_size_pix")
+                binned = job.params.get("bin_size_pix") or box
+                if isinstance(box, int) and isinstance(binned, int) and binned > 0:
+                    factor *= box / binned
+            link = next((c for c in job.connections if c.input == wanted), None)
+            link = link or (job.connections[0] if job.connections else None)
+            job = p.jobs.get(link.job_uid) if link is not None else None  # type: ignore[assignment]
+        return 1.0
 
     def _class_model(self, job: SimJob, k: int) -> tuple[list[float], list[float]]:
         """(weight of its share of the particles, FSC resolution) of each of the job's ``k`` classes.

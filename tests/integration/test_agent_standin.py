@@ -352,38 +352,41 @@ def test_repeat_preset_runs_from_the_reference_without_ab_initio(clock: VirtualC
 
 
 def _reference_on_fsx(fsx: str, pixel_A: float) -> None:
-    """The reference's map, mask and 4 class averages, on a local FSx mount, at ``pixel_A``."""
+    """The reference's map and mask at ``pixel_A``, and 4 class averages at twice that, on a local
+    FSx mount."""
     folder = os.path.join(fsx, "reference", "cgrp-first")
     os.makedirs(folder)
     grid = np.indices((32, 32, 32)).astype(np.float32) - 16
     volume = np.exp(-((grid * pixel_A) ** 2).sum(axis=0) / (2 * 4.0**2)).astype(np.float32)
     mrc.write(os.path.join(folder, "map.mrc"), volume, pixel_A)
     mrc.write(os.path.join(folder, "mask.mrc"), (volume > 0.1).astype(np.float32), pixel_A)
-    mrc.write(os.path.join(folder, "templates_selected.mrcs"), volume[14:18], pixel_A)
+    mrc.write(os.path.join(folder, "templates_selected.mrcs"), volume[14:18, ::2, ::2], 2 * pixel_A)
 
 
 def test_a_reference_off_the_datas_pixel_size_is_resampled_and_imported_at_the_datas(
     clock: VirtualClock, tmp_path: Any
 ) -> None:
-    """A reference 1.2 % off the data's pixel size: the agent writes each file resampled into the
-    run's project directory and has the import read that file at the data's pixel size; the
-    stand-in, given the file system, imports what is there."""
+    """A reference 1.2 % off the data's pixel size: the agent writes the map and the mask resampled
+    into the run's project directory and has each import read that file at the data's pixel size;
+    the class averages are imported as they are, at their own pixel size. The stand-in, given the
+    file system, imports what is there."""
     fsx = str(tmp_path)
     _reference_on_fsx(fsx, 0.84)
     folder = tmp_path / "reference" / "cgrp-first"
     originals = {n: (folder / n).read_bytes() for n in os.listdir(folder)}
-    reference = REFERENCE.model_copy(update={"pixel_size_A": 0.84})
+    reference = REFERENCE.model_copy(update={"pixel_size_A": 0.84, "templates_pixel_size_A": 1.68})
     stages = plan(movies_manifest(preset="repeat"), data_dir="/fsx/data/", reference=reference)
     imports = [s for s in stages if s.resample is not None]
-    assert [s.id for s in imports] == ["import_reference", "import_decoy", "import_templates"]
+    assert [s.id for s in imports] == ["import_reference", "import_decoy"]
+    (templates_stage,) = [s for s in stages if s.id == "import_templates"]
     with CryoSparcStandIn(clock, "cgrp", email=EMAIL, password=PASSWORD) as cs:
         cs.read_fsx = lazy_reader(fsx, [], lambda bucket, key: None)
         agent = Agent(cs.base_url, clock)
         agent.env["CRYOPILOT_FSX_MOUNT"] = fsx
-        for spec in imports:
+        for spec in [*imports, templates_stage]:
             assert agent.run_stage("cgrp-repeat", spec).stages[0].state == "completed"
         (project,) = cs.projects.values()
-        for spec, name in zip(imports, ("map.mrc", "mask.mrc", "templates_selected.mrcs"), strict=True):
+        for spec, name in zip(imports, ("map.mrc", "mask.mrc"), strict=True):
             job = cs.job_by_title("cgrp-repeat", f"cryopilot:{spec.id}")
             assert job is not None
             path_param, psize_param = spec.resample.path, spec.resample.pixel_size  # type: ignore[union-attr]
@@ -402,6 +405,7 @@ def test_a_reference_off_the_datas_pixel_size_is_resampled_and_imported_at_the_d
             assert (recorded["from_A"], recorded["pixel_size_A"], recorded["file"]) == (0.84, 0.83, resampled)
         templates = cs.job_by_title("cgrp-repeat", "cryopilot:import_templates")
         assert templates is not None
+        assert templates.params == {"templates_blob_path": REFERENCE.templates_path, "templates_psize": 1.68}
         assert templates.outputs["imported_templates"]["num_items"] == 4  # the stack's 4 images
         # a second submit adopts the job; the reference's own files were never written
         assert agent.submit("cgrp-repeat", imports[0]).already_submitted

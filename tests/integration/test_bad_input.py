@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -520,6 +521,15 @@ MANUALS = [
         error_type="CampaignReferenceError",
     ),
     Manual(
+        "reference-map-too-large-to-resample",
+        _inline(_manifest(reference={"map": "s3://{bucket}/references/RBD/big.mrc", "pixel_size_A": 0.84})),
+        (
+            "reference.map: the map is 600 pixels a side and its pixel size 0.84 Å is 1.2% from the data's"
+            " 0.83 Å: it would be resampled, which the head node does for maps of at most 512 pixels",
+        ),
+        error_type="CampaignReferenceError",
+    ),
+    Manual(
         "reference-map-other-bucket",
         _inline(_manifest(reference={"map": "s3://someone-elses-bucket/map.mrc", "pixel_size_A": 0.83})),
         ("reference.map: must be in this stack's input bucket {bucket} or results bucket",),
@@ -732,6 +742,8 @@ def _seed_references(cloud: LocalCloud) -> None:
     present) was made at 1.06 Å per pixel, where the spike's data has 0.83 Å."""
     s3 = cloud.client("s3")
     s3.put_object(Bucket=cloud.input_bucket, Key="references/RBD/map.mrc", Body=b"\0" * 1024)
+    big = struct.pack("<4i", 600, 600, 600, 2).ljust(1024, b"\0")  # a 600-pixel map's header
+    s3.put_object(Bucket=cloud.input_bucket, Key="references/RBD/big.mrc", Body=big)
     store = runs.store()
     store.create_run("FAILED-RUN-0123", status="FAILED", dataset="OLD")
     store.create_run("OLD-RUN-0123", status="SUCCEEDED", dataset="OLD", resolution_A=3.1)

@@ -277,21 +277,28 @@ def test_a_map_solved_elsewhere_is_the_reference_of_a_run_outside_any_campaign(c
     mount = cloud.fsx_mount(record["cluster_name"])
     shown = os.listdir(os.path.join(mount, "reference"))
     assert {source["map"], source["mask"], source["templates"]} <= set(shown), shown
-    # 1.2 % off the data's pixel size: each file was resampled into the project, and imported at 0.83 Å
+    # 1.2 % off the data's pixel size: the map and mask were resampled into the project, and
+    # imported at 0.83 Å
     assert source["pixel_size_A"] == 0.84
     cs = cloud.cryosparc_by_cluster[record["cluster_name"]]
-    for stage, path, psize, name in (
-        ("import_reference", "volume_blob_path", "volume_psize", source["map"]),
-        ("import_decoy", "volume_blob_path", "volume_psize", source["mask"]),
-        ("import_templates", "templates_blob_path", "templates_psize", source["templates"]),
-    ):
+    for stage, name in (("import_reference", source["map"]), ("import_decoy", source["mask"])):
         job = cs.job_by_title(run_id, f"cryopilot:{stage}")
         assert job is not None, stage
         assert job.status == "completed", stage
-        assert job.params[psize] == 0.83
-        assert job.params[path].endswith(f"/cryopilot_resampled/{stage}_{name}"), job.params[path]
-        header, _ = mrc.read(os.path.join(mount, job.params[path].removeprefix("/fsx/")))
+        assert job.params["volume_psize"] == 0.83
+        path = job.params["volume_blob_path"]
+        assert path.endswith(f"/cryopilot_resampled/{stage}_{name}"), path
+        header, _ = mrc.read(os.path.join(mount, path.removeprefix("/fsx/")))
         assert header.xlen / header.nx == pytest.approx(0.83)
+    # the class averages at their own pixel size, read from their header: the first run classified
+    # particles Fourier-cropped to about half their box, so about twice the map's
+    job = cs.job_by_title(run_id, "cryopilot:import_templates")
+    assert job is not None
+    assert job.params["templates_blob_path"] == f"/fsx/reference/{source['templates']}"
+    header, _ = mrc.read(os.path.join(mount, "reference", source["templates"]))
+    assert job.params["templates_psize"] == pytest.approx(header.xlen / header.nx, abs=1e-5)
+    assert 1.9 * 0.83 < job.params["templates_psize"] < 2.1 * 0.83
+    assert record["reference"]["inputs"]["templates_pixel_size_A"] == job.params["templates_psize"]
     # compared with the map (whose resolution and particles it does not know): no false alarm
     assert record["repeat_verdict"]["problems"] == []
     assert "Compared with the reference: resolution" in _mail(cloud, run_id)["message"]

@@ -129,9 +129,52 @@ def test_a_planned_path_on_fsx_is_found_where_this_node_mounts_it() -> None:
     from cryopilot_agent.driver import CLUSTER_FSX_MOUNT, Driver
 
     assert CLUSTER_FSX_MOUNT == FSX_MOUNT_DIR
+    # and the largest map it resamples is the one Validate lets through
+    from cryopilot.domain.reference import MAX_RESAMPLE_BOX
+    from cryopilot_agent.resample import MAX_BOX
+
+    assert MAX_BOX == MAX_RESAMPLE_BOX
     head_node = Driver(None, project_root="/fsx/projects")  # type: ignore[arg-type]
     assert head_node.on_this_node("/fsx/reference/map.mrc") == "/fsx/reference/map.mrc"
     elsewhere = Driver(None, project_root="/fsx/projects", fsx_mount="/mnt/lustre")  # type: ignore[arg-type]
     assert elsewhere.on_this_node("/fsx/reference/map.mrc") == "/mnt/lustre/reference/map.mrc"
     assert elsewhere.on_this_node("/fsxother/map.mrc") == "/fsxother/map.mrc"
     assert elsewhere.on_this_node("/shared/map.mrc") == "/shared/map.mrc"
+
+
+def test_a_stage_is_sent_without_the_fields_it_leaves_at_their_default() -> None:
+    """An agent of the previous version (its PlannedStage without ``resample``, extra fields
+    forbidden) still takes every stage that does not resample; one that does reaches the agent
+    whole."""
+    import base64
+
+    from cryopilot.protocol.stage import PlannedStage, Resample
+    from cryopilot.steps.stage import submit_argv
+    from cryopilot_agent.cli import decode_spec
+    from pydantic import ConfigDict, create_model
+
+    stage = PlannedStage(
+        id="import_reference",
+        title="Import reference map",
+        job_type="import_volumes",
+        lane="gpu8",
+        gpus=0,
+        params={"volume_blob_path": "/fsx/reference/map.mrc", "volume_psize": 0.84},
+        inputs=[],
+        time_limit_seconds=3600,
+    )
+    fields = {name: (f.annotation, f) for name, f in PlannedStage.model_fields.items() if name != "resample"}
+    previous = create_model(  # type: ignore[call-overload]
+        "PreviousPlannedStage", __config__=ConfigDict(extra="forbid"), **fields
+    )
+    sent = submit_argv("run-1", stage)[-1]
+    assert previous.model_validate_json(base64.b64decode(sent)).model_dump() == {
+        k: v for k, v in stage.model_dump().items() if k != "resample"
+    }
+    assert decode_spec(sent) == stage
+    resampled = stage.model_copy(
+        update={
+            "resample": Resample(path="volume_blob_path", pixel_size="volume_psize", from_A=0.84, to_A=0.83)
+        }
+    )
+    assert decode_spec(submit_argv("run-1", resampled)[-1]) == resampled

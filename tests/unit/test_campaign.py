@@ -18,13 +18,15 @@ from cryopilot.domain.campaign import (
     PIXEL_SIZE_TOLERANCE,
     ReferenceSource,
     check_pixel_size,
+    check_resample_box,
     choose_preset,
     judge_repeat,
     mrc_box,
+    mrc_pixel_size,
 )
 from cryopilot.domain.manifest import manifest_from_dict
 from cryopilot.domain.record import RunRecord
-from cryopilot.domain.reference import RepeatThresholds
+from cryopilot.domain.reference import MAX_RESAMPLE_BOX, RepeatThresholds
 from moto import mock_aws
 
 from tests.conftest import EVENTS
@@ -209,3 +211,54 @@ def test_a_maps_box_is_read_from_its_mrc_header() -> None:
         mrc_box(_header(400, 400, 200), where="reference.map")
     with pytest.raises(CampaignReferenceError, match="less than an MRC header"):
         mrc_box(b"MRC?", where="reference.map")
+
+
+def test_a_map_that_would_be_resampled_must_fit_the_head_nodes_bound() -> None:
+    big = REF.model_copy(update={"box_pix": MAX_RESAMPLE_BOX + 2})
+    check_resample_box(big, 0.83, where="campaign RBD")  # the data's pixel size: not resampled
+    check_resample_box(REF.model_copy(update={"box_pix": MAX_RESAMPLE_BOX}), 0.84, where="campaign RBD")
+    with pytest.raises(CampaignReferenceError) as err:
+        check_resample_box(big, 0.84, where="campaign RBD")
+    assert str(err.value) == (
+        "campaign RBD: the map is 514 pixels a side and its pixel size 0.83 Å is 1.2% from the data's"
+        " 0.84 Å: it would be resampled, which the head node does for maps of at most 512 pixels;"
+        " give the map at the data's pixel size"
+    )
+
+
+def test_the_pixel_size_an_mrc_header_gives() -> None:
+    header = bytearray(1024)
+    struct.pack_into("<3i", header, 0, 110, 110, 40)
+    struct.pack_into("<3i", header, 28, 110, 110, 40)
+    struct.pack_into("<f", header, 40, 110 * 1.645)
+    assert mrc_pixel_size(bytes(header)) == pytest.approx(1.645)
+    big = bytearray(1024)
+    struct.pack_into(">3i", big, 28, 110, 110, 40)
+    struct.pack_into(">f", big, 40, 110 * 1.645)
+    big[212:214] = b"\x11\x11"
+    assert mrc_pixel_size(bytes(big)) == pytest.approx(1.645)
+    assert mrc_pixel_size(bytes(1024)) is None  # unset
+    assert mrc_pixel_size(b"short") is None
+
+
+def test_the_class_averages_pixel_size_is_read_from_their_header(aws: tuple[RunStore, Any]) -> None:
+    """2D classes of Fourier-cropped particles are coarser than the map: their own header says
+    so. A header without a pixel size (a stack made elsewhere) is taken at the map's."""
+    _, s3 = aws
+    header = bytearray(1024)
+    struct.pack_into("<3i", header, 0, 110, 110, 12)
+    struct.pack_into("<3i", header, 28, 110, 110, 12)
+    struct.pack_into("<f", header, 40, 110 * 1.644909)
+    s3.put_object(
+        Bucket="results", Key="campaigns/RBD/reference/J5_avg.mrcs", Body=bytes(header) + b"\0" * 64
+    )
+    ref = REF.model_copy(update={"templates": "J5_avg.mrcs"})
+    read = campaigns.read_templates_pixel_size(s3, ref, where="campaign RBD")
+    assert read.templates_pixel_size_A == pytest.approx(1.644909)
+    assert read.inputs().templates_pixel_size_A == read.templates_pixel_size_A
+    s3.put_object(Bucket="results", Key="campaigns/RBD/reference/J5_avg.mrcs", Body=bytes(1024))
+    assert campaigns.read_templates_pixel_size(s3, ref, where="x").templates_pixel_size_A == 0.83
+    assert campaigns.read_templates_pixel_size(s3, REF, where="x") == REF  # no class averages
+    s3.delete_object(Bucket="results", Key="campaigns/RBD/reference/J5_avg.mrcs")
+    with pytest.raises(CampaignReferenceError, match=r"^campaign RBD: the class averages s3://results/"):
+        campaigns.read_templates_pixel_size(s3, ref, where="campaign RBD")

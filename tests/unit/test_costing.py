@@ -200,6 +200,7 @@ def test_placing_a_repeat_run_uses_the_same_figures_as_its_estimate() -> None:
         mask_path="/fsx/reference/r/mask.mrc",
         templates_path="/fsx/reference/r/t.mrcs",
         pixel_size_A=0.83,
+        templates_pixel_size_A=1.644909,
         box_pix=218,
     )
     planned = preset_plan(manifest, data_dir="/fsx/data/", reference=reference)

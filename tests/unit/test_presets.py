@@ -433,7 +433,12 @@ def test_repeat_preset_takes_the_references_files_box_and_pixel_size() -> None:
         "volume_psize": 0.83,
     }
     assert decoy.params["volume_blob_path"] == REFERENCE.mask_path
-    assert templates.params == {"templates_blob_path": REFERENCE.templates_path, "templates_psize": 0.83}
+    # the class averages at their own pixel size (Fourier-cropped particles), not the map's
+    assert templates.params == {
+        "templates_blob_path": REFERENCE.templates_path,
+        "templates_psize": REFERENCE.templates_pixel_size_A,
+    }
+    assert REFERENCE.templates_pixel_size_A == pytest.approx(0.83 * 218 / 110)
     assert {s.lane for s in (ref, decoy, templates)} == {"gpu8"}  # worker jobs, on motion's queue
     # template picking at the reference's box: its templates feed the picker, extraction uses its box
     assert [(i.input, i.stage, i.output) for i in stages["pick"].inputs] == [
@@ -476,20 +481,14 @@ def test_a_reference_a_little_off_the_datas_pixel_size_is_resampled_before_its_i
     off = REFERENCE.model_copy(update={"pixel_size_A": ref_pixel})
     planned = plan(manifest(pipeline={"preset": "repeat"}), data_dir=DATA_DIR, reference=off)
     stages = {s.id: s for s in planned}
-    assert {s.id for s in planned if s.resample is not None} == {
-        "import_reference",
-        "import_decoy",
-        "import_templates",
-    }
-    for sid, path, psize, images in (
-        ("import_reference", "volume_blob_path", "volume_psize", False),
-        ("import_decoy", "volume_blob_path", "volume_psize", False),
-        ("import_templates", "templates_blob_path", "templates_psize", True),
-    ):
+    assert {s.id for s in planned if s.resample is not None} == {"import_reference", "import_decoy"}
+    for sid in ("import_reference", "import_decoy"):
         stage = stages[sid]
-        wanted = Resample(path=path, pixel_size=psize, images=images, from_A=ref_pixel, to_A=0.83)
+        wanted = Resample(path="volume_blob_path", pixel_size="volume_psize", from_A=ref_pixel, to_A=0.83)
         assert stage.resample == wanted
-        assert stage.params[psize] == ref_pixel  # what the file is; the agent gives the job the new size
+        assert stage.params["volume_psize"] == ref_pixel  # the file's; the agent gives the job the new one
+    # the class averages are imported at their own pixel size, not resampled
+    assert stages["import_templates"].params["templates_psize"] == REFERENCE.templates_pixel_size_A
     # the box is the reference's: the resampled files keep it
     assert stages["extract"].params["box_size_pix"] == REFERENCE.box_pix
     # the projections option makes its templates from the resampled map: nothing else to resample

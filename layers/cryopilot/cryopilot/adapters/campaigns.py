@@ -20,6 +20,7 @@ from cryopilot.domain.campaign import (
     MRC_HEADER_BYTES,
     ReferenceSource,
     mrc_box,
+    mrc_pixel_size,
     reference_from_run,
     reference_prefix,
 )
@@ -147,20 +148,36 @@ def promote(store: RunStore, s3: Any, bucket: str, run: dict[str, Any]) -> Refer
     return source
 
 
-def read_box(s3: Any, reference: ReferenceSource, *, where: str) -> ReferenceSource:
-    """A map solved elsewhere with its box, read from the MRC header (a ranged GetObject of its
-    first :data:`~cryopilot.domain.campaign.MRC_HEADER_BYTES`)."""
+def _header(s3: Any, reference: ReferenceSource, name: str, *, where: str, what: str) -> bytes:
+    """The MRC header of one of the reference's files (a ranged GetObject of its first
+    :data:`~cryopilot.domain.campaign.MRC_HEADER_BYTES`)."""
     bucket, _, prefix = reference.folder_uri.removeprefix("s3://").partition("/")
     try:
-        header = s3.get_object(
-            Bucket=bucket, Key=prefix + reference.map, Range=f"bytes=0-{MRC_HEADER_BYTES - 1}"
-        )["Body"].read()
+        body = s3.get_object(Bucket=bucket, Key=prefix + name, Range=f"bytes=0-{MRC_HEADER_BYTES - 1}")
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         raise CampaignReferenceError(
-            f"{where}: the map {reference.map_uri} cannot be read ({code})"
+            f"{where}: the {what} {reference.folder_uri}{name} cannot be read ({code})"
         ) from None
+    return bytes(body["Body"].read())
+
+
+def read_box(s3: Any, reference: ReferenceSource, *, where: str) -> ReferenceSource:
+    """A map solved elsewhere with its box, read from its MRC header."""
+    header = _header(s3, reference, reference.map, where=where, what="map")
     return reference.model_copy(update={"box_pix": mrc_box(header, where=where)})
+
+
+def read_templates_pixel_size(s3: Any, reference: ReferenceSource, *, where: str) -> ReferenceSource:
+    """The reference with its class averages' pixel size, read from their MRC header: 2D
+    classification runs on Fourier-cropped particles, so they are usually at a coarser pixel size
+    than the map (cryoSPARC writes it in the header). A header without one (a stack made
+    elsewhere) is taken to be at the map's pixel size. No class averages: the reference as it is."""
+    if reference.templates is None:
+        return reference
+    header = _header(s3, reference, reference.templates, where=where, what="class averages")
+    pixel = mrc_pixel_size(header) or reference.pixel_size_A
+    return reference.model_copy(update={"templates_pixel_size_A": pixel})
 
 
 def check_files_exist(s3: Any, reference: ReferenceSource, *, where: str) -> None:

@@ -24,7 +24,13 @@ from cryopilot.core.errors import CampaignReferenceError
 from cryopilot.core.validation import clip, printable
 from cryopilot.domain.clusterconfig.mounts import FSX_DATA_DIR, FSX_REFERENCE_DIR
 from cryopilot.domain.record import RunRecord
-from cryopilot.domain.reference import PIXEL_SIZE_TOLERANCE, ReferenceInputs, RepeatThresholds
+from cryopilot.domain.reference import (
+    MAX_RESAMPLE_BOX,
+    PIXEL_SIZE_TOLERANCE,
+    SAME_PIXEL_SIZE,
+    ReferenceInputs,
+    RepeatThresholds,
+)
 from cryopilot.protocol.stage import PlannedStage
 
 if TYPE_CHECKING:  # only a type here: a mail that compares runs need not load the manifest (YAML)
@@ -75,6 +81,8 @@ class ReferenceSource(BaseModel):
     templates: str | None = None
     selected: str | None = None
     pixel_size_A: float
+    #: the class averages' own pixel size (their MRC header's), read at Validate
+    templates_pixel_size_A: float | None = None
     box_pix: int | None = None
     resolution_A: float | None = None
     particles: int | None = None
@@ -107,6 +115,7 @@ class ReferenceSource(BaseModel):
             mask_path=path(self.mask),
             templates_path=path(self.templates),
             pixel_size_A=self.pixel_size_A,
+            templates_pixel_size_A=self.templates_pixel_size_A,
             box_pix=self.box_pix,
             resolution_A=self.resolution_A,
             particles=self.particles,
@@ -143,6 +152,20 @@ def check_pixel_size(reference: ReferenceSource, data_pixel_A: float, *, where: 
             f"{where}: the reference's pixel size {ref:g} Å differs from the data's"
             f" {data_pixel_A:g} Å (acquisition.pixel_size_A) by {off:.1%}; a reference within"
             f" {PIXEL_SIZE_TOLERANCE:.0%} of it is resampled to it on the cluster, one further off is refused"
+        )
+
+
+def check_resample_box(reference: ReferenceSource, data_pixel_A: float, *, where: str) -> None:
+    """A map the head node would resample (its pixel size more than
+    :data:`~cryopilot.domain.reference.SAME_PIXEL_SIZE` from the data's) must be at most
+    :data:`~cryopilot.domain.reference.MAX_RESAMPLE_BOX` pixels a side."""
+    off = abs(reference.pixel_size_A - data_pixel_A) / data_pixel_A
+    if off > SAME_PIXEL_SIZE and reference.box_pix is not None and reference.box_pix > MAX_RESAMPLE_BOX:
+        raise CampaignReferenceError(
+            f"{where}: the map is {reference.box_pix} pixels a side and its pixel size"
+            f" {reference.pixel_size_A:g} Å is {off:.1%} from the data's {data_pixel_A:g} Å: it would be"
+            f" resampled, which the head node does for maps of at most {MAX_RESAMPLE_BOX} pixels; give the"
+            " map at the data's pixel size"
         )
 
 
@@ -294,6 +317,19 @@ def time_to_structure(run: RunRecord) -> float | None:
 MRC_HEADER_BYTES = 1024
 #: The largest box a reference map may have (the register's bound on ``box_size_pix``).
 MAX_BOX_PIX = 2048
+
+
+def mrc_pixel_size(header: bytes) -> float | None:
+    """The pixel size (Å) an MRC header gives: the X cell length (word 11, a float) over MX (word
+    8), in the byte order of :func:`mrc_box`; None when either is not positive (unset)."""
+    if len(header) < MRC_HEADER_BYTES:
+        return None
+    order = ">" if header[212:214] == b"\x11\x11" else "<"
+    (mx,) = struct.unpack_from(f"{order}i", header, 28)
+    (xlen,) = struct.unpack_from(f"{order}f", header, 40)
+    if mx <= 0 or not xlen > 0 or xlen == float("inf"):
+        return None
+    return round(float(xlen) / mx, 6)
 
 
 def mrc_box(header: bytes, *, where: str) -> int:

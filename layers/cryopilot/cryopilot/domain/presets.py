@@ -66,14 +66,13 @@ class OutputRef(_Model):
 
 
 class ResampleDef(_Model):
-    """A stage's file that is resampled to another pixel size before its job is made, when the two
+    """A stage's map that is resampled to another pixel size before its job is made, when the two
     differ (see ``repeat.yaml``): ``path`` and ``pixel_size`` name two of the stage's parameters,
     ``to`` the pixel size wanted (a ``${...}`` value, e.g. the data's)."""
 
     path: str
     pixel_size: str
     to: str
-    images: bool = False
 
 
 class StageDef(_Model):
@@ -265,15 +264,19 @@ def needs_reference(name: str) -> bool:
 def assumed_reference(manifest: Manifest, folder: str = "/fsx/reference/assumed") -> ReferenceInputs:
     """The reference a full run of ``manifest`` would leave, for what needs one before a campaign
     has it (an estimate, the benchmark): its files under ``folder`` (names only: nothing reads
-    them), the manifest's pixel size, and the box the full pipeline extracts at (``${box_pix}``)."""
+    them), the manifest's pixel size, the box the full pipeline extracts at (``${box_pix}``), and
+    its class averages' pixel size (that box Fourier-cropped to ``${box_pix_binned}``)."""
     acq = manifest.acquisition
     base = folder.rstrip("/")
+    refs = _references(manifest, "/", None)
     return ReferenceInputs(
         map_path=f"{base}/map.mrc",
         mask_path=f"{base}/mask.mrc",
         templates_path=f"{base}/templates_selected.mrcs",
         pixel_size_A=acq.pixel_size_A,
-        box_pix=_references(manifest, "/", None)["box_pix"],
+        # 2D classification's particles: the first extraction, Fourier-cropped
+        templates_pixel_size_A=round(acq.pixel_size_A * refs["box_pix"] / refs["box_pix_binned"], 6),
+        box_pix=refs["box_pix"],
     )
 
 
@@ -331,7 +334,7 @@ def _resample(
             f"{where}.{spec.pixel_size}: {have:g} Å is {off:.1%} from the data's {want:g} Å; at most"
             f" {PIXEL_SIZE_TOLERANCE:.0%} can be resampled"
         )
-    return Resample(path=spec.path, pixel_size=spec.pixel_size, images=spec.images, from_A=have, to_A=want)
+    return Resample(path=spec.path, pixel_size=spec.pixel_size, from_A=have, to_A=want)
 
 
 def _angstrom(value: Any) -> float | None:

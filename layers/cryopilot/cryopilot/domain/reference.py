@@ -13,18 +13,24 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
 #: How far (relative) a reference's pixel size may be from the new data's. Within it, the
-#: reference's map, mask and class averages are resampled to the data's pixel size on the cluster
-#: before cryoSPARC imports them (the ``resample`` of the repeat preset's import stages; the
-#: head-node agent does it in Fourier space at the files' own box, so particles, templates and maps
-#: keep one box). Beyond it, the run is refused at Validate: a reference whose pixel size is that far
-#: off is more likely another detector or a miscalibration than the same target's map, and keeping
-#: its box at the new pixel size would crop or pad it by more than a few pixels.
+#: reference's map and mask are resampled to the data's pixel size on the cluster before cryoSPARC
+#: imports them (the ``resample`` of the repeat preset's volume imports; the head-node agent does it
+#: in Fourier space at the map's own box, so particles and maps keep one box). Beyond it, the run is
+#: refused at Validate: a reference whose pixel size is that far off is more likely another detector
+#: or a miscalibration than the same target's map, and keeping its box at the new pixel size would
+#: crop or pad it by more than a few pixels.
 PIXEL_SIZE_TOLERANCE = 0.02
 
-#: Two pixel sizes this close (relative) are the same: a file is not resampled for less. A pixel
-#: size is given to 3 or 4 significant figures; 0.05 % moves the edge of a 256-pixel box by a tenth
-#: of a pixel.
+#: Two pixel sizes this close (relative) are the same: a map is not resampled for less. A pixel
+#: size is given to 3 or 4 significant figures; 0.05 % moves the edge of a 256-pixel box by
+#: 0.064 pixel (128 x 0.0005).
 SAME_PIXEL_SIZE = 0.0005
+
+#: The largest map the head-node agent resamples: its time grows as the box to the fourth power
+#: (0.6-0.8 s at 256, 8-10 s at 512 on a 2-core machine), and it must end within one agent call
+#: (60 s by default, ``agent_timeout_seconds`` in the settings). Validate refuses a larger map that
+#: would need resampling.
+MAX_RESAMPLE_BOX = 512
 
 #: Placeholder prefix a preset uses for the reference's values, e.g. ``${reference.map_path}``.
 REFERENCE_PREFIX = "reference."
@@ -41,8 +47,14 @@ class ReferenceInputs(BaseModel):
     templates_path: str | None = Field(
         default=None, description="the selected 2D class averages (.mrcs), if kept"
     )
-    pixel_size_A: float = Field(gt=0, description="pixel size of the map and templates, in Å")
-    box_pix: int | None = Field(default=None, gt=0, description="box of the map and templates")
+    pixel_size_A: float = Field(gt=0, description="pixel size of the map and its mask, in Å")
+    templates_pixel_size_A: float | None = Field(
+        default=None,
+        gt=0,
+        description="pixel size of the class averages, in Å (from their MRC header: 2D classification"
+        " runs on Fourier-cropped particles, so it is usually coarser than the map's)",
+    )
+    box_pix: int | None = Field(default=None, gt=0, description="box of the map (the extraction box)")
     resolution_A: float | None = Field(default=None, gt=0, description="the map's FSC resolution")
     particles: int | None = Field(default=None, ge=0, description="particles in its final map")
 

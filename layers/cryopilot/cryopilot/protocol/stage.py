@@ -34,15 +34,13 @@ class InputConnection(_Model):
 
 
 class Resample(_Model):
-    """Resample a reference file to the data's pixel size before the job is made: the file named by
-    parameter ``path`` (a map, or with ``images`` a stack of 2D images, each resampled alone) is
-    read at ``from_A`` Å per pixel, resampled to ``to_A`` in Fourier space at its own box, and
-    written to the run's project directory; the job is then given the new file (``path``) and its
-    pixel size (``pixel_size``)."""
+    """Resample a reference map to the data's pixel size before the job is made: the map named by
+    parameter ``path`` is read at ``from_A`` Å per pixel, resampled to ``to_A`` in Fourier space at
+    its own box, and written to the run's project directory; the job is then given the new file
+    (``path``) and its pixel size (``pixel_size``)."""
 
-    path: str = Field(description="the job parameter holding the file's path")
+    path: str = Field(description="the job parameter holding the map's path")
     pixel_size: str = Field(description="the job parameter holding its pixel size (Å)")
-    images: bool = Field(default=False, description="a stack of 2D images (.mrcs), not one 3D map")
     from_A: float = Field(gt=0, description="the file's pixel size (the reference's)")
     to_A: float = Field(gt=0, description="the pixel size it is resampled to (the data's)")
 

@@ -308,8 +308,13 @@ def watch_capacity(
 
 
 def submit_argv(run_id: str, stage: PlannedStage) -> list[str]:
-    """The agent's ``submit`` verb for one planned stage (its spec as base64 JSON)."""
-    spec = base64.b64encode(json.dumps(stage.model_dump(mode="json")).encode()).decode()
+    """The agent's ``submit`` verb for one planned stage (its spec as base64 JSON). Fields left at
+    their default are not sent: an agent of an earlier version, still on a cluster while the stack
+    is updated, refuses a field it does not know (``extra="forbid"``), and a stage that does not use
+    a newer field (``resample``) must still reach it."""
+    spec = base64.b64encode(
+        json.dumps(stage.model_dump(mode="json", exclude_defaults=True)).encode()
+    ).decode()
     return ["submit", "--project", run_id, "--spec-b64", spec]
 
 

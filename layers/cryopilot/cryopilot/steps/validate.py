@@ -260,8 +260,9 @@ def resolve_reference(
     """The run's reference: the manifest's ``reference`` (an earlier run, or a map in one of the
     stack's buckets), else its campaign's, else none. A reference that cannot be used is one
     :class:`CampaignReferenceError` naming the field and the rule: an unknown or unfinished run, a
-    pixel size beyond :data:`~cryopilot.domain.reference.PIXEL_SIZE_TOLERANCE` of the data's, a file
-    missing from S3."""
+    pixel size beyond :data:`~cryopilot.domain.reference.PIXEL_SIZE_TOLERANCE` of the data's, a map
+    too large to resample, a file missing from S3. The class averages' pixel size is read from their
+    header."""
     settings = get_settings()
     store = runs.store()
     spec = manifest.reference
@@ -322,7 +323,8 @@ def resolve_reference(
     campaigns.check_files_exist(aws.client("s3"), ref, where=where)
     if ref.box_pix is None:  # a map solved elsewhere: its box is in its header
         ref = campaigns.read_box(aws.client("s3"), ref, where=where)
-    return ref
+    campaign.check_resample_box(ref, manifest.acquisition.pixel_size_A, where=where)
+    return campaigns.read_templates_pixel_size(aws.client("s3"), ref, where=where)
 
 
 def campaign_fields(
