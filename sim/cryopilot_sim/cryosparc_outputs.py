@@ -292,8 +292,10 @@ class JobOutputs:
             return f"{source} is not an MRC file ({len(data)} bytes)"
         order = ">" if data[212:214] == b"\x11\x11" else "<"
         nx, ny, nz, mode = struct.unpack_from(f"{order}4i", data, 0)
+        (extended,) = struct.unpack_from(f"{order}i", data, 92)  # NSYMBT: extended header bytes
         item = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}.get(mode)
-        if item is None or min(nx, ny, nz) <= 0 or len(data) < 1024 + nx * ny * nz * item:
+        size = 1024 + max(0, extended) + nx * ny * nz * (item or 0)
+        if item is None or min(nx, ny, nz) <= 0 or len(data) < size:
             return f"{source} is not an MRC file this reads (mode {mode}, {nx} x {ny} x {nz})"
         return data, (nx, ny, nz)
 
@@ -317,7 +319,8 @@ class JobOutputs:
             path = f"{job.uid}/imported/{posixpath.basename(source) or 'templates.mrcs'}"
             count = read[1][2] if read else IMPORTED_TEMPLATES
             p.files[path] = read[0] if read else _stack_bytes(16, count, psize, seed=job.num)
-            self._put_output(job, "imported_templates", count, rows=_image_rows(path, range(count)))
+            rows = _image_rows(path, range(count), psize)
+            self._put_output(job, "imported_templates", count, rows=rows)
 
     def _complete_projections(self, job: SimJob, p: SimProject) -> None:
         """Create Templates: projections of its input volume (output ``templates``, template type,
