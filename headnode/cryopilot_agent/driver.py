@@ -443,13 +443,14 @@ class Driver:
         source = params.get(how.path)
         if not isinstance(source, str) or not source:
             raise AgentUsageError(f"{spec.id}: parameter {how.path} names no file to resample")
-        target = f"{_project_dir(project).rstrip('/')}/{RESAMPLED_DIR}/{spec.id}_{PurePosixPath(source).name}"
+        project_dir = _project_dir(project).rstrip("/")
+        target = f"{project_dir}/{RESAMPLED_DIR}/{spec.id}_{PurePosixPath(source).name}"
         local = self.on_this_node(source)
         if not os.path.isfile(local):
             raise ResampleError(f"{spec.id}: {source} ({how.path}) is not on this node ({local})")
         written = self.on_this_node(target)
         done = resample_file(local, written, from_A=how.from_A, to_A=how.to_A)
-        _same_owner(written, self.on_this_node(_project_dir(project)))
+        _same_owner(written, self.on_this_node(project_dir))
         note = {**done.describe(how.from_A), "file": target, "source": source}
         return {**params, how.path: target, how.pixel_size: done.pixel_size_A}, note
 

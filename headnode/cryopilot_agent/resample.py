@@ -86,31 +86,20 @@ def read_mrc(path: str) -> tuple[np.ndarray, float | None]:
     return data.reshape(nz, ny, nx).astype(np.float32), psize
 
 
-def _edge_mean(data: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """The mean of each image's (or the map's) outermost pixels, shaped to broadcast."""
-    mask = np.zeros([data.shape[a] for a in axes], dtype=bool)
-    for i in range(len(axes)):
-        index: list[Any] = [slice(None)] * len(axes)
-        for end in (0, -1):
-            index[i] = end
-            mask[tuple(index)] = True
-    values = data[(Ellipsis, mask)]  # (..., edge pixels)
-    return values.mean(axis=-1, dtype=np.float64).astype(np.float32)[(...,) + (None,) * len(axes)]
+def _edge_mean(data: np.ndarray) -> float:
+    """The mean of a map's outermost pixels (its six faces)."""
+    inner = np.zeros(data.shape, dtype=bool)
+    inner[1:-1, 1:-1, 1:-1] = True
+    return float(data[~inner].mean(dtype=np.float64))
 
 
-def _pad(data: np.ndarray, size: int, axes: tuple[int, ...]) -> np.ndarray:
-    """``data`` padded along ``axes`` to ``size`` with its edge mean, centre (index ``s // 2``) on
-    centre."""
-    shape = list(data.shape)
-    for a in axes:
-        shape[a] = size
-    out = np.empty(shape, dtype=np.float32)
-    out[...] = _edge_mean(data, axes)
-    where: list[slice] = [slice(None)] * data.ndim
-    for a in axes:
-        start = size // 2 - data.shape[a] // 2
-        where[a] = slice(start, start + data.shape[a])
-    out[tuple(where)] = data
+def _pad(data: np.ndarray, size: int) -> np.ndarray:
+    """The map ``data`` padded to ``size`` pixels a side with its edge mean, centre (index
+    ``s // 2``) on centre."""
+    out = np.full((size, size, size), _edge_mean(data), dtype=np.float32)
+    start = size // 2 - data.shape[0] // 2
+    inside = slice(start, start + data.shape[0])
+    out[inside, inside, inside] = data
     return out
 
 
@@ -141,10 +130,9 @@ def resample(data: np.ndarray, from_A: float, to_A: float) -> np.ndarray:
         raise ResampleError(f"a map of {box} pixels a side; at most {MAX_BOX} are resampled")
     ratio = to_A / from_A
     size = box + 2 * (int(np.ceil(box * max(0.0, ratio - 1) / 2)) + PAD_MARGIN)
-    axes = (0, 1, 2)
-    out = _pad(data.astype(np.float32), size, axes)
+    out = _pad(data.astype(np.float32), size)
     matrix = interpolation_matrix(size, box, ratio).T
-    for axis in axes:  # one matrix product per axis: that axis last, the others flattened
+    for axis in (0, 1, 2):  # one matrix product per axis: that axis last, the others flattened
         moved = np.ascontiguousarray(np.moveaxis(out, axis, -1))
         done = (moved.reshape(-1, moved.shape[-1]) @ matrix).reshape((*moved.shape[:-1], box))
         out = np.moveaxis(done, -1, axis)

@@ -99,7 +99,7 @@ def test_the_map_is_padded_with_the_mean_of_its_edge_about_its_centre() -> None:
     data = np.zeros((4, 4, 4), np.float32)
     data[0] = 1.0  # one face at 1: the outer shell is 56 pixels, 16 of them at 1
     data[2, 2, 2] = 9.0  # the centre (index 4 // 2)
-    padded = _pad(data, 8, (0, 1, 2))
+    padded = _pad(data, 8)
     assert padded.shape == (8, 8, 8)
     assert padded[4, 4, 4] == 9.0  # centre on centre
     assert padded[0, 0, 0] == pytest.approx(16 / 56)
