@@ -30,6 +30,7 @@ from cryopilot.domain.reference import (
     SAME_PIXEL_SIZE,
     ReferenceInputs,
     RepeatThresholds,
+    pixel_size_offset,
 )
 from cryopilot.protocol.stage import PlannedStage
 
@@ -146,7 +147,7 @@ def check_pixel_size(reference: ReferenceSource, data_pixel_A: float, *, where: 
     :data:`~cryopilot.domain.reference.PIXEL_SIZE_TOLERANCE` from the data's is refused (one line
     naming both and the tolerance); within it, the repeat preset resamples the reference's files."""
     ref = reference.pixel_size_A
-    off = abs(ref - data_pixel_A) / data_pixel_A
+    off = pixel_size_offset(ref, data_pixel_A)
     if off > PIXEL_SIZE_TOLERANCE:
         raise CampaignReferenceError(
             f"{where}: the reference's pixel size {ref:g} Å differs from the data's"
@@ -159,7 +160,7 @@ def check_resample_box(reference: ReferenceSource, data_pixel_A: float, *, where
     """A map the head node would resample (its pixel size more than
     :data:`~cryopilot.domain.reference.SAME_PIXEL_SIZE` from the data's) must be at most
     :data:`~cryopilot.domain.reference.MAX_RESAMPLE_BOX` pixels a side."""
-    off = abs(reference.pixel_size_A - data_pixel_A) / data_pixel_A
+    off = pixel_size_offset(reference.pixel_size_A, data_pixel_A)
     if off > SAME_PIXEL_SIZE and reference.box_pix is not None and reference.box_pix > MAX_RESAMPLE_BOX:
         raise CampaignReferenceError(
             f"{where}: the map is {reference.box_pix} pixels a side and its pixel size"
@@ -319,12 +320,18 @@ MRC_HEADER_BYTES = 1024
 MAX_BOX_PIX = 2048
 
 
+def _mrc_byte_order(header: bytes) -> str:
+    """The struct byte order of an MRC header, from its machine stamp (bytes 213-216, MRC2014):
+    0x11 0x11 big-endian; 0x44 0x44, or no stamp, little-endian."""
+    return ">" if header[212:214] == b"\x11\x11" else "<"
+
+
 def mrc_pixel_size(header: bytes) -> float | None:
     """The pixel size (Å) an MRC header gives: the X cell length (word 11, a float) over MX (word
-    8), in the byte order of :func:`mrc_box`; None when either is not positive (unset)."""
+    8), in the header's byte order; None when either is not positive (unset)."""
     if len(header) < MRC_HEADER_BYTES:
         return None
-    order = ">" if header[212:214] == b"\x11\x11" else "<"
+    order = _mrc_byte_order(header)
     (mx,) = struct.unpack_from(f"{order}i", header, 28)
     (xlen,) = struct.unpack_from(f"{order}f", header, 40)
     if mx <= 0 or not xlen > 0 or xlen == float("inf"):
@@ -334,13 +341,12 @@ def mrc_pixel_size(header: bytes) -> float | None:
 
 def mrc_box(header: bytes, *, where: str) -> int:
     """The box (pixels) of a cubic MRC map from its header: words 1-3 are NX, NY, NZ (32-bit
-    integers; MRC2014, www.ccpem.ac.uk/mrc_format/mrc2014.php), in the byte order the machine stamp
-    (bytes 213-216) gives: 0x44 0x44 little-endian, 0x11 0x11 big-endian; files without a stamp are
-    read little-endian. A header that is not an MRC map's, or a map that is not a cube, is one
-    :class:`CampaignReferenceError` line."""
+    integers; MRC2014, www.ccpem.ac.uk/mrc_format/mrc2014.php), in the header's byte order. A header
+    that is not an MRC map's, or a map that is not a cube, is one :class:`CampaignReferenceError`
+    line."""
     if len(header) < MRC_HEADER_BYTES:
         raise CampaignReferenceError(f"{where}: the map has {len(header)} bytes, less than an MRC header")
-    order = ">" if header[212:214] == b"\x11\x11" else "<"
+    order = _mrc_byte_order(header)
     nx, ny, nz = struct.unpack_from(f"{order}3i", header, 0)
     if not all(0 < n <= MAX_BOX_PIX for n in (nx, ny, nz)):
         raise CampaignReferenceError(

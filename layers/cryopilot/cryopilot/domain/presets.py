@@ -33,6 +33,7 @@ from cryopilot.domain.reference import (
     REFERENCE_PREFIX,
     SAME_PIXEL_SIZE,
     ReferenceInputs,
+    pixel_size_offset,
 )
 from cryopilot.protocol.stage import (
     DecisionDef,
@@ -326,7 +327,7 @@ def _resample(
     have, want = _angstrom(given), _angstrom(wanted)
     if have is None or want is None:
         raise ManifestError(f"{where}: resample needs two pixel sizes in Å (got {given!r} and {wanted!r})")
-    off = abs(have - want) / want
+    off = pixel_size_offset(have, want)
     if off <= SAME_PIXEL_SIZE:
         return None
     if off > PIXEL_SIZE_TOLERANCE:

@@ -32,6 +32,13 @@ SAME_PIXEL_SIZE = 0.0005
 #: would need resampling.
 MAX_RESAMPLE_BOX = 512
 
+
+def pixel_size_offset(pixel_A: float, data_pixel_A: float) -> float:
+    """How far (relative to the data's) a reference's pixel size is from the data's: the measure
+    :data:`PIXEL_SIZE_TOLERANCE` and :data:`SAME_PIXEL_SIZE` bound."""
+    return abs(pixel_A - data_pixel_A) / data_pixel_A
+
+
 #: Placeholder prefix a preset uses for the reference's values, e.g. ``${reference.map_path}``.
 REFERENCE_PREFIX = "reference."
 
