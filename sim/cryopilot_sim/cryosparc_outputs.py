@@ -413,8 +413,9 @@ class JobOutputs:
             seen += 1
             if job.type in ("import_movies", "import_micrographs"):
                 return round(float(job.params.get("psize_A", 1.0)) * factor, 6)
-            wanted = "micrographs" if job.type == "extract_micrographs_multi" else "particles"
+            wanted = "particles"
             if job.type == "extract_micrographs_multi":
+                wanted = "micrographs"
                 box = job.params.get("box_size_pix")
                 binned = job.params.get("bin_size_pix") or box
                 if isinstance(box, int) and isinstance(binned, int) and binned > 0:

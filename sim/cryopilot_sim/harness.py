@@ -933,7 +933,6 @@ class LocalCloud:
         for setup in self.cryosparc_setup:
             setup(cs)
         mount = self._make_file_system(cluster_name, cs)
-        cs.read_fsx = self._fsx_reader(cluster_name, mount)  # the master and its workers read FSx
         env = {
             "CRYOSPARC_BASE_URL": base_url,
             "CRYOSPARC_EMAIL": email,
@@ -948,10 +947,12 @@ class LocalCloud:
     def _make_file_system(self, cluster_name: str, cs: Any) -> str:
         """The cluster's FSx for Lustre file system, as ParallelCluster makes it from the
         configuration's SharedStorage (its Tags propagate to it): in moto, and in the FSx stand-in
-        with its data repository associations. Returns the directory standing in for its mount."""
+        with its data repository associations. Returns the directory standing in for its mount, and
+        gives the cluster's cryoSPARC (``cs``) its way of reading the file system
+        (:func:`cryopilot_sim.fsx_standin.lazy_reader`)."""
         import yaml
 
-        from cryopilot_sim.fsx_standin import SimFileSystem, associations_from_config
+        from cryopilot_sim.fsx_standin import SimFileSystem, associations_from_config, lazy_reader
 
         record = self.pcluster.history.get(cluster_name)
         config = yaml.safe_load(record["config"]) if record is not None else {}
@@ -960,6 +961,8 @@ class LocalCloud:
         )
         mount = self.fsx_mount(cluster_name)
         os.makedirs(mount, exist_ok=True)
+        associations = associations_from_config(config)
+        cs.read_fsx = lazy_reader(mount, associations, self._s3_bytes)  # the master and workers read FSx
         self._make_shared_volume(cluster_name, config)
         if fsx_storage is None:
             return mount
@@ -984,30 +987,18 @@ class LocalCloud:
                 for path, data in list(p.files.items())
             }
 
-        self.fsx.register(
-            SimFileSystem(fs_id, cluster_name, mount, associations_from_config(config), project_files)
-        )
+        self.fsx.register(SimFileSystem(fs_id, cluster_name, mount, associations, project_files))
         self._import_reference(mount, settings)
         with self._lock:
             self.file_systems[cluster_name] = fs_id
         return mount
 
-    def _fsx_reader(self, cluster_name: str, mount: str) -> Callable[[str], bytes | None]:
-        """How the cluster's nodes read its FSx (:func:`cryopilot_sim.fsx_standin.lazy_reader`)."""
-        import yaml
-
-        from cryopilot_sim.fsx_standin import associations_from_config, lazy_reader
-
-        record = self.pcluster.history.get(cluster_name)
-        associations = associations_from_config(yaml.safe_load(record["config"]) if record else {})
-
-        def get_object(bucket: str, key: str) -> bytes | None:
-            try:
-                return bytes(self.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
-            except ClientError:
-                return None
-
-        return lazy_reader(mount, associations, get_object)
+    def _s3_bytes(self, bucket: str, key: str) -> bytes | None:
+        """An object's bytes, None when it cannot be read."""
+        try:
+            return bytes(self.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
+        except ClientError:
+            return None
 
     def fsx_mount(self, cluster_name: str) -> str:
         """The directory standing in for a cluster's FSx mount on its head node (kept after the
