@@ -407,7 +407,9 @@ class JobOutputs:
         """The pixel size of a job's particles, from its lineage: the imported movies' or
         micrographs' ``psize_A``, times ``box_size_pix / bin_size_pix`` of each extraction on the way
         (Fourier-cropping a box to ``bin_size_pix`` coarsens its pixel by that ratio); 1.0 without one.
-        Only the class averages use it: the stand-in's maps keep their fixed pixel size."""
+        Only the class averages use it, as cryoSPARC writes an MRC file with its pixel size in the
+        header's cell lengths (cryosparc-tools' mrc.py ``write``: XLEN = psize x NX); the stand-in's
+        maps keep their fixed pixel size."""
         factor, seen = 1.0, 0
         while job is not None and seen < 64:
             seen += 1

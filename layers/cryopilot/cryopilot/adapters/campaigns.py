@@ -171,7 +171,8 @@ def read_box(s3: Any, reference: ReferenceSource, *, where: str) -> ReferenceSou
 def read_templates_pixel_size(s3: Any, reference: ReferenceSource, *, where: str) -> ReferenceSource:
     """The reference with its class averages' pixel size, read from their MRC header: 2D
     classification runs on Fourier-cropped particles, so they are usually at a coarser pixel size
-    than the map (cryoSPARC writes it in the header). A header without one (a stack made
+    than the map (cryoSPARC writes it in the header's cell lengths: cryosparc-tools' mrc.py ``write``,
+    XLEN = psize x NX). A header without one (a stack made
     elsewhere) is taken to be at the map's pixel size. No class averages: the reference as it is."""
     if reference.templates is None:
         return reference
